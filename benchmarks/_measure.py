@@ -1,0 +1,63 @@
+"""Timing and peak-memory helpers shared by the benchmarks (CPU).
+
+CPU torch has no peak-allocation counter, so peak memory is the growth of the process's resident set
+(VmHWM after resetting it through /proc/self/clear_refs) while the measured function runs. Each memory
+measurement runs in a fresh child process so that memory freed by an earlier case cannot be reused
+by a later one and hide its cost.
+"""
+from __future__ import annotations
+
+import gc
+import json
+import subprocess
+import sys
+import time
+
+
+def time_interleaved(fns: dict, repeats: int = 5, warmup: int = 1) -> dict:
+    """Median wall-clock seconds of each ``fns[name]()``, running the cases round-robin so that any
+    background load on the machine falls on all of them alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status (Linux only)")
+
+
+def peak_rss_growth_mib(fn) -> float:
+    """MiB by which the resident set grows at its peak while ``fn()`` runs (call in a fresh process)."""
+    gc.collect()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset VmHWM to the current RSS
+    before = _status_kib("VmRSS")
+    fn()
+    return (_status_kib("VmHWM") - before) / 1024
+
+
+def in_child(script: str, *args: str) -> dict:
+    """Run ``python script *args`` and parse the JSON object it prints on its last line."""
+    out = subprocess.run([sys.executable, script, *args], check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def print_table(headers: list[str], rows: list[list]) -> None:
+    cells = [[str(h) for h in headers]] + [[f"{c:.3g}" if isinstance(c, float) else str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"
+    print(line(cells[0]))
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for r in cells[1:]:
+        print(line(r))

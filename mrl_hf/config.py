@@ -1,0 +1,100 @@
+"""The Matryoshka fields every mrl_hf config carries (DESIGN.md, "Persisted Matryoshka metadata")."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from huggingface_hub.dataclasses import strict
+from transformers import PretrainedConfig
+
+from .nesting import halving_nesting_list, validate_dim, validate_nesting_list
+
+MATRYOSHKA_KEYS = (
+    "nesting_list",
+    "truncate_dim",
+    "efficient",
+    "relative_importance",
+    "normalize_embeddings",
+    "matryoshka_dimensions",
+    "is_matryoshka",
+)
+
+
+@dataclass(kw_only=True, repr=False)
+class MatryoshkaConfigMixin:
+    """Mix into a ``PretrainedConfig`` subclass (listed first) to add and validate the Matryoshka fields.
+
+    The subclass says where its embedding size lives by overriding ``matryoshka_embedding_dim``.
+    ``nesting_list=None`` means the paper's halving list of that size. ``matryoshka_dimensions`` and
+    ``is_matryoshka`` are derived from ``nesting_list`` and written for other tools (jina-style key, vLLM).
+
+    Invalid values raise ``ValueError`` at construction (wrapped by ``@strict`` in
+    ``StrictDataclassFieldValidationError``, a ``ValueError``) naming the key and the allowed range.
+    """
+
+    nesting_list: list[int] | None = None
+    truncate_dim: int | None = None
+    efficient: bool = False
+    relative_importance: list[float | int] | None = None
+    normalize_embeddings: bool = False
+    matryoshka_dimensions: list[int] | None = None
+    is_matryoshka: bool = True
+
+    @property
+    def matryoshka_embedding_dim(self) -> int:
+        raise NotImplementedError(f"{type(self).__name__} must say which field holds the embedding size.")
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        if self.nesting_list is None:
+            dim = self.matryoshka_embedding_dim
+            self.nesting_list = halving_nesting_list(dim, min_dim=min(8, dim))
+        self.validate_matryoshka()
+
+    def validate_matryoshka(self) -> None:
+        """Check every Matryoshka field against the embedding size; called at construction and by models."""
+        dim = self.matryoshka_embedding_dim
+        self.nesting_list = validate_nesting_list(self.nesting_list, dim=dim)
+        if self.truncate_dim is not None:
+            validate_dim(self.truncate_dim, dim, name="truncate_dim")
+        if self.relative_importance is not None:
+            self.relative_importance = validate_relative_importance(self.relative_importance, len(self.nesting_list))
+        self.matryoshka_dimensions = list(self.nesting_list)
+        self.is_matryoshka = True
+
+    def to_diff_dict(self) -> dict:
+        # Always write the Matryoshka keys, even when equal to their defaults, so other tools can read them.
+        out = super().to_diff_dict()
+        for key in MATRYOSHKA_KEYS:
+            out[key] = getattr(self, key)
+        return out
+
+
+def validate_relative_importance(values, num_dims: int) -> list[float]:
+    """The ``c_m`` weights: one non-negative float per nesting dim, not all zero."""
+    if values is None:
+        return [1.0] * num_dims
+    values = [float(v) for v in values]
+    if len(values) != num_dims:
+        raise ValueError(
+            f"relative_importance has {len(values)} entries {values}, but nesting_list has {num_dims} sizes; "
+            "give one weight per size (or None for all ones)."
+        )
+    bad = [v for v in values if not v >= 0]  # also catches NaN
+    if bad:
+        raise ValueError(f"relative_importance={values} contains {bad[0]}; every weight must be >= 0.")
+    if sum(values) == 0:
+        raise ValueError(f"relative_importance={values} is all zeros; at least one weight must be > 0.")
+    return values
+
+
+@strict
+class MatryoshkaConfig(MatryoshkaConfigMixin, PretrainedConfig):
+    """A bare config for models that only need an embedding size and the Matryoshka fields."""
+
+    model_type = "matryoshka"
+
+    embedding_dim: int = 64
+
+    @property
+    def matryoshka_embedding_dim(self) -> int:
+        return self.embedding_dim

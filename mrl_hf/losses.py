@@ -1,0 +1,282 @@
+"""Nested (Matryoshka) losses: cross-entropy over per-dim logits, a fused MRL-E linear+CE, and InfoNCE.
+
+Every loss returns a ``NestedLoss``: ``loss`` is ``sum_m c_m * L_m`` (Eq. 1 of the paper) and carries the
+gradient; ``per_dim_losses`` holds the unweighted ``L_m`` (detached, one per nesting dim) for logging.
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import validate_relative_importance
+from .nesting import validate_nesting_list
+
+
+class NestedLoss(NamedTuple):
+    loss: torch.Tensor
+    per_dim_losses: torch.Tensor
+    predictions: torch.Tensor | None = None  # (|M|, N) argmax per dim, when asked for
+
+
+def _coefficients(relative_importance, num_dims: int, device) -> torch.Tensor:
+    values = validate_relative_importance(relative_importance, num_dims)
+    return torch.tensor(values, dtype=torch.float32, device=device)
+
+
+class MatryoshkaCrossEntropyLoss(nn.Module):
+    """``sum_m c_m * CE(logits_m, labels)`` over a sequence of per-dim logits (the paper's Algorithm 1).
+
+    ``logits`` of shape ``(..., num_classes)`` and ``labels`` of shape ``(...)``; ``ignore_index`` and
+    ``label_smoothing`` mean what they mean in ``torch.nn.CrossEntropyLoss``.
+    """
+
+    def __init__(self, relative_importance: Sequence[float] | None = None, ignore_index: int = -100,
+                 label_smoothing: float = 0.0):
+        super().__init__()
+        if not 0.0 <= label_smoothing <= 1.0:
+            raise ValueError(f"label_smoothing={label_smoothing} must be in [0, 1].")
+        self.relative_importance = None if relative_importance is None else [float(c) for c in relative_importance]
+        self.ignore_index = ignore_index
+        self.label_smoothing = float(label_smoothing)
+
+    def forward(self, nested_logits: Sequence[torch.Tensor], labels: torch.Tensor) -> NestedLoss:
+        if isinstance(nested_logits, torch.Tensor):
+            raise TypeError("nested_logits must be a sequence of per-dim logit tensors (one per nesting dim), "
+                            "e.g. the tuple a MatryoshkaHead returns; got a single tensor.")
+        if len(nested_logits) == 0:
+            raise ValueError("nested_logits is empty; pass one logits tensor per nesting dim.")
+        coefs = _coefficients(self.relative_importance, len(nested_logits), labels.device)
+        losses = []
+        for i, logits in enumerate(nested_logits):
+            if logits.shape[:-1] != labels.shape:
+                raise ValueError(
+                    f"logits at nesting index {i} have shape {tuple(logits.shape)} but labels have shape "
+                    f"{tuple(labels.shape)}; logits must be labels.shape + (num_classes,)."
+                )
+            losses.append(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                                          ignore_index=self.ignore_index, label_smoothing=self.label_smoothing))
+        per_dim = torch.stack(losses)
+        return NestedLoss((coefs.to(per_dim.dtype) * per_dim).sum(), per_dim.detach())
+
+
+# Fused MRL-E linear + nested cross-entropy -----------------------------------------------------------
+
+_CHUNK_BYTES = 128 * 2**20  # working buffer per chunk of rows: |M| logit blocks
+
+
+class _NestedLinearCrossEntropy(torch.autograd.Function):
+    """Forward computes the loss *and* its gradients chunk by chunk; backward only scales them.
+
+    For a chunk of rows, ``addmm`` accumulates the block products ``x[:, a:b] @ W[:, a:b].T`` into the
+    logits of every dim (a prefix sum); each is turned in place into ``softmax - onehot``; a reverse prefix
+    sum weighted by ``c_m`` gives, per block, the summed gradient of every dim that uses that block; two
+    block matmuls give ``dx`` and ``dW``. FLOPs: three matmuls, as for one Linear + CE; memory: one
+    chunk buffer. The per-row factor ``1 / n_valid`` (0 on ignored rows) is applied to the small operands
+    (``x`` rows and ``dx`` rows), never to the large buffer.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, labels, dims, coefs, ignore_index, eps, want_preds, need_dx, need_dw):
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            ctype = torch.promote_types(x.dtype, torch.float32)  # half precision is computed in float32
+            x32, w32 = x.to(ctype), weight.to(ctype)
+            b32 = bias.to(ctype) if bias is not None else None
+            n_rows, num_classes = x.shape[0], weight.shape[0]
+            num_dims = len(dims)
+            bounds = list(zip([0, *dims[:-1]], dims))
+            valid = labels != ignore_index
+            n_valid = max(int(valid.sum()), 1)
+            row_scale = (valid.to(ctype) / n_valid)[:, None]
+            safe_labels = torch.where(valid, labels, torch.zeros_like(labels))[:, None]
+            per_dim = torch.zeros(num_dims, dtype=ctype, device=x.device)
+            preds = torch.empty(num_dims, n_rows if want_preds else 0, dtype=torch.long, device=x.device)
+            need_db = bias is not None and bias.requires_grad
+            need_grad = need_dx or need_dw or need_db
+            gx = torch.empty_like(x32) if need_dx else None
+            gw = torch.zeros_like(w32) if need_dw else None
+            gb = torch.zeros_like(b32) if need_db else None
+            chunk = max(16, _CHUNK_BYTES // (4 * num_dims * num_classes))
+            buf = torch.empty(num_dims, min(chunk, n_rows), num_classes, dtype=ctype, device=x.device)
+            for r0 in range(0, n_rows, chunk):
+                r1 = min(r0 + chunk, n_rows)
+                xc, yc, rs, z = x32[r0:r1], safe_labels[r0:r1], row_scale[r0:r1], buf[:, : r1 - r0]
+                for i, (a, b) in enumerate(bounds):
+                    prev = z[i - 1] if i else b32
+                    if prev is None:
+                        torch.matmul(xc[:, a:b], w32[:, a:b].T, out=z[i])
+                    else:
+                        torch.addmm(prev, xc[:, a:b], w32[:, a:b].T, out=z[i])
+                for i in range(num_dims):
+                    zi = z[i]
+                    if want_preds:
+                        preds[i, r0:r1] = zi.argmax(1)
+                    torch.ops.aten._log_softmax.out(zi, 1, False, out=zi)  # in place, one fused kernel
+                    row_loss = -(1 - eps) * zi.gather(1, yc).squeeze(1)
+                    if eps:
+                        row_loss -= (eps / num_classes) * zi.sum(1)
+                    per_dim[i] += row_loss @ rs.squeeze(1)
+                    if need_grad:  # zi <- softmax - smoothed onehot
+                        zi.exp_()
+                        zi.scatter_add_(1, yc, torch.full_like(zi[:, :1], -(1 - eps)))
+                        if eps:
+                            zi.sub_(eps / num_classes)
+                if not need_grad:
+                    continue
+                if coefs[-1] != 1:
+                    z[-1].mul_(coefs[-1])
+                for i in range(num_dims - 2, -1, -1):  # block i serves dims i..|M|-1
+                    torch.add(z[i + 1], z[i], alpha=coefs[i], out=z[i])
+                xs = xc * rs
+                for i, (a, b) in enumerate(bounds):
+                    if need_dx:
+                        gx[r0:r1, a:b] = (z[i] @ w32[:, a:b]) * rs
+                    if need_dw:
+                        gw[:, a:b].addmm_(z[i].T, xs[:, a:b])
+                if need_db:
+                    gb.addmv_(z[0].T, rs.squeeze(1))
+            total = (torch.tensor(coefs, dtype=ctype, device=x.device) * per_dim).sum()
+        ctx.save_for_backward(gx, gw, gb)
+        ctx.ctype = ctype
+        ctx.dtypes = (x.dtype, weight.dtype, None if bias is None else bias.dtype)
+        ctx.mark_non_differentiable(per_dim, preds)
+        return total.to(x.dtype), per_dim, preds
+
+    @staticmethod
+    def backward(ctx, grad_total, _grad_per_dim, _grad_preds):
+        scale = grad_total.to(ctx.ctype)
+        grads = [None if g is None else (g * scale).to(t) for g, t in zip(ctx.saved_tensors, ctx.dtypes)]
+        return (*grads, None, None, None, None, None, None, None, None)
+
+
+def nested_linear_cross_entropy(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    labels: torch.Tensor,
+    nesting_list: Sequence[int],
+    relative_importance: Sequence[float] | None = None,
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+    return_predictions: bool = False,
+) -> NestedLoss:
+    """MRL-E loss ``sum_m c_m * CE(hidden[:, :m] @ weight[:, :m].T + bias, labels)`` without materialising
+    |M| logit tensors. ``hidden`` is ``(N, d)``, ``weight`` ``(num_classes, d)``, ``labels`` ``(N,)``.
+    With ``return_predictions`` the result carries the argmax class per dim, shape ``(|M|, N)``.
+    Rows whose label is ``ignore_index`` are skipped; if every row is ignored the loss is 0, not NaN.
+    """
+    dims = validate_nesting_list(nesting_list, dim=weight.shape[1])
+    if hidden.dim() != 2 or hidden.shape[1] != weight.shape[1]:
+        raise ValueError(f"hidden must have shape (N, {weight.shape[1]}), got {tuple(hidden.shape)}.")
+    if labels.shape != hidden.shape[:1]:
+        raise ValueError(f"labels must have shape ({hidden.shape[0]},) to match hidden, got {tuple(labels.shape)}.")
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"label_smoothing={label_smoothing} must be in [0, 1].")
+    num_classes = weight.shape[0]
+    valid = labels[labels != ignore_index]
+    if valid.numel() and (valid.min() < 0 or valid.max() >= num_classes):
+        bad = valid[(valid < 0) | (valid >= num_classes)][0].item()
+        raise ValueError(f"label {bad} is outside 0..{num_classes - 1} (num_classes={num_classes}); "
+                         f"use {ignore_index} (ignore_index) for positions without a label.")
+    coefs = validate_relative_importance(relative_importance, len(dims))
+    grad_on = torch.is_grad_enabled()
+    need_dx = grad_on and hidden.requires_grad
+    need_dw = grad_on and weight.requires_grad
+    total, per_dim, preds = _NestedLinearCrossEntropy.apply(
+        hidden, weight, bias, labels, tuple(dims), tuple(coefs), ignore_index, float(label_smoothing),
+        return_predictions, need_dx, need_dw,
+    )
+    return NestedLoss(total, per_dim, preds if return_predictions else None)
+
+
+# Nested contrastive (InfoNCE) --------------------------------------------------------------------------
+
+def nested_cosine_similarities(a: torch.Tensor, b: torch.Tensor, nesting_list: Sequence[int],
+                               eps: float = 1e-12) -> torch.Tensor:
+    """Cosine similarities of every prefix pair, ``(|M|, len(a), len(b))``; each prefix normalised on its own.
+
+    Built from block products and prefix sums of the raw dot products and squared norms, so all |M|
+    matrices cost one ``a @ b.T``.
+    """
+    dims = validate_nesting_list(nesting_list, dim=a.shape[-1])
+    if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[1]:
+        raise ValueError(f"a and b must be 2-D with the same embedding size, got {tuple(a.shape)} and {tuple(b.shape)}.")
+    bounds = list(zip([0, *dims[:-1]], dims))
+    raw = torch.stack([a[:, s:e] @ b[:, s:e].T for s, e in bounds]).cumsum(0)
+    norm_a = torch.stack([a[:, s:e].square().sum(1) for s, e in bounds]).cumsum(0).sqrt().clamp_min(eps)
+    norm_b = torch.stack([b[:, s:e].square().sum(1) for s, e in bounds]).cumsum(0).sqrt().clamp_min(eps)
+    return raw / (norm_a[:, :, None] * norm_b[:, None, :])
+
+
+def nested_contrastive_loss(
+    anchors: torch.Tensor,
+    candidates: torch.Tensor,
+    nesting_list: Sequence[int],
+    temperature: float | torch.Tensor = 0.05,
+    relative_importance: Sequence[float] | None = None,
+    labels: torch.Tensor | None = None,
+    symmetric: bool = True,
+) -> NestedLoss:
+    """InfoNCE at every nesting dim with in-batch negatives, each prefix L2-normalised on its own.
+
+    ``anchors`` ``(N, d)``; ``candidates`` ``(M, d)`` with ``M >= N`` (positives, then any hard negatives);
+    ``labels[i]`` is the index of anchor i's positive (default ``arange(N)``). ``symmetric`` adds the
+    positive->anchor direction (as CLIP/ALIGN do) and averages the two.
+    """
+    if anchors.shape[0] == 0:
+        raise ValueError("anchors is empty; the contrastive loss needs at least one (anchor, positive) pair.")
+    n = anchors.shape[0]
+    if candidates.shape[0] < n and labels is None:
+        raise ValueError(f"candidates has {candidates.shape[0]} rows but anchors has {n}; give one positive per "
+                         "anchor (candidates[:N]) or pass labels.")
+    if labels is None:
+        labels = torch.arange(n, device=anchors.device)
+    if isinstance(temperature, (int, float)) and not temperature > 0:
+        raise ValueError(f"temperature={temperature} must be > 0.")
+    sims = nested_cosine_similarities(anchors, candidates, nesting_list) / temperature
+    num_dims = sims.shape[0]
+    forward_ce = F.cross_entropy(sims.reshape(num_dims * n, -1), labels.repeat(num_dims), reduction="none")
+    per_dim = forward_ce.view(num_dims, n).mean(1)
+    if symmetric:
+        back = sims[:, :, labels].transpose(1, 2)  # positives vs anchors
+        target = torch.arange(n, device=anchors.device).repeat(num_dims)
+        back_ce = F.cross_entropy(back.reshape(num_dims * n, n), target, reduction="none")
+        per_dim = (per_dim + back_ce.view(num_dims, n).mean(1)) / 2
+    coefs = _coefficients(relative_importance, num_dims, anchors.device).to(per_dim.dtype)
+    return NestedLoss((coefs * per_dim).sum(), per_dim.detach())
+
+
+class MatryoshkaContrastiveLoss(nn.Module):
+    """Module form of ``nested_contrastive_loss`` with a fixed or learnable temperature.
+
+    A learnable temperature is stored as ``log_logit_scale = log(1 / temperature)`` (as CLIP does), so it
+    stays positive; ``max_logit_scale`` caps ``1 / temperature`` (CLIP uses 100).
+    """
+
+    def __init__(self, nesting_list: Sequence[int], temperature: float = 0.05, learnable_temperature: bool = False,
+                 relative_importance: Sequence[float] | None = None, symmetric: bool = True,
+                 max_logit_scale: float = 100.0):
+        super().__init__()
+        if not temperature > 0:
+            raise ValueError(f"temperature={temperature} must be > 0.")
+        self.nesting_list = validate_nesting_list(nesting_list)
+        self.relative_importance = (None if relative_importance is None
+                                    else validate_relative_importance(relative_importance, len(self.nesting_list)))
+        self.symmetric = symmetric
+        self.max_logit_scale = max_logit_scale
+        log_scale = torch.tensor(math.log(1.0 / temperature))
+        if learnable_temperature:
+            self.log_logit_scale = nn.Parameter(log_scale)
+        else:
+            self.register_buffer("log_logit_scale", log_scale)
+
+    @property
+    def temperature(self) -> torch.Tensor:
+        return 1.0 / self.log_logit_scale.exp().clamp(max=self.max_logit_scale)
+
+    def forward(self, anchors: torch.Tensor, candidates: torch.Tensor, labels: torch.Tensor | None = None) -> NestedLoss:
+        return nested_contrastive_loss(anchors, candidates, self.nesting_list, self.temperature,
+                                       self.relative_importance, labels, self.symmetric)

@@ -1,0 +1,205 @@
+"""MatryoshkaHead and the nested losses against references written the paper's way (Algorithms 1 and 2)."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mrl_hf import (
+    MatryoshkaContrastiveLoss,
+    MatryoshkaCrossEntropyLoss,
+    MatryoshkaHead,
+    nested_contrastive_loss,
+    nested_linear_cross_entropy,
+)
+
+LISTS = [[3, 10, 64], [8, 16, 32, 64], [64]]
+
+
+def reference_logits(head, x):
+    """Algorithm 2: one loop over m, slicing x[:, :m] and W[:, :m]."""
+    out = []
+    for i, m in enumerate(head.nesting_list):
+        if head.efficient:
+            logits = x[:, :m] @ head.weight[:, :m].T
+            if head.bias is not None:
+                logits = logits + head.bias
+        else:
+            logits = head.classifiers[i](x[:, :m])
+        out.append(logits)
+    return out
+
+
+def reference_loss(logits, y, coefs, **ce_kwargs):
+    """Algorithm 1: sum_i c_i * CE(logits_i, y)."""
+    return sum(c * F.cross_entropy(z, y, **ce_kwargs) for c, z in zip(coefs, logits))
+
+
+def grads(*tensors):
+    return [t.grad.clone() for t in tensors]
+
+
+@pytest.mark.parametrize("nesting_list", LISTS)
+@pytest.mark.parametrize("efficient", [False, True])
+@pytest.mark.parametrize("bias", [False, True])
+def test_head_logits_and_gradients_match_algorithm_2(nesting_list, efficient, bias):
+    torch.manual_seed(0)
+    head = MatryoshkaHead(nesting_list, num_classes=7, efficient=efficient, bias=bias).double()
+    x = torch.randn(5, 64, dtype=torch.float64, requires_grad=True)
+    ours = head(x)
+    ref = reference_logits(head, x)
+    assert len(ours) == len(nesting_list)
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a, b)
+    sum((z ** 2).sum() for z in ours).backward()
+    got = grads(x, *head.parameters())
+    x.grad = None
+    head.zero_grad()
+    sum((z ** 2).sum() for z in ref).backward()
+    for a, b in zip(got, grads(x, *head.parameters())):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("nesting_list", LISTS)
+@pytest.mark.parametrize("efficient", [False, True])
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_head_loss_matches_algorithm_1(nesting_list, efficient, bias, smoothing):
+    torch.manual_seed(1)
+    head = MatryoshkaHead(nesting_list, num_classes=11, efficient=efficient, bias=bias).double()
+    x = torch.randn(2, 9, 64, dtype=torch.float64, requires_grad=True)  # (batch, tokens, d), like MLM
+    y = torch.randint(0, 11, (2, 9))
+    y[0, :4] = -100  # ignored positions
+    coefs = [float(i + 1) for i in range(len(nesting_list))]
+    loss_fct = MatryoshkaCrossEntropyLoss(relative_importance=coefs, label_smoothing=smoothing)
+
+    out = head.loss(x, y, loss_fct, return_predictions=True)
+    out.loss.backward()
+    got = grads(x, *head.parameters())
+
+    x.grad = None
+    head.zero_grad()
+    ref_logits = reference_logits(head, x.reshape(-1, 64))
+    ref = reference_loss(ref_logits, y.reshape(-1), coefs, label_smoothing=smoothing)
+    ref.backward()
+    torch.testing.assert_close(out.loss, ref)
+    per_dim_ref = torch.stack([F.cross_entropy(z, y.reshape(-1), label_smoothing=smoothing) for z in ref_logits])
+    torch.testing.assert_close(out.per_dim_losses, per_dim_ref.detach())
+    assert not out.per_dim_losses.requires_grad
+    for a, b in zip(got, grads(x, *head.parameters())):
+        torch.testing.assert_close(a, b)
+    torch.testing.assert_close(out.predictions, torch.stack([z.argmax(-1) for z in ref_logits]))
+
+
+def test_fused_loss_in_float32_across_many_chunks(monkeypatch):
+    import mrl_hf.losses as losses
+
+    monkeypatch.setattr(losses, "_CHUNK_BYTES", 1)  # forces chunks of 16 rows
+    torch.manual_seed(2)
+    w = torch.randn(50, 24, requires_grad=True)
+    b = torch.randn(50, requires_grad=True)
+    x = torch.randn(70, 24, requires_grad=True)
+    y = torch.randint(0, 50, (70,))
+    out = nested_linear_cross_entropy(x, w, b, y, [6, 12, 24])
+    out.loss.backward()
+    got = grads(x, w, b)
+    for t in (x, w, b):
+        t.grad = None
+    ref = sum(F.cross_entropy(x[:, :m] @ w[:, :m].T + b, y) for m in [6, 12, 24])
+    ref.backward()
+    torch.testing.assert_close(out.loss, ref, rtol=1e-5, atol=1e-5)
+    for a, r in zip(got, grads(x, w, b)):
+        torch.testing.assert_close(a, r, rtol=1e-4, atol=1e-5)
+
+
+def test_fused_loss_without_grad_and_with_frozen_weight():
+    w = torch.randn(5, 8)
+    x = torch.randn(4, 8, requires_grad=True)
+    y = torch.tensor([0, 1, 2, 3])
+    with torch.no_grad():
+        assert not nested_linear_cross_entropy(x, w, None, y, [4, 8]).loss.requires_grad
+    out = nested_linear_cross_entropy(x, w, None, y, [4, 8])
+    out.loss.backward()
+    assert x.grad is not None and w.grad is None
+
+
+def test_fused_loss_all_ignored_is_zero_not_nan():
+    out = nested_linear_cross_entropy(torch.randn(3, 8), torch.randn(5, 8), None, torch.full((3,), -100), [4, 8])
+    assert out.loss.item() == 0.0
+
+
+def test_fused_loss_under_bf16_autocast_is_finite_and_close():
+    torch.manual_seed(3)
+    w, x, y = torch.randn(20, 16), torch.randn(8, 16), torch.randint(0, 20, (8,))
+    ref = nested_linear_cross_entropy(x, w, None, y, [4, 16]).loss
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = nested_linear_cross_entropy(x.bfloat16(), w, None, y, [4, 16]).loss
+    assert torch.isfinite(got) and abs(got.float() - ref) < 0.1
+
+
+def reference_contrastive(a, b, nesting_list, temperature, coefs, symmetric):
+    total = 0
+    for c, m in zip(coefs, nesting_list):
+        logits = F.normalize(a[:, :m], dim=-1) @ F.normalize(b[:, :m], dim=-1).T / temperature
+        labels = torch.arange(a.shape[0])
+        loss = F.cross_entropy(logits, labels)
+        if symmetric:
+            loss = (loss + F.cross_entropy(logits[:, : a.shape[0]].T, labels)) / 2
+        total = total + c * loss
+    return total
+
+
+@pytest.mark.parametrize("nesting_list", LISTS)
+@pytest.mark.parametrize("symmetric", [False, True])
+@pytest.mark.parametrize("extra_negatives", [0, 3])
+def test_contrastive_loss_matches_a_per_dim_loop(nesting_list, symmetric, extra_negatives):
+    torch.manual_seed(4)
+    a = torch.randn(6, 64, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(6 + extra_negatives, 64, dtype=torch.float64, requires_grad=True)
+    coefs = [1.0 + i for i in range(len(nesting_list))]
+    out = nested_contrastive_loss(a, b, nesting_list, 0.07, coefs, symmetric=symmetric)
+    out.loss.backward()
+    got = grads(a, b)
+    a.grad = b.grad = None
+    ref = reference_contrastive(a, b, nesting_list, 0.07, coefs, symmetric)
+    ref.backward()
+    torch.testing.assert_close(out.loss, ref)
+    for g, r in zip(got, grads(a, b)):
+        torch.testing.assert_close(g, r)
+
+
+def test_learnable_temperature_gets_a_gradient():
+    loss_fct = MatryoshkaContrastiveLoss([4, 8], temperature=0.1, learnable_temperature=True)
+    torch.testing.assert_close(loss_fct.temperature, torch.tensor(0.1))
+    loss_fct(torch.randn(4, 8), torch.randn(4, 8)).loss.backward()
+    assert loss_fct.log_logit_scale.grad is not None
+    fixed = MatryoshkaContrastiveLoss([4, 8], temperature=0.1)
+    assert not any(p.requires_grad for p in fixed.parameters())
+
+
+def test_logits_at_one_dim():
+    torch.manual_seed(5)
+    x = torch.randn(3, 16)
+    efficient = MatryoshkaHead([4, 16], num_classes=5, efficient=True)
+    torch.testing.assert_close(efficient.logits_at(x, 4), efficient(x)[0])
+    assert efficient.logits_at(x, 7).shape == (3, 5)  # MRL-E serves interpolated dims too
+    plain = MatryoshkaHead([4, 16], num_classes=5)
+    torch.testing.assert_close(plain.logits_at(x, 16), plain(x)[1])
+    with pytest.raises(ValueError, match="dim=7 has no classifier"):
+        plain.logits_at(x, 7)
+
+
+def test_bad_input_raises_clear_errors():
+    head = MatryoshkaHead([4, 16], num_classes=5)
+    with pytest.raises(ValueError, match="hidden has last dim 8, but this head expects 16"):
+        head(torch.randn(2, 8))
+    with pytest.raises(ValueError, match="labels have shape"):
+        MatryoshkaCrossEntropyLoss()(head(torch.randn(2, 16)), torch.tensor([1, 2, 3]))
+    with pytest.raises(ValueError, match="relative_importance has 3 entries"):
+        MatryoshkaCrossEntropyLoss([1, 1, 1])(head(torch.randn(2, 16)), torch.tensor([1, 2]))
+    with pytest.raises(ValueError, match="label 9 is outside 0..4"):
+        MatryoshkaHead([4, 16], 5, efficient=True).loss(torch.randn(2, 16), torch.tensor([1, 9]))
+    with pytest.raises(ValueError, match="num_classes"):
+        MatryoshkaHead([4, 16], num_classes=0)
+    with pytest.raises(ValueError, match="temperature=0"):
+        nested_contrastive_loss(torch.randn(2, 4), torch.randn(2, 4), [2, 4], temperature=0)
+    with pytest.raises(ValueError, match="anchors is empty"):
+        nested_contrastive_loss(torch.randn(0, 4), torch.randn(0, 4), [2, 4])
