@@ -1,0 +1,2 @@
+from .vision import (MRLResNetConfig, MRLResNetForImageClassification, MRLViTConfig,  # noqa: F401
+                     MRLViTForImageClassification, MatryoshkaImageClassifierOutput)
