@@ -1,0 +1,1 @@
+"""Loaders for the data the examples, tests and benchmarks use."""
