@@ -1,2 +1,2 @@
-from .vision import (MRLResNetConfig, MRLResNetForImageClassification, MRLViTConfig,  # noqa: F401
-                     MRLViTForImageClassification, MatryoshkaImageClassifierOutput)
+"""Model families. Importing this package registers them with the transformers Auto classes."""
+from .bert import MRLBertConfig, MRLBertForMaskedLM, MRLBertModel, masked_lm_accuracy

@@ -1,0 +1,411 @@
+"""MRL BERT: text embeddings (``MRLBertModel``) and masked language modelling (``MRLBertForMaskedLM``).
+
+Both wrap transformers' ``BertModel`` under the attribute ``bert`` (``base_model_prefix``), so any plain BERT
+checkpoint (a bare ``BertModel`` such as all-MiniLM-L6-v2, or a ``BertForMaskedLM``) initialises the encoder
+and only the new parts (projection, MLM head bias) are reported as newly initialised.
+
+How the MLM head is nested: BERT's head is ``transform`` (dense + GELU + LayerNorm on the full hidden vector)
+followed by a decoder tied to the input word embeddings ``E``. The transform runs once on the full vector,
+unchanged; the nesting is on its output ``t``: the logits at size ``m`` are ``t[:m] @ E[:, :m].T + b``. Because
+the decoder *is* the word-embedding matrix, every size shares it: MRL for MLM reduces to MRL-E (paper, Sec. 3).
+The vocabulary loss is computed only at masked positions (rows whose label is not -100).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+from huggingface_hub.dataclasses import strict
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForMaskedLM,
+    AutoTokenizer,
+    BertConfig,
+    BertModel,
+)
+from transformers import initialization as init
+from transformers.models.bert.modeling_bert import BertPredictionHeadTransform, BertPreTrainedModel
+from transformers.utils import ModelOutput
+
+from ..config import MatryoshkaConfigMixin
+from ..embeddings import truncate_embeddings
+from ..heads import MatryoshkaHead
+from ..losses import MatryoshkaCrossEntropyLoss, nested_contrastive_loss
+from ..nesting import validate_dim
+
+POOLING_MODES = ("mean", "cls")
+
+
+@strict
+class MRLBertConfig(MatryoshkaConfigMixin, BertConfig):
+    """``BertConfig`` plus the Matryoshka fields and the embedding settings.
+
+    pooling: ``"mean"`` (masked mean of the last hidden states, as sentence-transformers models use) or ``"cls"``.
+    embedding_dim: size of an optional linear projection after pooling; ``None`` keeps ``hidden_size``.
+    contrastive_temperature: temperature of the nested InfoNCE loss used when (anchor, positive) pairs are given.
+    """
+
+    model_type = "mrl_bert"
+
+    pooling: str = "mean"
+    embedding_dim: int | None = None
+    contrastive_temperature: float = 0.05
+
+    @property
+    def matryoshka_embedding_dim(self) -> int:
+        return self.embedding_dim if self.embedding_dim is not None else self.hidden_size
+
+    def validate_matryoshka(self) -> None:
+        if self.pooling not in POOLING_MODES:
+            raise ValueError(f"pooling={self.pooling!r} is not supported; choose one of {POOLING_MODES}.")
+        if self.embedding_dim is not None and (isinstance(self.embedding_dim, bool) or self.embedding_dim < 1):
+            raise ValueError(f"embedding_dim={self.embedding_dim!r} must be an int >= 1 (or None for hidden_size).")
+        if not self.contrastive_temperature > 0:
+            raise ValueError(f"contrastive_temperature={self.contrastive_temperature} must be > 0.")
+        super().validate_matryoshka()
+
+
+@dataclass
+class MRLBertEmbeddingOutput(ModelOutput):
+    """``embeddings``: the full pooled (and projected) vector, never normalised, shape ``(batch, d)``.
+    ``truncated_embeddings``: its first ``truncate_dim`` features, L2-normalised when ``normalize`` is on.
+    ``loss`` / ``per_dim_losses``: nested contrastive loss when positives are given (``per_dim_losses[i]``
+    belongs to ``config.nesting_list[i]``)."""
+
+    loss: torch.FloatTensor | None = None
+    per_dim_losses: torch.FloatTensor | None = None
+    embeddings: torch.FloatTensor | None = None
+    truncated_embeddings: torch.FloatTensor | None = None
+    last_hidden_state: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class MRLMaskedLMOutput(ModelOutput):
+    """``logits``: ``(batch, seq, vocab)`` at ``truncate_dim`` (full size when unset); skipped when labels are
+    given unless ``return_logits=True``, since training needs only the masked rows.
+    ``nested_predictions``: in eval mode with labels, the argmax token at every masked position for every
+    nesting size, shape ``(n_masked, |M|)`` (masked positions in row-major order)."""
+
+    loss: torch.FloatTensor | None = None
+    per_dim_losses: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    nested_predictions: torch.LongTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+class MRLBertPreTrainedModel(BertPreTrainedModel):
+    config_class = MRLBertConfig
+    config: MRLBertConfig
+    base_model_prefix = "bert"
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, MRLBertLMPredictionHead):
+            init.zeros_(module.bias)
+        elif isinstance(module, MatryoshkaHead) and module.efficient:
+            init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """``PreTrainedModel.from_pretrained``, plus the tokenizer saved next to the weights (if any) as
+        ``model.tokenizer``. Matryoshka kwargs (``truncate_dim=64``, ``nesting_list=[...]``) override the
+        persisted config and are validated."""
+        result = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        model = result[0] if isinstance(result, tuple) else result
+        model.tokenizer = _try_load_tokenizer(pretrained_model_name_or_path, kwargs)
+        return result
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """``PreTrainedModel.save_pretrained``; also saves ``model.tokenizer`` when there is one."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if getattr(self, "tokenizer", None) is not None and kwargs.get("is_main_process", True):
+            self.tokenizer.save_pretrained(save_directory)
+
+
+def _try_load_tokenizer(path, kwargs):
+    keep = {k: kwargs[k] for k in ("revision", "cache_dir", "token", "local_files_only", "subfolder") if k in kwargs}
+    try:
+        return AutoTokenizer.from_pretrained(path, **keep)
+    except (OSError, ValueError, TypeError):  # no tokenizer files there: encode() will ask for one
+        return None
+
+
+class MRLBertModel(MRLBertPreTrainedModel):
+    """BERT text embeddings trained so that every prefix in ``config.nesting_list`` is an embedding.
+
+    ``forward(input_ids, attention_mask)`` returns ``MRLBertEmbeddingOutput``. With ``positive_input_ids``
+    (and optionally ``negative_input_ids``) it also returns the nested InfoNCE loss with in-batch negatives
+    (each prefix L2-normalised on its own), so ``MRLTrainer`` fine-tunes on (anchor, positive[, negative])
+    batches from ``mrl_hf.data.PairCollator``. ``encode(texts)`` works like sentence-transformers' ``encode``.
+    """
+
+    def __init__(self, config: MRLBertConfig):
+        super().__init__(config)
+        config.validate_matryoshka()
+        self.bert = BertModel(config, add_pooling_layer=False)
+        self.projection = (
+            nn.Linear(config.hidden_size, config.embedding_dim) if config.embedding_dim is not None else None
+        )
+        self.tokenizer = None
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.bert.embeddings.word_embeddings
+
+    def set_input_embeddings(self, value):
+        self.bert.embeddings.word_embeddings = value
+
+    def _embed(self, input_ids, attention_mask=None, token_type_ids=None, **kwargs):
+        if attention_mask is None and input_ids is not None:
+            attention_mask = torch.ones_like(input_ids)
+        out = self.bert(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                        return_dict=True, **kwargs)
+        hidden = out.last_hidden_state
+        if self.config.pooling == "cls":
+            pooled = hidden[:, 0]
+        else:
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9)
+        if self.projection is not None:
+            pooled = self.projection(pooled)
+        return pooled, out
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        positive_input_ids: torch.Tensor | None = None,
+        positive_attention_mask: torch.Tensor | None = None,
+        negative_input_ids: torch.Tensor | None = None,
+        negative_attention_mask: torch.Tensor | None = None,
+        truncate_dim: int | None = None,
+        normalize: bool | None = None,
+        return_loss: bool = True,
+        **kwargs,
+    ) -> MRLBertEmbeddingOutput:
+        embeddings, out = self._embed(input_ids, attention_mask, token_type_ids, position_ids=position_ids,
+                                      inputs_embeds=inputs_embeds, **kwargs)
+        loss = per_dim = None
+        if positive_input_ids is not None and return_loss:
+            candidates = [self._embed(positive_input_ids, positive_attention_mask)[0]]
+            if negative_input_ids is not None:
+                candidates.append(self._embed(negative_input_ids, negative_attention_mask)[0])
+            loss, per_dim, _ = nested_contrastive_loss(
+                embeddings, torch.cat(candidates), self.config.nesting_list,
+                temperature=self.config.contrastive_temperature,
+                relative_importance=self.config.relative_importance,
+            )
+        return MRLBertEmbeddingOutput(
+            loss=loss,
+            per_dim_losses=per_dim,
+            embeddings=embeddings,
+            truncated_embeddings=self._truncate(embeddings, truncate_dim, normalize),
+            last_hidden_state=out.last_hidden_state,
+            hidden_states=out.hidden_states,
+            attentions=out.attentions,
+        )
+
+    def _truncate(self, embeddings, truncate_dim, normalize):
+        dim = truncate_dim if truncate_dim is not None else self.config.truncate_dim
+        normalize = self.config.normalize_embeddings if normalize is None else normalize
+        return truncate_embeddings(embeddings, dim, normalize=normalize)
+
+    @torch.no_grad()
+    def encode(
+        self,
+        texts: str | Sequence[str],
+        batch_size: int = 32,
+        truncate_dim: int | None = None,
+        normalize: bool | None = None,
+        convert_to_numpy: bool = True,
+        convert_to_tensor: bool = False,
+        show_progress_bar: bool = False,
+        max_length: int | None = None,
+        tokenizer=None,
+    ):
+        """Embed ``texts`` like ``SentenceTransformer.encode``: returns ``(len(texts), dim)`` (or ``(dim,)`` for
+        one string) as numpy, or a tensor with ``convert_to_tensor=True`` / ``convert_to_numpy=False``.
+
+        ``truncate_dim`` defaults to ``config.truncate_dim`` (``None`` = full); ``normalize`` to
+        ``config.normalize_embeddings``; normalisation happens after truncation. ``max_length`` defaults to
+        the tokenizer's ``model_max_length`` capped at ``max_position_embeddings``.
+        """
+        single = isinstance(texts, str)
+        texts = [texts] if single else texts
+        _check_texts(texts)
+        tokenizer = tokenizer if tokenizer is not None else self.tokenizer
+        if tokenizer is None:
+            raise ValueError("This model has no tokenizer: load it with from_pretrained from a folder that has one, "
+                             "set model.tokenizer = AutoTokenizer.from_pretrained(...), or pass tokenizer=.")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size={batch_size!r} must be an int >= 1.")
+        dim = truncate_dim if truncate_dim is not None else self.config.truncate_dim
+        if dim is not None:
+            validate_dim(dim, self.config.matryoshka_embedding_dim, name="truncate_dim")
+        max_length = max_length or default_max_length(tokenizer, self.config)
+        order = np.argsort([-len(t) for t in texts], kind="stable")  # similar lengths share a batch
+        was_training = self.training
+        self.eval()
+        chunks = []
+        try:
+            from tqdm.auto import trange
+
+            for start in trange(0, len(texts), batch_size, desc="Batches", disable=not show_progress_bar):
+                batch = [texts[i] for i in order[start:start + batch_size]]
+                enc = tokenizer(batch, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+                enc = {k: v.to(self.device) for k, v in enc.items()}
+                chunks.append(self(**enc, truncate_dim=dim, normalize=normalize).truncated_embeddings)
+        finally:
+            self.train(was_training)
+        out = torch.empty_like(torch.cat(chunks))
+        out[torch.as_tensor(order, device=out.device)] = torch.cat(chunks)
+        if single:
+            out = out[0]
+        if convert_to_tensor or not convert_to_numpy:
+            return out
+        return out.float().cpu().numpy()
+
+
+def default_max_length(tokenizer, config) -> int:
+    limit = getattr(tokenizer, "model_max_length", None) or config.max_position_embeddings
+    return int(min(limit, config.max_position_embeddings))
+
+
+def _check_texts(texts) -> None:
+    if isinstance(texts, (bytes, dict)) or not isinstance(texts, Sequence):
+        raise TypeError(f"texts must be a string or a list of strings, got {type(texts).__name__}.")
+    if len(texts) == 0:
+        raise ValueError("texts is empty; pass at least one string.")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"texts[{i}] is {type(text).__name__} ({text!r:.50}); every text must be a str.")
+
+
+class MRLBertLMPredictionHead(nn.Module):
+    """BERT's MLM head with an MRL-E decoder: attribute names match ``BertLMPredictionHead`` so plain BERT
+    MLM checkpoints load into it."""
+
+    def __init__(self, config: MRLBertConfig):
+        super().__init__()
+        self.transform = BertPredictionHeadTransform(config)
+        self.decoder = MatryoshkaHead(config.nesting_list, config.vocab_size, efficient=True, bias=True)
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+
+
+class MRLBertOnlyMLMHead(nn.Module):
+    def __init__(self, config: MRLBertConfig):
+        super().__init__()
+        self.predictions = MRLBertLMPredictionHead(config)
+
+
+class MRLBertForMaskedLM(MRLBertPreTrainedModel):
+    """BERT masked LM whose prediction at every size ``m`` in ``nesting_list`` uses only ``t[:m]`` (MRL-E, decoder
+    tied to the word embeddings). Loss: ``sum_m c_m * CE_m`` over masked tokens; see the module docstring."""
+
+    _tied_weights_keys = {
+        "cls.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight",
+        "cls.predictions.decoder.bias": "cls.predictions.bias",
+    }
+
+    def __init__(self, config: MRLBertConfig):
+        super().__init__(config)
+        config.validate_matryoshka()
+        if config.matryoshka_embedding_dim != config.hidden_size:
+            raise ValueError(
+                f"MRLBertForMaskedLM nests the hidden size ({config.hidden_size}), so embedding_dim must be None "
+                f"(got {config.embedding_dim}); use MRLBertModel for a projected embedding."
+            )
+        self.bert = BertModel(config, add_pooling_layer=False)
+        self.cls = MRLBertOnlyMLMHead(config)
+        self.tokenizer = None
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.bert.embeddings.word_embeddings
+
+    def set_input_embeddings(self, value):
+        self.bert.embeddings.word_embeddings = value
+
+    def get_output_embeddings(self):
+        return self.cls.predictions.decoder
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        truncate_dim: int | None = None,
+        return_logits: bool | None = None,
+        **kwargs,
+    ) -> MRLMaskedLMOutput:
+        out = self.bert(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                        position_ids=position_ids, inputs_embeds=inputs_embeds, return_dict=True, **kwargs)
+        hidden = out.last_hidden_state
+        head = self.cls.predictions
+        loss = per_dim = predictions = logits = None
+        if labels is not None:
+            if labels.shape != hidden.shape[:2]:
+                raise ValueError(f"labels must have shape {tuple(hidden.shape[:2])} (batch, seq), "
+                                 f"got {tuple(labels.shape)}.")
+            masked = labels != -100
+            want_preds = not self.training
+            nested = head.decoder.loss(
+                head.transform(hidden[masked]), labels[masked],
+                loss_fct=MatryoshkaCrossEntropyLoss(self.config.relative_importance),
+                return_predictions=want_preds,
+            )
+            loss, per_dim = nested.loss, nested.per_dim_losses
+            predictions = nested.predictions.T if want_preds else None
+        if labels is None or return_logits:
+            dim = truncate_dim if truncate_dim is not None else self.config.truncate_dim
+            logits = head.decoder.logits_at(head.transform(hidden), dim or self.config.hidden_size)
+        return MRLMaskedLMOutput(loss=loss, per_dim_losses=per_dim, logits=logits, nested_predictions=predictions,
+                                 hidden_states=out.hidden_states, attentions=out.attentions)
+
+
+@torch.no_grad()
+def masked_lm_accuracy(model: MRLBertForMaskedLM, batches, dims: Sequence[int]) -> dict[int, float]:
+    """MLM accuracy (%) over masked tokens at each size in ``dims`` (any size in 1..hidden_size, since the
+    decoder is MRL-E), e.g. to compare an MRL model with a plain one sliced (the paper's Table 7).
+    ``batches`` yields dicts with ``input_ids``, ``attention_mask`` and ``labels`` (-100 = not masked)."""
+    dims = [validate_dim(m, model.config.hidden_size, name="dim") for m in dims]
+    was_training = model.training
+    model.eval()
+    correct = torch.zeros(len(dims))
+    total = 0
+    try:
+        for batch in batches:
+            batch = {k: v.to(model.device) for k, v in batch.items()}
+            labels = batch["labels"]
+            hidden = model.bert(batch["input_ids"], attention_mask=batch.get("attention_mask"),
+                                return_dict=True).last_hidden_state
+            masked = labels != -100
+            t = model.cls.predictions.transform(hidden[masked])
+            for i, m in enumerate(dims):
+                pred = model.cls.predictions.decoder.logits_at(t, m).argmax(-1)
+                correct[i] += (pred == labels[masked]).sum().cpu()
+            total += int(masked.sum())
+    finally:
+        model.train(was_training)
+    return {m: 100.0 * float(c) / max(total, 1) for m, c in zip(dims, correct)}
+
+
+AutoConfig.register(MRLBertConfig.model_type, MRLBertConfig, exist_ok=True)
+AutoModel.register(MRLBertConfig, MRLBertModel, exist_ok=True)
+AutoModelForMaskedLM.register(MRLBertConfig, MRLBertForMaskedLM, exist_ok=True)
