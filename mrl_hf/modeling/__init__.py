@@ -1,2 +1,4 @@
 """Model families. Importing this package registers them with the transformers Auto classes."""
-from .bert import MRLBertConfig, MRLBertForMaskedLM, MRLBertModel, masked_lm_accuracy
+from .bert import MRLBertConfig, MRLBertForMaskedLM, MRLBertModel, masked_lm_accuracy  # noqa: F401
+from .vision import (MRLResNetConfig, MRLResNetForImageClassification, MRLViTConfig,  # noqa: F401
+                     MRLViTForImageClassification, MatryoshkaImageClassifierOutput)
