@@ -1,0 +1,166 @@
+"""A small results table: (method, metric, dim) -> value, printable, saved as CSV/JSON, plotted vs dim."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from typing import Iterable
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same folder, so no reader sees half a file."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+class ResultsTable:
+    """Long-format results, one record per (method, metric, dim). Accuracies are in percent.
+
+    ``print(table)`` shows one dim x method grid per metric; ``to_csv``/``to_json`` save it (atomically);
+    ``plot(metric)`` draws value vs dim on a log2 axis, one line per method, like the paper's figures.
+    """
+
+    COLUMNS = ("method", "metric", "dim", "value")
+
+    def __init__(self, records: Iterable[dict] | None = None):
+        self.records: list[dict] = []
+        for r in records or []:
+            self.add(r["method"], r["metric"], r["dim"], r["value"])
+
+    def add(self, method: str, metric: str, dim: int, value: float) -> None:
+        self.records.append({"method": str(method), "metric": str(metric), "dim": int(dim), "value": float(value)})
+
+    def extend(self, other: "ResultsTable") -> "ResultsTable":
+        self.records.extend(dict(r) for r in other.records)
+        return self
+
+    def __add__(self, other: "ResultsTable") -> "ResultsTable":
+        return ResultsTable(self.records + other.records)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def _unique(self, key: str, **where) -> list:
+        seen = []
+        for r in self.records:
+            if all(r[k] == v for k, v in where.items()) and r[key] not in seen:
+                seen.append(r[key])
+        return seen
+
+    @property
+    def methods(self) -> list[str]:
+        return self._unique("method")
+
+    @property
+    def metrics(self) -> list[str]:
+        return self._unique("metric")
+
+    @property
+    def dims(self) -> list[int]:
+        return sorted(self._unique("dim"))
+
+    def get(self, method: str, metric: str, dim: int) -> float:
+        for r in self.records:
+            if (r["method"], r["metric"], r["dim"]) == (method, metric, dim):
+                return r["value"]
+        raise KeyError(f"no result for method={method!r}, metric={metric!r}, dim={dim}; "
+                       f"methods {self.methods}, metrics {self.metrics}, dims {self.dims}.")
+
+    def series(self, method: str, metric: str) -> dict[int, float]:
+        """``{dim: value}`` of one method and metric, dims ascending."""
+        out = {r["dim"]: r["value"] for r in self.records if r["method"] == method and r["metric"] == metric}
+        return dict(sorted(out.items()))
+
+    def to_markdown(self, metric: str | None = None, digits: int = 1) -> str:
+        blocks = []
+        for m in [metric] if metric else self.metrics:
+            methods = self._unique("method", metric=m)
+            dims = sorted(self._unique("dim", metric=m))
+            lines = [f"{m}", "| dim | " + " | ".join(methods) + " |", "|---:|" + "---:|" * len(methods)]
+            for d in dims:
+                cells = []
+                for meth in methods:
+                    try:
+                        cells.append(f"{self.get(meth, m, d):.{digits}f}")
+                    except KeyError:
+                        cells.append("")
+                lines.append(f"| {d} | " + " | ".join(cells) + " |")
+            blocks.append("\n".join(lines))
+        return "\n\n".join(blocks)
+
+    def __str__(self) -> str:
+        return self.to_markdown()
+
+    def to_csv(self, path: str) -> None:
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=self.COLUMNS)
+        writer.writeheader()
+        writer.writerows(self.records)
+        atomic_write_text(path, buf.getvalue())
+
+    def to_json(self, path: str) -> None:
+        atomic_write_text(path, json.dumps(self.records, indent=1))
+
+    @classmethod
+    def from_csv(cls, path: str) -> "ResultsTable":
+        with open(path, newline="") as f:
+            return cls(csv.DictReader(f))
+
+    @classmethod
+    def from_json(cls, path: str) -> "ResultsTable":
+        with open(path) as f:
+            return cls(json.load(f))
+
+    def to_pandas(self):
+        import pandas as pd
+
+        return pd.DataFrame(self.records, columns=list(self.COLUMNS))
+
+    def plot(self, metric: str, path: str | None = None, methods: list[str] | None = None, ax=None,
+             title: str | None = None, dpi: int = 100):
+        """Value vs dim (log2 x-axis) for ``metric``, one line per method; saves a PNG if ``path`` is given."""
+        import matplotlib
+
+        if ax is None:
+            matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+
+        if metric not in self.metrics:
+            raise ValueError(f"metric={metric!r} is not in this table; choose one of {self.metrics}.")
+        fig = None
+        if ax is None:
+            fig, ax = plt.subplots(figsize=(5, 3.6))
+        for method in methods or self._unique("method", metric=metric):
+            s = self.series(method, metric)
+            if s:
+                ax.plot(list(s), list(s.values()), marker="o", markersize=3, label=method)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("representation size")
+        ax.set_ylabel(metric + " (%)")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+        if title:
+            ax.set_title(title, fontsize=9)
+        if fig is not None:
+            fig.tight_layout()
+            if path is not None:
+                folder = os.path.dirname(os.path.abspath(path))
+                os.makedirs(folder, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".png")
+                os.close(fd)
+                fig.savefig(tmp, dpi=dpi)
+                os.replace(tmp, path)
+            plt.close(fig)
+        return ax
