@@ -1,0 +1,96 @@
+"""Query -> answer retrieval quality at every embedding size: recall@k and MRR.
+
+Each query has one or more relevant candidates; a query counts as a hit at k when any relevant candidate is
+among its k most cosine-similar candidates, and its reciprocal rank uses the best-ranked relevant one.
+Embeddings are sliced to each size and L2-normalised after slicing (Matryoshka order).
+"""
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+
+from ..embeddings import truncate_embeddings
+from ..nesting import validate_dim
+
+
+def pair_retrieval_metrics(
+    query_embeddings,
+    candidate_embeddings,
+    dims: Sequence[int],
+    relevant: Sequence[int] | Sequence[Iterable[int]] | None = None,
+    ks: Sequence[int] = (1, 10),
+) -> dict[int, dict[str, float]]:
+    """``{m: {"recall@1": .., "recall@10": .., "mrr": ..}}`` for every size ``m`` in ``dims``.
+
+    ``relevant[i]`` is the index (or a collection of indices) of query i's relevant candidates; default
+    ``i`` (the candidates are the queries' own answers, in order). Values are fractions in [0, 1].
+    """
+    q = torch.as_tensor(np.asarray(query_embeddings), dtype=torch.float32)
+    c = torch.as_tensor(np.asarray(candidate_embeddings), dtype=torch.float32)
+    if q.ndim != 2 or c.ndim != 2 or q.shape[1] != c.shape[1]:
+        raise ValueError(f"query and candidate embeddings must be 2-D with the same size, got {tuple(q.shape)} "
+                         f"and {tuple(c.shape)}.")
+    if len(q) == 0 or len(c) == 0:
+        raise ValueError("need at least one query and one candidate.")
+    relevance = _relevance_mask(relevant, len(q), len(c))
+    results = {}
+    for m in dims:
+        m = validate_dim(m, q.shape[1], name="dim")
+        sims = truncate_embeddings(q, m, normalize=True) @ truncate_embeddings(c, m, normalize=True).T
+        best_relevant = sims.masked_fill(~relevance, float("-inf")).max(1, keepdim=True).values
+        rank = (sims > best_relevant).sum(1)  # candidates strictly better than the best relevant one
+        row = {f"recall@{k}": float((rank < k).float().mean()) for k in ks}
+        row["mrr"] = float((1.0 / (rank + 1).float()).mean())
+        results[m] = row
+    return results
+
+
+def _relevance_mask(relevant, num_queries: int, num_candidates: int) -> torch.Tensor:
+    if relevant is None:
+        if num_queries > num_candidates:
+            raise ValueError(f"{num_queries} queries but {num_candidates} candidates; pass relevant= to say "
+                             "which candidates answer each query.")
+        relevant = range(num_queries)
+    if len(relevant) != num_queries:
+        raise ValueError(f"relevant has {len(relevant)} entries but there are {num_queries} queries.")
+    mask = torch.zeros(num_queries, num_candidates, dtype=torch.bool)
+    for i, rel in enumerate(relevant):
+        idx = [rel] if isinstance(rel, (int, np.integer)) else list(rel)
+        if not idx:
+            raise ValueError(f"query {i} has no relevant candidate.")
+        bad = [j for j in idx if not 0 <= j < num_candidates]
+        if bad:
+            raise ValueError(f"relevant[{i}] contains {bad[0]}, outside 0..{num_candidates - 1}.")
+        mask[i, idx] = True
+    return mask
+
+
+def group_pairs(pairs: Sequence[tuple[str, str]]) -> tuple[list[str], list[str], list[list[int]]]:
+    """Unique queries, unique answers, and for each query the indices of all its answers: the input of
+    ``pair_retrieval_metrics`` for (question, answer) data where questions and answers repeat."""
+    queries, answers, relevant = [], [], []
+    q_index, a_index = {}, {}
+    for query, answer, *_ in pairs:
+        if answer not in a_index:
+            a_index[answer] = len(answers)
+            answers.append(answer)
+        if query not in q_index:
+            q_index[query] = len(queries)
+            queries.append(query)
+            relevant.append([])
+        rel = relevant[q_index[query]]
+        if a_index[answer] not in rel:
+            rel.append(a_index[answer])
+    return queries, answers, relevant
+
+
+def format_table(results: dict[str, dict[int, dict[str, float]]]) -> str:
+    """Markdown table: one row per (model, dim), metrics in percent."""
+    lines = ["| model | dim | recall@1 | recall@10 | MRR |", "|---|---|---|---|---|"]
+    for name, per_dim in results.items():
+        for m, row in per_dim.items():
+            lines.append(f"| {name} | {m} | {100 * row['recall@1']:.1f} | {100 * row['recall@10']:.1f} | "
+                         f"{100 * row['mrr']:.1f} |")
+    return "\n".join(lines)
