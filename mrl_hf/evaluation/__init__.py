@@ -1,0 +1,24 @@
+"""Evaluation of Matryoshka embeddings per dim."""
+from .retrieval_metrics import (
+    average_precision_at_k,
+    evaluate_retrieval_per_dim,
+    mean_average_precision_at_k,
+    precision_at_k,
+    recall_at_k,
+    relevance,
+    retrieval_metrics,
+    top1_accuracy,
+    top_k_overlap,
+)
+from .classification import (  # noqa: E402
+    baseline_features,
+    encode_images,
+    evaluate_baselines,
+    evaluate_embeddings,
+    knn_accuracy,
+    linear_probe_accuracy,
+    nearest_class_mean_accuracy,
+    oracle_accuracy,
+    per_dim_accuracy,
+)
+from .table import ResultsTable  # noqa: E402
