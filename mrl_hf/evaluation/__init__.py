@@ -22,3 +22,12 @@ from .classification import (  # noqa: E402
     per_dim_accuracy,
 )
 from .table import ResultsTable  # noqa: E402
+from .zero_shot import (  # noqa: E402
+    DEFAULT_TEMPLATES,
+    class_prompt_embeddings,
+    embed_images,
+    embed_texts,
+    image_text_retrieval,
+    zero_shot_accuracy,
+    zero_shot_classification_per_dim,
+)

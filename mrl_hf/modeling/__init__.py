@@ -2,3 +2,4 @@
 from .bert import MRLBertConfig, MRLBertForMaskedLM, MRLBertModel, masked_lm_accuracy  # noqa: F401
 from .vision import (MRLResNetConfig, MRLResNetForImageClassification, MRLViTConfig,  # noqa: F401
                      MRLViTForImageClassification, MatryoshkaImageClassifierOutput)
+from .align import MRLAlignConfig, MRLAlignModel, MRLAlignOutput, MRLAlignProcessor  # noqa: F401,E402
