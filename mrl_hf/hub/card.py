@@ -1,0 +1,192 @@
+"""Model cards for mrl_hf checkpoints: YAML metadata, per-dim evaluation table, plot and usage snippets.
+
+Rendered with ``huggingface_hub.ModelCard.from_template`` from ``templates/model_card.md`` (shipped inside the
+package so installed copies find it). Evaluation numbers come as a ``mrl_hf.evaluation.ResultsTable``
+(method, metric, dim, value): the card shows every method per dim, and the model-index metadata holds this
+model's row (``model_method``) at every dim, one metric entry per (metric, dim) with ``config: dim=<m>``.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+TEMPLATE = Path(__file__).with_name("templates") / "model_card.md"
+PLOT_FILE = "mrl_accuracy_vs_dim.png"
+
+# architecture -> (pipeline_tag, what is nested, what each prefix is trained to be, extra tags)
+_KINDS = {
+    "MRLBertModel": ("feature-extraction", "embedding", "an embedding", ["sentence-similarity", "text-embeddings"]),
+    "MRLBertForMaskedLM": ("fill-mask", "hidden state", "the input of the (tied) MLM decoder", ["fill-mask"]),
+    "MRLResNetForImageClassification": ("image-classification", "image feature", "a classifier input", ["vision"]),
+    "MRLViTForImageClassification": ("image-classification", "image feature", "a classifier input", ["vision"]),
+}
+
+
+def _architecture(config) -> str:
+    names = getattr(config, "architectures", None) or []
+    if not names:
+        raise ValueError("config.architectures is empty; render the card from the model, or save the model first "
+                         "(save_pretrained records its class).")
+    return names[0]
+
+
+def _sample_dim(config) -> int:
+    if config.truncate_dim is not None:
+        return config.truncate_dim
+    dims = config.nesting_list
+    return dims[max(0, len(dims) // 2 - 1)] if len(dims) > 1 else dims[0]
+
+
+def usage_snippets(architecture: str, repo_id: str, dim: int, remote_code: bool) -> dict[str, str | None]:
+    """Code for the card: ``mrl_hf_snippet``, ``transformers_snippet`` and ``st_snippet`` (None if not a text
+    embedding model)."""
+    trust = ", trust_remote_code=True" if remote_code else ""
+    register = "" if remote_code else "import mrl_hf.modeling  # registers the mrl_hf model types\n"
+    if architecture == "MRLBertModel":
+        return {
+            "mrl_hf_snippet": (
+                "from mrl_hf.modeling import MRLBertModel\n\n"
+                f'model = MRLBertModel.from_pretrained("{repo_id}", truncate_dim={dim})\n'
+                'embeddings = model.encode(["How do I reset my password?", "Where is my order?"], normalize=True)\n'
+                f"print(embeddings.shape)  # (2, {dim})"),
+            "transformers_snippet": (
+                f"{register}from transformers import AutoModel, AutoTokenizer\n\n"
+                f'model = AutoModel.from_pretrained("{repo_id}"{trust}, truncate_dim={dim})\n'
+                f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}")\n'
+                'batch = tokenizer(["How do I reset my password?"], padding=True, return_tensors="pt")\n'
+                "out = model(**batch, normalize=True)\n"
+                f"out.truncated_embeddings  # (1, {dim}): the first {dim} dims, L2-normalised after slicing"),
+            "st_snippet": (
+                "from sentence_transformers import SentenceTransformer\n\n"
+                f'model = SentenceTransformer("./st-model", truncate_dim={dim})\n'
+                'embeddings = model.encode(["How do I reset my password?"], normalize_embeddings=True)\n'
+                f"print(embeddings.shape)  # (1, {dim})"),
+        }
+    if architecture == "MRLBertForMaskedLM":
+        return {
+            "mrl_hf_snippet": (
+                "from mrl_hf.modeling import MRLBertForMaskedLM\n\n"
+                f'model = MRLBertForMaskedLM.from_pretrained("{repo_id}", truncate_dim={dim})\n'
+                'batch = model.tokenizer("Paris is the [MASK] of France.", return_tensors="pt")\n'
+                f"logits = model(**batch).logits  # vocabulary logits from the first {dim} dims"),
+            "transformers_snippet": (
+                f"{register}from transformers import AutoModelForMaskedLM\n\n"
+                f'model = AutoModelForMaskedLM.from_pretrained("{repo_id}"{trust}, truncate_dim={dim})'),
+            "st_snippet": None,
+        }
+    return {
+        "mrl_hf_snippet": (
+            f"from mrl_hf.modeling import {architecture}\n\n"
+            f'model = {architecture}.from_pretrained("{repo_id}")\n'
+            "out = model(pixel_values)  # pixel_values: (batch, channels, height, width)\n"
+            f"logits_{dim} = out.nested_logits[model.config.nesting_list.index({dim})]  # the classifier on {dim} dims"),
+        "transformers_snippet": (
+            f"{register}from transformers import AutoModelForImageClassification\n\n"
+            f'model = AutoModelForImageClassification.from_pretrained("{repo_id}"{trust})'),
+        "st_snippet": None,
+    }
+
+
+def _metric_slug(metric: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", metric.lower().replace("@", "_at_")).strip("_")
+
+
+def eval_results(results, model_method: str, model_name: str, task_type: str, dataset: dict) -> list[EvalResult]:
+    """One ``EvalResult`` per (metric, dim) of ``model_method`` in ``results`` (a ResultsTable)."""
+    out = []
+    for metric in results.metrics:
+        for dim, value in results.series(model_method, metric).items():
+            out.append(EvalResult(
+                task_type=task_type, dataset_type=dataset["type"], dataset_name=dataset["name"],
+                dataset_split=dataset.get("split"), metric_type=_metric_slug(metric),
+                metric_name=f"{metric} (dim {dim})", metric_config=f"dim={dim}", metric_value=round(float(value), 2),
+            ))
+    return out
+
+
+def render_model_card(
+    model_or_config,
+    repo_id: str = "your-name/mrl-model",
+    *,
+    results=None,
+    model_method: str | None = None,
+    eval_dataset: dict | None = None,
+    eval_description: str | None = None,
+    task_type: str | None = None,
+    plot_file: str | None = None,
+    base_model: str | None = None,
+    datasets: list[str] | None = None,
+    license: str = "apache-2.0",
+    model_name: str | None = None,
+    description: str | None = None,
+    training: str | None = None,
+    tags: list[str] | None = None,
+    remote_code: bool = False,
+) -> ModelCard:
+    """A ``ModelCard`` for an mrl_hf model (or its config) from the package template.
+
+    results: ``ResultsTable`` of per-dim metrics (percent); ``model_method`` is this model's method in it
+    (default: the first). eval_dataset: ``{"name": .., "type": .., "split": ..}`` for the model-index.
+    base_model: a Hub repo id (a local path is left out of the metadata). plot_file: the name of the
+    accuracy-vs-dim image saved next to the card.
+    """
+    config = getattr(model_or_config, "config", model_or_config)
+    if not hasattr(config, "nesting_list"):
+        raise TypeError(f"expected an mrl_hf model or config, got {type(model_or_config).__name__} without "
+                        "nesting_list.")
+    architecture = (type(model_or_config).__name__ if hasattr(model_or_config, "config")
+                    else _architecture(config))
+    pipeline_tag, representation, prefix_role, kind_tags = _KINDS.get(
+        architecture, ("feature-extraction", "representation", "a representation", []))
+    if base_model is not None and (Path(base_model).exists() or base_model.count("/") != 1):
+        base_model = None  # the Hub only accepts repo ids here
+    model_name = model_name or repo_id.split("/")[-1]
+    all_tags = ["mrl_hf", "matryoshka", "matryoshka-representation-learning", *kind_tags, *(tags or [])]
+
+    eval_list, eval_table = None, ""
+    if results is not None and len(results):
+        model_method = model_method or results.methods[0]
+        if model_method not in results.methods:
+            raise ValueError(f"model_method={model_method!r} is not a method of the results; choose one of "
+                             f"{results.methods}.")
+        if eval_dataset is None or not {"name", "type"} <= set(eval_dataset):
+            raise ValueError("results need eval_dataset={'name': ..., 'type': ...} (and optionally 'split') for "
+                             "the model-index metadata.")
+        eval_list = eval_results(results, model_method, model_name, task_type or _default_task(pipeline_tag),
+                                 eval_dataset)
+        eval_table = "\n\n".join(results.to_markdown(metric) for metric in results.metrics)
+        eval_table = re.sub(r"^(\S[^\n|]*)\n\|", r"**\1** (%)\n\n|", eval_table, flags=re.M)
+
+    card_data = ModelCardData(
+        library_name="transformers", pipeline_tag=pipeline_tag, tags=list(dict.fromkeys(all_tags)),
+        base_model=base_model, datasets=datasets or None, license=license, model_name=model_name,
+        eval_results=eval_list,
+    )
+    return ModelCard.from_template(
+        card_data, template_path=str(TEMPLATE),
+        model_name=model_name, repo_id=repo_id,
+        description=description or f"A Matryoshka {representation} model ({architecture}).",
+        architecture=architecture, model_type=config.model_type, base_model=base_model,
+        embedding_dim=config.matryoshka_embedding_dim, nesting_list=list(config.nesting_list),
+        truncate_dim=config.truncate_dim, efficient=config.efficient,
+        relative_importance=config.relative_importance, normalize_embeddings=config.normalize_embeddings,
+        representation=representation, prefix_role=prefix_role, datasets=datasets,
+        eval_table=eval_table,
+        eval_description=eval_description or f"Quality at each representation size on {_dataset_label(eval_dataset)}.",
+        plot_file=plot_file if eval_table else None, plot_metric=results.metrics[0] if eval_table else None,
+        training=training, remote_code=remote_code,
+        **usage_snippets(architecture, repo_id, _sample_dim(config), remote_code),
+    )
+
+
+def _default_task(pipeline_tag: str) -> str:
+    return {"feature-extraction": "retrieval", "fill-mask": "fill-mask"}.get(pipeline_tag, pipeline_tag)
+
+
+def _dataset_label(dataset: dict | None) -> str:
+    if not dataset:
+        return "the evaluation data"
+    split = f" ({dataset['split']} split)" if dataset.get("split") else ""
+    return f"{dataset['name']}{split}"

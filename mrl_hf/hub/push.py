@@ -1,0 +1,228 @@
+"""Save an mrl_hf checkpoint for the Hub (weights, config, tokenizer/processor, model card, plot) and push it.
+
+``save_for_hub(model, folder)`` writes the folder atomically; ``push_to_hub(model_or_folder, repo_id)`` checks
+everything it can before any request (config validation, repo id, token), stages the upload in a temporary
+copy (the local checkpoint is never modified) and sends it as one commit, which the Hub applies all or nothing.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from .card import PLOT_FILE, render_model_card
+from .remote_code import write_remote_code
+
+CARD_SETTINGS_FILE = "mrl_card.json"    # what the card was rendered from, so a later push can re-render it
+RESULTS_FILE = "mrl_results.json"       # ResultsTable records (method, metric, dim, value)
+_CARD_KEYS = ("model_method", "eval_dataset", "eval_description", "task_type", "base_model", "datasets", "license",
+              "model_name", "description", "training", "tags")
+
+
+class HubPushError(RuntimeError):
+    """A push that the Hub refused or that failed on the way; nothing was committed."""
+
+
+def check_config(model_or_config) -> None:
+    """Re-validate the Matryoshka fields (they may have been edited after construction)."""
+    config = getattr(model_or_config, "config", model_or_config)
+    if not hasattr(config, "validate_matryoshka"):
+        raise TypeError(f"{type(model_or_config).__name__} is not an mrl_hf model or config (no Matryoshka fields); "
+                        "push mrl_hf models, or use model.push_to_hub from transformers for others.")
+    try:
+        config.validate_matryoshka()
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"refusing to push: the model's config fails validation ({exc}). Fix the config and retry; "
+                         "nothing was uploaded.") from exc
+
+
+def check_repo_id(repo_id) -> str:
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if not isinstance(repo_id, str):
+        raise TypeError(f"repo_id must be a string like 'your-name/model-name', got {type(repo_id).__name__}.")
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as exc:
+        raise ValueError(f"invalid repo_id {repo_id!r}: {exc} Use 'namespace/name' with letters, digits, '-', '_', "
+                         "'.'; nothing was uploaded.") from None
+    return repo_id
+
+
+def resolve_token(token):
+    from huggingface_hub import get_token
+
+    token = token if token is not None else get_token()
+    if not token:
+        raise ValueError("pushing needs a Hugging Face write token: pass token=..., set HF_TOKEN, or run "
+                         "`hf auth login`; nothing was uploaded.")
+    return token
+
+
+def _replace_dir(staged: Path, target: Path) -> None:
+    """Move ``staged`` to ``target``; an existing ``target`` is swapped out, then deleted."""
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+    os.replace(staged, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def write_card(folder, model_or_config, repo_id: str, results=None, remote_code: bool = False, **card_kwargs):
+    """Render the card (and the accuracy-vs-dim plot when there are results) into ``folder``."""
+    folder = Path(folder)
+    unknown = set(card_kwargs) - set(_CARD_KEYS)
+    if unknown:
+        raise TypeError(f"unknown model card setting(s) {sorted(unknown)}; the card takes {list(_CARD_KEYS)}.")
+    plot_file = None
+    if results is not None and len(results):
+        results.to_json(folder / RESULTS_FILE)
+        try:
+            model_method = card_kwargs.get("model_method") or results.methods[0]
+            results.plot(results.metrics[0], path=str(folder / PLOT_FILE),
+                         title=f"{card_kwargs.get('model_name') or repo_id.split('/')[-1]}: "
+                               f"{model_method} vs baselines")
+            plot_file = PLOT_FILE
+        except ImportError:  # matplotlib is optional ('plot' extra): the card keeps its table
+            plot_file = None
+    card = render_model_card(model_or_config, repo_id, results=results, plot_file=plot_file,
+                             remote_code=remote_code, **card_kwargs)
+    card.save(str(folder / "README.md"))
+    settings = {k: v for k, v in card_kwargs.items() if v is not None}
+    (folder / CARD_SETTINGS_FILE).write_text(json.dumps({"repo_id": repo_id, **settings}, indent=1) + "\n")
+    return card
+
+
+def save_for_hub(model, save_directory, *, repo_id: str | None = None, tokenizer=None, results=None,
+                 remote_code: bool = False, overwrite: bool = True, **card_kwargs) -> Path:
+    """Save ``model`` (safetensors + config with the Matryoshka keys), its tokenizer / processor, the model card,
+    the plot and (``remote_code=True``) the flat modeling code with ``auto_map``, all at once into
+    ``save_directory``. ``card_kwargs`` go to ``render_model_card`` (``eval_dataset``, ``base_model``, ...)."""
+    check_config(model)
+    target = Path(save_directory).absolute()
+    if target.exists() and not overwrite:
+        raise FileExistsError(f"{target} exists; pass overwrite=True or choose a new folder.")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    repo_id = repo_id or f"your-name/{target.name}"
+    staged = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
+    try:
+        model.save_pretrained(staged)
+        tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
+        if tokenizer is not None and not (staged / "tokenizer_config.json").exists():
+            tokenizer.save_pretrained(staged)
+        if remote_code:
+            write_remote_code(type(model), staged)
+        write_card(staged, model, repo_id, results=results, remote_code=remote_code, **card_kwargs)
+        _replace_dir(staged, target)
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+    return target
+
+
+def _load_folder_config(folder: Path):
+    from transformers import AutoConfig
+
+    from .. import modeling  # noqa: F401  (registers the mrl_hf model types)
+
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{folder} has no config.json; pass a folder written by save_pretrained / "
+                                "save_for_hub (or a model).")
+    if not any(folder.glob("*.safetensors")):
+        raise FileNotFoundError(f"{folder} has no safetensors weights; save the model with save_pretrained.")
+    try:
+        config = AutoConfig.from_pretrained(str(folder))
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"refusing to push {folder}: its config.json fails validation ({exc}); nothing was "
+                         "uploaded.") from exc
+    check_config(config)
+    return config
+
+
+def push_to_hub(model_or_folder, repo_id: str, *, token: str | None = None, private: bool | None = None,
+                commit_message: str | None = None, tokenizer=None, results=None, remote_code: bool = False,
+                revision: str | None = None, regenerate_card: bool | None = None, **card_kwargs) -> str:
+    """Push an mrl_hf model, or a folder saved by ``save_for_hub`` / ``save_pretrained`` (e.g. a training output),
+    to ``repo_id`` in one commit. Returns the commit URL.
+
+    For a model, the folder is built by ``save_for_hub`` in a temporary directory. For a folder, its files are
+    copied to a temporary directory, a card is rendered when the folder has none (or ``regenerate_card=True``,
+    from ``mrl_results.json`` / ``mrl_card.json`` and ``card_kwargs``), and remote code is added on request.
+    Raises ``ValueError`` (bad config, repo id or missing token; checked before any request) or
+    ``HubPushError`` (the Hub failed; nothing was committed and local files are untouched).
+    """
+    repo_id = check_repo_id(repo_id)
+    if isinstance(model_or_folder, (str, os.PathLike)):
+        folder = Path(model_or_folder)
+        config = _load_folder_config(folder)
+    else:
+        check_config(model_or_folder)
+        folder = config = None
+    token = resolve_token(token)
+
+    with tempfile.TemporaryDirectory(prefix="mrl_hf_push_") as tmp:
+        staged = Path(tmp) / "repo"
+        if folder is None:
+            save_for_hub(model_or_folder, staged, repo_id=repo_id, tokenizer=tokenizer, results=results,
+                         remote_code=remote_code, **card_kwargs)
+        else:
+            _stage_folder(folder, staged, config, repo_id, results, remote_code, regenerate_card, card_kwargs)
+        return _upload(staged, repo_id, token, private, revision,
+                       commit_message or f"Upload Matryoshka model ({config.model_type if config else 'mrl_hf'})")
+
+
+def _stage_folder(folder: Path, staged: Path, config, repo_id, results, remote_code, regenerate_card, card_kwargs):
+    from ..evaluation.table import ResultsTable
+    from transformers import AutoModel
+
+    shutil.copytree(folder, staged, ignore=shutil.ignore_patterns(".*", "__pycache__", "checkpoint-*", "runs"))
+    if remote_code:
+        arch = (config.architectures or [None])[0]
+        classes = {cls.__name__: cls for cls in AutoModel._model_mapping._extra_content.values()}
+        from transformers import AutoModelForImageClassification, AutoModelForMaskedLM
+
+        for auto in (AutoModelForMaskedLM, AutoModelForImageClassification):
+            classes.update({cls.__name__: cls for cls in auto._model_mapping._extra_content.values()})
+        if arch not in classes:
+            raise ValueError(f"cannot export remote code for architecture {arch!r}; known: {sorted(classes)}.")
+        write_remote_code(classes[arch], staged)
+    if regenerate_card or (regenerate_card is None and not (staged / "README.md").exists()):
+        settings_path = staged / CARD_SETTINGS_FILE
+        settings = json.loads(settings_path.read_text()) if settings_path.exists() else {}
+        settings.pop("repo_id", None)
+        settings.update(card_kwargs)
+        if results is None and (staged / RESULTS_FILE).exists():
+            results = ResultsTable.from_json(str(staged / RESULTS_FILE))
+        write_card(staged, config, repo_id, results=results, remote_code=remote_code, **settings)
+
+
+def _upload(staged: Path, repo_id: str, token: str, private, revision, commit_message: str) -> str:
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    api = HfApi(token=token)
+    try:
+        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+        info = api.upload_folder(folder_path=str(staged), repo_id=repo_id, revision=revision,
+                                 commit_message=commit_message)
+    except HfHubHTTPError as exc:
+        status = getattr(getattr(exc, "response", None), "status_code", "?")
+        raise HubPushError(
+            f"pushing to {repo_id} failed (HTTP {status}): {str(exc).splitlines()[0]}. Nothing was committed (a "
+            "commit is applied all or nothing) and your local files are unchanged; retry the push."
+        ) from exc
+    return str(info)
+
+
+class MatryoshkaHubMixin:
+    """Mix into an mrl_hf ``PreTrainedModel`` (listed first) so that ``model.push_to_hub(repo_id)`` uploads the
+    generated model card, plot and optional remote code along with config, weights and tokenizer."""
+
+    def push_to_hub(self, repo_id: str, *, token: str | None = None, private: bool | None = None,
+                    commit_message: str | None = None, results=None, remote_code: bool = False, **card_kwargs) -> str:
+        return push_to_hub(self, repo_id, token=token, private=private, commit_message=commit_message,
+                           results=results, remote_code=remote_code, **card_kwargs)

@@ -1,0 +1,131 @@
+"""Remote code: copy a model's modeling code into its checkpoint folder, flat and self-contained, with ``auto_map``.
+
+Then ``AutoModel.from_pretrained(repo_id, trust_remote_code=True)`` works where mrl_hf is not installed.
+transformers loads remote code as flat files of one folder that import each other with ``from .name import``;
+so every mrl_hf module the model's module needs (transitively) is written as ``mrl_hf_<dotted_path>.py`` and
+its package-relative imports (``from ..config import X``) are rewritten to those flat names. Auto-class
+registrations are dropped from the copies: a process that has mrl_hf and loads remote code keeps its own classes.
+"""
+from __future__ import annotations
+
+import ast
+import importlib
+import json
+import os
+import re
+from pathlib import Path
+
+from transformers import (
+    AutoModel,
+    AutoModelForImageClassification,
+    AutoModelForMaskedLM,
+    AutoModelForSequenceClassification,
+)
+
+PACKAGE = "mrl_hf"
+_AUTO_CLASSES = (AutoModel, AutoModelForMaskedLM, AutoModelForImageClassification, AutoModelForSequenceClassification)
+_IMPORT = re.compile(r"^(?P<indent>\s*)from\s+(?P<module>\.+[\w.]*|mrl_hf(?:\.[\w.]+)?)\s+import\s", re.M)
+
+
+def flat_name(module: str) -> str:
+    """``mrl_hf.modeling.bert`` -> ``mrl_hf_modeling_bert`` (the file name of its copy, without ``.py``)."""
+    return module.replace(".", "_")
+
+
+def _resolve(module: str, is_package: bool, target: str) -> str:
+    """Absolute name of ``target`` (as written after ``from``) imported inside ``module``."""
+    if not target.startswith("."):
+        return target
+    level = len(target) - len(target.lstrip("."))
+    base = module.split(".") if is_package else module.split(".")[:-1]
+    base = base[: len(base) - (level - 1)] if level > 1 else base
+    rest = target.lstrip(".")
+    return ".".join(base + ([rest] if rest else []))
+
+
+def module_closure(module: str) -> dict[str, str]:
+    """``{module name: source}`` of ``module`` and every mrl_hf module it imports, directly or not."""
+    found: dict[str, str] = {}
+    todo = [module]
+    while todo:
+        name = todo.pop()
+        if name in found:
+            continue
+        mod = importlib.import_module(name)
+        source = Path(mod.__file__).read_text(encoding="utf8")
+        found[name] = source
+        is_package = Path(mod.__file__).name == "__init__.py"
+        for match in _IMPORT.finditer(source):
+            target = _resolve(name, is_package, match["module"])
+            if target == PACKAGE:
+                raise ValueError(f"{name} imports names from the mrl_hf package root ('from {match['module']} "
+                                 "import ...'); remote code needs imports from the defining modules.")
+            todo.append(target)
+    return found
+
+
+def _rewrite(name: str, source: str) -> str:
+    module = importlib.import_module(name)
+    is_package = Path(module.__file__).name == "__init__.py"
+
+    def repl(match: re.Match) -> str:
+        target = _resolve(name, is_package, match["module"])
+        return f"{match['indent']}from .{flat_name(target)} import "
+
+    source = _IMPORT.sub(repl, source)
+    return _drop_registrations(source)
+
+
+def _is_registration(node: ast.stmt) -> bool:
+    if isinstance(node, ast.Expr) and isinstance(node.value, ast.Call):
+        func = node.value.func
+        return isinstance(func, ast.Attribute) and func.attr == "register"
+    if isinstance(node, ast.For):
+        return all(_is_registration(child) for child in node.body)
+    return False
+
+
+def _drop_registrations(source: str) -> str:
+    lines = source.splitlines(keepends=True)
+    for node in reversed(ast.parse(source).body):
+        if _is_registration(node):
+            del lines[node.lineno - 1: node.end_lineno]
+    return "".join(lines)
+
+
+def auto_classes(model_class: type) -> dict[str, type]:
+    """The config class (``AutoConfig``) and every Auto class registered for it within mrl_hf, by Auto name."""
+    config_class = model_class.config_class
+    found = {"AutoConfig": config_class}
+    for auto in _AUTO_CLASSES:
+        registered = auto._model_mapping._extra_content.get(config_class)
+        if registered is not None and registered.__module__.startswith(PACKAGE + "."):
+            found[auto.__name__] = registered
+    if model_class not in found.values():
+        found.setdefault("AutoModel", model_class)
+    return found
+
+
+def write_remote_code(model_class: type, folder: str | os.PathLike) -> dict[str, str]:
+    """Write the flat code files of ``model_class`` into ``folder`` (a saved checkpoint) and add ``auto_map`` to its
+    ``config.json``. Returns the ``auto_map``."""
+    if not model_class.__module__.startswith(PACKAGE + "."):
+        raise TypeError(f"{model_class.__name__} is not an mrl_hf model (module {model_class.__module__}); "
+                        "remote code export covers mrl_hf's own model classes.")
+    folder = Path(folder)
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{config_path} does not exist; save the model into {folder} first.")
+    classes = auto_classes(model_class)
+    modules: dict[str, str] = {}
+    for cls in classes.values():
+        modules.update(module_closure(cls.__module__))
+    for name, source in modules.items():
+        (folder / f"{flat_name(name)}.py").write_text(_rewrite(name, source), encoding="utf8")
+    auto_map = {auto: f"{flat_name(cls.__module__)}.{cls.__name__}" for auto, cls in classes.items()}
+    config = json.loads(config_path.read_text(encoding="utf8"))
+    config["auto_map"] = auto_map
+    tmp = config_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf8")
+    os.replace(tmp, config_path)
+    return auto_map
