@@ -36,7 +36,7 @@ from ..config import MatryoshkaConfigMixin
 from ..embeddings import truncate_embeddings
 from ..heads import MatryoshkaHead
 from ..losses import MatryoshkaCrossEntropyLoss, nested_contrastive_loss
-from ..nesting import validate_dim
+from ..nesting import halving_nesting_list, validate_dim
 
 POOLING_MODES = ("mean", "cls")
 
@@ -60,7 +60,22 @@ class MRLBertConfig(MatryoshkaConfigMixin, BertConfig):
     def matryoshka_embedding_dim(self) -> int:
         return self.embedding_dim if self.embedding_dim is not None else self.hidden_size
 
+    def __post_init__(self, **kwargs):
+        derived = self.nesting_list is None
+        super().__post_init__(**kwargs)
+        self._derived_nesting_list = list(self.nesting_list) if derived else None
+
+    def to_dict(self) -> dict:
+        out = super().to_dict()
+        out.pop("_derived_nesting_list", None)
+        return out
+
     def validate_matryoshka(self) -> None:
+        # A nesting list derived from hidden_size (e.g. a plain BERT config) follows a later embedding_dim=...
+        derived = getattr(self, "_derived_nesting_list", None)
+        if derived is not None and self.nesting_list == derived and derived[-1] != self.matryoshka_embedding_dim:
+            dim = self.matryoshka_embedding_dim
+            self.nesting_list = self._derived_nesting_list = halving_nesting_list(dim, min_dim=min(8, dim))
         if self.pooling not in POOLING_MODES:
             raise ValueError(f"pooling={self.pooling!r} is not supported; choose one of {POOLING_MODES}.")
         if self.embedding_dim is not None and (isinstance(self.embedding_dim, bool) or self.embedding_dim < 1):
