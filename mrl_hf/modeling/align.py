@@ -167,8 +167,9 @@ class MRLAlignPreTrainedModel(PreTrainedModel):
 
 def _try_load_processor(path, kwargs):
     keep = {k: kwargs[k] for k in ("revision", "cache_dir", "token", "local_files_only", "subfolder") if k in kwargs}
-    if os.path.isdir(str(path)) and not os.path.isfile(os.path.join(path, kwargs.get("subfolder", ""),
-                                                                    "preprocessor_config.json")):
+    folder = os.path.join(str(path), kwargs.get("subfolder", ""))
+    if os.path.isdir(folder) and not any(os.path.isfile(os.path.join(folder, name))
+                                         for name in ("processor_config.json", "preprocessor_config.json")):
         return None
     try:
         return MRLAlignProcessor.from_pretrained(path, **keep)
@@ -335,7 +336,7 @@ class MRLAlignModel(MRLAlignPreTrainedModel):
             if missing or unexpected:
                 raise ValueError(f"the {name} checkpoint does not fit the {name} tower: missing {missing}, "
                                  f"unexpected {unexpected}.")
-        return model
+        return model.eval()  # like from_pretrained; Trainer switches to train mode
 
 
 def _base_model(model, classes, name):
