@@ -238,7 +238,8 @@ class _MRLImageClassifier:
         config = cls.config_class(**plain, num_labels=num_labels, **mrl_kwargs)
         model = cls(config)
         missing, unexpected = model.backbone.load_state_dict(base.state_dict(), strict=False)
-        if unexpected or [k for k in missing if "pooler" not in k]:
+        missing, unexpected = ([k for k in keys if not k.startswith("pooler.")] for keys in (missing, unexpected))
+        if missing or unexpected:  # ViT's optional pooler is the only part we do not use
             raise ValueError(f"backbone weights do not fit: missing {missing}, unexpected {unexpected}.")
         if trainable_stages is not None:
             model.freeze_backbone(trainable_stages)
