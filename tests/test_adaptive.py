@@ -1,0 +1,49 @@
+"""AdaptiveClassifier: thresholds, routing and cost accounting on logits with known confidences."""
+import numpy as np
+import pytest
+import torch
+
+from mrl_hf.adaptive import AdaptiveClassifier
+
+
+def synthetic_logits(n=2000, seed=0):
+    """Dim 4 is right and confident on 'easy' inputs (60%), unsure and often wrong on the rest; dim 16 is
+    always right."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 3, n)
+    easy = rng.random(n) < 0.6
+    logits = np.zeros((2, n, 3), dtype=np.float32)
+    small_pred = np.where(easy | (rng.random(n) < 0.3), labels, (labels + 1) % 3)
+    logits[0, np.arange(n), small_pred] = np.where(easy, 5.0, 0.5)  # softmax ~0.99 vs ~0.45
+    logits[1, np.arange(n), labels] = 1.0
+    return logits, labels
+
+
+def test_learns_a_threshold_that_keeps_full_accuracy_at_lower_cost():
+    logits, labels = synthetic_logits()
+    clf = AdaptiveClassifier([4, 16]).fit(logits[:, :1000], labels[:1000])
+    # smallest grid threshold above the unsure confidence (~0.45) and at most the easy one (~0.99)
+    unsure = np.exp(0.5) / (np.exp(0.5) + 2)
+    assert unsure < clf.thresholds[0] <= unsure + 0.01 and clf.thresholds[-1] == 0
+    result = clf.evaluate(logits[:, 1000:], labels[1000:])
+    assert result.accuracy == 100.0 and result.full_dim_accuracy == 100.0
+    easy_share = result.dim_fractions[4]
+    assert 0.55 < easy_share < 0.65
+    assert result.expected_dim == pytest.approx(4 * easy_share + 16 * (1 - easy_share))
+    assert result.expected_cost == pytest.approx(4 * easy_share + 20 * (1 - easy_share))  # MRL: 4 + 16
+    efficient = AdaptiveClassifier([4, 16], efficient=True).fit(logits[:, :1000], labels[:1000])
+    assert efficient.evaluate(logits[:, 1000:], labels[1000:]).expected_cost == pytest.approx(result.expected_dim)
+    preds, dims = clf.predict(tuple(torch.tensor(x) for x in logits))
+    assert np.array_equal(preds, labels) and set(dims) == {4, 16}
+
+
+def test_bad_input():
+    logits, labels = synthetic_logits(20)
+    with pytest.raises(RuntimeError, match="not fitted"):
+        AdaptiveClassifier([4, 16]).predict(logits)
+    with pytest.raises(ValueError, match=r"shape \(\|M\|=3, N, num_classes\)"):
+        AdaptiveClassifier([4, 8, 16]).fit(logits, labels)
+    with pytest.raises(ValueError, match=r"labels must have shape \(20,\)"):
+        AdaptiveClassifier([4, 16]).fit(logits, labels[:5])
+    with pytest.raises(ValueError, match="num_thresholds=1 must be an int >= 2"):
+        AdaptiveClassifier([4, 16], num_thresholds=1)
