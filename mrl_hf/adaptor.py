@@ -1,0 +1,233 @@
+"""Matryoshka for vectors from anywhere: a small adaptor trained on a frozen encoder's embeddings.
+
+``MatryoshkaAdaptor`` maps an embedding ``e`` (numpy or torch, from any library or API) to
+``z = W (e - mu)`` followed by a residual MLP ``z + MLP(z)``, so that the prefixes ``z[:m]`` keep the
+similarity structure of the full ``e``. ``pca_rotation(embeddings)`` is the training-free baseline: the same
+adaptor with ``W`` the principal axes (largest variance first) and the MLP switched off; ``fit`` starts from it.
+
+    adaptor = MatryoshkaAdaptor(384).fit(train_embeddings)      # unlabelled vectors only
+    small = adaptor.transform(query_embeddings, dim=64)         # (N, 64), L2-normalised
+    adaptor.save_pretrained("my-adaptor"); MatryoshkaAdaptor.from_pretrained("my-adaptor")
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .distillation import similarity_distillation_loss
+from .embeddings import truncate_embeddings
+from .nesting import halving_nesting_list, validate_dim, validate_nesting_list
+
+ADAPTOR_CONFIG_NAME = "adaptor_config.json"
+ADAPTOR_WEIGHTS_NAME = "adaptor.safetensors"
+
+
+def check_embeddings(embeddings, dim: int | None = None, name: str = "embeddings") -> torch.Tensor:
+    """``embeddings`` as a float32 ``(N, d)`` tensor, or a ``ValueError``/``TypeError`` saying what is wrong."""
+    if isinstance(embeddings, np.ndarray):
+        if not np.issubdtype(embeddings.dtype, np.number):
+            raise TypeError(f"{name} has dtype {embeddings.dtype}; pass numbers (e.g. float32).")
+        tensor = torch.from_numpy(np.ascontiguousarray(embeddings))
+    elif isinstance(embeddings, torch.Tensor):
+        tensor = embeddings.detach()
+    else:
+        raise TypeError(f"{name} must be a numpy.ndarray or torch.Tensor of shape (N, dim), "
+                        f"got {type(embeddings).__name__}; convert with np.asarray(...).")
+    if tensor.dim() != 2:
+        raise ValueError(f"{name} must have shape (N, dim), got {tuple(tensor.shape)}; "
+                         "reshape a single vector with x[None, :].")
+    if tensor.shape[0] == 0:
+        raise ValueError(f"{name} is empty (0 rows); pass at least one embedding.")
+    if dim is not None and tensor.shape[1] != dim:
+        raise ValueError(f"{name} has dim {tensor.shape[1]}, but this adaptor was built for dim {dim}; "
+                         "use embeddings from the encoder the adaptor was fitted on.")
+    tensor = tensor.float()
+    finite = torch.isfinite(tensor).all(1)
+    if not finite.all():
+        bad = (~finite).nonzero().flatten()
+        raise ValueError(f"{name} has non-finite values (NaN or inf) in {len(bad)} row(s), first at row "
+                         f"{bad[0].item()}; drop or re-encode those rows.")
+    return tensor
+
+
+class MatryoshkaAdaptor(nn.Module):
+    """Maps frozen embeddings of size ``input_dim`` to Matryoshka embeddings of the same size.
+
+    ``nesting_list`` are the prefix sizes trained (default: the halving list of ``input_dim``);
+    ``hidden_dim`` the width of the residual MLP (0: a linear map only).
+    A fresh adaptor is the identity (``W = I``, ``mu = 0``, MLP output 0).
+    """
+
+    def __init__(self, input_dim: int, nesting_list: Sequence[int] | None = None, hidden_dim: int | None = None):
+        super().__init__()
+        validate_dim(input_dim, 1 << 20, name="input_dim")
+        self.input_dim = int(input_dim)
+        self.nesting_list = validate_nesting_list(
+            nesting_list if nesting_list is not None else halving_nesting_list(input_dim, min_dim=min(8, input_dim)),
+            dim=input_dim)
+        self.hidden_dim = int(input_dim if hidden_dim is None else hidden_dim)
+        if self.hidden_dim < 0:
+            raise ValueError(f"hidden_dim={hidden_dim} must be >= 0 (0 turns the MLP off).")
+        self.register_buffer("mean", torch.zeros(input_dim))
+        self.linear = nn.Linear(input_dim, input_dim, bias=False)
+        nn.init.eye_(self.linear.weight)
+        if self.hidden_dim:
+            self.mlp = nn.Sequential(nn.Linear(input_dim, self.hidden_dim), nn.GELU(),
+                                     nn.Linear(self.hidden_dim, input_dim))
+            nn.init.zeros_(self.mlp[2].weight)  # start as the pure linear map
+            nn.init.zeros_(self.mlp[2].bias)
+        else:
+            self.mlp = None
+
+    def extra_repr(self) -> str:
+        return f"input_dim={self.input_dim}, nesting_list={self.nesting_list}, hidden_dim={self.hidden_dim}"
+
+    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """Full-size adapted embeddings (not normalised), differentiable."""
+        z = self.linear(F.normalize(embeddings, dim=-1) - self.mean)
+        return z if self.mlp is None else z + self.mlp(z)
+
+    # ---- initialisation and training ------------------------------------------------------------------
+
+    @torch.no_grad()
+    def init_pca(self, embeddings, center: bool = True) -> "MatryoshkaAdaptor":
+        """Set ``W`` to the principal axes of ``embeddings`` (largest variance first) and the MLP output to 0."""
+        x = F.normalize(check_embeddings(embeddings, self.input_dim), dim=-1).double()
+        if x.shape[0] < 2:
+            raise ValueError(f"embeddings has {x.shape[0]} row; PCA needs at least 2.")
+        mean = x.mean(0) if center else torch.zeros_like(x[0])
+        cov = (x - mean).T @ (x - mean) / x.shape[0]
+        _, vectors = torch.linalg.eigh(cov)  # ascending eigenvalues
+        self.mean.copy_(mean.float())
+        self.linear.weight.copy_(vectors.flip(1).T.float())
+        if self.mlp is not None:
+            self.mlp[2].weight.zero_()
+            self.mlp[2].bias.zero_()
+        return self
+
+    def fit(self, embeddings, epochs: int = 10, batch_size: int = 512, lr: float = 1e-3, weight_decay: float = 0.0,
+            init: str | None = "pca", top_k: int = 10, pairwise_weight: float = 1.0, topk_weight: float = 1.0,
+            listwise_weight: float = 0.0, listwise_temperature: float = 0.05,
+            relative_importance: Sequence[float] | None = None, seed: int = 0, verbose: bool = False
+            ) -> "MatryoshkaAdaptor":
+        """Train on unlabelled ``embeddings`` (N, input_dim) so every prefix matches their similarities.
+
+        The teacher is the input itself: ``similarity_distillation_loss`` between ``self(e)`` and ``e`` on random
+        batches. ``init="pca"`` starts from ``pca_rotation`` (``None`` keeps the current weights).
+        """
+        x = check_embeddings(embeddings, self.input_dim)
+        if x.shape[0] < 2:
+            raise ValueError(f"embeddings has {x.shape[0]} row; fitting needs at least 2 (ideally thousands).")
+        if init not in ("pca", None):
+            raise ValueError(f"init={init!r} must be 'pca' or None (keep the current weights).")
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+            raise ValueError(f"epochs={epochs!r} must be an int >= 0.")
+        generator = torch.Generator().manual_seed(seed)
+        if init == "pca":
+            self.init_pca(x)
+            if self.mlp is not None:
+                nn.init.kaiming_uniform_(self.mlp[0].weight, a=math.sqrt(5), generator=generator)
+                nn.init.zeros_(self.mlp[0].bias)
+        x = F.normalize(x, dim=-1)
+        batch_size = min(batch_size, x.shape[0])
+        steps_per_epoch = max(1, x.shape[0] // batch_size)
+        total = epochs * steps_per_epoch
+        optimizer = torch.optim.AdamW(self.parameters(), lr=lr, weight_decay=weight_decay)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / total)))
+        self.train()
+        for epoch in range(epochs):
+            order = torch.randperm(x.shape[0], generator=generator)
+            running = torch.zeros(len(self.nesting_list))
+            for step in range(steps_per_epoch):
+                batch = x[order[step * batch_size:(step + 1) * batch_size]]
+                out = similarity_distillation_loss(
+                    self(batch), batch, self.nesting_list, relative_importance, pairwise_weight, topk_weight,
+                    top_k, listwise_weight, listwise_temperature)
+                optimizer.zero_grad(set_to_none=True)
+                out.loss.backward()
+                optimizer.step()
+                schedule.step()
+                running += out.per_dim_losses
+            if verbose:
+                per_dim = ", ".join(f"{m}: {v:.4f}" for m, v in zip(self.nesting_list, running / steps_per_epoch))
+                print(f"epoch {epoch + 1}/{epochs}  loss per dim  {per_dim}")
+        self.eval()
+        return self
+
+    # ---- inference --------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def transform(self, embeddings, dim: int | None = None, normalize: bool = True, batch_size: int = 8192):
+        """Adapted embeddings cut to ``dim`` (``None``: full) and L2-normalised; numpy in, numpy out."""
+        x = check_embeddings(embeddings, self.input_dim)
+        if dim is not None:
+            validate_dim(dim, self.input_dim, name="dim")
+        param = self.linear.weight
+        outs = [truncate_embeddings(self(chunk.to(param.device, param.dtype)), dim, normalize)
+                for chunk in x.split(batch_size)]
+        out = torch.cat(outs)
+        if isinstance(embeddings, np.ndarray):
+            return out.cpu().numpy()
+        return out.to(embeddings.device)
+
+    def fit_transform(self, embeddings, dim: int | None = None, **fit_kwargs):
+        return self.fit(embeddings, **fit_kwargs).transform(embeddings, dim)
+
+    # ---- persistence ------------------------------------------------------------------------------------
+
+    def config_dict(self) -> dict:
+        return {"adaptor_type": "matryoshka_residual_mlp", "input_dim": self.input_dim,
+                "nesting_list": self.nesting_list, "hidden_dim": self.hidden_dim}
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> None:
+        """Write ``adaptor_config.json`` and ``adaptor.safetensors`` into ``save_directory`` (atomically per file)."""
+        os.makedirs(save_directory, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        _atomic_write(save_directory, ADAPTOR_WEIGHTS_NAME, lambda path: save_file(state, path))
+        config = json.dumps(self.config_dict(), indent=2) + "\n"
+        _atomic_write(save_directory, ADAPTOR_CONFIG_NAME, lambda path: open(path, "w").write(config))
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike) -> "MatryoshkaAdaptor":
+        config_path = os.path.join(directory, ADAPTOR_CONFIG_NAME)
+        if not os.path.isfile(config_path):
+            raise FileNotFoundError(f"{config_path} does not exist; save an adaptor there with save_pretrained().")
+        with open(config_path) as f:
+            config = json.load(f)
+        if config.get("adaptor_type") != "matryoshka_residual_mlp":
+            raise ValueError(f"{config_path} has adaptor_type={config.get('adaptor_type')!r}; "
+                             "expected 'matryoshka_residual_mlp'.")
+        adaptor = cls(config["input_dim"], config["nesting_list"], config["hidden_dim"])
+        adaptor.load_state_dict(load_file(os.path.join(directory, ADAPTOR_WEIGHTS_NAME)))
+        return adaptor.eval()
+
+
+def pca_rotation(embeddings, nesting_list: Sequence[int] | None = None, center: bool = True) -> MatryoshkaAdaptor:
+    """The training-free baseline: rotate embeddings onto their principal axes, largest variance first.
+
+    Returns a ``MatryoshkaAdaptor`` without MLP, so it has the same ``transform``/``save_pretrained`` API.
+    With ``center=False`` the map is a pure rotation and full-dim cosine similarities are unchanged.
+    """
+    x = check_embeddings(embeddings)
+    return MatryoshkaAdaptor(x.shape[1], nesting_list, hidden_dim=0).init_pca(x, center=center).eval()
+
+
+def _atomic_write(directory, name: str, write) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=directory)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, os.path.join(directory, name))
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
