@@ -32,6 +32,7 @@ from transformers import initialization as init
 from transformers.models.bert.modeling_bert import BertPredictionHeadTransform, BertPreTrainedModel
 from transformers.utils import ModelOutput
 
+from ..adaptor import MatryoshkaAdaptor
 from ..config import MatryoshkaConfigMixin
 from ..embeddings import truncate_embeddings
 from ..heads import MatryoshkaHead
@@ -48,6 +49,7 @@ class MRLBertConfig(MatryoshkaConfigMixin, BertConfig):
     pooling: ``"mean"`` (masked mean of the last hidden states, as sentence-transformers models use) or ``"cls"``.
     embedding_dim: size of an optional linear projection after pooling; ``None`` keeps ``hidden_size``.
     contrastive_temperature: temperature of the nested InfoNCE loss used when (anchor, positive) pairs are given.
+    adaptor: config of a ``mrl_hf.adaptor.MatryoshkaAdaptor`` applied after pooling (set by ``attach_adaptor``).
     """
 
     model_type = "mrl_bert"
@@ -55,6 +57,7 @@ class MRLBertConfig(MatryoshkaConfigMixin, BertConfig):
     pooling: str = "mean"
     embedding_dim: int | None = None
     contrastive_temperature: float = 0.05
+    adaptor: dict | None = None
 
     @property
     def matryoshka_embedding_dim(self) -> int:
@@ -120,6 +123,8 @@ class MRLBertPreTrainedModel(BertPreTrainedModel):
     config_class = MRLBertConfig
     config: MRLBertConfig
     base_model_prefix = "bert"
+    # Our losses are means over the batch: the Trainer must average them across gradient accumulation steps.
+    accepts_loss_kwargs = False
 
     def _init_weights(self, module):
         super()._init_weights(module)
@@ -171,6 +176,7 @@ class MRLBertModel(MRLBertPreTrainedModel):
         self.projection = (
             nn.Linear(config.hidden_size, config.embedding_dim) if config.embedding_dim is not None else None
         )
+        self.adaptor = MatryoshkaAdaptor(**config.adaptor) if config.adaptor else None
         self.tokenizer = None
         self.post_init()
 
@@ -193,6 +199,8 @@ class MRLBertModel(MRLBertPreTrainedModel):
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9)
         if self.projection is not None:
             pooled = self.projection(pooled)
+        if self.adaptor is not None:
+            pooled = self.adaptor(pooled)
         return pooled, out
 
     def forward(
