@@ -122,8 +122,9 @@ def nested_accuracy(nesting_list: Sequence[int], ignore_index: int = -100, prefi
 
 def _per_dim_class_ids(predictions, num_dims: int) -> list[np.ndarray]:
     candidates = list(predictions) if isinstance(predictions, (tuple, list)) else [predictions]
-    if len(candidates) == num_dims and all(np.asarray(c).ndim >= 2 for c in candidates) and num_dims > 1:
-        candidates = [tuple(candidates)] + candidates  # predictions itself is the tuple of per-dim logits
+    arrays = [c for c in candidates if not isinstance(c, (tuple, list))]
+    if len(arrays) == len(candidates) == num_dims > 1 and len({np.shape(c) for c in arrays}) == 1:
+        candidates = [tuple(candidates)]  # predictions itself is the tuple of per-dim logits
     for c in candidates:
         if isinstance(c, (tuple, list)) and len(c) == num_dims:
             return [np.asarray(x).argmax(-1).reshape(-1) for x in c]
