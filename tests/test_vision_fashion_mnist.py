@@ -26,7 +26,7 @@ BACKBONE = dict(num_channels=1, embedding_size=16, hidden_sizes=[16, 32, 64], de
 def train(nesting_list, train_set, out_dir):
     torch.manual_seed(SEED)
     model = MRLResNetForImageClassification(MRLResNetConfig(**BACKBONE, nesting_list=nesting_list))
-    args = TrainingArguments(output_dir=str(out_dir), per_device_train_batch_size=128, num_train_epochs=3,
+    args = TrainingArguments(output_dir=str(out_dir), per_device_train_batch_size=64, num_train_epochs=3,
                              learning_rate=3e-3, lr_scheduler_type="cosine", report_to=[], save_strategy="no",
                              logging_steps=20, seed=SEED, use_cpu=True, disable_tqdm=True)
     trainer = MRLTrainer(model=model, args=args, train_dataset=train_set)
