@@ -140,10 +140,12 @@ def test_approximate_indexes_match_exact_when_searched_exhaustively(data):
     hnsw = MatryoshkaIndex(db, backend="faiss", index_type="hnsw", ef_search=N)
     found = hnsw.adaptive_search(queries, 10, 16, shortlist_k=100).ids
     assert np.mean([len(set(f) & set(e)) for f, e in zip(found, exact)]) >= 9.9
-    # exact=True ignores the approximate structure
-    np.testing.assert_array_equal(MatryoshkaIndex(db, backend="faiss", index_type="ivf", nprobe=1)
-                                  .search(queries, 10, exact=True).ids,
-                                  MatryoshkaIndex(db, backend="faiss").search(queries, 10).ids)
+    # exact=True ignores the approximate structure, and keeps the exact one it builds for the next call
+    coarse = MatryoshkaIndex(db, backend="faiss", index_type="ivf", nlist=16, nprobe=1)
+    flat_ids = MatryoshkaIndex(db, backend="faiss").search(queries, 10).ids
+    np.testing.assert_array_equal(coarse.search(queries, 10, exact=True).ids, flat_ids)
+    assert not np.array_equal(coarse.search(queries, 10).ids, flat_ids)
+    assert set(coarse.memory_bytes()) == {"embeddings", f"flat@{D}", f"ivf@{D}", "total"}
 
 
 def test_ivf_with_few_probes_is_approximate_and_reports_fewer_flops(data):
@@ -194,6 +196,8 @@ def test_index_copies_its_input_and_accepts_tensors(data):
     single = index.search(queries[0], 5)  # one query as a 1-D vector
     assert single.ids.shape == (1, 5) and single.ids[0].tolist() == before[0].tolist()
     assert not index.embeddings.flags.writeable
+    shared = MatryoshkaIndex(source, backend="torch", copy=False)  # large databases: no second copy
+    assert np.shares_memory(shared.embeddings, source)
 
 
 def test_without_faiss_the_package_falls_back_to_torch():
@@ -224,16 +228,17 @@ def saved_kinds():
 
 
 @pytest.mark.parametrize("backend,index_type", saved_kinds())
-def test_saved_index_reloads_identical(data, tmp_path, backend, index_type):
+@pytest.mark.parametrize("metric", ["cosine", "l2"])
+def test_saved_index_reloads_identical(data, tmp_path, backend, index_type, metric):
     db, queries = data
-    index = MatryoshkaIndex(db, metric="l2", backend=backend, index_type=index_type, nprobe=3, ef_search=20)
+    index = MatryoshkaIndex(db, metric=metric, backend=backend, index_type=index_type, nprobe=3, ef_search=20)
     runs = [lambda i: i.search(queries, 10), lambda i: i.search(queries, 7, dim=16),
             lambda i: i.adaptive_search(queries, 10, 8, shortlist_k=40), lambda i: i.funnel_search(queries, 10)]
     before = [run(index) for run in runs]
     index.save(tmp_path / "idx")
     loaded = MatryoshkaIndex.load(tmp_path / "idx")
     assert (loaded.metric, loaded.backend, loaded.index_type, loaded.nprobe, loaded.ef_search) == \
-           ("l2", backend, index_type, 3, 20)
+           (metric, backend, index_type, 3, 20)
     np.testing.assert_array_equal(loaded.embeddings, db)
     for run, (scores, ids) in zip(runs, before):
         s, i = run(loaded)

@@ -12,10 +12,19 @@ def worst_score(metric: str) -> np.float32:
     return np.float32(np.inf if metric == "l2" else -np.inf)
 
 
+def prefix_norms(database: np.ndarray, dim: int) -> np.ndarray:
+    """L2 norm of every row's first ``dim`` features (floored at 1e-12, as ``truncate_embeddings`` does)."""
+    out = np.empty(database.shape[0], np.float32)
+    for s in range(0, database.shape[0], 65536):
+        out[s:s + 65536] = np.linalg.norm(database[s:s + 65536, :dim], axis=1)
+    return np.maximum(out, np.float32(1e-12))
+
+
 def rerank(database: np.ndarray, queries: np.ndarray, candidates: np.ndarray, dim: int, metric: str,
-           keep: int) -> tuple[np.ndarray, np.ndarray, float]:
+           keep: int, norms: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, float]:
     """Score ``candidates`` (ids, -1 = empty slot) at ``dim`` and keep the best ``keep`` per query.
 
+    For ``cosine``, ``norms`` (from ``prefix_norms``) saves normalising the gathered rows.
     Returns (scores, ids, mean number of candidates scored per query). Empty slots sort last, keep id -1
     and get the worst possible score. Equal scores keep the shortlist's order (stable sort).
     """
@@ -30,13 +39,15 @@ def rerank(database: np.ndarray, queries: np.ndarray, candidates: np.ndarray, di
     for s in range(0, n_q, chunk):
         e = min(n_q, s + chunk)
         rows = database[safe[s:e].ravel(), :dim].reshape(e - s, k, dim)
-        if metric == "cosine":
-            rows /= np.maximum(np.linalg.norm(rows, axis=2, keepdims=True), np.float32(1e-12))
         if metric == "l2":
             diff = rows - q[s:e, None, :]
             scores = np.einsum("qkd,qkd->qk", diff, diff)
         else:
             scores = np.matmul(rows, q[s:e, :, None])[..., 0]
+        if metric == "cosine":
+            row_norms = (norms[safe[s:e]] if norms is not None
+                         else np.maximum(np.linalg.norm(rows, axis=2), np.float32(1e-12)))
+            scores /= row_norms
         scores[~valid[s:e]] = worst_score(metric)
         order = np.argsort(scores if metric == "l2" else -scores, axis=1, kind="stable")[:, :keep]
         out_scores[s:e] = np.take_along_axis(scores, order, 1)

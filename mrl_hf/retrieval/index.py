@@ -20,7 +20,7 @@ from ..nesting import validate_dim
 from ._faiss_backend import INDEX_TYPES, FaissLevel, auto_nlist, import_faiss
 from ._inputs import as_float32_matrix, as_int, check_metric, prefix
 from ._io import write_dir_atomically
-from ._rerank import rerank
+from ._rerank import prefix_norms, rerank
 from ._torch_backend import TorchFlatLevel
 from .cost import SearchCost, SearchResult, StageCost
 
@@ -73,9 +73,11 @@ class MatryoshkaIndex:
     """An index over a database of Matryoshka embeddings that answers search at any prefix dim.
 
     Args:
-        embeddings: ``(n, d)`` float32 numpy array or torch tensor (copied). ``n`` may be 0.
+        embeddings: ``(n, d)`` float32 numpy array or torch tensor. ``n`` may be 0.
         metric: ``"cosine"`` (each prefix ``x[:, :m]`` is L2-normalised on its own before scoring at dim
             ``m``), ``"ip"`` (raw inner product of prefixes) or ``"l2"`` (squared L2 distance of prefixes).
+        copy: keep a private copy of ``embeddings`` (default). ``copy=False`` keeps a reference to a float32
+            C-contiguous numpy array (saving its memory for large databases); it must not change afterwards.
         backend: ``"faiss"``, ``"torch"`` (exact search only, no extra dependency) or ``"auto"`` (FAISS when
             installed).
         index_type: structure used wherever the whole database is searched: ``"flat"`` (exact), ``"hnsw"``
@@ -88,7 +90,7 @@ class MatryoshkaIndex:
     """
 
     def __init__(self, embeddings, metric: str = "cosine", backend: str = "auto", index_type: str = "flat", *,
-                 hnsw_m: int = 32, ef_construction: int = 40, ef_search: int = 64, nlist: int | None = None,
+                 copy: bool = True, hnsw_m: int = 32, ef_construction: int = 40, ef_search: int = 64, nlist: int | None = None,
                  nprobe: int = 16):
         self.metric = check_metric(metric)
         self.index_type = index_type
@@ -101,11 +103,12 @@ class MatryoshkaIndex:
         self.ef_search = as_int(ef_search, "ef_search", minimum=1)
         self.nprobe = as_int(nprobe, "nprobe", minimum=1)
         db = as_float32_matrix(embeddings, "embeddings")
-        if isinstance(embeddings, torch.Tensor) or (isinstance(embeddings, np.ndarray)
-                                                    and np.may_share_memory(db, embeddings)):
+        if copy and (isinstance(embeddings, torch.Tensor) or np.may_share_memory(db, embeddings)):
             db = db.copy()  # the index owns its data; later edits of the caller's array must not leak in
         self._db = db
         self._levels: dict = {}
+        self._exact_levels: dict = {}  # exact structures kept for exact=True when index_type is approximate
+        self._norms: dict = {}  # cosine: prefix norms per re-rank dim, so re-ranking skips normalising rows
 
     # -- properties ---------------------------------------------------------------------------------
     @property
@@ -130,6 +133,9 @@ class MatryoshkaIndex:
     def built_dims(self) -> list[int]:
         return sorted(self._levels)
 
+    def _all_levels(self):
+        return [*self._levels.values(), *self._exact_levels.values()]
+
     def __repr__(self) -> str:
         return (f"MatryoshkaIndex(ntotal={self.ntotal}, dim={self.dim}, metric={self.metric!r}, "
                 f"backend={self.backend!r}, index_type={self.index_type!r}, built_dims={self.built_dims})")
@@ -137,8 +143,10 @@ class MatryoshkaIndex:
     def memory_bytes(self) -> dict[str, int]:
         """RAM held by the stored embeddings and by each built search structure (``"<type>@<dim>"``)."""
         out = {"embeddings": int(self._db.nbytes)}
-        for d in self.built_dims:
-            out[f"{self._levels[d].index_type}@{d}"] = int(self._levels[d].nbytes)
+        for level in sorted(self._all_levels(), key=lambda lv: (lv.dim, lv.index_type)):
+            out[f"{level.index_type}@{level.dim}"] = int(level.nbytes)
+        if self._norms:
+            out["rerank_norms"] = sum(int(v.nbytes) for v in self._norms.values())
         out["total"] = sum(out.values())
         return out
 
@@ -152,8 +160,10 @@ class MatryoshkaIndex:
         if x.shape[0] == 0:
             return self
         self._db = np.concatenate([self._db, x])
-        for d, level in self._levels.items():
-            self._fill(level, x, d)
+        for level in self._all_levels():
+            self._fill(level, x, level.dim)
+        for d in self._norms:
+            self._norms[d] = np.concatenate([self._norms[d], prefix_norms(x, d)])
         return self
 
     def build(self, dims=None) -> "MatryoshkaIndex":
@@ -192,13 +202,17 @@ class MatryoshkaIndex:
     def _exact_level(self, dim: int):
         if self.index_type == "flat":
             return self._level(dim)
-        return self._build_level(dim, "flat")  # transient: an exact answer from an ANN index
+        if dim not in self._exact_levels:
+            self._exact_levels[dim] = self._build_level(dim, "flat")
+        return self._exact_levels[dim]
 
     # -- searching ----------------------------------------------------------------------------------
     def search(self, queries, top_k: int, dim: int | None = None, exact: bool = False) -> SearchResult:
         """Single-shot search of the whole database at ``dim`` (default: full).
 
-        ``exact=True`` scans every vector even when ``index_type`` is an approximate one.
+        ``exact=True`` scans every vector even when ``index_type`` is an approximate one (the exact
+        structure this needs is built once and kept; ``memory_bytes`` reports it). The same flag on
+        ``adaptive_search``/``funnel_search`` makes their first stage exact.
         """
         return self._run(queries, [(self._check_dim(dim, "dim"), top_k)], top_k, exact)
 
@@ -230,6 +244,13 @@ class MatryoshkaIndex:
         top_k = as_int(top_k, "top_k", minimum=1)
         steps = default_funnel_steps(self.dim, top_k) if steps is None else self._check_steps(steps, top_k)
         return self._run(queries, steps, top_k, exact)
+
+    def _rerank_norms(self, dim: int):
+        if self.metric != "cosine":
+            return None
+        if dim not in self._norms:
+            self._norms[dim] = prefix_norms(self._db, dim)
+        return self._norms[dim]
 
     def _check_dim(self, dim, name: str) -> int:
         return self.dim if dim is None else validate_dim(dim, self.dim, name=name)
@@ -279,6 +300,7 @@ class MatryoshkaIndex:
         first_dim, first_k = steps[0]
         build_start = time.perf_counter()
         level = self._exact_level(first_dim) if exact else self._level(first_dim)
+        norms = {d: self._rerank_norms(d) for d, _ in steps[1:]}
         start = time.perf_counter()  # a structure built on first use is timed apart from the search
         if q.shape[0] == 0:
             empty = SearchCost((), n, 0, 0.0, start - build_start)
@@ -287,7 +309,7 @@ class MatryoshkaIndex:
                                            nprobe=self.nprobe, ef_search=self.ef_search)
         stages = [StageCost("search", first_dim, scored, level.index_type)]
         for d, k in steps[1:]:
-            scores, ids, scored = rerank(self._db, q, ids, d, self.metric, min(k, n))
+            scores, ids, scored = rerank(self._db, q, ids, d, self.metric, min(k, n), norms[d])
             stages.append(StageCost("rerank", d, scored))
         cost = SearchCost(tuple(stages), n, q.shape[0], time.perf_counter() - start, start - build_start)
         return SearchResult(np.ascontiguousarray(scores[:, :top_k]), np.ascontiguousarray(ids[:, :top_k]), cost)
