@@ -99,8 +99,8 @@ def nested_accuracy(nesting_list: Sequence[int], ignore_index: int = -100, prefi
 
     Accepts what mrl_hf models put in ``EvalPrediction.predictions``: per-dim logits (a tuple of |M| arrays
     ``(N, C)``, or one array ``(N, |M|, C)``), or per-dim class ids ``(N, |M|)`` (``MRLBertForMaskedLM``'s
-    ``nested_predictions``), possibly inside a tuple with other outputs. Labels equal to ``ignore_index``
-    are skipped; for MLM the label array ``(batch, seq)`` is flattened to its masked positions.
+    ``nested_predictions``, ``(batch, seq, |M|)``), possibly inside a tuple with other outputs. Labels equal
+    to ``ignore_index`` are skipped.
     """
     dims = validate_nesting_list(nesting_list)
 
@@ -129,8 +129,8 @@ def _per_dim_class_ids(predictions, num_dims: int) -> list[np.ndarray]:
         if isinstance(c, (tuple, list)) and len(c) == num_dims:
             return [np.asarray(x).argmax(-1).reshape(-1) for x in c]
         c = np.asarray(c)
-        if c.ndim == 2 and c.shape[1] == num_dims and np.issubdtype(c.dtype, np.integer):
-            return [c[:, i] for i in range(num_dims)]
+        if c.ndim >= 2 and c.shape[-1] == num_dims and np.issubdtype(c.dtype, np.integer):
+            return [c[..., i].reshape(-1) for i in range(num_dims)]
         if c.ndim == 3 and c.shape[1] == num_dims:
             return [c[:, i].argmax(-1) for i in range(num_dims)]
     raise ValueError(

@@ -117,8 +117,9 @@ def test_mlm_loss_is_nested_ce_over_masked_tokens_with_tied_decoder(tokenizer):
 
     model.eval()
     out = model(**enc, labels=labels, return_logits=True)
-    assert out.nested_predictions.shape == (int((labels != -100).sum()), 3)
-    assert torch.equal(out.nested_predictions[:, -1], out.logits[labels != -100].argmax(-1))
+    assert out.nested_predictions.shape == (*labels.shape, 3)
+    assert (out.nested_predictions[labels == -100] == -100).all()
+    assert torch.equal(out.nested_predictions[labels != -100][:, -1], out.logits[labels != -100].argmax(-1))
     small = model(**enc, truncate_dim=8).logits
     assert small.shape == (*labels.shape, 30522)
     assert torch.allclose(small[labels != -100], t[:, :8] @ E[:, :8].T + head.bias, atol=1e-5)

@@ -104,8 +104,9 @@ def test_nested_accuracy_reads_every_prediction_layout():
     assert metric(EvalPrediction(predictions=(bad, good), label_ids=labels)) == want  # tuple of per-dim logits
     assert metric(EvalPrediction(predictions=(good, (bad, good)), label_ids=labels)) == want  # (logits, nested)
     assert metric(EvalPrediction(predictions=np.stack([bad, good], 1), label_ids=labels)) == want
-    ids = np.stack([bad.argmax(1), labels], 1)
     mlm_labels = np.array([[-100, 0, 1], [2, -100, 1]])  # masked positions flatten to `labels`
+    ids = np.full((2, 3, 2), -100)
+    ids[mlm_labels != -100] = np.stack([bad.argmax(1), labels], 1)
     assert metric(EvalPrediction(predictions=ids, label_ids=mlm_labels)) == want
     with pytest.raises(ValueError, match="per-dim predictions"):
         metric(EvalPrediction(predictions=np.zeros((4, 5)), label_ids=labels))

@@ -108,8 +108,8 @@ class MRLBertEmbeddingOutput(ModelOutput):
 class MRLMaskedLMOutput(ModelOutput):
     """``logits``: ``(batch, seq, vocab)`` at ``truncate_dim`` (full size when unset); skipped when labels are
     given unless ``return_logits=True``, since training needs only the masked rows.
-    ``nested_predictions``: in eval mode with labels, the argmax token at every masked position for every
-    nesting size, shape ``(n_masked, |M|)`` (masked positions in row-major order)."""
+    ``nested_predictions``: in eval mode with labels, the argmax token for every nesting size,
+    shape ``(batch, seq, |M|)``, -100 where the label is -100."""
 
     loss: torch.FloatTensor | None = None
     per_dim_losses: torch.FloatTensor | None = None
@@ -394,7 +394,9 @@ class MRLBertForMaskedLM(MRLBertPreTrainedModel):
                 return_predictions=want_preds,
             )
             loss, per_dim = nested.loss, nested.per_dim_losses
-            predictions = nested.predictions.T if want_preds else None
+            if want_preds:  # batch-first, so the Trainer can gather and pad it like the labels
+                predictions = labels.new_full((*labels.shape, len(self.config.nesting_list)), -100)
+                predictions[masked] = nested.predictions.T
         if labels is None or return_logits:
             dim = truncate_dim if truncate_dim is not None else self.config.truncate_dim
             logits = head.decoder.logits_at(head.transform(hidden), dim or self.config.hidden_size)
