@@ -1,19 +1,140 @@
-"""The `mrl-hf` command."""
+"""The `mrl-hf` command: demo, train, evaluate, export, push."""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
+from pathlib import Path
+
+DEFAULT_DEMO_DIR = "outputs/mrl-minilm-chatterbot"
 
 
-def _demo(args: argparse.Namespace) -> int:
+def _digits_demo(args: argparse.Namespace) -> int:
     from . import demo_digits
 
     start = time.time()
-    rows = demo_digits.run(epochs=args.epochs, seed=args.seed)
+    rows = demo_digits.run(epochs=args.epochs or 300, seed=args.seed)
     print("\nTop-1 accuracy (%) on held-out digits at each embedding size (first m features):")
     print(demo_digits.format_table(rows))
     print(f"\nMRL keeps accuracy at small sizes; the full-dim model, sliced, does not. ({time.time() - start:.0f} s)")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    if args.digits:
+        return _digits_demo(args)
+    from . import demo_text
+
+    result = demo_text.run(output_dir=args.output_dir, model_path=args.model, epochs=args.epochs or 1.0,
+                           seed=args.seed)
+    table, adaptive = result["table"], result["adaptive"]
+    print("\nHeld-out question -> answer retrieval (%) with embeddings cut to each size:")
+    print(demo_text.format_comparison(table))
+    print(f"\nSaved to {result['output_dir']}: model.safetensors, config.json (nesting_list, truncate_dim), "
+          "tokenizer, README.md (model card), mrl_accuracy_vs_dim.png")
+    print(f"Reloaded with truncate_dim=48: encode() gives {adaptive['reloaded_shape']}.")
+    print(f"Adaptive retrieval (shortlist {adaptive['shortlist_k']} at {adaptive['shortlist_dim']} dims, re-rank at "
+          f"full size): recall@1 {adaptive['adaptive_recall@1']:.1f} vs {adaptive['full_recall@1']:.1f} for "
+          f"full-size search, {adaptive['adaptive_mflops']:.3f} vs {adaptive['full_mflops']:.3f} MFLOPs per query.")
+    print(f"({result['seconds']:.0f} s)")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    if args.recipe == "digits":
+        return _digits_demo(args)
+    from . import demo_text
+    from .data.text import load_chatterbot_pairs
+    from .hub import save_for_hub
+    from .nesting import validate_nesting_list
+
+    model_path = args.model or demo_text.packaged_minilm()
+    nesting = validate_nesting_list([int(x) for x in args.nesting_list.split(",")]) if args.nesting_list else None
+    train, test = demo_text.split_pairs(load_chatterbot_pairs(), seed=args.seed)
+    nesting = nesting or demo_text.NESTING
+    model, _ = demo_text.finetune(model_path, train, nesting, epochs=args.epochs or 1.0, batch_size=args.batch_size,
+                                  lr=args.lr, seed=args.seed)
+    table = demo_text.results_table({"MRL fine-tuned": demo_text.evaluate(model, test, nesting)})
+    out = save_for_hub(model, args.output_dir, results=table,
+                       eval_dataset={"name": "chatterbot-corpus (held-out questions)", "type": "chatterbot-corpus"},
+                       datasets=["chatterbot-corpus"])
+    print(table.to_markdown("recall@1"))
+    print(f"\nSaved to {out}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from . import demo_text
+    from .modeling import MRLBertModel
+    from .nesting import validate_dim
+
+    if args.pairs:
+        test = _read_pairs(args.pairs)
+    else:
+        from .data.text import load_chatterbot_pairs
+
+        test = demo_text.split_pairs(load_chatterbot_pairs(), seed=args.seed)[1]
+    models = {args.model: MRLBertModel.from_pretrained(args.model).eval()}
+    if args.baseline:
+        models[f"{args.baseline} (sliced)"] = MRLBertModel.from_pretrained(args.baseline).eval()
+    first = next(iter(models.values()))
+    dims = ([validate_dim(int(d), first.config.matryoshka_embedding_dim, name="dims") for d in args.dims.split(",")]
+            if args.dims else first.config.nesting_list)
+    table = demo_text.results_table({name: demo_text.evaluate(m, test, dims) for name, m in models.items()})
+    print(table.to_markdown())
+    if args.output:
+        out = Path(args.output)
+        table.to_json(str(out / "mrl_results.json"))
+        try:
+            table.plot("recall@1", path=str(out / "mrl_accuracy_vs_dim.png"))
+            print(f"\nWrote {out / 'mrl_results.json'} and {out / 'mrl_accuracy_vs_dim.png'}")
+        except ImportError:
+            print(f"\nWrote {out / 'mrl_results.json'} (install matplotlib for the plot)")
+    return 0
+
+
+def _read_pairs(path: str) -> list[tuple[str, str]]:
+    pairs = []
+    with open(path, encoding="utf8") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            if not isinstance(row, dict) or not isinstance(row.get("query"), str) or not isinstance(
+                    row.get("answer"), str):
+                raise ValueError(f"{path}:{n}: each line must be a JSON object with string 'query' and 'answer'.")
+            pairs.append((row["query"], row["answer"]))
+    if not pairs:
+        raise ValueError(f"{path} holds no pairs.")
+    return pairs
+
+
+def _export(args: argparse.Namespace) -> int:
+    if not args.sentence_transformers:
+        raise SystemExit("mrl-hf export: choose a format, e.g. --sentence-transformers")
+    from .export import export_sentence_transformers
+    from .modeling import MRLBertModel
+
+    model = MRLBertModel.from_pretrained(args.model)
+    path = export_sentence_transformers(model, args.output, overwrite=args.overwrite)
+    print(f"Wrote a sentence-transformers folder to {path}. Load it at any trained size "
+          f"{model.config.nesting_list}:\n  SentenceTransformer({str(path)!r}, truncate_dim={_mid(model)})")
+    return 0
+
+
+def _mid(model) -> int:
+    dims = model.config.nesting_list
+    return model.config.truncate_dim or dims[(len(dims) - 1) // 2]
+
+
+def _push(args: argparse.Namespace) -> int:
+    from .hub import push_to_hub
+
+    url = push_to_hub(args.folder, args.repo_id, token=args.token, private=args.private or None,
+                      remote_code=args.remote_code, regenerate_card=args.regenerate_card or None,
+                      commit_message=args.message)
+    print(f"Pushed {args.folder} to {args.repo_id}: {url}")
     return 0
 
 
@@ -21,18 +142,79 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mrl-hf", description="Matryoshka Representation Learning for Hugging Face.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    demo = commands.add_parser("demo", help="train MRL and a full-dim model offline and compare them per dim",
-                               description="Train a small MRL encoder and the same encoder without MRL on "
-                                           "scikit-learn's digits; print accuracy per embedding size.")
-    demo.add_argument("--epochs", type=int, default=300, help="full-batch training steps per model (default 300)")
+    demo = commands.add_parser(
+        "demo", help="MRL-fine-tune all-MiniLM-L6-v2 on real pairs offline and compare it per size (or --digits)",
+        description="MRL-fine-tune the packaged all-MiniLM-L6-v2 on chatterbot-corpus question -> answer pairs, print "
+                    "held-out retrieval quality at every size against the original model sliced, save the "
+                    "checkpoint with its model card and plot, reload it with truncate_dim and run adaptive retrieval. "
+                    "Offline; needs the 'demo' extra. --digits runs the small scikit-learn digits demo instead.")
+    demo.add_argument("--digits", action="store_true", help="run the small digits demo (seconds, scikit-learn only)")
+    demo.add_argument("--output-dir", default=DEFAULT_DEMO_DIR, help=f"where to save (default {DEFAULT_DEMO_DIR})")
+    demo.add_argument("--model", default=None, help="BERT checkpoint path or Hub id (default: the packaged MiniLM)")
+    demo.add_argument("--epochs", type=float, default=None,
+                      help="epochs (default 1 for the text demo; full-batch steps, default 300, with --digits)")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     demo.set_defaults(func=_demo)
+
+    train = commands.add_parser(
+        "train", help="run a training recipe and save the checkpoint with its model card",
+        description="Recipes: 'text-embeddings' (MRL fine-tuning of a BERT sentence encoder on chatterbot-corpus "
+                    "pairs, as examples/finetune_text_embeddings.py) and 'digits' (the small digits demo).")
+    train.add_argument("recipe", choices=["text-embeddings", "digits"], help="which recipe")
+    train.add_argument("--output-dir", default="outputs/mrl-text-embeddings", help="where to save the checkpoint")
+    train.add_argument("--model", default=None, help="BERT checkpoint path or Hub id (default: the packaged MiniLM)")
+    train.add_argument("--nesting-list", default=None, help="comma-separated sizes (default 12,24,...,384)")
+    train.add_argument("--epochs", type=float, default=None, help="epochs (default 1)")
+    train.add_argument("--batch-size", type=int, default=32, help="batch size (default 32)")
+    train.add_argument("--lr", type=float, default=5e-5, help="learning rate (default 5e-5)")
+    train.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    train.set_defaults(func=_train)
+
+    evaluate = commands.add_parser(
+        "evaluate", help="per-size retrieval table (and plot) of a text embedding checkpoint",
+        description="Recall@1, recall@10 and MRR of query -> answer retrieval at every size of a saved MRLBertModel "
+                    "(default data: the held-out chatterbot-corpus questions).")
+    evaluate.add_argument("model", help="checkpoint folder or Hub id")
+    evaluate.add_argument("--baseline", default=None, help="a second checkpoint to compare, sliced the same way")
+    evaluate.add_argument("--pairs", default=None, help="JSON-lines file of {\"query\": ..., \"answer\": ...}")
+    evaluate.add_argument("--dims", default=None, help="comma-separated sizes (default: the model's nesting_list)")
+    evaluate.add_argument("--output", default=None, help="folder for mrl_results.json and mrl_accuracy_vs_dim.png")
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of the held-out split (default 0)")
+    evaluate.set_defaults(func=_evaluate)
+
+    export = commands.add_parser(
+        "export", help="export a checkpoint for another library (--sentence-transformers)",
+        description="Write a sentence-transformers folder (plain BERT + Pooling [+ Dense]) from an MRLBertModel; "
+                    "load it with SentenceTransformer(path, truncate_dim=64).")
+    export.add_argument("model", help="MRLBertModel checkpoint folder or Hub id")
+    export.add_argument("output", help="folder to write")
+    export.add_argument("--sentence-transformers", action="store_true", help="export as a sentence-transformers model")
+    export.add_argument("--overwrite", action="store_true", help="replace an existing non-empty output folder")
+    export.set_defaults(func=_export)
+
+    push = commands.add_parser(
+        "push", help="push a saved checkpoint folder to the Hub with its model card",
+        description="Upload a checkpoint folder (config, safetensors, tokenizer, model card, plot) in one commit. "
+                    "The folder is staged in a temporary copy and never modified.")
+    push.add_argument("folder", help="checkpoint folder (from mrl-hf demo/train, save_for_hub or save_pretrained)")
+    push.add_argument("repo_id", help="namespace/name on the Hub")
+    push.add_argument("--remote-code", action="store_true",
+                      help="also upload the modeling code (auto_map) so trust_remote_code=True works without mrl_hf")
+    push.add_argument("--regenerate-card", action="store_true", help="render README.md again even if there is one")
+    push.add_argument("--private", action="store_true", help="create the repo as private")
+    push.add_argument("--token", default=None, help="Hub write token (default: HF_TOKEN or the stored login)")
+    push.add_argument("--message", default=None, help="commit message")
+    push.set_defaults(func=_push)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError, ImportError, RuntimeError) as exc:
+        print(f"mrl-hf {args.command}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

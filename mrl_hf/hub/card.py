@@ -36,7 +36,7 @@ def _sample_dim(config) -> int:
     if config.truncate_dim is not None:
         return config.truncate_dim
     dims = config.nesting_list
-    return dims[max(0, len(dims) // 2 - 1)] if len(dims) > 1 else dims[0]
+    return dims[(len(dims) - 1) // 2]
 
 
 def usage_snippets(architecture: str, repo_id: str, dim: int, remote_code: bool) -> dict[str, str | None]:

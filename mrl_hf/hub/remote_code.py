@@ -3,8 +3,8 @@
 Then ``AutoModel.from_pretrained(repo_id, trust_remote_code=True)`` works where mrl_hf is not installed.
 transformers loads remote code as flat files of one folder that import each other with ``from .name import``;
 so every mrl_hf module the model's module needs (transitively) is written as ``mrl_hf_<dotted_path>.py`` and
-its package-relative imports (``from ..config import X``) are rewritten to those flat names. Auto-class
-registrations are dropped from the copies: a process that has mrl_hf and loads remote code keeps its own classes.
+its package-relative imports (``from ..config import X``) are rewritten to those flat names. The copies register
+with the Auto classes only where nothing is registered yet: a process that has mrl_hf keeps its own classes.
 """
 from __future__ import annotations
 
@@ -73,7 +73,7 @@ def _rewrite(name: str, source: str) -> str:
         return f"{match['indent']}from .{flat_name(target)} import "
 
     source = _IMPORT.sub(repl, source)
-    return _drop_registrations(source)
+    return _guard_registrations(source)
 
 
 def _is_registration(node: ast.stmt) -> bool:
@@ -85,11 +85,15 @@ def _is_registration(node: ast.stmt) -> bool:
     return False
 
 
-def _drop_registrations(source: str) -> str:
+def _guard_registrations(source: str) -> str:
+    """Register with the Auto classes only where mrl_hf has not: a process that has mrl_hf keeps its classes."""
     lines = source.splitlines(keepends=True)
     for node in reversed(ast.parse(source).body):
         if _is_registration(node):
-            del lines[node.lineno - 1: node.end_lineno]
+            body = "".join("    " + line.replace("exist_ok=True", "exist_ok=False")
+                           for line in lines[node.lineno - 1: node.end_lineno])
+            lines[node.lineno - 1: node.end_lineno] = [
+                "try:\n", body, "except ValueError:  # already registered, e.g. by an installed mrl_hf\n", "    pass\n"]
     return "".join(lines)
 
 

