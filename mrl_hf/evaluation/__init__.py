@@ -31,3 +31,4 @@ from .zero_shot import (  # noqa: E402
     zero_shot_accuracy,
     zero_shot_classification_per_dim,
 )
+from .pairs import format_table as format_pair_table, group_pairs, pair_retrieval_metrics  # noqa: E402,F401
