@@ -70,7 +70,7 @@ import json
 from mrl_hf.hub import push_to_hub
 url = push_to_hub(model, "tester/tiny", results=results, remote_code=True, **CARD)
 from mrl_hf.hub import MatryoshkaHubMixin
-pushable = type("PushableMRLBert", (MatryoshkaHubMixin, MRLBertModel), {})(config).eval()
+pushable = type("PushableMRLBert", (MatryoshkaHubMixin, MRLBertModel), dict())(config).eval()
 pushable.tokenizer = tokenizer
 pushable.push_to_hub("tester/tiny-mixin", **CARD)  # model.push_to_hub with the mixin: same card
 expected = model(**batch).embeddings
