@@ -44,6 +44,13 @@ _LAZY = {
     "attach_adaptor": "adaptor",
     "MatryoshkaDistillationLoss": "distillation",
     "MatryoshkaDistillationTrainer": "distillation",
+    "AdaptiveResult": "adaptive",
+    "HubPushError": "hub",
+    "MatryoshkaHubMixin": "hub",
+    "push_to_hub": "hub",
+    "render_model_card": "hub",
+    "save_for_hub": "hub",
+    "all_gather_with_grad": "distributed",
 }
 
 

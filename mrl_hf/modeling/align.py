@@ -38,6 +38,7 @@ from transformers.utils import ModelOutput
 from ..config import MATRYOSHKA_KEYS, MatryoshkaConfigMixin
 from ..distributed import all_gather_with_grad
 from ..embeddings import truncate_embeddings
+from ..hub.push import MatryoshkaHubMixin
 from ..losses import nested_contrastive_loss, nested_cosine_similarities
 from ..nesting import validate_dim
 
@@ -136,7 +137,7 @@ class MRLAlignProcessor(ProcessorMixin):
         super().__init__(image_processor, tokenizer, **kwargs)
 
 
-class MRLAlignPreTrainedModel(PreTrainedModel):
+class MRLAlignPreTrainedModel(MatryoshkaHubMixin, PreTrainedModel):
     config_class = MRLAlignConfig
     config: MRLAlignConfig
     base_model_prefix = "mrl_align"

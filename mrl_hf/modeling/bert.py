@@ -36,6 +36,7 @@ from ..adaptor import MatryoshkaAdaptor
 from ..config import MatryoshkaConfigMixin
 from ..embeddings import truncate_embeddings
 from ..heads import MatryoshkaHead
+from ..hub.push import MatryoshkaHubMixin
 from ..losses import MatryoshkaCrossEntropyLoss, nested_contrastive_loss
 from ..nesting import halving_nesting_list, validate_dim
 
@@ -119,7 +120,7 @@ class MRLMaskedLMOutput(ModelOutput):
     attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
-class MRLBertPreTrainedModel(BertPreTrainedModel):
+class MRLBertPreTrainedModel(MatryoshkaHubMixin, BertPreTrainedModel):
     config_class = MRLBertConfig
     config: MRLBertConfig
     base_model_prefix = "bert"
@@ -153,7 +154,8 @@ class MRLBertPreTrainedModel(BertPreTrainedModel):
 
 
 def _try_load_tokenizer(path, kwargs):
-    keep = {k: kwargs[k] for k in ("revision", "cache_dir", "token", "local_files_only", "subfolder") if k in kwargs}
+    keep = {k: kwargs[k] for k in ("revision", "cache_dir", "token", "local_files_only", "subfolder", "trust_remote_code")
+            if k in kwargs}
     try:
         return AutoTokenizer.from_pretrained(path, **keep)
     except (OSError, ValueError, TypeError):  # no tokenizer files there: encode() will ask for one

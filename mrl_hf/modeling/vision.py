@@ -28,6 +28,7 @@ from transformers.utils import ModelOutput
 from ..config import MatryoshkaConfigMixin
 from ..embeddings import truncate_embeddings
 from ..heads import MatryoshkaHead
+from ..hub.push import MatryoshkaHubMixin
 from ..losses import MatryoshkaCrossEntropyLoss
 
 # Trainer's evaluation loop skips these outputs, so ``compute_metrics`` receives (logits, nested_logits).
@@ -100,7 +101,7 @@ class MatryoshkaImageClassifierOutput(ModelOutput):
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
 
 
-class _MRLImageClassifier:
+class _MRLImageClassifier(MatryoshkaHubMixin):
     """What the ResNet and ViT classifiers share: projection, Matryoshka head, loss, checks, freezing."""
 
     _backbone_class: type = None  # ResNetModel / ViTModel
