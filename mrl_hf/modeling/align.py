@@ -41,6 +41,7 @@ from ..embeddings import truncate_embeddings
 from ..hub.push import MatryoshkaHubMixin
 from ..losses import nested_contrastive_loss, nested_cosine_similarities
 from ..nesting import validate_dim
+from ..saving import AtomicSaveMixin
 
 TEXT_POOLING_MODES = ("mean", "cls")
 
@@ -137,7 +138,7 @@ class MRLAlignProcessor(ProcessorMixin):
         super().__init__(image_processor, tokenizer, **kwargs)
 
 
-class MRLAlignPreTrainedModel(MatryoshkaHubMixin, PreTrainedModel):
+class MRLAlignPreTrainedModel(AtomicSaveMixin, MatryoshkaHubMixin, PreTrainedModel):
     config_class = MRLAlignConfig
     config: MRLAlignConfig
     base_model_prefix = "mrl_align"
@@ -159,10 +160,9 @@ class MRLAlignPreTrainedModel(MatryoshkaHubMixin, PreTrainedModel):
         model.processor = _try_load_processor(pretrained_model_name_or_path, kwargs)
         return result
 
-    def save_pretrained(self, save_directory, *args, **kwargs):
-        """``PreTrainedModel.save_pretrained``; also saves ``model.processor`` when there is one."""
-        super().save_pretrained(save_directory, *args, **kwargs)
-        if getattr(self, "processor", None) is not None and kwargs.get("is_main_process", True):
+    def _save_extra_files(self, save_directory):
+        """``save_pretrained`` (atomic, see ``mrl_hf.saving``) also saves ``model.processor`` when there is one."""
+        if getattr(self, "processor", None) is not None:
             self.processor.save_pretrained(save_directory)
 
 

@@ -34,11 +34,13 @@ from transformers.utils import ModelOutput
 
 from ..adaptor import MatryoshkaAdaptor
 from ..config import MatryoshkaConfigMixin
+from ..distributed import all_gather_with_grad
 from ..embeddings import truncate_embeddings
 from ..heads import MatryoshkaHead
 from ..hub.push import MatryoshkaHubMixin
 from ..losses import MatryoshkaCrossEntropyLoss, nested_contrastive_loss
 from ..nesting import halving_nesting_list, validate_dim
+from ..saving import AtomicSaveMixin
 
 POOLING_MODES = ("mean", "cls")
 
@@ -51,6 +53,8 @@ class MRLBertConfig(MatryoshkaConfigMixin, BertConfig):
     embedding_dim: size of an optional linear projection after pooling; ``None`` keeps ``hidden_size``.
     contrastive_temperature: temperature of the nested InfoNCE loss used when (anchor, positive) pairs are given.
     adaptor: config of a ``mrl_hf.adaptor.MatryoshkaAdaptor`` applied after pooling (set by ``attach_adaptor``).
+    gather_across_processes: in a multi-process run, contrast against the global batch's candidates (every
+        process's positives/negatives), so N processes train exactly like one process on the global batch.
     """
 
     model_type = "mrl_bert"
@@ -59,6 +63,7 @@ class MRLBertConfig(MatryoshkaConfigMixin, BertConfig):
     embedding_dim: int | None = None
     contrastive_temperature: float = 0.05
     adaptor: dict | None = None
+    gather_across_processes: bool = True
 
     @property
     def matryoshka_embedding_dim(self) -> int:
@@ -120,7 +125,7 @@ class MRLMaskedLMOutput(ModelOutput):
     attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
-class MRLBertPreTrainedModel(MatryoshkaHubMixin, BertPreTrainedModel):
+class MRLBertPreTrainedModel(AtomicSaveMixin, MatryoshkaHubMixin, BertPreTrainedModel):
     config_class = MRLBertConfig
     config: MRLBertConfig
     base_model_prefix = "bert"
@@ -146,10 +151,9 @@ class MRLBertPreTrainedModel(MatryoshkaHubMixin, BertPreTrainedModel):
         model.tokenizer = _try_load_tokenizer(pretrained_model_name_or_path, kwargs)
         return result
 
-    def save_pretrained(self, save_directory, *args, **kwargs):
-        """``PreTrainedModel.save_pretrained``; also saves ``model.tokenizer`` when there is one."""
-        super().save_pretrained(save_directory, *args, **kwargs)
-        if getattr(self, "tokenizer", None) is not None and kwargs.get("is_main_process", True):
+    def _save_extra_files(self, save_directory):
+        """``save_pretrained`` (atomic, see ``mrl_hf.saving``) also saves ``model.tokenizer`` when there is one."""
+        if getattr(self, "tokenizer", None) is not None:
             self.tokenizer.save_pretrained(save_directory)
 
 
@@ -228,8 +232,11 @@ class MRLBertModel(MRLBertPreTrainedModel):
             candidates = [self._embed(positive_input_ids, positive_attention_mask)[0]]
             if negative_input_ids is not None:
                 candidates.append(self._embed(negative_input_ids, negative_attention_mask)[0])
+            anchors = embeddings
+            if self.config.gather_across_processes:  # rows of each part stay aligned: anchor i <-> positive i
+                anchors, candidates = all_gather_with_grad(anchors), [all_gather_with_grad(c) for c in candidates]
             loss, per_dim, _ = nested_contrastive_loss(
-                embeddings, torch.cat(candidates), self.config.nesting_list,
+                anchors, torch.cat(candidates), self.config.nesting_list,
                 temperature=self.config.contrastive_temperature,
                 relative_importance=self.config.relative_importance,
             )

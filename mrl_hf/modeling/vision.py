@@ -30,6 +30,7 @@ from ..embeddings import truncate_embeddings
 from ..heads import MatryoshkaHead
 from ..hub.push import MatryoshkaHubMixin
 from ..losses import MatryoshkaCrossEntropyLoss
+from ..saving import AtomicSaveMixin
 
 # Trainer's evaluation loop skips these outputs, so ``compute_metrics`` receives (logits, nested_logits).
 _KEYS_TO_IGNORE_AT_INFERENCE = ["per_dim_losses", "embeddings", "hidden_states", "attentions"]
@@ -101,7 +102,7 @@ class MatryoshkaImageClassifierOutput(ModelOutput):
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
 
 
-class _MRLImageClassifier(MatryoshkaHubMixin):
+class _MRLImageClassifier(AtomicSaveMixin, MatryoshkaHubMixin):
     """What the ResNet and ViT classifiers share: projection, Matryoshka head, loss, checks, freezing."""
 
     _backbone_class: type = None  # ResNetModel / ViTModel
