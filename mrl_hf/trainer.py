@@ -11,8 +11,11 @@ from typing import Sequence
 import numpy as np
 import torch
 from transformers import Trainer
+from transformers.utils import logging
 
 from .nesting import validate_nesting_list
+
+logger = logging.get_logger(__name__)
 
 
 class _Mean:
@@ -42,7 +45,14 @@ class MRLTrainer(Trainer):
     collator, so ``remove_unused_columns`` is switched off for you.
     """
 
-    def __init__(self, *args, **kwargs):
+    NONFINITE_ACTIONS = ("raise", "skip")
+
+    def __init__(self, *args, nonfinite_loss: str = "raise", **kwargs):
+        if nonfinite_loss not in self.NONFINITE_ACTIONS:
+            raise ValueError(f"nonfinite_loss={nonfinite_loss!r}; choose 'raise' (stop with an error naming the "
+                             "nesting dim) or 'skip' (drop that batch's gradient and go on).")
+        self.nonfinite_loss = nonfinite_loss
+        self.skipped_nonfinite_batches = 0
         super().__init__(*args, **kwargs)
         from .data.collator import PairCollator
 
@@ -61,9 +71,33 @@ class MRLTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
         per_dim = outputs.get("per_dim_losses") if isinstance(outputs, dict) else None
-        if per_dim is not None:
+        if model.training:
+            loss = self._check_finite(model, loss, per_dim)
+        if per_dim is not None and torch.isfinite(per_dim).all():
             (self._train_dims if model.training else self._eval_dims).add(per_dim)
         return (loss, outputs) if return_outputs else loss
+
+    def _check_finite(self, model, loss, per_dim):
+        """NaN/inf guard: raise naming the nesting dim(s) that went bad, or (``nonfinite_loss='skip'``) replace
+        the batch's loss by a zero that still touches every parameter, so DDP's gradient all-reduce stays in step
+        and the batch adds no gradient. All processes take the same decision."""
+        values = per_dim.detach().float() if per_dim is not None else loss.detach().float().reshape(1)
+        bad = (~torch.isfinite(values)).float()
+        if self.accelerator.num_processes > 1:
+            bad = self.accelerator.reduce(bad, reduction="sum")
+        if not bad.any():
+            return loss
+        names = self._dim_names(len(values)) if per_dim is not None else ["(total loss)"]
+        which = [n for n, b in zip(names, bad.tolist()) if b]
+        message = (f"non-finite loss at nesting dim(s) {which} in step {self.state.global_step} "
+                   f"(this process's per-dim losses: {[round(v, 4) for v in values.tolist()]}, nesting_list "
+                   f"{names}). Lower the learning rate, check the inputs for NaN/inf, or use fp32/bf16 instead of fp16")
+        if self.nonfinite_loss == "raise":
+            raise FloatingPointError(message + "; MRLTrainer(nonfinite_loss='skip') skips such batches.")
+        self.skipped_nonfinite_batches += 1
+        logger.warning(message + "; skipping this batch (nonfinite_loss='skip').")
+        zero = sum(torch.nan_to_num(p * 0, 0.0, 0.0, 0.0).sum() for p in model.parameters() if p.requires_grad)
+        return zero.to(loss.dtype) if torch.is_tensor(zero) else loss.detach() * 0
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         if ignore_keys is None:
