@@ -180,11 +180,24 @@ def recover_interrupted_save(path: str | os.PathLike) -> Path | None:
 class AtomicSaveMixin:
     """Put before the ``PreTrainedModel`` base: ``save_pretrained(dir)`` writes into a staging folder beside
     ``dir`` and swaps it in at the end, so an exception or a crash mid-save leaves the previous checkpoint intact.
+    ``from_pretrained`` turns safetensors' error on a truncated or corrupt weights file into a ``ValueError``
+    that names the folder and the fix.
 
     Files the new save does not write (optimizer state, ``checkpoint-*`` folders of a Trainer output_dir, ...)
     are carried over, except stale weight files (``model*.safetensors`` shards and their index), which a save
     replaces as a set. Subclasses add their own files (tokenizer, processor) in ``_save_extra_files``.
     """
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        from safetensors import SafetensorError
+
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        except SafetensorError as exc:
+            raise ValueError(f"the safetensors weights in {str(pretrained_model_name_or_path)!r} are truncated or "
+                             f"corrupt ({exc}); restore the checkpoint from a good copy (mrl_hf saves are atomic, "
+                             "so a crashed save never causes this) or re-save the model.") from exc
 
     def _save_extra_files(self, save_directory: str) -> None:
         """Write files that belong with the weights (tokenizer, processor) into ``save_directory``."""

@@ -216,6 +216,9 @@ class MRLAlignModel(MRLAlignPreTrainedModel):
             raise ValueError(f"input_ids must be a (batch, seq_len) tensor of token ids, got "
                              f"{tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__}; "
                              "tokenize with the processor / tokenizer (return_tensors='pt').")
+        if 0 in input_ids.shape:
+            raise ValueError(f"input_ids has shape {tuple(input_ids.shape)}: an empty batch; skip empty batches "
+                             "(e.g. dataloader_drop_last=True).")
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         hidden = self.text_model(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
@@ -233,6 +236,9 @@ class MRLAlignModel(MRLAlignPreTrainedModel):
             shape = tuple(pixel_values.shape) if isinstance(pixel_values, torch.Tensor) else type(pixel_values).__name__
             raise ValueError(f"pixel_values must be a float tensor (batch, {vc.num_channels}, height, width), got "
                              f"{shape}; use the processor, or match vision_config.num_channels={vc.num_channels}.")
+        if pixel_values.shape[0] == 0:
+            raise ValueError("pixel_values is an empty batch (0 images); skip empty batches "
+                             "(e.g. dataloader_drop_last=True).")
         if isinstance(vc, ViTConfig):
             pooled = self.vision_model(pixel_values, return_dict=True).last_hidden_state[:, 0]
         else:

@@ -193,6 +193,7 @@ class MRLBertModel(MRLBertPreTrainedModel):
         self.bert.embeddings.word_embeddings = value
 
     def _embed(self, input_ids, attention_mask=None, token_type_ids=None, **kwargs):
+        _check_nonempty(input_ids if input_ids is not None else kwargs.get("inputs_embeds"))
         if attention_mask is None and input_ids is not None:
             attention_mask = torch.ones_like(input_ids)
         out = self.bert(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
@@ -311,6 +312,13 @@ class MRLBertModel(MRLBertPreTrainedModel):
         return out.float().cpu().numpy()
 
 
+def _check_nonempty(inputs) -> None:
+    if isinstance(inputs, torch.Tensor) and (inputs.dim() < 2 or 0 in inputs.shape[:2]):
+        raise ValueError(f"got input of shape {tuple(inputs.shape)}; expected (batch, seq_len) with batch >= 1 and "
+                         "seq_len >= 1. Skip empty batches (e.g. dataloader_drop_last=True) and tokenize with "
+                         "return_tensors='pt'.")
+
+
 def default_max_length(tokenizer, config) -> int:
     limit = getattr(tokenizer, "model_max_length", None) or config.max_position_embeddings
     return int(min(limit, config.max_position_embeddings))
@@ -386,6 +394,7 @@ class MRLBertForMaskedLM(MRLBertPreTrainedModel):
         return_logits: bool | None = None,
         **kwargs,
     ) -> MRLMaskedLMOutput:
+        _check_nonempty(input_ids if input_ids is not None else inputs_embeds)
         out = self.bert(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
                         position_ids=position_ids, inputs_embeds=inputs_embeds, return_dict=True, **kwargs)
         hidden = out.last_hidden_state

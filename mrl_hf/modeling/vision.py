@@ -126,6 +126,9 @@ class _MRLImageClassifier(AtomicSaveMixin, MatryoshkaHubMixin):
             raise ValueError(
                 f"pixel_values has shape {tuple(pixel_values.shape)}; expected (batch, {self.config.num_channels}, "
                 "height, width). Add the channel dim with pixel_values.unsqueeze(1) for grayscale images.")
+        if pixel_values.shape[0] == 0:
+            raise ValueError("pixel_values is an empty batch (0 images); skip empty batches "
+                             "(e.g. dataloader_drop_last=True).")
         if pixel_values.shape[1] != self.config.num_channels:
             raise ValueError(
                 f"pixel_values has {pixel_values.shape[1]} channels, but config.num_channels="
