@@ -4,7 +4,6 @@ settings (docs/matryoshkafy.md): adaptor 39.7 vs PCA 37.8 recall@10 at 16 dims, 
 import importlib.util
 import pathlib
 
-import numpy as np
 import pytest
 import torch
 
