@@ -24,7 +24,6 @@ from torch import nn
 from .config import validate_relative_importance
 from .losses import NestedLoss, nested_contrastive_loss, nested_cosine_similarities
 from .nesting import validate_nesting_list
-from .trainer import MRLTrainer
 
 
 def _check_pair(student: torch.Tensor, teacher: torch.Tensor) -> None:
@@ -198,33 +197,47 @@ class DistillationCollator:
         return batch
 
 
-class MatryoshkaDistillationTrainer(MRLTrainer):
-    """``MRLTrainer`` whose loss is ``MatryoshkaDistillationLoss`` between the model's embeddings and the
-    precomputed teacher vectors in each batch (``DistillationCollator``); logs ``loss_dim_{m}`` as usual.
+def _build_trainer_class():
+    from .trainer import MRLTrainer
 
-    ``distillation_loss`` defaults to the pairwise + top-k + listwise loss on ``model.config.nesting_list``.
-    """
+    class MatryoshkaDistillationTrainer(MRLTrainer):
+        """``MRLTrainer`` whose loss is ``MatryoshkaDistillationLoss`` between the model's embeddings and the
+        precomputed teacher vectors in each batch (``DistillationCollator``); logs ``loss_dim_{m}`` as usual.
 
-    def __init__(self, *args, distillation_loss: MatryoshkaDistillationLoss | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
-        config = self.accelerator.unwrap_model(self.model).config
-        self.distillation_loss = distillation_loss or MatryoshkaDistillationLoss(
-            config.nesting_list, config.relative_importance)
-        if list(self.distillation_loss.nesting_list) != list(config.nesting_list):
-            raise ValueError(f"distillation_loss.nesting_list={self.distillation_loss.nesting_list} differs "
-                             f"from the model's nesting_list={config.nesting_list}; build the loss from it.")
-        self.args.remove_unused_columns = False  # the collator needs the text and teacher columns
+        ``distillation_loss`` defaults to the pairwise + top-k + listwise loss on ``model.config.nesting_list``.
+        """
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        inputs = dict(inputs)
-        if "teacher_embeddings" not in inputs:
-            raise ValueError("the batch has no 'teacher_embeddings'; use DistillationCollator on a dataset "
-                             "prepared with add_teacher_embeddings.")
-        teacher = inputs.pop("teacher_embeddings")
-        pos_ids, pos_mask = inputs.pop("positive_input_ids", None), inputs.pop("positive_attention_mask", None)
-        outputs = model(**inputs, return_loss=False)
-        positives = None if pos_ids is None else model(pos_ids, pos_mask, return_loss=False).embeddings
-        nested = self.distillation_loss(outputs.embeddings, teacher, positives)
-        outputs.loss, outputs.per_dim_losses = nested.loss, nested.per_dim_losses
-        (self._train_dims if model.training else self._eval_dims).add(nested.per_dim_losses)
-        return (nested.loss, outputs) if return_outputs else nested.loss
+        def __init__(self, *args, distillation_loss: MatryoshkaDistillationLoss | None = None, **kwargs):
+            super().__init__(*args, **kwargs)
+            config = self.accelerator.unwrap_model(self.model).config
+            self.distillation_loss = distillation_loss or MatryoshkaDistillationLoss(
+                config.nesting_list, config.relative_importance)
+            if list(self.distillation_loss.nesting_list) != list(config.nesting_list):
+                raise ValueError(f"distillation_loss.nesting_list={self.distillation_loss.nesting_list} differs "
+                                 f"from the model's nesting_list={config.nesting_list}; build the loss from it.")
+            self.args.remove_unused_columns = False  # the collator needs the text and teacher columns
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            inputs = dict(inputs)
+            if "teacher_embeddings" not in inputs:
+                raise ValueError("the batch has no 'teacher_embeddings'; use DistillationCollator on a dataset "
+                                 "prepared with add_teacher_embeddings.")
+            teacher = inputs.pop("teacher_embeddings")
+            pos_ids, pos_mask = inputs.pop("positive_input_ids", None), inputs.pop("positive_attention_mask", None)
+            outputs = model(**inputs, return_loss=False)
+            positives = None if pos_ids is None else model(pos_ids, pos_mask, return_loss=False).embeddings
+            nested = self.distillation_loss(outputs.embeddings, teacher, positives)
+            outputs.loss, outputs.per_dim_losses = nested.loss, nested.per_dim_losses
+            (self._train_dims if model.training else self._eval_dims).add(nested.per_dim_losses)
+            return (nested.loss, outputs) if return_outputs else nested.loss
+
+    MatryoshkaDistillationTrainer.__module__ = __name__
+    return MatryoshkaDistillationTrainer
+
+
+def __getattr__(name):
+    # The trainer pulls in transformers.Trainer (seconds); modeling imports this module, so build it on first use.
+    if name == "MatryoshkaDistillationTrainer":
+        globals()[name] = _build_trainer_class()
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
