@@ -114,7 +114,7 @@ class MatryoshkaAdaptor(nn.Module):
             self.mlp[2].bias.zero_()
         return self
 
-    def fit(self, embeddings, epochs: int = 10, batch_size: int = 512, lr: float = 1e-3, weight_decay: float = 0.0,
+    def fit(self, embeddings, epochs: int = 20, batch_size: int = 512, lr: float = 1e-3, weight_decay: float = 0.0,
             init: str | None = "pca", top_k: int = 10, pairwise_weight: float = 1.0, topk_weight: float = 1.0,
             listwise_weight: float = 1.0, listwise_temperature: float = 0.05,
             relative_importance: Sequence[float] | None = None, seed: int = 0, verbose: bool = False
@@ -138,7 +138,7 @@ class MatryoshkaAdaptor(nn.Module):
             if self.mlp is not None:
                 nn.init.kaiming_uniform_(self.mlp[0].weight, a=math.sqrt(5), generator=generator)
                 nn.init.zeros_(self.mlp[0].bias)
-        x = F.normalize(x, dim=-1)
+        x = F.normalize(x, dim=-1).to(self.linear.weight.device)
         batch_size = min(batch_size, x.shape[0])
         steps_per_epoch = max(1, x.shape[0] // batch_size)
         total = epochs * steps_per_epoch
@@ -146,7 +146,7 @@ class MatryoshkaAdaptor(nn.Module):
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / total)))
         self.train()
         for epoch in range(epochs):
-            order = torch.randperm(x.shape[0], generator=generator)
+            order = torch.randperm(x.shape[0], generator=generator).to(x.device)
             running = torch.zeros(len(self.nesting_list))
             for step in range(steps_per_epoch):
                 batch = x[order[step * batch_size:(step + 1) * batch_size]]
