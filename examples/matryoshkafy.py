@@ -181,7 +181,8 @@ def main(argv=None) -> None:
 
         from mrl_hf.distillation import DistillationCollator, MatryoshkaDistillationTrainer, add_teacher_embeddings
 
-        student = MRLBertModel.from_pretrained(args.model, nesting_list=dims)
+        # Start from the PCA rotation (trained jointly with the encoder): keeps full-dim quality from step 0.
+        student = attach_adaptor(MRLBertModel.from_pretrained(args.model), pca_rotation(train, dims))
         data = add_teacher_embeddings(Dataset.from_dict({"text": train_texts}), train)
         training_args = TrainingArguments(os.path.join(args.output_dir, "trainer"), per_device_train_batch_size=64,
                                           num_train_epochs=args.full_model_epochs, learning_rate=5e-5,
@@ -191,7 +192,7 @@ def main(argv=None) -> None:
                                                 data_collator=DistillationCollator(student.tokenizer, max_length=128))
         trainer.train()
         student.save_pretrained(os.path.join(args.output_dir, "self-distilled"))
-        results["self-distilled model"] = evaluate(
+        results["self-distilled encoder (+ PCA start)"] = evaluate(
             sets, lambda t: student.encode(t, batch_size=64, max_length=256), dims)
         print(markdown_table(results, dims), flush=True)
 
