@@ -15,6 +15,7 @@ differ. Pairs with labels can add ``nested_contrastive_loss`` on top (``contrast
 """
 from __future__ import annotations
 
+import importlib
 from typing import Sequence
 
 import torch
@@ -198,7 +199,8 @@ class DistillationCollator:
 
 
 def _build_trainer_class():
-    from .trainer import MRLTrainer
+    # By name: a remote-code copy of a model that uses the adaptor must not pull in the Trainer.
+    MRLTrainer = importlib.import_module("mrl_hf.trainer").MRLTrainer
 
     class MatryoshkaDistillationTrainer(MRLTrainer):
         """``MRLTrainer`` whose loss is ``MatryoshkaDistillationLoss`` between the model's embeddings and the

@@ -12,6 +12,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from ..modeling.base import MatryoshkaHubMixin  # noqa: F401  (re-exported: mrl_hf.hub.MatryoshkaHubMixin)
 from .card import PLOT_FILE, render_model_card
 from .remote_code import write_remote_code
 
@@ -219,13 +220,3 @@ def _upload(staged: Path, repo_id: str, token: str, private, revision, commit_me
             "commit is applied all or nothing) and your local files are unchanged; retry the push."
         ) from exc
     return str(info)
-
-
-class MatryoshkaHubMixin:
-    """Mix into an mrl_hf ``PreTrainedModel`` (listed first) so that ``model.push_to_hub(repo_id)`` uploads the
-    generated model card, plot and optional remote code along with config, weights and tokenizer."""
-
-    def push_to_hub(self, repo_id: str, *, token: str | None = None, private: bool | None = None,
-                    commit_message: str | None = None, results=None, remote_code: bool = False, **card_kwargs) -> str:
-        return push_to_hub(self, repo_id, token=token, private=private, commit_message=commit_message,
-                           results=results, remote_code=remote_code, **card_kwargs)

@@ -38,10 +38,10 @@ from transformers.utils import ModelOutput
 from ..config import MATRYOSHKA_KEYS, MatryoshkaConfigMixin
 from ..distributed import all_gather_with_grad
 from ..embeddings import truncate_embeddings
-from ..hub.push import MatryoshkaHubMixin
 from ..losses import nested_contrastive_loss, nested_cosine_similarities
 from ..nesting import validate_dim
 from ..saving import AtomicSaveMixin
+from .base import MatryoshkaHubMixin
 
 TEXT_POOLING_MODES = ("mean", "cls")
 

@@ -37,10 +37,10 @@ from ..config import MatryoshkaConfigMixin
 from ..distributed import all_gather_with_grad
 from ..embeddings import truncate_embeddings
 from ..heads import MatryoshkaHead
-from ..hub.push import MatryoshkaHubMixin
 from ..losses import MatryoshkaCrossEntropyLoss, nested_contrastive_loss
 from ..nesting import halving_nesting_list, validate_dim
 from ..saving import AtomicSaveMixin
+from .base import MatryoshkaHubMixin
 
 POOLING_MODES = ("mean", "cls")
 

@@ -28,9 +28,9 @@ from transformers.utils import ModelOutput
 from ..config import MatryoshkaConfigMixin
 from ..embeddings import truncate_embeddings
 from ..heads import MatryoshkaHead
-from ..hub.push import MatryoshkaHubMixin
 from ..losses import MatryoshkaCrossEntropyLoss
 from ..saving import AtomicSaveMixin
+from .base import MatryoshkaHubMixin
 
 # Trainer's evaluation loop skips these outputs, so ``compute_metrics`` receives (logits, nested_logits).
 _KEYS_TO_IGNORE_AT_INFERENCE = ["per_dim_losses", "embeddings", "hidden_states", "attentions"]
