@@ -1,6 +1,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from mrl_hf import demo_digits
 from mrl_hf.cli import build_parser
 
@@ -17,9 +19,16 @@ def test_digits_demo_shows_mrl_beating_the_sliced_full_dim_model():
     assert table.splitlines()[0].split()[:3] == ["dim", "MRL", "head"]
 
 
-def test_every_command_has_help():
+def test_every_command_has_help(capsys):
     parser = build_parser()
     commands = parser._subparsers._group_actions[0].choices
+    assert {"demo", "train", "evaluate", "export", "push"} <= set(commands)
     for name in commands:
-        out = subprocess.run([sys.executable, "-m", "mrl_hf.cli", name, "--help"], capture_output=True, text=True)
-        assert out.returncode == 0 and "usage: mrl-hf " + name in out.stdout
+        with pytest.raises(SystemExit) as exit_info:
+            build_parser().parse_args([name, "--help"])
+        assert exit_info.value.code == 0 and "usage: mrl-hf " + name in capsys.readouterr().out
+
+
+def test_the_console_script_entry_point_runs():
+    out = subprocess.run([sys.executable, "-m", "mrl_hf.cli", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "demo" in out.stdout
