@@ -110,7 +110,10 @@ class _NestedLinearCrossEntropy(torch.autograd.Function):
                         torch.matmul(xc[:, a:b], w32[:, a:b].T, out=z[i])
                     else:
                         torch.addmm(prev, xc[:, a:b], w32[:, a:b].T, out=z[i])
-                for i in range(num_dims):
+                xs = xc * rs if need_dw else None
+                # Largest dim first, so that each dim's buffer is finished while it is still in cache:
+                # loss, softmax gradient, the reverse prefix sum G_i = c_i g_i + G_{i+1}, then its block matmuls.
+                for i in range(num_dims - 1, -1, -1):
                     zi = z[i]
                     if want_preds:
                         preds[i, r0:r1] = zi.argmax(1)
@@ -119,23 +122,22 @@ class _NestedLinearCrossEntropy(torch.autograd.Function):
                     if eps:
                         row_loss -= (eps / num_classes) * zi.sum(1)
                     per_dim[i] += row_loss @ rs.squeeze(1)
-                    if need_grad:  # zi <- softmax - smoothed onehot
-                        zi.exp_()
-                        zi.scatter_add_(1, yc, torch.full_like(zi[:, :1], -(1 - eps)))
-                        if eps:
-                            zi.sub_(eps / num_classes)
-                if not need_grad:
-                    continue
-                if coefs[-1] != 1:
-                    z[-1].mul_(coefs[-1])
-                for i in range(num_dims - 2, -1, -1):  # block i serves dims i..|M|-1
-                    torch.add(z[i + 1], z[i], alpha=coefs[i], out=z[i])
-                xs = xc * rs
-                for i, (a, b) in enumerate(bounds):
+                    if not need_grad:
+                        continue
+                    zi.exp_()  # zi <- softmax - smoothed onehot
+                    zi.scatter_add_(1, yc, torch.full_like(zi[:, :1], -(1 - eps)))
+                    if eps:
+                        zi.sub_(eps / num_classes)
+                    if i == num_dims - 1:
+                        if coefs[i] != 1:
+                            zi.mul_(coefs[i])
+                    else:  # block i serves dims i..|M|-1
+                        torch.add(z[i + 1], zi, alpha=coefs[i], out=zi)
+                    a, b = bounds[i]
                     if need_dx:
-                        gx[r0:r1, a:b] = (z[i] @ w32[:, a:b]) * rs
+                        gx[r0:r1, a:b] = (zi @ w32[:, a:b]) * rs
                     if need_dw:
-                        gw[:, a:b].addmm_(z[i].T, xs[:, a:b])
+                        gw[:, a:b].addmm_(zi.T, xs[:, a:b])
                 if need_db:
                     gb.addmv_(z[0].T, rs.squeeze(1))
             total = (torch.tensor(coefs, dtype=ctype, device=x.device) * per_dim).sum()
