@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from typing import Sequence
 
 import numpy as np
@@ -26,6 +25,7 @@ from torch import nn
 from .distillation import similarity_distillation_loss
 from .embeddings import truncate_embeddings
 from .nesting import halving_nesting_list, validate_dim, validate_nesting_list
+from .saving import atomic_file, atomic_write_with
 
 ADAPTOR_CONFIG_NAME = "adaptor_config.json"
 ADAPTOR_WEIGHTS_NAME = "adaptor.safetensors"
@@ -193,9 +193,10 @@ class MatryoshkaAdaptor(nn.Module):
         """Write ``adaptor_config.json`` and ``adaptor.safetensors`` into ``save_directory`` (atomically per file)."""
         os.makedirs(save_directory, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        _atomic_write(save_directory, ADAPTOR_WEIGHTS_NAME, lambda path: save_file(state, path))
+        atomic_write_with(os.path.join(save_directory, ADAPTOR_WEIGHTS_NAME), lambda path: save_file(state, path))
         config = json.dumps(self.config_dict(), indent=2) + "\n"
-        _atomic_write(save_directory, ADAPTOR_CONFIG_NAME, lambda path: open(path, "w").write(config))
+        with atomic_file(os.path.join(save_directory, ADAPTOR_CONFIG_NAME)) as f:
+            f.write(config)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike) -> "MatryoshkaAdaptor":
@@ -220,18 +221,6 @@ def pca_rotation(embeddings, nesting_list: Sequence[int] | None = None, center: 
     """
     x = check_embeddings(embeddings)
     return MatryoshkaAdaptor(x.shape[1], nesting_list, hidden_dim=0).init_pca(x, center=center).eval()
-
-
-def _atomic_write(directory, name: str, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=directory)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, os.path.join(directory, name))
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def attach_adaptor(model, adaptor: MatryoshkaAdaptor):

@@ -5,24 +5,15 @@ import csv
 import io
 import json
 import os
-import tempfile
 from typing import Iterable
+
+from ..saving import atomic_file, atomic_write_with
 
 
 def atomic_write_text(path: str, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file in the same folder, so no reader sees half a file."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_file(path, newline="") as f:
+        f.write(text)
 
 
 class ResultsTable:
@@ -156,11 +147,6 @@ class ResultsTable:
         if fig is not None:
             fig.tight_layout()
             if path is not None:
-                folder = os.path.dirname(os.path.abspath(path))
-                os.makedirs(folder, exist_ok=True)
-                fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".png")
-                os.close(fd)
-                fig.savefig(tmp, dpi=dpi)
-                os.replace(tmp, path)
+                atomic_write_with(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
             plt.close(fig)
         return ax
