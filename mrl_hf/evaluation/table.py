@@ -4,7 +4,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from typing import Iterable
 
 from ..saving import atomic_file, atomic_write_with
