@@ -13,7 +13,7 @@ Then it checks the target: a configuration >= 20x faster than exact full-dim fla
 than full-dim HNSW32 (at the smallest efSearch that reaches 0.99 top-10 overlap on the real sets) whose
 top-10 overlap on the real embeddings is >= 0.99.
 
-    python benchmarks/bench_retrieval.py                 # the full run (~15 min on 2 cores)
+    python benchmarks/bench_retrieval.py                 # ~11 min on 2 cores with its caches, ~20 min cold
     python benchmarks/bench_retrieval.py --n 100000      # a quick look
 Not run by CI.
 """

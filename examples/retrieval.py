@@ -19,7 +19,7 @@ def main():
     scale = (1.0 / np.sqrt(np.arange(1, dim + 1))).astype(np.float32)
     centres = rng.standard_normal((n_classes, dim), dtype=np.float32) * scale
     labels = rng.integers(0, n_classes, n + 100)
-    vectors = centres[labels] + 0.7 * rng.standard_normal((n + 100, dim), dtype=np.float32) * scale
+    vectors = centres[labels] + 1.5 * rng.standard_normal((n + 100, dim), dtype=np.float32) * scale
     database, queries = vectors[:n], vectors[n:]
     db_labels, query_labels = labels[:n], labels[n:]
 

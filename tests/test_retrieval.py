@@ -246,6 +246,9 @@ def test_saved_index_reloads_identical(data, tmp_path, backend, index_type, metr
         np.testing.assert_array_equal(s, scores)
     mapped = MatryoshkaIndex.load(tmp_path / "idx", mmap=True)
     np.testing.assert_array_equal(runs[2](mapped).ids, before[2].ids)
+    if index_type == "flat":  # a flat index saved with FAISS can be searched without it
+        np.testing.assert_array_equal(runs[3](MatryoshkaIndex.load(tmp_path / "idx", backend="torch")).ids,
+                                      before[3].ids)
 
 
 def test_failed_save_leaves_the_old_index_intact(data, tmp_path, monkeypatch):

@@ -51,7 +51,8 @@ class TorchFlatLevel:
                 for start in range(0, n, block):
                     s = qc @ self._data[start:start + block].T
                     if self.metric == "l2":
-                        s = (qc.square().sum(1, keepdim=True) - 2 * s + self._sqnorms[start:start + block]).clamp_min_(0)
+                        s = qc.square().sum(1, keepdim=True) - 2 * s + self._sqnorms[start:start + block]
+                        s.clamp_min_(0)  # rounding can push a zero distance slightly negative
                     v, i = torch.topk(s, min(k, s.shape[1]), dim=1, largest=largest)
                     i += start
                     if best_s is not None:

@@ -76,22 +76,22 @@ class MatryoshkaIndex:
         embeddings: ``(n, d)`` float32 numpy array or torch tensor. ``n`` may be 0.
         metric: ``"cosine"`` (each prefix ``x[:, :m]`` is L2-normalised on its own before scoring at dim
             ``m``), ``"ip"`` (raw inner product of prefixes) or ``"l2"`` (squared L2 distance of prefixes).
-        copy: keep a private copy of ``embeddings`` (default). ``copy=False`` keeps a reference to a float32
-            C-contiguous numpy array (saving its memory for large databases); it must not change afterwards.
         backend: ``"faiss"``, ``"torch"`` (exact search only, no extra dependency) or ``"auto"`` (FAISS when
             installed).
         index_type: structure used wherever the whole database is searched: ``"flat"`` (exact), ``"hnsw"``
             (``hnsw_m`` links per node, 32 as in the paper) or ``"ivf"`` (``nlist`` lists, default ~4*sqrt(n);
             ``nprobe`` probed per query). ``ef_search`` and ``nprobe`` are attributes you may change
             between searches.
+        copy: keep a private copy of ``embeddings`` (default). ``copy=False`` keeps a reference to a float32
+            C-contiguous numpy array (saving its memory for large databases); it must not change afterwards.
 
     Every search returns a ``SearchResult``: ``scores, ids`` of shape ``(n_queries, top_k)``, best first,
     with ``.cost`` holding MFLOPs per query and wall-clock.
     """
 
     def __init__(self, embeddings, metric: str = "cosine", backend: str = "auto", index_type: str = "flat", *,
-                 copy: bool = True, hnsw_m: int = 32, ef_construction: int = 40, ef_search: int = 64, nlist: int | None = None,
-                 nprobe: int = 16):
+                 copy: bool = True, hnsw_m: int = 32, ef_construction: int = 40, ef_search: int = 64,
+                 nlist: int | None = None, nprobe: int = 16):
         self.metric = check_metric(metric)
         self.index_type = index_type
         self.backend = _resolve_backend(backend, index_type)
@@ -337,8 +337,11 @@ class MatryoshkaIndex:
         return write_dir_atomically(path, write, marker=_CONFIG_FILE)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, mmap: bool = False) -> "MatryoshkaIndex":
-        """Load an index written by ``save``. ``mmap=True`` maps the embeddings from disk instead of reading them."""
+    def load(cls, path: str | os.PathLike, mmap: bool = False, backend: str | None = None) -> "MatryoshkaIndex":
+        """Load an index written by ``save``. ``mmap=True`` maps the embeddings from disk instead of reading them.
+
+        ``backend`` overrides the saved one, e.g. ``"torch"`` to search a saved flat FAISS index without faiss.
+        """
         path = Path(path)
         config_file = path / _CONFIG_FILE
         if not config_file.is_file():
@@ -348,7 +351,8 @@ class MatryoshkaIndex:
         if config.get("format") != _FORMAT or config.get("format_version", 0) > _FORMAT_VERSION:
             raise ValueError(f"{str(config_file)!r} is not a MatryoshkaIndex this version can read "
                              f"(format={config.get('format')!r}, version={config.get('format_version')!r}).")
-        index = cls(np.empty((0, config["dim"]), np.float32), metric=config["metric"], backend=config["backend"],
+        index = cls(np.empty((0, config["dim"]), np.float32), metric=config["metric"],
+                    backend=config["backend"] if backend is None else backend,
                     index_type=config["index_type"], hnsw_m=config["hnsw_m"],
                     ef_construction=config["ef_construction"], ef_search=config["ef_search"],
                     nlist=config["nlist"], nprobe=config["nprobe"])
