@@ -100,6 +100,17 @@ def test_funnel_search_matches_numpy(data, backend, metric):
         np.testing.assert_array_equal(ids, ref_funnel(db, queries, steps or default, 10, metric))
 
 
+@pytest.mark.parametrize("backend", backends())
+def test_shortlists_longer_than_the_database_cover_all_of_it(data, backend):
+    db, queries = data
+    small = MatryoshkaIndex(db[:50], backend=backend).build(np.int64(8))
+    assert small.built_dims == [8]
+    exact = small.search(queries, 10).ids
+    np.testing.assert_array_equal(small.adaptive_search(queries, 10, 8).ids, exact)  # default shortlist 200 > 50
+    np.testing.assert_array_equal(small.funnel_search(queries, 10).ids, exact)
+    assert small.adaptive_search(queries, 10, 8).cost.stages[1].scored_per_query == 50
+
+
 def test_default_funnel_is_the_papers():
     assert default_funnel_steps(2048) == [(16, 200), (32, 100), (64, 50), (128, 25), (256, 10), (2048, 10)]
     assert default_funnel_steps(768, top_k=40) == [(16, 200), (32, 100), (64, 50), (128, 40), (256, 40),

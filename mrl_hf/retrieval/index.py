@@ -168,7 +168,7 @@ class MatryoshkaIndex:
 
     def build(self, dims=None) -> "MatryoshkaIndex":
         """Build the search structures for ``dims`` now (default: the full dim) instead of on first search."""
-        dims = [self.dim] if dims is None else ([dims] if isinstance(dims, int) else list(dims))
+        dims = [self.dim] if dims is None else ([dims] if isinstance(dims, (int, np.integer)) else list(dims))
         for d in dims:
             self._level(self._check_dim(d, "dims entry"))
         return self
