@@ -39,6 +39,8 @@ _LAZY = {
     "PairCollator": "data.collator",
     "AdaptiveClassifier": "adaptive",
     "MatryoshkaIndex": "retrieval",
+    "SearchResult": "retrieval",
+    "default_funnel_steps": "retrieval",
     "MatryoshkaAdaptor": "adaptor",
     "pca_rotation": "adaptor",
     "attach_adaptor": "adaptor",
