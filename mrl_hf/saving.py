@@ -123,32 +123,13 @@ def write_dir_atomically(path: str | os.PathLike, write: Callable[[Path], None])
 
 
 @contextlib.contextmanager
-def atomic_file(path: str | os.PathLike, mode: str = "w", **open_kwargs) -> Iterator:
-    """``open`` a temporary file beside ``path``; on success it is fsynced and renamed onto ``path``."""
-    path = Path(path)
+def _temp_file_beside(path: Path, suffix: str) -> Iterator[str]:
+    """Yield the name of a new temporary file beside ``path``; on success fsync it and rename it onto ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode, **open_kwargs) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-        _fsync_path(path.parent)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_with(path: str | os.PathLike, write: Callable[[str], None]) -> None:
-    """For writers that take a file name (``plt.savefig``, ``torch.save``): ``write(tmp_name)`` then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix or ".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     try:
-        write(tmp)
+        yield tmp
         _fsync_path(Path(tmp))
         os.replace(tmp, path)
         _fsync_path(path.parent)
@@ -156,6 +137,20 @@ def atomic_write_with(path: str | os.PathLike, write: Callable[[str], None]) -> 
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike, mode: str = "w", **open_kwargs) -> Iterator:
+    """``open`` a temporary file beside ``path``; on success it is fsynced and renamed onto ``path``."""
+    with _temp_file_beside(Path(path), ".tmp") as tmp, open(tmp, mode, **open_kwargs) as handle:
+        yield handle
+
+
+def atomic_write_with(path: str | os.PathLike, write: Callable[[str], None]) -> None:
+    """For writers that take a file name (``plt.savefig``, ``torch.save``): ``write(tmp_name)`` then rename."""
+    path = Path(path)
+    with _temp_file_beside(path, path.suffix or ".tmp") as tmp:
+        write(tmp)
 
 
 def leftover_staging_dirs(path: str | os.PathLike) -> list[Path]:
