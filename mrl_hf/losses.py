@@ -68,6 +68,17 @@ class MatryoshkaCrossEntropyLoss(nn.Module):
 _CHUNK_BYTES = 128 * 2**20  # working buffer per chunk of rows: |M| logit blocks
 
 
+_TINY_PROBABILITY = 1e-30  # below this, log(p) in float32 loses digits: recompute log-sum-exp from the logits
+
+
+def _logsumexp_rows(x_rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, dim: int) -> torch.Tensor:
+    """Exact log-sum-exp of the logits at size ``dim`` for a few rows, recomputed from ``x`` and ``W``."""
+    logits = x_rows[:, :dim] @ weight[:, :dim].T
+    if bias is not None:
+        logits += bias
+    return torch.logsumexp(logits, 1)
+
+
 class _NestedLinearCrossEntropy(torch.autograd.Function):
     """Forward computes the loss *and* its gradients chunk by chunk; backward only scales them.
 
@@ -97,9 +108,12 @@ class _NestedLinearCrossEntropy(torch.autograd.Function):
             need_db = bias is not None and bias.requires_grad
             need_grad = need_dx or need_dw or need_db
             gx = torch.empty_like(x32) if need_dx else None
-            gw = torch.zeros_like(w32) if need_dw else None
+            # the first chunk writes gw with beta=0, so it needs no zero fill unless there is no row at all
+            gw = (torch.empty_like if n_rows else torch.zeros_like)(w32) if need_dw else None
             gb = torch.zeros_like(b32) if need_db else None
             chunk = max(16, _CHUNK_BYTES // (4 * num_dims * num_classes))
+            n_chunks = max(1, -(-n_rows // chunk))
+            chunk = max(1, -(-n_rows // n_chunks))  # equal chunks: 1,024 rows as 7 x 147, not 6 x 157 + 82
             buf = torch.empty(num_dims, min(chunk, n_rows), num_classes, dtype=ctype, device=x.device)
             for r0 in range(0, n_rows, chunk):
                 r1 = min(r0 + chunk, n_rows)
@@ -117,15 +131,26 @@ class _NestedLinearCrossEntropy(torch.autograd.Function):
                     zi = z[i]
                     if want_preds:
                         preds[i, r0:r1] = zi.argmax(1)
-                    torch.ops.aten._log_softmax.out(zi, 1, False, out=zi)  # in place, one fused kernel
-                    row_loss = -(1 - eps) * zi.gather(1, yc).squeeze(1)
-                    if eps:
-                        row_loss -= (eps / num_classes) * zi.sum(1)
-                    per_dim[i] += row_loss @ rs.squeeze(1)
-                    if not need_grad:
+                    if not need_grad:  # the loss only: log-probabilities in place
+                        torch.ops.aten._log_softmax.out(zi, 1, False, out=zi)
+                        row_loss = -(1 - eps) * zi.gather(1, yc).squeeze(1)
+                        if eps:
+                            row_loss -= eps * zi.mean(1)
+                        per_dim[i] += row_loss @ rs.squeeze(1)
                         continue
-                    zi.exp_()  # zi <- softmax - smoothed onehot
-                    zi.scatter_add_(1, yc, torch.full_like(zi[:, :1], -(1 - eps)))
+                    # Probabilities in place (one memory pass fewer than log-softmax + exp); the loss comes from
+                    # log-sum-exp = z_y - log p_y, exact rows recomputed where p_y underflowed.
+                    z_y = zi.gather(1, yc).squeeze(1)
+                    z_mean = zi.mean(1) if eps else None
+                    torch.ops.aten._softmax.out(zi, 1, False, out=zi)
+                    p_y = zi.gather(1, yc).squeeze(1)
+                    lse = z_y - p_y.log()
+                    low = (p_y < _TINY_PROBABILITY) & (rs.squeeze(1) > 0)
+                    if low.any():
+                        lse[low] = _logsumexp_rows(xc[low], w32, b32, bounds[i][1])
+                    row_loss = lse - (1 - eps) * z_y - (eps * z_mean if eps else 0)
+                    per_dim[i] += row_loss @ rs.squeeze(1)
+                    zi.scatter_add_(1, yc, torch.full_like(zi[:, :1], -(1 - eps)))  # softmax - smoothed onehot
                     if eps:
                         zi.sub_(eps / num_classes)
                     if i == num_dims - 1:
@@ -137,7 +162,7 @@ class _NestedLinearCrossEntropy(torch.autograd.Function):
                     if need_dx:
                         gx[r0:r1, a:b] = (zi @ w32[:, a:b]) * rs
                     if need_dw:
-                        gw[:, a:b].addmm_(zi.T, xs[:, a:b])
+                        gw[:, a:b].addmm_(zi.T, xs[:, a:b], beta=0 if r0 == 0 else 1)
                 if need_db:
                     gb.addmv_(z[0].T, rs.squeeze(1))
             total = (torch.tensor(coefs, dtype=ctype, device=x.device) * per_dim).sum()
@@ -150,7 +175,8 @@ class _NestedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_total, _grad_per_dim, _grad_preds):
         scale = grad_total.to(ctx.ctype)
-        grads = [None if g is None else (g * scale).to(t) for g, t in zip(ctx.saved_tensors, ctx.dtypes)]
+        unit = scale.item() == 1.0  # the usual loss.backward(): skip a pass over the weight-sized gradient
+        grads = [None if g is None else (g if unit else g * scale).to(t) for g, t in zip(ctx.saved_tensors, ctx.dtypes)]
         return (*grads, None, None, None, None, None, None, None, None)
 
 

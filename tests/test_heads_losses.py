@@ -110,6 +110,29 @@ def test_fused_loss_in_float32_across_many_chunks(monkeypatch):
         torch.testing.assert_close(a, r, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_fused_loss_is_exact_where_the_label_probability_underflows(smoothing):
+    # logits hundreds apart: p_y is 0 in float32 for most rows, so the loss must not come from log(p_y)
+    torch.manual_seed(3)
+    x = (8 * torch.randn(40, 64)).requires_grad_()
+    w = (8 * torch.randn(100, 64)).requires_grad_()
+    b = torch.randn(100, requires_grad=True)
+    y = torch.randint(0, 100, (40,))
+    dims = [3, 10, 64]
+    assert (F.softmax(x @ w.T + b, 1).gather(1, y[:, None]) == 0).float().mean() > 0.5
+    out = nested_linear_cross_entropy(x, w, b, y, dims, relative_importance=[1, 2, 1], label_smoothing=smoothing)
+    out.loss.backward()
+    got = grads(x, w, b)
+    for t in (x, w, b):
+        t.grad = None
+    per_dim = torch.stack([F.cross_entropy((x[:, :m] @ w[:, :m].T + b).double(), y, label_smoothing=smoothing)
+                           for m in dims])
+    (per_dim @ torch.tensor([1.0, 2.0, 1.0], dtype=torch.float64)).backward()
+    torch.testing.assert_close(out.per_dim_losses.double(), per_dim.detach(), rtol=1e-6, atol=0)
+    for a, r in zip(got, grads(x, w, b)):  # float32 logits of size ~500 vs a float64 reference
+        torch.testing.assert_close(a, r.float(), rtol=1e-3, atol=3e-4)
+
+
 def test_fused_loss_without_grad_and_with_frozen_weight():
     w = torch.randn(5, 8)
     x = torch.randn(4, 8, requires_grad=True)
@@ -124,6 +147,13 @@ def test_fused_loss_without_grad_and_with_frozen_weight():
 def test_fused_loss_all_ignored_is_zero_not_nan():
     out = nested_linear_cross_entropy(torch.randn(3, 8), torch.randn(5, 8), None, torch.full((3,), -100), [4, 8])
     assert out.loss.item() == 0.0
+
+
+def test_fused_loss_of_no_rows_has_zero_gradients():
+    w = torch.randn(5, 8, requires_grad=True)
+    out = nested_linear_cross_entropy(torch.randn(0, 8), w, None, torch.zeros(0, dtype=torch.long), [4, 8])
+    out.loss.backward()
+    assert out.loss.item() == 0.0 and torch.equal(w.grad, torch.zeros_like(w))
 
 
 def test_fused_loss_under_bf16_autocast_is_finite_and_close():
