@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 
 from mrl_hf.data.text import load_chatterbot_pairs
+from mrl_hf.distributed import is_main_process
 from mrl_hf.demo_text import evaluate, finetune, split_pairs
 from mrl_hf.demo_text import packaged_minilm as default_model
 from mrl_hf.evaluation.pairs import format_table
@@ -45,7 +46,7 @@ def main():
     mrl, trainer = finetune(model_path, train, nesting, **kw)
     results["MRL fine-tuned"] = evaluate(mrl, test, nesting)
     print(format_table(results))
-    if args.save:
+    if args.save and is_main_process():  # under accelerate launch / torchrun, one process writes
         mrl.save_pretrained(args.save)
         print(f"saved the MRL model to {args.save}")
 

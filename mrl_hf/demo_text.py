@@ -56,6 +56,7 @@ def finetune(model_path: str, train_pairs, nesting_list, *, epochs: float = 1.0,
              lr: float = 5e-5, max_length: int = 32, seed: int = 0, output_dir: str | None = None,
              progress: bool = True, max_steps: int = -1):
     """MRL fine-tuning through ``MRLTrainer``; returns the model (in eval mode) and the trainer."""
+    import torch
     from transformers import TrainingArguments
 
     from .data.collator import PairCollator
@@ -66,7 +67,7 @@ def finetune(model_path: str, train_pairs, nesting_list, *, epochs: float = 1.0,
     args = TrainingArguments(
         output_dir=output_dir or tempfile.mkdtemp(prefix="mrl_demo_"), per_device_train_batch_size=batch_size,
         num_train_epochs=epochs, max_steps=max_steps, learning_rate=lr, warmup_steps=0.1, seed=seed, logging_steps=10,
-        save_strategy="no", report_to=[], disable_tqdm=not progress, use_cpu=True,
+        save_strategy="no", report_to=[], disable_tqdm=not progress, use_cpu=not torch.cuda.is_available(),
     )
     trainer = MRLTrainer(model=model, args=args, train_dataset=train_pairs,
                          data_collator=PairCollator(model.tokenizer, max_length=max_length))

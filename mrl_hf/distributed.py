@@ -9,6 +9,8 @@ works on gloo (CPU) as well as NCCL. Processes may hold different numbers of row
 """
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.distributed as dist
 
@@ -18,6 +20,12 @@ def distributed_world_size() -> int:
     if dist.is_available() and dist.is_initialized():
         return dist.get_world_size()
     return 1
+
+
+def is_main_process() -> bool:
+    """False in every process but rank 0 of a ``torchrun`` / ``accelerate launch`` run: the one that should write
+    files. Read from the launcher's ``RANK``, so it holds before any process group or Trainer exists."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 class _AllGatherWithGrad(torch.autograd.Function):

@@ -6,6 +6,7 @@ accumulation micro-batches), evaluation metrics get ``eval_loss_dim_{m}``.
 """
 from __future__ import annotations
 
+import os
 from typing import Sequence
 
 import numpy as np
@@ -37,6 +38,18 @@ class _Mean:
         return mean
 
 
+def _check_launched_world_size(args) -> None:
+    """Stop a multi-process launch that the Trainer would run as N independent copies of the whole training."""
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and args.world_size == 1:
+        raise ValueError(
+            f"this process is one of WORLD_SIZE={launched} started by torchrun / accelerate launch, but "
+            f"TrainingArguments set up no distributed training (device {args.device}), so each process would train "
+            "alone on all the data. On a machine without a GPU, transformers trains in parallel only with "
+            "TrainingArguments(..., use_cpu=True); pass use_cpu=not torch.cuda.is_available()."
+        )
+
+
 class MRLTrainer(Trainer):
     """``Trainer`` with per-nesting-size loss logging. Everything else (``DataCollatorForLanguageModeling``,
     gradient accumulation, ``evaluate()``, ``save_model()``, ``resume_from_checkpoint``) is the stock Trainer.
@@ -60,6 +73,7 @@ class MRLTrainer(Trainer):
             self.args.remove_unused_columns = False
         self._train_dims = _Mean()
         self._eval_dims = _Mean()
+        _check_launched_world_size(self.args)
 
     def _dim_names(self, count: int) -> list[str]:
         config = getattr(self.accelerator.unwrap_model(self.model), "config", None)

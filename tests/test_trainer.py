@@ -110,3 +110,13 @@ def test_nested_accuracy_reads_every_prediction_layout():
     assert metric(EvalPrediction(predictions=ids, label_ids=mlm_labels)) == want
     with pytest.raises(ValueError, match="per-dim predictions"):
         metric(EvalPrediction(predictions=np.zeros((4, 5)), label_ids=labels))
+
+
+def test_multi_process_launch_that_would_train_n_independent_copies_is_stopped(tmp_path, tokenizer, monkeypatch):
+    # torchrun / accelerate launch set WORLD_SIZE; without a GPU, transformers sets up DDP only with use_cpu=True,
+    # so use_cpu=False would silently train each process alone on all the data
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match=r"WORLD_SIZE=2.*use_cpu=True"):
+        mlm_trainer(tmp_path, tokenizer, use_cpu=False)
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    mlm_trainer(tmp_path, tokenizer, use_cpu=False)  # one process: nothing to warn about
