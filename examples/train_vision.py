@@ -6,7 +6,7 @@ the frozen embeddings per dim with a linear probe and 1-NN, together with the ba
 full-dim FF model (SVD, first-m features, JL projection). Writes results.csv/json, a markdown table and a plot
 per architecture, and an adaptive-classification summary.
 
-    python examples/train_vision.py --output-dir outputs/vision                 # ~10-20 min on 2 CPU cores
+    python examples/train_vision.py --output-dir outputs/vision                 # ~8 min on 2 CPU cores
     python examples/train_vision.py --arch resnet --train-size 5000 --epochs 2  # a quicker look
 
 Offline, the data comes from the Debian package (`apt-get install -y dataset-fashion-mnist`); elsewhere
@@ -24,6 +24,7 @@ from transformers import TrainingArguments
 
 from mrl_hf.adaptive import AdaptiveClassifier
 from mrl_hf.data.images import ImageClassificationDataset, load_fashion_mnist, to_pixel_values
+from mrl_hf.distributed import is_main_process
 from mrl_hf.evaluation.classification import (encode_images, evaluate_baselines, evaluate_embeddings,
                                               oracle_accuracy)
 from mrl_hf.evaluation.table import ResultsTable, atomic_write_text
@@ -37,20 +38,22 @@ ARCHS = {
     # 28x28 grayscale; the last stage (64 wide) is projected to the 32-d embedding, so features are signed
     "resnet": (MRLResNetForImageClassification, lambda **kw: MRLResNetConfig(
         num_channels=1, embedding_size=16, hidden_sizes=[16, 32, 64], depths=[1, 1, 1], layer_type="basic",
-        embedding_dim=32, **kw), 3e-3),
+        **kw), 3e-3, 3),
     # 4x4 patches -> 49 tokens, 2 layers of width 64, [CLS] projected to 32
     "vit": (MRLViTForImageClassification, lambda **kw: MRLViTConfig(
         image_size=28, patch_size=4, num_channels=1, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=128, embedding_dim=32, **kw), 1e-3),
+        intermediate_size=128, **kw), 1e-3, 15),  # a ViT from scratch needs more epochs than a ResNet
 }
 
 
 def train(arch: str, variant: str, nesting_list, train_set, args) -> torch.nn.Module:
-    model_class, make_config, lr = ARCHS[arch]
+    model_class, make_config, lr, epochs = ARCHS[arch]
     torch.manual_seed(args.seed)
-    model = model_class(make_config(num_labels=10, nesting_list=nesting_list, efficient=variant == "MRL-E"))
-    targs = TrainingArguments(output_dir=os.path.join(args.output_dir, "checkpoints"), num_train_epochs=args.epochs,
-                              per_device_train_batch_size=128, learning_rate=lr, lr_scheduler_type="cosine",
+    # embedding_dim = the last nesting size, so FF-k (nesting_list=[k]) is a k-dim embedding trained alone
+    model = model_class(make_config(num_labels=10, nesting_list=nesting_list, embedding_dim=nesting_list[-1],
+                                    efficient=variant == "MRL-E"))
+    targs = TrainingArguments(output_dir=os.path.join(args.output_dir, "checkpoints"),
+                              num_train_epochs=args.epochs or epochs, per_device_train_batch_size=128, learning_rate=lr, lr_scheduler_type="cosine",
                               warmup_steps=0.05, report_to=[], save_strategy="no", logging_steps=50,
                               seed=args.seed, disable_tqdm=True, use_cpu=not torch.cuda.is_available())
     start = time.time()
@@ -92,7 +95,7 @@ def main():
     parser.add_argument("--source", default="auto", choices=["auto", "idx", "hub"])
     parser.add_argument("--train-size", type=int, default=10000)
     parser.add_argument("--test-size", type=int, default=4000)
-    parser.add_argument("--epochs", type=float, default=3)
+    parser.add_argument("--epochs", type=float, default=None, help="default: 3 for resnet, 15 for vit")
     parser.add_argument("--no-ff", dest="ff", action="store_false", help="train only FF-32, not FF-k for every k")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -103,6 +106,8 @@ def main():
     os.makedirs(args.output_dir, exist_ok=True)
     for arch in args.arch:
         table, summary = run_arch(arch, data, args)
+        if not is_main_process():  # under accelerate launch / torchrun, one process writes
+            continue
         prefix = os.path.join(args.output_dir, arch)
         table.to_csv(prefix + "_results.csv")
         table.to_json(prefix + "_results.json")
