@@ -53,9 +53,10 @@ def train(arch: str, variant: str, nesting_list, train_set, args) -> torch.nn.Mo
     model = model_class(make_config(num_labels=10, nesting_list=nesting_list, embedding_dim=nesting_list[-1],
                                     efficient=variant == "MRL-E"))
     targs = TrainingArguments(output_dir=os.path.join(args.output_dir, "checkpoints"),
-                              num_train_epochs=args.epochs or epochs, per_device_train_batch_size=128, learning_rate=lr, lr_scheduler_type="cosine",
-                              warmup_steps=0.05, report_to=[], save_strategy="no", logging_steps=50,
-                              seed=args.seed, disable_tqdm=True, use_cpu=not torch.cuda.is_available())
+                              num_train_epochs=args.epochs or epochs, per_device_train_batch_size=128,
+                              learning_rate=lr, lr_scheduler_type="cosine", warmup_steps=0.05, report_to=[],
+                              save_strategy="no", logging_steps=50, seed=args.seed, disable_tqdm=True,
+                              use_cpu=not torch.cuda.is_available())
     start = time.time()
     MRLTrainer(model=model, args=targs, train_dataset=train_set).train()
     print(f"[{arch}] {variant} nesting={nesting_list}: trained in {time.time() - start:.0f}s", flush=True)
