@@ -55,7 +55,8 @@ def test_baselines_svd_orders_by_variance_and_jl_preserves_geometry():
     first, = baseline_features("first-m", x)
     assert np.array_equal(first, x)
     jl_tr, jl_te = baseline_features("JL", x, [x[:5]], seed=3)
-    assert np.array_equal(jl_tr[:5], jl_te)
+    # the same projection for every set (to float rounding: BLAS may sum 5 rows and 500 rows in different orders)
+    np.testing.assert_allclose(jl_tr[:5], jl_te, rtol=1e-5, atol=1e-5)
     # a full-size Gaussian projection keeps distances within ~50%
     ratio = np.linalg.norm(jl_tr[0] - jl_tr[1]) / np.linalg.norm(x[0] - x[1])
     assert 0.3 < ratio < 2.0
