@@ -20,7 +20,6 @@ import os
 import random
 import tempfile
 
-import numpy as np
 import torch
 from transformers import AutoTokenizer, BertConfig, TrainingArguments, ViTConfig, ViTImageProcessor, ViTModel
 

@@ -10,7 +10,6 @@ because it would normalise *before* truncating).
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 
 import torch
@@ -18,6 +17,7 @@ from transformers import BertConfig, BertModel
 
 from .config import MATRYOSHKA_KEYS
 from .modeling.bert import MRLBertModel, default_max_length
+from .saving import atomic_directory
 
 _OWN_KEYS = {*MATRYOSHKA_KEYS, "pooling", "embedding_dim", "contrastive_temperature", "model_type",
              "architectures", "auto_map", "transformers_version"}
@@ -46,7 +46,7 @@ def export_sentence_transformers(model: MRLBertModel, path: str, tokenizer=None,
     config = model.config
     max_seq_length = max_seq_length or default_max_length(tokenizer, config)
 
-    with tempfile.TemporaryDirectory(dir=parent, prefix=".mrl_export_") as work:
+    with tempfile.TemporaryDirectory(dir=parent, prefix=".mrl_export_") as work, atomic_directory(path) as st_dir:
         bert_dir = os.path.join(work, "bert")
         plain_config = BertConfig(**{k: v for k, v in config.to_dict().items() if k not in _OWN_KEYS})
         plain_config.matryoshka_dimensions = list(config.nesting_list)
@@ -64,11 +64,6 @@ def export_sentence_transformers(model: MRLBertModel, path: str, tokenizer=None,
             modules.append(Dense(proj.in_features, proj.out_features, bias=proj.bias is not None,
                                  activation_function=None, init_weight=proj.weight.detach().clone(),
                                  init_bias=None if proj.bias is None else proj.bias.detach().clone()))
-        st_dir = os.path.join(work, "st")
         with torch.no_grad():
-            SentenceTransformer(modules=modules, device="cpu").save(st_dir)
-        if os.path.isdir(path):
-            old = os.path.join(work, "old")
-            os.replace(path, old)  # removed with the temporary directory
-        os.replace(st_dir, path)
+            SentenceTransformer(modules=modules, device="cpu").save(str(st_dir))
     return path

@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 from ..modeling.base import MatryoshkaHubMixin  # noqa: F401  (re-exported: mrl_hf.hub.MatryoshkaHubMixin)
+from ..saving import atomic_directory
 from .card import PLOT_FILE, render_model_card
 from .remote_code import write_remote_code
 
@@ -62,17 +63,6 @@ def resolve_token(token):
     return token
 
 
-def _replace_dir(staged: Path, target: Path) -> None:
-    """Move ``staged`` to ``target``; an existing ``target`` is swapped out, then deleted."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, old)
-    os.replace(staged, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def write_card(folder, model_or_config, repo_id: str, results=None, remote_code: bool = False, **card_kwargs):
     """Render the card (and the accuracy-vs-dim plot when there are results) into ``folder``."""
     folder = Path(folder)
@@ -107,10 +97,8 @@ def save_for_hub(model, save_directory, *, repo_id: str | None = None, tokenizer
     target = Path(save_directory).absolute()
     if target.exists() and not overwrite:
         raise FileExistsError(f"{target} exists; pass overwrite=True or choose a new folder.")
-    target.parent.mkdir(parents=True, exist_ok=True)
     repo_id = repo_id or f"your-name/{target.name}"
-    staged = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
-    try:
+    with atomic_directory(target) as staged:
         model.save_pretrained(staged)
         tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
         if tokenizer is not None and not (staged / "tokenizer_config.json").exists():
@@ -118,10 +106,6 @@ def save_for_hub(model, save_directory, *, repo_id: str | None = None, tokenizer
         if remote_code:
             write_remote_code(type(model), staged)
         write_card(staged, model, repo_id, results=results, remote_code=remote_code, **card_kwargs)
-        _replace_dir(staged, target)
-    except BaseException:
-        shutil.rmtree(staged, ignore_errors=True)
-        raise
     return target
 
 

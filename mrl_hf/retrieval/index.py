@@ -17,9 +17,9 @@ import numpy as np
 import torch
 
 from ..nesting import validate_dim
+from ..saving import write_dir_atomically
 from ._faiss_backend import INDEX_TYPES, FaissLevel, auto_nlist, import_faiss
 from ._inputs import as_float32_matrix, as_int, check_metric, prefix
-from ._io import write_dir_atomically
 from ._rerank import prefix_norms, rerank
 from ._torch_backend import TorchFlatLevel
 from .cost import SearchCost, SearchResult, StageCost
@@ -334,7 +334,11 @@ class MatryoshkaIndex:
                       **self._build_params, "saved_levels": saved}
             (tmp / _CONFIG_FILE).write_text(json.dumps(config, indent=2))
 
-        return write_dir_atomically(path, write, marker=_CONFIG_FILE)
+        path = Path(path)
+        if path.is_dir() and any(path.iterdir()) and not (path / _CONFIG_FILE).exists():
+            raise FileExistsError(f"{str(path)!r} is a non-empty directory that holds no saved index ({_CONFIG_FILE} "
+                                  "is missing); refusing to overwrite it. Choose a new path or empty it first.")
+        return write_dir_atomically(path, write)
 
     @classmethod
     def load(cls, path: str | os.PathLike, mmap: bool = False, backend: str | None = None) -> "MatryoshkaIndex":
