@@ -74,6 +74,9 @@ class MRLTrainer(Trainer):
         self._train_dims = _Mean()
         self._eval_dims = _Mean()
         _check_launched_world_size(self.args)
+        if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and not self.is_fsdp_enabled:
+            logger.warning("accelerate launch asked for FSDP, but this Trainer runs without it: with use_cpu=True (a "
+                           "machine without a GPU) transformers does not enable FSDP, and the processes train with DDP.")
 
     def _dim_names(self, count: int) -> list[str]:
         config = getattr(self.accelerator.unwrap_model(self.model), "config", None)

@@ -120,3 +120,14 @@ def test_multi_process_launch_that_would_train_n_independent_copies_is_stopped(t
         mlm_trainer(tmp_path, tokenizer, use_cpu=False)
     monkeypatch.setenv("WORLD_SIZE", "1")
     mlm_trainer(tmp_path, tokenizer, use_cpu=False)  # one process: nothing to warn about
+
+
+def test_an_fsdp_launch_that_the_trainer_ignores_is_reported(tmp_path, tokenizer, monkeypatch):
+    from transformers.testing_utils import CaptureLogger
+
+    import mrl_hf.trainer
+
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what `accelerate launch` with fsdp.yaml sets
+    with CaptureLogger(mrl_hf.trainer.logger) as captured:
+        mlm_trainer(tmp_path, tokenizer)  # use_cpu=True: transformers does not enable FSDP
+    assert "asked for FSDP, but this Trainer runs without it" in captured.out
