@@ -112,8 +112,9 @@ class _NestedLinearCrossEntropy(torch.autograd.Function):
             gw = (torch.empty_like if n_rows else torch.zeros_like)(w32) if need_dw else None
             gb = torch.zeros_like(b32) if need_db else None
             chunk = max(16, _CHUNK_BYTES // (4 * num_dims * num_classes))
+            chunk -= chunk % 64 if chunk >= 64 else 0  # whole 64-row tiles suit the block matmuls best
             n_chunks = max(1, -(-n_rows // chunk))
-            chunk = max(1, -(-n_rows // n_chunks))  # equal chunks: 1,024 rows as 7 x 147, not 6 x 157 + 82
+            chunk = max(1, -(-n_rows // n_chunks))  # equal chunks: 1,000 rows as 8 x 125, not 7 x 128 + 104
             buf = torch.empty(num_dims, min(chunk, n_rows), num_classes, dtype=ctype, device=x.device)
             for r0 in range(0, n_rows, chunk):
                 r1 = min(r0 + chunk, n_rows)
@@ -145,10 +146,11 @@ class _NestedLinearCrossEntropy(torch.autograd.Function):
                     torch.ops.aten._softmax.out(zi, 1, False, out=zi)
                     p_y = zi.gather(1, yc).squeeze(1)
                     lse = z_y - p_y.log()
-                    low = (p_y < _TINY_PROBABILITY) & (rs.squeeze(1) > 0)
+                    counted = rs.squeeze(1) > 0  # ignored rows hold a placeholder label: never inf * 0 from them
+                    low = (p_y < _TINY_PROBABILITY) & counted
                     if low.any():
                         lse[low] = _logsumexp_rows(xc[low], w32, b32, bounds[i][1])
-                    row_loss = lse - (1 - eps) * z_y - (eps * z_mean if eps else 0)
+                    row_loss = torch.where(counted, lse - (1 - eps) * z_y - (eps * z_mean if eps else 0), 0.0)
                     per_dim[i] += row_loss @ rs.squeeze(1)
                     zi.scatter_add_(1, yc, torch.full_like(zi[:, :1], -(1 - eps)))  # softmax - smoothed onehot
                     if eps:
@@ -175,7 +177,9 @@ class _NestedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_total, _grad_per_dim, _grad_preds):
         scale = grad_total.to(ctx.ctype)
-        unit = scale.item() == 1.0  # the usual loss.backward(): skip a pass over the weight-sized gradient
+        # The usual loss.backward() passes 1: on CPU, skip a memory pass over the weight-sized gradient (on a GPU
+        # the multiply is cheap and reading the value would force a sync).
+        unit = scale.device.type == "cpu" and scale.item() == 1.0
         grads = [None if g is None else (g if unit else g * scale).to(t) for g, t in zip(ctx.saved_tensors, ctx.dtypes)]
         return (*grads, None, None, None, None, None, None, None, None)
 

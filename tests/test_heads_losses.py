@@ -149,6 +149,21 @@ def test_fused_loss_all_ignored_is_zero_not_nan():
     assert out.loss.item() == 0.0
 
 
+def test_fused_loss_ignores_rows_whose_placeholder_label_underflows():
+    # an ignored row keeps label 0 as a placeholder; p(0) = 0 there must not turn the loss into inf * 0 = NaN
+    torch.manual_seed(0)
+    x, w = torch.randn(4, 8), torch.randn(6, 8)
+    x[0] = 0
+    x[0, 0], w[0, 0] = 30.0, -4.0  # row 0: class-0 logit -120
+    x.requires_grad_()
+    y = torch.tensor([-100, 1, 2, 3])
+    out = nested_linear_cross_entropy(x, w, None, y, [4, 8])
+    ref = sum(F.cross_entropy(x[:, :m] @ w[:, :m].T, y) for m in [4, 8])
+    torch.testing.assert_close(out.loss, ref)
+    all_ignored = nested_linear_cross_entropy(x, w, None, torch.full((4,), -100), [4, 8])
+    assert all_ignored.loss.item() == 0.0
+
+
 def test_fused_loss_of_no_rows_has_zero_gradients():
     w = torch.randn(5, 8, requires_grad=True)
     out = nested_linear_cross_entropy(torch.randn(0, 8), w, None, torch.zeros(0, dtype=torch.long), [4, 8])
