@@ -46,9 +46,10 @@ def main():
     mrl, trainer = finetune(model_path, train, nesting, **kw)
     results["MRL fine-tuned"] = evaluate(mrl, test, nesting)
     print(format_table(results))
-    if args.save and is_main_process():  # under accelerate launch / torchrun, one process writes
-        mrl.save_pretrained(args.save)
-        print(f"saved the MRL model to {args.save}")
+    if args.save:
+        trainer.save_model(args.save)  # every process calls it; the Trainer gathers shards and picks one writer
+        if is_main_process():
+            print(f"saved the MRL model to {args.save}")
 
 
 if __name__ == "__main__":

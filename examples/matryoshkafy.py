@@ -194,8 +194,7 @@ def main(argv=None) -> None:
         trainer = MatryoshkaDistillationTrainer(model=student, args=training_args, train_dataset=data,
                                                 data_collator=DistillationCollator(student.tokenizer, max_length=128))
         trainer.train()
-        if main_process:
-            student.save_pretrained(os.path.join(args.output_dir, "self-distilled"))
+        trainer.save_model(os.path.join(args.output_dir, "self-distilled"))  # the Trainer picks one writer
         results["self-distilled encoder (+ PCA start)"] = evaluate(
             sets, lambda t: student.encode(t, batch_size=64, max_length=256), dims)
         print(markdown_table(results, dims), flush=True)

@@ -24,7 +24,6 @@ import torch
 from transformers import AutoTokenizer, BertConfig, TrainingArguments, ViTConfig, ViTImageProcessor, ViTModel
 
 from mrl_hf.data.images import FASHION_MNIST_MEAN, FASHION_MNIST_STD, load_fashion_mnist, to_pixel_values
-from mrl_hf.distributed import is_main_process
 from mrl_hf.evaluation.zero_shot import (class_prompt_embeddings, embed_images, embed_texts, image_text_retrieval,
                                          zero_shot_accuracy)
 from mrl_hf.modeling import MRLAlignModel, MRLAlignProcessor
@@ -115,7 +114,8 @@ def train(model, dataset, args, output_dir: str):
     trainer = MRLTrainer(model=model, args=training_args, train_dataset=dataset,
                          data_collator=AlignCollator(model.processor.tokenizer), optimizers=(optimizer, None))
     trainer.train()
-    return model.eval()
+    model.eval()
+    return trainer
 
 
 def evaluate(model, pixel_values, labels, captions, dims) -> dict[int, dict[str, float]]:
@@ -152,10 +152,10 @@ def run(args) -> dict[str, dict[int, dict[str, float]]]:
     for name, nesting in (("MRL", nesting_list), ("non-MRL", [args.projection_dim])):
         model = build_model(args, nesting)
         with tempfile.TemporaryDirectory() as tmp:
-            train(model, train_set, args, tmp)
+            trainer = train(model, train_set, args, tmp)
         results[name] = evaluate(model, test_pixels, test_y, test_captions, nesting_list)
-        if name == "MRL" and args.output_dir and is_main_process():  # one writer under DDP
-            model.save_pretrained(os.path.join(args.output_dir, "mrl_align"))
+        if name == "MRL" and args.output_dir:  # every process calls it; the Trainer picks one writer
+            trainer.save_model(os.path.join(args.output_dir, "mrl_align"))
     return results
 
 

@@ -43,10 +43,11 @@ def _check_launched_world_size(args) -> None:
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched > 1 and args.world_size == 1:
         raise ValueError(
-            f"this process is one of WORLD_SIZE={launched} started by torchrun / accelerate launch, but "
-            f"TrainingArguments set up no distributed training (device {args.device}), so each process would train "
-            "alone on all the data. On a machine without a GPU, transformers trains in parallel only with "
-            "TrainingArguments(..., use_cpu=True); pass use_cpu=not torch.cuda.is_available()."
+            f"WORLD_SIZE={launched} is set, but TrainingArguments set up no distributed training (device "
+            f"{args.device}), so each process would train alone on all the data. On a machine without a GPU, "
+            "transformers trains in parallel only with TrainingArguments(..., use_cpu=True): pass "
+            "use_cpu=not torch.cuda.is_available(). Otherwise start the processes with torchrun / accelerate launch "
+            "(they set LOCAL_RANK), or unset WORLD_SIZE for a single-process run."
         )
 
 
@@ -74,7 +75,8 @@ class MRLTrainer(Trainer):
         self._train_dims = _Mean()
         self._eval_dims = _Mean()
         _check_launched_world_size(self.args)
-        if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and not self.is_fsdp_enabled:
+        fsdp_asked = os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
+        if fsdp_asked and self.args.use_cpu and not self.is_fsdp_enabled and self.is_world_process_zero():
             logger.warning("accelerate launch asked for FSDP, but this Trainer runs without it: with use_cpu=True (a "
                            "machine without a GPU) transformers does not enable FSDP, and the processes train with DDP.")
 
