@@ -14,9 +14,9 @@ from __future__ import annotations
 import argparse
 
 from mrl_hf.data.text import load_chatterbot_pairs
-from mrl_hf.distributed import is_main_process
 from mrl_hf.demo_text import evaluate, finetune, split_pairs
 from mrl_hf.demo_text import packaged_minilm as default_model
+from mrl_hf.distributed import is_main_process
 from mrl_hf.evaluation.pairs import format_table
 from mrl_hf.modeling import MRLBertModel
 

@@ -126,6 +126,7 @@ class _NestedLinearCrossEntropy(torch.autograd.Function):
                     else:
                         torch.addmm(prev, xc[:, a:b], w32[:, a:b].T, out=z[i])
                 xs = xc * rs if need_dw else None
+                counted = rs.squeeze(1) > 0  # ignored rows hold a placeholder label: never inf * 0 from them
                 # Largest dim first, so that each dim's buffer is finished while it is still in cache:
                 # loss, softmax gradient, the reverse prefix sum G_i = c_i g_i + G_{i+1}, then its block matmuls.
                 for i in range(num_dims - 1, -1, -1):
@@ -146,7 +147,6 @@ class _NestedLinearCrossEntropy(torch.autograd.Function):
                     torch.ops.aten._softmax.out(zi, 1, False, out=zi)
                     p_y = zi.gather(1, yc).squeeze(1)
                     lse = z_y - p_y.log()
-                    counted = rs.squeeze(1) > 0  # ignored rows hold a placeholder label: never inf * 0 from them
                     low = (p_y < _TINY_PROBABILITY) & counted
                     if low.any():
                         lse[low] = _logsumexp_rows(xc[low], w32, b32, bounds[i][1])
