@@ -117,13 +117,16 @@ class MatryoshkaAdaptor(nn.Module):
     def fit(self, embeddings, epochs: int = 20, batch_size: int = 512, lr: float = 1e-3, weight_decay: float = 0.0,
             init: str | None = "pca", top_k: int = 10, pairwise_weight: float = 1.0, topk_weight: float = 1.0,
             listwise_weight: float = 1.0, listwise_temperature: float = 0.05,
-            relative_importance: Sequence[float] | None = None, seed: int = 0, verbose: bool = False
-            ) -> "MatryoshkaAdaptor":
+            relative_importance: Sequence[float] | None = None, center_teacher: bool = True, seed: int = 0,
+            verbose: bool = False) -> "MatryoshkaAdaptor":
         """Train on unlabelled ``embeddings`` (N, input_dim) so every prefix matches their similarities.
 
         The teacher is the input itself: ``similarity_distillation_loss`` between ``self(e)`` and ``e`` on random
         batches. ``init="pca"`` starts from ``pca_rotation`` (``None`` keeps the current weights). The listwise
         term is on by default: on held-out retrieval it beat pairwise + top-k alone at low dims (docs/matryoshkafy.md).
+        ``center_teacher``: match the cosine similarities of the inputs minus their mean (what the PCA start keeps)
+        rather than of the raw inputs, whose similarities are dominated by the direction all of them share; it
+        gained up to 5 points of recall@10 with in-domain text (docs/matryoshkafy.md).
         """
         x = check_embeddings(embeddings, self.input_dim)
         if x.shape[0] < 2:
@@ -139,6 +142,7 @@ class MatryoshkaAdaptor(nn.Module):
                 nn.init.kaiming_uniform_(self.mlp[0].weight, a=math.sqrt(5), generator=generator)
                 nn.init.zeros_(self.mlp[0].bias)
         x = F.normalize(x, dim=-1).to(self.linear.weight.device)
+        teacher = x - x.mean(0) if center_teacher else x
         batch_size = min(batch_size, x.shape[0])
         steps_per_epoch = max(1, x.shape[0] // batch_size)
         total = epochs * steps_per_epoch
@@ -149,9 +153,9 @@ class MatryoshkaAdaptor(nn.Module):
             order = torch.randperm(x.shape[0], generator=generator).to(x.device)
             running = torch.zeros(len(self.nesting_list))
             for step in range(steps_per_epoch):
-                batch = x[order[step * batch_size:(step + 1) * batch_size]]
+                rows = order[step * batch_size:(step + 1) * batch_size]
                 out = similarity_distillation_loss(
-                    self(batch), batch, self.nesting_list, relative_importance, pairwise_weight, topk_weight,
+                    self(x[rows]), teacher[rows], self.nesting_list, relative_importance, pairwise_weight, topk_weight,
                     top_k, listwise_weight, listwise_temperature)
                 optimizer.zero_grad(set_to_none=True)
                 out.loss.backward()

@@ -8,7 +8,7 @@ cosine similarities, as Matryoshka-Adaptor (Yoon et al., EMNLP 2024) does:
 * pairwise: ``mean_{i != j} |S_m[i, j] - T[i, j]|`` over the batch (global structure);
 * top-k: the same distance on each row's ``top_k`` teacher neighbours only (local structure, what retrieval uses);
 * listwise: ``KL(softmax(T[i] / tau) || softmax(S_m[i] / tau))``, the neighbour ranking per row. Not in the
-  paper; on held-out retrieval it is what lets the student beat a PCA rotation (docs/matryoshkafy.md).
+  paper; on held-out retrieval it helped most at the smallest dims (docs/matryoshkafy.md).
 
 ``S_m`` uses prefixes normalised on their own, ``T`` the teacher's full embeddings; student and teacher sizes may
 differ. Pairs with labels can add ``nested_contrastive_loss`` on top (``contrastive_weight``).

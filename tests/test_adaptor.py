@@ -61,22 +61,39 @@ def test_uncentred_pca_rotation_keeps_full_dim_cosines_exactly():
 
 
 def test_fit_lowers_the_held_out_objective_below_its_pca_start():
-    train, test = _clustered(2000, seed=0), _clustered(300, seed=1)
+    vectors = _clustered(2300)
+    train, test = vectors[:2000], vectors[2000:]  # unseen vectors from the same clusters
     dims = [4, 8, 32]
     pca = pca_rotation(train, dims)
     adaptor = MatryoshkaAdaptor(32, dims, hidden_dim=64).fit(train, epochs=10, batch_size=256, lr=3e-3)
+    teacher = torch.from_numpy(test) - adaptor.mean  # fit's default target: similarities after removing the mean
 
     def held_out_loss(model):
         with torch.no_grad():
-            return similarity_distillation_loss(model(torch.from_numpy(test)), torch.from_numpy(test), dims,
-                                                top_k=5).per_dim_losses
+            return similarity_distillation_loss(model(torch.from_numpy(test)), teacher, dims, top_k=5).per_dim_losses
 
     ours, baseline = held_out_loss(adaptor), held_out_loss(pca)
-    # Isotropic clusters leave PCA little to improve on at low dims (the real-data test measures the gain);
-    # here: the fitted objective is lower on unseen vectors, and the smallest dim does not get worse.
-    assert ours.sum() < 0.95 * baseline.sum(), (ours, baseline)
-    assert ours[0] <= baseline[0], (ours, baseline)
+    # PCA is the best rank-m linear fit of the centred similarities, so the gain is local/nonlinear and small
+    # (measured 0.963x in sum, 0.943x at dim 4); the real-data test measures retrieval.
+    assert ours.sum() < 0.98 * baseline.sum(), (ours, baseline)
+    assert ours[0] < 0.97 * baseline[0], (ours, baseline)
     assert ours[-1] < 0.01, ours  # the full dim reproduces the input's similarities
+
+
+def test_fit_matches_centred_similarities_by_default_and_raw_ones_on_request():
+    x = _clustered(400)
+    dims = [4, 32]
+    centred = MatryoshkaAdaptor(32, dims, hidden_dim=0).fit(x, epochs=3, batch_size=128)
+    raw = MatryoshkaAdaptor(32, dims, hidden_dim=0).fit(x, epochs=3, batch_size=128, center_teacher=False)
+    vectors = torch.from_numpy(x)
+
+    def loss(model, teacher):
+        with torch.no_grad():
+            return similarity_distillation_loss(model(vectors), teacher, dims, top_k=5).loss.item()
+
+    shared = vectors - centred.mean
+    assert loss(centred, shared) < loss(raw, shared)
+    assert loss(raw, vectors) < loss(centred, vectors)
 
 
 def test_fit_is_deterministic_for_a_seed():
