@@ -98,15 +98,18 @@ def split_halves(s: RetrievalSet, max_queries: int | None = None, seed: int = 0)
     unlabelled training text; the other half and the queries that point only into it are the held-out set."""
     rng = np.random.default_rng(seed)
     in_train = rng.random(len(s.corpus)) < 0.5
-    train_text = [c for c, t in zip(s.corpus, in_train) if t]
-    train_text += [q for q, rel in zip(s.queries, s.relevant) if all(in_train[j] for j in rel)]
     held = np.flatnonzero(~in_train)
     position = {j: k for k, j in enumerate(held)}
     keep = [i for i, rel in enumerate(s.relevant) if not any(in_train[j] for j in rel)]
     if max_queries is not None and max_queries < len(keep):
         keep = sorted(rng.choice(keep, max_queries, replace=False))
-    return train_text, RetrievalSet(f"{s.name.split()[0]}, held-out half", [s.queries[i] for i in keep],
-                                    [s.corpus[j] for j in held], [[position[j] for j in s.relevant[i]] for i in keep])
+    held_out = RetrievalSet(f"{s.name.split()[0]}, held-out half", [s.queries[i] for i in keep],
+                            [s.corpus[j] for j in held], [[position[j] for j in s.relevant[i]] for i in keep])
+    # A text can be both a query and an answer (chatterbot chains turns): never train on a held-out one.
+    seen = set(held_out.queries) | set(held_out.corpus)
+    train_text = [c for c, t in zip(s.corpus, in_train) if t]
+    train_text += [q for q, rel in zip(s.queries, s.relevant) if all(in_train[j] for j in rel)]
+    return [t for t in dict.fromkeys(train_text) if t not in seen], held_out
 
 
 # ---- encoding with a cache, evaluation ----------------------------------------------------------------

@@ -54,3 +54,17 @@ def test_adaptor_beats_pca_at_the_smallest_dim_on_held_out_retrieval():
     assert ours[16] > baseline[16], (ours, baseline)
     assert ours[32] > baseline[32] + 1.0, (ours, baseline)
     assert abs(ours[384] - original[384]) < 1.0, (ours, original)
+
+
+def test_in_domain_split_keeps_every_held_out_text_out_of_training():
+    recipe = _example()
+    for full in (recipe.chatterbot_qa(), recipe.rotten_tomatoes_review_to_plot(max_queries=None)):
+        train_text, held = recipe.split_halves(full, max_queries=2000)
+        trained = set(train_text)
+        assert not trained & set(held.queries) and not trained & set(held.corpus), held.name
+        assert 0.4 < len(held.corpus) / len(full.corpus) < 0.6, (len(held.corpus), len(full.corpus))
+        assert 0 < len(held.queries) <= 2000
+        where = {text: i for i, text in enumerate(full.corpus)}
+        for query, relevant in zip(held.queries, held.relevant):  # same answers as in the full set
+            original = full.relevant[full.queries.index(query)]
+            assert sorted(where[held.corpus[j]] for j in relevant) == sorted(original)
