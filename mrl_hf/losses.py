@@ -66,8 +66,6 @@ class MatryoshkaCrossEntropyLoss(nn.Module):
 # Fused MRL-E linear + nested cross-entropy -----------------------------------------------------------
 
 _CHUNK_BYTES = 128 * 2**20  # working buffer per chunk of rows: |M| logit blocks
-
-
 _TINY_PROBABILITY = 1e-30  # below this, log(p) in float32 loses digits: recompute log-sum-exp from the logits
 
 

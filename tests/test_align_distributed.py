@@ -2,7 +2,6 @@
 gradient averaging, the gradients of one process on the whole batch: every process sees all negatives."""
 import os
 
-import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp

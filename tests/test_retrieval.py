@@ -1,5 +1,4 @@
 """MatryoshkaIndex: results against a numpy brute force, backend agreement, persistence, cost, bad input."""
-import os
 import subprocess
 import sys
 

@@ -8,7 +8,6 @@ A 32-dim variant (4,000 images) was weaker: MRL 55.8 vs SVD 57.5 at 2 dims, so t
 """
 import os
 
-import numpy as np
 import pytest
 import torch
 from transformers import TrainingArguments

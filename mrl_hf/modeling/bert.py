@@ -12,7 +12,6 @@ The vocabulary loss is computed only at masked positions (rows whose label is no
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Sequence
 
