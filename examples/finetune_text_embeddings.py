@@ -16,7 +16,7 @@ import argparse
 from mrl_hf.data.text import load_chatterbot_pairs
 from mrl_hf.demo_text import evaluate, finetune, split_pairs
 from mrl_hf.demo_text import packaged_minilm as default_model
-from mrl_hf.distributed import is_main_process
+from mrl_hf.distributed import end_distributed_run, is_main_process
 from mrl_hf.evaluation.pairs import format_table
 from mrl_hf.modeling import MRLBertModel
 
@@ -54,3 +54,4 @@ def main():
 
 if __name__ == "__main__":
     main()
+    end_distributed_run()  # before exit: see its docstring

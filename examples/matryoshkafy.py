@@ -21,6 +21,7 @@ from importlib.metadata import files
 import numpy as np
 
 from mrl_hf.data.text import load_chatterbot_pairs, load_wiki_paragraphs
+from mrl_hf.distributed import end_distributed_run, is_main_process
 from mrl_hf.evaluation.pairs import group_pairs, pair_retrieval_metrics
 
 
@@ -156,7 +157,6 @@ def main(argv=None) -> None:
     from sentence_transformers import SentenceTransformer
 
     from mrl_hf.adaptor import MatryoshkaAdaptor, attach_adaptor, pca_rotation
-    from mrl_hf.distributed import is_main_process
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="sentence-transformers path or Hub id (default: packaged "
@@ -251,3 +251,4 @@ def main(argv=None) -> None:
 
 if __name__ == "__main__":
     main()
+    end_distributed_run()  # before exit: see its docstring

@@ -24,6 +24,7 @@ import torch
 from transformers import AutoTokenizer, BertConfig, TrainingArguments, ViTConfig, ViTImageProcessor, ViTModel
 
 from mrl_hf.data.images import FASHION_MNIST_MEAN, FASHION_MNIST_STD, load_fashion_mnist, to_pixel_values
+from mrl_hf.distributed import end_distributed_run
 from mrl_hf.evaluation.zero_shot import (class_prompt_embeddings, embed_images, embed_texts, image_text_retrieval,
                                          zero_shot_accuracy)
 from mrl_hf.modeling import MRLAlignModel, MRLAlignProcessor
@@ -182,3 +183,4 @@ def parse_args(argv=None):
 
 if __name__ == "__main__":
     print(format_results(run(parse_args())))
+    end_distributed_run()  # before exit: see its docstring

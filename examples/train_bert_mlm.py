@@ -16,6 +16,7 @@ import random
 import torch
 from transformers import AutoTokenizer, DataCollatorForLanguageModeling, TrainingArguments
 
+from mrl_hf.distributed import end_distributed_run
 from mrl_hf.modeling import MRLBertConfig, MRLBertForMaskedLM, masked_lm_accuracy
 from mrl_hf.nesting import halving_nesting_list
 from mrl_hf.trainer import MRLTrainer, nested_accuracy
@@ -97,3 +98,4 @@ def main():
 
 if __name__ == "__main__":
     main()
+    end_distributed_run()  # before exit: see its docstring

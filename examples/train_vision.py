@@ -24,7 +24,7 @@ from transformers import TrainingArguments
 
 from mrl_hf.adaptive import AdaptiveClassifier
 from mrl_hf.data.images import ImageClassificationDataset, load_fashion_mnist, to_pixel_values
-from mrl_hf.distributed import is_main_process
+from mrl_hf.distributed import end_distributed_run, is_main_process
 from mrl_hf.evaluation.classification import (encode_images, evaluate_baselines, evaluate_embeddings,
                                               oracle_accuracy)
 from mrl_hf.evaluation.table import ResultsTable, atomic_write_text
@@ -127,3 +127,4 @@ def main():
 
 if __name__ == "__main__":
     main()
+    end_distributed_run()  # before exit: see its docstring

@@ -9,6 +9,7 @@ works on gloo (CPU) as well as NCCL. Processes may hold different numbers of row
 """
 from __future__ import annotations
 
+import gc
 import os
 
 import torch
@@ -26,6 +27,21 @@ def is_main_process() -> bool:
     """False in every process but rank 0 of a ``torchrun`` / ``accelerate launch`` run: the one that should write
     files. Read from the launcher's ``RANK``, so it holds before any process group or Trainer exists."""
     return int(os.environ.get("RANK", "0")) == 0
+
+
+def end_distributed_run() -> None:
+    """Tear down the process group that ``torchrun`` / ``accelerate launch`` set up; a no-op in a plain run.
+
+    Call it once at the very end of a script, after the function that held the Trainer has returned. Left to the
+    interpreter's exit, a gloo (CPU) group sometimes aborts a process ("terminate called without an active
+    exception", pytorch#190489), which makes the launcher fail the whole run. The group must also outlive the
+    DDP wrapper: if the wrapper held the last reference, the group's destructor would wait for its worker threads
+    while holding the GIL they may need (a hang), hence the garbage collection first.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    gc.collect()  # Trainers (and their DDP wrappers) kept alive only by reference cycles
+    dist.destroy_process_group()
 
 
 class _AllGatherWithGrad(torch.autograd.Function):

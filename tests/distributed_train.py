@@ -10,6 +10,7 @@ import sys
 import torch
 from transformers import BertConfig, TrainingArguments, ViTConfig
 
+from mrl_hf.distributed import end_distributed_run
 from mrl_hf.modeling import MRLBertConfig, MRLBertForMaskedLM, MRLBertModel
 from mrl_hf.modeling.align import MRLAlignConfig, MRLAlignModel
 from mrl_hf.trainer import MRLTrainer
@@ -72,3 +73,4 @@ def main():
 
 if __name__ == "__main__":
     main()
+    end_distributed_run()

@@ -35,3 +35,15 @@ def test_is_main_process_follows_the_launchers_rank(monkeypatch):
     assert is_main_process()
     monkeypatch.setenv("RANK", "1")
     assert not is_main_process()
+
+
+def test_end_distributed_run_destroys_the_group_and_is_a_no_op_without_one(tmp_path):
+    import torch.distributed as dist
+
+    from mrl_hf.distributed import end_distributed_run
+
+    end_distributed_run()  # a plain run: nothing to tear down
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    assert dist.is_initialized()
+    end_distributed_run()
+    assert not dist.is_initialized()
