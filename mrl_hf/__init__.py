@@ -51,7 +51,6 @@ _LAZY = {
     "DistillationCollator": "distillation",
     "AdaptiveResult": "adaptive",
     "HubPushError": "hub",
-    "MatryoshkaHubMixin": "hub",
     "push_to_hub": "hub",
     "render_model_card": "hub",
     "save_for_hub": "hub",

@@ -201,6 +201,7 @@ class DistillationCollator:
 def _build_trainer_class():
     # By name: a remote-code copy of a model that uses the adaptor must not pull in the Trainer.
     MRLTrainer = importlib.import_module("mrl_hf.trainer").MRLTrainer
+    all_gather_with_grad = importlib.import_module("mrl_hf.distributed").all_gather_with_grad
 
     class MatryoshkaDistillationTrainer(MRLTrainer):
         """``MRLTrainer`` whose loss is ``MatryoshkaDistillationLoss`` between the model's embeddings and the
@@ -219,7 +220,7 @@ def _build_trainer_class():
                                  f"from the model's nesting_list={config.nesting_list}; build the loss from it.")
             self.args.remove_unused_columns = False  # the collator needs the text and teacher columns
 
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        def compute_nested_loss(self, model, inputs, num_items_in_batch=None):
             inputs = dict(inputs)
             if "teacher_embeddings" not in inputs:
                 raise ValueError("the batch has no 'teacher_embeddings'; use DistillationCollator on a dataset "
@@ -227,11 +228,16 @@ def _build_trainer_class():
             teacher = inputs.pop("teacher_embeddings")
             pos_ids, pos_mask = inputs.pop("positive_input_ids", None), inputs.pop("positive_attention_mask", None)
             outputs = model(**inputs, return_loss=False)
+            student = outputs.embeddings
             positives = None if pos_ids is None else model(pos_ids, pos_mask, return_loss=False).embeddings
-            nested = self.distillation_loss(outputs.embeddings, teacher, positives)
+            config = self.accelerator.unwrap_model(model).config
+            if getattr(config, "gather_across_processes", True) and self.accelerator.num_processes > 1:
+                # the similarities of the global batch, as one process would see it (see mrl_hf.distributed)
+                student, teacher = all_gather_with_grad(student), all_gather_with_grad(teacher.detach())
+                positives = None if positives is None else all_gather_with_grad(positives)
+            nested = self.distillation_loss(student, teacher, positives)
             outputs.loss, outputs.per_dim_losses = nested.loss, nested.per_dim_losses
-            (self._train_dims if model.training else self._eval_dims).add(nested.per_dim_losses)
-            return (nested.loss, outputs) if return_outputs else nested.loss
+            return nested.loss, outputs
 
     MatryoshkaDistillationTrainer.__module__ = __name__
     return MatryoshkaDistillationTrainer

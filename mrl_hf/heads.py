@@ -46,9 +46,28 @@ class MatryoshkaHead(nn.Module):
                 f"(the last entry of nesting_list={self.nesting_list})."
             )
 
-    def forward(self, hidden: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Logits for every nesting dim: a tuple of |M| tensors of shape ``(..., num_classes)``."""
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        *,
+        dim: int | None = None,
+        loss_fct: MatryoshkaCrossEntropyLoss | None = None,
+        return_predictions: bool = False,
+        num_items_in_batch: int | torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, ...] | torch.Tensor | NestedLoss:
+        """Everything the head computes goes through here (``head(...)``), so module hooks see it: DeepSpeed
+        ZeRO-3 gathers ``weight`` in a forward pre-hook, accelerate's device-map hooks move it.
+
+        - ``head(hidden)``: logits for every nesting dim, a tuple of |M| tensors ``(..., num_classes)``.
+        - ``head(hidden, dim=m)``: logits at one size only (``logits_at``).
+        - ``head(hidden, labels)``: the nested cross-entropy (``loss``), a ``NestedLoss``.
+        """
         self._check_hidden(hidden)
+        if labels is not None:
+            return self._nested_loss(hidden, labels, loss_fct, return_predictions, num_items_in_batch)
+        if dim is not None:
+            return self._logits_at(hidden, dim)
         if not self.efficient:
             return tuple(clf(hidden[..., :m]) for m, clf in zip(self.nesting_list, self.classifiers))
         lead = hidden.shape[:-1]
@@ -64,7 +83,26 @@ class MatryoshkaHead(nn.Module):
 
     def logits_at(self, hidden: torch.Tensor, dim: int) -> torch.Tensor:
         """Logits at one size only. MRL-E accepts any ``dim`` in 1..d; MRL only the sizes it has heads for."""
-        self._check_hidden(hidden)
+        return self(hidden, dim=dim)
+
+    def loss(
+        self,
+        hidden: torch.Tensor,
+        labels: torch.Tensor,
+        loss_fct: MatryoshkaCrossEntropyLoss | None = None,
+        return_predictions: bool = False,
+        num_items_in_batch: int | torch.Tensor | None = None,
+    ) -> NestedLoss:
+        """Nested cross-entropy of this head on ``hidden`` without keeping |M| logit tensors for MRL-E.
+
+        MRL-E goes through ``nested_linear_cross_entropy`` (chunked, gradients formed in the forward pass),
+        which keeps memory near a single ``Linear`` + cross-entropy even for a 30k-word vocabulary.
+        ``num_items_in_batch``: divide the summed loss by it (see ``MatryoshkaCrossEntropyLoss``).
+        """
+        return self(hidden, labels, loss_fct=loss_fct, return_predictions=return_predictions,
+                    num_items_in_batch=num_items_in_batch)
+
+    def _logits_at(self, hidden: torch.Tensor, dim: int) -> torch.Tensor:
         if self.efficient:
             validate_dim(dim, self.in_features, name="dim")
             return nn.functional.linear(hidden[..., :dim], self.weight[:, :dim], self.bias)
@@ -75,20 +113,8 @@ class MatryoshkaHead(nn.Module):
             )
         return self.classifiers[self.nesting_list.index(dim)](hidden[..., :dim])
 
-    def loss(
-        self,
-        hidden: torch.Tensor,
-        labels: torch.Tensor,
-        loss_fct: MatryoshkaCrossEntropyLoss | None = None,
-        return_predictions: bool = False,
-    ) -> NestedLoss:
-        """Nested cross-entropy of this head on ``hidden`` without keeping |M| logit tensors for MRL-E.
-
-        MRL-E goes through ``nested_linear_cross_entropy`` (chunked, gradients formed in the forward pass),
-        which keeps memory near a single ``Linear`` + cross-entropy even for a 30k-word vocabulary.
-        """
+    def _nested_loss(self, hidden, labels, loss_fct, return_predictions, num_items_in_batch) -> NestedLoss:
         loss_fct = loss_fct if loss_fct is not None else MatryoshkaCrossEntropyLoss()
-        self._check_hidden(hidden)
         if self.efficient:
             return nested_linear_cross_entropy(
                 hidden.reshape(-1, self.in_features),
@@ -100,9 +126,10 @@ class MatryoshkaHead(nn.Module):
                 ignore_index=loss_fct.ignore_index,
                 label_smoothing=loss_fct.label_smoothing,
                 return_predictions=return_predictions,
+                num_items_in_batch=num_items_in_batch,
             )
         logits = self(hidden)
-        out = loss_fct(logits, labels)
+        out = loss_fct(logits, labels, num_items_in_batch=num_items_in_batch)
         if return_predictions:
             preds = torch.stack([x.detach().reshape(-1, self.num_classes).argmax(-1) for x in logits])
             out = out._replace(predictions=preds)

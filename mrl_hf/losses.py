@@ -31,7 +31,10 @@ class MatryoshkaCrossEntropyLoss(nn.Module):
     """``sum_m c_m * CE(logits_m, labels)`` over a sequence of per-dim logits (the paper's Algorithm 1).
 
     ``logits`` of shape ``(..., num_classes)`` and ``labels`` of shape ``(...)``; ``ignore_index`` and
-    ``label_smoothing`` mean what they mean in ``torch.nn.CrossEntropyLoss``.
+    ``label_smoothing`` mean what they mean in ``torch.nn.CrossEntropyLoss``. Each ``CE_m`` is the sum over labelled
+    positions divided by their number, or by ``num_items_in_batch`` when given (the Trainer's count of labelled
+    positions over all gradient accumulation steps and processes, as transformers' own losses take it). With no
+    labelled position the loss is 0, with zero gradients. Computed in float32 whatever the logits' precision.
     """
 
     def __init__(self, relative_importance: Sequence[float] | None = None, ignore_index: int = -100,
@@ -43,38 +46,41 @@ class MatryoshkaCrossEntropyLoss(nn.Module):
         self.ignore_index = ignore_index
         self.label_smoothing = float(label_smoothing)
 
-    def forward(self, nested_logits: Sequence[torch.Tensor], labels: torch.Tensor) -> NestedLoss:
+    def forward(self, nested_logits: Sequence[torch.Tensor], labels: torch.Tensor,
+                num_items_in_batch: int | torch.Tensor | None = None) -> NestedLoss:
         if isinstance(nested_logits, torch.Tensor):
             raise TypeError("nested_logits must be a sequence of per-dim logit tensors (one per nesting dim), "
                             "e.g. the tuple a MatryoshkaHead returns; got a single tensor.")
         if len(nested_logits) == 0:
             raise ValueError("nested_logits is empty; pass one logits tensor per nesting dim.")
         coefs = _coefficients(self.relative_importance, len(nested_logits), labels.device)
-        losses = []
+        denominator = _denominator(labels, self.ignore_index, num_items_in_batch)
+        sums = []
         for i, logits in enumerate(nested_logits):
             if logits.shape[:-1] != labels.shape:
                 raise ValueError(
                     f"logits at nesting index {i} have shape {tuple(logits.shape)} but labels have shape "
                     f"{tuple(labels.shape)}; logits must be labels.shape + (num_classes,)."
                 )
-            losses.append(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
-                                          ignore_index=self.ignore_index, label_smoothing=self.label_smoothing))
-        per_dim = torch.stack(losses)
+            logits = logits.reshape(-1, logits.shape[-1])
+            sums.append(F.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)), labels.reshape(-1),
+                                        ignore_index=self.ignore_index, label_smoothing=self.label_smoothing,
+                                        reduction="sum"))
+        per_dim = torch.stack(sums) / denominator
         return NestedLoss((coefs.to(per_dim.dtype) * per_dim).sum(), per_dim.detach())
+
+
+def _denominator(labels: torch.Tensor, ignore_index: int, num_items_in_batch) -> torch.Tensor:
+    """What a summed loss is divided by: ``num_items_in_batch`` if given, else the local number of labelled
+    positions (at least 1). A tensor on the labels' device: no host synchronisation."""
+    if num_items_in_batch is None:
+        return (labels != ignore_index).sum().clamp_min(1)
+    return torch.as_tensor(num_items_in_batch, device=labels.device).clamp_min(1)
 
 
 # Fused MRL-E linear + nested cross-entropy -----------------------------------------------------------
 
 _CHUNK_BYTES = 128 * 2**20  # working buffer per chunk of rows: |M| logit blocks
-_TINY_PROBABILITY = 1e-30  # below this, log(p) in float32 loses digits: recompute log-sum-exp from the logits
-
-
-def _logsumexp_rows(x_rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, dim: int) -> torch.Tensor:
-    """Exact log-sum-exp of the logits at size ``dim`` for a few rows, recomputed from ``x`` and ``W``."""
-    logits = x_rows[:, :dim] @ weight[:, :dim].T
-    if bias is not None:
-        logits += bias
-    return torch.logsumexp(logits, 1)
 
 
 class _NestedLinearCrossEntropy(torch.autograd.Function):
@@ -84,12 +90,13 @@ class _NestedLinearCrossEntropy(torch.autograd.Function):
     logits of every dim (a prefix sum); each is turned in place into ``softmax - onehot``; a reverse prefix
     sum weighted by ``c_m`` gives, per block, the summed gradient of every dim that uses that block; two
     block matmuls give ``dx`` and ``dW``. FLOPs: three matmuls, as for one Linear + CE; memory: one
-    chunk buffer. The per-row factor ``1 / n_valid`` (0 on ignored rows) is applied to the small operands
-    (``x`` rows and ``dx`` rows), never to the large buffer.
+    chunk buffer. The per-row factor ``1 / denominator`` (0 on ignored rows) is applied to the small operands
+    (``x`` rows and ``dx`` rows), never to the large buffer. Nothing in the loop reads a value back to the host.
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, labels, dims, coefs, ignore_index, eps, want_preds, need_dx, need_dw):
+    def forward(ctx, x, weight, bias, labels, denominator, dims, coefs, ignore_index, eps, want_preds, need_dx,
+                need_dw):
         with torch.autocast(device_type=x.device.type, enabled=False):
             ctype = torch.promote_types(x.dtype, torch.float32)  # half precision is computed in float32
             x32, w32 = x.to(ctype), weight.to(ctype)
@@ -98,8 +105,7 @@ class _NestedLinearCrossEntropy(torch.autograd.Function):
             num_dims = len(dims)
             bounds = list(zip([0, *dims[:-1]], dims))
             valid = labels != ignore_index
-            n_valid = max(int(valid.sum()), 1)
-            row_scale = (valid.to(ctype) / n_valid)[:, None]
+            row_scale = (valid.to(ctype) / denominator.to(ctype))[:, None]
             safe_labels = torch.where(valid, labels, torch.zeros_like(labels))[:, None]
             per_dim = torch.zeros(num_dims, dtype=ctype, device=x.device)
             preds = torch.empty(num_dims, n_rows if want_preds else 0, dtype=torch.long, device=x.device)
@@ -117,6 +123,7 @@ class _NestedLinearCrossEntropy(torch.autograd.Function):
             for r0 in range(0, n_rows, chunk):
                 r1 = min(r0 + chunk, n_rows)
                 xc, yc, rs, z = x32[r0:r1], safe_labels[r0:r1], row_scale[r0:r1], buf[:, : r1 - r0]
+                counted = valid[r0:r1]
                 for i, (a, b) in enumerate(bounds):
                     prev = z[i - 1] if i else b32
                     if prev is None:
@@ -124,32 +131,30 @@ class _NestedLinearCrossEntropy(torch.autograd.Function):
                     else:
                         torch.addmm(prev, xc[:, a:b], w32[:, a:b].T, out=z[i])
                 xs = xc * rs if need_dw else None
-                counted = rs.squeeze(1) > 0  # ignored rows hold a placeholder label: never inf * 0 from them
                 # Largest dim first, so that each dim's buffer is finished while it is still in cache:
                 # loss, softmax gradient, the reverse prefix sum G_i = c_i g_i + G_{i+1}, then its block matmuls.
                 for i in range(num_dims - 1, -1, -1):
                     zi = z[i]
-                    if want_preds:
-                        preds[i, r0:r1] = zi.argmax(1)
-                    if not need_grad:  # the loss only: log-probabilities in place
-                        torch.ops.aten._log_softmax.out(zi, 1, False, out=zi)
-                        row_loss = -(1 - eps) * zi.gather(1, yc).squeeze(1)
-                        if eps:
-                            row_loss -= eps * zi.mean(1)
-                        per_dim[i] += row_loss @ rs.squeeze(1)
-                        continue
-                    # Probabilities in place (one memory pass fewer than log-softmax + exp); the loss comes from
-                    # log-sum-exp = z_y - log p_y, exact rows recomputed where p_y underflowed.
                     z_y = zi.gather(1, yc).squeeze(1)
                     z_mean = zi.mean(1) if eps else None
-                    torch.ops.aten._softmax.out(zi, 1, False, out=zi)
-                    p_y = zi.gather(1, yc).squeeze(1)
-                    lse = z_y - p_y.log()
-                    low = (p_y < _TINY_PROBABILITY) & counted
-                    if low.any():
-                        lse[low] = _logsumexp_rows(xc[low], w32, b32, bounds[i][1])
-                    row_loss = torch.where(counted, lse - (1 - eps) * z_y - (eps * z_mean if eps else 0), 0.0)
-                    per_dim[i] += row_loss @ rs.squeeze(1)
+                    if not need_grad:  # the loss only: log-probabilities in place
+                        if want_preds:
+                            preds[i, r0:r1] = zi.argmax(1)
+                        torch.log_softmax(zi, 1, out=zi)
+                        lse = z_y - zi.gather(1, yc).squeeze(1)
+                    else:
+                        # Probabilities in place (one memory pass fewer than log-softmax + exp). The log-sum-exp
+                        # comes from the most probable class, whose probability (>= 1 / num_classes) cannot
+                        # underflow, unlike the label's: lse = z_max - log p_max, exact for every row.
+                        z_max, top = zi.max(1)
+                        if want_preds:
+                            preds[i, r0:r1] = top
+                        torch.softmax(zi, 1, out=zi)
+                        lse = z_max - zi.gather(1, top[:, None]).squeeze(1).log()
+                    row_loss = lse - (1 - eps) * z_y - (eps * z_mean if eps else 0)
+                    per_dim[i] += torch.where(counted, row_loss, 0.0) @ rs.squeeze(1)
+                    if not need_grad:
+                        continue
                     zi.scatter_add_(1, yc, torch.full_like(zi[:, :1], -(1 - eps)))  # softmax - smoothed onehot
                     if eps:
                         zi.sub_(eps / num_classes)
@@ -170,7 +175,7 @@ class _NestedLinearCrossEntropy(torch.autograd.Function):
         ctx.ctype = ctype
         ctx.dtypes = (x.dtype, weight.dtype, None if bias is None else bias.dtype)
         ctx.mark_non_differentiable(per_dim, preds)
-        return total.to(x.dtype), per_dim, preds
+        return total, per_dim, preds  # the loss in float32 even for a half-precision model, as transformers does
 
     @staticmethod
     def backward(ctx, grad_total, _grad_per_dim, _grad_preds):
@@ -179,7 +184,7 @@ class _NestedLinearCrossEntropy(torch.autograd.Function):
         # the multiply is cheap and reading the value would force a sync).
         unit = scale.device.type == "cpu" and scale.item() == 1.0
         grads = [None if g is None else (g if unit else g * scale).to(t) for g, t in zip(ctx.saved_tensors, ctx.dtypes)]
-        return (*grads, None, None, None, None, None, None, None, None)
+        return (*grads, None, None, None, None, None, None, None, None, None)
 
 
 def nested_linear_cross_entropy(
@@ -192,11 +197,14 @@ def nested_linear_cross_entropy(
     ignore_index: int = -100,
     label_smoothing: float = 0.0,
     return_predictions: bool = False,
+    num_items_in_batch: int | torch.Tensor | None = None,
 ) -> NestedLoss:
     """MRL-E loss ``sum_m c_m * CE(hidden[:, :m] @ weight[:, :m].T + bias, labels)`` without materialising
     |M| logit tensors. ``hidden`` is ``(N, d)``, ``weight`` ``(num_classes, d)``, ``labels`` ``(N,)``.
     With ``return_predictions`` the result carries the argmax class per dim, shape ``(|M|, N)``.
-    Rows whose label is ``ignore_index`` are skipped; if every row is ignored the loss is 0, not NaN.
+    Rows whose label is ``ignore_index`` are skipped; each ``CE_m`` is divided by the number of the other rows, or
+    by ``num_items_in_batch`` when given (as in ``MatryoshkaCrossEntropyLoss``); with no labelled row the loss is 0.
+    The loss is float32 (float64 for float64 inputs) whatever the precision of ``hidden`` and ``weight``.
     """
     dims = validate_nesting_list(nesting_list, dim=weight.shape[1])
     if hidden.dim() != 2 or hidden.shape[1] != weight.shape[1]:
@@ -205,21 +213,25 @@ def nested_linear_cross_entropy(
         raise ValueError(f"labels must have shape ({hidden.shape[0]},) to match hidden, got {tuple(labels.shape)}.")
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"label_smoothing={label_smoothing} must be in [0, 1].")
-    num_classes = weight.shape[0]
-    valid = labels[labels != ignore_index]
-    if valid.numel() and (valid.min() < 0 or valid.max() >= num_classes):
-        bad = valid[(valid < 0) | (valid >= num_classes)][0].item()
-        raise ValueError(f"label {bad} is outside 0..{num_classes - 1} (num_classes={num_classes}); "
-                         f"use {ignore_index} (ignore_index) for positions without a label.")
+    if labels.device.type == "cpu":  # on an accelerator the gather kernels assert instead (no host sync here)
+        _check_class_ids(labels, weight.shape[0], ignore_index)
     coefs = validate_relative_importance(relative_importance, len(dims))
     grad_on = torch.is_grad_enabled()
     need_dx = grad_on and hidden.requires_grad
     need_dw = grad_on and weight.requires_grad
     total, per_dim, preds = _NestedLinearCrossEntropy.apply(
-        hidden, weight, bias, labels, tuple(dims), tuple(coefs), ignore_index, float(label_smoothing),
-        return_predictions, need_dx, need_dw,
+        hidden, weight, bias, labels, _denominator(labels, ignore_index, num_items_in_batch), tuple(dims),
+        tuple(coefs), ignore_index, float(label_smoothing), return_predictions, need_dx, need_dw,
     )
     return NestedLoss(total, per_dim, preds if return_predictions else None)
+
+
+def _check_class_ids(labels: torch.Tensor, num_classes: int, ignore_index: int) -> None:
+    valid = labels[labels != ignore_index]
+    if valid.numel() and (valid.min() < 0 or valid.max() >= num_classes):
+        bad = valid[(valid < 0) | (valid >= num_classes)][0].item()
+        raise ValueError(f"label {bad} is outside 0..{num_classes - 1} (num_classes={num_classes}); "
+                         f"use {ignore_index} (ignore_index) for positions without a label.")
 
 
 # Nested contrastive (InfoNCE) --------------------------------------------------------------------------
@@ -229,16 +241,20 @@ def nested_cosine_similarities(a: torch.Tensor, b: torch.Tensor, nesting_list: S
     """Cosine similarities of every prefix pair, ``(|M|, len(a), len(b))``; each prefix normalised on its own.
 
     Built from block products and prefix sums of the raw dot products and squared norms, so all |M|
-    matrices cost one ``a @ b.T``.
+    matrices cost one ``a @ b.T``. Half-precision inputs are computed in float32 (also under autocast): a
+    bfloat16 squared norm of a short prefix loses too many digits.
     """
     dims = validate_nesting_list(nesting_list, dim=a.shape[-1])
     if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[1]:
         raise ValueError(f"a and b must be 2-D with the same embedding size, got {tuple(a.shape)} and {tuple(b.shape)}.")
+    ctype = torch.promote_types(torch.promote_types(a.dtype, b.dtype), torch.float32)
+    a, b = a.to(ctype), b.to(ctype)
     bounds = list(zip([0, *dims[:-1]], dims))
-    raw = torch.stack([a[:, s:e] @ b[:, s:e].T for s, e in bounds]).cumsum(0)
-    norm_a = torch.stack([a[:, s:e].square().sum(1) for s, e in bounds]).cumsum(0).sqrt().clamp_min(eps)
-    norm_b = torch.stack([b[:, s:e].square().sum(1) for s, e in bounds]).cumsum(0).sqrt().clamp_min(eps)
-    return raw / (norm_a[:, :, None] * norm_b[:, None, :])
+    with torch.autocast(device_type=a.device.type, enabled=False):
+        raw = torch.stack([a[:, s:e] @ b[:, s:e].T for s, e in bounds]).cumsum(0)
+        norm_a = torch.stack([a[:, s:e].square().sum(1) for s, e in bounds]).cumsum(0).sqrt().clamp_min(eps)
+        norm_b = torch.stack([b[:, s:e].square().sum(1) for s, e in bounds]).cumsum(0).sqrt().clamp_min(eps)
+        return raw / (norm_a[:, :, None] * norm_b[:, None, :])
 
 
 def nested_contrastive_loss(

@@ -1,41 +1,28 @@
 """MRLTrainer: a ``transformers.Trainer`` that logs the loss at every nesting size, plus per-size metrics.
 
 Works with any model whose outputs carry ``per_dim_losses`` (shape ``(|M|,)``) and whose config has
-``nesting_list``: training logs get ``loss_dim_{m}`` (mean over the steps since the last log, across gradient
-accumulation micro-batches), evaluation metrics get ``eval_loss_dim_{m}``.
+``nesting_list``. Training logs get ``loss_dim_{m}``, evaluation metrics ``eval_loss_dim_{m}``, each aggregated
+exactly as the Trainer aggregates ``loss`` / ``eval_loss`` (the same gradient-accumulation scaling, the mean over
+processes, the mean over the steps since the last log), so ``loss == sum_m c_m * loss_dim_{m}`` in every log.
+The per-dim values stay on the device until a log is written: no host synchronisation per step.
 """
 from __future__ import annotations
 
+import inspect
 import os
 from typing import Sequence
 
 import numpy as np
 import torch
 from transformers import Trainer
+from transformers.trainer_pt_utils import find_batch_size
 from transformers.utils import logging
 
 from .nesting import validate_nesting_list
 
 logger = logging.get_logger(__name__)
 
-
-class _Mean:
-    """Running mean of per-dim loss vectors."""
-
-    def __init__(self):
-        self.sum, self.count = None, 0
-
-    def add(self, values: torch.Tensor) -> None:
-        values = values.detach().float().cpu()
-        self.sum = values if self.sum is None else self.sum + values
-        self.count += 1
-
-    def pop(self) -> list[float] | None:
-        if not self.count:
-            return None
-        mean = (self.sum / self.count).tolist()
-        self.sum, self.count = None, 0
-        return mean
+_NO_STEP = 2**62  # "no non-finite loss seen yet" in the per-dim first-bad-step record
 
 
 def _check_launched_world_size(args) -> None:
@@ -51,9 +38,23 @@ def _check_launched_world_size(args) -> None:
         )
 
 
+def _forward_parameters(model) -> set[str]:
+    return set(inspect.signature(model.forward).parameters)
+
+
 class MRLTrainer(Trainer):
     """``Trainer`` with per-nesting-size loss logging. Everything else (``DataCollatorForLanguageModeling``,
     gradient accumulation, ``evaluate()``, ``save_model()``, ``resume_from_checkpoint``) is the stock Trainer.
+
+    - ``TrainingArguments(label_smoothing_factor=eps)`` smooths the nested cross-entropy at every size (models
+      whose ``forward`` takes ``smoothing``: the masked LM and the image classifiers); for a model without class
+      labels (contrastive, distillation) it is refused. A ``compute_loss_func`` is refused: it would replace the
+      nested loss by a loss on the full-size outputs.
+    - ``nonfinite_loss="raise"`` (default): a NaN/inf loss stops training with an error naming the nesting dim(s)
+      and the step where it first appeared. The check runs where the Trainer reads values back anyway (each log,
+      each checkpoint save, the end of training), so no checkpoint with non-finite weights is written.
+      ``"skip"`` drops the gradient of a batch whose loss is not finite; deciding that before the backward pass
+      costs one host synchronisation per micro-batch.
 
     With ``mrl_hf.data.PairCollator`` (raw text pairs tokenized per batch) the dataset columns must reach the
     collator, so ``remove_unused_columns`` is switched off for you.
@@ -72,13 +73,34 @@ class MRLTrainer(Trainer):
 
         if isinstance(self.data_collator, PairCollator) and self.args.remove_unused_columns:
             self.args.remove_unused_columns = False
-        self._train_dims = _Mean()
-        self._eval_dims = _Mean()
+        if self.compute_loss_func is not None:
+            raise ValueError(
+                "MRLTrainer trains the model's nested (Matryoshka) loss; compute_loss_func would replace it by a loss "
+                "on the full-size outputs only. Set the nested loss's options on the model (relative_importance, "
+                "TrainingArguments.label_smoothing_factor), or subclass MRLTrainer and override compute_nested_loss.")
+        self._smoothing = self._check_label_smoothing()
+        self._train_dims = self._eval_dims = None
+        self._eval_rows = None
+        self._dims_window_start = None
+        self._nonfinite = None
         _check_launched_world_size(self.args)
         fsdp_asked = os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
         if fsdp_asked and self.args.use_cpu and not self.is_fsdp_enabled and self.is_world_process_zero():
             logger.warning("accelerate launch asked for FSDP, but this Trainer runs without it: with use_cpu=True (a "
                            "machine without a GPU) transformers does not enable FSDP, and the processes train with DDP.")
+
+    def _check_label_smoothing(self) -> float:
+        eps = float(self.args.label_smoothing_factor or 0.0)
+        if not eps:
+            return 0.0
+        model = self.accelerator.unwrap_model(self.model)
+        if "smoothing" not in _forward_parameters(model) or type(self).compute_nested_loss is not \
+                MRLTrainer.compute_nested_loss:
+            raise ValueError(
+                f"label_smoothing_factor={eps}, but the loss of {type(model).__name__} under {type(self).__name__} has "
+                "no class labels to smooth (a contrastive or distillation loss). Set label_smoothing_factor=0.")
+        self.label_smoother = None  # the model smooths every nesting size itself; the stock smoother sees one
+        return eps
 
     def _dim_names(self, count: int) -> list[str]:
         config = getattr(self.accelerator.unwrap_model(self.model), "config", None)
@@ -87,37 +109,107 @@ class MRLTrainer(Trainer):
             return [str(m) for m in dims]
         return [f"index{i}" for i in range(count)]  # a model whose losses are not one per nesting_list entry
 
+    # ---- the loss of a batch ----------------------------------------------------------------------------------
+    def compute_nested_loss(self, model, inputs, num_items_in_batch=None):
+        """``(loss, outputs)`` of one batch, ``outputs`` carrying ``per_dim_losses``; subclasses change the loss here
+        (``MatryoshkaDistillationTrainer``). The stock ``Trainer.compute_loss`` by default."""
+        if self._smoothing:
+            inputs = {**inputs, "smoothing": self._smoothing}
+        return super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        loss, outputs = self.compute_nested_loss(model, inputs, num_items_in_batch)
         per_dim = outputs.get("per_dim_losses") if isinstance(outputs, dict) else None
+        if per_dim is not None:
+            per_dim = per_dim.detach().float().reshape(-1, per_dim.shape[-1]).mean(0)  # DataParallel: one row per GPU
         if model.training:
-            loss = self._check_finite(model, loss, per_dim)
-        if per_dim is not None and torch.isfinite(per_dim).all():
-            (self._train_dims if model.training else self._eval_dims).add(per_dim)
+            loss = self._record_train_step(model, loss, per_dim, num_items_in_batch)
+        elif per_dim is not None:
+            rows = find_batch_size(inputs) or 1  # eval_loss is the mean over rows of per-batch losses
+            self._eval_dims = per_dim * rows if self._eval_dims is None else self._eval_dims + per_dim * rows
+            self._eval_rows = rows + (self._eval_rows or 0)
         return (loss, outputs) if return_outputs else loss
 
-    def _check_finite(self, model, loss, per_dim):
-        """NaN/inf guard: raise naming the nesting dim(s) that went bad, or (``nonfinite_loss='skip'``) replace
-        the batch's loss by a zero that still touches every parameter, so DDP's gradient all-reduce stays in step
-        and the batch adds no gradient. All processes take the same decision."""
-        values = per_dim.detach().float() if per_dim is not None else loss.detach().float().reshape(1)
+    def _log_scale(self, num_items_in_batch) -> float:
+        """The factor by which the Trainer turns a batch's model loss into what it adds to the logged ``loss``."""
+        by_items = self.model_accepts_loss_kwargs and num_items_in_batch is not None
+        scale = 1.0
+        if by_items and self.args.average_tokens_across_devices:
+            scale *= self.accelerator.num_processes // self.get_tp_size()
+        scaled_for_ga = getattr(self, "loss_is_scaled_for_ga", None)
+        if not (by_items if scaled_for_ga is None else scaled_for_ga):
+            scale /= self.current_gradient_accumulation_steps
+        return scale
+
+    def _record_train_step(self, model, loss, per_dim, num_items_in_batch):
+        values = per_dim if per_dim is not None else loss.detach().float().reshape(1)
+        if self.nonfinite_loss == "skip" and not torch.isfinite(values).all():  # the one host sync of 'skip'
+            loss = self._skip_batch(model, loss, values)
+            values = torch.zeros_like(values)
+        else:
+            self._note_nonfinite(values)
+        if per_dim is not None:
+            if self._dims_window_start is None:
+                self._dims_window_start = self.state.global_step
+            scaled = values * self._log_scale(num_items_in_batch)
+            self._train_dims = scaled if self._train_dims is None else self._train_dims + scaled
+        return loss
+
+    # ---- non-finite losses ------------------------------------------------------------------------------------
+    def _note_nonfinite(self, values: torch.Tensor) -> None:
+        """Remember, on the device, which dims went non-finite first and where (no host sync)."""
+        bad = ~torch.isfinite(values)
+        if self._nonfinite is None:
+            self._nonfinite = {"step": torch.full_like(values, _NO_STEP, dtype=torch.float64),
+                               "values": torch.zeros_like(values)}
+        first = bad & (self._nonfinite["step"] == _NO_STEP)
+        self._nonfinite["step"] = torch.where(first, float(self.state.global_step), self._nonfinite["step"])
+        self._nonfinite["values"] = torch.where(first.any(), values, self._nonfinite["values"])
+
+    def _raise_if_nonfinite(self) -> None:
+        if self._nonfinite is None:
+            return
+        steps = self._nonfinite["step"]
+        if self.accelerator.num_processes > 1:  # every process takes the same decision
+            steps = -self.accelerator.reduce(-steps, reduction="max")
+        bad = steps < _NO_STEP
+        if not bad.any():
+            return
+        names = self._dim_names(len(steps)) if len(steps) > 1 else ["(total loss)"]
+        which = [n for n, b in zip(names, bad.tolist()) if b]
+        first = int(steps[bad].min())
+        values = [round(v, 4) for v in self._nonfinite["values"].tolist()]
+        raise FloatingPointError(
+            f"non-finite loss at nesting dim(s) {which} in step {first} (per-dim losses there: {values}, nesting_list "
+            f"{names}). Lower the learning rate, check the inputs for NaN/inf, or use fp32/bf16 instead of fp16; "
+            "MRLTrainer(nonfinite_loss='skip') skips such batches. No checkpoint after that step was saved.")
+
+    def _skip_batch(self, model, loss, values):
+        """A zero loss that still touches every trainable parameter (so DDP's gradient all-reduce stays in step) and
+        adds no gradient. All processes take the same decision."""
         bad = (~torch.isfinite(values)).float()
         if self.accelerator.num_processes > 1:
             bad = self.accelerator.reduce(bad, reduction="sum")
         if not bad.any():
             return loss
-        names = self._dim_names(len(values)) if per_dim is not None else ["(total loss)"]
-        which = [n for n, b in zip(names, bad.tolist()) if b]
-        message = (f"non-finite loss at nesting dim(s) {which} in step {self.state.global_step} "
-                   f"(this process's per-dim losses: {[round(v, 4) for v in values.tolist()]}, nesting_list "
-                   f"{names}). Lower the learning rate, check the inputs for NaN/inf, or use fp32/bf16 instead of fp16")
-        if self.nonfinite_loss == "raise":
-            raise FloatingPointError(message + "; MRLTrainer(nonfinite_loss='skip') skips such batches.")
         self.skipped_nonfinite_batches += 1
-        logger.warning(message + "; skipping this batch (nonfinite_loss='skip').")
-        zero = sum(torch.nan_to_num(p * 0, 0.0, 0.0, 0.0).sum() for p in model.parameters() if p.requires_grad)
-        return zero.to(loss.dtype) if torch.is_tensor(zero) else loss.detach() * 0
+        names = self._dim_names(len(values))
+        which = [n for n, b in zip(names, bad.tolist()) if b]
+        logger.warning(f"non-finite loss at nesting dim(s) {which} in step {self.state.global_step}; skipping this "
+                       "batch (nonfinite_loss='skip').")
+        touched = torch.stack([p.sum() for p in model.parameters() if p.requires_grad])
+        return torch.nan_to_num(touched * 0.0, 0.0, 0.0, 0.0).sum().to(loss.dtype)
 
+    def _save_checkpoint(self, model, trial):
+        self._raise_if_nonfinite()  # never write a checkpoint whose weights a non-finite loss has touched
+        return super()._save_checkpoint(model, trial)
+
+    def train(self, *args, **kwargs):
+        output = super().train(*args, **kwargs)
+        self._raise_if_nonfinite()
+        return output
+
+    # ---- evaluation and logs ------------------------------------------------------------------------------------
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         if ignore_keys is None:
             config = getattr(self.model, "config", None)
@@ -127,21 +219,30 @@ class MRLTrainer(Trainer):
         return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
 
     def evaluation_loop(self, *args, **kwargs):
-        self._eval_dims = _Mean()
+        self._eval_dims, self._eval_rows = None, None
         output = super().evaluation_loop(*args, **kwargs)
         prefix = kwargs.get("metric_key_prefix", args[4] if len(args) > 4 else "eval")
-        means = self._eval_dims.pop()
-        if means is not None:
-            for name, value in zip(self._dim_names(len(means)), means):
+        sums = self._eval_dims
+        if sums is not None:
+            rows = torch.tensor([float(self._eval_rows)], device=sums.device)
+            if self.accelerator.num_processes > 1:  # every process evaluated its share; the metric is over all rows
+                sums = self.accelerator.reduce(sums, reduction="sum")
+                rows = self.accelerator.reduce(rows, reduction="sum")
+            for name, value in zip(self._dim_names(len(sums)), (sums / rows).tolist()):
                 output.metrics[f"{prefix}_loss_dim_{name}"] = value
+        self._eval_dims, self._eval_rows = None, None
         return output
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
-        if "loss" in logs:
-            means = self._train_dims.pop()
-            if means is not None:
-                for name, value in zip(self._dim_names(len(means)), means):
-                    logs[f"loss_dim_{name}"] = round(value, 4)
+        self._raise_if_nonfinite()
+        if "loss" in logs and self._train_dims is not None:  # a training log: every process writes it
+            sums = self._train_dims
+            if self.accelerator.num_processes > 1:
+                sums = self.accelerator.reduce(sums, reduction="mean")
+            steps = max(self.state.global_step - self._dims_window_start, 1)
+            for name, value in zip(self._dim_names(len(sums)), (sums / steps).tolist()):
+                logs[f"loss_dim_{name}"] = value
+            self._train_dims, self._dims_window_start = None, None
         super().log(logs, *args, **kwargs)
 
 

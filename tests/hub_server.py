@@ -7,7 +7,9 @@ X-Repo-Commit, Content-Length; 404 + ``X-Error-Code`` for a missing repo/file). 
 
 Writes need ``Authorization: Bearer <token>`` with a token from ``tokens``. Set ``fail_commits = True`` to make
 every commit answer HTTP 500 without applying it (a push that fails half-way: repo created, files
-pre-uploaded, commit refused). ``requests`` records ``(method, path)`` of every request.
+pre-uploaded, commit refused). ``requests`` records ``(method, path)`` of every request, ``commit_log`` the header
+of every commit. Pull requests: ``create_pr`` opens one (``discussions``) whose commit lands in ``pull_requests[n]``, not on main.
+Not covered: LFS/Xet uploads, branches, merging pull requests.
 
     with HubServer() as hub:            # then set HF_ENDPOINT=hub.url in a subprocess and push / pull
         ...
@@ -20,7 +22,7 @@ import json
 import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import unquote, urlparse
+from urllib.parse import parse_qs, unquote, urlparse
 
 import yaml
 
@@ -28,6 +30,7 @@ TOKEN = "hf_test_token"
 USER = "tester"
 
 _RESOLVE = re.compile(r"^/(?P<repo>[^/]+(?:/[^/]+)?)/resolve/(?P<rev>[^/]+)/(?P<path>.+)$")
+_DISCUSSIONS = re.compile(r"^/api/models/(?P<repo>[^/]+/[^/]+)/discussions(?:/(?P<num>\d+))?$")
 _API = re.compile(r"^/api/models/(?P<repo>[^/]+/[^/]+|[^/]+)(?:/(?P<action>revision|preupload|commit|tree|paths-info)"
                   r"(?:/(?P<rev>[^/]+))?(?P<rest>/.*)?)?$")
 
@@ -68,6 +71,7 @@ class _Repo:
     def __init__(self):
         self.files: dict[str, bytes] = {}
         self.sha = hashlib.sha1(b"initial").hexdigest()
+        self.pull_requests: dict[int, dict[str, bytes]] = {}  # number -> the files on refs/pr/<number>
 
 
 class HubServer:
@@ -75,6 +79,7 @@ class HubServer:
         self.tokens = set(tokens)
         self.repos: dict[str, _Repo] = {}
         self.fail_commits = False
+        self.commit_log: list[dict] = []  # header of every applied commit, and whether a PR was asked for
         self.requests: list[tuple[str, str]] = []
         self._lock = threading.Lock()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
@@ -101,15 +106,17 @@ class HubServer:
         """Requests that could change state (everything but GET/HEAD and YAML validation)."""
         return [r for r in self.requests if r[0] == "POST" and not r[1].startswith("/api/validate-yaml")]
 
-    def commit(self, repo_id: str, lines: list[dict]) -> str:
+    def commit(self, repo_id: str, lines: list[dict], create_pr: bool = False, pull_request: int | None = None) -> str:
         with self._lock:
             repo = self.repos[repo_id]
-            files = dict(repo.files)
+            files = dict(repo.files if pull_request is None else repo.pull_requests[pull_request])
             summary = ""
             for line in lines:
                 value = line.get("value", {})
                 if line.get("key") == "header":
                     summary = value.get("summary", "")
+                    self.commit_log.append({"repo": repo_id, "summary": summary, "create_pr": create_pr,
+                                            "description": value.get("description", "")})
                 elif line.get("key") == "file":
                     if value.get("encoding") != "base64":
                         raise ValueError(f"unsupported encoding {value.get('encoding')!r}")
@@ -118,6 +125,9 @@ class HubServer:
                     files.pop(value["path"], None)
                 elif line.get("key") == "lfsFile":
                     raise ValueError("this test server takes regular uploads only")
+            if pull_request is not None:
+                repo.pull_requests[pull_request] = files
+                return hashlib.sha1(str(sorted(files)).encode()).hexdigest()
             repo.files = files
             repo.sha = hashlib.sha1((repo.sha + summary + str(sorted(files))).encode()
                                     + b"".join(files[p] for p in sorted(files))).hexdigest()
@@ -185,6 +195,12 @@ def _handler_for(server: HubServer):
                     return self._error(409, "You already created this model repo")
                 server.repos[repo_id] = _Repo()
                 return self._json(200, {"url": f"{server.url}/{repo_id}", "name": repo_id})
+            d = _DISCUSSIONS.match(path)
+            if d and d["repo"] in server.repos and d["num"] is None and json.loads(body).get("pullRequest"):
+                repo = server.repos[d["repo"]]
+                num = len(repo.pull_requests) + 1
+                repo.pull_requests[num] = dict(repo.files)
+                return self._json(200, {"num": num, "pullRequest": True})
             m = _API.match(path)
             if not m or m["repo"] not in server.repos:
                 return self._error(404, "Repository not found", "RepoNotFound")
@@ -196,9 +212,16 @@ def _handler_for(server: HubServer):
                 if server.fail_commits:
                     return self._error(500, "Internal Error: the storage backend failed while committing")
                 lines = [json.loads(line) for line in body.splitlines() if line.strip()]
-                sha = server.commit(m["repo"], lines)
-                return self._json(200, {"success": True, "commitOid": sha,
-                                        "commitUrl": f"{server.url}/{m['repo']}/commit/{sha}"})
+                create_pr = parse_qs(urlparse(self.path).query).get("create_pr", ["0"])[0] in ("1", "true", "True")
+                ref = (m["rev"] or "main") + (m["rest"] or "")
+                pr = int(ref.rsplit("/", 1)[1]) if ref.startswith("refs/pr/") else None
+                if pr is not None and pr not in server.repos[m["repo"]].pull_requests:
+                    return self._error(404, f"Invalid rev id: {ref}", "RevisionNotFound")
+                sha = server.commit(m["repo"], lines, create_pr or pr is not None, pr)
+                answer = {"success": True, "commitOid": sha, "commitUrl": f"{server.url}/{m['repo']}/commit/{sha}"}
+                if pr is not None:
+                    answer["pullRequestUrl"] = f"{server.url}/{m['repo']}/discussions/{pr}"
+                return self._json(200, answer)
             if m["action"] == "paths-info":
                 return self._json(200, [])
             return self._error(404, f"unknown endpoint {path}")
@@ -221,6 +244,13 @@ def _handler_for(server: HubServer):
                 if not self._authorized():
                     return self._error(401, "Invalid credentials in Authorization header")
                 return self._json(200, {"type": "user", "name": USER, "auth": {"accessToken": {"role": "write"}}})
+            d = _DISCUSSIONS.match(path)
+            if d and d["num"] and d["repo"] in server.repos and int(d["num"]) in server.repos[d["repo"]].pull_requests:
+                return self._json(200, {
+                    "title": "pull request", "num": int(d["num"]), "author": {"name": USER}, "status": "draft",
+                    "createdAt": "2026-01-01T00:00:00.000Z", "repo": {"name": d["repo"], "type": "model"},
+                    "isPullRequest": True, "events": [], "changes": {"base": "refs/heads/main"},
+                    "filesWithConflicts": [], "diff": None})
             m = _API.match(path)
             if m:
                 repo = server.repos.get(m["repo"])

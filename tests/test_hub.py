@@ -71,7 +71,9 @@ from mrl_hf.hub import push_to_hub
 url = push_to_hub(model, "tester/tiny", results=results, remote_code=True, **CARD)
 pushable = MRLBertModel(config).eval()
 pushable.tokenizer = tokenizer
-pushable.push_to_hub("tester/tiny-mixin", **CARD)  # every mrl_hf model's own push_to_hub: same card
+# every mrl_hf model's own push_to_hub: PreTrainedModel.push_to_hub's arguments, the Matryoshka card
+pushable.push_to_hub("tester/tiny-mixin", commit_message="tiny mixin", commit_description="why", create_pr=True,
+                     max_shard_size="2MB", tags=["my-tag"], token=True, private=False, revision=None)
 expected = model(**batch).embeddings
 torch.save(expected, {str(tmp_path / "expected.pt")!r})
 pulled = MRLBertModel.from_pretrained("tester/tiny")
@@ -98,9 +100,14 @@ print(json.dumps({{"url": url, "same": torch.equal(pulled(**batch).embeddings, e
     assert config["auto_map"]["AutoModel"] == "mrl_hf_modeling_bert.MRLBertModel"
     assert not any(b"from .." in files[n] or b"import mrl_hf" in files[n] for n in files if n.endswith(".py"))
 
-    mixin_files = hub.repos["tester/tiny-mixin"].files
-    assert {"README.md", "config.json", "model.safetensors", "tokenizer.json"} <= set(mixin_files)
-    assert "pipeline_tag: feature-extraction" in mixin_files["README.md"].decode()
+    assert hub.repos["tester/tiny-mixin"].files == {}  # create_pr: the files wait in pull request 1
+    mixin_files = hub.repos["tester/tiny-mixin"].pull_requests[1]
+    assert {"README.md", "config.json", "model.safetensors.index.json", "tokenizer.json"} <= set(mixin_files)
+    assert sum(name.startswith("model-") for name in mixin_files) >= 2  # max_shard_size reached save_pretrained
+    mixin_card = ModelCard(mixin_files["README.md"].decode()).data.to_dict()
+    assert mixin_card["pipeline_tag"] == "feature-extraction" and {"matryoshka", "my-tag"} <= set(mixin_card["tags"])
+    assert {"repo": "tester/tiny-mixin", "summary": "tiny mixin", "description": "why", "create_pr": True} in \
+        hub.commit_log
 
     card = ModelCard(files["README.md"].decode())
     meta = card.data.to_dict()
@@ -129,12 +136,15 @@ model = AutoModel.from_pretrained("tester/tiny", trust_remote_code=True, truncat
 tokenizer = AutoTokenizer.from_pretrained("tester/tiny")
 batch = tokenizer(["How do I reset my password?", "Where is my order?"], padding=True, return_tensors="pt")
 out = model(**batch)
-print(json.dumps({{"blocked": blocked, "module": type(model).__module__,
+url = model.push_to_hub("tester/tiny-copy", commit_message="from remote code")  # transformers' own push
+print(json.dumps({{"blocked": blocked, "module": type(model).__module__, "url": url,
                   "same": torch.equal(out.embeddings, torch.load({str(tmp_path / "expected.pt")!r})),
                   "short": list(out.truncated_embeddings.shape)}}))
 """, tmp_path, block_mrl_hf=True)
     assert remote["blocked"] and remote["module"].startswith("transformers_modules.")
     assert remote["same"] and remote["short"] == [2, 16]
+    assert remote["url"].startswith(hub.url + "/tester/tiny-copy/commit/")
+    assert {"config.json", "model.safetensors", "README.md"} <= set(hub.repos["tester/tiny-copy"].files)
 
 
 def _digest(folder: Path) -> dict[str, str]:

@@ -12,7 +12,6 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ..modeling.base import MatryoshkaHubMixin  # noqa: F401  (re-exported: mrl_hf.hub.MatryoshkaHubMixin)
 from ..saving import atomic_directory
 from .card import PLOT_FILE, render_model_card
 from .remote_code import write_remote_code
@@ -56,7 +55,7 @@ def check_repo_id(repo_id) -> str:
 def resolve_token(token):
     from huggingface_hub import get_token
 
-    token = token if token is not None else get_token()
+    token = get_token() if token is None or token is True else token
     if not token:
         raise ValueError("pushing needs a Hugging Face write token: pass token=..., set HF_TOKEN, or run "
                          "`hf auth login`; nothing was uploaded.")
@@ -89,17 +88,19 @@ def write_card(folder, model_or_config, repo_id: str, results=None, remote_code:
 
 
 def save_for_hub(model, save_directory, *, repo_id: str | None = None, tokenizer=None, results=None,
-                 remote_code: bool = False, overwrite: bool = True, **card_kwargs) -> Path:
+                 remote_code: bool = False, overwrite: bool = True, max_shard_size: int | str | None = None,
+                 **card_kwargs) -> Path:
     """Save ``model`` (safetensors + config with the Matryoshka keys), its tokenizer / processor, the model card,
     the plot and (``remote_code=True``) the flat modeling code with ``auto_map``, all at once into
-    ``save_directory``. ``card_kwargs`` go to ``render_model_card`` (``eval_dataset``, ``base_model``, ...)."""
+    ``save_directory``. ``card_kwargs`` go to ``render_model_card`` (``eval_dataset``, ``base_model``, ...);
+    ``max_shard_size`` to ``save_pretrained``."""
     check_config(model)
     target = Path(save_directory).absolute()
     if target.exists() and not overwrite:
         raise FileExistsError(f"{target} exists; pass overwrite=True or choose a new folder.")
     repo_id = repo_id or f"your-name/{target.name}"
     with atomic_directory(target) as staged:
-        model.save_pretrained(staged)
+        model.save_pretrained(staged, **({} if max_shard_size is None else {"max_shard_size": max_shard_size}))
         tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
         if tokenizer is not None and not (staged / "tokenizer_config.json").exists():
             tokenizer.save_pretrained(staged)
@@ -131,11 +132,15 @@ def _load_folder_config(folder: Path):
     return config
 
 
-def push_to_hub(model_or_folder, repo_id: str, *, token: str | None = None, private: bool | None = None,
-                commit_message: str | None = None, tokenizer=None, results=None, remote_code: bool = False,
-                revision: str | None = None, regenerate_card: bool | None = None, **card_kwargs) -> str:
+def push_to_hub(model_or_folder, repo_id: str, *, token: bool | str | None = None, private: bool | None = None,
+                commit_message: str | None = None, commit_description: str | None = None, create_pr: bool = False,
+                revision: str | None = None, max_shard_size: int | str | None = None, tokenizer=None, results=None,
+                remote_code: bool = False, regenerate_card: bool | None = None, **card_kwargs) -> str:
     """Push an mrl_hf model, or a folder saved by ``save_for_hub`` / ``save_pretrained`` (e.g. a training output),
-    to ``repo_id`` in one commit. Returns the commit URL.
+    to ``repo_id`` in one commit. Returns the commit URL (or the pull request's, with ``create_pr=True``).
+
+    The arguments of ``PreTrainedModel.push_to_hub`` mean what they mean there (``tags`` is a card setting);
+    every mrl_hf model's own ``model.push_to_hub(repo_id, ...)`` comes here.
 
     For a model, the folder is built by ``save_for_hub`` in a temporary directory. For a folder, its files are
     copied to a temporary directory, a card is rendered when the folder has none (or ``regenerate_card=True``,
@@ -156,11 +161,11 @@ def push_to_hub(model_or_folder, repo_id: str, *, token: str | None = None, priv
         staged = Path(tmp) / "repo"
         if folder is None:
             save_for_hub(model_or_folder, staged, repo_id=repo_id, tokenizer=tokenizer, results=results,
-                         remote_code=remote_code, **card_kwargs)
+                         remote_code=remote_code, max_shard_size=max_shard_size, **card_kwargs)
         else:
             _stage_folder(folder, staged, config, repo_id, results, remote_code, regenerate_card, card_kwargs)
-        return _upload(staged, repo_id, token, private, revision,
-                       commit_message or f"Upload Matryoshka model ({config.model_type if config else 'mrl_hf'})")
+        message = commit_message or f"Upload Matryoshka model ({config.model_type if config else 'mrl_hf'})"
+        return _upload(staged, repo_id, token, private, revision, message, commit_description, create_pr)
 
 
 def _stage_folder(folder: Path, staged: Path, config, repo_id, results, remote_code, regenerate_card, card_kwargs):
@@ -188,7 +193,8 @@ def _stage_folder(folder: Path, staged: Path, config, repo_id, results, remote_c
         write_card(staged, config, repo_id, results=results, remote_code=remote_code, **settings)
 
 
-def _upload(staged: Path, repo_id: str, token: str, private, revision, commit_message: str) -> str:
+def _upload(staged: Path, repo_id: str, token: str, private, revision, commit_message: str,
+            commit_description: str | None = None, create_pr: bool = False) -> str:
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError
 
@@ -196,11 +202,12 @@ def _upload(staged: Path, repo_id: str, token: str, private, revision, commit_me
     try:
         repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
         info = api.upload_folder(folder_path=str(staged), repo_id=repo_id, revision=revision,
-                                 commit_message=commit_message)
+                                 commit_message=commit_message, commit_description=commit_description,
+                                 create_pr=create_pr)
     except HfHubHTTPError as exc:
         status = getattr(getattr(exc, "response", None), "status_code", "?")
         raise HubPushError(
             f"pushing to {repo_id} failed (HTTP {status}): {str(exc).splitlines()[0]}. Nothing was committed (a "
             "commit is applied all or nothing) and your local files are unchanged; retry the push."
         ) from exc
-    return str(info)
+    return str(info.pr_url) if create_pr and getattr(info, "pr_url", None) else str(info)

@@ -41,7 +41,7 @@ from ..embeddings import truncate_embeddings
 from ..losses import nested_contrastive_loss, nested_cosine_similarities
 from ..nesting import validate_dim
 from ..saving import AtomicSaveMixin
-from .base import MatryoshkaHubMixin
+from .base import MatryoshkaPreTrainedMixin
 
 TEXT_POOLING_MODES = ("mean", "cls")
 
@@ -138,12 +138,19 @@ class MRLAlignProcessor(ProcessorMixin):
         super().__init__(image_processor, tokenizer, **kwargs)
 
 
-class MRLAlignPreTrainedModel(AtomicSaveMixin, MatryoshkaHubMixin, PreTrainedModel):
+class MRLAlignPreTrainedModel(AtomicSaveMixin, MatryoshkaPreTrainedMixin, PreTrainedModel):
     config_class = MRLAlignConfig
     config: MRLAlignConfig
     base_model_prefix = "mrl_align"
     input_modalities = ("image", "text")
     supports_gradient_checkpointing = True
+    # What the towers support (BERT and ViT; ResNet has no attention), as CLIP declares for its own towers.
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _no_split_modules = ["BertEmbeddings", "BertLayer", "ViTEmbeddings", "ViTLayer", "ResNetConvLayer",
+                         "ResNetShortCut"]
 
     def _init_weights(self, module):
         super()._init_weights(module)

@@ -39,7 +39,7 @@ from ..heads import MatryoshkaHead
 from ..losses import MatryoshkaCrossEntropyLoss, nested_contrastive_loss
 from ..nesting import halving_nesting_list, validate_dim
 from ..saving import AtomicSaveMixin
-from .base import MatryoshkaHubMixin
+from .base import MatryoshkaPreTrainedMixin
 
 POOLING_MODES = ("mean", "cls")
 
@@ -57,6 +57,8 @@ class MRLBertConfig(MatryoshkaConfigMixin, BertConfig):
     """
 
     model_type = "mrl_bert"
+    # Outputs the Trainer's evaluation loop does not collect as predictions (per-dim losses become eval_loss_dim_*).
+    keys_to_ignore_at_inference = ["per_dim_losses", "last_hidden_state", "hidden_states", "attentions"]
 
     pooling: str = "mean"
     embedding_dim: int | None = None
@@ -124,11 +126,12 @@ class MRLMaskedLMOutput(ModelOutput):
     attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
-class MRLBertPreTrainedModel(AtomicSaveMixin, MatryoshkaHubMixin, BertPreTrainedModel):
+class MRLBertPreTrainedModel(AtomicSaveMixin, MatryoshkaPreTrainedMixin, BertPreTrainedModel):
     config_class = MRLBertConfig
     config: MRLBertConfig
     base_model_prefix = "bert"
-    # Our losses are means over the batch: the Trainer must average them across gradient accumulation steps.
+    # The contrastive loss is a mean over the (global) batch: the Trainer must average it over gradient accumulation
+    # steps. The masked LM overrides this: it takes num_items_in_batch, as BertForMaskedLM does.
     accepts_loss_kwargs = False
 
     def _init_weights(self, module):
@@ -191,12 +194,15 @@ class MRLBertModel(MRLBertPreTrainedModel):
     def set_input_embeddings(self, value):
         self.bert.embeddings.word_embeddings = value
 
-    def _embed(self, input_ids, attention_mask=None, token_type_ids=None, **kwargs):
-        _check_nonempty(input_ids if input_ids is not None else kwargs.get("inputs_embeds"))
-        if attention_mask is None and input_ids is not None:
-            attention_mask = torch.ones_like(input_ids)
+    def _embed(self, input_ids, attention_mask=None, token_type_ids=None, inputs_embeds=None, **kwargs):
+        _check_nonempty(input_ids if input_ids is not None else inputs_embeds)
+        if attention_mask is None:  # every position counts in the mean pooling
+            shape = input_ids.shape if input_ids is not None else inputs_embeds.shape[:2]
+            device = input_ids.device if input_ids is not None else inputs_embeds.device
+            attention_mask = torch.ones(shape, dtype=torch.long, device=device)
+        kwargs.pop("return_dict", None)  # the encoder's output is read by name below
         out = self.bert(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                        return_dict=True, **kwargs)
+                        inputs_embeds=inputs_embeds, return_dict=True, **kwargs)
         hidden = out.last_hidden_state
         if self.config.pooling == "cls":
             pooled = hidden[:, 0]
@@ -223,8 +229,9 @@ class MRLBertModel(MRLBertPreTrainedModel):
         truncate_dim: int | None = None,
         normalize: bool | None = None,
         return_loss: bool = True,
+        return_dict: bool | None = None,
         **kwargs,
-    ) -> MRLBertEmbeddingOutput:
+    ) -> MRLBertEmbeddingOutput | tuple:
         embeddings, out = self._embed(input_ids, attention_mask, token_type_ids, position_ids=position_ids,
                                       inputs_embeds=inputs_embeds, **kwargs)
         loss = per_dim = None
@@ -240,7 +247,7 @@ class MRLBertModel(MRLBertPreTrainedModel):
                 temperature=self.config.contrastive_temperature,
                 relative_importance=self.config.relative_importance,
             )
-        return MRLBertEmbeddingOutput(
+        output = MRLBertEmbeddingOutput(
             loss=loss,
             per_dim_losses=per_dim,
             embeddings=embeddings,
@@ -249,6 +256,8 @@ class MRLBertModel(MRLBertPreTrainedModel):
             hidden_states=out.hidden_states,
             attentions=out.attentions,
         )
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        return output if return_dict else output.to_tuple()
 
     def _truncate(self, embeddings, truncate_dim, normalize):
         dim = truncate_dim if truncate_dim is not None else self.config.truncate_dim
@@ -335,7 +344,8 @@ def _check_texts(texts) -> None:
 
 class MRLBertLMPredictionHead(nn.Module):
     """BERT's MLM head with an MRL-E decoder: attribute names match ``BertLMPredictionHead`` so plain BERT
-    MLM checkpoints load into it."""
+    MLM checkpoints load into it. ``forward`` takes the arguments of ``MatryoshkaHead.forward`` (logits at every
+    size, at one ``dim``, or the nested loss with ``labels``) and applies the transform first."""
 
     def __init__(self, config: MRLBertConfig):
         super().__init__()
@@ -343,21 +353,32 @@ class MRLBertLMPredictionHead(nn.Module):
         self.decoder = MatryoshkaHead(config.nesting_list, config.vocab_size, efficient=True, bias=True)
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
 
+    def forward(self, hidden_states: torch.Tensor, labels: torch.Tensor | None = None, **decoder_kwargs):
+        return self.decoder(self.transform(hidden_states), labels, **decoder_kwargs)
+
 
 class MRLBertOnlyMLMHead(nn.Module):
     def __init__(self, config: MRLBertConfig):
         super().__init__()
         self.predictions = MRLBertLMPredictionHead(config)
 
+    def forward(self, hidden_states: torch.Tensor, labels: torch.Tensor | None = None, **decoder_kwargs):
+        return self.predictions(hidden_states, labels, **decoder_kwargs)
+
 
 class MRLBertForMaskedLM(MRLBertPreTrainedModel):
     """BERT masked LM whose prediction at every size ``m`` in ``nesting_list`` uses only ``t[:m]`` (MRL-E, decoder
-    tied to the word embeddings). Loss: ``sum_m c_m * CE_m`` over masked tokens; see the module docstring."""
+    tied to the word embeddings). Loss: ``sum_m c_m * CE_m`` over masked tokens; see the module docstring.
+
+    Like ``BertForMaskedLM`` it takes ``num_items_in_batch`` (the Trainer's count of masked tokens over all gradient
+    accumulation steps and processes), so GA and DDP train on the token-weighted loss of the whole global batch.
+    """
 
     _tied_weights_keys = {
         "cls.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight",
         "cls.predictions.decoder.bias": "cls.predictions.bias",
     }
+    accepts_loss_kwargs = True
 
     def __init__(self, config: MRLBertConfig):
         super().__init__(config)
@@ -381,6 +402,9 @@ class MRLBertForMaskedLM(MRLBertPreTrainedModel):
     def get_output_embeddings(self):
         return self.cls.predictions.decoder
 
+    def set_output_embeddings(self, new_embeddings):
+        self.cls.predictions.decoder = new_embeddings
+
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
@@ -391,13 +415,19 @@ class MRLBertForMaskedLM(MRLBertPreTrainedModel):
         labels: torch.Tensor | None = None,
         truncate_dim: int | None = None,
         return_logits: bool | None = None,
+        smoothing: float = 0.0,
+        num_items_in_batch: int | torch.Tensor | None = None,
+        return_dict: bool | None = None,
         **kwargs,
-    ) -> MRLMaskedLMOutput:
+    ) -> MRLMaskedLMOutput | tuple:
+        """``smoothing``: label smoothing as in ``torch.nn.CrossEntropyLoss``; ``MRLTrainer`` passes the Trainer's
+        ``label_smoothing_factor`` here (not named ``label_...``: the Trainer would take it for a label column).
+        ``num_items_in_batch``: see the class docstring."""
         _check_nonempty(input_ids if input_ids is not None else inputs_embeds)
+        kwargs.pop("return_dict", None)
         out = self.bert(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
                         position_ids=position_ids, inputs_embeds=inputs_embeds, return_dict=True, **kwargs)
         hidden = out.last_hidden_state
-        head = self.cls.predictions
         loss = per_dim = predictions = logits = None
         if labels is not None:
             if labels.shape != hidden.shape[:2]:
@@ -405,10 +435,10 @@ class MRLBertForMaskedLM(MRLBertPreTrainedModel):
                                  f"got {tuple(labels.shape)}.")
             masked = labels != -100
             want_preds = not self.training
-            nested = head.decoder.loss(
-                head.transform(hidden[masked]), labels[masked],
-                loss_fct=MatryoshkaCrossEntropyLoss(self.config.relative_importance),
-                return_predictions=want_preds,
+            nested = self.cls(
+                hidden[masked], labels[masked],
+                loss_fct=MatryoshkaCrossEntropyLoss(self.config.relative_importance, label_smoothing=smoothing),
+                return_predictions=want_preds, num_items_in_batch=num_items_in_batch,
             )
             loss, per_dim = nested.loss, nested.per_dim_losses
             if want_preds:  # batch-first, so the Trainer can gather and pad it like the labels
@@ -416,9 +446,11 @@ class MRLBertForMaskedLM(MRLBertPreTrainedModel):
                 predictions[masked] = nested.predictions.T
         if labels is None or return_logits:
             dim = truncate_dim if truncate_dim is not None else self.config.truncate_dim
-            logits = head.decoder.logits_at(head.transform(hidden), dim or self.config.hidden_size)
-        return MRLMaskedLMOutput(loss=loss, per_dim_losses=per_dim, logits=logits, nested_predictions=predictions,
-                                 hidden_states=out.hidden_states, attentions=out.attentions)
+            logits = self.cls(hidden, dim=dim or self.config.hidden_size)
+        output = MRLMaskedLMOutput(loss=loss, per_dim_losses=per_dim, logits=logits, nested_predictions=predictions,
+                                   hidden_states=out.hidden_states, attentions=out.attentions)
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        return output if return_dict else output.to_tuple()
 
 
 @torch.no_grad()
@@ -440,7 +472,7 @@ def masked_lm_accuracy(model: MRLBertForMaskedLM, batches, dims: Sequence[int]) 
             masked = labels != -100
             t = model.cls.predictions.transform(hidden[masked])
             for i, m in enumerate(dims):
-                pred = model.cls.predictions.decoder.logits_at(t, m).argmax(-1)
+                pred = model.cls.predictions.decoder(t, dim=m).argmax(-1)
                 correct[i] += (pred == labels[masked]).sum().cpu()
             total += int(masked.sum())
     finally:

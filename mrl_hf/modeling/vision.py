@@ -6,6 +6,7 @@ baseline FF-k is the same class with ``nesting_list=[k]`` (a projection to k dim
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -30,7 +31,7 @@ from ..embeddings import truncate_embeddings
 from ..heads import MatryoshkaHead
 from ..losses import MatryoshkaCrossEntropyLoss
 from ..saving import AtomicSaveMixin
-from .base import MatryoshkaHubMixin
+from .base import MatryoshkaPreTrainedMixin
 
 # Trainer's evaluation loop skips these outputs, so ``compute_metrics`` receives (logits, nested_logits).
 _KEYS_TO_IGNORE_AT_INFERENCE = ["per_dim_losses", "embeddings", "hidden_states", "attentions"]
@@ -102,8 +103,11 @@ class MatryoshkaImageClassifierOutput(ModelOutput):
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
 
 
-class _MRLImageClassifier(AtomicSaveMixin, MatryoshkaHubMixin):
+class _MRLImageClassifier(AtomicSaveMixin, MatryoshkaPreTrainedMixin):
     """What the ResNet and ViT classifiers share: projection, Matryoshka head, loss, checks, freezing."""
+
+    # forward takes num_items_in_batch (an explicit flag: the Trainer would otherwise infer it from **kwargs).
+    accepts_loss_kwargs = True
 
     _backbone_class: type = None  # ResNetModel / ViTModel
 
@@ -135,13 +139,15 @@ class _MRLImageClassifier(AtomicSaveMixin, MatryoshkaHubMixin):
                 f"{self.config.num_channels}; convert the images (e.g. .repeat(1, 3, 1, 1) for grayscale -> RGB) "
                 "or build the model with the matching num_channels.")
 
-    def _check_labels(self, labels: torch.Tensor, batch: int) -> torch.Tensor:
-        labels = torch.as_tensor(labels, device=self.device)
+    def _check_labels(self, labels: torch.Tensor, batch: int, device: torch.device) -> torch.Tensor:
+        labels = torch.as_tensor(labels, device=device)
         if labels.dtype.is_floating_point or labels.dtype == torch.bool:
             raise TypeError(f"labels must be integer class ids, got dtype {labels.dtype}.")
         labels = labels.reshape(-1).long()
         if labels.numel() != batch:
             raise ValueError(f"got {labels.numel()} labels for {batch} images; give one class id per image.")
+        if labels.device.type != "cpu":  # no host sync on an accelerator: its cross-entropy kernel asserts instead
+            return labels
         n = self.config.num_labels
         bad = labels[(labels != -100) & ((labels < 0) | (labels >= n))]
         if bad.numel():
@@ -159,16 +165,23 @@ class _MRLImageClassifier(AtomicSaveMixin, MatryoshkaHubMixin):
         return self.projection(pooled), hidden_states
 
     def forward(self, pixel_values: torch.Tensor | None = None, labels: torch.Tensor | None = None,
-                output_hidden_states: bool | None = None, return_dict: bool | None = None, **kwargs):
+                output_hidden_states: bool | None = None, return_dict: bool | None = None,
+                smoothing: float = 0.0, num_items_in_batch: int | torch.Tensor | None = None, **kwargs):
+        """``labels``: class ids (-100: ignored). ``smoothing``: label smoothing as in ``torch.nn.CrossEntropyLoss``
+        (not named ``label_...``: the Trainer would take it for a label column)
+        (``MRLTrainer`` passes the Trainer's ``label_smoothing_factor``); ``num_items_in_batch``: the Trainer's count
+        of labelled images over all gradient accumulation steps and processes (the loss is then the sum over this
+        batch divided by it, so GA and DDP train on the mean over the whole global batch). Other keyword arguments
+        go to the backbone (e.g. ViT's ``interpolate_pos_encoding``)."""
         if pixel_values is None:
             raise ValueError("pixel_values is required: a float tensor (batch, channels, height, width).")
         embeddings, hidden_states = self._embed(pixel_values, bool(output_hidden_states), **kwargs)
         nested_logits = self.head(embeddings)
         loss = per_dim = None
         if labels is not None:
-            labels = self._check_labels(labels, embeddings.shape[0])
-            loss_fct = MatryoshkaCrossEntropyLoss(self.config.relative_importance)
-            loss, per_dim = loss_fct(nested_logits, labels)[:2]
+            labels = self._check_labels(labels, embeddings.shape[0], embeddings.device)
+            loss_fct = MatryoshkaCrossEntropyLoss(self.config.relative_importance, label_smoothing=smoothing)
+            loss, per_dim = loss_fct(nested_logits, labels, num_items_in_batch=num_items_in_batch)[:2]
         out = MatryoshkaImageClassifierOutput(loss=loss, per_dim_losses=per_dim, logits=nested_logits[-1],
                                               nested_logits=nested_logits, embeddings=embeddings,
                                               hidden_states=hidden_states)
@@ -193,7 +206,7 @@ class _MRLImageClassifier(AtomicSaveMixin, MatryoshkaHubMixin):
     def logits_at(self, pixel_values: torch.Tensor, dim: int) -> torch.Tensor:
         """Logits from the first ``dim`` features only (MRL: a nesting size; MRL-E: any size)."""
         embeddings, _ = self._embed(pixel_values)
-        return self.head.logits_at(embeddings, dim)
+        return self.head(embeddings, dim=dim)
 
     # ---- backbones from plain checkpoints and partial fine-tuning --------------------------------------
     def backbone_stages(self) -> list[nn.Module]:
@@ -257,6 +270,9 @@ class MRLResNetForImageClassification(_MRLImageClassifier, ResNetPreTrainedModel
     config_class = MRLResNetConfig
     config: MRLResNetConfig
     _backbone_class = ResNetModel
+    # transformers' ResNet has no activation checkpointing; this class checkpoints one stage at a time.
+    supports_gradient_checkpointing = True
+    gradient_checkpointing = False
 
     def __init__(self, config: MRLResNetConfig):
         super().__init__(config)
@@ -269,11 +285,41 @@ class MRLResNetForImageClassification(_MRLImageClassifier, ResNetPreTrainedModel
         return self.resnet
 
     def _pooled_features(self, pixel_values, output_hidden_states, **kwargs):
-        out = self.resnet(pixel_values, output_hidden_states=output_hidden_states, return_dict=True)
-        return out.pooler_output.flatten(1), out.hidden_states
+        if not (self.gradient_checkpointing and self.training):
+            out = self.resnet(pixel_values, output_hidden_states=output_hidden_states, return_dict=True)
+            return out.pooler_output.flatten(1), out.hidden_states
+        checkpoint = self._gradient_checkpointing_func
+        if getattr(checkpoint, "keywords", {}).get("use_reentrant"):
+            raise ValueError("MRLResNetForImageClassification checkpoints with use_reentrant=False only: the reentrant "
+                             "recompute would update the BatchNorm running statistics a second time. Call "
+                             "gradient_checkpointing_enable() without use_reentrant=True.")
+        hidden = self.resnet.embedder(pixel_values)
+        hidden_states = (hidden,) if output_hidden_states else None
+        for stage in self.resnet.encoder.stages:
+            hidden = checkpoint(stage.__call__, hidden,
+                                context_fn=lambda stage=stage: (contextlib.nullcontext(), _batchnorm_stats_kept(stage)))
+            if output_hidden_states:
+                hidden_states += (hidden,)
+        return self.resnet.pooler(hidden).flatten(1), hidden_states
 
     def backbone_stages(self) -> list[nn.Module]:
         return [self.resnet.embedder, *self.resnet.encoder.stages]
+
+
+@contextlib.contextmanager
+def _batchnorm_stats_kept(module: nn.Module):
+    """While a checkpointed block is recomputed, leave its BatchNorm running statistics as the first pass left them
+    (momentum 0 keeps them; the counter is put back), so a checkpointed run equals a plain one."""
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    saved = [(m.momentum, m.num_batches_tracked.clone()) for m in norms]
+    for m in norms:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, (momentum, count) in zip(norms, saved):
+            m.momentum = momentum
+            m.num_batches_tracked.copy_(count)
 
 
 class MRLViTForImageClassification(_MRLImageClassifier, ViTPreTrainedModel):
