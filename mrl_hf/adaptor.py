@@ -151,7 +151,7 @@ class MatryoshkaAdaptor(nn.Module):
         self.train()
         for epoch in range(epochs):
             order = torch.randperm(x.shape[0], generator=generator).to(x.device)
-            running = torch.zeros(len(self.nesting_list))
+            running = torch.zeros(len(self.nesting_list), device=x.device)
             for step in range(steps_per_epoch):
                 rows = order[step * batch_size:(step + 1) * batch_size]
                 out = similarity_distillation_loss(
@@ -163,7 +163,8 @@ class MatryoshkaAdaptor(nn.Module):
                 schedule.step()
                 running += out.per_dim_losses
             if verbose:
-                per_dim = ", ".join(f"{m}: {v:.4f}" for m, v in zip(self.nesting_list, running / steps_per_epoch))
+                per_dim = ", ".join(f"{m}: {v:.4f}" for m, v in zip(self.nesting_list,
+                                                                    (running / steps_per_epoch).tolist()))
                 print(f"epoch {epoch + 1}/{epochs}  loss per dim  {per_dim}")
         self.eval()
         return self

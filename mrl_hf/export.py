@@ -1,26 +1,59 @@
 """Export an ``MRLBertModel`` as a sentence-transformers folder.
 
-The folder holds a plain BERT (``model_type: bert``), a Pooling module and, when the model projects, a Dense
-module with no activation: ``SentenceTransformer(path)`` loads it without mrl_hf installed. The Matryoshka
-sizes are written into its ``config.json`` (``matryoshka_dimensions``) for readers, but sentence-transformers
-does not apply ``truncate_dim`` from any file: pass ``SentenceTransformer(path, truncate_dim=64)``, and
-``normalize_embeddings=True`` to ``encode`` to normalise after truncation (no Normalize module is saved,
-because it would normalise *before* truncating).
+The folder holds a plain BERT (``model_type: bert``), a Pooling module, a Dense module with no activation when the
+model projects, and the modules of an attached ``MatryoshkaAdaptor``:
+- an adaptor without MLP (a PCA rotation) becomes ``Normalize`` + ``Dense`` (its centring folded into the bias):
+  ``SentenceTransformer(path)`` loads the folder without mrl_hf;
+- an adaptor with its residual MLP becomes ``mrl_adaptor.MatryoshkaAdaptorModule``, a module file written into the
+  folder: ``SentenceTransformer(path, trust_remote_code=True)`` loads it, still without mrl_hf.
+``config_sentence_transformers.json`` carries the model's default ``truncate_dim`` (sentence-transformers >= 5.4
+applies it); the BERT ``config.json`` lists the sizes as ``matryoshka_dimensions``. No Normalize module closes the
+stack: sentence-transformers would normalise *before* truncating. Pass ``normalize_embeddings=True`` to ``encode``
+to normalise after truncation, as mrl_hf does.
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
+import shutil
 import tempfile
 
 import torch
+from torch import nn
 from transformers import BertConfig, BertModel
 
-from .config import MATRYOSHKA_KEYS
 from .modeling.bert import MRLBertModel, default_max_length
 from .saving import atomic_directory
 
-_OWN_KEYS = {*MATRYOSHKA_KEYS, "pooling", "embedding_dim", "contrastive_temperature", "model_type",
-             "architectures", "auto_map", "transformers_version"}
+ADAPTOR_MODULE_FILE = "mrl_adaptor.py"
+_SAVE_KEYS = {"model_type", "architectures", "auto_map", "transformers_version"}
+
+
+def plain_bert_config(config) -> BertConfig:
+    """The ``BertConfig`` of an ``MRLBertConfig``: every field mrl_hf adds is dropped, the sizes kept for readers."""
+    own = {f.name for f in dataclasses.fields(type(config))} - {f.name for f in dataclasses.fields(BertConfig)}
+    values = {k: v for k, v in config.to_dict().items() if k not in own | _SAVE_KEYS}
+    plain = BertConfig(**values)
+    plain.matryoshka_dimensions = list(config.nesting_list)
+    return plain
+
+
+def _adaptor_modules(adaptor) -> tuple[list[nn.Module], bool]:
+    """sentence-transformers modules computing ``adaptor``; True when they need ``mrl_adaptor.py``."""
+    from sentence_transformers.base.modules.dense import Dense
+    from sentence_transformers.base.modules.normalize import Normalize
+
+    from .st_adaptor import MatryoshkaAdaptorModule
+
+    state = {k: v.detach().float().cpu().clone() for k, v in adaptor.state_dict().items()}
+    if adaptor.mlp is None:  # W (e/|e| - mean) = W e/|e| - W mean: a Dense with a bias
+        weight = state["linear.weight"]
+        return [Normalize(), Dense(adaptor.input_dim, adaptor.input_dim, bias=True, activation_function=None,
+                                   init_weight=weight, init_bias=-(weight @ state["mean"]))], False
+    module = MatryoshkaAdaptorModule(adaptor.input_dim, adaptor.hidden_dim)
+    module.load_state_dict(state)
+    return [module], True
 
 
 def export_sentence_transformers(model: MRLBertModel, path: str, tokenizer=None, max_seq_length: int | None = None,
@@ -31,7 +64,8 @@ def export_sentence_transformers(model: MRLBertModel, path: str, tokenizer=None,
     replaced only with ``overwrite=True``. ``max_seq_length`` defaults to what ``model.encode`` uses.
     """
     from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer.modules import Dense, Pooling, Transformer
+    from sentence_transformers.base.modules.dense import Dense
+    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
 
     if not isinstance(model, MRLBertModel):
         raise TypeError(f"model must be an MRLBertModel, got {type(model).__name__}.")
@@ -48,10 +82,8 @@ def export_sentence_transformers(model: MRLBertModel, path: str, tokenizer=None,
 
     with tempfile.TemporaryDirectory(dir=parent, prefix=".mrl_export_") as work, atomic_directory(path) as st_dir:
         bert_dir = os.path.join(work, "bert")
-        plain_config = BertConfig(**{k: v for k, v in config.to_dict().items() if k not in _OWN_KEYS})
-        plain_config.matryoshka_dimensions = list(config.nesting_list)
         # With the (unused) pooler, so that AutoModel reports no missing weights when sentence-transformers loads it.
-        plain = BertModel(plain_config, add_pooling_layer=True)
+        plain = BertModel(plain_bert_config(config), add_pooling_layer=True)
         missing, unexpected = plain.load_state_dict(model.bert.state_dict(), strict=False)
         assert not unexpected and all(k.startswith("pooler.") for k in missing), (missing, unexpected)
         plain.save_pretrained(bert_dir)
@@ -64,6 +96,20 @@ def export_sentence_transformers(model: MRLBertModel, path: str, tokenizer=None,
             modules.append(Dense(proj.in_features, proj.out_features, bias=proj.bias is not None,
                                  activation_function=None, init_weight=proj.weight.detach().clone(),
                                  init_bias=None if proj.bias is None else proj.bias.detach().clone()))
+        custom = False
+        if model.adaptor is not None:
+            adaptor_modules, custom = _adaptor_modules(model.adaptor)
+            modules += adaptor_modules
         with torch.no_grad():
-            SentenceTransformer(modules=modules, device="cpu").save(str(st_dir))
+            SentenceTransformer(modules=modules, device="cpu", truncate_dim=config.truncate_dim).save(str(st_dir))
+        if custom:  # the module's class is in a file of the folder, so loading needs no mrl_hf
+            from . import st_adaptor
+
+            shutil.copyfile(st_adaptor.__file__, st_dir / ADAPTOR_MODULE_FILE)
+            modules_file = st_dir / "modules.json"
+            entries = json.loads(modules_file.read_text())
+            for entry in entries:
+                if entry["type"].endswith(".MatryoshkaAdaptorModule"):
+                    entry["type"] = "mrl_adaptor.MatryoshkaAdaptorModule"
+            modules_file.write_text(json.dumps(entries, indent=2))
     return path

@@ -26,7 +26,6 @@ class MatryoshkaHead(nn.Module):
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}.")
         self.in_features = self.nesting_list[-1]
-        self.num_classes = num_classes
         self.efficient = bool(efficient)
         if self.efficient:
             shared = nn.Linear(self.in_features, num_classes, bias=bias)
@@ -34,6 +33,11 @@ class MatryoshkaHead(nn.Module):
             self.bias = shared.bias
         else:
             self.classifiers = nn.ModuleList(nn.Linear(m, num_classes, bias=bias) for m in self.nesting_list)
+
+    @property
+    def num_classes(self) -> int:
+        """Read from the weights, so it follows ``resize_token_embeddings`` of a tied MLM decoder."""
+        return self.weight.shape[0] if self.efficient else self.classifiers[0].out_features
 
     def extra_repr(self) -> str:
         kind = "MRL-E" if self.efficient else "MRL"

@@ -8,6 +8,7 @@ The per-dim values stay on the device until a log is written: no host synchronis
 """
 from __future__ import annotations
 
+import copy
 import inspect
 import os
 from typing import Sequence
@@ -208,6 +209,38 @@ class MRLTrainer(Trainer):
         output = super().train(*args, **kwargs)
         self._raise_if_nonfinite()
         return output
+
+    # ---- loading checkpoints ----------------------------------------------------------------------------------
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        if not self._load_weights_exactly(resume_from_checkpoint, model if model is not None else self.model):
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+    def _load_best_model(self):
+        if not self._load_weights_exactly(self.state.best_model_checkpoint, self.model):
+            super()._load_best_model()
+
+    def _load_weights_exactly(self, folder, model) -> bool:
+        """Load a checkpoint's weights through ``from_pretrained`` and copy them in strictly.
+
+        The stock Trainer reads the safetensors file into ``load_state_dict(strict=False)``. transformers 5 saves some
+        families under their original names (ViT's ``encoder.layer.N.attention.attention.query`` for the module
+        ``layers.N.attention.q_proj``), so those weights were silently left at their fresh values on resume.
+        ``from_pretrained`` applies the renaming; every key must then match. Returns False where the stock loader
+        is the right one (DeepSpeed, FSDP, PEFT adapters, a folder without a full safetensors checkpoint).
+        """
+        from transformers import PreTrainedModel
+        from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
+
+        model = self.accelerator.unwrap_model(model)
+        has_weights = any(os.path.isfile(os.path.join(folder, name))
+                          for name in (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME))
+        if (self.is_deepspeed_enabled or self.is_fsdp_enabled or not has_weights
+                or not isinstance(model, PreTrainedModel) or getattr(model, "_hf_peft_config_loaded", False)):
+            return False
+        logger.info(f"Loading model weights from {folder} (through from_pretrained, strictly).")
+        loaded = type(model).from_pretrained(folder, config=copy.deepcopy(model.config), dtype=model.dtype)
+        model.load_state_dict(loaded.state_dict(), strict=True)
+        return True
 
     # ---- evaluation and logs ------------------------------------------------------------------------------------
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):

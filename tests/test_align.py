@@ -246,3 +246,19 @@ def test_zero_shot_classification_end_to_end(tmp_path):
     _, _, pixels = batch(n=5)
     acc = zero_shot_classification_per_dim(model, pixels, [0, 1, 0, 1, 0], ["shoe", "bag"])
     assert set(acc) == set(NESTING) and all(0 <= a <= 100 for a in acc.values())
+
+
+def test_attention_implementations_like_clip(tmp_path):
+    model = tiny_model().eval()
+    model.save_pretrained(tmp_path)
+    ids, mask, pixels = batch()
+    outputs = {}
+    for impl in ("eager", "sdpa"):
+        loaded = MRLAlignModel.from_pretrained(tmp_path, attn_implementation=impl).eval()
+        assert loaded.text_model.config._attn_implementation == impl
+        assert loaded.vision_model.config._attn_implementation == impl
+        with torch.no_grad():
+            outputs[impl] = loaded(input_ids=ids, attention_mask=mask, pixel_values=pixels).loss
+    torch.testing.assert_close(outputs["sdpa"], outputs["eager"], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ImportError, match="FlashAttention2"):  # supported by the model, not installed here
+        MRLAlignModel.from_pretrained(tmp_path, attn_implementation="flash_attention_2")

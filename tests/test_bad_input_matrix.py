@@ -9,7 +9,7 @@ import torch
 from transformers import BertConfig, BertModel, TrainingArguments
 
 sys.path.insert(0, os.path.dirname(__file__))
-from distributed_train import TINY_BERT  # noqa: E402
+from training_matrix import TINY_BERT  # noqa: E402
 from test_vision import tiny as tiny_vision  # noqa: E402
 
 from mrl_hf.modeling import MRLBertConfig, MRLBertForMaskedLM, MRLBertModel  # noqa: E402

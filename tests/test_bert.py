@@ -225,3 +225,40 @@ def test_encode_rejects_bad_dim_and_missing_tokenizer(tokenizer):
     for dim in (0, 33):
         with pytest.raises(ValueError, match=f"truncate_dim={dim}"):
             model.encode(TEXTS, truncate_dim=dim)
+
+
+def test_resize_token_embeddings_keeps_the_mrl_e_decoder_tied():
+    torch.manual_seed(0)
+    model = MRLBertForMaskedLM(tiny(vocab_size=60))
+    model.resize_token_embeddings(70)
+    decoder = model.cls.predictions.decoder
+    assert decoder.weight is model.get_input_embeddings().weight and decoder.weight.shape == (70, 32)
+    assert decoder.bias is model.cls.predictions.bias and decoder.bias.shape == (70,) and decoder.num_classes == 70
+    ids = torch.tensor([[1, 65, 3, 69]])
+    labels = torch.tensor([[-100, 65, -100, 69]])  # new token ids are valid labels
+    out = model(input_ids=ids, labels=labels)
+    assert torch.isfinite(out.loss) and model(input_ids=ids).logits.shape == (1, 4, 70)
+
+
+def test_return_dict_false_gives_tuples_like_transformers_models():
+    torch.manual_seed(0)
+    ids = torch.tensor([[2, 3, 4, 5]])
+    embed = MRLBertModel(tiny(vocab_size=60)).eval()
+    out = embed(input_ids=ids, return_dict=False)
+    assert isinstance(out, tuple) and torch.equal(out[0], embed(input_ids=ids).embeddings)
+    mlm = MRLBertForMaskedLM(tiny(vocab_size=60)).eval()
+    out = mlm(input_ids=ids, labels=torch.tensor([[-100, 3, -100, -100]]), return_dict=False)
+    assert isinstance(out, tuple) and out[0].dim() == 0
+
+
+def test_inputs_embeds_without_attention_mask_pool_every_position():
+    torch.manual_seed(0)
+    model = MRLBertModel(tiny(vocab_size=60)).eval()
+    ids = torch.tensor([[2, 3, 4, 5], [6, 7, 8, 9]])
+    with torch.no_grad():
+        from_embeds = model(inputs_embeds=model.get_input_embeddings()(ids)).embeddings
+        torch.testing.assert_close(from_embeds, model(input_ids=ids).embeddings)
+
+
+def test_config_names_the_outputs_the_trainer_does_not_collect():
+    assert {"per_dim_losses", "hidden_states", "attentions"} <= set(tiny().keys_to_ignore_at_inference)

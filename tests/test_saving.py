@@ -6,7 +6,7 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from distributed_train import TINY_BERT  # noqa: E402
+from training_matrix import TINY_BERT  # noqa: E402
 
 from mrl_hf.modeling import MRLBertConfig, MRLBertModel  # noqa: E402
 from mrl_hf.saving import atomic_directory, atomic_file, leftover_staging_dirs, recover_interrupted_save  # noqa: E402

@@ -1,5 +1,7 @@
 """sentence-transformers interop: the exported folder gives the vectors model.encode gives."""
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -28,3 +30,52 @@ def test_sentence_transformers_loads_export_with_truncate_dim(tmp_path, extra):
         export_sentence_transformers(model, path)
     export_sentence_transformers(model, path, overwrite=True)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".mrl_export_")]
+
+
+def _with_adaptor(hidden_dim):
+    import torch
+
+    from mrl_hf.adaptor import MatryoshkaAdaptor, attach_adaptor, pca_rotation
+
+    model = MRLBertModel.from_pretrained(MINILM, embedding_dim=64, nesting_list=[16, 32, 64], truncate_dim=32).eval()
+    base = model.encode(TEXTS * 8 + [t + " again" for t in TEXTS] * 8, truncate_dim=64, normalize=False)
+    adaptor = pca_rotation(base, [16, 32, 64]) if hidden_dim == 0 else MatryoshkaAdaptor(64, [16, 32, 64], hidden_dim)
+    if hidden_dim:
+        adaptor.init_pca(base)
+        torch.nn.init.normal_(adaptor.mlp[2].weight, std=0.1)  # a non-zero MLP, as after fit()
+    return attach_adaptor(model, adaptor)
+
+
+@pytest.mark.parametrize("hidden_dim", [0, 16])
+def test_export_keeps_an_attached_adaptor_at_every_size(tmp_path, hidden_dim):
+    model = _with_adaptor(hidden_dim)
+    path = export_sentence_transformers(model, tmp_path / "st")
+    config = json.loads((tmp_path / "st" / "config.json").read_text())
+    leaked = {"adaptor", "gather_across_processes", "nesting_list", "truncate_dim", "pooling", "embedding_dim",
+              "contrastive_temperature", "is_matryoshka", "relative_importance"} & set(config)
+    assert config["model_type"] == "bert" and not leaked, leaked
+    assert json.loads((tmp_path / "st" / "config_sentence_transformers.json").read_text())["truncate_dim"] == 32
+    if hidden_dim:  # the residual MLP is a module file in the folder: trusted code, but no mrl_hf needed
+        assert (tmp_path / "st" / "mrl_adaptor.py").is_file()
+        with pytest.raises(ValueError, match="trust_remote_code"):
+            SentenceTransformer(path, device="cpu")
+    st = SentenceTransformer(path, device="cpu", trust_remote_code=bool(hidden_dim))
+    assert st.encode(TEXTS).shape == (3, 32)  # the saved default size
+    if hidden_dim:  # a process that cannot import mrl_hf gets the same vectors
+        code = (f"import sys, numpy; sys.modules['mrl_hf'] = None\nfrom sentence_transformers import SentenceTransformer\n"
+                f"st = SentenceTransformer({str(path)!r}, device='cpu', trust_remote_code=True)\n"
+                f"numpy.save({str(tmp_path / 'plain.npy')!r}, st.encode({TEXTS!r}))")
+        subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, timeout=300)
+        np.testing.assert_allclose(np.load(tmp_path / "plain.npy"), model.encode(TEXTS), atol=1e-5)
+    for m in (16, 32, 64):
+        np.testing.assert_allclose(st.encode(TEXTS, truncate_dim=m), model.encode(TEXTS, truncate_dim=m), atol=1e-5)
+
+
+def test_an_mrl_checkpoint_folder_is_a_sentence_transformers_model(tmp_path):
+    # after `import mrl_hf`, SentenceTransformer(checkpoint) reads the model's own embeddings (projection, adaptor)
+    model = _with_adaptor(16)
+    model.save_pretrained(tmp_path / "ckpt")
+    st = SentenceTransformer(str(tmp_path / "ckpt"), device="cpu")
+    np.testing.assert_array_equal(st.encode(TEXTS), model.encode(TEXTS))  # 32 dims: config.truncate_dim
+    np.testing.assert_allclose(st.encode(TEXTS, truncate_dim=16, normalize_embeddings=True),
+                               model.encode(TEXTS, truncate_dim=16, normalize=True), atol=1e-6)

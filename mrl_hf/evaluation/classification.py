@@ -60,10 +60,11 @@ def encode_images(model, pixel_values: torch.Tensor, batch_size: int = 256, retu
     per-dim logits ``(|M|, N, num_classes)`` for ``oracle_accuracy`` and ``AdaptiveClassifier``."""
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     embeddings, logits = [], []
     try:
         for i in range(0, len(pixel_values), batch_size):
-            out = model(pixel_values=pixel_values[i:i + batch_size])
+            out = model(pixel_values=pixel_values[i:i + batch_size].to(device))
             embeddings.append(out.embeddings.float().cpu())
             if return_logits:
                 logits.append(torch.stack(out.nested_logits).float().cpu())

@@ -12,6 +12,8 @@ The vocabulary loss is computed only at masked positions (rows whose label is no
 """
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -194,6 +196,19 @@ class MRLBertModel(MRLBertPreTrainedModel):
     def set_input_embeddings(self, value):
         self.bert.embeddings.word_embeddings = value
 
+    def _save_extra_files(self, save_directory):
+        """Also make the folder a sentence-transformers model: ``SentenceTransformer(folder)`` (with mrl_hf imported)
+        reads this model's ``embeddings`` output (pooling, projection and adaptor included) and cuts it to
+        ``config.truncate_dim``. Skipped without a tokenizer, which sentence-transformers needs."""
+        super()._save_extra_files(save_directory)
+        if self.tokenizer is None:
+            return
+        files = sentence_transformers_files(self.config, default_max_length(self.tokenizer, self.config))
+        for name, content in files.items():
+            with open(os.path.join(save_directory, name), "w", encoding="utf8") as handle:
+                json.dump(content, handle, indent=2)
+                handle.write("\n")
+
     def _embed(self, input_ids, attention_mask=None, token_type_ids=None, inputs_embeds=None, **kwargs):
         _check_nonempty(input_ids if input_ids is not None else inputs_embeds)
         if attention_mask is None:  # every position counts in the mean pooling
@@ -318,6 +333,22 @@ class MRLBertModel(MRLBertPreTrainedModel):
         if convert_to_tensor or not convert_to_numpy:
             return out
         return out.float().cpu().numpy()
+
+
+def sentence_transformers_files(config: MRLBertConfig, max_seq_length: int) -> dict[str, object]:
+    """The three files that make an ``MRLBertModel`` folder load in sentence-transformers (>= 6) as one Transformer
+    module whose output is the model's ``embeddings``."""
+    return {
+        "modules.json": [{"idx": 0, "name": "0", "path": "",
+                          "type": "sentence_transformers.base.modules.transformer.Transformer"}],
+        "sentence_bert_config.json": {
+            "transformer_task": "feature-extraction",
+            "modality_config": {"text": {"method": "forward", "method_output_name": "embeddings"}},
+            "module_output_name": "sentence_embedding", "max_seq_length": max_seq_length},
+        "config_sentence_transformers.json": {
+            "model_type": "SentenceTransformer", "prompts": {"query": "", "document": ""},
+            "default_prompt_name": None, "similarity_fn_name": "cosine", "truncate_dim": config.truncate_dim},
+    }
 
 
 def _check_nonempty(inputs) -> None:

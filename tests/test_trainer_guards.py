@@ -1,0 +1,109 @@
+"""MRLTrainer's guards and costs: bf16 autocast trains every family; a non-finite loss stops training naming the
+nesting dim (and never reaches a checkpoint) or is skipped on request; no value is read back to the host per step."""
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+from transformers import TrainingArguments
+
+sys.path.insert(0, os.path.dirname(__file__))
+import training_matrix as tm  # noqa: E402
+
+from mrl_hf.modeling import MRLBertConfig, MRLBertModel  # noqa: E402
+from mrl_hf.trainer import MRLTrainer  # noqa: E402
+
+
+def _params(trainer):
+    return {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+
+
+@pytest.mark.parametrize("kind", tm.KINDS)
+def test_bf16_autocast_on_cpu_trains_every_family_with_finite_float32_losses(kind, tmp_path):
+    torch.set_num_threads(1)
+    model, data = tm.build(kind)
+    data = [{k: v.float() if v.is_floating_point() else v for k, v in d.items()} for d in data]
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=8, max_steps=3, learning_rate=1e-3,
+                             logging_steps=1, report_to=[], disable_tqdm=True, use_cpu=True, bf16=True,
+                             save_strategy="no", remove_unused_columns=False)
+    trainer = tm.trainer_class(kind)(model=model.float(), args=args, train_dataset=data)
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    assert len(logs) == 3
+    for h in logs:
+        dims = [h[f"loss_dim_{m}"] for m in tm.NESTING]
+        assert np.isfinite([h["loss"], *dims]).all(), h
+        assert h["loss"] == pytest.approx(sum(dims), rel=1e-5)
+
+
+def _nan_trainer(tmp_path, optim="adamw_torch", **kw):
+    data = tm.build("embed")[1]
+    torch.manual_seed(0)
+    model = MRLBertModel(MRLBertConfig(nesting_list=[4, 8, 16], embedding_dim=16, **tm.TINY_BERT)).double()
+    with torch.no_grad():  # a NaN in the 13th embedding feature poisons the prefix of size 16 only
+        model.projection.bias[12] = float("nan")
+    settings = dict(output_dir=str(tmp_path), per_device_train_batch_size=8, max_steps=2, report_to=[],
+                    logging_steps=1, disable_tqdm=True, use_cpu=True, save_strategy="no",
+                    remove_unused_columns=False, optim=optim)
+    settings.update(kw.pop("args", {}))
+    return MRLTrainer(model=model, args=TrainingArguments(**settings), train_dataset=data, **kw)
+
+
+def test_nonfinite_loss_raises_naming_the_nesting_dim(tmp_path):
+    trainer = _nan_trainer(tmp_path)
+    with pytest.raises(FloatingPointError, match=r"nesting dim\(s\) \['16'\] in step 0"):
+        trainer.train()
+
+
+def test_no_checkpoint_is_written_after_a_nonfinite_loss(tmp_path):
+    # logs are rare here, checkpoints frequent: the check before each save stops the run
+    trainer = _nan_trainer(tmp_path, args=dict(logging_steps=100, save_strategy="steps", save_steps=1))
+    with pytest.raises(FloatingPointError, match=r"\['16'\] in step 0.*No checkpoint after that step was saved"):
+        trainer.train()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("checkpoint-")]
+
+
+def test_nonfinite_loss_skip_option_leaves_parameters_unchanged(tmp_path):
+    trainer = _nan_trainer(tmp_path, nonfinite_loss="skip", optim="sgd")
+    before = _params(trainer)
+    trainer.train()
+    assert trainer.skipped_nonfinite_batches == 2
+    for name, value in _params(trainer).items():
+        assert torch.equal(value, before[name]) or name == "projection.bias", name
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    assert logs and all(h["loss"] == 0 and h["loss_dim_16"] == 0 for h in logs)
+
+
+def test_nonfinite_option_is_validated(tmp_path):
+    with pytest.raises(ValueError, match="nonfinite_loss='ignore'"):
+        _nan_trainer(tmp_path, nonfinite_loss="ignore")
+
+
+def test_no_value_is_read_back_to_the_host_per_step(tmp_path, monkeypatch):
+    """Per-dim logs and the non-finite check stay on the device between logs: MRLTrainer's own read-backs
+    (``.item()``, ``.tolist()``, ``bool(tensor)``, ...) do not grow with the number of steps."""
+    here = os.path.join("mrl_hf", "trainer.py")
+    calls = []
+
+    def counting(name):
+        original = getattr(torch.Tensor, name)
+
+        def method(self, *args, **kwargs):
+            if sys._getframe(1).f_code.co_filename.endswith(here):
+                calls.append(name)
+            return original(self, *args, **kwargs)
+        return method
+
+    for name in ("item", "tolist", "__bool__", "__float__", "__int__", "numpy", "cpu"):
+        monkeypatch.setattr(torch.Tensor, name, counting(name))
+    counts = []
+    for steps in (3, 9):
+        calls.clear()
+        model, data = tm.build("vit")
+        args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=2, max_steps=steps,
+                                 logging_steps=100, logging_nan_inf_filter=False, report_to=[], disable_tqdm=True,
+                                 use_cpu=True, save_strategy="no", remove_unused_columns=False)
+        MRLTrainer(model=model, args=args, train_dataset=data).train()
+        counts.append(len(calls))
+    assert counts[0] == counts[1], counts
