@@ -1,9 +1,9 @@
-"""Timing and peak-memory helpers shared by the benchmarks (CPU).
+"""Timing and peak-memory helpers shared by the benchmarks (CPU and CUDA).
 
 CPU torch has no peak-allocation counter, so peak memory is the growth of the process's resident set
 (VmHWM after resetting it through /proc/self/clear_refs) while the measured function runs. Each memory
 measurement runs in a fresh child process so that memory freed by an earlier case cannot be reused
-by a later one and hide its cost.
+by a later one and hide its cost. On CUDA the allocator's own peak counter is exact, in this process.
 """
 from __future__ import annotations
 
@@ -14,19 +14,51 @@ import sys
 import time
 
 
-def time_interleaved(fns: dict, repeats: int = 5, warmup: int = 1) -> dict:
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def time_interleaved(fns: dict, repeats: int = 5, warmup: int = 1, device: str = "cpu") -> dict:
     """Median wall-clock seconds of each ``fns[name]()``, running the cases round-robin so that any
-    background load on the machine falls on all of them alike."""
+    background load on the machine falls on all of them alike (on CUDA: synchronised before and after)."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     times = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
+            _sync(device)
             start = time.perf_counter()
             fn()
+            _sync(device)
             times[name].append(time.perf_counter() - start)
     return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
+
+
+def peak_cuda_mib(fn) -> float:
+    """MiB by which CUDA allocations peak above what was allocated before ``fn()`` (exact, in this process)."""
+    import torch
+
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - before) / 2**20
+
+
+def machine(device: str) -> str:
+    """One line naming what the numbers were measured on."""
+    import platform
+
+    import torch
+
+    if device.startswith("cuda"):
+        return f"{torch.cuda.get_device_name()}, torch {torch.__version__}, CUDA {torch.version.cuda}"
+    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
 
 
 def _status_kib(field: str) -> int:

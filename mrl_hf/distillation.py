@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import validate_relative_importance
-from .losses import NestedLoss, nested_contrastive_loss, nested_cosine_similarities
+from .losses import NestedLoss, nested_contrastive_loss, nested_cosine_similarities, weighted_sum
 from .nesting import validate_nesting_list
 
 
@@ -94,8 +94,7 @@ def similarity_distillation_loss(
         log_p_student = F.log_softmax(sims / listwise_temperature + mask, dim=2)
         kl = (p_teacher * (torch.log(p_teacher.clamp_min(1e-12)) - log_p_student)).masked_fill(~off_diag, 0)
         per_dim = per_dim + listwise_weight * kl.sum(2).mean(1)
-    weights = torch.tensor(coefs, dtype=per_dim.dtype, device=per_dim.device)
-    return NestedLoss((weights * per_dim).sum(), per_dim.detach())
+    return NestedLoss(weighted_sum(per_dim, coefs), per_dim.detach())
 
 
 class MatryoshkaDistillationLoss(nn.Module):

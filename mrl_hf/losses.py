@@ -22,9 +22,10 @@ class NestedLoss(NamedTuple):
     predictions: torch.Tensor | None = None  # (|M|, N) argmax per dim, when asked for
 
 
-def _coefficients(relative_importance, num_dims: int, device) -> torch.Tensor:
-    values = validate_relative_importance(relative_importance, num_dims)
-    return torch.tensor(values, dtype=torch.float32, device=device)
+def weighted_sum(per_dim: torch.Tensor, relative_importance) -> torch.Tensor:
+    """``sum_m c_m * per_dim[m]`` with the weights as Python numbers: no host-to-device copy on an accelerator."""
+    coefs = validate_relative_importance(relative_importance, per_dim.shape[0])
+    return sum(c * value for c, value in zip(coefs, per_dim.unbind(0)))
 
 
 class MatryoshkaCrossEntropyLoss(nn.Module):
@@ -53,7 +54,6 @@ class MatryoshkaCrossEntropyLoss(nn.Module):
                             "e.g. the tuple a MatryoshkaHead returns; got a single tensor.")
         if len(nested_logits) == 0:
             raise ValueError("nested_logits is empty; pass one logits tensor per nesting dim.")
-        coefs = _coefficients(self.relative_importance, len(nested_logits), labels.device)
         denominator = _denominator(labels, self.ignore_index, num_items_in_batch)
         sums = []
         for i, logits in enumerate(nested_logits):
@@ -67,7 +67,7 @@ class MatryoshkaCrossEntropyLoss(nn.Module):
                                         ignore_index=self.ignore_index, label_smoothing=self.label_smoothing,
                                         reduction="sum"))
         per_dim = torch.stack(sums) / denominator
-        return NestedLoss((coefs.to(per_dim.dtype) * per_dim).sum(), per_dim.detach())
+        return NestedLoss(weighted_sum(per_dim, self.relative_importance), per_dim.detach())
 
 
 def _denominator(labels: torch.Tensor, ignore_index: int, num_items_in_batch) -> torch.Tensor:
@@ -170,7 +170,7 @@ class _NestedLinearCrossEntropy(torch.autograd.Function):
                         gw[:, a:b].addmm_(zi.T, xs[:, a:b], beta=0 if r0 == 0 else 1)
                 if need_db:
                     gb.addmv_(z[0].T, rs.squeeze(1))
-            total = (torch.tensor(coefs, dtype=ctype, device=x.device) * per_dim).sum()
+            total = weighted_sum(per_dim, coefs)
         ctx.save_for_backward(gx, gw, gb)
         ctx.ctype = ctype
         ctx.dtypes = (x.dtype, weight.dtype, None if bias is None else bias.dtype)
@@ -291,8 +291,7 @@ def nested_contrastive_loss(
         target = torch.arange(n, device=anchors.device).repeat(num_dims)
         back_ce = F.cross_entropy(back.reshape(num_dims * n, n), target, reduction="none")
         per_dim = (per_dim + back_ce.view(num_dims, n).mean(1)) / 2
-    coefs = _coefficients(relative_importance, num_dims, anchors.device).to(per_dim.dtype)
-    return NestedLoss((coefs * per_dim).sum(), per_dim.detach())
+    return NestedLoss(weighted_sum(per_dim, relative_importance), per_dim.detach())
 
 
 class MatryoshkaContrastiveLoss(nn.Module):
