@@ -8,7 +8,8 @@ X-Repo-Commit, Content-Length; 404 + ``X-Error-Code`` for a missing repo/file). 
 Writes need ``Authorization: Bearer <token>`` with a token from ``tokens``. Set ``fail_commits = True`` to make
 every commit answer HTTP 500 without applying it (a push that fails half-way: repo created, files
 pre-uploaded, commit refused). ``requests`` records ``(method, path)`` of every request, ``commit_log`` the header
-of every commit. Pull requests: ``create_pr`` opens one (``discussions``) whose commit lands in ``pull_requests[n]``, not on main.
+of every commit. Pull requests: a commit with ``create_pr``, or to ``refs/pr/<n>`` of one opened through ``discussions``, lands in
+``pull_requests[n]``, not on main.
 Not covered: LFS/Xet uploads, branches, merging pull requests.
 
     with HubServer() as hub:            # then set HF_ENDPOINT=hub.url in a subprocess and push / pull
@@ -155,10 +156,12 @@ def _handler_for(server: HubServer):
         def _json(self, status: int, obj, headers: dict | None = None):
             self._send(status, json.dumps(obj).encode(), headers)
 
-        def _error(self, status: int, message: str, code: str | None = None):
+        def _error(self, status: int, message: str, code: str | None = None, retry_after: int | None = None):
             headers = {"X-Error-Message": message}
             if code:
                 headers["X-Error-Code"] = code
+            if retry_after is not None:
+                headers["Retry-After"] = str(retry_after)
             self._json(status, {"error": message}, headers)
 
         def _body(self) -> bytes:
@@ -209,12 +212,17 @@ def _handler_for(server: HubServer):
                 return self._json(200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False,
                                                    "oid": None} for f in files]})
             if m["action"] == "commit":
-                if server.fail_commits:
-                    return self._error(500, "Internal Error: the storage backend failed while committing")
+                if server.fail_commits:  # Retry-After: 0 keeps the client's retries (5 of them) from sleeping 23 s
+                    return self._error(500, "Internal Error: the storage backend failed while committing",
+                                       retry_after=0)
                 lines = [json.loads(line) for line in body.splitlines() if line.strip()]
                 create_pr = parse_qs(urlparse(self.path).query).get("create_pr", ["0"])[0] in ("1", "true", "True")
                 ref = (m["rev"] or "main") + (m["rest"] or "")
                 pr = int(ref.rsplit("/", 1)[1]) if ref.startswith("refs/pr/") else None
+                if create_pr and pr is None:  # a commit that opens its pull request
+                    repo = server.repos[m["repo"]]
+                    pr = len(repo.pull_requests) + 1
+                    repo.pull_requests[pr] = dict(repo.files)
                 if pr is not None and pr not in server.repos[m["repo"]].pull_requests:
                     return self._error(404, f"Invalid rev id: {ref}", "RevisionNotFound")
                 sha = server.commit(m["repo"], lines, create_pr or pr is not None, pr)

@@ -195,15 +195,18 @@ def _stage_folder(folder: Path, staged: Path, config, repo_id, results, remote_c
 
 def _upload(staged: Path, repo_id: str, token: str, private, revision, commit_message: str,
             commit_description: str | None = None, create_pr: bool = False) -> str:
-    from huggingface_hub import HfApi
+    from huggingface_hub import CommitOperationAdd, HfApi
     from huggingface_hub.errors import HfHubHTTPError
 
     api = HfApi(token=token)
+    # One create_commit with every file, not upload_folder: upload_folder retries a failed commit in smaller
+    # commits (huggingface_hub 2.x), which could leave a repo holding part of a push.
+    operations = [CommitOperationAdd(path_in_repo=path.relative_to(staged).as_posix(), path_or_fileobj=str(path))
+                  for path in sorted(staged.rglob("*")) if path.is_file()]
     try:
         repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
-        info = api.upload_folder(folder_path=str(staged), repo_id=repo_id, revision=revision,
-                                 commit_message=commit_message, commit_description=commit_description,
-                                 create_pr=create_pr)
+        info = api.create_commit(repo_id, operations, commit_message=commit_message,
+                                 commit_description=commit_description, revision=revision, create_pr=create_pr)
     except HfHubHTTPError as exc:
         status = getattr(getattr(exc, "response", None), "status_code", "?")
         raise HubPushError(
