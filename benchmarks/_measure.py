@@ -50,6 +50,18 @@ def peak_cuda_mib(fn) -> float:
     return (torch.cuda.max_memory_allocated() - before) / 2**20
 
 
+def device_arguments(description: str):
+    """An ``ArgumentParser`` with the options every CPU/GPU benchmark takes: ``--device``, ``--json`` and the internal
+    ``--memory CASE`` (measure one case in this child process)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--json", help="also write the table as JSON here")
+    parser.add_argument("--memory", help=argparse.SUPPRESS)
+    return parser
+
+
 def machine(device: str) -> str:
     """One line naming what the numbers were measured on."""
     import platform
@@ -83,6 +95,17 @@ def in_child(script: str, *args: str) -> dict:
     """Run ``python script *args`` and parse the JSON object it prints on its last line."""
     out = subprocess.run([sys.executable, script, *args], check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def median_peak_in_children(script: str, cases: dict[str, list[str]], repeats: int = 5) -> dict[str, float]:
+    """Median over ``repeats`` fresh child processes of each case's peak ``mib`` (``python script *cases[name]``).
+    One child's resident-set growth varies by +-20% here (the allocator keeps or returns memory differently from
+    run to run), so the cases alternate and the median is reported."""
+    values = {name: [] for name in cases}
+    for _ in range(repeats):
+        for name, args in cases.items():
+            values[name].append(in_child(script, *args)["mib"])
+    return {name: sorted(v)[len(v) // 2] for name, v in values.items()}
 
 
 def print_table(headers: list[str], rows: list[list]) -> None:

@@ -3,15 +3,14 @@
 (a) plain Linear(768, 30522) + cross-entropy; (b) the paper's MRL-E loop (Algorithms 1-2: a full
 slice-and-matmul per m); (c) mrl_hf.MatryoshkaHead(efficient=True).loss (block prefix sums, fused CE).
 Time: median of 5 runs, all cases in this process, run round-robin. Peak memory: on the CPU the growth of the
-resident set during one forward+backward, each case in a fresh child process (see _measure.py); on CUDA the
-allocator's peak. Targets for (c): <= 1.3x the time and <= 1.5x the memory of (a).
+resident set during one forward+backward, each case in fresh child processes, median of 5 (see _measure.py); on
+CUDA the allocator's peak. Targets for (c): <= 1.3x the time and <= 1.5x the memory of (a).
 
     python benchmarks/bench_heads.py                                   # CPU, 1,024 tokens, float32
     python benchmarks/bench_heads.py --device cuda --tokens 8192 --dtype bfloat16 --json out.json
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -20,7 +19,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _measure import in_child, machine, peak_cuda_mib, peak_rss_growth_mib, print_table, time_interleaved  # noqa: E402
+from _measure import (device_arguments, machine, median_peak_in_children, peak_cuda_mib, peak_rss_growth_mib,  # noqa: E402
+                      print_table, time_interleaved)
 
 from mrl_hf import MatryoshkaHead, halving_nesting_list  # noqa: E402
 
@@ -55,12 +55,9 @@ def make_step(case: str, tokens: int, device: str = "cpu", dtype: str = "float32
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser = device_arguments(__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=1024)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    parser.add_argument("--json", help="also write the table as JSON here")
-    parser.add_argument("--memory", help=argparse.SUPPRESS)  # internal: measure one case in this (child) process
     return parser.parse_args(argv)
 
 
@@ -77,8 +74,8 @@ def main(argv=None):
         memory = {name: peak_cuda_mib(make_step(case, args.tokens, args.device, args.dtype))
                   for name, case in CASES.items()}
     else:
-        memory = {name: in_child(__file__, "--memory", case, "--tokens", str(args.tokens), "--dtype", args.dtype)["mib"]
-                  for name, case in CASES.items()}
+        memory = median_peak_in_children(__file__, {name: ["--memory", case, "--tokens", str(args.tokens), "--dtype",
+                                                           args.dtype] for name, case in CASES.items()})
     base_t, base_m = seconds["(a) Linear + CE"], memory["(a) Linear + CE"]
     print(f"# {args.tokens} tokens x d={DIM} -> {CLASSES} classes, M={NESTING}, {args.dtype}; {machine(args.device)}")
     rows = [[name, seconds[name] * 1000, seconds[name] / base_t, memory[name], memory[name] / base_m]

@@ -2,16 +2,16 @@
 
 (a) transformers BertForMaskedLM: vocabulary logits at every position; (b) mrl_hf MRLBertForMaskedLM with
 M={12,...,768} (MRL-E tied decoder, loss only at masked positions). Same config and inputs. Time: median of
-5 steps, round-robin in this process. Peak memory: on the CPU the resident-set growth of one step, each case in a
-fresh child process (see _measure.py); on CUDA the allocator's peak. ``--bf16`` runs the step under bfloat16
-autocast, as ``TrainingArguments(bf16=True)`` does. Targets: (b)/(a) <= 1.10 on the CPU, <= 1.05 time on a GPU.
+5 steps, round-robin in this process. Peak memory: on the CPU the resident-set growth of one step, each case in
+fresh child processes, median of 5 (see _measure.py); on CUDA the allocator's peak. ``--bf16`` runs the step
+under bfloat16 autocast, as ``TrainingArguments(bf16=True)`` does. Targets: (b)/(a) <= 1.10 on the CPU, <= 1.05
+time on a GPU.
 
     python benchmarks/bench_mlm.py                                          # CPU, batch 8 x seq 128
     python benchmarks/bench_mlm.py --device cuda --batch 32 --bf16 --json out.json
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -21,7 +21,8 @@ import torch
 from transformers import BertConfig, BertForMaskedLM
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _measure import in_child, machine, peak_cuda_mib, peak_rss_growth_mib, print_table, time_interleaved  # noqa: E402
+from _measure import (device_arguments, machine, median_peak_in_children, peak_cuda_mib, peak_rss_growth_mib,  # noqa: E402
+                      print_table, time_interleaved)
 
 from mrl_hf.modeling import MRLBertConfig, MRLBertForMaskedLM  # noqa: E402
 
@@ -51,13 +52,10 @@ def make_step(case: str, batch: int, seq: int, device: str = "cpu", bf16: bool =
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser = device_arguments(__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
-    parser.add_argument("--json", help="also write the table as JSON here")
-    parser.add_argument("--memory", help=argparse.SUPPRESS)  # internal: measure one case in this (child) process
     return parser.parse_args(argv)
 
 
@@ -75,7 +73,7 @@ def main(argv=None):
         memory = {name: peak_cuda_mib(step) for name, step in steps.items()}  # optimizer state already exists
     else:
         extra = ["--batch", str(args.batch), "--seq", str(args.seq)] + (["--bf16"] if args.bf16 else [])
-        memory = {name: in_child(__file__, "--memory", case, *extra)["mib"] for name, case in CASES.items()}
+        memory = median_peak_in_children(__file__, {name: ["--memory", case, *extra] for name, case in CASES.items()})
     base = "(a) BertForMaskedLM"
     print(f"# bert-base, batch {args.batch} x seq {args.seq}, {MASK_RATE:.0%} masked, "
           f"{'bf16 autocast' if args.bf16 else 'float32'}; {machine(args.device)}")

@@ -8,8 +8,8 @@ X-Repo-Commit, Content-Length; 404 + ``X-Error-Code`` for a missing repo/file). 
 Writes need ``Authorization: Bearer <token>`` with a token from ``tokens``. Set ``fail_commits = True`` to make
 every commit answer HTTP 500 without applying it (a push that fails half-way: repo created, files
 pre-uploaded, commit refused). ``requests`` records ``(method, path)`` of every request, ``commit_log`` the header
-of every commit. Pull requests: a commit with ``create_pr``, or to ``refs/pr/<n>`` of one opened through ``discussions``, lands in
-``pull_requests[n]``, not on main.
+of every commit. Pull requests: a commit with ``create_pr``, or to ``refs/pr/<n>`` of one opened through
+``discussions``, lands in ``pull_requests[n]``, not on main.
 Not covered: LFS/Xet uploads, branches, merging pull requests.
 
     with HubServer() as hub:            # then set HF_ENDPOINT=hub.url in a subprocess and push / pull

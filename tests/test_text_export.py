@@ -62,7 +62,8 @@ def test_export_keeps_an_attached_adaptor_at_every_size(tmp_path, hidden_dim):
     st = SentenceTransformer(path, device="cpu", trust_remote_code=bool(hidden_dim))
     assert st.encode(TEXTS).shape == (3, 32)  # the saved default size
     if hidden_dim:  # a process that cannot import mrl_hf gets the same vectors
-        code = (f"import sys, numpy; sys.modules['mrl_hf'] = None\nfrom sentence_transformers import SentenceTransformer\n"
+        code = (f"import sys, numpy; sys.modules['mrl_hf'] = None\n"
+                f"from sentence_transformers import SentenceTransformer\n"
                 f"st = SentenceTransformer({str(path)!r}, device='cpu', trust_remote_code=True)\n"
                 f"numpy.save({str(tmp_path / 'plain.npy')!r}, st.encode({TEXTS!r}))")
         subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, timeout=300)
