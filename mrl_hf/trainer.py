@@ -127,16 +127,22 @@ class MRLTrainer(Trainer):
             loss = self._record_train_step(model, loss, per_dim, num_items_in_batch)
         elif per_dim is not None:
             rows = find_batch_size(inputs) or 1  # eval_loss is the mean over rows of per-batch losses
-            self._eval_dims = per_dim * rows if self._eval_dims is None else self._eval_dims + per_dim * rows
+            per_dim = per_dim * (rows * self._items_factor(num_items_in_batch))
+            self._eval_dims = per_dim if self._eval_dims is None else self._eval_dims + per_dim
             self._eval_rows = rows + (self._eval_rows or 0)
         return (loss, outputs) if return_outputs else loss
+
+    def _items_factor(self, num_items_in_batch) -> float:
+        """What ``Trainer.compute_loss`` multiplies a loss normalised by the global ``num_items_in_batch`` by (the
+        number of processes, which DDP's gradient averaging and the logged mean over processes divide again)."""
+        if self.model_accepts_loss_kwargs and num_items_in_batch is not None and self.args.average_tokens_across_devices:
+            return self.accelerator.num_processes // self.get_tp_size()
+        return 1
 
     def _log_scale(self, num_items_in_batch) -> float:
         """The factor by which the Trainer turns a batch's model loss into what it adds to the logged ``loss``."""
         by_items = self.model_accepts_loss_kwargs and num_items_in_batch is not None
-        scale = 1.0
-        if by_items and self.args.average_tokens_across_devices:
-            scale *= self.accelerator.num_processes // self.get_tp_size()
+        scale = float(self._items_factor(num_items_in_batch))
         scaled_for_ga = getattr(self, "loss_is_scaled_for_ga", None)
         if not (by_items if scaled_for_ga is None else scaled_for_ga):
             scale /= self.current_gradient_accumulation_steps

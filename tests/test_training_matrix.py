@@ -86,6 +86,18 @@ def test_two_processes_match_the_reference_loop(kind, two_process_runs):
     assert_same_training(run["params"], run["logs"], kind, "ddp2")
 
 
+@pytest.mark.parametrize("kind", [k for k in tm.KINDS if k not in BATCHNORM])
+def test_evaluation_per_dim_is_gathered_like_eval_loss(kind, two_process_runs, tmp_path):
+    # the same trained weights evaluated by one process and by two (each on its half): the same metrics
+    # (BatchNorm families are left out: DDP keeps rank 0's running statistics, so their weights differ)
+    torch.set_num_threads(1)
+    single = tm.evaluation(tm.train(kind, str(tmp_path), per_device_eval_batch_size=8))
+    two = two_process_runs[kind]["eval"]
+    assert single["loss"] == pytest.approx(sum(single["dims"]), rel=1e-6)
+    assert two["loss"] == pytest.approx(single["loss"], rel=1e-6)
+    assert two["dims"] == pytest.approx(single["dims"], rel=1e-6)
+
+
 @pytest.mark.parametrize("kind", tm.KINDS)
 def test_training_changes_the_parameters_and_micro_batching_matters_only_where_it_should(kind):
     (one, _), (two, _) = reference(kind, 1), reference(kind, 2)

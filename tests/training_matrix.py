@@ -95,6 +95,7 @@ def train(kind, out_dir, world_size=1, grad_accum=1, checkpointing=False, resume
                 use_cpu=True, seed=0, save_strategy="no", remove_unused_columns=False, dataloader_drop_last=True,
                 train_sampling_strategy="sequential")
     trainer = trainer_class(kind)(model=model, args=TrainingArguments(**{**args, **overrides}), train_dataset=data)
+    trainer.kind = kind
     trainer.train(resume_from_checkpoint=resume_from)
     return trainer
 
@@ -144,6 +145,12 @@ def parameters(model):
     return {n: t.detach().clone() for n, t in [*model.named_parameters(), *model.named_buffers()]}
 
 
+def evaluation(trainer):
+    """``eval_loss`` and ``eval_loss_dim_*`` over the first 16 rows (each process evaluates its share)."""
+    metrics = trainer.evaluate(eval_dataset=build(trainer.kind)[1][:16])
+    return {"loss": metrics["eval_loss"], "dims": [metrics[f"eval_loss_dim_{m}"] for m in NESTING]}
+
+
 def trainer_logs(trainer):
     """Per-step ``loss`` and ``loss_dim_*`` from a Trainer's log history."""
     logs = []
@@ -158,10 +165,11 @@ def main():
     out = sys.argv[2]
     world = int(os.environ.get("WORLD_SIZE", "1"))
     for kind in sys.argv[1].split(","):
-        trainer = train(kind, os.path.join(out, kind), world_size=world)
+        trainer = train(kind, os.path.join(out, kind), world_size=world, per_device_eval_batch_size=8 // world)
+        evaluation_ = evaluation(trainer)  # every process takes part
         if trainer.is_world_process_zero():
             torch.save({"params": parameters(trainer.accelerator.unwrap_model(trainer.model)),
-                        "logs": trainer_logs(trainer), "world_size": trainer.args.world_size},
+                        "logs": trainer_logs(trainer), "world_size": trainer.args.world_size, "eval": evaluation_},
                        os.path.join(out, f"{kind}.pt"))
 
 
