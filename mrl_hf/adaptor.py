@@ -14,18 +14,20 @@ from __future__ import annotations
 import json
 import math
 import os
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .distillation import similarity_distillation_loss
 from .embeddings import truncate_embeddings
 from .nesting import halving_nesting_list, validate_dim, validate_nesting_list
-from .saving import atomic_file, atomic_write_with
+from .saving import owned_files, reading
 
 ADAPTOR_CONFIG_NAME = "adaptor_config.json"
 ADAPTOR_WEIGHTS_NAME = "adaptor.safetensors"
@@ -195,26 +197,38 @@ class MatryoshkaAdaptor(nn.Module):
                 "nesting_list": self.nesting_list, "hidden_dim": self.hidden_dim}
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> None:
-        """Write ``adaptor_config.json`` and ``adaptor.safetensors`` into ``save_directory`` (atomically per file)."""
-        os.makedirs(save_directory, exist_ok=True)
+        """Write ``adaptor_config.json`` and ``adaptor.safetensors`` into ``save_directory``, committed as one set
+        (``mrl_hf.saving.owned_files``): a killed save leaves the old pair or the new pair, never one of each."""
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        atomic_write_with(os.path.join(save_directory, ADAPTOR_WEIGHTS_NAME), lambda path: save_file(state, path))
-        config = json.dumps(self.config_dict(), indent=2) + "\n"
-        with atomic_file(os.path.join(save_directory, ADAPTOR_CONFIG_NAME)) as f:
-            f.write(config)
+        with owned_files(save_directory, "adaptor") as staging:
+            save_file(state, str(staging / ADAPTOR_WEIGHTS_NAME))
+            (staging / ADAPTOR_CONFIG_NAME).write_text(json.dumps(self.config_dict(), indent=2) + "\n")
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike) -> "MatryoshkaAdaptor":
         config_path = os.path.join(directory, ADAPTOR_CONFIG_NAME)
+        weights_path = os.path.join(directory, ADAPTOR_WEIGHTS_NAME)
         if not os.path.isfile(config_path):
             raise FileNotFoundError(f"{config_path} does not exist; save an adaptor there with save_pretrained().")
-        with open(config_path) as f:
-            config = json.load(f)
-        if config.get("adaptor_type") != "matryoshka_residual_mlp":
-            raise ValueError(f"{config_path} has adaptor_type={config.get('adaptor_type')!r}; "
-                             "expected 'matryoshka_residual_mlp'.")
-        adaptor = cls(config["input_dim"], config["nesting_list"], config["hidden_dim"])
-        adaptor.load_state_dict(load_file(os.path.join(directory, ADAPTOR_WEIGHTS_NAME)))
+        with reading(directory):
+            try:
+                config = json.loads(Path(config_path).read_text())
+                if config.get("adaptor_type") != "matryoshka_residual_mlp":
+                    raise ValueError(f"{config_path} has adaptor_type={config.get('adaptor_type')!r}; "
+                                     "expected 'matryoshka_residual_mlp'.")
+                adaptor = cls(config["input_dim"], config["nesting_list"], config["hidden_dim"])
+                state = load_file(weights_path)
+            except (ValueError, KeyError, TypeError, OSError, SafetensorError) as exc:
+                if isinstance(exc, ValueError) and "adaptor_type" in str(exc):
+                    raise
+                raise ValueError(f"the adaptor saved in {str(directory)!r} cannot be read ({type(exc).__name__}: "
+                                 f"{exc}); it is damaged. Fit and save it again (saves are atomic, so a killed save "
+                                 "does not cause this).") from exc
+        try:
+            adaptor.load_state_dict(state)
+        except RuntimeError as exc:
+            raise ValueError(f"{weights_path} does not fit {config_path} ({exc}); the two files are from different "
+                             "adaptors. Save the adaptor again.") from exc
         return adaptor.eval()
 
 

@@ -24,7 +24,7 @@ from torch import nn
 from transformers import BertConfig, BertModel
 
 from .modeling.bert import MRLBertModel, default_max_length
-from .saving import atomic_directory
+from .saving import owned_files
 
 ADAPTOR_MODULE_FILE = "mrl_adaptor.py"
 _SAVE_KEYS = {"model_type", "architectures", "auto_map", "transformers_version"}
@@ -60,8 +60,9 @@ def export_sentence_transformers(model: MRLBertModel, path: str, tokenizer=None,
                                  overwrite: bool = False) -> str:
     """Write ``model`` to ``path`` as a sentence-transformers model and return ``path``.
 
-    The folder appears all at once (built next to it, then renamed); an existing non-empty ``path`` is
-    replaced only with ``overwrite=True``. ``max_seq_length`` defaults to what ``model.encode`` uses.
+    The folder's files are committed as one set (``mrl_hf.saving.owned_files``); a ``path`` holding files is written
+    into only with ``overwrite=True``, which replaces a previous export's files and leaves any others alone.
+    ``max_seq_length`` defaults to what ``model.encode`` uses.
     """
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.base.modules.dense import Dense
@@ -80,7 +81,8 @@ def export_sentence_transformers(model: MRLBertModel, path: str, tokenizer=None,
     config = model.config
     max_seq_length = max_seq_length or default_max_length(tokenizer, config)
 
-    with tempfile.TemporaryDirectory(dir=parent, prefix=".mrl_export_") as work, atomic_directory(path) as st_dir:
+    with tempfile.TemporaryDirectory(dir=parent, prefix=".mrl_export_") as work, \
+            owned_files(path, "sentence-transformers") as st_dir:
         bert_dir = os.path.join(work, "bert")
         # With the (unused) pooler, so that AutoModel reports no missing weights when sentence-transformers loads it.
         plain = BertModel(plain_bert_config(config), add_pooling_layer=True)

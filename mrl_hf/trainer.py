@@ -11,15 +11,19 @@ from __future__ import annotations
 import copy
 import inspect
 import os
+import shutil
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 from transformers import Trainer
 from transformers.trainer_pt_utils import find_batch_size
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 
 from .nesting import validate_nesting_list
+from .resumption import COLLATOR_STATE_FILE, RecordingCollator, checkpoint_problem, fsync_tree
 
 logger = logging.get_logger(__name__)
 
@@ -84,6 +88,7 @@ class MRLTrainer(Trainer):
         self._eval_rows = None
         self._dims_window_start = None
         self._nonfinite = None
+        self._resuming, self._rng_replayed = None, False
         _check_launched_world_size(self.args)
         fsdp_asked = os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
         if fsdp_asked and self.args.use_cpu and not self.is_fsdp_enabled and self.is_world_process_zero():
@@ -209,12 +214,79 @@ class MRLTrainer(Trainer):
 
     def _save_checkpoint(self, model, trial):
         self._raise_if_nonfinite()  # never write a checkpoint whose weights a non-finite loss has touched
-        return super()._save_checkpoint(model, trial)
+        super()._save_checkpoint(model, trial)
+        if self.args.should_save:  # on disk before training goes on: a power cut cannot lose a checkpoint it named
+            folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            if folder.is_dir():
+                fsync_tree(folder)
 
-    def train(self, *args, **kwargs):
-        output = super().train(*args, **kwargs)
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        """``Trainer.train``. With ``resume_from_checkpoint=True`` it resumes from the newest *complete* checkpoint in
+        ``output_dir``: a ``checkpoint-N`` that a killed save left incomplete is named in a warning and removed
+        (the stock Trainer would pick it and fail). Resuming restores the random state before the first resumed
+        batch is collated, so random masking (``DataCollatorForLanguageModeling``) resumes exactly."""
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = self._last_complete_checkpoint()
+        self._resuming = resume_from_checkpoint if isinstance(resume_from_checkpoint, (str, os.PathLike)) else None
+        self._rng_replayed = False
+        try:
+            output = super().train(resume_from_checkpoint, *args, **kwargs)
+        finally:
+            self._resuming = None
         self._raise_if_nonfinite()
         return output
+
+    def _last_complete_checkpoint(self) -> str:
+        folder = Path(self.args.output_dir)
+        found = sorted(((int(p.name.rsplit("-", 1)[1]), p) for p in folder.glob(f"{PREFIX_CHECKPOINT_DIR}-*")
+                        if p.is_dir() and p.name.rsplit("-", 1)[1].isdigit()), reverse=True)
+        for step, path in found:
+            problem = checkpoint_problem(path, self.args.world_size)
+            if problem is None:
+                return str(path)
+            logger.warning(f"skipping the incomplete checkpoint {path} ({problem}; a save that was interrupted), "
+                           "and removing it.")
+            if self.args.should_save:
+                shutil.rmtree(path, ignore_errors=True)
+        raise ValueError(f"no complete checkpoint in {folder} to resume from (found {len(found)} checkpoint folder(s), "
+                         "none complete); train from the start with resume_from_checkpoint=None.")
+
+    # ---- random masks on resume (see mrl_hf.resumption) --------------------------------------------------------
+    def get_train_dataloader(self):
+        collator = self.data_collator
+        self._train_collator = self.data_collator = RecordingCollator(collator)
+        self._batches_trained = 0
+        try:
+            loader = super().get_train_dataloader()
+        finally:
+            self.data_collator = collator
+        state_file = None if self._resuming is None else \
+            Path(self._resuming) / COLLATOR_STATE_FILE.format(self.args.process_index)
+        if state_file is not None and state_file.is_file():  # a batch was collated ahead of that checkpoint
+            state = torch.load(state_file, weights_only=False)
+            checkpoint = self._resuming
+            self._train_collator.replay = (state, lambda: super(MRLTrainer, self)._load_rng_state(checkpoint))
+            self._rng_replayed = True
+        return loader
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
+        self._batches_trained += len(batches)
+        return batches, num_items
+
+    def _load_rng_state(self, checkpoint):
+        if self._rng_replayed:  # restored already, right after the batch collated ahead was collated again
+            self._rng_replayed = False
+            return
+        super()._load_rng_state(checkpoint)
+
+    def _save_rng_state(self, output_dir):
+        super()._save_rng_state(output_dir)
+        recorder = getattr(self, "_train_collator", None)
+        if recorder is not None and recorder.calls > self._batches_trained:  # a batch collated, not yet trained on
+            state = recorder.state_before(self._batches_trained)
+            if state is not None:
+                torch.save(state, Path(output_dir) / COLLATOR_STATE_FILE.format(self.args.process_index))
 
     # ---- loading checkpoints ----------------------------------------------------------------------------------
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):

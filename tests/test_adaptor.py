@@ -107,7 +107,8 @@ def test_save_and_load_round_trip(tmp_path):
     x = _clustered(300)
     adaptor = MatryoshkaAdaptor(32, [8, 16, 32], hidden_dim=24).fit(x, epochs=1, batch_size=64)
     adaptor.save_pretrained(tmp_path / "adaptor")
-    assert sorted(os.listdir(tmp_path / "adaptor")) == ["adaptor.safetensors", "adaptor_config.json"]
+    assert sorted(n for n in os.listdir(tmp_path / "adaptor") if not n.startswith(".")) == ["adaptor.safetensors",
+                                                                                      "adaptor_config.json"]
     loaded = MatryoshkaAdaptor.from_pretrained(tmp_path / "adaptor")
     assert loaded.nesting_list == [8, 16, 32] and loaded.hidden_dim == 24
     np.testing.assert_array_equal(loaded.transform(x, 16), adaptor.transform(x, 16))

@@ -50,9 +50,10 @@ def hub():
         yield server
 
 
-def run_client(hub: HubServer, code: str, tmp_path: Path, token: str | None = TOKEN, block_mrl_hf: bool = False):
+def run_client(hub: HubServer, code: str, tmp_path: Path, token: str | None = TOKEN, block_mrl_hf: bool = False,
+               endpoint: str | None = None):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
-    env.update(HF_ENDPOINT=hub.url, HF_HOME=str(tmp_path / "hf_home"), HF_HUB_OFFLINE="0", TRANSFORMERS_OFFLINE="0",
+    env.update(HF_ENDPOINT=endpoint or hub.url, HF_HOME=str(tmp_path / "hf_home"), HF_HUB_OFFLINE="0", TRANSFORMERS_OFFLINE="0",
                HF_HUB_DISABLE_TELEMETRY="1", PYTHONPATH="")
     if token:
         env["HF_TOKEN"] = token
@@ -208,3 +209,29 @@ print(json.dumps({
     assert errors["bad_folder"].startswith("FileNotFoundError") and "config.json" in errors["bad_folder"]
     assert all("nothing was uploaded" in e for k, e in errors.items() if k != "bad_folder")
     assert hub.requests == [] and "tester/x" not in hub.repos
+
+
+def test_push_errors_say_what_went_wrong(hub, tmp_path):
+    code = TINY_MODEL + """
+import json
+from mrl_hf.hub import HubPushError, push_to_hub
+
+def error_of(fn):
+    try:
+        fn()
+    except HubPushError as exc:
+        return str(exc)
+    return "no HubPushError"
+
+print(json.dumps({"bad_token": error_of(lambda: push_to_hub(model, "tester/x", token="hf_wrong_token"))}))
+"""
+    bad_token = run_client(hub, code, tmp_path)["bad_token"]
+    assert "HTTP 401" in bad_token and "the token was refused" in bad_token and "retry" not in bad_token
+    import socket
+
+    with socket.socket() as probe:  # a port where nothing listens
+        probe.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    unreachable = run_client(HubServer.__new__(HubServer), code.replace('token="hf_wrong_token"', 'token="hf_x"'),
+                             tmp_path, endpoint=closed)["bad_token"]
+    assert "failed before the Hub answered (ConnectError" in unreachable and "unchanged" in unreachable

@@ -299,14 +299,18 @@ def test_failed_faiss_write_leaves_the_old_index_intact(data, tmp_path, monkeypa
     np.testing.assert_array_equal(reloaded.search(queries, 5).ids, old.search(queries, 5).ids)
 
 
-def test_save_refuses_to_replace_a_directory_that_is_not_an_index(data, tmp_path):
-    (tmp_path / "notes").mkdir()
-    (tmp_path / "notes" / "thesis.tex").write_text("precious")
-    with pytest.raises(FileExistsError, match="holds no saved index"):
-        MatryoshkaIndex(data[0], backend="torch").save(tmp_path / "notes")
-    assert (tmp_path / "notes" / "thesis.tex").read_text() == "precious"
+def test_save_into_a_folder_with_other_files_writes_only_its_own(data, tmp_path):
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    (folder / "thesis.tex").write_text("precious")
+    (folder / "mrl_index.json").write_text("{not an index")  # a file of the name the index writes: replaced
+    with pytest.raises(ValueError, match="mrl_index.json.*not valid JSON"):
+        MatryoshkaIndex.load(folder)
+    MatryoshkaIndex(data[0], backend="torch").save(folder)
+    MatryoshkaIndex(data[0][:10], backend="torch").save(folder)  # a second save replaces only the index's files
+    assert (folder / "thesis.tex").read_text() == "precious" and len(MatryoshkaIndex.load(folder)) == 10
     with pytest.raises(FileNotFoundError, match="mrl_index.json"):
-        MatryoshkaIndex.load(tmp_path / "notes")
+        MatryoshkaIndex.load(tmp_path)
 
 
 # -- cost accounting ----------------------------------------------------------------------------------

