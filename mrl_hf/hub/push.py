@@ -1,6 +1,6 @@
 """Save an mrl_hf checkpoint for the Hub (weights, config, tokenizer/processor, model card, plot) and push it.
 
-``save_for_hub(model, folder)`` writes the folder atomically; ``push_to_hub(model_or_folder, repo_id)`` checks
+``save_for_hub(model, folder)`` commits the folder's files as one set (``mrl_hf.saving.owned_files``); ``push_to_hub(model_or_folder, repo_id)`` checks
 everything it can before any request (config validation, repo id, token), stages the upload in a temporary
 copy (the local checkpoint is never modified) and sends it as one commit, which the Hub applies all or nothing.
 """
