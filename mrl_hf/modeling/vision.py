@@ -270,6 +270,8 @@ class MRLResNetForImageClassification(_MRLImageClassifier, ResNetPreTrainedModel
     config_class = MRLResNetConfig
     config: MRLResNetConfig
     _backbone_class = ResNetModel
+    _plain_model_types = ("resnet",)
+    _keys_to_ignore_on_load_unexpected = [r"^classifier\."]  # a plain classifier's head
     # transformers' ResNet has no activation checkpointing; this class checkpoints one stage at a time.
     supports_gradient_checkpointing = True
     gradient_checkpointing = False
@@ -328,6 +330,8 @@ class MRLViTForImageClassification(_MRLImageClassifier, ViTPreTrainedModel):
 
     config_class = MRLViTConfig
     config: MRLViTConfig
+    _plain_model_types = ("vit",)
+    _keys_to_ignore_on_load_unexpected = [r"(^|\.)pooler\.", r"^classifier\."]
     _backbone_class = ViTModel
 
     def __init__(self, config: MRLViTConfig):
