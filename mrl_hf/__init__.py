@@ -1,43 +1,47 @@
-"""mrl_hf: Matryoshka Representation Learning for the Hugging Face ecosystem."""
-from transformers import AutoConfig
+"""mrl_hf: Matryoshka Representation Learning for the Hugging Face ecosystem.
 
-from .config import MatryoshkaConfig, MatryoshkaConfigMixin
-from .embeddings import truncate_embeddings
-from .heads import MatryoshkaHead
-from .losses import (
-    MatryoshkaContrastiveLoss,
-    MatryoshkaCrossEntropyLoss,
-    NestedLoss,
-    nested_contrastive_loss,
-    nested_cosine_similarities,
-    nested_linear_cross_entropy,
-)
-from .nesting import halving_nesting_list, interpolated_dims, uniform_nesting_list, validate_nesting_list
-from .modeling import (  # importing registers the Auto classes
-    MRLAlignConfig,
-    MRLAlignModel,
-    MRLAlignProcessor,
-    MRLBertConfig,
-    MRLBertForMaskedLM,
-    MRLBertModel,
-    MRLResNetConfig,
-    MRLResNetForImageClassification,
-    MRLViTConfig,
-    MRLViTForImageClassification,
-)
+Everything is imported on first use (``import mrl_hf`` itself imports neither torch nor transformers, so the
+``mrl-hf`` command answers ``--help`` at once). Importing ``mrl_hf.modeling`` (or using any model class) registers the
+mrl_hf model types with the transformers Auto classes.
+"""
+import importlib
 
 __version__ = "0.1.0"
 
-AutoConfig.register(MatryoshkaConfig.model_type, MatryoshkaConfig, exist_ok=True)
-
-# Loaded on first use: the Trainer, sentence-transformers and FAISS imports cost seconds that
-# `import mrl_hf` for inference should not pay.
 _LAZY = {
+    # the core
+    "MatryoshkaConfig": "config",
+    "MatryoshkaConfigMixin": "config",
+    "truncate_embeddings": "embeddings",
+    "MatryoshkaHead": "heads",
+    "MatryoshkaContrastiveLoss": "losses",
+    "MatryoshkaCrossEntropyLoss": "losses",
+    "NestedLoss": "losses",
+    "nested_contrastive_loss": "losses",
+    "nested_cosine_similarities": "losses",
+    "nested_linear_cross_entropy": "losses",
+    "halving_nesting_list": "nesting",
+    "interpolated_dims": "nesting",
+    "uniform_nesting_list": "nesting",
+    "validate_nesting_list": "nesting",
+    # models
+    "MRLAlignConfig": "modeling",
+    "MRLAlignModel": "modeling",
+    "MRLAlignProcessor": "modeling",
+    "MRLBertConfig": "modeling",
+    "MRLBertForMaskedLM": "modeling",
+    "MRLBertModel": "modeling",
+    "MRLResNetConfig": "modeling",
+    "MRLResNetForImageClassification": "modeling",
+    "MRLViTConfig": "modeling",
+    "MRLViTForImageClassification": "modeling",
+    # training, deployment, publishing
     "MRLTrainer": "trainer",
     "nested_accuracy": "trainer",
     "export_sentence_transformers": "export",
     "PairCollator": "data.collator",
     "AdaptiveClassifier": "adaptive",
+    "AdaptiveResult": "adaptive",
     "MatryoshkaIndex": "retrieval",
     "SearchResult": "retrieval",
     "default_funnel_steps": "retrieval",
@@ -49,7 +53,6 @@ _LAZY = {
     "similarity_distillation_loss": "distillation",
     "add_teacher_embeddings": "distillation",
     "DistillationCollator": "distillation",
-    "AdaptiveResult": "adaptive",
     "HubPushError": "hub",
     "push_to_hub": "hub",
     "render_model_card": "hub",
@@ -60,11 +63,14 @@ _LAZY = {
 
 def __getattr__(name):
     if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'mrl_hf' has no attribute {name!r}")
 
 
 def __dir__():
     return sorted(list(globals()) + list(_LAZY))
+
+
+__all__ = sorted(_LAZY)

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from huggingface_hub.dataclasses import strict
-from transformers import PretrainedConfig
+from transformers import AutoConfig, PretrainedConfig
 
 from .nesting import halving_nesting_list, validate_dim, validate_nesting_list
 
@@ -98,3 +98,6 @@ class MatryoshkaConfig(MatryoshkaConfigMixin, PretrainedConfig):
     @property
     def matryoshka_embedding_dim(self) -> int:
         return self.embedding_dim
+
+
+AutoConfig.register(MatryoshkaConfig.model_type, MatryoshkaConfig, exist_ok=True)

@@ -200,8 +200,8 @@ class MRLBertModel(MRLBertPreTrainedModel):
         self.bert.embeddings.word_embeddings = value
 
     def _save_extra_files(self, save_directory):
-        """Also make the folder a sentence-transformers model: ``SentenceTransformer(folder)`` (with mrl_hf imported)
-        reads this model's ``embeddings`` output (pooling, projection and adaptor included) and cuts it to
+        """Also make the folder a sentence-transformers model: ``SentenceTransformer(folder)`` (once
+        ``mrl_hf.modeling`` is imported) reads this model's ``embeddings`` output (pooling, projection and adaptor included) and cuts it to
         ``config.truncate_dim``. Skipped without a tokenizer, which sentence-transformers needs."""
         super()._save_extra_files(save_directory)
         if self.tokenizer is None:
