@@ -201,8 +201,9 @@ class MRLBertModel(MRLBertPreTrainedModel):
 
     def _save_extra_files(self, save_directory):
         """Also make the folder a sentence-transformers model: ``SentenceTransformer(folder)`` (once
-        ``mrl_hf.modeling`` is imported) reads this model's ``embeddings`` output (pooling, projection and adaptor included) and cuts it to
-        ``config.truncate_dim``. Skipped without a tokenizer, which sentence-transformers needs."""
+        ``mrl_hf.modeling`` is imported) reads this model's ``embeddings`` output (pooling, projection and adaptor
+        included) and cuts it to ``config.truncate_dim``. Skipped without a tokenizer, which sentence-transformers
+        needs."""
         super()._save_extra_files(save_directory)
         if self.tokenizer is None:
             return
