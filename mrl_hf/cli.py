@@ -31,9 +31,9 @@ def _demo(args: argparse.Namespace) -> int:
     table, adaptive = result["table"], result["adaptive"]
     print("\nHeld-out question -> answer retrieval (%) with embeddings cut to each size:")
     print(demo_text.format_comparison(table))
-    print(f"\nSaved to {result['output_dir']}: model.safetensors, config.json (nesting_list, truncate_dim), "
-          "tokenizer, README.md (model card), mrl_accuracy_vs_dim.png")
-    print(f"Reloaded with truncate_dim=48: encode() gives {adaptive['reloaded_shape']}.")
+    print(f"\nSaved to {result['output_dir']}: model.safetensors, config.json (nesting_list, "
+          f"truncate_dim={demo_text.DEFAULT_DIM}), tokenizer, README.md (model card), mrl_accuracy_vs_dim.png")
+    print(f"Reloaded: encode() gives {adaptive['reloaded_shape']} (the saved default size).")
     print(f"Adaptive retrieval (shortlist {adaptive['shortlist_k']} at {adaptive['shortlist_dim']} dims, re-rank at "
           f"full size): recall@1 {adaptive['adaptive_recall@1']:.1f} vs {adaptive['full_recall@1']:.1f} for "
           f"full-size search, {adaptive['adaptive_mflops']:.3f} vs {adaptive['full_mflops']:.3f} MFLOPs per query.")
@@ -112,12 +112,15 @@ def _read_pairs(path: str) -> list[tuple[str, str]]:
 
 def _export(args: argparse.Namespace) -> int:
     if not args.sentence_transformers:
-        raise SystemExit("mrl-hf export: choose a format, e.g. --sentence-transformers")
+        raise ValueError("choose a format: --sentence-transformers")
     from .export import export_sentence_transformers
     from .modeling import MRLBertModel
 
     model = MRLBertModel.from_pretrained(args.model)
-    path = export_sentence_transformers(model, args.output, overwrite=args.overwrite)
+    try:
+        path = export_sentence_transformers(model, args.output, overwrite=args.overwrite)
+    except FileExistsError as exc:
+        raise FileExistsError(str(exc).replace("pass overwrite=True", "pass --overwrite")) from exc
     print(f"Wrote a sentence-transformers folder to {path}. Load it at any trained size "
           f"{model.config.nesting_list}:\n  SentenceTransformer({str(path)!r}, truncate_dim={_mid(model)})")
     return 0
@@ -212,8 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError, ImportError, RuntimeError) as exc:
-        print(f"mrl-hf {args.command}: error: {exc}", file=sys.stderr)
+    except (ValueError, TypeError, OSError, ImportError, RuntimeError) as exc:  # one line, not a traceback
+        message = " ".join(str(exc).split())
+        print(f"mrl-hf {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

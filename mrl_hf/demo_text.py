@@ -4,7 +4,8 @@
 2. Score held-out question -> answer retrieval at every size for the original model, sliced.
 3. Fine-tune with the nested InfoNCE loss (``MRLTrainer`` + ``PairCollator``) and score the MRL model.
 4. Save the checkpoint with its model card and accuracy-vs-dim plot (``mrl_hf.hub.save_for_hub``).
-5. Reload it with ``truncate_dim`` and run adaptive retrieval (shortlist at a small size, re-rank at full size).
+5. Reload it (default size 48, its saved ``truncate_dim``) and run adaptive retrieval (shortlist at a small size,
+   re-rank at full size).
 
 Needs the ``demo`` extra (the packaged MiniLM weights and the chatterbot corpus); nothing is downloaded.
 """
@@ -19,6 +20,7 @@ import numpy as np
 
 BASE_MODEL_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
 NESTING = [12, 24, 48, 96, 192, 384]  # the halving list of MiniLM's 384 dims
+DEFAULT_DIM = 48  # the size the saved checkpoint gives by default (its truncate_dim)
 RESULTS_METHODS = ("MRL fine-tuned (this model)", "original all-MiniLM-L6-v2, sliced")
 
 
@@ -98,8 +100,9 @@ def format_comparison(table, metric: str = "recall@1") -> str:
     return "\n".join(lines)
 
 
-def adaptive_retrieval(model_dir: str, test_pairs, truncate_dim: int, shortlist_dim: int, shortlist_k: int = 50):
-    """Reload the saved model with ``truncate_dim``; search held-out answers with adaptive retrieval.
+def adaptive_retrieval(model_dir: str, test_pairs, shortlist_dim: int, shortlist_k: int = 50):
+    """Reload the saved model (its saved ``truncate_dim`` is the default size); search held-out answers with adaptive
+    retrieval.
 
     Returns a dict with the reloaded embedding shape, recall@1 of adaptive and of full-size exact search,
     and MFLOPs per query of both."""
@@ -107,7 +110,7 @@ def adaptive_retrieval(model_dir: str, test_pairs, truncate_dim: int, shortlist_
     from .modeling import MRLBertModel
     from .retrieval import MatryoshkaIndex
 
-    model = MRLBertModel.from_pretrained(model_dir, truncate_dim=truncate_dim)
+    model = MRLBertModel.from_pretrained(model_dir)
     queries, answers, relevant = group_pairs(test_pairs)
     small = model.encode(queries[:4])  # config.truncate_dim applies: (4, truncate_dim)
     full = model.config.matryoshka_embedding_dim
@@ -151,8 +154,9 @@ def run(output_dir: str = "outputs/mrl-minilm-chatterbot", model_path: str | Non
     per_model = {RESULTS_METHODS[0]: evaluate(model, test, NESTING), **per_model}
     table = results_table(per_model)
 
-    log("[3/4] saving the checkpoint with its model card and plot ...")
+    log(f"[3/4] saving the checkpoint (default size truncate_dim={DEFAULT_DIM}) with its model card and plot ...")
     steps = trainer.state.global_step
+    model.config.truncate_dim = DEFAULT_DIM  # what encode() and the other tools give unless asked for another size
     out = save_for_hub(
         model, output_dir, repo_id=f"your-name/{Path(output_dir).name}", results=table,
         model_method=RESULTS_METHODS[0], base_model=BASE_MODEL_HUB_ID, datasets=["chatterbot-corpus"],
@@ -169,6 +173,6 @@ def run(output_dir: str = "outputs/mrl-minilm-chatterbot", model_path: str | Non
                   "all sizes weighted 1."),
     )
 
-    log(f"[4/4] reloading with truncate_dim={NESTING[2]} and running adaptive retrieval ...")
-    adaptive = adaptive_retrieval(str(out), test, truncate_dim=NESTING[2], shortlist_dim=NESTING[1])
+    log("[4/4] reloading it and running adaptive retrieval ...")
+    adaptive = adaptive_retrieval(str(out), test, shortlist_dim=NESTING[1])
     return {"table": table, "adaptive": adaptive, "output_dir": out, "seconds": time.time() - start}

@@ -82,6 +82,30 @@ def test_errors_are_one_clear_line(tmp_path, capsys):
     bad.write_text('{"query": "q"}\n')
     assert main(["evaluate", "unused", "--pairs", str(bad)]) == 2
     assert "'query' and 'answer'" in capsys.readouterr().err
+    for command in (["evaluate", str(tmp_path / "nope")], ["export", str(tmp_path / "nope"), "out",
+                                                            "--sentence-transformers"]):
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"'{tmp_path / 'nope'}' does not exist" in err, err
+    assert main(["export", "model", "out"]) == 2
+    assert "choose a format: --sentence-transformers" in capsys.readouterr().err
+
+
+def test_export_into_a_folder_with_files_names_the_flag(tiny_checkpoint, tmp_path, capsys):
+    (tmp_path / "st").mkdir()
+    (tmp_path / "st" / "x").write_text("x")
+    assert main(["export", str(tiny_checkpoint[0]), str(tmp_path / "st"), "--sentence-transformers"]) == 2
+    err = capsys.readouterr().err
+    assert "pass --overwrite" in err and "overwrite=True" not in err
+
+
+def test_help_imports_neither_torch_nor_transformers():
+    code = ("import sys\nfrom mrl_hf.cli import build_parser\n"
+            "for command in ([], ['demo'], ['train'], ['evaluate'], ['export'], ['push']):\n"
+            "    try:\n        build_parser().parse_args([*command, '--help'])\n    except SystemExit:\n        pass\n"
+            "print(sorted(m for m in ('torch', 'transformers', 'numpy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"
 
 
 @pytest.mark.slow
@@ -105,5 +129,6 @@ def test_readme_demo_command_trains_saves_reloads_and_prints_the_table(tmp_path)
     saved = tmp_path / "outputs" / "mrl-minilm-chatterbot"
     for name in ("config.json", "model.safetensors", "tokenizer.json", "README.md", "mrl_accuracy_vs_dim.png"):
         assert (saved / name).is_file(), name
-    assert "encode() gives (4, 48)" in out.stdout and "Adaptive retrieval" in out.stdout
+    assert "encode() gives (4, 48) (the saved default size)" in out.stdout and "Adaptive retrieval" in out.stdout
+    assert json.loads((saved / "config.json").read_text())["truncate_dim"] == 48
     shutil.rmtree(saved)
