@@ -1,4 +1,4 @@
-"""The `mrl-hf` command: demo, train, evaluate, export, push."""
+"""The `mrl-hf` command: demo, train, evaluate, export, push, inspect."""
 from __future__ import annotations
 
 import argparse
@@ -69,6 +69,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     from .modeling import MRLBertModel
     from .nesting import validate_dim
 
+    if args.mteb:
+        return _evaluate_mteb(args)
     if args.pairs:
         test = _read_pairs(args.pairs)
     else:
@@ -83,15 +85,35 @@ def _evaluate(args: argparse.Namespace) -> int:
             if args.dims else first.config.nesting_list)
     table = demo_text.results_table({name: demo_text.evaluate(m, test, dims) for name, m in models.items()})
     print(table.to_markdown())
-    if args.output:
-        out = Path(args.output)
+    _write_results(table, args.output, "recall@1")
+    return 0
+
+
+def _evaluate_mteb(args: argparse.Namespace) -> int:
+    from .evaluation.mteb_eval import chatterbot_retrieval_task, evaluate_mteb
+    from .modeling import MRLBertModel
+
+    tasks = [chatterbot_retrieval_task(seed=args.seed) if name == "chatterbot" else name
+             for name in args.mteb.split(",")]
+    model = MRLBertModel.from_pretrained(args.model).eval()
+    dims = [int(d) for d in args.dims.split(",")] if args.dims else None
+    table = evaluate_mteb(model, tasks, dims=dims, output_folder=args.output)
+    print(table.to_markdown())
+    _write_results(table, args.output, table.metrics[0])
+    return 0
+
+
+def _write_results(table, output: str | None, metric: str) -> None:
+    """``mrl_results.json`` (what ``mrl-hf push --regenerate-card`` puts into the card) and the plot."""
+    if output:
+        out = Path(output)
+        out.mkdir(parents=True, exist_ok=True)
         table.to_json(str(out / "mrl_results.json"))
         try:
-            table.plot("recall@1", path=str(out / "mrl_accuracy_vs_dim.png"))
+            table.plot(metric, path=str(out / "mrl_accuracy_vs_dim.png"))
             print(f"\nWrote {out / 'mrl_results.json'} and {out / 'mrl_accuracy_vs_dim.png'}")
         except ImportError:
             print(f"\nWrote {out / 'mrl_results.json'} (install matplotlib for the plot)")
-    return 0
 
 
 def _read_pairs(path: str) -> list[tuple[str, str]]:
@@ -111,8 +133,18 @@ def _read_pairs(path: str) -> list[tuple[str, str]]:
 
 
 def _export(args: argparse.Namespace) -> int:
-    if not args.sentence_transformers:
-        raise ValueError("choose a format: --sentence-transformers")
+    if args.sentence_transformers == args.remote_code:
+        raise ValueError("choose one format: --sentence-transformers or --remote-code")
+    if args.remote_code:
+        from .hub.push import export_remote_code
+
+        try:
+            path = export_remote_code(args.model, args.output, overwrite=args.overwrite)
+        except FileExistsError as exc:
+            raise FileExistsError(str(exc).replace("pass overwrite=True", "pass --overwrite")) from exc
+        print(f"Wrote {path} with its modeling code: without mrl_hf, open it with\n"
+              f"  AutoModel.from_pretrained({str(path)!r}, trust_remote_code=True)")
+        return 0
     from .export import export_sentence_transformers
     from .modeling import MRLBertModel
 
@@ -124,6 +156,14 @@ def _export(args: argparse.Namespace) -> int:
     print(f"Wrote a sentence-transformers folder to {path}. Load it at any trained size "
           f"{model.config.nesting_list}:\n  SentenceTransformer({str(path)!r}, truncate_dim={_mid(model)})")
     return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from .contract import inspect_checkpoint
+
+    report = inspect_checkpoint(args.checkpoint, revision=args.revision, token=args.token)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report)
+    return 0 if report.ok else 1
 
 
 def _mid(model) -> int:
@@ -181,17 +221,25 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--baseline", default=None, help="a second checkpoint to compare, sliced the same way")
     evaluate.add_argument("--pairs", default=None, help="JSON-lines file of {\"query\": ..., \"answer\": ...}")
     evaluate.add_argument("--dims", default=None, help="comma-separated sizes (default: the model's nesting_list)")
+    evaluate.add_argument("--mteb", default=None, metavar="TASKS",
+                          help="evaluate with mteb instead, at every size: comma-separated mteb task names, or "
+                               "'chatterbot' for the packaged held-out chatterbot-corpus retrieval task (offline)")
     evaluate.add_argument("--output", default=None, help="folder for mrl_results.json and mrl_accuracy_vs_dim.png")
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the held-out split (default 0)")
     evaluate.set_defaults(func=_evaluate)
 
     export = commands.add_parser(
-        "export", help="export a checkpoint for another library (--sentence-transformers)",
-        description="Write a sentence-transformers folder (plain BERT + Pooling [+ Dense]) from an MRLBertModel; "
-                    "load it with SentenceTransformer(path, truncate_dim=64).")
-    export.add_argument("model", help="MRLBertModel checkpoint folder or Hub id")
+        "export", help="export a checkpoint for another tool (--sentence-transformers or --remote-code)",
+        description="--sentence-transformers: write a sentence-transformers folder (plain BERT + Pooling [+ Dense] "
+                    "[+ adaptor]) from an MRLBertModel; load it with SentenceTransformer(path) (its default size) "
+                    "or SentenceTransformer(path, truncate_dim=64). --remote-code: copy a checkpoint folder with its "
+                    "modeling code, so AutoModel.from_pretrained(path, trust_remote_code=True) opens it without "
+                    "mrl_hf.")
+    export.add_argument("model", help="checkpoint folder (or, with --sentence-transformers, a Hub id)")
     export.add_argument("output", help="folder to write")
     export.add_argument("--sentence-transformers", action="store_true", help="export as a sentence-transformers model")
+    export.add_argument("--remote-code", action="store_true",
+                        help="copy the checkpoint with its modeling code (auto_map) for trust_remote_code=True")
     export.add_argument("--overwrite", action="store_true", help="replace an existing non-empty output folder")
     export.set_defaults(func=_export)
 
@@ -201,13 +249,26 @@ def build_parser() -> argparse.ArgumentParser:
                     "The folder is staged in a temporary copy and never modified.")
     push.add_argument("folder", help="checkpoint folder (from mrl-hf demo/train, save_for_hub or save_pretrained)")
     push.add_argument("repo_id", help="namespace/name on the Hub")
-    push.add_argument("--remote-code", action="store_true",
-                      help="also upload the modeling code (auto_map) so trust_remote_code=True works without mrl_hf")
+    push.add_argument("--remote-code", action=argparse.BooleanOptionalAction, default=True,
+                      help="upload the modeling code (auto_map) so trust_remote_code=True works without mrl_hf "
+                           "(default; folders saved by mrl_hf carry it already)")
     push.add_argument("--regenerate-card", action="store_true", help="render README.md again even if there is one")
     push.add_argument("--private", action="store_true", help="create the repo as private")
     push.add_argument("--token", default=None, help="Hub write token (default: HF_TOKEN or the stored login)")
     push.add_argument("--message", default=None, help="commit message")
     push.set_defaults(func=_push)
+
+    inspect = commands.add_parser(
+        "inspect", help="report a checkpoint's Matryoshka sizes, default size, normalisation and problems",
+        description="Read the Matryoshka keys of a checkpoint folder or Hub repo (mrl_hf, sentence-transformers, or "
+                    "plain transformers with vLLM / Jina keys) and report the sizes, the default size and the "
+                    "normalisation each tool will use, and every problem that makes a tool misbehave, with its fix. "
+                    "Exit status 1 when there are problems.")
+    inspect.add_argument("checkpoint", help="checkpoint folder or Hub id")
+    inspect.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit)")
+    inspect.add_argument("--token", default=None, help="Hub token for a private repo")
+    inspect.add_argument("--json", action="store_true", help="print the report as JSON")
+    inspect.set_defaults(func=_inspect)
     return parser
 
 

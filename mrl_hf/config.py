@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PretrainedConfig
 
+from .contract import contract_keys
 from .nesting import halving_nesting_list, validate_dim, validate_nesting_list
 
 MATRYOSHKA_KEYS = (
@@ -66,6 +67,7 @@ class MatryoshkaConfigMixin:
         out = super().to_diff_dict()
         for key in MATRYOSHKA_KEYS:
             out[key] = getattr(self, key)
+        out.update(contract_keys(self))
         return out
 
 

@@ -7,9 +7,11 @@ model projects, and the modules of an attached ``MatryoshkaAdaptor``:
 - an adaptor with its residual MLP becomes ``mrl_adaptor.MatryoshkaAdaptorModule``, a module file written into the
   folder: ``SentenceTransformer(path, trust_remote_code=True)`` loads it, still without mrl_hf.
 ``config_sentence_transformers.json`` carries the model's default ``truncate_dim`` (sentence-transformers >= 5.4
-applies it); the BERT ``config.json`` lists the sizes as ``matryoshka_dimensions``. No Normalize module closes the
-stack: sentence-transformers would normalise *before* truncating. Pass ``normalize_embeddings=True`` to ``encode``
-to normalise after truncation, as mrl_hf does.
+applies it) and cosine similarity; the BERT ``config.json`` carries the whole contract (``mrl_hf.contract``:
+``matryoshka_dimensions`` and ``is_matryoshka`` for vLLM, ``nesting_list``, ``truncate_dim``). No Normalize module
+closes the stack, since sentence-transformers truncates after its last module and a Normalize would normalise
+*before* truncating: the output at every size is the raw slice (cosine scores are those of the normalised slice),
+and ``encode(..., normalize_embeddings=True)`` slices, then normalises, as mrl_hf does.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import torch
 from torch import nn
 from transformers import BertConfig, BertModel
 
+from .contract import contract_keys, sentence_transformers_keys
 from .modeling.bert import MRLBertModel, default_max_length
 from .saving import owned_files
 
@@ -35,7 +38,8 @@ def plain_bert_config(config) -> BertConfig:
     own = {f.name for f in dataclasses.fields(type(config))} - {f.name for f in dataclasses.fields(BertConfig)}
     values = {k: v for k, v in config.to_dict().items() if k not in own | _SAVE_KEYS}
     plain = BertConfig(**values)
-    plain.matryoshka_dimensions = list(config.nesting_list)
+    for key, value in contract_keys(config).items():  # the sizes and default size, for vLLM and other readers
+        setattr(plain, key, value)
     return plain
 
 
@@ -103,7 +107,7 @@ def export_sentence_transformers(model: MRLBertModel, path: str, tokenizer=None,
             adaptor_modules, custom = _adaptor_modules(model.adaptor)
             modules += adaptor_modules
         with torch.no_grad():
-            SentenceTransformer(modules=modules, device="cpu", truncate_dim=config.truncate_dim).save(str(st_dir))
+            SentenceTransformer(modules=modules, device="cpu", **sentence_transformers_keys(config)).save(str(st_dir))
         if custom:  # the module's class is in a file of the folder, so loading needs no mrl_hf
             from . import st_adaptor
 

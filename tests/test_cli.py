@@ -88,7 +88,7 @@ def test_errors_are_one_clear_line(tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and f"'{tmp_path / 'nope'}' does not exist" in err, err
     assert main(["export", "model", "out"]) == 2
-    assert "choose a format: --sentence-transformers" in capsys.readouterr().err
+    assert "choose one format: --sentence-transformers or --remote-code" in capsys.readouterr().err
 
 
 def test_export_into_a_folder_with_files_names_the_flag(tiny_checkpoint, tmp_path, capsys):

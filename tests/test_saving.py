@@ -91,7 +91,9 @@ def test_a_save_removes_what_the_previous_save_of_the_model_wrote_and_it_did_not
     v2 = model(1, vocab_size=30522)  # no tokenizer, no card
     v2.save_pretrained(folder)
     names = {p.name for p in folder.iterdir() if not p.name.startswith(".")}
-    assert names == {"config.json", "model.safetensors", "notes.txt"}, names  # nothing of v1's generation is left
+    code = {n for n in names if n.startswith("mrl_hf_") and n.endswith(".py")}  # the remote code, written again
+    assert "mrl_hf_modeling_bert.py" in code
+    assert names - code == {"config.json", "model.safetensors", "notes.txt"}, names  # nothing of v1's card is left
     assert same_weights(MRLBertModel.from_pretrained(folder), v2)
 
 

@@ -51,9 +51,12 @@ def test_export_keeps_an_attached_adaptor_at_every_size(tmp_path, hidden_dim):
     model = _with_adaptor(hidden_dim)
     path = export_sentence_transformers(model, tmp_path / "st")
     config = json.loads((tmp_path / "st" / "config.json").read_text())
-    leaked = {"adaptor", "gather_across_processes", "nesting_list", "truncate_dim", "pooling", "embedding_dim",
-              "contrastive_temperature", "is_matryoshka", "relative_importance"} & set(config)
+    leaked = {"adaptor", "gather_across_processes", "pooling", "embedding_dim", "contrastive_temperature",
+              "relative_importance", "efficient"} & set(config)
     assert config["model_type"] == "bert" and not leaked, leaked
+    # the contract, in the keys vLLM, Jina and mrl_hf read
+    assert {k: config[k] for k in ("matryoshka_dimensions", "is_matryoshka", "nesting_list", "truncate_dim")} == {
+        "matryoshka_dimensions": [16, 32, 64], "is_matryoshka": True, "nesting_list": [16, 32, 64], "truncate_dim": 32}
     assert json.loads((tmp_path / "st" / "config_sentence_transformers.json").read_text())["truncate_dim"] == 32
     if hidden_dim:  # the residual MLP is a module file in the folder: trusted code, but no mrl_hf needed
         assert (tmp_path / "st" / "mrl_adaptor.py").is_file()

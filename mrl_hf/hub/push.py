@@ -88,10 +88,10 @@ def write_card(folder, model_or_config, repo_id: str, results=None, remote_code:
 
 
 def save_for_hub(model, save_directory, *, repo_id: str | None = None, tokenizer=None, results=None,
-                 remote_code: bool = False, overwrite: bool = True, max_shard_size: int | str | None = None,
+                 remote_code: bool = True, overwrite: bool = True, max_shard_size: int | str | None = None,
                  **card_kwargs) -> Path:
     """Save ``model`` (safetensors + config with the Matryoshka keys), its tokenizer / processor, the model card,
-    the plot and (``remote_code=True``) the flat modeling code with ``auto_map``, all at once into
+    the plot and (unless ``remote_code=False``) the flat modeling code with ``auto_map``, all at once into
     ``save_directory``. ``card_kwargs`` go to ``render_model_card`` (``eval_dataset``, ``base_model``, ...);
     ``max_shard_size`` to ``save_pretrained``."""
     check_config(model)
@@ -100,20 +100,19 @@ def save_for_hub(model, save_directory, *, repo_id: str | None = None, tokenizer
         raise FileExistsError(f"{target} exists; pass overwrite=True or choose a new folder.")
     repo_id = repo_id or f"your-name/{target.name}"
     with owned_files(target, "model", replaces=is_weight_file) as staged:
-        model.write_files(staged, **({} if max_shard_size is None else {"max_shard_size": max_shard_size}))
+        model.write_files(staged, remote_code=remote_code,
+                          **({} if max_shard_size is None else {"max_shard_size": max_shard_size}))
         tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
         if tokenizer is not None and not (staged / "tokenizer_config.json").exists():
             tokenizer.save_pretrained(staged)
-        if remote_code:
-            write_remote_code(type(model), staged)
         write_card(staged, model, repo_id, results=results, remote_code=remote_code, **card_kwargs)
     return target
 
 
 def _load_folder_config(folder: Path):
-    from transformers import AutoConfig
-
     import importlib
+
+    from transformers import AutoConfig
 
     # registers the mrl_hf model types (not 'from .. import': this module is also copied into remote code)
     importlib.import_module("mrl_hf.modeling")
@@ -135,7 +134,7 @@ def _load_folder_config(folder: Path):
 def push_to_hub(model_or_folder, repo_id: str, *, token: bool | str | None = None, private: bool | None = None,
                 commit_message: str | None = None, commit_description: str | None = None, create_pr: bool = False,
                 revision: str | None = None, max_shard_size: int | str | None = None, tokenizer=None, results=None,
-                remote_code: bool = False, regenerate_card: bool | None = None, **card_kwargs) -> str:
+                remote_code: bool = True, regenerate_card: bool | None = None, **card_kwargs) -> str:
     """Push an mrl_hf model, or a folder saved by ``save_for_hub`` / ``save_pretrained`` (e.g. a training output),
     to ``repo_id`` in one commit. Returns the commit URL (or the pull request's, with ``create_pr=True``).
 
@@ -168,22 +167,49 @@ def push_to_hub(model_or_folder, repo_id: str, *, token: bool | str | None = Non
         return _upload(staged, repo_id, token, private, revision, message, commit_description, create_pr)
 
 
+def _model_class(config) -> type:
+    """The mrl_hf class named by ``config.architectures``."""
+    from transformers import AutoModel, AutoModelForImageClassification, AutoModelForMaskedLM
+
+    arch = (config.architectures or [None])[0]
+    classes = {}
+    for auto in (AutoModel, AutoModelForMaskedLM, AutoModelForImageClassification):
+        classes.update({cls.__name__: cls for cls in auto._model_mapping._extra_content.values()})
+    if arch not in classes:
+        raise ValueError(f"cannot write remote code for architecture {arch!r}; known: {sorted(classes)}.")
+    return classes[arch]
+
+
+def export_remote_code(checkpoint, output, overwrite: bool = False) -> Path:
+    """Copy a checkpoint folder to ``output`` with the flat modeling code and ``auto_map``, so that
+    ``AutoModel.from_pretrained(output, trust_remote_code=True)`` opens it where mrl_hf is not installed (checkpoints
+    saved by this version of mrl_hf already carry it). Committed as one set; a non-empty ``output`` is written into
+    only with ``overwrite=True``."""
+    folder = Path(checkpoint)
+    config = _load_folder_config(folder)
+    target = Path(output).absolute()
+    if target.is_file() or (target.is_dir() and any(target.iterdir()) and not overwrite):
+        raise FileExistsError(f"{target} exists and is not empty; choose a new folder or pass overwrite=True.")
+    with tempfile.TemporaryDirectory(prefix="mrl_hf_remote_code_") as tmp:
+        staged = Path(tmp) / "copy"
+        with reading(folder):
+            shutil.copytree(folder, staged, ignore=shutil.ignore_patterns(".*", "__pycache__", "checkpoint-*", "runs"))
+        with owned_files(target, "model", replaces=is_weight_file) as commit:
+            for path in staged.rglob("*"):
+                if path.is_file():
+                    (commit / path.relative_to(staged)).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(path, commit / path.relative_to(staged))
+            write_remote_code(_model_class(config), commit)
+    return target
+
+
 def _stage_folder(folder: Path, staged: Path, config, repo_id, results, remote_code, regenerate_card, card_kwargs):
     from ..evaluation.table import ResultsTable
-    from transformers import AutoModel
 
     with reading(folder):  # never a mix of two saves' files
         shutil.copytree(folder, staged, ignore=shutil.ignore_patterns(".*", "__pycache__", "checkpoint-*", "runs"))
-    if remote_code:
-        arch = (config.architectures or [None])[0]
-        classes = {cls.__name__: cls for cls in AutoModel._model_mapping._extra_content.values()}
-        from transformers import AutoModelForImageClassification, AutoModelForMaskedLM
-
-        for auto in (AutoModelForMaskedLM, AutoModelForImageClassification):
-            classes.update({cls.__name__: cls for cls in auto._model_mapping._extra_content.values()})
-        if arch not in classes:
-            raise ValueError(f"cannot export remote code for architecture {arch!r}; known: {sorted(classes)}.")
-        write_remote_code(classes[arch], staged)
+    if remote_code and not getattr(config, "auto_map", None):  # a folder saved with its code keeps it
+        write_remote_code(_model_class(config), staged)
     if regenerate_card or (regenerate_card is None and not (staged / "README.md").exists()):
         settings_path = staged / CARD_SETTINGS_FILE
         settings = json.loads(settings_path.read_text()) if settings_path.exists() else {}
@@ -191,7 +217,8 @@ def _stage_folder(folder: Path, staged: Path, config, repo_id, results, remote_c
         settings.update(card_kwargs)
         if results is None and (staged / RESULTS_FILE).exists():
             results = ResultsTable.from_json(str(staged / RESULTS_FILE))
-        write_card(staged, config, repo_id, results=results, remote_code=remote_code, **settings)
+        has_code = bool(json.loads((staged / "config.json").read_text()).get("auto_map"))
+        write_card(staged, config, repo_id, results=results, remote_code=has_code, **settings)
 
 
 def _upload(staged: Path, repo_id: str, token: str, private, revision, commit_message: str,

@@ -111,8 +111,8 @@ def auto_classes(model_class: type) -> dict[str, type]:
 
 
 def write_remote_code(model_class: type, folder: str | os.PathLike) -> dict[str, str]:
-    """Write the flat code files of ``model_class`` into ``folder`` (a saved checkpoint) and add ``auto_map`` to its
-    ``config.json``. Returns the ``auto_map``."""
+    """Write the flat code files of ``model_class`` into ``folder`` (a checkpoint being staged, not yet committed)
+    and add ``auto_map`` to its ``config.json``. Returns the ``auto_map``."""
     if not model_class.__module__.startswith(PACKAGE + "."):
         raise TypeError(f"{model_class.__name__} is not an mrl_hf model (module {model_class.__module__}); "
                         "remote code export covers mrl_hf's own model classes.")
@@ -129,7 +129,6 @@ def write_remote_code(model_class: type, folder: str | os.PathLike) -> dict[str,
     auto_map = {auto: f"{flat_name(cls.__module__)}.{cls.__name__}" for auto, cls in classes.items()}
     config = json.loads(config_path.read_text(encoding="utf8"))
     config["auto_map"] = auto_map
-    tmp = config_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf8")
-    os.replace(tmp, config_path)
+    # written in place: callers write into a staging folder that is committed as a whole (mrl_hf.saving)
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf8")
     return auto_map

