@@ -22,7 +22,7 @@ import time
 import torch
 from transformers import TrainingArguments
 
-from mrl_hf.adaptive import AdaptiveClassifier
+from mrl_hf.adaptive_classification import AdaptiveClassifier
 from mrl_hf.data.images import ImageClassificationDataset, load_fashion_mnist, to_pixel_values
 from mrl_hf.distributed import end_distributed_run, is_main_process
 from mrl_hf.evaluation.classification import (encode_images, evaluate_baselines, evaluate_embeddings,

@@ -12,7 +12,7 @@ import pytest
 import torch
 from transformers import TrainingArguments
 
-from mrl_hf.adaptive import AdaptiveClassifier
+from mrl_hf.adaptive_classification import AdaptiveClassifier
 from mrl_hf.data.images import ImageClassificationDataset, load_fashion_mnist, to_pixel_values
 from mrl_hf.evaluation.classification import baseline_features, encode_images, knn_accuracy, per_dim_accuracy
 from mrl_hf.modeling.vision import MRLResNetConfig, MRLResNetForImageClassification

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from mrl_hf.adaptive import AdaptiveClassifier
+from mrl_hf.adaptive_classification import AdaptiveClassifier
 
 
 def synthetic_logits(n=2000, seed=0):
