@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import validate_relative_importance
+from .nesting import validate_relative_importance
 from .losses import NestedLoss, nested_contrastive_loss, nested_cosine_similarities, weighted_sum
 from .nesting import validate_nesting_list
 

@@ -12,8 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import validate_relative_importance
-from .nesting import validate_nesting_list
+from .nesting import validate_nesting_list, validate_relative_importance
 
 
 class NestedLoss(NamedTuple):

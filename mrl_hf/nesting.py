@@ -105,3 +105,21 @@ def _check_positive_int(value, name: str) -> None:
     _as_int(value, name)
     if value < 1:
         raise ValueError(f"{name}={value} must be >= 1.")
+
+
+def validate_relative_importance(values, num_dims: int) -> list[float]:
+    """The ``c_m`` weights: one non-negative float per nesting dim, not all zero."""
+    if values is None:
+        return [1.0] * num_dims
+    values = [float(v) for v in values]
+    if len(values) != num_dims:
+        raise ValueError(
+            f"relative_importance has {len(values)} entries {values}, but nesting_list has {num_dims} sizes; "
+            "give one weight per size (or None for all ones)."
+        )
+    bad = [v for v in values if not v >= 0]  # also catches NaN
+    if bad:
+        raise ValueError(f"relative_importance={values} contains {bad[0]}; every weight must be >= 0.")
+    if sum(values) == 0:
+        raise ValueError(f"relative_importance={values} is all zeros; at least one weight must be > 0.")
+    return values

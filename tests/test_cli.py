@@ -131,4 +131,10 @@ def test_readme_demo_command_trains_saves_reloads_and_prints_the_table(tmp_path)
         assert (saved / name).is_file(), name
     assert "encode() gives (4, 48) (the saved default size)" in out.stdout and "Adaptive retrieval" in out.stdout
     assert json.loads((saved / "config.json").read_text())["truncate_dim"] == 48
+    # the contract every tool reads, and the code that opens the folder without mrl_hf (trust_remote_code)
+    from mrl_hf.contract import inspect_checkpoint
+
+    report = inspect_checkpoint(saved)
+    assert report.ok and report.dims == [12, 24, 48, 96, 192, 384] and report.default_dim == 48, str(report)
+    assert "AutoModel" in json.loads((saved / "config.json").read_text())["auto_map"]
     shutil.rmtree(saved)

@@ -248,3 +248,12 @@ def test_bad_input_raises_clear_errors():
         nested_contrastive_loss(torch.randn(2, 4), torch.randn(2, 4), [2, 4], temperature=0)
     with pytest.raises(ValueError, match="anchors is empty"):
         nested_contrastive_loss(torch.randn(0, 4), torch.randn(0, 4), [2, 4])
+
+
+def test_the_losses_import_no_transformers():
+    import subprocess
+    import sys
+
+    code = "import sys, mrl_hf.losses, mrl_hf.heads; print('transformers' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
