@@ -91,6 +91,13 @@ def validate_dim(dim: int, max_dim: int, name: str = "truncate_dim") -> int:
     return dim
 
 
+def validate_dims(dims, max_dim: int) -> list[int]:
+    """The sizes to evaluate at, each checked with ``validate_dim``; ``dims`` is required."""
+    if dims is None:
+        raise ValueError("dims is required: the embedding sizes to evaluate, e.g. model.config.nesting_list.")
+    return [validate_dim(m, max_dim, name="dim") for m in dims]
+
+
 def _as_int(value, what: str) -> int:
     """``value`` as a Python int; numpy integers pass, floats and bools do not."""
     if isinstance(value, bool):

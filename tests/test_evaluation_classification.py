@@ -96,7 +96,7 @@ def test_tables_print_save_and_plot(tmp_path):
     assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ValueError, match="metric='2NN' is not known"):
         evaluate_embeddings(x, y, xt, yt, [1], metrics=("2NN",))
-    with pytest.raises(ValueError, match="dims entry=17 is out of range"):
+    with pytest.raises(ValueError, match="dim=17 is out of range"):
         knn_accuracy(x, y, xt, yt, [17])
     with pytest.raises(ValueError, match="train_y must be 400 integer class ids"):
         linear_probe_accuracy(x, y[:10], xt, yt, [1])

@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..nesting import validate_dim
+from ..nesting import validate_dims
 from .table import ResultsTable
 
 BASELINES = ("SVD", "first-m", "JL")
@@ -40,12 +40,6 @@ def _as_labels(y, n: int, name: str) -> np.ndarray:
         raise ValueError(f"{name} must be {n} integer class ids (one per embedding), got shape {y.shape}, "
                          f"dtype {y.dtype}.")
     return y.astype(np.int64)
-
-
-def _check_dims(dims, full: int) -> list[int]:
-    if dims is None:
-        raise ValueError("dims is required: the sizes to evaluate, e.g. model.config.nesting_list.")
-    return [validate_dim(d, full, name="dims entry") for d in dims]
 
 
 def _normalize(x: np.ndarray) -> np.ndarray:
@@ -86,7 +80,7 @@ def linear_probe_accuracy(train_x, train_y, test_x, test_y, dims: Sequence[int],
     train_x, test_x = _as_array(train_x, "train_x"), _as_array(test_x, "test_x")
     train_y, test_y = _as_labels(train_y, len(train_x), "train_y"), _as_labels(test_y, len(test_x), "test_y")
     out = {}
-    for m in _check_dims(dims, train_x.shape[1]):
+    for m in validate_dims(dims, train_x.shape[1]):
         probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=max_iter, C=C))
         probe.fit(train_x[:, :m], train_y)
         out[m] = 100.0 * float((probe.predict(test_x[:, :m]) == test_y).mean())
@@ -113,7 +107,7 @@ def knn_accuracy(database_x, database_y, query_x, query_y, dims: Sequence[int], 
     depth = min(len(db), max(k, 50))  # neighbours looked at to rank the classes for top-5
     db_labels, q_labels = torch.from_numpy(db_y), torch.from_numpy(q_y)
     out = {}
-    for m in _check_dims(dims, db.shape[1]):
+    for m in validate_dims(dims, db.shape[1]):
         a, b = db[:, :m], q[:, :m]
         if metric == "cosine":
             a, b = _normalize(a), _normalize(b)
@@ -155,7 +149,7 @@ def nearest_class_mean_accuracy(train_x, train_y, test_x, test_y, dims: Sequence
     supports = [np.concatenate([rng.choice(np.flatnonzero(train_y == c), shots, replace=False) for c in classes])
                 for _ in range(episodes)]
     out = {}
-    for m in _check_dims(dims, train_x.shape[1]):
+    for m in validate_dims(dims, train_x.shape[1]):
         tr, te = _normalize(train_x[:, :m]), _normalize(test_x[:, :m])
         accs = []
         for support in supports:

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from ..embeddings import truncate_embeddings
-from ..nesting import validate_dim
+from ..nesting import validate_dims
 from .pairs import pair_retrieval_metrics
 
 DEFAULT_TEMPLATES = ("a photo of a {}.", "a picture of a {}.", "an image of a {}.", "a photo of the {}.")
@@ -26,12 +26,6 @@ def _as_float_tensor(x, name: str, ndim: Sequence[int] = (2,)) -> torch.Tensor:
     if x.dim() not in ndim:
         raise ValueError(f"{name} must have {' or '.join(map(str, ndim))} dims, got shape {tuple(x.shape)}.")
     return x.detach().float().cpu()
-
-
-def _check_dims(dims, full: int) -> list[int]:
-    if dims is None:
-        raise ValueError("dims is required: the embedding sizes to evaluate, e.g. model.config.nesting_list.")
-    return [validate_dim(m, full, name="dim") for m in dims]
 
 
 def _tokenizer_of(model, tokenizer):
@@ -115,7 +109,7 @@ def zero_shot_accuracy(image_embeds, labels, class_embeds, dims: Sequence[int]) 
         raise ValueError(f"labels must be in 0..{classes.shape[0] - 1} (one class embedding per class), "
                          f"got {int(labels.min())}..{int(labels.max())}.")
     results = {}
-    for m in _check_dims(dims, images.shape[1]):
+    for m in validate_dims(dims, images.shape[1]):
         prototypes = truncate_embeddings(truncate_embeddings(classes, m, normalize=True).mean(1), None, normalize=True)
         pred = (truncate_embeddings(images, m, normalize=True) @ prototypes.T).argmax(1)
         results[m] = 100.0 * float((pred == labels).float().mean())
@@ -147,7 +141,7 @@ def image_text_retrieval(image_embeds, text_embeds, dims: Sequence[int], ks: Seq
                              f"{len(text_labels)} text labels for {texts.shape[0]} texts; give one label per row.")
         i2t_relevant = [np.flatnonzero(text_labels == y) for y in image_labels]
         t2i_relevant = [np.flatnonzero(image_labels == y) for y in text_labels]
-    dims = _check_dims(dims, images.shape[1])
+    dims = validate_dims(dims, images.shape[1])
     i2t = pair_retrieval_metrics(images, texts, dims, i2t_relevant, ks)
     t2i = pair_retrieval_metrics(texts, images, dims, t2i_relevant, ks)
     return {m: {**{f"i2t_recall@{k}": 100.0 * i2t[m][f"recall@{k}"] for k in ks},
