@@ -31,6 +31,8 @@ _LAZY = {
     "MRLBertConfig": "modeling",
     "MRLBertForMaskedLM": "modeling",
     "MRLBertModel": "modeling",
+    "MRLModelForTextEmbedding": "modeling",
+    "MRLTextEmbeddingConfig": "modeling",
     "MRLResNetConfig": "modeling",
     "MRLResNetForImageClassification": "modeling",
     "MRLViTConfig": "modeling",

@@ -155,6 +155,9 @@ def _export(args: argparse.Namespace) -> int:
         raise FileExistsError(str(exc).replace("pass overwrite=True", "pass --overwrite")) from exc
     print(f"Wrote a sentence-transformers folder to {path}. Load it at any trained size "
           f"{model.config.nesting_list}:\n  SentenceTransformer({str(path)!r}, truncate_dim={_mid(model)})")
+    if model.adaptor is not None:
+        print("Note: vLLM cannot serve this folder (it skips the adaptor's modules without an error); serve it with "
+              "sentence-transformers or mrl_hf. `mrl-hf inspect` reports this.")
     return 0
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 NORMALIZATION = "slice, then L2-normalise the slice"
-_ST_FILES = ("config_sentence_transformers.json", "modules.json")
+_VLLM_MODULES = ("Transformer", "Pooling", "Dense", "Normalize")  # the sentence-transformers modules vLLM rebuilds
 
 
 def contract_keys(config) -> dict:
@@ -265,10 +265,19 @@ def _normalization(config: dict, modules, kind: str, dims, full_dim, problems: l
                 "remove the last Normalize entry from modules.json and encode with normalize_embeddings=True "
                 "(slice, then normalise); cosine scores do not change."))
             return "sentence-transformers: normalise the full vector, then truncate"
+        odd = [t for t in types if t not in _VLLM_MODULES]
+        if odd or ("Normalize" in types and "Dense" in types[types.index("Normalize"):]):
+            problems.append(Problem(
+                f"vLLM rebuilds a sentence-transformers stack as Pooling -> Dense -> slice -> normalise; this stack "
+                f"({' -> '.join(types)}) is not that, so vLLM would serve other vectors without an error"
+                + (f" (it skips {odd})." if odd else " (it ignores a Normalize before a Dense)."),
+                "serve this folder with sentence-transformers or mrl_hf, or export the model without the adaptor "
+                "for vLLM."))
     if kind == "mrl_hf":
         on = config.get("normalize_embeddings")
         return f"mrl_hf: {NORMALIZATION}" + ("" if on else " (when encode(normalize=True) is asked)")
     if modules is not None:
-        return ("sentence-transformers: raw vectors, truncated; pass normalize_embeddings=True to normalise the slice "
-                "(cosine similarity is the same either way)")
+        return ("sentence-transformers and vLLM: the raw slice; normalise it with normalize_embeddings=True "
+                "(sentence-transformers) or \"use_activation\": true (vLLM), which slice, then normalise (cosine "
+                "similarity is the same either way)")
     return f"not stated; for a Matryoshka model: {NORMALIZATION}"

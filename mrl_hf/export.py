@@ -26,7 +26,8 @@ from torch import nn
 from transformers import BertConfig, BertModel
 
 from .contract import contract_keys, sentence_transformers_keys
-from .modeling.bert import MRLBertModel, default_max_length
+from .modeling.bert import MRLBertModel
+from .modeling.text_common import default_max_length
 from .saving import owned_files
 
 ADAPTOR_MODULE_FILE = "mrl_adaptor.py"
@@ -63,6 +64,9 @@ def _adaptor_modules(adaptor) -> tuple[list[nn.Module], bool]:
 def export_sentence_transformers(model: MRLBertModel, path: str, tokenizer=None, max_seq_length: int | None = None,
                                  overwrite: bool = False) -> str:
     """Write ``model`` to ``path`` as a sentence-transformers model and return ``path``.
+
+    vLLM serves the folder at every trained size, except with an attached adaptor: vLLM rebuilds the stack as
+    Pooling -> Dense -> slice -> normalise and would skip or reorder the adaptor's modules (docs/serving.md).
 
     The folder's files are committed as one set (``mrl_hf.saving.owned_files``); a ``path`` holding files is written
     into only with ``overwrite=True``, which replaces a previous export's files and leaves any others alone.

@@ -96,6 +96,7 @@ BERT = {"model_type": "bert", "hidden_size": 768, "architectures": ["BertModel"]
 ST_STACK = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.base.modules.transformer.Transformer"},
             {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.modules.Pooling"}]
 NORMALIZE = {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.modules.Normalize"}
+DENSE = {"idx": 3, "name": "3", "path": "3_Dense", "type": "sentence_transformers.base.modules.dense.Dense"}
 
 
 @pytest.mark.parametrize("files, message, fix", [
@@ -113,6 +114,11 @@ NORMALIZE = {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_tra
       "config_sentence_transformers.json": {"truncate_dim": 768}}, "differs by tool", "same truncate_dim"),
     ({"config.json": {**BERT, "matryoshka_dimensions": [64, 768]}, "modules.json": ST_STACK + [NORMALIZE]},
      "not unit length (sizes [64])", "remove the last Normalize"),
+    ({"config.json": {**BERT, "matryoshka_dimensions": [64, 768]}, "modules.json": ST_STACK + [NORMALIZE, DENSE]},
+     "ignores a Normalize before a Dense", "without the adaptor"),
+    ({"config.json": {**BERT, "matryoshka_dimensions": [64, 768]},
+      "modules.json": ST_STACK + [{"idx": 2, "name": "2", "path": "", "type": "mrl_adaptor.MatryoshkaAdaptorModule"}]},
+     "it skips ['MatryoshkaAdaptorModule']", "serve this folder with sentence-transformers or mrl_hf"),
 ])
 def test_inspect_names_each_problem_with_its_fix(tmp_path, files, message, fix):
     report = inspect_checkpoint(_write(tmp_path, files))

@@ -3,3 +3,4 @@ from .bert import MRLBertConfig, MRLBertForMaskedLM, MRLBertModel, masked_lm_acc
 from .vision import (MRLResNetConfig, MRLResNetForImageClassification, MRLViTConfig,  # noqa: F401
                      MRLViTForImageClassification, MatryoshkaImageClassifierOutput)
 from .align import MRLAlignConfig, MRLAlignModel, MRLAlignOutput, MRLAlignProcessor  # noqa: F401,E402
+from .auto_text import MRLModelForTextEmbedding, MRLTextEmbeddingConfig, MRLTextEmbeddingOutput  # noqa: F401,E402

@@ -25,7 +25,6 @@ from transformers import (
     AutoConfig,
     AutoModel,
     AutoModelForMaskedLM,
-    AutoTokenizer,
     BertConfig,
     BertModel,
 )
@@ -35,7 +34,6 @@ from transformers.utils import ModelOutput
 
 from ..adaptor import MatryoshkaAdaptor
 from ..config import MatryoshkaConfigMixin
-from ..contract import sentence_transformers_keys
 from ..distributed import all_gather_with_grad
 from ..embeddings import truncate_embeddings
 from ..heads import MatryoshkaHead
@@ -43,6 +41,13 @@ from ..losses import MatryoshkaCrossEntropyLoss, nested_contrastive_loss
 from ..nesting import halving_nesting_list, validate_dim
 from ..saving import AtomicSaveMixin
 from .base import MatryoshkaPreTrainedMixin
+from .text_common import (
+    check_nonempty,
+    check_texts,
+    default_max_length,
+    sentence_transformers_files,
+    try_load_tokenizer,
+)
 
 POOLING_MODES = ("mean", "cls")
 
@@ -156,22 +161,13 @@ class MRLBertPreTrainedModel(AtomicSaveMixin, MatryoshkaPreTrainedMixin, BertPre
         persisted config and are validated."""
         result = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         model = result[0] if isinstance(result, tuple) else result
-        model.tokenizer = _try_load_tokenizer(pretrained_model_name_or_path, kwargs)
+        model.tokenizer = try_load_tokenizer(pretrained_model_name_or_path, kwargs)
         return result
 
     def _save_extra_files(self, save_directory):
         """``save_pretrained`` (atomic, see ``mrl_hf.saving``) also saves ``model.tokenizer`` when there is one."""
         if getattr(self, "tokenizer", None) is not None:
             self.tokenizer.save_pretrained(save_directory)
-
-
-def _try_load_tokenizer(path, kwargs):
-    keep = {k: kwargs[k] for k in ("revision", "cache_dir", "token", "local_files_only", "subfolder", "trust_remote_code")
-            if k in kwargs}
-    try:
-        return AutoTokenizer.from_pretrained(path, **keep)
-    except (OSError, ValueError, TypeError):  # no tokenizer files there: encode() will ask for one
-        return None
 
 
 class MRLBertModel(MRLBertPreTrainedModel):
@@ -215,7 +211,7 @@ class MRLBertModel(MRLBertPreTrainedModel):
                 handle.write("\n")
 
     def _embed(self, input_ids, attention_mask=None, token_type_ids=None, inputs_embeds=None, **kwargs):
-        _check_nonempty(input_ids if input_ids is not None else inputs_embeds)
+        check_nonempty(input_ids if input_ids is not None else inputs_embeds)
         if attention_mask is None:  # every position counts in the mean pooling
             shape = input_ids.shape if input_ids is not None else inputs_embeds.shape[:2]
             device = input_ids.device if input_ids is not None else inputs_embeds.device
@@ -306,7 +302,7 @@ class MRLBertModel(MRLBertPreTrainedModel):
         """
         single = isinstance(texts, str)
         texts = [texts] if single else texts
-        _check_texts(texts)
+        check_texts(texts)
         tokenizer = tokenizer if tokenizer is not None else self.tokenizer
         if tokenizer is None:
             raise ValueError("This model has no tokenizer: load it with from_pretrained from a folder that has one, "
@@ -338,44 +334,6 @@ class MRLBertModel(MRLBertPreTrainedModel):
         if convert_to_tensor or not convert_to_numpy:
             return out
         return out.float().cpu().numpy()
-
-
-def sentence_transformers_files(config: MRLBertConfig, max_seq_length: int) -> dict[str, object]:
-    """The three files that make an ``MRLBertModel`` folder load in sentence-transformers (>= 6) as one Transformer
-    module whose output is the model's ``embeddings``."""
-    return {
-        "modules.json": [{"idx": 0, "name": "0", "path": "",
-                          "type": "sentence_transformers.base.modules.transformer.Transformer"}],
-        "sentence_bert_config.json": {
-            "transformer_task": "feature-extraction",
-            "modality_config": {"text": {"method": "forward", "method_output_name": "embeddings"}},
-            "module_output_name": "sentence_embedding", "max_seq_length": max_seq_length},
-        "config_sentence_transformers.json": {
-            "model_type": "SentenceTransformer", "prompts": {"query": "", "document": ""},
-            "default_prompt_name": None, **sentence_transformers_keys(config)},
-    }
-
-
-def _check_nonempty(inputs) -> None:
-    if isinstance(inputs, torch.Tensor) and (inputs.dim() < 2 or 0 in inputs.shape[:2]):
-        raise ValueError(f"got input of shape {tuple(inputs.shape)}; expected (batch, seq_len) with batch >= 1 and "
-                         "seq_len >= 1. Skip empty batches (e.g. dataloader_drop_last=True) and tokenize with "
-                         "return_tensors='pt'.")
-
-
-def default_max_length(tokenizer, config) -> int:
-    limit = getattr(tokenizer, "model_max_length", None) or config.max_position_embeddings
-    return int(min(limit, config.max_position_embeddings))
-
-
-def _check_texts(texts) -> None:
-    if isinstance(texts, (bytes, dict)) or not isinstance(texts, Sequence):
-        raise TypeError(f"texts must be a string or a list of strings, got {type(texts).__name__}.")
-    if len(texts) == 0:
-        raise ValueError("texts is empty; pass at least one string.")
-    for i, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise TypeError(f"texts[{i}] is {type(text).__name__} ({text!r:.50}); every text must be a str.")
 
 
 class MRLBertLMPredictionHead(nn.Module):
@@ -459,7 +417,7 @@ class MRLBertForMaskedLM(MRLBertPreTrainedModel):
         """``smoothing``: label smoothing as in ``torch.nn.CrossEntropyLoss``; ``MRLTrainer`` passes the Trainer's
         ``label_smoothing_factor`` here (not named ``label_...``: the Trainer would take it for a label column).
         ``num_items_in_batch``: see the class docstring."""
-        _check_nonempty(input_ids if input_ids is not None else inputs_embeds)
+        check_nonempty(input_ids if input_ids is not None else inputs_embeds)
         kwargs.pop("return_dict", None)
         out = self.bert(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
                         position_ids=position_ids, inputs_embeds=inputs_embeds, return_dict=True, **kwargs)

@@ -1,0 +1,488 @@
+"""Matryoshka text embeddings on any ``transformers`` text backbone (``MRLModelForTextEmbedding``).
+
+The backbone is whatever ``AutoModel.from_config(config.backbone_config)`` builds (BERT, XLM-RoBERTa, ModernBERT,
+DeBERTa-v2, MPNet, Qwen3, Llama, ...). Its last hidden states are pooled (masked mean, first token or last token),
+optionally projected to ``embedding_dim``, and trained with the nested InfoNCE loss so that every prefix in
+``config.nesting_list`` is an embedding.
+
+Loading a plain checkpoint: ``MRLModelForTextEmbedding.from_pretrained(folder_or_id, nesting_list=..., pooling=...)``
+reads the checkpoint's own config as ``backbone_config`` and loads its weights into ``backbone``:
+
+- a bare base model (``BertModel``, ``Qwen3Model``, a sentence-transformers folder; keys ``embeddings.*``,
+  ``layers.*``): ``base_model_prefix = "backbone"``, so transformers adds the ``backbone.`` prefix to every key;
+- a model with a task head (``BertForMaskedLM``, ``XLMRobertaForMaskedLM``, ``Qwen3ForCausalLM``; keys ``bert.*``,
+  ``roberta.*``, ``model.*``): the backbone's own prefix is renamed to ``backbone.`` while loading (a ``key_mapping``
+  that is not kept for saving, so the model's own saves stay in its ``backbone.*`` layout); the head's weights are
+  reported as unused, as transformers does for ``BertModel.from_pretrained(<a BertForMaskedLM>)``.
+
+Only the projection (when ``embedding_dim`` is set) is new; a plain checkpoint whose keys fit no backbone weight is
+refused instead of silently giving a randomly initialised encoder.
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import re
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+from huggingface_hub.dataclasses import strict
+from torch import nn
+from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
+from transformers import initialization as init
+from transformers.configuration_utils import SubConfigSpec
+from transformers.utils import ModelOutput
+
+from ..config import MatryoshkaConfigMixin
+from ..distributed import all_gather_with_grad
+from ..embeddings import truncate_embeddings
+from ..losses import nested_contrastive_loss
+from ..nesting import validate_dim
+from ..saving import AtomicSaveMixin
+from .base import MatryoshkaPreTrainedMixin
+from .text_common import (
+    check_nonempty,
+    check_texts,
+    default_max_length,
+    sentence_transformers_files,
+    try_load_tokenizer,
+)
+
+POOLING_MODES = ("mean", "cls", "last_token")
+BACKBONE_PREFIX = "backbone"
+
+
+@strict
+class MRLTextEmbeddingConfig(MatryoshkaConfigMixin, PretrainedConfig):
+    """Config of ``MRLModelForTextEmbedding``: the backbone's config plus the Matryoshka and embedding settings.
+
+    backbone_config: the config of any text model ``AutoModel`` can build (a ``PretrainedConfig`` or a dict with its
+        ``model_type``; re-created with the backbone's own config class on load). Default: BERT-base.
+    pooling: ``"mean"`` (masked mean of the last hidden states), ``"cls"`` (the first attended token) or
+        ``"last_token"`` (the last attended token, for decoders such as Qwen3 / Llama; correct for left and right
+        padding).
+    embedding_dim: size of an optional linear projection after pooling; ``None`` keeps the backbone's hidden size.
+    contrastive_temperature: temperature of the nested InfoNCE loss used when (anchor, positive) pairs are given.
+    gather_across_processes: in a multi-process run, contrast against the global batch's candidates.
+    """
+
+    model_type = "mrl_text_embedding"
+    sub_configs_defaults = {"backbone_config": SubConfigSpec(config_class=AutoConfig, model_type="bert")}
+    # Outputs the Trainer's evaluation loop does not collect as predictions (per-dim losses become eval_loss_dim_*).
+    keys_to_ignore_at_inference = ["per_dim_losses", "last_hidden_state", "hidden_states", "attentions"]
+
+    backbone_config: dict | PretrainedConfig | None = None
+    pooling: str = "mean"
+    embedding_dim: int | None = None
+    contrastive_temperature: float = 0.05
+    gather_across_processes: bool = True
+
+    def __post_init__(self, **kwargs):
+        if isinstance(self.backbone_config, dict) and not self.backbone_config.get("model_type"):
+            raise ValueError("backbone_config is a dict without 'model_type'; give the backbone's config "
+                             "(AutoConfig.from_pretrained(...)) or a dict with its model_type, e.g. 'bert'.")
+        if isinstance(self.backbone_config, MRLTextEmbeddingConfig):
+            raise TypeError("backbone_config is itself an MRLTextEmbeddingConfig; give the plain backbone's config.")
+        self._check_embedding_dim()  # before the default nesting list is derived from it
+        super().__post_init__(**kwargs)
+
+    def _check_embedding_dim(self) -> None:
+        if self.embedding_dim is not None and (isinstance(self.embedding_dim, bool)
+                                               or not isinstance(self.embedding_dim, int) or self.embedding_dim < 1):
+            raise ValueError(f"embedding_dim={self.embedding_dim!r} must be an int >= 1 (or None for the backbone's "
+                             "hidden size).")
+
+    @property
+    def backbone_hidden_size(self) -> int:
+        text = self.backbone_config.get_text_config()
+        for key in ("hidden_size", "d_model", "dim", "n_embd"):
+            value = getattr(text, key, None)
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+        raise ValueError(f"cannot tell the hidden size of the {self.backbone_config.model_type!r} backbone (its config "
+                         "has no hidden_size / d_model); it is not a text model MRLModelForTextEmbedding can pool.")
+
+    @property
+    def matryoshka_embedding_dim(self) -> int:
+        return self.embedding_dim if self.embedding_dim is not None else self.backbone_hidden_size
+
+    def get_text_config(self, decoder=None, encoder=None) -> PretrainedConfig:
+        """The backbone's text config: vocabulary size, hidden size and layers live there (``resize_token_embeddings``
+        and other tools read and write them through this)."""
+        return self.backbone_config.get_text_config(decoder=decoder, encoder=encoder)
+
+    def validate_matryoshka(self) -> None:
+        if self.pooling not in POOLING_MODES:
+            raise ValueError(f"pooling={self.pooling!r} is not supported; choose one of {POOLING_MODES}.")
+        self._check_embedding_dim()
+        if not self.contrastive_temperature > 0:
+            raise ValueError(f"contrastive_temperature={self.contrastive_temperature} must be > 0.")
+        if not isinstance(self.backbone_config, PretrainedConfig):
+            raise TypeError(f"backbone_config must be a transformers config (or a dict with its model_type), got "
+                            f"{type(self.backbone_config).__name__}.")
+        if getattr(self.backbone_config, "is_encoder_decoder", False):
+            raise ValueError(f"the {self.backbone_config.model_type!r} backbone is an encoder-decoder model; "
+                             "MRLModelForTextEmbedding pools the hidden states of an encoder or a decoder alone.")
+        super().validate_matryoshka()
+
+
+@dataclass
+class MRLTextEmbeddingOutput(ModelOutput):
+    """``embeddings``: the full pooled (and projected) vector, never normalised, shape ``(batch, d)``.
+    ``truncated_embeddings``: its first ``truncate_dim`` features, L2-normalised when ``normalize`` is on.
+    ``loss`` / ``per_dim_losses``: nested contrastive loss when positives are given (``per_dim_losses[i]``
+    belongs to ``config.nesting_list[i]``). The same fields as ``MRLBertModel``'s output."""
+
+    loss: torch.FloatTensor | None = None
+    per_dim_losses: torch.FloatTensor | None = None
+    embeddings: torch.FloatTensor | None = None
+    truncated_embeddings: torch.FloatTensor | None = None
+    last_hidden_state: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, mode: str) -> torch.Tensor:
+    """Pool ``hidden`` ``(batch, seq, d)`` over the positions where ``attention_mask`` is 1.
+
+    ``"mean"``: masked mean (padded positions are excluded even where the backbone left NaN or garbage there);
+    ``"cls"``: the first attended token; ``"last_token"``: the last attended token. Both token modes find the token
+    from the mask, so left and right padding give the same result."""
+    mask = attention_mask.to(torch.bool)
+    if mode == "mean":
+        summed = hidden.masked_fill(~mask.unsqueeze(-1), 0.0).sum(1)
+        return summed / mask.sum(1, keepdim=True).clamp_min(1).to(hidden.dtype)
+    seq_len = mask.shape[1]
+    if mode == "cls":
+        index = mask.to(torch.int32).argmax(1)  # first 1 (0 for a row without any)
+    elif mode == "last_token":
+        index = seq_len - 1 - mask.flip(1).to(torch.int32).argmax(1)  # last 1 (seq_len - 1 for a row without any)
+    else:
+        raise ValueError(f"pooling={mode!r} is not supported; choose one of {POOLING_MODES}.")
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), index.to(hidden.device)]
+
+
+def _backbone_class(config: PretrainedConfig):
+    try:
+        found = AutoModel._model_mapping[type(config)]
+    except KeyError:
+        raise ValueError(f"AutoModel has no model for a {type(config).__name__} (model_type "
+                         f"{config.model_type!r}); the backbone must be a transformers model that "
+                         "AutoModel.from_config builds (remote-code backbones are not supported yet).") from None
+    return found[0] if isinstance(found, (list, tuple)) else found
+
+
+def build_backbone(config: PretrainedConfig) -> PreTrainedModel:
+    """``AutoModel.from_config(config)``, without the pooler of the families that have an ``add_pooling_layer``
+    switch (BERT, RoBERTa, XLM-RoBERTa, MPNet, ...): the embedding is pooled from the last hidden states, so an
+    unused pooler would only hold parameters without gradients (which DDP rejects)."""
+    kwargs = {}
+    if "add_pooling_layer" in inspect.signature(_backbone_class(config).__init__).parameters:
+        kwargs["add_pooling_layer"] = False
+    return AutoModel.from_config(config, **kwargs)
+
+
+class MRLTextEmbeddingPreTrainedModel(AtomicSaveMixin, MatryoshkaPreTrainedMixin, PreTrainedModel):
+    config_class = MRLTextEmbeddingConfig
+    config: MRLTextEmbeddingConfig
+    base_model_prefix = BACKBONE_PREFIX
+    input_modalities = ("text",)
+    # What the backbone supports decides: transformers checks the backbone class itself when it is built, and falls
+    # back to eager attention for a backbone without SDPA unless one was asked for by name.
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    supports_gradient_checkpointing = True
+    # The poolers of plain checkpoints: the backbone is built without one (see ``build_backbone``).
+    _keys_to_ignore_on_load_unexpected = [r"(^|\.)pooler\."]
+    # The contrastive loss is a mean over the (global) batch: the Trainer must average it over accumulation steps.
+    accepts_loss_kwargs = False
+
+    def _init_weights(self, module):
+        super()._init_weights(module)  # the backbone's own modules are initialised by the backbone's _init_weights
+        if isinstance(module, MRLModelForTextEmbedding) and module.projection is not None:
+            std = getattr(self.config.get_text_config(), "initializer_range", None) or 0.02
+            init.normal_(module.projection.weight, mean=0.0, std=std)
+            init.zeros_(module.projection.bias)
+
+    # ---- loading ------------------------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """``PreTrainedModel.from_pretrained`` for this model's own checkpoints and for plain checkpoints of any
+        ``AutoModel`` text family (see the module docstring), plus the tokenizer saved next to the weights (if any)
+        as ``model.tokenizer``. Config kwargs (``nesting_list=[...]``, ``pooling="last_token"``, ``embedding_dim=``,
+        ``truncate_dim=``) set up a plain checkpoint and override the settings of an own one; all are validated."""
+        plain, plain_prefix = False, None
+        if kwargs.get("config") is None and pretrained_model_name_or_path is not None:
+            found = cls._plain_checkpoint_config(pretrained_model_name_or_path, kwargs)
+            if found is not None:
+                plain = True
+                kwargs["config"], plain_prefix = found
+            if plain_prefix:  # a task-head checkpoint stores the base model under this prefix: load it as backbone.*
+                kwargs["key_mapping"] = {**(kwargs.get("key_mapping") or {}),
+                                         rf"^{plain_prefix}\.": f"{BACKBONE_PREFIX}."}
+        want_info = kwargs.get("output_loading_info", False)
+        if plain:
+            kwargs["output_loading_info"] = True
+        result = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        model, info = (result[0], result[1]) if isinstance(result, tuple) else (result, None)
+        if plain:
+            if plain_prefix:
+                model._forget_load_key_mapping(plain_prefix)
+            model._check_backbone_loaded(pretrained_model_name_or_path, info)
+        model.config.validate_matryoshka()
+        model.tokenizer = try_load_tokenizer(pretrained_model_name_or_path, kwargs)
+        return (model, info) if want_info else model
+
+    @classmethod
+    def _plain_checkpoint_config(cls, path, kwargs):
+        """For a checkpoint of another model type: ``(MRLTextEmbeddingConfig around its config, the prefix under which
+        a task-head checkpoint of that family stores the base model)``; ``None`` for this model's own checkpoints."""
+        hub = {k: kwargs[k] for k in cls._HUB_KWARGS if k in kwargs}
+        try:
+            found, _ = PretrainedConfig.get_config_dict(path, **hub)
+        except (OSError, ValueError):  # let from_pretrained report a missing or unreadable checkpoint itself
+            return None
+        model_type = found.get("model_type")
+        if model_type in (None, cls.config_class.model_type):
+            return None
+        if str(model_type).startswith("mrl_"):
+            raise ValueError(f"{str(path)!r} is an mrl_hf {model_type!r} checkpoint; load it with its own class "
+                             "(AutoModel.from_pretrained), or wrap the plain backbone checkpoint it was made from.")
+        backbone_config = AutoConfig.from_pretrained(path, **hub)
+        fields = {"nesting_list", "truncate_dim", "relative_importance", "normalize_embeddings", "pooling",
+                  "embedding_dim", "contrastive_temperature", "gather_across_processes", "efficient"}
+        settings = {k: kwargs.pop(k) for k in list(kwargs) if k in fields}
+        config = cls.config_class(backbone_config=backbone_config, **settings)
+        return config, _backbone_class(backbone_config).base_model_prefix or None
+
+    def _forget_load_key_mapping(self, plain_prefix: str) -> None:
+        # transformers keeps the renamings used at load and reverts them on save_pretrained (to write a checkpoint in
+        # the layout it was read from). Ours only maps a task-head checkpoint onto the backbone: saves keep backbone.*.
+        source = rf"^{plain_prefix}\."
+        conversions = getattr(self, "_weight_conversions", None)
+        if conversions:
+            self._weight_conversions = [
+                c for c in conversions
+                if not (list(getattr(c, "source_patterns", []) or []) == [source]
+                        and list(getattr(c, "target_patterns", []) or []) == [f"{BACKBONE_PREFIX}."])]
+
+    def _check_backbone_loaded(self, path, info) -> None:
+        """Refuse a plain checkpoint none of whose weights landed in the backbone (keys under a prefix nobody maps):
+        transformers would only warn, and every backbone weight would be random."""
+        missing = set((info or {}).get("missing_keys", ()))
+        weights = {f"{BACKBONE_PREFIX}.{name}" for name, _ in self.backbone.named_parameters()}
+        if weights and weights <= missing:
+            unexpected = sorted((info or {}).get("unexpected_keys", ()))[:5]
+            raise ValueError(
+                f"no weight of {str(path)!r} fits the {type(self.backbone).__name__} backbone (every backbone weight "
+                f"would be random); its keys look like {unexpected}. Load the checkpoint with "
+                f"AutoModel.from_pretrained and build the model with MRLModelForTextEmbedding.from_backbone(...).")
+
+    # ---- saving -------------------------------------------------------------------------------------------------
+    def _save_extra_files(self, save_directory):
+        """``save_pretrained`` (atomic, see ``mrl_hf.saving``) also saves ``model.tokenizer`` when there is one, and
+        the files that make the folder a sentence-transformers model (whose output is this model's ``embeddings``,
+        cut to ``config.truncate_dim``)."""
+        tokenizer = getattr(self, "tokenizer", None)
+        if tokenizer is None:
+            return
+        tokenizer.save_pretrained(save_directory)
+        files = sentence_transformers_files(self.config, default_max_length(tokenizer, self.config))
+        for name, content in files.items():
+            with open(os.path.join(save_directory, name), "w", encoding="utf8") as handle:
+                json.dump(content, handle, indent=2)
+                handle.write("\n")
+
+
+class MRLModelForTextEmbedding(MRLTextEmbeddingPreTrainedModel):
+    """Text embeddings from any ``AutoModel`` text backbone, trained so that every prefix in ``config.nesting_list``
+    is an embedding.
+
+    ``forward(input_ids, attention_mask)`` returns ``MRLTextEmbeddingOutput``. With ``positive_input_ids`` (and
+    optionally ``negative_input_ids``) it also returns the nested InfoNCE loss with in-batch negatives (each prefix
+    L2-normalised on its own), so ``MRLTrainer`` fine-tunes it on batches from ``mrl_hf.data.PairCollator``.
+    ``encode(texts)`` works like sentence-transformers' ``encode``.
+
+    Build one from a plain checkpoint with ``from_pretrained(path, nesting_list=[...], pooling=...)``, from a model
+    in memory with ``from_backbone(model, ...)``, or from scratch with ``MRLModelForTextEmbedding(config)``.
+    """
+
+    def __init__(self, config: MRLTextEmbeddingConfig):
+        super().__init__(config)
+        config.validate_matryoshka()
+        self.backbone = build_backbone(config.backbone_config)
+        hidden = config.backbone_hidden_size
+        self.projection = nn.Linear(hidden, config.embedding_dim) if config.embedding_dim is not None else None
+        self.tokenizer = None
+        forward_args = inspect.signature(self.backbone.forward).parameters
+        if "input_ids" not in forward_args:
+            raise ValueError(f"{type(self.backbone).__name__} takes no input_ids: it is not a text model "
+                             "(vision and audio backbones are not supported yet).")
+        self._backbone_takes = {name for name in ("token_type_ids", "use_cache") if name in forward_args}
+        self.post_init()
+
+    @classmethod
+    def from_backbone(cls, backbone: PreTrainedModel, tokenizer=None, **config_kwargs) -> MRLModelForTextEmbedding:
+        """An embedding model whose backbone weights are copied from ``backbone`` (a base model such as a ``BertModel``
+        or ``Qwen3Model``, or a model with a task head, whose ``base_model`` is used); ``config_kwargs`` go to
+        ``MRLTextEmbeddingConfig`` (``nesting_list``, ``pooling``, ``embedding_dim``, ...)."""
+        base = getattr(backbone, "base_model", backbone)
+        if not isinstance(base, PreTrainedModel):
+            raise TypeError(f"backbone must be a transformers model, got {type(backbone).__name__}.")
+        config = cls.config_class(backbone_config=base.config.to_dict(), **config_kwargs)
+        model = cls(config)
+        missing, unexpected = model.backbone.load_state_dict(base.state_dict(), strict=False)
+        unexpected = [k for k in unexpected if not re.search(r"(^|\.)pooler\.", k)]
+        if missing or unexpected:
+            raise ValueError(f"the {type(base).__name__} does not fit the backbone: missing {missing}, "
+                             f"unexpected {unexpected}.")
+        model.tokenizer = tokenizer
+        return model.to(base.dtype).eval()
+
+    def get_input_embeddings(self):
+        return self.backbone.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.backbone.set_input_embeddings(value)
+
+    def _embed(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
+               **kwargs):
+        check_nonempty(input_ids if input_ids is not None else inputs_embeds)
+        if attention_mask is None:  # every position counts
+            shape = input_ids.shape if input_ids is not None else inputs_embeds.shape[:2]
+            device = input_ids.device if input_ids is not None else inputs_embeds.device
+            attention_mask = torch.ones(shape, dtype=torch.long, device=device)
+        kwargs.pop("return_dict", None)  # the backbone's output is read by name below
+        if token_type_ids is not None and "token_type_ids" in self._backbone_takes:
+            kwargs["token_type_ids"] = token_type_ids  # tokenizers give them to families that have none (Qwen3, ...)
+        if position_ids is not None:
+            kwargs["position_ids"] = position_ids
+        if "use_cache" in self._backbone_takes:
+            kwargs.setdefault("use_cache", False)  # a decoder would otherwise build a key/value cache
+        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
+                            return_dict=True, **kwargs)
+        pooled = pool(out.last_hidden_state, attention_mask, self.config.pooling)
+        if self.projection is not None:
+            pooled = self.projection(pooled)
+        return pooled, out
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        positive_input_ids: torch.Tensor | None = None,
+        positive_attention_mask: torch.Tensor | None = None,
+        negative_input_ids: torch.Tensor | None = None,
+        negative_attention_mask: torch.Tensor | None = None,
+        truncate_dim: int | None = None,
+        normalize: bool | None = None,
+        return_loss: bool = True,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> MRLTextEmbeddingOutput | tuple:
+        self._check_dim(truncate_dim)
+        embeddings, out = self._embed(input_ids, attention_mask, token_type_ids, position_ids=position_ids,
+                                      inputs_embeds=inputs_embeds, **kwargs)
+        loss = per_dim = None
+        if positive_input_ids is not None and return_loss:
+            candidates = [self._embed(positive_input_ids, positive_attention_mask)[0]]
+            if negative_input_ids is not None:
+                candidates.append(self._embed(negative_input_ids, negative_attention_mask)[0])
+            anchors = embeddings
+            if self.config.gather_across_processes:  # rows of each part stay aligned: anchor i <-> positive i
+                anchors, candidates = all_gather_with_grad(anchors), [all_gather_with_grad(c) for c in candidates]
+            loss, per_dim, _ = nested_contrastive_loss(
+                anchors, torch.cat(candidates), self.config.nesting_list,
+                temperature=self.config.contrastive_temperature,
+                relative_importance=self.config.relative_importance,
+            )
+        output = MRLTextEmbeddingOutput(
+            loss=loss,
+            per_dim_losses=per_dim,
+            embeddings=embeddings,
+            truncated_embeddings=self._truncate(embeddings, truncate_dim, normalize),
+            last_hidden_state=out.last_hidden_state,
+            hidden_states=getattr(out, "hidden_states", None),
+            attentions=getattr(out, "attentions", None),
+        )
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        return output if return_dict else output.to_tuple()
+
+    def _check_dim(self, truncate_dim):
+        dim = truncate_dim if truncate_dim is not None else self.config.truncate_dim
+        if dim is not None:  # fail before running the backbone
+            validate_dim(dim, self.config.matryoshka_embedding_dim, name="truncate_dim")
+
+    def _truncate(self, embeddings, truncate_dim, normalize):
+        dim = truncate_dim if truncate_dim is not None else self.config.truncate_dim
+        normalize = self.config.normalize_embeddings if normalize is None else normalize
+        return truncate_embeddings(embeddings, dim, normalize=normalize)
+
+    @torch.no_grad()
+    def encode(
+        self,
+        texts: str | Sequence[str],
+        batch_size: int = 32,
+        truncate_dim: int | None = None,
+        normalize: bool | None = None,
+        convert_to_numpy: bool = True,
+        convert_to_tensor: bool = False,
+        show_progress_bar: bool = False,
+        max_length: int | None = None,
+        tokenizer=None,
+    ):
+        """Embed ``texts`` like ``SentenceTransformer.encode``: returns ``(len(texts), dim)`` (or ``(dim,)`` for
+        one string) as numpy, or a tensor with ``convert_to_tensor=True`` / ``convert_to_numpy=False``.
+
+        ``truncate_dim`` defaults to ``config.truncate_dim`` (``None`` = full); ``normalize`` to
+        ``config.normalize_embeddings``; normalisation happens after truncation. ``max_length`` defaults to the
+        tokenizer's ``model_max_length`` capped at the backbone's ``max_position_embeddings``. The tokenizer pads on
+        its own ``padding_side``; every pooling mode reads the attention mask, so either side works.
+        """
+        single = isinstance(texts, str)
+        texts = [texts] if single else texts
+        check_texts(texts)
+        tokenizer = tokenizer if tokenizer is not None else self.tokenizer
+        if tokenizer is None:
+            raise ValueError("This model has no tokenizer: load it with from_pretrained from a folder that has one, "
+                             "set model.tokenizer = AutoTokenizer.from_pretrained(...), or pass tokenizer=.")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size={batch_size!r} must be an int >= 1.")
+        dim = truncate_dim if truncate_dim is not None else self.config.truncate_dim
+        if dim is not None:
+            validate_dim(dim, self.config.matryoshka_embedding_dim, name="truncate_dim")
+        max_length = max_length or default_max_length(tokenizer, self.config)
+        order = np.argsort([-len(t) for t in texts], kind="stable")  # similar lengths share a batch
+        was_training = self.training
+        self.eval()
+        chunks = []
+        try:
+            from tqdm.auto import trange
+
+            for start in trange(0, len(texts), batch_size, desc="Batches", disable=not show_progress_bar):
+                batch = [texts[i] for i in order[start:start + batch_size]]
+                enc = tokenizer(batch, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+                enc = {k: v.to(self.device) for k, v in enc.items()
+                       if k in ("input_ids", "attention_mask", "token_type_ids")}
+                chunks.append(self(**enc, truncate_dim=dim, normalize=normalize).truncated_embeddings)
+        finally:
+            self.train(was_training)
+        out = torch.empty_like(torch.cat(chunks))
+        out[torch.as_tensor(order, device=out.device)] = torch.cat(chunks)
+        if single:
+            out = out[0]
+        if convert_to_tensor or not convert_to_numpy:
+            return out
+        return out.float().cpu().numpy()
+
+
+AutoConfig.register(MRLTextEmbeddingConfig.model_type, MRLTextEmbeddingConfig, exist_ok=True)
+AutoModel.register(MRLTextEmbeddingConfig, MRLModelForTextEmbedding, exist_ok=True)
