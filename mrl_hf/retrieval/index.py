@@ -22,7 +22,9 @@ from ._faiss_backend import INDEX_TYPES, FaissLevel, auto_nlist, import_faiss
 from ._inputs import as_float32_matrix, as_int, check_metric, prefix
 from ._rerank import prefix_norms, rerank
 from ._torch_backend import TorchFlatLevel
+from .codes import CodeLevel
 from .cost import SearchCost, SearchResult, StageCost
+from .plan import SearchPlan, check_plan
 
 PAPER_FUNNEL_DIMS = (16, 32, 64, 128, 256)
 PAPER_FUNNEL_SHORTLISTS = (200, 100, 50, 25, 10)
@@ -130,6 +132,8 @@ class MatryoshkaIndex:
         self._levels: dict = {}
         self._exact_levels: dict = {}  # exact structures kept for exact=True when index_type is approximate
         self._norms: dict = {}  # cosine: prefix norms per re-rank dim, so re-ranking skips normalising rows
+        self._codes: dict = {}  # (dim, precision, structure) -> CodeLevel, for search_plan
+        self.plan: SearchPlan | None = None  # the default of search_plan; set by tune, saved with the index
 
     # -- properties ---------------------------------------------------------------------------------
     @property
@@ -166,10 +170,26 @@ class MatryoshkaIndex:
         out = {"embeddings": int(self._db.nbytes)}
         for level in sorted(self._all_levels(), key=lambda lv: (lv.dim, lv.index_type)):
             out[f"{level.index_type}@{level.dim}"] = int(level.nbytes)
+        for (d, precision, structure), level in sorted(self._codes.items()):
+            out[f"{structure}-{precision}@{d}"] = level.nbytes
         if self._norms:
             out["rerank_norms"] = sum(int(v.nbytes) for v in self._norms.values())
         out["total"] = sum(out.values())
         return out
+
+    def plan_memory(self, plan) -> dict[str, float]:
+        """Bytes per vector a plan keeps in RAM: its codes and structure, plus the cosine re-rank norms.
+
+        ``"full_vectors_on_disk"`` is the float32 database a re-rank reads from; it is RAM too unless the index
+        was loaded with ``mmap=True`` (then only the pages of the candidates are read, through the page cache).
+        Builds the plan's codes if needed.
+        """
+        plan = check_plan(plan, self.dim, self.metric, 1)
+        if self.ntotal == 0:
+            raise ValueError("The index is empty (0 vectors); add embeddings before measuring a plan's memory.")
+        codes = self._code_level(plan).nbytes / self.ntotal
+        norms = 4.0 if self.metric == "cosine" else 0.0
+        return {"codes": codes, "rerank_norms": norms, "ram": codes + norms, "full_vectors_on_disk": 4.0 * self.dim}
 
     # -- building -----------------------------------------------------------------------------------
     def add(self, embeddings) -> "MatryoshkaIndex":
@@ -185,6 +205,8 @@ class MatryoshkaIndex:
             self._fill(level, x, level.dim)
         for d in self._norms:
             self._norms[d] = np.concatenate([self._norms[d], prefix_norms(x, d)])
+        for level in self._codes.values():
+            level.add(x)  # int8 ranges stay those calibrated at build time
         return self
 
     def build(self, dims=None) -> "MatryoshkaIndex":
@@ -335,6 +357,61 @@ class MatryoshkaIndex:
         cost = SearchCost(tuple(stages), n, q.shape[0], time.perf_counter() - start, start - build_start)
         return SearchResult(np.ascontiguousarray(scores[:, :top_k]), np.ascontiguousarray(ids[:, :top_k]), cost)
 
+    # -- search plans (codes in RAM, float32 re-rank) -------------------------------------------------
+    def _code_level(self, plan: SearchPlan) -> CodeLevel:
+        if plan.code_key not in self._codes:
+            if self.ntotal == 0:
+                raise ValueError("The index is empty (0 vectors); add embeddings before building a plan's codes.")
+            self._codes[plan.code_key] = CodeLevel(plan.dim, plan.precision, plan.structure, self.metric,
+                                                   hnsw_m=self._build_params["hnsw_m"],
+                                                   nlist=self._build_params["nlist"]).build(self._db)
+        return self._codes[plan.code_key]
+
+    def search_plan(self, queries, top_k: int, plan=None) -> SearchResult:
+        """Search with a ``SearchPlan`` (default: ``self.plan``, which ``tune`` sets): shortlist ``plan.candidates``
+        on the plan's prefix codes, then re-rank them at the full dim with the stored float32 vectors.
+
+        Queries must be full size. The codes are built on first use (timed apart, as ``build_seconds``).
+        """
+        top_k = as_int(top_k, "top_k", minimum=1)
+        if plan is None:
+            plan = self.plan
+        if plan is None:
+            raise ValueError("No plan: pass plan=SearchPlan(dim=..., precision=..., candidates=...) or run "
+                             "index.tune(queries) first, which sets index.plan.")
+        plan = check_plan(plan, self.dim, self.metric, top_k)
+        if self.ntotal == 0:
+            raise ValueError("The index is empty (0 vectors); add embeddings with index.add(...) before searching.")
+        if top_k > self.ntotal:
+            raise ValueError(f"top_k={top_k} is larger than the {self.ntotal} vectors in the index; lower top_k.")
+        q = self._check_queries(queries, self.dim)
+        build_start = time.perf_counter()
+        level = self._code_level(plan)
+        norms = self._rerank_norms(self.dim)
+        start = time.perf_counter()
+        if q.shape[0] == 0:
+            empty = SearchCost((), self.ntotal, 0, 0.0, start - build_start)
+            return SearchResult(np.empty((0, top_k), np.float32), np.empty((0, top_k), np.int64), empty)
+        ids, scored = level.search(q, plan.candidates, plan.ef_search or self.ef_search, plan.nprobe or self.nprobe)
+        scores, ids, rescored = rerank(self._db, q, ids, self.dim, self.metric, top_k, norms)
+        stages = (StageCost("search", plan.dim, scored, f"{plan.structure}-{plan.precision}"),
+                  StageCost("rerank", self.dim, rescored))
+        cost = SearchCost(stages, self.ntotal, q.shape[0], time.perf_counter() - start, start - build_start)
+        return SearchResult(np.ascontiguousarray(scores), np.ascontiguousarray(ids), cost)
+
+    def tune(self, queries, target_recall: float = 0.99, objective: str = "ram", top_k: int = 10, **options):
+        """Measure candidate plans on held-out ``queries`` and keep the cheapest that reaches ``target_recall``.
+
+        See ``mrl_hf.retrieval.tuner.tune`` for ``options`` (the grid of dims, precisions, structures and
+        candidates, and ``budget_s``). Sets ``self.plan`` (saved by ``save``) and returns the ``TuneResult``, whose
+        ``str`` is the table of every plan tried. Raises ``NoPlanMeetsTarget`` naming the closest plan.
+        """
+        from .tuner import tune
+
+        result = tune(self, queries, target_recall=target_recall, objective=objective, top_k=top_k, **options)
+        self.plan = result.plan
+        return result
+
     # -- persistence --------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
         """Write the index into folder ``path``, its files committed as one set (``mrl_hf.saving.owned_files``): a
@@ -342,7 +419,8 @@ class MatryoshkaIndex:
         are never touched.
 
         Stores the embeddings (``embeddings.npy``), the settings (``mrl_index.json``) and every built
-        HNSW/IVF structure (``level_<dim>.faiss``); flat structures are rebuilt on demand after loading.
+        HNSW/IVF structure (``level_<dim>.faiss``); flat structures are rebuilt on demand after loading. Plan
+        codes built so far are saved too (``codes_<dim>_<precision>_<structure>.faiss``), and so is ``self.plan``.
         """
         def write(tmp: Path) -> None:
             np.save(tmp / _EMBEDDINGS_FILE, self._db)
@@ -351,10 +429,15 @@ class MatryoshkaIndex:
                 if self._levels[d].persistent:
                     self._levels[d].save(str(tmp / f"level_{d}.faiss"))
                     saved.append(d)
+            codes = []
+            for (d, precision, structure), level in sorted(self._codes.items()):
+                level.save(str(tmp / f"codes_{d}_{precision}_{structure}.faiss"))
+                codes.append([d, precision, structure])
             config = {"format": _FORMAT, "format_version": _FORMAT_VERSION, "metric": self.metric,
                       "backend": self.backend, "index_type": self.index_type, "dim": self.dim,
                       "ntotal": self.ntotal, "ef_search": self.ef_search, "nprobe": self.nprobe,
-                      **self._build_params, "saved_levels": saved}
+                      **self._build_params, "saved_levels": saved, "saved_codes": codes,
+                      "plan": None if self.plan is None else self.plan.to_dict()}
             (tmp / _CONFIG_FILE).write_text(json.dumps(config, indent=2))
 
         with owned_files(path, "index") as staging:
@@ -398,4 +481,14 @@ class MatryoshkaIndex:
                 except (OSError, RuntimeError) as exc:
                     raise ValueError(f"{str(level_file)!r} cannot be read ({exc}); the saved index is damaged. "
                                      "Re-save the index.") from exc
+            for d, precision, structure in config.get("saved_codes", []):  # absent in indexes saved before plans
+                code_file = path / f"codes_{d}_{precision}_{structure}.faiss"
+                try:
+                    index._codes[(d, precision, structure)] = CodeLevel.load(str(code_file), d, precision, structure,
+                                                                             index.metric)
+                except (OSError, RuntimeError) as exc:
+                    raise ValueError(f"{str(code_file)!r} cannot be read ({exc}); the saved index is damaged. "
+                                     "Re-save the index.") from exc
+            if config.get("plan") is not None:
+                index.plan = SearchPlan.from_dict(config["plan"])
         return index

@@ -1,0 +1,177 @@
+"""Memory, and speed at equal memory: prefix x precision search plans against FAISS HNSW32 float32 at full dim.
+
+Every ratio comes from one run. Recall@10 = top-10 overlap with exact float32 search at the full dim. The
+plans' full vectors are saved and memory-mapped (``MatryoshkaIndex.load(mmap=True)``): RAM counts only the
+codes, their structure and the cosine re-rank norms; the re-rank reads the candidates' rows through the page
+cache (warm here: the file fits in this machine's RAM). The baseline is raw FAISS ``IndexHNSWFlat(dim, 32)`` on
+the normalised full vectors at the smallest efSearch that reaches recall 0.99 (RAM = its serialised size).
+
+Targets: (1) recall >= 0.99 with <= 1/8 of the baseline's RAM at >= 1.0x its QPS; (2) recall >= 0.95 with
+<= 1/24 of its RAM.
+
+    python benchmarks/bench_quantized.py --data synthetic --n 200000       # 768-d synthetic (see bench_retrieval)
+    python benchmarks/bench_quantized.py --data minilm                     # real Wikipedia paragraphs, MiniLM+PCA
+Not run by CI.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_retrieval import synthetic_database  # noqa: E402
+
+from mrl_hf.evaluation import top_k_overlap  # noqa: E402
+from mrl_hf.retrieval import MatryoshkaIndex, NoPlanMeetsTarget  # noqa: E402
+from mrl_hf.retrieval.tuner import markdown_table  # noqa: E402
+
+EFS = (16, 32, 64, 128, 256)
+
+
+def minilm_wiki(cache: str, n_queries: int):
+    """all-MiniLM-L6-v2 embeddings (384-d) of gensim's Wikipedia test paragraphs, rotated onto their principal
+    axes (``pca_rotation(center=False)``: full-dim cosines unchanged, variance ordered first). The last
+    ``n_queries`` paragraphs are the held-out queries."""
+    if not os.path.exists(cache):
+        from sentence_transformers import SentenceTransformer
+
+        from mrl_hf.data.text import load_wiki_paragraphs
+        from mrl_hf.demo_text import packaged_minilm
+
+        texts = load_wiki_paragraphs()
+        start = time.perf_counter()
+        x = SentenceTransformer(packaged_minilm(), device="cpu").encode(texts, batch_size=64, convert_to_numpy=True)
+        print(f"encoded {len(texts)} paragraphs in {time.perf_counter() - start:.0f} s")
+        os.makedirs(os.path.dirname(cache), exist_ok=True)
+        np.save(cache, x.astype(np.float32))
+    x = np.load(cache)
+    db, queries = x[:-n_queries], x[-n_queries:]
+    from mrl_hf.adaptor import pca_rotation
+
+    rot = pca_rotation(db, center=False)
+    return rot.transform(db).astype(np.float32), rot.transform(queries).astype(np.float32)
+
+
+def hnsw_baseline(db, queries, exact_ids, k=10):
+    import faiss
+
+    x = db / np.linalg.norm(db, axis=1, keepdims=True)
+    q = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    start = time.perf_counter()
+    index = faiss.IndexHNSWFlat(db.shape[1], 32, faiss.METRIC_INNER_PRODUCT)
+    index.add(x)
+    build = time.perf_counter() - start
+    ram = faiss.serialize_index(index).nbytes / len(db)
+    rows = []
+    for ef in EFS:
+        index.hnsw.efSearch = ef
+        index.search(q, k)  # warm-up
+        times = []
+        for _ in range(3):
+            t = time.perf_counter()
+            _, ids = index.search(q, k)
+            times.append(time.perf_counter() - t)
+        rows.append({"ef": ef, "ms": 1e3 * min(times) / len(q), "recall": top_k_overlap(ids, exact_ids, k), "ram": ram})
+    return rows, build
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", choices=["synthetic", "minilm"], default="synthetic")
+    ap.add_argument("--n", type=int, default=200_000, help="synthetic database size")
+    ap.add_argument("--dim", type=int, default=768, help="synthetic dim")
+    ap.add_argument("--queries", type=int, default=500)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--cache", default="outputs/bench_quantized_cache")
+    args = ap.parse_args()
+    import faiss
+
+    faiss.omp_set_num_threads(args.threads)
+    if args.data == "synthetic":
+        db, queries = synthetic_database(args.n, args.dim, args.queries)
+        what = f"synthetic {len(db):,} x {db.shape[1]} (Gaussian clusters, per-dim scale 1/sqrt(j); not trained MRL)"
+    else:
+        db, queries = minilm_wiki(os.path.join(args.cache, "minilm_wiki.npy"), args.queries)
+        what = f"MiniLM-L6 + PCA rotation, {len(db):,} Wikipedia paragraphs x {db.shape[1]}"
+    print(f"# {what}, {len(queries)} held-out queries, top-10, cosine")
+    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, {args.threads} threads, "
+          f"faiss {faiss.__version__}, numpy {np.__version__}, {time.strftime('%Y-%m-%d')}")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        MatryoshkaIndex(db, metric="cosine", copy=False).save(tmp + "/ix")
+        index = MatryoshkaIndex.load(tmp + "/ix", mmap=True)  # full vectors on disk
+        exact = index.search(queries, 10, exact=True)
+        base_rows, build = hnsw_baseline(db, queries, exact.ids)
+        base = next((r for r in base_rows if r["recall"] >= 0.99), base_rows[-1])
+        print(f"\nFAISS HNSW32 float32 full dim (build {build:.0f} s), exact flat {exact.cost.ms_per_query:.3f} ms/q:")
+        print(markdown_table(["efSearch", "RAM B/vector", "ms/query", "recall@10"],
+                             [[str(r["ef"]), f"{r['ram']:,.0f}", f"{r['ms']:.3f}", f"{r['recall']:.4f}"]
+                              for r in base_rows]))
+        print(f"baseline = efSearch={base['ef']}: {base['ram']:,.0f} B/vector, {base['ms']:.3f} ms/query, "
+              f"recall {base['recall']:.4f}")
+
+        d = index.dim
+        dims = [x for x in (64, 128, 256, 512) if x < d] + [d]
+        grid = dict(dims=dims, precisions=["binary", "int8"], structures=["flat", "hnsw", "ivf"],
+                    candidates=[50, 100, 200, 400, 800], ef_search=[None], nprobe=[16, 64], repeats=2)
+        start = time.perf_counter()
+        results = {}
+        for target in (0.99, 0.95):
+            try:
+                results[target] = index.tune(queries, target_recall=target, objective="ram", **grid)
+            except NoPlanMeetsTarget as err:
+                print(f"\ntarget {target}: {err}")
+                results[target] = err
+        print(f"\ntuning: {time.perf_counter() - start:.0f} s (code structures built once, shared by both targets)")
+        reports = {}
+        for r in results.values():
+            for rep in r.reports:
+                reports.setdefault(rep.plan, rep)
+
+        def row(rep):
+            return [*rep.row()[:7], f"{base['ram'] / rep.ram_bytes_per_vector:.1f}x",
+                    f"{base['ms'] / rep.ms_per_query:.2f}x"]
+
+        header = ["dims", "precision", "structure", "candidates", "RAM B/vector", "ms/query", "recall@10",
+                  "RAM saving vs HNSW32", "QPS vs HNSW32"]
+        pareto = [a for a in reports.values() if not any(
+            b.ram_bytes_per_vector <= a.ram_bytes_per_vector and b.ms_per_query <= a.ms_per_query
+            and b.recall >= a.recall and b is not a for b in reports.values())]
+        print("\nPareto front of the plans tried (RAM, ms/query, recall):")
+        print(markdown_table(header, [row(r) for r in sorted(pareto, key=lambda r: r.ram_bytes_per_vector)]))
+        print("\nAll plans tried:")
+        print(markdown_table(header, [row(r) for r in sorted(reports.values(),
+                                                             key=lambda r: (r.ram_bytes_per_vector, r.ms_per_query))]))
+        for target, r in results.items():
+            if not isinstance(r, NoPlanMeetsTarget):
+                print(f"\ntuner's choice for recall >= {target} (objective=ram): {r.plan.describe()} "
+                      f"-> {r.chosen.ram_bytes_per_vector:.1f} B/vector, {r.chosen.ms_per_query:.3f} ms/query, "
+                      f"recall {r.chosen.recall:.4f}")
+
+        print("\nTargets:")
+        for target, ram_div, qps in ((0.99, 8, 1.0), (0.95, 24, None)):
+            ok = [r for r in reports.values() if r.recall >= target and r.ram_bytes_per_vector <= base["ram"] / ram_div
+                  and (qps is None or base["ms"] / r.ms_per_query >= qps)]
+            need = f"recall >= {target}, RAM <= 1/{ram_div} ({base['ram'] / ram_div:.0f} B/vector)" + \
+                (f", QPS >= {qps}x" if qps else "")
+            if ok:
+                best = min(ok, key=lambda r: r.ms_per_query)
+                print(f"- {need}: MET by {best.plan.describe()}: {best.ram_bytes_per_vector:.1f} B/vector "
+                      f"({base['ram'] / best.ram_bytes_per_vector:.1f}x less), {base['ms'] / best.ms_per_query:.2f}x "
+                      f"QPS, recall {best.recall:.4f}")
+            else:
+                fits = [r for r in reports.values() if r.ram_bytes_per_vector <= base["ram"] / ram_div]
+                close = max(fits, key=lambda r: (r.recall, -r.ms_per_query)) if fits else None
+                print(f"- {need}: NOT met; closest within the RAM: "
+                      + (f"{close.plan.describe()}: recall {close.recall:.4f}, {base['ms'] / close.ms_per_query:.2f}x "
+                         f"QPS, {close.ram_bytes_per_vector:.1f} B/vector" if close else "none"))
+
+
+if __name__ == "__main__":
+    main()

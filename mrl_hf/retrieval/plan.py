@@ -1,0 +1,87 @@
+"""A search plan: shortlist on compressed prefix codes, then re-rank the candidates at the full dim in float32.
+
+``SearchPlan(dim=256, precision="binary", structure="hnsw", candidates=200)`` reads: keep the sign bits of the
+normalised 256-dim prefixes in RAM, in an HNSW graph; take the 200 nearest by Hamming distance; score those 200
+exactly with the stored full-size float32 vectors (which may be memory-mapped from disk: only the candidates'
+rows are read, in one vectorised gather) and return the best ``top_k``.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from ._inputs import as_int
+from .codes import PRECISIONS, STRUCTURES
+
+
+@dataclass(frozen=True)
+class SearchPlan:
+    """One shortlist stage on codes plus a float32 re-rank at the full dim.
+
+    Args:
+        dim: prefix size the shortlist is computed at (a multiple of 8 for ``precision="binary"``).
+        precision: ``"float32"``, ``"float16"``, ``"int8"`` (per-dimension calibrated ranges) or ``"binary"``
+            (sign bits, Hamming distance).
+        structure: ``"flat"`` (scan every code), ``"hnsw"`` (graph, ``ef_search``) or ``"ivf"`` (inverted
+            lists, ``nprobe``).
+        candidates: shortlist length re-ranked at the full dim (at least ``top_k``).
+        ef_search / nprobe: search-time knobs of HNSW / IVF; ``None`` uses the index's ``ef_search``/``nprobe``.
+    """
+
+    dim: int
+    precision: str = "float32"
+    structure: str = "flat"
+    candidates: int = 100
+    ef_search: int | None = None
+    nprobe: int | None = None
+
+    def __post_init__(self):
+        as_int(self.dim, "SearchPlan.dim", minimum=1)
+        as_int(self.candidates, "SearchPlan.candidates", minimum=1)
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"SearchPlan.precision={self.precision!r} is not supported; choose one of {PRECISIONS}.")
+        if self.structure not in STRUCTURES:
+            raise ValueError(f"SearchPlan.structure={self.structure!r} is not supported; choose one of {STRUCTURES}.")
+        if self.precision == "binary" and self.dim % 8:
+            raise ValueError(f"SearchPlan(dim={self.dim}, precision='binary'): binary codes pack 8 sign bits per "
+                             f"byte, so dim must be a multiple of 8; use dim={max(8, self.dim // 8 * 8)}.")
+        for name in ("ef_search", "nprobe"):
+            if getattr(self, name) is not None:
+                as_int(getattr(self, name), f"SearchPlan.{name}", minimum=1)
+
+    @property
+    def code_key(self) -> tuple[int, str, str]:
+        return (self.dim, self.precision, self.structure)
+
+    def describe(self) -> str:
+        knob = {"hnsw": f" ef={self.ef_search}" if self.ef_search else "",
+                "ivf": f" nprobe={self.nprobe}" if self.nprobe else "", "flat": ""}[self.structure]
+        return f"{self.precision}@{self.dim} {self.structure}{knob} -> {self.candidates} -> float32@full"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "SearchPlan":
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown SearchPlan fields {sorted(unknown)}; expected {list(cls.__dataclass_fields__)}.")
+        return cls(**data)
+
+
+def check_plan(plan, index_dim: int, metric: str, top_k: int) -> SearchPlan:
+    """``plan`` checked against an index of ``index_dim``-dim vectors and a search for ``top_k``."""
+    if isinstance(plan, dict):
+        plan = SearchPlan.from_dict(plan)
+    if not isinstance(plan, SearchPlan):
+        raise TypeError(f"plan must be a SearchPlan (or its dict), got {type(plan).__name__}; e.g. "
+                        f"SearchPlan(dim=64, precision='binary', candidates=200).")
+    if plan.dim > index_dim:
+        raise ValueError(f"{plan} shortlists at dim={plan.dim}, but the index stores {index_dim}-dim vectors; "
+                         f"choose dim <= {index_dim}.")
+    if plan.candidates < top_k:
+        raise ValueError(f"{plan} keeps {plan.candidates} candidates, fewer than top_k={top_k}; raise candidates "
+                         "or lower top_k.")
+    if plan.precision == "binary" and metric == "l2":
+        raise ValueError("binary (sign-bit) codes rank by angle and do not fit metric='l2'; use precision 'int8', "
+                         "'float16' or 'float32', or an index with metric='cosine'.")
+    return plan

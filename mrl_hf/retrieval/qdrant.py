@@ -1,0 +1,116 @@
+"""Run a ``SearchPlan`` in Qdrant: named vectors per prefix/precision, then a prefetch -> full-dim rescore query.
+
+The same client code talks to an embedded engine (``QdrantClient(":memory:")`` or ``QdrantClient(path=...)``)
+and to a server or cluster (``QdrantClient(url=...)``). ``export_to_qdrant`` creates a collection with
+
+- ``"full"``: the full-size vectors, ``on_disk=True`` (what the final rescore reads);
+- one named vector per plan, ``"p<dim>_<precision>"``: the plan's prefixes (normalised for cosine), with the
+  plan's precision as Qdrant holds it: ``binary`` -> binary quantization, ``int8`` -> scalar int8 quantization
+  (both kept in RAM), ``float16`` -> ``datatype=float16``; ``structure="flat"`` disables the HNSW graph of that
+  vector (``m=0``: full scan), ``"hnsw"`` builds one with the index's ``hnsw_m``. Qdrant has no IVF.
+
+``qdrant_search`` sends one ``query_points`` per query (batched): a ``Prefetch`` of ``plan.candidates`` on the
+plan's vector, without rescoring the quantized shortlist, then the full-size query on ``"full"``.
+
+Local mode (qdrant-client's embedded engine) does exact float32 brute-force search: it accepts the
+quantization, datatype and HNSW settings but does not apply them (it warns that ``search_params`` have no
+effect). Its prefetch is therefore an exact float32 shortlist at the plan's dim, whatever the precision; a
+Qdrant server applies the quantization.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ._inputs import as_int, prefix
+from .plan import SearchPlan, check_plan
+
+FULL = "full"
+_UPLOAD_ROWS = 1024
+
+
+def _models():
+    try:
+        from qdrant_client import models
+    except ImportError:
+        raise ImportError("Exporting to Qdrant needs qdrant-client: pip install qdrant-client "
+                          "(or pip install 'mrl-hf[qdrant]').") from None
+    return models
+
+
+def vector_name(plan: SearchPlan) -> str:
+    return f"p{plan.dim}_{plan.precision}"
+
+
+def _distance(metric: str):
+    m = _models()
+    return {"cosine": m.Distance.COSINE, "ip": m.Distance.DOT, "l2": m.Distance.EUCLID}[metric]
+
+
+def _vector_params(index, plan: SearchPlan):
+    m = _models()
+    if plan.structure == "ivf":
+        raise ValueError(f"{plan.describe()}: Qdrant has no IVF structure; export the plan with structure='hnsw' "
+                         "or 'flat' (e.g. dataclasses.replace(plan, structure='hnsw')).")
+    quantization = datatype = None
+    if plan.precision == "binary":
+        quantization = m.BinaryQuantization(binary=m.BinaryQuantizationConfig(always_ram=True))
+    elif plan.precision == "int8":
+        quantization = m.ScalarQuantization(scalar=m.ScalarQuantizationConfig(type=m.ScalarType.INT8,
+                                                                              always_ram=True))
+    elif plan.precision == "float16":
+        datatype = m.Datatype.FLOAT16
+    hnsw = m.HnswConfigDiff(m=0 if plan.structure == "flat" else index._build_params["hnsw_m"])
+    return m.VectorParams(size=plan.dim, distance=_distance(index.metric), hnsw_config=hnsw,
+                          quantization_config=quantization, datatype=datatype)
+
+
+def export_to_qdrant(index, client, collection: str, plans) -> list[str]:
+    """Create ``collection`` in ``client`` holding ``index``'s vectors for ``plans``; point ids = index ids.
+
+    An existing collection of that name is an error (delete it first, or pick another name). Returns the
+    named vectors created.
+    """
+    m = _models()
+    plans = [check_plan(p, index.dim, index.metric, 1) for p in ([plans] if isinstance(plans, SearchPlan)
+                                                                  else plans)]
+    if not plans:
+        raise ValueError("plans is empty; pass the SearchPlan(s) to export, e.g. [index.plan].")
+    if client.collection_exists(collection):
+        raise ValueError(f"Qdrant collection {collection!r} already exists; delete it with "
+                         f"client.delete_collection({collection!r}) or export under another name.")
+    names = {vector_name(p): _vector_params(index, p) for p in plans}
+    config = {FULL: m.VectorParams(size=index.dim, distance=_distance(index.metric), on_disk=True), **names}
+    client.create_collection(collection, vectors_config=config)
+    db = index.embeddings
+    for s in range(0, index.ntotal, _UPLOAD_ROWS):
+        rows = db[s:s + _UPLOAD_ROWS]
+        vectors = {FULL: prefix(rows, index.dim, index.metric).tolist()}
+        for p in plans:
+            vectors[vector_name(p)] = prefix(rows, p.dim, index.metric).tolist()
+        client.upsert(collection, points=m.Batch(ids=list(range(s, s + len(rows))), vectors=vectors), wait=True)
+    return [FULL, *names]
+
+
+def qdrant_search(client, collection: str, queries, plan: SearchPlan, top_k: int, metric: str = "cosine",
+                  batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Run ``plan`` as prefetch -> rescore in Qdrant. Returns ``(scores, ids)`` of shape ``(n, top_k)``, best
+    first; missing slots hold id -1. ``queries`` are full size, as for ``MatryoshkaIndex.search_plan``."""
+    m = _models()
+    top_k = as_int(top_k, "top_k", minimum=1)
+    queries = np.asarray(queries, np.float32)
+    queries = queries[None] if queries.ndim == 1 else queries
+    plan = check_plan(plan, queries.shape[1], metric, top_k)
+    params = m.SearchParams(hnsw_ef=plan.ef_search,
+                            quantization=m.QuantizationSearchParams(rescore=False)
+                            if plan.precision in ("binary", "int8") else None)
+    requests = [m.QueryRequest(prefetch=m.Prefetch(query=prefix(q[None], plan.dim, metric)[0].tolist(),
+                                                   using=vector_name(plan), limit=plan.candidates, params=params),
+                               query=prefix(q[None], q.shape[0], metric)[0].tolist(), using=FULL, limit=top_k)
+                for q in queries]
+    scores = np.full((len(queries), top_k), -np.inf, np.float32)
+    ids = np.full((len(queries), top_k), -1, np.int64)
+    for s in range(0, len(requests), batch):
+        for i, response in enumerate(client.query_batch_points(collection, requests=requests[s:s + batch]), s):
+            for j, point in enumerate(response.points):
+                scores[i, j], ids[i, j] = point.score, int(point.id)
+    return scores, ids

@@ -1,0 +1,186 @@
+"""Pick a search plan by measurement: try plans on the user's held-out queries, keep the cheapest that is accurate.
+
+Recall is top-k overlap with exact float32 search at the full dim over the same index (k-recall@k), so the
+queries should look like production queries (held out from the database). ``ms_per_query`` is the wall-clock
+of searching all the queries in one batch divided by their number (throughput, not single-query latency).
+RAM is what the plan keeps in memory per vector (codes + structure + cosine re-rank norms); the full float32
+vectors used by the re-rank are not counted, as they can stay on disk (``MatryoshkaIndex.load(..., mmap=True)``).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from ..evaluation import top_k_overlap
+from ._inputs import as_int
+from .codes import PRECISIONS, STRUCTURES
+from .plan import SearchPlan
+
+OBJECTIVES = ("ram", "latency")
+DEFAULT_CANDIDATES = (20, 50, 100, 200, 500, 1000)
+_PLATEAU = 0.001  # a larger shortlist that gains less recall than this ends the candidates loop
+
+
+@dataclass(frozen=True)
+class PlanReport:
+    """One measured plan."""
+
+    plan: SearchPlan
+    ram_bytes_per_vector: float
+    ms_per_query: float
+    recall: float
+    meets_target: bool
+
+    def row(self, chosen: bool = False) -> list[str]:
+        p = self.plan
+        knob = {"hnsw": p.ef_search, "ivf": p.nprobe, "flat": None}[p.structure]
+        structure = p.structure if knob is None else f"{p.structure} ({'ef' if p.structure == 'hnsw' else 'nprobe'}"\
+                                                     f"={knob})"
+        return [f"{p.dim}", p.precision, structure, f"{p.candidates}", f"{self.ram_bytes_per_vector:,.1f}",
+                f"{self.ms_per_query:.3f}", f"{self.recall:.4f}", ("**chosen**" if chosen else
+                                                                    "yes" if self.meets_target else "no")]
+
+
+HEADER = ["dims", "precision", "structure", "candidates", "RAM B/vector", "ms/query", "recall@k", "meets target"]
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" if i < 3 else "---:" for i in range(len(header))) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+@dataclass
+class TuneResult:
+    """The chosen plan and every plan measured (``reports``); ``str(result)`` is the table."""
+
+    plan: SearchPlan
+    objective: str
+    target_recall: float
+    top_k: int
+    reports: list[PlanReport]
+    exact_ms_per_query: float
+    skipped: list[tuple[int, str, str]] = field(default_factory=list)  # code levels left out by budget_s
+
+    @property
+    def chosen(self) -> PlanReport:
+        return next(r for r in self.reports if r.plan == self.plan)
+
+    def pareto(self) -> list[PlanReport]:
+        """Plans no other plan beats on RAM, ms/query and recall at once, by RAM."""
+        def dominated(a, b):  # b at least as good as a everywhere and better somewhere
+            ge = (b.ram_bytes_per_vector <= a.ram_bytes_per_vector and b.ms_per_query <= a.ms_per_query
+                  and b.recall >= a.recall)
+            return ge and (b.ram_bytes_per_vector, b.ms_per_query, -b.recall) != \
+                (a.ram_bytes_per_vector, a.ms_per_query, -a.recall)
+        front = [a for a in self.reports if not any(dominated(a, b) for b in self.reports)]
+        return sorted(front, key=lambda r: (r.ram_bytes_per_vector, r.ms_per_query))
+
+    def table(self, pareto_only: bool = False) -> str:
+        rows = self.pareto() if pareto_only else self.reports
+        return markdown_table([h.replace("@k", f"@{self.top_k}") for h in HEADER],
+                              [r.row(r.plan == self.plan) for r in rows])
+
+    def __str__(self) -> str:
+        head = (f"target recall@{self.top_k} >= {self.target_recall} (vs exact float32 at full dim, "
+                f"{self.exact_ms_per_query:.3f} ms/query), objective={self.objective}: chosen "
+                f"{self.plan.describe()}")
+        skipped = f"\n(skipped by budget_s: {self.skipped})" if self.skipped else ""
+        return f"{head}\n{self.table()}{skipped}"
+
+
+class NoPlanMeetsTarget(ValueError):
+    """No plan tried reached the target; ``closest`` is the most accurate one, ``reports`` all of them."""
+
+    def __init__(self, message: str, reports: list[PlanReport], closest: PlanReport):
+        super().__init__(message)
+        self.reports, self.closest = reports, closest
+
+
+def default_dims(dim: int) -> list[int]:
+    """Powers of two from 32 below ``dim``, and ``dim`` itself."""
+    dims, d = [], 32
+    while d < dim:
+        dims.append(d)
+        d *= 2
+    return dims + [dim]
+
+
+def _grid(index, dims, precisions, structures) -> list[tuple[int, str, str]]:
+    dims = default_dims(index.dim) if dims is None else [as_int(d, "dims entry", minimum=1) for d in dims]
+    for d in dims:
+        if d > index.dim:
+            raise ValueError(f"dims entry {d} exceeds the index's stored size {index.dim}; choose dims <= {index.dim}.")
+    for p in precisions:
+        if p not in PRECISIONS:
+            raise ValueError(f"precisions entry {p!r} is not supported; choose from {PRECISIONS}.")
+    for s in structures:
+        if s not in STRUCTURES:
+            raise ValueError(f"structures entry {s!r} is not supported; choose from {STRUCTURES}.")
+    keys = [(d, p, s) for d in dims for p in precisions for s in structures
+            if not (p == "binary" and (d % 8 or index.metric == "l2"))]
+    bytes_per_dim = {"binary": 0.125, "int8": 1, "float16": 2, "float32": 4}
+    return sorted(keys, key=lambda k: (k[0] * bytes_per_dim[k[1]], STRUCTURES.index(k[2])))  # smallest codes first
+
+
+def tune(index, queries, target_recall: float = 0.99, objective: str = "ram", top_k: int = 10, *,
+         dims=None, precisions=PRECISIONS, structures=("flat", "hnsw", "ivf"), candidates=DEFAULT_CANDIDATES,
+         ef_search=(None,), nprobe=(None,), budget_s: float | None = None, repeats: int = 1) -> TuneResult:
+    """Measure plans over the grid ``dims x precisions x structures x (ef_search | nprobe) x candidates``.
+
+    For each code structure the candidates are tried in increasing order and stop at the first count that
+    reaches ``target_recall`` (more only costs more) or that gains less than 0.001 recall over the previous
+    count (then the structure's nprobe/ef_search, not the shortlist, bounds recall). ``budget_s`` bounds the tuning time: once spent, no new
+    code structure is built (they are tried smallest codes first). ``objective="ram"`` keeps the plan with
+    the least RAM per vector (ties: fastest), ``"latency"`` the fastest (ties: least RAM). ``repeats`` timed
+    runs per plan, the fastest kept.
+    """
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective={objective!r} is not supported; choose one of {OBJECTIVES}.")
+    if isinstance(target_recall, bool) or not isinstance(target_recall, (int, float)) or not 0 < target_recall <= 1:
+        raise ValueError(f"target_recall={target_recall!r} must be a number in (0, 1], e.g. 0.99.")
+    top_k = as_int(top_k, "top_k", minimum=1)
+    repeats = as_int(repeats, "repeats", minimum=1)
+    counts = sorted({as_int(c, "candidates entry", minimum=1) for c in candidates})
+    counts = [c for c in counts if c >= top_k] or [top_k]
+    q = index._check_queries(queries, index.dim)
+    if q.shape[0] == 0:
+        raise ValueError("tune needs at least one held-out query (ideally hundreds, unseen by the database).")
+    start = time.perf_counter()
+    reference = index.search(q, top_k, exact=True)
+    reports, skipped = [], []
+    for dim, precision, structure in _grid(index, dims, precisions, structures):
+        if budget_s is not None and time.perf_counter() - start > budget_s and \
+                (dim, precision, structure) not in index._codes:
+            skipped.append((dim, precision, structure))
+            continue
+        knobs = {"hnsw": [("ef_search", v) for v in ef_search], "ivf": [("nprobe", v) for v in nprobe],
+                 "flat": [(None, None)]}[structure]
+        for knob, value in knobs:
+            previous = -1.0
+            for c in counts:
+                plan = SearchPlan(dim, precision, structure, c, **({knob: value} if knob else {}))
+                result = min((index.search_plan(q, top_k, plan) for _ in range(repeats)),
+                             key=lambda r: r.cost.seconds)
+                recall = top_k_overlap(result.ids, reference.ids, top_k)
+                reports.append(PlanReport(plan, index.plan_memory(plan)["ram"], result.cost.ms_per_query, recall,
+                                          recall >= target_recall))
+                if recall >= target_recall or recall <= previous + _PLATEAU:
+                    break  # met, or more candidates stopped helping (the structure's probes/ef bound recall)
+                previous = recall
+    if not reports:
+        raise ValueError("tune tried no plan: the grid is empty (binary needs dims that are multiples of 8 and a "
+                         "metric other than 'l2') or budget_s ran out before the first; widen the grid or budget_s.")
+    order = (lambda r: (r.ram_bytes_per_vector, r.ms_per_query)) if objective == "ram" else \
+        (lambda r: (r.ms_per_query, r.ram_bytes_per_vector))
+    meeting = [r for r in reports if r.meets_target]
+    if not meeting:
+        closest = max(reports, key=lambda r: (r.recall, -order(r)[0]))
+        raise NoPlanMeetsTarget(
+            f"No plan reached recall@{top_k} >= {target_recall} on these {q.shape[0]} queries ({len(reports)} tried"
+            f"{f', {len(skipped)} structures skipped by budget_s' if skipped else ''}). Closest: "
+            f"{closest.plan.describe()} with recall {closest.recall:.4f} ({closest.ram_bytes_per_vector:.1f} B/vector, "
+            f"{closest.ms_per_query:.3f} ms/query). Allow more candidates (largest tried: {counts[-1]}), larger dims "
+            f"or higher precisions, a larger ef_search/nprobe, or lower target_recall.", reports, closest)
+    best = min(meeting, key=order)
+    return TuneResult(best.plan, objective, float(target_recall), top_k, reports, reference.cost.ms_per_query,
+                      skipped)

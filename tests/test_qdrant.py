@@ -1,0 +1,86 @@
+"""Qdrant for real (qdrant-client's embedded local mode, no mocks) against MatryoshkaIndex's plans.
+
+Local mode scores exactly in float32: it stores the quantization/datatype/HNSW settings but does not apply
+them. So a float32 plan must give our ids exactly; for int8/float16/binary plans Qdrant's shortlist is the
+exact float32 one at the plan's dim, and ours comes from the codes: the top 10 must agree on every query whose
+Qdrant top 10 lies inside our code shortlist (the only way they can differ is a neighbour our codes missed).
+"""
+import faiss  # noqa: F401  (dev extra)
+import numpy as np
+import pytest
+import qdrant_client  # dev extra
+
+from mrl_hf.retrieval import MatryoshkaIndex, SearchPlan  # noqa: E402
+from mrl_hf.retrieval.qdrant import export_to_qdrant, qdrant_search, vector_name  # noqa: E402
+
+N, D, NQ = 2000, 128, 30
+PLANS = [SearchPlan(32, "float32", "flat", 50), SearchPlan(64, "binary", "hnsw", 100, ef_search=128),
+         SearchPlan(64, "int8", "flat", 30), SearchPlan(32, "float16", "hnsw", 50)]
+
+
+@pytest.fixture(scope="module")
+def setup():
+    rng = np.random.default_rng(1)
+    scale = (1.0 / np.sqrt(np.arange(1, D + 1))).astype(np.float32)
+    centres = rng.standard_normal((40, D), dtype=np.float32) * scale
+    draw = lambda n: centres[rng.integers(0, 40, n)] + 0.5 * rng.standard_normal((n, D), dtype=np.float32) * scale
+    db, queries = draw(N), draw(NQ)
+    index = MatryoshkaIndex(db, metric="cosine")
+    client = qdrant_client.QdrantClient(":memory:")
+    names = export_to_qdrant(index, client, "mrl", PLANS)
+    return index, queries, client, names
+
+
+def test_export_creates_named_vectors_per_prefix_and_precision(setup):
+    index, _, client, names = setup
+    assert names == ["full", "p32_float32", "p64_binary", "p64_int8", "p32_float16"]
+    info = client.get_collection("mrl")
+    assert info.points_count == N
+    vectors = info.config.params.vectors
+    assert vectors["full"].size == D and vectors["full"].on_disk
+    assert vectors["p64_binary"].size == 64 and vectors["p64_binary"].quantization_config.binary is not None
+    assert vectors["p64_int8"].quantization_config.scalar.type == "int8"
+    assert vectors["p32_float16"].datatype == "float16"
+
+
+def test_float32_plan_gives_our_ids_and_scores(setup):
+    index, queries, client, _ = setup
+    plan = PLANS[0]
+    scores, ids = qdrant_search(client, "mrl", queries, plan, 10)
+    ours = index.search_plan(queries, 10, plan)
+    np.testing.assert_array_equal(ids, ours.ids)
+    np.testing.assert_allclose(scores, ours.scores, atol=1e-5)
+
+
+@pytest.mark.parametrize("plan", PLANS[1:], ids=vector_name)
+def test_quantized_plans_differ_only_where_our_codes_missed_a_neighbour(setup, plan):
+    index, queries, client, _ = setup
+    _, ids = qdrant_search(client, "mrl", queries, plan, 10)
+    ours = index.search_plan(queries, 10, plan)
+    shortlist, _ = index._code_level(plan).search(queries, plan.candidates, plan.ef_search or 64, 16)
+    inside = np.array([set(ids[i]) <= set(shortlist[i]) for i in range(NQ)])
+    same = (ids == ours.ids).all(axis=1)
+    assert (same | ~inside).all()  # every disagreement is a Qdrant neighbour outside our code shortlist
+    assert same.mean() >= 0.7
+
+
+def test_embedded_on_disk_mode_persists(setup, tmp_path):
+    index, queries, _, _ = setup
+    plan = PLANS[0]
+    client = qdrant_client.QdrantClient(path=str(tmp_path / "qdrant"))
+    export_to_qdrant(index, client, "mrl", [plan])
+    client.close()
+    reopened = qdrant_client.QdrantClient(path=str(tmp_path / "qdrant"))
+    _, ids = qdrant_search(reopened, "mrl", queries[:5], plan, 10)
+    reopened.close()
+    np.testing.assert_array_equal(ids, index.search_plan(queries[:5], 10, plan).ids)
+
+
+def test_bad_exports_raise_clear_errors(setup):
+    index, _, client, _ = setup
+    with pytest.raises(ValueError, match=r"Qdrant has no IVF structure; export the plan with structure='hnsw'"):
+        export_to_qdrant(index, client, "other", [SearchPlan(64, "int8", "ivf", 50)])
+    with pytest.raises(ValueError, match=r"collection 'mrl' already exists"):
+        export_to_qdrant(index, client, "mrl", [PLANS[0]])
+    with pytest.raises(ValueError, match=r"dim=256, but the index stores 128-dim vectors"):
+        export_to_qdrant(index, client, "other", [SearchPlan(256, "int8")])

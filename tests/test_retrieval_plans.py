@@ -1,0 +1,160 @@
+"""Search plans (prefix x precision codes, float32 re-rank), the tuner, persistence and bad input."""
+import faiss  # noqa: F401  (dev extra)
+import numpy as np
+import pytest
+
+from mrl_hf.evaluation import top_k_overlap  # noqa: E402
+from mrl_hf.retrieval import MatryoshkaIndex, NoPlanMeetsTarget, SearchPlan  # noqa: E402
+
+N, D, NQ = 5000, 128, 100
+PRECISIONS = ["float32", "float16", "int8", "binary"]
+
+
+def matryoshka_like(n, n_queries, dim=D, seed=0, n_clusters=100):
+    """Cluster centre + noise, both with per-dim scale 1/sqrt(j): low dims carry most of the signal."""
+    rng = np.random.default_rng(seed)
+    scale = (1.0 / np.sqrt(np.arange(1, dim + 1))).astype(np.float32)
+    centres = rng.standard_normal((n_clusters, dim), dtype=np.float32) * scale
+
+    def draw(count):
+        x = centres[rng.integers(0, n_clusters, count)]
+        return x + 0.5 * rng.standard_normal((count, dim), dtype=np.float32) * scale
+
+    return draw(n), draw(n_queries)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return matryoshka_like(N, NQ)
+
+
+@pytest.fixture(scope="module")
+def index(data):
+    return MatryoshkaIndex(data[0], metric="cosine")
+
+
+@pytest.fixture(scope="module")
+def exact(index, data):
+    return index.search(data[1], 10)
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+@pytest.mark.parametrize("structure", ["flat", "ivf"])
+def test_plan_with_every_vector_as_candidate_is_exact_search(index, data, exact, precision, structure):
+    plan = SearchPlan(32, precision, structure, candidates=N, nprobe=10_000)  # IVF: probe every list
+    result = index.search_plan(data[1], 10, plan)
+    np.testing.assert_array_equal(result.ids, exact.ids)
+    np.testing.assert_allclose(result.scores, exact.scores, rtol=1e-5, atol=1e-6)
+    assert [s.kind for s in result.cost.stages] == ["search", "rerank"]
+    assert result.cost.stages[0].index_type == f"{structure}-{precision}"
+
+
+def test_binary_prefix_with_rerank_recovers_exact_top10(index, data, exact):
+    # 64 sign bits (8 bytes/vector) shortlist 200, re-ranked at 128 dims in float32
+    recall = top_k_overlap(index.search_plan(data[1], 10, SearchPlan(64, "binary", "flat", 200)).ids, exact.ids, 10)
+    assert recall >= 0.97
+    # with 20 candidates the sign bits alone cannot find the top 10: the re-rank is what recovers it
+    assert top_k_overlap(index.search_plan(data[1], 10, SearchPlan(64, "binary", "flat", 20)).ids, exact.ids, 10) < 0.6
+
+
+@pytest.mark.parametrize("precision,floor", [("int8", 0.95), ("float16", 0.97)])
+def test_scalar_codes_rank_nearly_like_float32(index, data, exact, precision, floor):
+    recall = top_k_overlap(index.search_plan(data[1], 10, SearchPlan(D, precision, "flat", 10)).ids, exact.ids, 10)
+    assert recall >= floor
+
+
+def test_hnsw_codes_with_rerank(index, data, exact):
+    for precision in ("binary", "int8"):
+        result = index.search_plan(data[1], 10, SearchPlan(64, precision, "hnsw", 200, ef_search=200))
+        assert top_k_overlap(result.ids, exact.ids, 10) >= 0.97
+
+
+def test_plan_memory_counts_codes_and_norms(index):
+    mem = index.plan_memory(SearchPlan(64, "binary", "flat", 100))
+    assert mem["codes"] == pytest.approx(64 / 8, abs=0.1)  # 8 bytes of sign bits (+ a FAISS header)
+    assert mem["rerank_norms"] == 4.0 and mem["ram"] == pytest.approx(mem["codes"] + 4.0)
+    assert mem["full_vectors_on_disk"] == 4 * D
+    assert index.plan_memory(SearchPlan(64, "int8", "flat", 100))["codes"] == pytest.approx(64, abs=1)
+    hnsw = index.plan_memory(SearchPlan(64, "binary", "hnsw", 100))["codes"]
+    assert 8 + 4 * 32 < hnsw < 8 + 4 * 64 + 20  # 32..64 links per vector at level 0
+    assert "flat-binary@64" in index.memory_bytes()
+
+
+def test_add_in_parts_updates_codes(data):
+    db, queries = data
+    plan = SearchPlan(64, "binary", "hnsw", 100)
+    whole = MatryoshkaIndex(db).search_plan(queries, 10, SearchPlan(64, "binary", "flat", 100))
+    parts = MatryoshkaIndex(db[:3000])
+    parts.search_plan(queries, 10, SearchPlan(64, "binary", "flat", 100))  # codes built on 3000 vectors
+    parts.search_plan(queries, 10, plan)
+    parts.add(db[3000:])
+    np.testing.assert_array_equal(parts.search_plan(queries, 10, SearchPlan(64, "binary", "flat", 100)).ids,
+                                  whole.ids)
+    assert parts._codes[plan.code_key].ntotal == N
+
+
+def test_tuner_keeps_the_cheapest_plan_that_meets_the_target(index, data, exact):
+    result = index.tune(data[1], target_recall=0.95, objective="ram", dims=[32, 64], precisions=["binary", "int8"],
+                        structures=["flat"], candidates=[20, 100, 400])
+    meeting = [r for r in result.reports if r.meets_target]
+    assert result.chosen.meets_target and result.chosen.recall >= 0.95
+    assert result.chosen.ram_bytes_per_vector == min(r.ram_bytes_per_vector for r in meeting)
+    assert index.plan == result.plan
+    # the reported recall is what the plan gives
+    assert top_k_overlap(index.search_plan(data[1], 10).ids, exact.ids, 10) == pytest.approx(result.chosen.recall)
+    table = str(result)
+    assert "| dims | precision | structure | candidates | RAM B/vector | ms/query | recall@10 |" in table
+    assert "**chosen**" in table and len(result.pareto()) >= 1
+    fastest = index.tune(data[1], target_recall=0.95, objective="latency", dims=[32, 64],
+                         precisions=["binary", "int8"], structures=["flat"], candidates=[20, 100, 400])
+    assert fastest.chosen.ms_per_query == min(r.ms_per_query for r in fastest.reports if r.meets_target)
+
+
+def test_tuner_names_the_closest_plan_when_none_meets_the_target(index, data):
+    with pytest.raises(NoPlanMeetsTarget, match=r"Closest: binary@8 flat -> 20 -> float32@full with recall") as err:
+        index.tune(data[1], target_recall=1.0, dims=[8], precisions=["binary"], structures=["flat"],
+                   candidates=[10, 20])
+    assert err.value.closest.plan.candidates == 20 and len(err.value.reports) == 2
+    assert isinstance(err.value, ValueError)
+
+
+def test_plan_and_codes_survive_save_and_mmap_load(index, data, tmp_path):
+    plan = SearchPlan(64, "binary", "hnsw", 200, ef_search=128)
+    index.plan = plan
+    before = index.search_plan(data[1], 10)
+    index.save(tmp_path / "ix")
+    assert (tmp_path / "ix" / "codes_64_binary_hnsw.faiss").is_file()
+    loaded = MatryoshkaIndex.load(tmp_path / "ix", mmap=True)
+    assert isinstance(loaded._db, np.memmap)  # full vectors stay on disk, read only for the re-rank
+    assert loaded.plan == plan and plan.code_key in loaded._codes
+    after = loaded.search_plan(data[1], 10)
+    np.testing.assert_array_equal(after.ids, before.ids)
+    np.testing.assert_allclose(after.scores, before.scores, rtol=1e-6)
+
+
+def test_bad_plans_raise_clear_errors(index, data):
+    q = data[1]
+    with pytest.raises(ValueError, match=r"dim=256, but the index stores 128-dim vectors; choose dim <= 128"):
+        index.search_plan(q, 10, SearchPlan(256, "int8"))
+    with pytest.raises(ValueError, match=r"precision='int4' is not supported; choose one of"):
+        SearchPlan(64, "int4")
+    with pytest.raises(ValueError, match=r"structure='pq' is not supported"):
+        SearchPlan(64, "int8", "pq")
+    with pytest.raises(ValueError, match=r"multiple of 8; use dim=96"):
+        SearchPlan(100, "binary")
+    with pytest.raises(ValueError, match=r"keeps 5 candidates, fewer than top_k=10"):
+        index.search_plan(q, 10, SearchPlan(64, "binary", candidates=5))
+    with pytest.raises(ValueError, match=r"queries have 64 dims but this search scores at dim 128"):
+        index.search_plan(q[:, :64], 10, SearchPlan(64, "binary"))
+    with pytest.raises(ValueError, match=r"No plan: pass plan=SearchPlan"):
+        MatryoshkaIndex(data[0][:100]).search_plan(q, 10)
+    with pytest.raises(TypeError, match=r"plan must be a SearchPlan"):
+        index.search_plan(q, 10, (64, "binary"))
+    with pytest.raises(ValueError, match=r"binary \(sign-bit\) codes .* metric='l2'"):
+        MatryoshkaIndex(data[0][:100], metric="l2").search_plan(q, 10, SearchPlan(64, "binary"))
+    with pytest.raises(ValueError, match=r"objective='memory' is not supported"):
+        index.tune(q, objective="memory")
+    with pytest.raises(ValueError, match=r"target_recall=1.5 must be a number in \(0, 1\]"):
+        index.tune(q, target_recall=1.5)
+    with pytest.raises(ValueError, match=r"dims entry 512 exceeds the index's stored size 128"):
+        index.tune(q, dims=[512])
