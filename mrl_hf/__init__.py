@@ -59,7 +59,7 @@ _LAZY = {
     "push_to_hub": "hub",
     "render_model_card": "hub",
     "save_for_hub": "hub",
-    "all_gather_with_grad": "distributed",
+    "all_gather_with_grad": "modeling.gather",
 }
 
 

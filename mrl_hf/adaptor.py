@@ -24,10 +24,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .distillation import similarity_distillation_loss
 from .embeddings import truncate_embeddings
 from .nesting import halving_nesting_list, validate_dim, validate_nesting_list
-from .saving import owned_files, reading
 
 ADAPTOR_CONFIG_NAME = "adaptor_config.json"
 ADAPTOR_WEIGHTS_NAME = "adaptor.safetensors"
@@ -130,6 +128,7 @@ class MatryoshkaAdaptor(nn.Module):
         rather than of the raw inputs, whose similarities are dominated by the direction all of them share; it
         gained up to 5 points of recall@10 with in-domain text (docs/matryoshkafy.md).
         """
+        similarity_distillation_loss = _needs_mrl_hf("fitting an adaptor", "distillation").similarity_distillation_loss
         x = check_embeddings(embeddings, self.input_dim)
         if x.shape[0] < 2:
             raise ValueError(f"embeddings has {x.shape[0]} row; fitting needs at least 2 (ideally thousands).")
@@ -199,6 +198,7 @@ class MatryoshkaAdaptor(nn.Module):
     def save_pretrained(self, save_directory: str | os.PathLike) -> None:
         """Write ``adaptor_config.json`` and ``adaptor.safetensors`` into ``save_directory``, committed as one set
         (``mrl_hf.saving.owned_files``): a killed save leaves the old pair or the new pair, never one of each."""
+        owned_files = _needs_mrl_hf("saving an adaptor", "saving").owned_files
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         with owned_files(save_directory, "adaptor") as staging:
             save_file(state, str(staging / ADAPTOR_WEIGHTS_NAME))
@@ -210,7 +210,7 @@ class MatryoshkaAdaptor(nn.Module):
         weights_path = os.path.join(directory, ADAPTOR_WEIGHTS_NAME)
         if not os.path.isfile(config_path):
             raise FileNotFoundError(f"{config_path} does not exist; save an adaptor there with save_pretrained().")
-        with reading(directory):
+        with _needs_mrl_hf("loading an adaptor", "saving").reading(directory):
             try:
                 config = json.loads(Path(config_path).read_text())
                 if config.get("adaptor_type") != "matryoshka_residual_mlp":
@@ -230,6 +230,19 @@ class MatryoshkaAdaptor(nn.Module):
             raise ValueError(f"{weights_path} does not fit {config_path} ({exc}); the two files are from different "
                              "adaptors. Save the adaptor again.") from exc
         return adaptor.eval()
+
+
+def _needs_mrl_hf(what: str, module: str):
+    """``mrl_hf.<module>``: the training and file tools this module uses, imported on use so that the remote-code
+    copy of a model (which holds the adaptor's forward) carries only modeling code."""
+    try:
+        if module == "distillation":
+            from mrl_hf import distillation as tools
+        else:
+            from mrl_hf import saving as tools
+    except ImportError as exc:
+        raise ImportError(f"{what} needs the mrl_hf package: pip install mrl-hf") from exc
+    return tools
 
 
 def pca_rotation(embeddings, nesting_list: Sequence[int] | None = None, center: bool = True) -> MatryoshkaAdaptor:

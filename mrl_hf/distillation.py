@@ -15,16 +15,16 @@ differ. Pairs with labels can add ``nested_contrastive_loss`` on top (``contrast
 """
 from __future__ import annotations
 
-import importlib
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .nesting import validate_relative_importance
 from .losses import NestedLoss, nested_contrastive_loss, nested_cosine_similarities, weighted_sum
-from .nesting import validate_nesting_list
+from .modeling.gather import all_gather_with_grad
+from .nesting import validate_nesting_list, validate_relative_importance
+from .trainer import MRLTrainer
 
 
 def _check_pair(student: torch.Tensor, teacher: torch.Tensor) -> None:
@@ -197,54 +197,38 @@ class DistillationCollator:
         return batch
 
 
-def _build_trainer_class():
-    # By name: a remote-code copy of a model that uses the adaptor must not pull in the Trainer.
-    MRLTrainer = importlib.import_module("mrl_hf.trainer").MRLTrainer
-    all_gather_with_grad = importlib.import_module("mrl_hf.distributed").all_gather_with_grad
+class MatryoshkaDistillationTrainer(MRLTrainer):
+    """``MRLTrainer`` whose loss is ``MatryoshkaDistillationLoss`` between the model's embeddings and the
+    precomputed teacher vectors in each batch (``DistillationCollator``); logs ``loss_dim_{m}`` as usual.
 
-    class MatryoshkaDistillationTrainer(MRLTrainer):
-        """``MRLTrainer`` whose loss is ``MatryoshkaDistillationLoss`` between the model's embeddings and the
-        precomputed teacher vectors in each batch (``DistillationCollator``); logs ``loss_dim_{m}`` as usual.
+    ``distillation_loss`` defaults to the pairwise + top-k + listwise loss on ``model.config.nesting_list``.
+    """
 
-        ``distillation_loss`` defaults to the pairwise + top-k + listwise loss on ``model.config.nesting_list``.
-        """
+    def __init__(self, *args, distillation_loss: MatryoshkaDistillationLoss | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        config = self.accelerator.unwrap_model(self.model).config
+        self.distillation_loss = distillation_loss or MatryoshkaDistillationLoss(
+            config.nesting_list, config.relative_importance)
+        if list(self.distillation_loss.nesting_list) != list(config.nesting_list):
+            raise ValueError(f"distillation_loss.nesting_list={self.distillation_loss.nesting_list} differs "
+                             f"from the model's nesting_list={config.nesting_list}; build the loss from it.")
+        self.args.remove_unused_columns = False  # the collator needs the text and teacher columns
 
-        def __init__(self, *args, distillation_loss: MatryoshkaDistillationLoss | None = None, **kwargs):
-            super().__init__(*args, **kwargs)
-            config = self.accelerator.unwrap_model(self.model).config
-            self.distillation_loss = distillation_loss or MatryoshkaDistillationLoss(
-                config.nesting_list, config.relative_importance)
-            if list(self.distillation_loss.nesting_list) != list(config.nesting_list):
-                raise ValueError(f"distillation_loss.nesting_list={self.distillation_loss.nesting_list} differs "
-                                 f"from the model's nesting_list={config.nesting_list}; build the loss from it.")
-            self.args.remove_unused_columns = False  # the collator needs the text and teacher columns
-
-        def compute_nested_loss(self, model, inputs, num_items_in_batch=None):
-            inputs = dict(inputs)
-            if "teacher_embeddings" not in inputs:
-                raise ValueError("the batch has no 'teacher_embeddings'; use DistillationCollator on a dataset "
-                                 "prepared with add_teacher_embeddings.")
-            teacher = inputs.pop("teacher_embeddings")
-            pos_ids, pos_mask = inputs.pop("positive_input_ids", None), inputs.pop("positive_attention_mask", None)
-            outputs = model(**inputs, return_loss=False)
-            student = outputs.embeddings
-            positives = None if pos_ids is None else model(pos_ids, pos_mask, return_loss=False).embeddings
-            config = self.accelerator.unwrap_model(model).config
-            if getattr(config, "gather_across_processes", True) and self.accelerator.num_processes > 1:
-                # the similarities of the global batch, as one process would see it (see mrl_hf.distributed)
-                student, teacher = all_gather_with_grad(student), all_gather_with_grad(teacher.detach())
-                positives = None if positives is None else all_gather_with_grad(positives)
-            nested = self.distillation_loss(student, teacher, positives)
-            outputs.loss, outputs.per_dim_losses = nested.loss, nested.per_dim_losses
-            return nested.loss, outputs
-
-    MatryoshkaDistillationTrainer.__module__ = __name__
-    return MatryoshkaDistillationTrainer
-
-
-def __getattr__(name):
-    # The trainer pulls in transformers.Trainer (seconds); modeling imports this module, so build it on first use.
-    if name == "MatryoshkaDistillationTrainer":
-        globals()[name] = _build_trainer_class()
-        return globals()[name]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    def compute_nested_loss(self, model, inputs, num_items_in_batch=None):
+        inputs = dict(inputs)
+        if "teacher_embeddings" not in inputs:
+            raise ValueError("the batch has no 'teacher_embeddings'; use DistillationCollator on a dataset "
+                             "prepared with add_teacher_embeddings.")
+        teacher = inputs.pop("teacher_embeddings")
+        pos_ids, pos_mask = inputs.pop("positive_input_ids", None), inputs.pop("positive_attention_mask", None)
+        outputs = model(**inputs, return_loss=False)
+        student = outputs.embeddings
+        positives = None if pos_ids is None else model(pos_ids, pos_mask, return_loss=False).embeddings
+        config = self.accelerator.unwrap_model(model).config
+        if getattr(config, "gather_across_processes", True) and self.accelerator.num_processes > 1:
+            # the similarities of the global batch, as one process would see it (see mrl_hf.distributed)
+            student, teacher = all_gather_with_grad(student), all_gather_with_grad(teacher.detach())
+            positives = None if positives is None else all_gather_with_grad(positives)
+        nested = self.distillation_loss(student, teacher, positives)
+        outputs.loss, outputs.per_dim_losses = nested.loss, nested.per_dim_losses
+        return nested.loss, outputs

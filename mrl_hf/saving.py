@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import importlib
 import json
 import os
 import shutil
@@ -369,68 +368,3 @@ def missing_checkpoint_error(path) -> FileNotFoundError | None:
                     f"rename it to {folder.name!r}.")
     return FileNotFoundError(f"{text!r} does not exist; pass a folder written by save_pretrained or a Hub model id."
                              + hint)
-
-
-class AtomicSaveMixin:
-    """Put before the ``PreTrainedModel`` base. ``save_pretrained(dir)`` commits the model's files (config, weights,
-    tokenizer or processor, sentence-transformers files, and the remote code with ``auto_map`` unless
-    ``remote_code=False``) into ``dir`` as one set (``owned_files``, owner "model"):
-    a crash or an error mid-save leaves the previous checkpoint intact, stale weight shards of an older save are
-    removed, and nothing else in ``dir`` is touched. ``push_to_hub=True`` pushes after the local save is committed,
-    so a failed push leaves the new local save in place. ``from_pretrained`` of a local folder reads it under
-    ``reading``, names a missing path, and turns safetensors' error on a truncated file into a ``ValueError``.
-    Subclasses add their own files (tokenizer, processor) in ``_save_extra_files``.
-    """
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        from safetensors import SafetensorError
-
-        local = pretrained_model_name_or_path is not None
-        missing = missing_checkpoint_error(pretrained_model_name_or_path) if local else None
-        if missing is not None:
-            raise missing
-        try:
-            with reading(pretrained_model_name_or_path) if local else contextlib.nullcontext():
-                return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-        except SafetensorError as exc:
-            raise ValueError(f"the safetensors weights in {str(pretrained_model_name_or_path)!r} are truncated or "
-                             f"corrupt ({exc}); restore the checkpoint from a good copy (mrl_hf saves are atomic, "
-                             "so a crashed save never causes this) or re-save the model.") from exc
-
-    def _save_extra_files(self, save_directory: str) -> None:
-        """Write files that belong with the weights (tokenizer, processor) into ``save_directory``."""
-
-    def write_files(self, directory, *args, remote_code: bool = True, **kwargs) -> None:
-        """Write the checkpoint's files into ``directory`` as they are, without the commit of ``save_pretrained``
-        (for writers that commit a larger set of files, such as ``save_for_hub``)."""
-        super().save_pretrained(str(directory), *args, **kwargs)
-        self._save_extra_files(str(directory))
-        if remote_code:
-            self._write_remote_code(directory)
-
-    def _write_remote_code(self, directory) -> None:
-        """The flat modeling code and ``auto_map`` (``mrl_hf.hub.remote_code``), so that the checkpoint opens with
-        ``trust_remote_code=True`` where mrl_hf is not installed, and transformers' error there says so."""
-        if not type(self).__module__.startswith("mrl_hf."):
-            return  # a remote-code copy: transformers copies its code files itself
-        try:  # by name: the remote-code copy of this module does not carry the publishing tools
-            remote_code = importlib.import_module("mrl_hf.hub.remote_code")
-        except ImportError:
-            return
-        remote_code.write_remote_code(type(self), directory)
-
-    _PUSH_KEYS = ("repo_id", "commit_message", "commit_description", "private", "token", "create_pr", "revision",
-                  "tags")
-
-    def save_pretrained(self, save_directory, *args, is_main_process: bool = True, push_to_hub: bool = False,
-                        remote_code: bool = True, **kwargs):
-        if not is_main_process:  # only the main process writes; others may still take part in gathering weights
-            return super().save_pretrained(save_directory, *args, is_main_process=False, **kwargs)
-        push = {k: kwargs.pop(k) for k in self._PUSH_KEYS if k in kwargs}
-        with owned_files(save_directory, "model", replaces=is_weight_file) as staging:
-            self.write_files(staging, *args, remote_code=remote_code, **kwargs)
-        if push_to_hub:
-            repo_id = push.pop("repo_id", None) or Path(save_directory).absolute().name
-            return self.push_to_hub(repo_id, max_shard_size=kwargs.get("max_shard_size", "50GB"), **push)
-        return None

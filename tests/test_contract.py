@@ -242,3 +242,16 @@ def test_a_saved_checkpoint_opens_in_a_transformers_only_environment(tmp_path):
     assert "trust_remote_code=True" in result["error"]  # what to do, when opened without trusting the code
     assert result["module"].startswith("transformers_modules.") and result["shape"] == [2, 16]
     assert result["text"] <= 1e-6 and result["image"] <= 1e-5
+
+
+def test_remote_code_holds_modeling_code_only():
+    from mrl_hf.hub.remote_code import module_closure
+
+    for module in ("mrl_hf.modeling.bert", "mrl_hf.modeling.auto_text", "mrl_hf.modeling.vision",
+                   "mrl_hf.modeling.align"):
+        closure = module_closure(module)
+        lines = sum(source.count("\n") for source in closure.values())
+        print(f"{module}: {len(closure)} modules, {lines} lines: {sorted(closure)}")
+        tools = [m for m in closure if m.split(".")[1] in ("trainer", "distillation", "distributed", "saving", "hub",
+                                                            "resumption", "retrieval", "evaluation", "data", "cli")]
+        assert not tools, (module, tools)

@@ -110,12 +110,9 @@ def save_for_hub(model, save_directory, *, repo_id: str | None = None, tokenizer
 
 
 def _load_folder_config(folder: Path):
-    import importlib
-
     from transformers import AutoConfig
 
-    # registers the mrl_hf model types (not 'from .. import': this module is also copied into remote code)
-    importlib.import_module("mrl_hf.modeling")
+    from .. import modeling  # noqa: F401  (registers the mrl_hf model types with the Auto classes)
 
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"{folder} has no config.json; pass a folder written by save_pretrained / "

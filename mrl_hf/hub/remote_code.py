@@ -2,9 +2,12 @@
 
 Then ``AutoModel.from_pretrained(repo_id, trust_remote_code=True)`` works where mrl_hf is not installed.
 transformers loads remote code as flat files of one folder that import each other with ``from .name import``;
-so every mrl_hf module the model's module needs (transitively) is written as ``mrl_hf_<dotted_path>.py`` and
-its package-relative imports (``from ..config import X``) are rewritten to those flat names. The copies register
-with the Auto classes only where nothing is registered yet: a process that has mrl_hf keeps its own classes.
+so every mrl_hf module the model's module imports relatively (transitively) is written as
+``mrl_hf_<dotted_path>.py`` and those imports (``from ..config import X``) are rewritten to the flat names.
+What a modeling module needs, it imports relatively; what it only uses when mrl_hf is installed (atomic saves,
+publishing, training tools) it imports by absolute name inside ``try``, which is neither copied nor required by
+transformers' import check. The copies register with the Auto classes only where nothing is registered yet: a
+process that has mrl_hf keeps its own classes.
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ from transformers import (
 
 PACKAGE = "mrl_hf"
 _AUTO_CLASSES = (AutoModel, AutoModelForMaskedLM, AutoModelForImageClassification, AutoModelForSequenceClassification)
-_IMPORT = re.compile(r"^(?P<indent>\s*)from\s+(?P<module>\.+[\w.]*|mrl_hf(?:\.[\w.]+)?)\s+import\s", re.M)
+_IMPORT = re.compile(r"^(?P<indent>\s*)from\s+(?P<module>\.+[\w.]*)\s+import\s", re.M)
 
 
 def flat_name(module: str) -> str:
@@ -55,6 +58,7 @@ def module_closure(module: str) -> dict[str, str]:
         source = Path(mod.__file__).read_text(encoding="utf8")
         found[name] = source
         is_package = Path(mod.__file__).name == "__init__.py"
+        _check_optional_imports(name, source)
         for match in _IMPORT.finditer(source):
             target = _resolve(name, is_package, match["module"])
             if target == PACKAGE:
@@ -62,6 +66,21 @@ def module_closure(module: str) -> dict[str, str]:
                                  "import ...'); remote code needs imports from the defining modules.")
             todo.append(target)
     return found
+
+
+def _check_optional_imports(name: str, source: str) -> None:
+    """An absolute ``mrl_hf`` import in copied code must sit inside ``try``: the copy runs without mrl_hf."""
+    def visit(node, guarded: bool):
+        if isinstance(node, (ast.Import, ast.ImportFrom)) and not guarded:
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
+            if any(n == PACKAGE or n.startswith(PACKAGE + ".") for n in names) and getattr(node, "level", 0) == 0:
+                raise ValueError(f"{name} line {node.lineno} imports mrl_hf by absolute name outside a try block; the "
+                                 "remote-code copy runs without mrl_hf: import modeling code relatively, and optional "
+                                 "tools inside try/except ImportError.")
+        for child in ast.iter_child_nodes(node):
+            visit(child, guarded or isinstance(node, ast.Try))
+
+    visit(ast.parse(source), False)
 
 
 def _rewrite(name: str, source: str) -> str:

@@ -36,12 +36,11 @@ from transformers.configuration_utils import SubConfigSpec
 from transformers.utils import ModelOutput
 
 from ..config import MATRYOSHKA_KEYS, MatryoshkaConfigMixin
-from ..distributed import all_gather_with_grad
 from ..embeddings import truncate_embeddings
 from ..losses import nested_contrastive_loss, nested_cosine_similarities
 from ..nesting import validate_dim
-from ..saving import AtomicSaveMixin
 from .base import MatryoshkaPreTrainedMixin
+from .gather import all_gather_with_grad
 
 TEXT_POOLING_MODES = ("mean", "cls")
 
@@ -138,7 +137,7 @@ class MRLAlignProcessor(ProcessorMixin):
         super().__init__(image_processor, tokenizer, **kwargs)
 
 
-class MRLAlignPreTrainedModel(AtomicSaveMixin, MatryoshkaPreTrainedMixin, PreTrainedModel):
+class MRLAlignPreTrainedModel(MatryoshkaPreTrainedMixin, PreTrainedModel):
     config_class = MRLAlignConfig
     config: MRLAlignConfig
     base_model_prefix = "mrl_align"

@@ -37,12 +37,11 @@ from transformers.configuration_utils import SubConfigSpec
 from transformers.utils import ModelOutput
 
 from ..config import MatryoshkaConfigMixin
-from ..distributed import all_gather_with_grad
 from ..embeddings import truncate_embeddings
 from ..losses import nested_contrastive_loss
 from ..nesting import validate_dim
-from ..saving import AtomicSaveMixin
 from .base import MatryoshkaPreTrainedMixin
+from .gather import all_gather_with_grad
 from .text_common import (
     check_nonempty,
     check_texts,
@@ -185,7 +184,7 @@ def build_backbone(config: PretrainedConfig) -> PreTrainedModel:
     return AutoModel.from_config(config, **kwargs)
 
 
-class MRLTextEmbeddingPreTrainedModel(AtomicSaveMixin, MatryoshkaPreTrainedMixin, PreTrainedModel):
+class MRLTextEmbeddingPreTrainedModel(MatryoshkaPreTrainedMixin, PreTrainedModel):
     config_class = MRLTextEmbeddingConfig
     config: MRLTextEmbeddingConfig
     base_model_prefix = BACKBONE_PREFIX

@@ -1,9 +1,10 @@
 """What every mrl_hf model class shares beyond its transformers base class."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import importlib
 import math
+from pathlib import Path
 
 from transformers import PretrainedConfig
 from transformers import initialization as init
@@ -12,16 +13,26 @@ from ..heads import MatryoshkaHead
 
 
 class MatryoshkaPreTrainedMixin:
-    """Put before the transformers base class (``class MRLXModel(AtomicSaveMixin, MatryoshkaPreTrainedMixin,
-    XPreTrainedModel)``).
+    """Put before the transformers base class (``class MRLXModel(MatryoshkaPreTrainedMixin, XPreTrainedModel)``).
 
     - Initialises every Matryoshka part wherever transformers initialises weights: in a fresh model, and in the
       parts a plain checkpoint lacks (``from_pretrained(plain_checkpoint, efficient=True)``), so no weight is
       left as uninitialised memory. The shared MRL-E weight gets what ``nn.Linear`` gives a fresh layer.
-    - ``push_to_hub`` keeps ``PreTrainedModel.push_to_hub``'s signature and uploads the Matryoshka model card.
     - ``from_pretrained`` of a plain checkpoint of the family (``_plain_model_types``, e.g. a ``BertModel``) builds
       the mrl_hf config from it, so nothing warns about the model type and the config is the mrl_hf one through and
       through; a checkpoint of another family is refused with an error naming it.
+    - ``save_pretrained(dir)`` commits the model's files (config, weights, tokenizer or processor,
+      sentence-transformers files, and the remote code with ``auto_map`` unless ``remote_code=False``) into ``dir``
+      as one set (``mrl_hf.saving.owned_files``, owner "model"): a crash or an error mid-save leaves the previous
+      checkpoint intact, stale weight shards of an older save are removed, and nothing else in ``dir`` is touched.
+      ``push_to_hub=True`` pushes after the local save is committed. ``from_pretrained`` of a local folder reads it
+      under ``mrl_hf.saving.reading``, names a missing path, and turns safetensors' error on a truncated file into a
+      ``ValueError``. Subclasses add their own files (tokenizer, processor) in ``_save_extra_files``.
+    - ``push_to_hub`` keeps ``PreTrainedModel.push_to_hub``'s signature and uploads the Matryoshka model card.
+
+    The saving and publishing tools are imported where they are used, by absolute name and inside ``try``: the
+    remote-code copy of a model (``mrl_hf.hub.remote_code``) carries only the modeling code, and there these
+    methods fall back to transformers' own.
     """
 
     _plain_model_types: tuple[str, ...] = ()
@@ -29,11 +40,62 @@ class MatryoshkaPreTrainedMixin:
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        if kwargs.get("config") is None and pretrained_model_name_or_path is not None:
-            config = cls._config_of_plain_checkpoint(pretrained_model_name_or_path, kwargs)
-            if config is not None:
-                kwargs["config"] = config
-        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        try:
+            from mrl_hf.saving import missing_checkpoint_error, reading
+        except ImportError:  # a remote-code copy without mrl_hf
+            missing_checkpoint_error, reading = (lambda path: None), (lambda path: contextlib.nullcontext())
+        local = pretrained_model_name_or_path is not None
+        missing = missing_checkpoint_error(pretrained_model_name_or_path) if local else None
+        if missing is not None:
+            raise missing
+        from safetensors import SafetensorError
+
+        try:
+            with reading(pretrained_model_name_or_path) if local else contextlib.nullcontext():
+                if kwargs.get("config") is None and local:
+                    config = cls._config_of_plain_checkpoint(pretrained_model_name_or_path, kwargs)
+                    if config is not None:
+                        kwargs["config"] = config
+                return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        except SafetensorError as exc:
+            raise ValueError(f"the safetensors weights in {str(pretrained_model_name_or_path)!r} are truncated or "
+                             f"corrupt ({exc}); restore the checkpoint from a good copy (mrl_hf saves are atomic, "
+                             "so a crashed save never causes this) or re-save the model.") from exc
+
+    def _save_extra_files(self, save_directory: str) -> None:
+        """Write files that belong with the weights (tokenizer, processor) into ``save_directory``."""
+
+    def write_files(self, directory, *args, remote_code: bool = True, **kwargs) -> None:
+        """Write the checkpoint's files into ``directory`` as they are, without the commit of ``save_pretrained``
+        (for writers that commit a larger set of files, such as ``save_for_hub``)."""
+        super().save_pretrained(str(directory), *args, **kwargs)
+        self._save_extra_files(str(directory))
+        if remote_code and type(self).__module__.startswith("mrl_hf."):  # a copy's own code is copied by transformers
+            try:
+                from mrl_hf.hub.remote_code import write_remote_code
+            except ImportError:
+                return
+            write_remote_code(type(self), directory)
+
+    _PUSH_KEYS = ("repo_id", "commit_message", "commit_description", "private", "token", "create_pr", "revision",
+                  "tags")
+
+    def save_pretrained(self, save_directory, *args, is_main_process: bool = True, push_to_hub: bool = False,
+                        remote_code: bool = True, **kwargs):
+        try:
+            from mrl_hf.saving import is_weight_file, owned_files
+        except ImportError:  # a remote-code copy without mrl_hf: transformers' own save (which copies the code)
+            return super().save_pretrained(save_directory, *args, is_main_process=is_main_process,
+                                           push_to_hub=push_to_hub, **kwargs)
+        if not is_main_process:  # only the main process writes; others may still take part in gathering weights
+            return super().save_pretrained(save_directory, *args, is_main_process=False, **kwargs)
+        push = {k: kwargs.pop(k) for k in self._PUSH_KEYS if k in kwargs}
+        with owned_files(save_directory, "model", replaces=is_weight_file) as staging:
+            self.write_files(staging, *args, remote_code=remote_code, **kwargs)
+        if push_to_hub:
+            repo_id = push.pop("repo_id", None) or Path(save_directory).absolute().name
+            return self.push_to_hub(repo_id, max_shard_size=kwargs.get("max_shard_size", "50GB"), **push)
+        return None
 
     @classmethod
     def _config_of_plain_checkpoint(cls, path, kwargs):
@@ -76,9 +138,7 @@ class MatryoshkaPreTrainedMixin:
         kwargs = dict(commit_message=commit_message, commit_description=commit_description, private=private,
                       token=token, revision=revision, create_pr=create_pr, max_shard_size=max_shard_size, tags=tags)
         try:
-            # By name, not as a package-relative import: a checkpoint needs no publishing tools to load, and the
-            # remote-code copy of a model does not carry them.
-            hub = importlib.import_module("mrl_hf.hub")
+            from mrl_hf.hub import push_to_hub
         except ImportError:  # a remote-code copy where mrl_hf is not installed: transformers' own push
             return super().push_to_hub(repo_id, **kwargs)
-        return hub.push_to_hub(self, repo_id, **kwargs)
+        return push_to_hub(self, repo_id, **kwargs)

@@ -34,13 +34,12 @@ from transformers.utils import ModelOutput
 
 from ..adaptor import MatryoshkaAdaptor
 from ..config import MatryoshkaConfigMixin
-from ..distributed import all_gather_with_grad
 from ..embeddings import truncate_embeddings
 from ..heads import MatryoshkaHead
 from ..losses import MatryoshkaCrossEntropyLoss, nested_contrastive_loss
 from ..nesting import halving_nesting_list, validate_dim
-from ..saving import AtomicSaveMixin
 from .base import MatryoshkaPreTrainedMixin
+from .gather import all_gather_with_grad
 from .text_common import (
     check_nonempty,
     check_texts,
@@ -134,7 +133,7 @@ class MRLMaskedLMOutput(ModelOutput):
     attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
-class MRLBertPreTrainedModel(AtomicSaveMixin, MatryoshkaPreTrainedMixin, BertPreTrainedModel):
+class MRLBertPreTrainedModel(MatryoshkaPreTrainedMixin, BertPreTrainedModel):
     config_class = MRLBertConfig
     config: MRLBertConfig
     base_model_prefix = "bert"

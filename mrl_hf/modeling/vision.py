@@ -30,7 +30,6 @@ from ..config import MatryoshkaConfigMixin
 from ..embeddings import truncate_embeddings
 from ..heads import MatryoshkaHead
 from ..losses import MatryoshkaCrossEntropyLoss
-from ..saving import AtomicSaveMixin
 from .base import MatryoshkaPreTrainedMixin
 
 # Trainer's evaluation loop skips these outputs, so ``compute_metrics`` receives (logits, nested_logits).
@@ -103,7 +102,7 @@ class MatryoshkaImageClassifierOutput(ModelOutput):
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
 
 
-class _MRLImageClassifier(AtomicSaveMixin, MatryoshkaPreTrainedMixin):
+class _MRLImageClassifier(MatryoshkaPreTrainedMixin):
     """What the ResNet and ViT classifiers share: projection, Matryoshka head, loss, checks, freezing."""
 
     # forward takes num_items_in_batch (an explicit flag: the Trainer would otherwise infer it from **kwargs).

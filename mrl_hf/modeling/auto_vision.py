@@ -1,0 +1,389 @@
+"""Matryoshka image models on any ``transformers`` vision backbone: ``MRLModelForImageClassification`` and
+``MRLModelForImageEmbedding``.
+
+The backbone is whatever ``AutoModel.from_config(config.backbone_config)`` builds (ViT, DINOv2, Swin, ConvNeXt, ResNet,
+...). Its output is pooled into one vector (``config.pooling``), optionally projected to ``embedding_dim``, and either
+classified at every nesting size (a ``MatryoshkaHead``, the nested cross-entropy of ``modeling/vision.py``) or returned
+as a Matryoshka embedding.
+
+Pooling (``config.pooling``):
+
+- ``"auto"`` (default): the backbone's ``pooler_output`` when it gives one, else the [CLS] token when the backbone has
+  one, else the mean over the patch tokens. A backbone with an optional pooling *layer* (ViT's dense + tanh, Swin's) is
+  built without it, so the result is what the family's own ``...ForImageClassification`` head reads:
+
+  ========  ==============================================================
+  ResNet    ``pooler_output``: global average pool of the last feature map
+  ConvNeXt  ``pooler_output``: layer norm of the spatial mean
+  DINOv2    ``pooler_output``: the [CLS] token after the final layer norm
+  ViT       the [CLS] token after the final layer norm (no pooler built)
+  Swin      the mean over the tokens after the final layer norm
+  ========  ==============================================================
+
+- ``"pooler"``: the backbone's ``pooler_output`` (ViT / Swin are then built with their pooling layer);
+- ``"cls"``: the first token of ``last_hidden_state`` (backbones with a [CLS] token only);
+- ``"mean"``: the mean of ``last_hidden_state`` over the patch tokens (without [CLS], distillation and register
+  tokens), or over height and width for a feature map ``(batch, channels, height, width)``.
+
+Loading a plain checkpoint: ``MRLModelForImageClassification.from_pretrained(folder_or_id, num_labels=...,
+nesting_list=...)`` reads the checkpoint's own config as ``backbone_config`` and loads its weights into ``backbone``: a
+bare model (``ViTModel``; transformers adds the ``backbone.`` prefix) or a classifier (``ViTForImageClassification``;
+its ``vit.`` prefix is renamed to ``backbone.`` while loading, its ``classifier.*`` dropped). Only the projection and
+the head are new. Without ``num_labels`` / ``id2label`` the new head takes the checkpoint's own labels.
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+import torch
+from huggingface_hub.dataclasses import strict
+from torch import nn
+from transformers import AutoConfig, AutoModel, AutoModelForImageClassification, PretrainedConfig, PreTrainedModel
+from transformers.configuration_utils import SubConfigSpec
+from transformers.utils import ModelOutput
+
+from ..config import MatryoshkaConfigMixin
+from ..embeddings import truncate_embeddings
+from ..nesting import validate_dim
+from .auto_classification import build_head, check_logits_dim, classify, init_classifier_weights
+from .auto_text import BACKBONE_PREFIX, MRLTextEmbeddingPreTrainedModel, _backbone_class
+from .base import MatryoshkaPreTrainedMixin
+from .vision import MatryoshkaImageClassifierOutput
+
+POOLING_MODES = ("auto", "pooler", "cls", "mean")
+
+
+@strict
+class MRLImageConfig(MatryoshkaConfigMixin, PretrainedConfig):
+    """Config of ``MRLModelForImageClassification`` and ``MRLModelForImageEmbedding``: the backbone's config plus the
+    Matryoshka settings.
+
+    backbone_config: the config of any vision model ``AutoModel`` builds (a ``PretrainedConfig`` or a dict with its
+        ``model_type``). Default: ViT-base.
+    pooling: ``"auto"``, ``"pooler"``, ``"cls"`` or ``"mean"`` (see the module docstring).
+    embedding_dim: size of an optional linear projection after pooling; ``None`` keeps the backbone's width
+        (``hidden_sizes[-1]`` for CNNs, ``hidden_size`` for transformers).
+    num_labels / id2label: the classes of ``MRLModelForImageClassification``; ``efficient`` chooses MRL-E; and
+        ``truncate_dim`` the size whose logits are ``output.logits`` (and the size of ``get_image_features``).
+    """
+
+    model_type = "mrl_image"
+    sub_configs_defaults = {"backbone_config": SubConfigSpec(config_class=AutoConfig, model_type="vit")}
+    # Not collected by the Trainer's evaluation loop: a classifier's predictions are (logits, nested_logits).
+    keys_to_ignore_at_inference = ["per_dim_losses", "embeddings", "last_hidden_state", "hidden_states", "attentions"]
+
+    backbone_config: dict | PretrainedConfig | None = None
+    pooling: str = "auto"
+    embedding_dim: int | None = None
+
+    def __post_init__(self, **kwargs):
+        if isinstance(self.backbone_config, dict) and not self.backbone_config.get("model_type"):
+            raise ValueError("backbone_config is a dict without 'model_type'; give the backbone's config "
+                             "(AutoConfig.from_pretrained(...)) or a dict with its model_type, e.g. 'vit'.")
+        if isinstance(self.backbone_config, MRLImageConfig):
+            raise TypeError("backbone_config is itself an MRLImageConfig; give the plain backbone's config.")
+        self._check_embedding_dim()  # before the default nesting list is derived from it
+        super().__post_init__(**kwargs)
+
+    def _check_embedding_dim(self) -> None:
+        if self.embedding_dim is not None and (isinstance(self.embedding_dim, bool)
+                                               or not isinstance(self.embedding_dim, int) or self.embedding_dim < 1):
+            raise ValueError(f"embedding_dim={self.embedding_dim!r} must be an int >= 1 (or None for the backbone's "
+                             "width).")
+
+    @property
+    def backbone_width(self) -> int:
+        """The width of the pooled vector: ``hidden_sizes[-1]`` (ResNet, ConvNeXt) or ``hidden_size`` (ViT, Swin)."""
+        sizes = getattr(self.backbone_config, "hidden_sizes", None)
+        width = sizes[-1] if isinstance(sizes, (list, tuple)) and sizes else getattr(self.backbone_config,
+                                                                                     "hidden_size", None)
+        if isinstance(width, int) and not isinstance(width, bool):
+            return width
+        raise ValueError(f"cannot tell the feature width of the {self.backbone_config.model_type!r} backbone (its "
+                         "config has no hidden_sizes / hidden_size); it is not a vision model these classes can pool.")
+
+    @property
+    def matryoshka_embedding_dim(self) -> int:
+        return self.embedding_dim if self.embedding_dim is not None else self.backbone_width
+
+    def validate_matryoshka(self) -> None:
+        if self.pooling not in POOLING_MODES:
+            raise ValueError(f"pooling={self.pooling!r} is not supported; choose one of {POOLING_MODES}.")
+        self._check_embedding_dim()
+        if not isinstance(self.backbone_config, PretrainedConfig):
+            raise TypeError(f"backbone_config must be a transformers config (or a dict with its model_type), got "
+                            f"{type(self.backbone_config).__name__}.")
+        super().validate_matryoshka()
+
+
+@dataclass
+class MRLImageEmbeddingOutput(ModelOutput):
+    """``embeddings``: the full pooled (and projected) vector, never normalised, shape ``(batch, d)``.
+    ``truncated_embeddings``: its first ``truncate_dim`` features, L2-normalised (after slicing) when ``normalize``."""
+
+    embeddings: torch.FloatTensor | None = None
+    truncated_embeddings: torch.FloatTensor | None = None
+    last_hidden_state: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+def prefix_tokens(backbone: nn.Module) -> int:
+    """How many tokens come before the patch tokens: [CLS], a distillation token (DeiT), register tokens (DINOv2 with
+    registers)."""
+    embeddings = getattr(backbone, "embeddings", None)
+    count = sum(isinstance(getattr(embeddings, name, None), torch.Tensor) for name in ("cls_token", "distillation_token"))
+    registers = getattr(embeddings, "register_tokens", None)
+    return count + (registers.shape[1] if isinstance(registers, torch.Tensor) else 0)
+
+
+def pool_image(output, mode: str, num_prefix_tokens: int) -> torch.Tensor:
+    """One vector ``(batch, d)`` per image from a backbone's output (see the module docstring for the modes)."""
+    pooled = getattr(output, "pooler_output", None)
+    if mode == "auto":
+        mode = "pooler" if pooled is not None else ("cls" if num_prefix_tokens else "mean")
+    if mode == "pooler":
+        if pooled is None:
+            raise ValueError("pooling='pooler', but this backbone gives no pooler_output; use pooling='cls' or 'mean'.")
+        return pooled.flatten(1)  # ResNet's is (batch, channels, 1, 1)
+    hidden = output.last_hidden_state
+    if hidden.dim() == 4:  # a feature map (batch, channels, height, width)
+        if mode == "cls":
+            raise ValueError("pooling='cls', but this backbone gives a feature map, not tokens; use pooling='mean'.")
+        return hidden.mean((-2, -1))
+    if mode == "cls":
+        if not num_prefix_tokens:
+            raise ValueError("pooling='cls', but this backbone has no [CLS] token; use pooling='mean' or 'auto'.")
+        return hidden[:, 0]
+    return hidden[:, num_prefix_tokens:].mean(1)
+
+
+def build_image_backbone(config: PretrainedConfig, pooling: str) -> PreTrainedModel:
+    """``AutoModel.from_config(config)``; a backbone with an ``add_pooling_layer`` switch (ViT, Swin) gets its pooling
+    layer only for ``pooling="pooler"``: an unused one would hold parameters without gradients (which DDP rejects)."""
+    kwargs = {}
+    if "add_pooling_layer" in inspect.signature(_backbone_class(config).__init__).parameters:
+        kwargs["add_pooling_layer"] = pooling == "pooler"
+    backbone = AutoModel.from_config(config, **kwargs)
+    if "pixel_values" not in inspect.signature(backbone.forward).parameters:
+        raise ValueError(f"{type(backbone).__name__} takes no pixel_values: it is not a vision model; for text use "
+                         "MRLModelForTextEmbedding or MRLModelForSequenceClassification.")
+    return backbone
+
+
+class MRLImagePreTrainedModel(MatryoshkaPreTrainedMixin, PreTrainedModel):
+    config_class = MRLImageConfig
+    config: MRLImageConfig
+    base_model_prefix = BACKBONE_PREFIX
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    # What the backbone supports decides (transformers checks the backbone class itself when it is built).
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    supports_gradient_checkpointing = True
+    # An unused pooling layer and the classifier of a plain checkpoint (ViTForImageClassification, ...).
+    _keys_to_ignore_on_load_unexpected = [r"(^|\.)pooler\.", r"^classifier\."]
+    # The same clean-up of the load-time renaming ``vit.`` -> ``backbone.`` as the text model.
+    _forget_load_key_mapping = MRLTextEmbeddingPreTrainedModel._forget_load_key_mapping
+
+    def __init__(self, config: MRLImageConfig):
+        super().__init__(config)
+        config.validate_matryoshka()
+        self.backbone = build_image_backbone(config.backbone_config, config.pooling)
+        width = config.backbone_width
+        self.projection = nn.Linear(width, config.embedding_dim) if config.embedding_dim is not None else None
+        self._prefix_tokens = prefix_tokens(self.backbone)
+
+    def _init_weights(self, module):
+        super()._init_weights(module)  # the backbone's own modules are initialised by the backbone's _init_weights
+        if module is self.projection or module in getattr(getattr(self, "head", None), "classifiers", ()):
+            init_classifier_weights(module, getattr(self.config.backbone_config, "initializer_range", None) or 0.02)
+
+    # ---- loading ------------------------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """``PreTrainedModel.from_pretrained`` for this model's own checkpoints and for plain checkpoints of any
+        ``AutoModel`` vision family (see the module docstring). Config kwargs (``num_labels=``, ``nesting_list=``,
+        ``pooling=``, ``embedding_dim=``, ``efficient=``, ``truncate_dim=``) set up a plain checkpoint and override
+        the settings of an own one."""
+        plain_prefix, plain = None, False
+        if kwargs.get("config") is None and pretrained_model_name_or_path is not None:
+            found = cls._plain_checkpoint_config(pretrained_model_name_or_path, kwargs)
+            if found is not None:
+                plain = True
+                kwargs["config"], plain_prefix = found
+            if plain_prefix:  # a classifier checkpoint stores the base model under this prefix: load it as backbone.*
+                kwargs["key_mapping"] = {**(kwargs.get("key_mapping") or {}),
+                                         rf"^{plain_prefix}\.": f"{BACKBONE_PREFIX}."}
+        want_info = kwargs.get("output_loading_info", False)
+        if plain:
+            kwargs["output_loading_info"] = True
+        result = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        model, info = (result[0], result[1]) if isinstance(result, tuple) else (result, None)
+        if plain:
+            if plain_prefix:
+                model._forget_load_key_mapping(plain_prefix)
+            missing = set(info["missing_keys"])
+            weights = {f"{BACKBONE_PREFIX}.{name}" for name, _ in model.backbone.named_parameters()}
+            if weights and weights <= missing:
+                raise ValueError(
+                    f"no weight of {str(pretrained_model_name_or_path)!r} fits the {type(model.backbone).__name__} "
+                    f"backbone (every backbone weight would be random); its keys look like "
+                    f"{sorted(info['unexpected_keys'])[:5]}. Save the backbone with "
+                    f"AutoModel.from_pretrained(...).save_pretrained(folder) and load that folder.")
+        model.config.validate_matryoshka()
+        return (model, info) if want_info else model
+
+    @classmethod
+    def _plain_checkpoint_config(cls, path, kwargs):
+        """For a checkpoint of another model type: ``(MRLImageConfig around its config, the prefix under which a
+        classifier checkpoint of that family stores the base model)``; ``None`` for this model's own checkpoints."""
+        hub = {k: kwargs[k] for k in cls._HUB_KWARGS if k in kwargs}
+        try:
+            found, _ = PretrainedConfig.get_config_dict(path, **hub)
+        except (OSError, ValueError):  # let from_pretrained report a missing or unreadable checkpoint itself
+            return None
+        model_type = found.get("model_type")
+        if model_type in (None, cls.config_class.model_type):
+            return None
+        if str(model_type).startswith("mrl_"):
+            raise ValueError(f"{str(path)!r} is an mrl_hf {model_type!r} checkpoint; load it with its own class "
+                             "(AutoModelForImageClassification.from_pretrained), or wrap the plain backbone "
+                             "checkpoint it was made from.")
+        backbone_config = AutoConfig.from_pretrained(path, **hub)
+        fields = {"nesting_list", "truncate_dim", "relative_importance", "normalize_embeddings", "efficient",
+                  "pooling", "embedding_dim", "num_labels", "id2label", "label2id"}
+        settings = {k: kwargs.pop(k) for k in list(kwargs) if k in fields}
+        if not {"num_labels", "id2label"} & set(settings):  # the checkpoint's own classes
+            settings["id2label"] = dict(backbone_config.id2label)
+        num_labels = settings.pop("num_labels", None)
+        config = cls.config_class(backbone_config=backbone_config, **settings)
+        if num_labels is not None and "id2label" not in settings:
+            config.num_labels = num_labels
+        return config, _backbone_class(backbone_config).base_model_prefix or None
+
+    # ---- forward ------------------------------------------------------------------------------------------------
+    def _check_pixel_values(self, pixel_values) -> None:
+        channels = getattr(self.config.backbone_config, "num_channels", None)
+        expected = f"(batch, {channels or 'channels'}, height, width)"
+        if not isinstance(pixel_values, torch.Tensor):
+            raise TypeError(f"pixel_values must be a torch.Tensor of shape {expected}, got "
+                            f"{type(pixel_values).__name__}.")
+        if pixel_values.dim() != 4:
+            raise ValueError(f"pixel_values has shape {tuple(pixel_values.shape)}; expected {expected}. Add the "
+                             "channel dim with pixel_values.unsqueeze(1) for grayscale images.")
+        if pixel_values.shape[0] == 0:
+            raise ValueError("pixel_values is an empty batch (0 images); skip empty batches "
+                             "(e.g. dataloader_drop_last=True).")
+        if channels is not None and pixel_values.shape[1] != channels:
+            raise ValueError(f"pixel_values has {pixel_values.shape[1]} channels, but the backbone's num_channels is "
+                             f"{channels}; convert the images (e.g. .repeat(1, 3, 1, 1) for grayscale -> RGB) or "
+                             "build the model with the matching num_channels.")
+
+    def _embed(self, pixel_values, **kwargs):
+        """``(pooled and projected features (batch, d), the backbone's output)``; ``kwargs`` go to the backbone."""
+        self._check_pixel_values(pixel_values)
+        kwargs.pop("return_dict", None)  # the backbone's output is read by name below
+        out = self.backbone(pixel_values, return_dict=True, **kwargs)
+        pooled = pool_image(out, self.config.pooling, self._prefix_tokens)
+        if pooled.shape[-1] != self.config.backbone_width:
+            raise ValueError(f"pooling={self.config.pooling!r} gave {pooled.shape[-1]} features per image, but the "
+                             f"{type(self.backbone).__name__} config says {self.config.backbone_width}; choose "
+                             "another pooling (e.g. 'mean').")
+        return (self.projection(pooled) if self.projection is not None else pooled), out
+
+    @torch.no_grad()
+    def get_image_features(self, pixel_values: torch.Tensor, truncate_dim: int | None = None,
+                           normalize: bool | None = None, **kwargs) -> torch.Tensor:
+        """Embeddings ``(batch, truncate_dim)``: the first ``truncate_dim`` features (default
+        ``config.truncate_dim``, None = all), L2-normalised after slicing if ``normalize`` (default
+        ``config.normalize_embeddings``)."""
+        dim = self.config.truncate_dim if truncate_dim is None else truncate_dim
+        if dim is not None:  # fail before running the backbone
+            validate_dim(dim, self.config.matryoshka_embedding_dim, name="truncate_dim")
+        embeddings, _ = self._embed(pixel_values, **kwargs)
+        normalize = self.config.normalize_embeddings if normalize is None else normalize
+        return truncate_embeddings(embeddings, dim, normalize=normalize)
+
+
+class MRLModelForImageClassification(MRLImagePreTrainedModel):
+    """Image classification with a Matryoshka head on any ``AutoModel`` vision backbone.
+
+    ``forward(pixel_values, labels=...)`` returns ``MatryoshkaImageClassifierOutput`` (as ``modeling/vision.py``'s
+    ResNet / ViT classifiers): ``nested_logits`` at every nesting size, ``logits`` at ``truncate_dim`` (default: the
+    full size), the nested cross-entropy and ``per_dim_losses``. ``MRLTrainer`` trains it and logs ``loss_dim_{m}``
+    (``label_smoothing_factor`` smooths every size). ``logits_at(pixel_values, m)`` classifies from ``m`` features.
+    """
+
+    # forward takes num_items_in_batch: the nested cross-entropy is a sum over labelled images divided by it.
+    accepts_loss_kwargs = True
+
+    def __init__(self, config: MRLImageConfig):
+        super().__init__(config)
+        self.head = build_head(config)
+        self.post_init()
+
+    def forward(self, pixel_values: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                truncate_dim: int | None = None, output_hidden_states: bool | None = None,
+                return_dict: bool | None = None, smoothing: float = 0.0,
+                num_items_in_batch: int | torch.Tensor | None = None, **kwargs):
+        """``labels``: class ids (-100: ignored). ``truncate_dim``: the size whose logits are ``logits`` (default
+        ``config.truncate_dim``; MRL: a nesting size, MRL-E: any size). ``smoothing``: label smoothing as in
+        ``torch.nn.CrossEntropyLoss`` (``MRLTrainer`` passes ``label_smoothing_factor``). ``num_items_in_batch``: the
+        Trainer's count of labelled images over gradient accumulation and processes. Other keyword arguments go to
+        the backbone (e.g. ViT's ``interpolate_pos_encoding``)."""
+        if pixel_values is None:
+            raise ValueError("pixel_values is required: a float tensor (batch, channels, height, width).")
+        check_logits_dim(truncate_dim, self.config)  # before running the backbone
+        embeddings, out = self._embed(pixel_values, output_hidden_states=bool(output_hidden_states), **kwargs)
+        loss, per_dim, logits, nested_logits = classify(self.head, self.config, embeddings, labels, truncate_dim,
+                                                        smoothing, num_items_in_batch)
+        output = MatryoshkaImageClassifierOutput(loss=loss, per_dim_losses=per_dim, logits=logits,
+                                                 nested_logits=nested_logits, embeddings=embeddings,
+                                                 hidden_states=getattr(out, "hidden_states", None))
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        return output if return_dict else output.to_tuple()
+
+    @torch.no_grad()
+    def logits_at(self, pixel_values: torch.Tensor, dim: int, **kwargs) -> torch.Tensor:
+        """Logits from the first ``dim`` features only (MRL: a nesting size; MRL-E: any size)."""
+        return self(pixel_values, truncate_dim=dim, **kwargs).logits
+
+
+class MRLModelForImageEmbedding(MRLImagePreTrainedModel):
+    """Matryoshka image embeddings from any ``AutoModel`` vision backbone: every prefix in ``config.nesting_list`` is
+    meant as an embedding. ``forward(pixel_values, truncate_dim=, normalize=)`` returns ``MRLImageEmbeddingOutput``
+    (``truncated_embeddings`` is sliced first, then L2-normalised). Loads plain checkpoints and this family's
+    classifier checkpoints (whose head it drops)."""
+
+    _keys_to_ignore_on_load_unexpected = [*MRLImagePreTrainedModel._keys_to_ignore_on_load_unexpected, r"^head\."]
+    accepts_loss_kwargs = False
+
+    def __init__(self, config: MRLImageConfig):
+        super().__init__(config)
+        self.post_init()
+
+    def forward(self, pixel_values: torch.Tensor | None = None, truncate_dim: int | None = None,
+                normalize: bool | None = None, output_hidden_states: bool | None = None,
+                return_dict: bool | None = None, **kwargs) -> MRLImageEmbeddingOutput | tuple:
+        if pixel_values is None:
+            raise ValueError("pixel_values is required: a float tensor (batch, channels, height, width).")
+        dim = truncate_dim if truncate_dim is not None else self.config.truncate_dim
+        if dim is not None:  # fail before running the backbone
+            validate_dim(dim, self.config.matryoshka_embedding_dim, name="truncate_dim")
+        embeddings, out = self._embed(pixel_values, output_hidden_states=bool(output_hidden_states), **kwargs)
+        normalize = self.config.normalize_embeddings if normalize is None else normalize
+        output = MRLImageEmbeddingOutput(
+            embeddings=embeddings, truncated_embeddings=truncate_embeddings(embeddings, dim, normalize=normalize),
+            last_hidden_state=out.last_hidden_state, hidden_states=getattr(out, "hidden_states", None),
+            attentions=getattr(out, "attentions", None))
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        return output if return_dict else output.to_tuple()
+
+
+AutoConfig.register(MRLImageConfig.model_type, MRLImageConfig, exist_ok=True)
+AutoModel.register(MRLImageConfig, MRLModelForImageEmbedding, exist_ok=True)
+AutoModelForImageClassification.register(MRLImageConfig, MRLModelForImageClassification, exist_ok=True)
