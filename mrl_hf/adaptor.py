@@ -24,7 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .embeddings import truncate_embeddings
+from .embeddings import principal_axes, truncate_embeddings
 from .nesting import halving_nesting_list, validate_dim, validate_nesting_list
 
 ADAPTOR_CONFIG_NAME = "adaptor_config.json"
@@ -101,14 +101,12 @@ class MatryoshkaAdaptor(nn.Module):
     @torch.no_grad()
     def init_pca(self, embeddings, center: bool = True) -> "MatryoshkaAdaptor":
         """Set ``W`` to the principal axes of ``embeddings`` (largest variance first) and the MLP output to 0."""
-        x = F.normalize(check_embeddings(embeddings, self.input_dim), dim=-1).double()
+        x = F.normalize(check_embeddings(embeddings, self.input_dim), dim=-1)
         if x.shape[0] < 2:
             raise ValueError(f"embeddings has {x.shape[0]} row; PCA needs at least 2.")
-        mean = x.mean(0) if center else torch.zeros_like(x[0])
-        cov = (x - mean).T @ (x - mean) / x.shape[0]
-        _, vectors = torch.linalg.eigh(cov)  # ascending eigenvalues
+        mean, axes = principal_axes(x, center)
         self.mean.copy_(mean.float())
-        self.linear.weight.copy_(vectors.flip(1).T.float())
+        self.linear.weight.copy_(axes.float())
         if self.mlp is not None:
             self.mlp[2].weight.zero_()
             self.mlp[2].bias.zero_()

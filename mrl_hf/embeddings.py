@@ -33,3 +33,13 @@ def truncate_embeddings(embeddings, dim: int | None, normalize: bool = False, ep
         return torch.nn.functional.normalize(embeddings, p=2, dim=-1, eps=eps)
     norms = np.linalg.norm(embeddings, axis=-1, keepdims=True)
     return embeddings / np.maximum(norms, eps)
+
+
+def principal_axes(x: torch.Tensor, center: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """PCA of the rows of ``x`` (float64): ``(mean, axes)`` with ``axes`` of shape (dim, dim), one principal axis
+    per row, largest variance first; ``mean`` is zeros when ``center=False``."""
+    x = x.double()
+    mean = x.mean(0) if center else torch.zeros_like(x[0])
+    centred = x - mean
+    _, vectors = torch.linalg.eigh(centred.T @ centred / x.shape[0])  # ascending eigenvalues
+    return mean, vectors.flip(1).T

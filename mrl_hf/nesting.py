@@ -53,7 +53,7 @@ def validate_nesting_list(nesting_list: Iterable[int], dim: int | None = None, n
     values = list(nesting_list)
     if not values:
         raise ValueError(f"{name} is empty; give at least one size, e.g. halving_nesting_list(dim).")
-    values = [_as_int(v, f"{name} entry (in {values})") for v in values]
+    values = [as_int(v, f"{name} entry (in {values})") for v in values]
     bad = [v for v in values if v < 1]
     if bad:
         raise ValueError(f"{name}={values} contains {bad[0]}; every size must be >= 1.")
@@ -85,7 +85,7 @@ def interpolated_dims(nesting_list: Sequence[int]) -> list[int]:
 
 def validate_dim(dim: int, max_dim: int, name: str = "truncate_dim") -> int:
     """Check that ``dim`` is an int in 1..``max_dim`` and return it."""
-    dim = _as_int(dim, f"{name} (an int in 1..{max_dim}, or None for the full size)")
+    dim = as_int(dim, f"{name} (an int in 1..{max_dim}, or None for the full size)")
     if not 1 <= dim <= max_dim:
         raise ValueError(f"{name}={dim} is out of range; choose a value in 1..{max_dim} (or None for the full size).")
     return dim
@@ -98,18 +98,23 @@ def validate_dims(dims, max_dim: int) -> list[int]:
     return [validate_dim(m, max_dim, name="dim") for m in dims]
 
 
-def _as_int(value, what: str) -> int:
-    """``value`` as a Python int; numpy integers pass, floats and bools do not."""
+def as_int(value, name: str, minimum: int | None = None, maximum: int | None = None) -> int:
+    """``value`` as a Python int within [minimum, maximum]; numpy ints pass, bools and floats do not."""
     if isinstance(value, bool):
-        raise TypeError(f"{what} must be an int, got {value!r}.")
+        raise TypeError(f"{name} must be an int, got {value!r}.")
     try:
-        return operator.index(value)
+        value = operator.index(value)
     except TypeError:
-        raise TypeError(f"{what} must be an int, got {value!r}.") from None
+        raise TypeError(f"{name} must be an int, got {value!r}.") from None
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name}={value} is too small; it must be >= {minimum}.")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name}={value} is too large; it must be <= {maximum}.")
+    return value
 
 
 def _check_positive_int(value, name: str) -> None:
-    _as_int(value, name)
+    as_int(value, name)
     if value < 1:
         raise ValueError(f"{name}={value} must be >= 1.")
 

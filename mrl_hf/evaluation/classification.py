@@ -14,6 +14,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ..embeddings import principal_axes
 from ..nesting import validate_dims
 from .table import ResultsTable
 
@@ -210,11 +211,8 @@ def baseline_features(baseline: str, train_x, other_x=(), seed: int = 0) -> list
     train_x = _as_array(train_x, "train_x")
     others = [_as_array(x, f"other_x[{i}]") for i, x in enumerate(other_x)]
     if baseline == "SVD":
-        mean = train_x.mean(0, dtype=np.float64)
-        centred = train_x - mean
-        cov = centred.T.astype(np.float64) @ centred / max(len(train_x) - 1, 1)
-        eigvals, eigvecs = np.linalg.eigh(cov)
-        basis = eigvecs[:, np.argsort(eigvals)[::-1]].astype(np.float32)
+        mean, axes = principal_axes(torch.from_numpy(train_x))
+        mean, basis = mean.numpy().astype(np.float32), axes.T.numpy().astype(np.float32)
         return [((x - mean) @ basis).astype(np.float32) for x in [train_x, *others]]
     if baseline == "first-m":
         return [train_x, *others]

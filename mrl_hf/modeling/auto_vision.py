@@ -196,6 +196,9 @@ class MRLImagePreTrainedModel(MatryoshkaPreTrainedMixin, PreTrainedModel):
         width = config.backbone_width
         self.projection = nn.Linear(width, config.embedding_dim) if config.embedding_dim is not None else None
         self._prefix_tokens = prefix_tokens(self.backbone)
+        if config.pooling == "cls" and not self._prefix_tokens:
+            raise ValueError(f"pooling='cls', but the {type(self.backbone).__name__} backbone has no [CLS] token; use "
+                             "pooling='auto' or 'mean'.")
 
     def _init_weights(self, module):
         super()._init_weights(module)  # the backbone's own modules are initialised by the backbone's _init_weights

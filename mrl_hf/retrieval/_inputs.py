@@ -1,8 +1,6 @@
 """Input checks shared by the index and the metrics: float32 matrices, finite values, ints, prefixes."""
 from __future__ import annotations
 
-import operator
-
 import numpy as np
 import torch
 
@@ -56,21 +54,6 @@ def check_finite(x: np.ndarray, name: str) -> None:
     shown = ", ".join(str(i) for i in bad[:5])
     raise ValueError(f"{name} has NaN or inf values in row(s) {shown}{' ...' if len(bad) > 5 else ''}; "
                      "remove or repair those vectors before indexing or searching.")
-
-
-def as_int(value, name: str, minimum: int | None = None, maximum: int | None = None) -> int:
-    """``value`` as an int within [minimum, maximum]; numpy ints pass, bools and floats do not."""
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be an int, got {value!r}.")
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be an int, got {value!r}.") from None
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{name}={value} is too small; it must be >= {minimum}.")
-    if maximum is not None and value > maximum:
-        raise ValueError(f"{name}={value} is too large; it must be <= {maximum}.")
-    return value
 
 
 def check_metric(metric: str) -> str:

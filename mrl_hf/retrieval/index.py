@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..nesting import validate_dim
+from ..nesting import as_int, validate_dim
 from ..saving import owned_files, reading
 from ._faiss_backend import INDEX_TYPES, FaissLevel, auto_nlist, import_faiss
-from ._inputs import as_float32_matrix, as_int, check_metric, prefix
+from ._inputs import as_float32_matrix, check_metric, prefix
 from ._rerank import prefix_norms, rerank
 from ._torch_backend import TorchFlatLevel
 from .codes import CodeLevel

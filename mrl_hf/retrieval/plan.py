@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from ._inputs import as_int
+from ..nesting import as_int
 from .codes import PRECISIONS, STRUCTURES
 
 

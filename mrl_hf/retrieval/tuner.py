@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 
 from ..evaluation import top_k_overlap
-from ._inputs import as_int
+from ..nesting import as_int
 from .codes import PRECISIONS, STRUCTURES
 from .plan import SearchPlan
 
