@@ -2,7 +2,7 @@
 
 Trains all-MiniLM-L6-v2 (the packaged copy by default; any BERT checkpoint path or Hub id works) with the
 nested InfoNCE loss (in-batch negatives) through MRLTrainer on chatterbot-corpus pairs, holding out 20% of
-the questions. Prints recall@1, recall@10 and MRR (held-out question -> answer retrieval) at every size for:
+the questions. Prints hit@1, hit@10 and MRR (held-out question -> answer retrieval) at every size for:
 the original model sliced, the model fine-tuned without MRL (only the full size in the loss) sliced, and the
 MRL model.
 

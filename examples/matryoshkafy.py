@@ -142,8 +142,8 @@ class CachedEncoder:
 
 
 def evaluate(sets: list[RetrievalSet], embed, dims: list[int]) -> dict[str, dict[int, float]]:
-    """recall@10 (%) per retrieval set and dim; ``embed(texts) -> (N, d)`` vectors."""
-    return {s.name: {m: 100 * r["recall@10"] for m, r in pair_retrieval_metrics(
+    """hit@10 (%) per retrieval set and dim; ``embed(texts) -> (N, d)`` vectors."""
+    return {s.name: {m: 100 * r["hit@10"] for m, r in pair_retrieval_metrics(
         embed(s.queries), embed(s.corpus), dims, s.relevant).items()} for s in sets}
 
 

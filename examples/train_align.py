@@ -7,7 +7,7 @@ image tower is a small ViT trained from scratch (or any ``ViTModel``/``ResNetMod
 ``--vision-model``). Two models are trained with the same data, seed and steps through ``MRLTrainer``:
 MRL (nested loss at every size) and the same model without MRL (loss at the full size only), which is then
 sliced. Prints, per size: zero-shot accuracy on the test images with class-name prompts, and image -> text /
-text -> image recall@1 between test images and their captions (a retrieved item counts when it has the same
+text -> image hit@1 between test images and their captions (a retrieved item counts when it has the same
 class, since captions of one class repeat).
 
     python examples/train_align.py                      # ~5 min on 2 CPU cores
@@ -132,7 +132,7 @@ def evaluate(model, pixel_values, labels, captions, dims) -> dict[int, dict[str,
 def format_results(results: dict[str, dict[int, dict[str, float]]]) -> str:
     names = list(results)
     dims = list(results[names[0]])
-    metrics = [("zero-shot", "zero-shot acc."), ("i2t_recall@1", "image->text R@1"), ("t2i_recall@1", "text->image R@1")]
+    metrics = [("zero-shot", "zero-shot acc."), ("i2t_hit@1", "image->text R@1"), ("t2i_hit@1", "text->image R@1")]
     header = "| dim | " + " | ".join(f"{label} {name}" for _, label in metrics for name in names) + " |"
     lines = [header, "|" + "---|" * (1 + len(metrics) * len(names))]
     for m in dims:

@@ -124,7 +124,7 @@ class MatryoshkaAdaptor(nn.Module):
         term is on by default: on held-out retrieval it beat pairwise + top-k alone at low dims (docs/matryoshkafy.md).
         ``center_teacher``: match the cosine similarities of the inputs minus their mean (what the PCA start keeps)
         rather than of the raw inputs, whose similarities are dominated by the direction all of them share; it
-        gained up to 5 points of recall@10 with in-domain text (docs/matryoshkafy.md).
+        gained up to 5 points of hit@10 with in-domain text (docs/matryoshkafy.md).
         """
         similarity_distillation_loss = _needs_mrl_hf("fitting an adaptor", "distillation").similarity_distillation_loss
         x = check_embeddings(embeddings, self.input_dim)

@@ -35,7 +35,7 @@ def _demo(args: argparse.Namespace) -> int:
           f"truncate_dim={demo_text.DEFAULT_DIM}), tokenizer, README.md (model card), mrl_accuracy_vs_dim.png")
     print(f"Reloaded: encode() gives {adaptive['reloaded_shape']} (the saved default size).")
     print(f"Adaptive retrieval (shortlist {adaptive['shortlist_k']} at {adaptive['shortlist_dim']} dims, re-rank at "
-          f"full size): recall@1 {adaptive['adaptive_recall@1']:.1f} vs {adaptive['full_recall@1']:.1f} for "
+          f"full size): hit@1 {adaptive['adaptive_hit@1']:.1f} vs {adaptive['full_hit@1']:.1f} for "
           f"full-size search, {adaptive['adaptive_mflops']:.3f} vs {adaptive['full_mflops']:.3f} MFLOPs per query.")
     print(f"({result['seconds']:.0f} s)")
     return 0
@@ -59,7 +59,7 @@ def _train(args: argparse.Namespace) -> int:
     out = save_for_hub(model, args.output_dir, results=table,
                        eval_dataset={"name": "chatterbot-corpus (held-out questions)", "type": "chatterbot-corpus"},
                        datasets=["chatterbot-corpus"])
-    print(table.to_markdown("recall@1"))
+    print(table.to_markdown("hit@1"))
     print(f"\nSaved to {out}")
     return 0
 
@@ -85,7 +85,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             if args.dims else first.config.nesting_list)
     table = demo_text.results_table({name: demo_text.evaluate(m, test, dims) for name, m in models.items()})
     print(table.to_markdown())
-    _write_results(table, args.output, "recall@1")
+    _write_results(table, args.output, "hit@1")
     return 0
 
 
@@ -218,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser(
         "evaluate", help="per-size retrieval table (and plot) of a text embedding checkpoint",
-        description="Recall@1, recall@10 and MRR of query -> answer retrieval at every size of a saved MRLBertModel "
+        description="Hit@1, hit@10 and MRR of query -> answer retrieval at every size of a saved MRLBertModel "
                     "(default data: the held-out chatterbot-corpus questions).")
     evaluate.add_argument("model", help="checkpoint folder or Hub id")
     evaluate.add_argument("--baseline", default=None, help="a second checkpoint to compare, sliced the same way")

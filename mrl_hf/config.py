@@ -8,6 +8,7 @@ from transformers import AutoConfig, PretrainedConfig
 
 from .contract import contract_keys
 from .nesting import halving_nesting_list, validate_dim, validate_nesting_list, validate_relative_importance
+from .quantization import check_quantization_options, resolve_precisions
 
 MATRYOSHKA_KEYS = (
     "nesting_list",
@@ -17,6 +18,10 @@ MATRYOSHKA_KEYS = (
     "normalize_embeddings",
     "matryoshka_dimensions",
     "is_matryoshka",
+    "precisions",
+    "quantization_weight",
+    "binary_surrogate",
+    "matryoshka_precisions",
 )
 
 
@@ -27,6 +32,12 @@ class MatryoshkaConfigMixin:
     The subclass says where its embedding size lives by overriding ``matryoshka_embedding_dim``.
     ``nesting_list=None`` means the paper's halving list of that size. ``matryoshka_dimensions`` and
     ``is_matryoshka`` are derived from ``nesting_list`` and written for other tools (jina-style key, vLLM).
+
+    Quantisation-aware training (``mrl_hf.quantization``): ``precisions`` lists the codes the prefixes are also
+    trained for, ``["float32", "binary"]`` (every size) or ``{"binary": [12, 24]}`` (chosen sizes); ``None`` trains
+    float32 only. ``quantization_weight`` weighs each quantised term against its float term, ``binary_surrogate``
+    (``"ste"`` or ``"tanh"``) is how the sign is differentiated. ``matryoshka_precisions`` is derived: the trained
+    ``{precision: sizes}`` pairs, float32 at every size, written for serving code and the model card.
 
     Invalid values raise ``ValueError`` at construction (wrapped by ``@strict`` in
     ``StrictDataclassFieldValidationError``, a ``ValueError``) naming the key and the allowed range.
@@ -39,6 +50,10 @@ class MatryoshkaConfigMixin:
     normalize_embeddings: bool = False
     matryoshka_dimensions: list[int] | None = None
     is_matryoshka: bool = True
+    precisions: list[str] | dict[str, list[int]] | None = None
+    quantization_weight: float | int = 1.0
+    binary_surrogate: str = "ste"
+    matryoshka_precisions: dict[str, list[int]] | None = None
 
     @property
     def matryoshka_embedding_dim(self) -> int:
@@ -61,6 +76,9 @@ class MatryoshkaConfigMixin:
             self.relative_importance = validate_relative_importance(self.relative_importance, len(self.nesting_list))
         self.matryoshka_dimensions = list(self.nesting_list)
         self.is_matryoshka = True
+        self.matryoshka_precisions = resolve_precisions(self.precisions, self.nesting_list)
+        self.quantization_weight, self.binary_surrogate = check_quantization_options(self.quantization_weight,
+                                                                                     self.binary_surrogate)
 
     def to_diff_dict(self) -> dict:
         # Always write the Matryoshka keys, even when equal to their defaults, so other tools can read them.

@@ -22,11 +22,14 @@ def contract_keys(config) -> dict:
 
     ``nesting_list`` (mrl_hf), ``matryoshka_dimensions`` (vLLM, SGLang, Jina), ``is_matryoshka`` (vLLM),
     ``truncate_dim`` (the default size; ``None`` = full) and ``normalize_embeddings`` (whether ``encode`` normalises
-    by default; it always normalises *after* slicing).
+    by default; it always normalises *after* slicing) and ``matryoshka_precisions`` (the ``{precision: sizes}`` pairs
+    the model was trained for: float32 at every size, plus any quantisation-aware ``int8`` / ``binary`` sizes).
     """
     dims = [int(d) for d in config.nesting_list]
+    precisions = getattr(config, "matryoshka_precisions", None) or {"float32": list(dims)}
     return {"nesting_list": dims, "matryoshka_dimensions": list(dims), "is_matryoshka": True,
-            "truncate_dim": config.truncate_dim, "normalize_embeddings": bool(config.normalize_embeddings)}
+            "truncate_dim": config.truncate_dim, "normalize_embeddings": bool(config.normalize_embeddings),
+            "matryoshka_precisions": {name: [int(m) for m in sizes] for name, sizes in precisions.items()}}
 
 
 def sentence_transformers_keys(config) -> dict:
@@ -59,6 +62,7 @@ class CheckpointReport:
     normalization: str
     keys: dict[str, dict] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
+    precisions: dict[str, list[int]] | None = None  # the trained (precision: sizes), when config.json lists them
 
     @property
     def ok(self) -> bool:
@@ -66,7 +70,8 @@ class CheckpointReport:
 
     def to_dict(self) -> dict:
         return {"source": self.source, "kind": self.kind, "dims": self.dims, "default_dim": self.default_dim,
-                "full_dim": self.full_dim, "normalization": self.normalization, "keys": self.keys,
+                "full_dim": self.full_dim, "normalization": self.normalization, "precisions": self.precisions,
+                "keys": self.keys,
                 "problems": [{"message": p.message, "fix": p.fix} for p in self.problems]}
 
     def __str__(self) -> str:
@@ -76,6 +81,9 @@ class CheckpointReport:
                  f"  default size:   {default}",
                  f"  full size:      {self.full_dim if self.full_dim is not None else 'unknown'}",
                  f"  normalisation:  {self.normalization}"]
+        if self.precisions is not None:
+            pairs = "; ".join(f"{name} at {sizes}" for name, sizes in self.precisions.items())
+            lines.append(f"  precisions:     {pairs}")
         for name, found in self.keys.items():
             lines.append(f"  {name}: " + ", ".join(f"{k}={v!r}" for k, v in found.items()))
         if self.problems:
@@ -147,7 +155,8 @@ def inspect_checkpoint(source: str | os.PathLike, revision: str | None = None, t
                                 "it is not a transformers or sentence-transformers checkpoint.")
     config = config or {}
     keys = {}
-    wanted = ("nesting_list", "matryoshka_dimensions", "is_matryoshka", "truncate_dim", "normalize_embeddings")
+    wanted = ("nesting_list", "matryoshka_dimensions", "is_matryoshka", "truncate_dim", "normalize_embeddings",
+              "matryoshka_precisions")
     if any(k in config for k in wanted):
         keys["config.json"] = {k: config[k] for k in wanted if k in config}
     if st_config and "truncate_dim" in st_config:
@@ -161,13 +170,14 @@ def inspect_checkpoint(source: str | os.PathLike, revision: str | None = None, t
     dims = _dims(config, full_dim, problems)
     default = _default_dim(config, st_config, dims, problems)
     normalization = _normalization(config, modules, kind, dims, full_dim, problems)
+    precisions = _precisions(config, dims, problems)
     if kind == "mrl_hf" and not config.get("auto_map"):
         problems.append(Problem(
             f"model_type {model_type!r} opens only where mrl_hf is installed (config.json has no auto_map).",
             f"write a copy that opens anywhere with `mrl-hf export {source} OUT --remote-code`, or save it again "
             "with mrl_hf (save_pretrained writes the remote code)."))
     return CheckpointReport(source=source, kind=kind, dims=dims, default_dim=default, full_dim=full_dim,
-                            normalization=normalization, keys=keys, problems=problems)
+                            normalization=normalization, keys=keys, problems=problems, precisions=precisions)
 
 
 def _full_dim(config: dict, modules, files: _Files) -> int | None:
@@ -228,6 +238,29 @@ def _dims(config: dict, full_dim: int | None, problems: list[Problem]) -> list[i
         problems.append(Problem(f"the sizes {dims} are listed but is_matryoshka is false.",
                                 "set is_matryoshka: true in config.json (or remove it)."))
     return dims
+
+
+def _precisions(config: dict, dims, problems: list[Problem]) -> dict[str, list[int]] | None:
+    """``matryoshka_precisions`` of config.json, checked: known precisions, each at sizes the model lists."""
+    value = config.get("matryoshka_precisions")
+    if value is None:
+        return None
+    known = ("float32", "int8", "binary")
+    if not isinstance(value, dict) or not all(
+            isinstance(sizes, list) and all(isinstance(m, int) for m in sizes) for sizes in value.values()):
+        problems.append(Problem(f"matryoshka_precisions={value!r} is not a mapping of precision to a list of sizes.",
+                                'write it as {"float32": [sizes...], "binary": [sizes...]} (mrl_hf\'s save_pretrained '
+                                "does)."))
+        return None
+    unknown = [name for name in value if name not in known]
+    if unknown:
+        problems.append(Problem(f"matryoshka_precisions names {unknown}, which mrl_hf does not train.",
+                                f"keep only {list(known)}."))
+    outside = sorted({m for sizes in value.values() for m in sizes} - set(dims or []))
+    if dims is not None and outside:
+        problems.append(Problem(f"matryoshka_precisions lists the sizes {outside}, which are not trained sizes {dims}.",
+                                f"list only sizes from {dims}."))
+    return {name: list(sizes) for name, sizes in value.items()}
 
 
 def _default_dim(config: dict, st_config, dims, problems: list[Problem]) -> int | None:

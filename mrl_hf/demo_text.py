@@ -44,7 +44,7 @@ def split_pairs(pairs, held_out: float = 0.2, seed: int = 0):
 
 
 def evaluate(model, test_pairs, dims, batch_size: int = 64) -> dict[int, dict[str, float]]:
-    """Held-out question -> answer retrieval at each size: recall@1, recall@10, MRR (fractions)."""
+    """Held-out question -> answer retrieval at each size: hit@1, hit@10, MRR (fractions)."""
     from .evaluation.pairs import group_pairs, pair_retrieval_metrics
 
     queries, answers, relevant = group_pairs(test_pairs)
@@ -89,7 +89,7 @@ def results_table(per_model: dict[str, dict[int, dict[str, float]]]):
     return table
 
 
-def format_comparison(table, metric: str = "recall@1") -> str:
+def format_comparison(table, metric: str = "hit@1") -> str:
     """A plain-text table a person can read: one row per size, the MRL model against the original sliced."""
     mrl, base = RESULTS_METHODS
     header = f"{'dim':>5}  {metric + ' MRL':>14}  {metric + ' original':>19}  {'MRR MRL':>8}  {'MRR original':>12}"
@@ -104,7 +104,7 @@ def adaptive_retrieval(model_dir: str, test_pairs, shortlist_dim: int, shortlist
     """Reload the saved model (its saved ``truncate_dim`` is the default size); search held-out answers with adaptive
     retrieval.
 
-    Returns a dict with the reloaded embedding shape, recall@1 of adaptive and of full-size exact search,
+    Returns a dict with the reloaded embedding shape, hit@1 of adaptive and of full-size exact search,
     and MFLOPs per query of both."""
     from .evaluation.pairs import group_pairs
     from .modeling import MRLBertModel
@@ -122,8 +122,8 @@ def adaptive_retrieval(model_dir: str, test_pairs, shortlist_dim: int, shortlist
     def recall1(ids):
         return 100.0 * float(np.mean([ids[i, 0] in rel for i, rel in enumerate(relevant)]))
 
-    return {"reloaded_shape": tuple(small.shape), "adaptive_recall@1": recall1(adaptive.ids),
-            "full_recall@1": recall1(exact.ids), "adaptive_mflops": adaptive.cost.mflops_per_query,
+    return {"reloaded_shape": tuple(small.shape), "adaptive_hit@1": recall1(adaptive.ids),
+            "full_hit@1": recall1(exact.ids), "adaptive_mflops": adaptive.cost.mflops_per_query,
             "full_mflops": exact.cost.mflops_per_query, "shortlist_dim": shortlist_dim, "shortlist_k": shortlist_k}
 
 

@@ -24,6 +24,12 @@ from torch import nn
 from .losses import NestedLoss, nested_contrastive_loss, nested_cosine_similarities, weighted_sum
 from .modeling.gather import all_gather_with_grad
 from .nesting import validate_nesting_list, validate_relative_importance
+from .quantization import (
+    add_quantized_terms,
+    check_quantization_options,
+    quantized_similarities,
+    resolve_precisions,
+)
 from .trainer import MRLTrainer
 
 
@@ -57,11 +63,18 @@ def similarity_distillation_loss(
     top_k: int = 10,
     listwise_weight: float = 1.0,
     listwise_temperature: float = 0.05,
+    precisions=None,
+    quantization_weight: float = 1.0,
+    binary_surrogate: str = "ste",
 ) -> NestedLoss:
     """Per-dim similarity matching between the student's prefixes and the teacher (see the module docstring).
 
     ``student`` ``(N, d)`` with ``nesting_list[-1] == d``; ``teacher`` ``(N, D)`` (no gradient flows into it).
     Returns ``NestedLoss(sum_m c_m * L_m, per_dim_losses)`` where ``L_m`` is the weighted sum of the terms.
+
+    Quantisation-aware (``mrl_hf.quantization``): ``precisions`` (``["float32", "binary"]`` or ``{"binary": [sizes]}``)
+    adds to ``L_m``, at each listed size, ``quantization_weight`` times the same terms computed on the similarities of
+    the student's prefixes as they will be quantised (the teacher stays float). ``None`` is the float-only loss.
     """
     _check_pair(student, teacher)
     dims = validate_nesting_list(nesting_list, dim=student.shape[1])
@@ -74,26 +87,33 @@ def similarity_distillation_loss(
         raise ValueError("pairwise_weight, topk_weight and listwise_weight are all 0; set at least one > 0.")
     if not listwise_temperature > 0:
         raise ValueError(f"listwise_temperature={listwise_temperature} must be > 0.")
-    n = student.shape[0]
+    if topk_weight and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"top_k={top_k!r} must be an int >= 1.")
     target = teacher_similarities(teacher).to(student.dtype)
-    sims = nested_cosine_similarities(student, student, dims)  # (|M|, N, N)
-    off_diag = ~torch.eye(n, dtype=torch.bool, device=student.device)
-    gap = (sims - target).abs()
-    per_dim = torch.zeros(len(dims), dtype=student.dtype, device=student.device)
-    if pairwise_weight:
-        per_dim = per_dim + pairwise_weight * gap.masked_fill(~off_diag, 0).sum((1, 2)) / (n * (n - 1))
-    if topk_weight:
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-            raise ValueError(f"top_k={top_k!r} must be an int >= 1.")
-        k = min(top_k, n - 1)
-        neighbours = target.masked_fill(~off_diag, float("-inf")).topk(k, dim=1).indices  # (N, k)
-        per_dim = per_dim + topk_weight * gap.gather(2, neighbours.expand(len(dims), n, k)).mean((1, 2))
-    if listwise_weight:
-        mask = torch.full_like(target, float("-inf")).masked_fill(off_diag, 0.0)
-        p_teacher = F.softmax(target / listwise_temperature + mask, dim=1)
-        log_p_student = F.log_softmax(sims / listwise_temperature + mask, dim=2)
-        kl = (p_teacher * (torch.log(p_teacher.clamp_min(1e-12)) - log_p_student)).masked_fill(~off_diag, 0)
-        per_dim = per_dim + listwise_weight * kl.sum(2).mean(1)
+
+    def terms(sims: torch.Tensor) -> torch.Tensor:  # (|sizes|, N, N) student similarities -> one loss per size
+        num, n = sims.shape[0], sims.shape[1]
+        off_diag = ~torch.eye(n, dtype=torch.bool, device=student.device)
+        gap = (sims - target).abs()
+        per_dim = torch.zeros(num, dtype=student.dtype, device=student.device)
+        if pairwise_weight:
+            per_dim = per_dim + pairwise_weight * gap.masked_fill(~off_diag, 0).sum((1, 2)) / (n * (n - 1))
+        if topk_weight:
+            k = min(top_k, n - 1)
+            neighbours = target.masked_fill(~off_diag, float("-inf")).topk(k, dim=1).indices  # (N, k)
+            per_dim = per_dim + topk_weight * gap.gather(2, neighbours.expand(num, n, k)).mean((1, 2))
+        if listwise_weight:
+            mask = torch.full_like(target, float("-inf")).masked_fill(off_diag, 0.0)
+            p_teacher = F.softmax(target / listwise_temperature + mask, dim=1)
+            log_p_student = F.log_softmax(sims / listwise_temperature + mask, dim=2)
+            kl = (p_teacher * (torch.log(p_teacher.clamp_min(1e-12)) - log_p_student)).masked_fill(~off_diag, 0)
+            per_dim = per_dim + listwise_weight * kl.sum(2).mean(1)
+        return per_dim
+
+    per_dim = terms(nested_cosine_similarities(student, student, dims))  # (|M|, N, N)
+    per_dim = add_quantized_terms(
+        per_dim, dims, precisions, quantization_weight,
+        lambda precision, sizes: terms(quantized_similarities(student, student, sizes, precision, binary_surrogate)))
     return NestedLoss(weighted_sum(per_dim, coefs), per_dim.detach())
 
 
@@ -102,12 +122,15 @@ class MatryoshkaDistillationLoss(nn.Module):
 
     ``forward(student, teacher, positives=None)``: when ``positives`` (the student embeddings of each row's
     positive) are given and ``contrastive_weight > 0``, adds ``contrastive_weight * nested_contrastive_loss``.
+    ``precisions`` / ``quantization_weight`` / ``binary_surrogate`` make both terms quantisation-aware (see
+    ``similarity_distillation_loss``); pass ``config.matryoshka_precisions`` to train what the model's config lists.
     """
 
     def __init__(self, nesting_list: Sequence[int], relative_importance: Sequence[float] | None = None,
                  pairwise_weight: float = 1.0, topk_weight: float = 1.0, top_k: int = 10,
                  listwise_weight: float = 1.0, listwise_temperature: float = 0.05,
-                 contrastive_weight: float = 0.0, temperature: float = 0.05):
+                 contrastive_weight: float = 0.0, temperature: float = 0.05, precisions=None,
+                 quantization_weight: float = 1.0, binary_surrogate: str = "ste"):
         super().__init__()
         self.nesting_list = validate_nesting_list(nesting_list)
         self.relative_importance = (None if relative_importance is None
@@ -119,16 +142,22 @@ class MatryoshkaDistillationLoss(nn.Module):
         self.pairwise_weight, self.topk_weight, self.top_k = pairwise_weight, topk_weight, top_k
         self.listwise_weight, self.listwise_temperature = listwise_weight, listwise_temperature
         self.contrastive_weight, self.temperature = contrastive_weight, temperature
+        self.precisions = resolve_precisions(precisions, self.nesting_list)  # raises on an unknown precision
+        self.quantization_weight, self.binary_surrogate = check_quantization_options(quantization_weight,
+                                                                                     binary_surrogate)
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor,
                 positives: torch.Tensor | None = None) -> NestedLoss:
         out = similarity_distillation_loss(
             student, teacher, self.nesting_list, self.relative_importance, self.pairwise_weight,
-            self.topk_weight, self.top_k, self.listwise_weight, self.listwise_temperature)
+            self.topk_weight, self.top_k, self.listwise_weight, self.listwise_temperature, self.precisions,
+            self.quantization_weight, self.binary_surrogate)
         if positives is None or not self.contrastive_weight:
             return out
         sup = nested_contrastive_loss(student, positives, self.nesting_list, self.temperature,
-                                      self.relative_importance)
+                                      self.relative_importance, precisions=self.precisions,
+                                      quantization_weight=self.quantization_weight,
+                                      binary_surrogate=self.binary_surrogate)
         return NestedLoss(out.loss + self.contrastive_weight * sup.loss,
                           out.per_dim_losses + self.contrastive_weight * sup.per_dim_losses)
 

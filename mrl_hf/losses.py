@@ -13,6 +13,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from .nesting import validate_nesting_list, validate_relative_importance
+from .quantization import (
+    add_quantized_terms,
+    check_quantization_options,
+    quantized_similarities,
+    resolve_precisions,
+)
 
 
 class NestedLoss(NamedTuple):
@@ -264,12 +270,21 @@ def nested_contrastive_loss(
     relative_importance: Sequence[float] | None = None,
     labels: torch.Tensor | None = None,
     symmetric: bool = True,
+    precisions=None,
+    quantization_weight: float = 1.0,
+    binary_surrogate: str = "ste",
 ) -> NestedLoss:
     """InfoNCE at every nesting dim with in-batch negatives, each prefix L2-normalised on its own.
 
     ``anchors`` ``(N, d)``; ``candidates`` ``(M, d)`` with ``M >= N`` (positives, then any hard negatives);
     ``labels[i]`` is the index of anchor i's positive (default ``arange(N)``). ``symmetric`` adds the
     positive->anchor direction (as CLIP/ALIGN do) and averages the two.
+
+    Quantisation-aware (``mrl_hf.quantization``): ``precisions`` (``["float32", "binary"]`` or
+    ``{"binary": [sizes]}``) adds, at each listed size ``m``, ``quantization_weight`` times the same InfoNCE computed
+    on the prefixes as they will be quantised (``binary``: sign codes, ``binary_surrogate`` ``"ste"`` or ``"tanh"``;
+    ``int8``: batch-calibrated levels), to ``per_dim_losses[m]``; so ``loss = sum_m c_m * per_dim_losses[m]`` still
+    holds. ``None`` or float32 alone computes exactly the float-only loss.
     """
     if anchors.shape[0] == 0:
         raise ValueError("anchors is empty; the contrastive loss needs at least one (anchor, positive) pair.")
@@ -282,19 +297,32 @@ def nested_contrastive_loss(
     if isinstance(temperature, (int, float)) and not temperature > 0:
         raise ValueError(f"temperature={temperature} must be > 0.")
     sims = nested_cosine_similarities(anchors, candidates, nesting_list) / temperature
-    num_dims = sims.shape[0]
+    per_dim = _info_nce(sims, labels, symmetric)
+
+    def quantized(precision, sizes):
+        return _info_nce(quantized_similarities(anchors, candidates, sizes, precision, binary_surrogate) / temperature,
+                         labels, symmetric)
+
+    per_dim = add_quantized_terms(per_dim, nesting_list, precisions, quantization_weight, quantized)
+    return NestedLoss(weighted_sum(per_dim, relative_importance), per_dim.detach())
+
+
+def _info_nce(sims: torch.Tensor, labels: torch.Tensor, symmetric: bool) -> torch.Tensor:
+    """Mean InfoNCE per size of ``sims`` ``(|M|, N, num_candidates)`` (already divided by the temperature)."""
+    num_dims, n = sims.shape[0], sims.shape[1]
     forward_ce = F.cross_entropy(sims.reshape(num_dims * n, -1), labels.repeat(num_dims), reduction="none")
     per_dim = forward_ce.view(num_dims, n).mean(1)
     if symmetric:
         back = sims[:, :, labels].transpose(1, 2)  # positives vs anchors
-        target = torch.arange(n, device=anchors.device).repeat(num_dims)
+        target = torch.arange(n, device=sims.device).repeat(num_dims)
         back_ce = F.cross_entropy(back.reshape(num_dims * n, n), target, reduction="none")
         per_dim = (per_dim + back_ce.view(num_dims, n).mean(1)) / 2
-    return NestedLoss(weighted_sum(per_dim, relative_importance), per_dim.detach())
+    return per_dim
 
 
 class MatryoshkaContrastiveLoss(nn.Module):
-    """Module form of ``nested_contrastive_loss`` with a fixed or learnable temperature.
+    """Module form of ``nested_contrastive_loss`` with a fixed or learnable temperature (and its quantisation-aware
+    options ``precisions``, ``quantization_weight``, ``binary_surrogate``).
 
     A learnable temperature is stored as ``log_logit_scale = log(1 / temperature)`` (as CLIP does), so it
     stays positive; ``max_logit_scale`` caps ``1 / temperature`` (CLIP uses 100).
@@ -302,7 +330,8 @@ class MatryoshkaContrastiveLoss(nn.Module):
 
     def __init__(self, nesting_list: Sequence[int], temperature: float = 0.05, learnable_temperature: bool = False,
                  relative_importance: Sequence[float] | None = None, symmetric: bool = True,
-                 max_logit_scale: float = 100.0):
+                 max_logit_scale: float = 100.0, precisions=None, quantization_weight: float = 1.0,
+                 binary_surrogate: str = "ste"):
         super().__init__()
         if not temperature > 0:
             raise ValueError(f"temperature={temperature} must be > 0.")
@@ -311,6 +340,9 @@ class MatryoshkaContrastiveLoss(nn.Module):
                                     else validate_relative_importance(relative_importance, len(self.nesting_list)))
         self.symmetric = symmetric
         self.max_logit_scale = max_logit_scale
+        self.precisions = resolve_precisions(precisions, self.nesting_list)  # raises on an unknown precision
+        self.quantization_weight, self.binary_surrogate = check_quantization_options(quantization_weight,
+                                                                                     binary_surrogate)
         log_scale = torch.tensor(math.log(1.0 / temperature))
         if learnable_temperature:
             self.log_logit_scale = nn.Parameter(log_scale)
@@ -323,4 +355,5 @@ class MatryoshkaContrastiveLoss(nn.Module):
 
     def forward(self, anchors: torch.Tensor, candidates: torch.Tensor, labels: torch.Tensor | None = None) -> NestedLoss:
         return nested_contrastive_loss(anchors, candidates, self.nesting_list, self.temperature,
-                                       self.relative_importance, labels, self.symmetric)
+                                       self.relative_importance, labels, self.symmetric, self.precisions,
+                                       self.quantization_weight, self.binary_surrogate)

@@ -229,13 +229,13 @@ def test_image_text_retrieval_pairs_and_labels():
     images = torch.randn(20, 8, generator=g)
     texts = images + 0.01 * torch.randn(20, 8, generator=g)
     res = image_text_retrieval(images, texts, dims=[8], ks=(1, 5))
-    assert res[8]["i2t_recall@1"] == 100.0 and res[8]["t2i_recall@5"] == 100.0
+    assert res[8]["i2t_hit@1"] == 100.0 and res[8]["t2i_hit@5"] == 100.0
     shuffled = image_text_retrieval(images, texts.roll(1, 0), dims=[8], ks=(1,))
-    assert shuffled[8]["i2t_recall@1"] == 0.0
+    assert shuffled[8]["i2t_hit@1"] == 0.0
     labels = np.arange(20) % 2
     by_label = image_text_retrieval(images, texts.roll(2, 0), dims=[8], ks=(1,), image_labels=labels,
                                     text_labels=labels)  # rolled by 2: nearest text has the same label
-    assert by_label[8]["i2t_recall@1"] == 100.0
+    assert by_label[8]["i2t_hit@1"] == 100.0
     with pytest.raises(ValueError, match="20 images but 19 texts"):
         image_text_retrieval(images, texts[:19], dims=[8])
 

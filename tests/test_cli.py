@@ -64,12 +64,12 @@ def test_evaluate_prints_a_per_dim_table_and_writes_results(tiny_checkpoint, tmp
     pairs.write_text("".join(json.dumps({"query": q, "answer": a}) + "\n" for q, a in rows))
     assert main(["evaluate", str(path), "--pairs", str(pairs), "--dims", "8,32", "--output", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
-    assert "| dim |" in printed and "recall@1" in printed
+    assert "| dim |" in printed and "hit@1" in printed
     records = json.loads((tmp_path / "mrl_results.json").read_text())
     assert sorted({r["dim"] for r in records}) == [8, 32]
-    assert {r["metric"] for r in records} == {"recall@1", "recall@10", "MRR"}
+    assert {r["metric"] for r in records} == {"hit@1", "hit@10", "MRR"}
     assert all(0 <= r["value"] <= 100 for r in records)
-    recall10 = [r["value"] for r in records if r["metric"] == "recall@10"]
+    recall10 = [r["value"] for r in records if r["metric"] == "hit@10"]
     assert recall10 == [100.0, 100.0]  # 3 candidates: every answer is in the top 10
     assert (tmp_path / "mrl_accuracy_vs_dim.png").read_bytes().startswith(b"\x89PNG")
 
@@ -118,11 +118,11 @@ def test_readme_demo_command_trains_saves_reloads_and_prints_the_table(tmp_path)
     out = subprocess.run(command + ["demo"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1200)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     lines = out.stdout.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.split()[:2] == ["dim", "recall@1"])
+    start = next(i for i, line in enumerate(lines) if line.split()[:2] == ["dim", "hit@1"])
     rows = {int(line.split()[0]): [float(x) for x in line.split()[1:]] for line in lines[start + 2: start + 8]}
     assert list(rows) == [12, 24, 48, 96, 192, 384]
-    # columns: recall@1 MRL, recall@1 original, MRR MRL, MRR original. Measured (seed 0, 149 held-out questions):
-    # recall@1 20.1 vs 12.8 at 12 dims, 32.2 vs 20.8 at 24, 64.4 vs 63.8 at 384; MRR 32.4 vs 21.6 at 12 dims.
+    # columns: hit@1 MRL, hit@1 original, MRR MRL, MRR original. Measured (seed 0, 149 held-out questions):
+    # hit@1 20.1 vs 12.8 at 12 dims, 32.2 vs 20.8 at 24, 64.4 vs 63.8 at 384; MRR 32.4 vs 21.6 at 12 dims.
     assert rows[12][0] > rows[12][1] + 4 and rows[24][0] > rows[24][1] + 6
     assert rows[12][2] > rows[12][3] + 6 and rows[24][2] > rows[24][3] + 6
     assert rows[384][0] > rows[384][1] - 3 and rows[384][2] > rows[384][3] - 3  # nothing given away at full size

@@ -9,7 +9,7 @@ from mrl_hf.evaluation import (
     evaluate_retrieval_per_dim,
     mean_average_precision_at_k,
     precision_at_k,
-    recall_at_k,
+    nn_recall_at_k,
     retrieval_metrics,
     top1_accuracy,
     top_k_overlap,
@@ -73,16 +73,16 @@ def test_overlap_and_recall_against_a_reference():
     found = np.array([[2, 1, 9, 4], [9, 5, 6, 7]])
     assert top_k_overlap(found, ref, 4) == pytest.approx((3 + 3) / 8)
     assert top_k_overlap(found, ref, 2) == pytest.approx((2 + 1) / 4)  # {2, 1} and {5}
-    assert recall_at_k(found, ref, 1) == 0.0          # neither query finds its exact nearest neighbour first
-    assert recall_at_k(found, ref, 2) == pytest.approx(1.0)
+    assert nn_recall_at_k(found, ref, 1) == 0.0          # neither query finds its exact nearest neighbour first
+    assert nn_recall_at_k(found, ref, 2) == pytest.approx(1.0)
     assert top_k_overlap(torch.from_numpy(ref), ref, 4) == 1.0
 
 
 def test_retrieval_metrics_names_every_value():
     ids = np.array([[0, 6, 1, 7], [6, 7, 0, 1]])
     out = retrieval_metrics(ids, np.array([0, 1]), DB_LABELS, ks=(2, 4), reference_ids=ids)
-    assert list(out) == ["top1", "mAP@2", "mAP@4", "P@2", "P@4", "recall@2", "recall@4", "overlap@2", "overlap@4"]
-    assert out["overlap@4"] == 1.0 and out["recall@2"] == 1.0 and out["top1"] == 1.0
+    assert list(out) == ["top1", "mAP@2", "mAP@4", "P@2", "P@4", "nn_recall@2", "nn_recall@4", "overlap@2", "overlap@4"]
+    assert out["overlap@4"] == 1.0 and out["nn_recall@2"] == 1.0 and out["top1"] == 1.0
 
 
 def test_metric_errors_name_the_problem():
@@ -114,7 +114,7 @@ def test_per_dim_evaluation_on_digits(digits_pca):
     out = evaluate_retrieval_per_dim(db, q, q_y, db_y, dims=[2, 8, 32, 64], ks=(10, 25))
     assert list(out) == [2, 8, 32, 64]
     full = out[64]
-    assert full["overlap@10"] == 1.0 and full["recall@10"] == 1.0
+    assert full["overlap@10"] == 1.0 and full["nn_recall@10"] == 1.0
     assert full["top1"] > 0.93 and full["mAP@10"] > 0.85   # measured: 0.953 and 0.890 (cosine on digit pixels)
     assert out[2]["mAP@10"] < out[8]["mAP@10"] < full["mAP@10"] + 0.02
     assert out[2]["overlap@10"] < out[8]["overlap@10"] < out[32]["overlap@10"] <= 1.0

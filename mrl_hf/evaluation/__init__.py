@@ -4,7 +4,7 @@ from .retrieval_metrics import (
     evaluate_retrieval_per_dim,
     mean_average_precision_at_k,
     precision_at_k,
-    recall_at_k,
+    nn_recall_at_k,
     relevance,
     retrieval_metrics,
     top1_accuracy,

@@ -1,7 +1,8 @@
-"""Query -> answer retrieval quality at every embedding size: recall@k and MRR.
+"""Query -> answer retrieval quality at every embedding size: hit@k and MRR.
 
 Each query has one or more relevant candidates; a query counts as a hit at k when any relevant candidate is
-among its k most cosine-similar candidates, and its reciprocal rank uses the best-ranked relevant one.
+among its k most cosine-similar candidates (``hit@k``, also called success@k; not IR recall, which would count the
+share of the relevant candidates found), and its reciprocal rank uses the best-ranked relevant one.
 Embeddings are sliced to each size and L2-normalised after slicing (Matryoshka order).
 """
 from __future__ import annotations
@@ -22,7 +23,7 @@ def pair_retrieval_metrics(
     relevant: Sequence[int] | Sequence[Iterable[int]] | None = None,
     ks: Sequence[int] = (1, 10),
 ) -> dict[int, dict[str, float]]:
-    """``{m: {"recall@1": .., "recall@10": .., "mrr": ..}}`` for every size ``m`` in ``dims``.
+    """``{m: {"hit@1": .., "hit@10": .., "mrr": ..}}`` for every size ``m`` in ``dims``.
 
     ``relevant[i]`` is the index (or a collection of indices) of query i's relevant candidates; default
     ``i`` (the candidates are the queries' own answers, in order). Values are fractions in [0, 1].
@@ -41,7 +42,7 @@ def pair_retrieval_metrics(
         sims = truncate_embeddings(q, m, normalize=True) @ truncate_embeddings(c, m, normalize=True).T
         best_relevant = sims.masked_fill(~relevance, float("-inf")).max(1, keepdim=True).values
         rank = (sims > best_relevant).sum(1)  # candidates strictly better than the best relevant one
-        row = {f"recall@{k}": float((rank < k).float().mean()) for k in ks}
+        row = {f"hit@{k}": float((rank < k).float().mean()) for k in ks}
         row["mrr"] = float((1.0 / (rank + 1).float()).mean())
         results[m] = row
     return results
@@ -88,9 +89,9 @@ def group_pairs(pairs: Sequence[tuple[str, str]]) -> tuple[list[str], list[str],
 
 def format_table(results: dict[str, dict[int, dict[str, float]]]) -> str:
     """Markdown table: one row per (model, dim), metrics in percent."""
-    lines = ["| model | dim | recall@1 | recall@10 | MRR |", "|---|---|---|---|---|"]
+    lines = ["| model | dim | hit@1 | hit@10 | MRR |", "|---|---|---|---|---|"]
     for name, per_dim in results.items():
         for m, row in per_dim.items():
-            lines.append(f"| {name} | {m} | {100 * row['recall@1']:.1f} | {100 * row['recall@10']:.1f} | "
+            lines.append(f"| {name} | {m} | {100 * row['hit@1']:.1f} | {100 * row['hit@10']:.1f} | "
                          f"{100 * row['mrr']:.1f} |")
     return "\n".join(lines)

@@ -1,7 +1,7 @@
-"""Retrieval metrics per Matryoshka dim: 1-NN accuracy, P@k, mAP@k, recall@k and top-k overlap.
+"""Retrieval metrics per Matryoshka dim: 1-NN accuracy, P@k, mAP@k, nn_recall@k and top-k overlap.
 
 Label metrics (``top1``, ``P@k``, ``mAP@k``) judge a neighbour relevant when its database label equals
-the query's label, as the paper's image retrieval does (Appendix E). Reference metrics (``recall@k``,
+the query's label, as the paper's image retrieval does (Appendix E). Reference metrics (``nn_recall@k``,
 ``overlap@k``) compare a ranking with exact full-dim search. Neighbour ids of -1 (slots an approximate
 index could not fill) count as not relevant.
 
@@ -113,8 +113,9 @@ def top_k_overlap(ids, reference_ids, k: int) -> float:
     return found / (k * max(ids.shape[0], 1))
 
 
-def recall_at_k(ids, reference_ids, k: int) -> float:
-    """Share of queries whose exact nearest neighbour (``reference_ids[:, 0]``) is among the first k ids."""
+def nn_recall_at_k(ids, reference_ids, k: int) -> float:
+    """Share of queries whose exact nearest neighbour (``reference_ids[:, 0]``) is among the first k ids
+    (not IR recall, which counts every relevant item: hence the name)."""
     ids, ref = _as_ids(ids), _as_ids(reference_ids, "reference_ids")
     k = _check_k(ids, k)
     if ids.shape[0] != ref.shape[0]:
@@ -123,7 +124,7 @@ def recall_at_k(ids, reference_ids, k: int) -> float:
 
 
 def retrieval_metrics(ids, query_labels=None, database_labels=None, ks=DEFAULT_KS, reference_ids=None) -> dict:
-    """All metrics for one ranking: ``top1``, ``mAP@k``, ``P@k`` (with labels) and ``recall@k``, ``overlap@k``
+    """All metrics for one ranking: ``top1``, ``mAP@k``, ``P@k`` (with labels) and ``nn_recall@k``, ``overlap@k``
     (with ``reference_ids``, e.g. the ids of exact full-dim search), for every k in ``ks``.
     """
     ids = _as_ids(ids)
@@ -141,7 +142,7 @@ def retrieval_metrics(ids, query_labels=None, database_labels=None, ks=DEFAULT_K
             out[f"P@{k}"] = precision_at_k(ids, query_labels, database_labels, k)
     if reference_ids is not None:
         for k in ks:
-            out[f"recall@{k}"] = recall_at_k(ids, reference_ids, k)
+            out[f"nn_recall@{k}"] = nn_recall_at_k(ids, reference_ids, k)
         for k in ks:
             out[f"overlap@{k}"] = top_k_overlap(ids, reference_ids, k)
     return out
@@ -151,7 +152,7 @@ def evaluate_retrieval_per_dim(database, queries, query_labels=None, database_la
                                ks=DEFAULT_KS, metric: str = "cosine", backend: str = "auto") -> dict:
     """``retrieval_metrics`` of exact single-shot search at each dim in ``dims`` (default: halving from full).
 
-    ``database`` is an ``(n, d)`` array/tensor or a ``MatryoshkaIndex``. ``recall@k`` and ``overlap@k``
+    ``database`` is an ``(n, d)`` array/tensor or a ``MatryoshkaIndex``. ``nn_recall@k`` and ``overlap@k``
     compare each dim with exact search at the full dim. Returns ``{dim: {metric_name: value}}``.
     """
     from ..retrieval import MatryoshkaIndex

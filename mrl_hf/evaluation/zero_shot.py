@@ -1,5 +1,5 @@
 """Image-text evaluation per Matryoshka dim: zero-shot classification from class-name prompts and
-image <-> text retrieval recall@k.
+image <-> text retrieval hit@k.
 
 Every function slices the full embeddings to each size m and L2-normalises the prefix (Matryoshka order),
 so one encoding pass evaluates all sizes. Accuracies and recalls are percentages.
@@ -118,8 +118,8 @@ def zero_shot_accuracy(image_embeds, labels, class_embeds, dims: Sequence[int]) 
 
 def image_text_retrieval(image_embeds, text_embeds, dims: Sequence[int], ks: Sequence[int] = (1, 5, 10),
                          image_labels=None, text_labels=None) -> dict[int, dict[str, float]]:
-    """Image -> text and text -> image recall@k (%) at each size in ``dims``:
-    ``{m: {"i2t_recall@1": .., "t2i_recall@1": .., ...}}``.
+    """Image -> text and text -> image hit@k (%) at each size in ``dims``:
+    ``{m: {"i2t_hit@1": .., "t2i_hit@1": .., ...}}``.
 
     Without labels, image i and text i are a pair and the only relevant item for each other (COCO/Flickr style;
     needs as many texts as images). With ``image_labels`` and ``text_labels``, every item of the same label is
@@ -144,8 +144,8 @@ def image_text_retrieval(image_embeds, text_embeds, dims: Sequence[int], ks: Seq
     dims = validate_dims(dims, images.shape[1])
     i2t = pair_retrieval_metrics(images, texts, dims, i2t_relevant, ks)
     t2i = pair_retrieval_metrics(texts, images, dims, t2i_relevant, ks)
-    return {m: {**{f"i2t_recall@{k}": 100.0 * i2t[m][f"recall@{k}"] for k in ks},
-                **{f"t2i_recall@{k}": 100.0 * t2i[m][f"recall@{k}"] for k in ks}} for m in dims}
+    return {m: {**{f"i2t_hit@{k}": 100.0 * i2t[m][f"hit@{k}"] for k in ks},
+                **{f"t2i_hit@{k}": 100.0 * t2i[m][f"hit@{k}"] for k in ks}} for m in dims}
 
 
 def zero_shot_classification_per_dim(model, pixel_values: torch.Tensor, labels, class_names: Sequence[str],

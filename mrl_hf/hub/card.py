@@ -21,6 +21,12 @@ _KINDS = {
     "MRLBertForMaskedLM": ("fill-mask", "hidden state", "the input of the (tied) MLM decoder", ["fill-mask"]),
     "MRLResNetForImageClassification": ("image-classification", "image feature", "a classifier input", ["vision"]),
     "MRLViTForImageClassification": ("image-classification", "image feature", "a classifier input", ["vision"]),
+    "MRLModelForImageClassification": ("image-classification", "image feature", "a classifier input", ["vision"]),
+    "MRLModelForImageEmbedding": ("image-feature-extraction", "image embedding", "an embedding", ["vision"]),
+    "MRLModelForTextEmbedding": ("feature-extraction", "embedding", "an embedding",
+                                 ["sentence-similarity", "text-embeddings"]),
+    "MRLModelForSequenceClassification": ("text-classification", "text feature", "a classifier input",
+                                          ["text-classification"]),
 }
 
 
@@ -44,11 +50,11 @@ def usage_snippets(architecture: str, repo_id: str, dim: int, remote_code: bool)
     embedding model)."""
     trust = ", trust_remote_code=True" if remote_code else ""
     register = "" if remote_code else "import mrl_hf.modeling  # registers the mrl_hf model types\n"
-    if architecture == "MRLBertModel":
+    if architecture in ("MRLBertModel", "MRLModelForTextEmbedding"):
         return {
             "mrl_hf_snippet": (
-                "from mrl_hf.modeling import MRLBertModel\n\n"
-                f'model = MRLBertModel.from_pretrained("{repo_id}", truncate_dim={dim})\n'
+                f"from mrl_hf.modeling import {architecture}\n\n"
+                f'model = {architecture}.from_pretrained("{repo_id}", truncate_dim={dim})\n'
                 'embeddings = model.encode(["How do I reset my password?", "Where is my order?"], normalize=True)\n'
                 f"print(embeddings.shape)  # (2, {dim})"),
             "transformers_snippet": (
@@ -87,6 +93,39 @@ def usage_snippets(architecture: str, repo_id: str, dim: int, remote_code: bool)
             f'model = AutoModelForImageClassification.from_pretrained("{repo_id}"{trust})'),
         "st_snippet": None,
     }
+
+
+def _quantized(config) -> dict[str, list[int]]:
+    trained = getattr(config, "matryoshka_precisions", None) or {}
+    return {name: list(sizes) for name, sizes in trained.items() if name != "float32"}
+
+
+def precision_summary(config) -> str:
+    """The trained (size, precision) pairs in words: ``float32 at every size; binary at 12, 24``."""
+    parts = ["float32 at every size"]
+    parts += [f"{name} at {', '.join(str(m) for m in sizes)}" for name, sizes in _quantized(config).items()]
+    return "; ".join(parts)
+
+
+def codes_snippet(architecture: str, repo_id: str, config) -> str | None:
+    """How to get the codes the model was trained for (None for a float-only or non-text model)."""
+    quantized = _quantized(config)
+    if not quantized or architecture not in ("MRLBertModel", "MRLModelForTextEmbedding"):
+        return None
+    name = "binary" if "binary" in quantized else next(iter(quantized))
+    sizes = quantized[name]
+    precision, dim = ("ubinary" if name == "binary" else name), sizes[0]
+    lines = [f"from mrl_hf.modeling import {architecture}", "",
+             f'model = {architecture}.from_pretrained("{repo_id}")',
+             f'codes = model.encode(["How do I reset my password?", "Where is my order?"], truncate_dim={dim}, '
+             f'precision="{precision}")']
+    if name == "binary":
+        lines.append(f"print(codes.shape, codes.dtype)  # (2, {-(-dim // 8)}) uint8: {dim} sign bits, packed "
+                     "(sentence-transformers' quantize_embeddings format)")
+    else:
+        lines.append(f"print(codes.shape, codes.dtype)  # (2, {dim}) int8; pass ranges= / calibration_embeddings= "
+                     "to calibrate on your corpus")
+    return "\n".join(lines)
 
 
 def _metric_slug(metric: str) -> str:
@@ -179,7 +218,8 @@ def render_model_card(
         eval_table=eval_table,
         eval_description=eval_description or f"Quality at each representation size on {_dataset_label(eval_dataset)}.",
         plot_file=plot_file if eval_table else None, plot_metric=results.metrics[0] if eval_table else None,
-        training=training, remote_code=remote_code,
+        training=training, remote_code=remote_code, precisions=precision_summary(config),
+        codes_snippet=codes_snippet(architecture, repo_id, config),
         **usage_snippets(architecture, repo_id, _sample_dim(config), remote_code),
     )
 

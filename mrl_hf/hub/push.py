@@ -166,11 +166,16 @@ def push_to_hub(model_or_folder, repo_id: str, *, token: bool | str | None = Non
 
 def _model_class(config) -> type:
     """The mrl_hf class named by ``config.architectures``."""
-    from transformers import AutoModel, AutoModelForImageClassification, AutoModelForMaskedLM
+    from transformers import (
+        AutoModel,
+        AutoModelForImageClassification,
+        AutoModelForMaskedLM,
+        AutoModelForSequenceClassification,
+    )
 
     arch = (config.architectures or [None])[0]
     classes = {}
-    for auto in (AutoModel, AutoModelForMaskedLM, AutoModelForImageClassification):
+    for auto in (AutoModel, AutoModelForMaskedLM, AutoModelForImageClassification, AutoModelForSequenceClassification):
         classes.update({cls.__name__: cls for cls in auto._model_mapping._extra_content.values()})
     if arch not in classes:
         raise ValueError(f"cannot write remote code for architecture {arch!r}; known: {sorted(classes)}.")

@@ -4,3 +4,7 @@ from .vision import (MRLResNetConfig, MRLResNetForImageClassification, MRLViTCon
                      MRLViTForImageClassification, MatryoshkaImageClassifierOutput)
 from .align import MRLAlignConfig, MRLAlignModel, MRLAlignOutput, MRLAlignProcessor  # noqa: F401,E402
 from .auto_text import MRLModelForTextEmbedding, MRLTextEmbeddingConfig, MRLTextEmbeddingOutput  # noqa: F401,E402
+from .auto_classification import (MatryoshkaSequenceClassifierOutput, MRLModelForSequenceClassification,  # noqa: F401,E402
+                                  MRLTextClassificationConfig)
+from .auto_vision import (MRLImageConfig, MRLImageEmbeddingOutput, MRLModelForImageClassification,  # noqa: F401,E402
+                          MRLModelForImageEmbedding)

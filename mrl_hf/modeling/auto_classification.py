@@ -29,7 +29,12 @@ from ..embeddings import truncate_embeddings
 from ..heads import MatryoshkaHead
 from ..losses import MatryoshkaCrossEntropyLoss
 from ..nesting import validate_dim
-from .auto_text import MRLTextEmbeddingConfig, MRLTextEmbeddingPreTrainedModel, build_backbone, pool
+from .auto_text import (
+    MRLTextEmbeddingConfig,
+    MRLTextEmbeddingPreTrainedModel,
+    build_backbone,
+    pool,
+)
 from .text_common import check_nonempty
 
 # ---- what every Matryoshka classifier shares ----------------------------------------------------------------------

@@ -40,6 +40,7 @@ from ..config import MatryoshkaConfigMixin
 from ..embeddings import truncate_embeddings
 from ..losses import nested_contrastive_loss
 from ..nesting import validate_dim
+from ..quantization import check_code_precision, quantize_embeddings, warn_if_untrained
 from .base import MatryoshkaPreTrainedMixin
 from .gather import all_gather_with_grad
 from .text_common import (
@@ -254,7 +255,8 @@ class MRLTextEmbeddingPreTrainedModel(MatryoshkaPreTrainedMixin, PreTrainedModel
                              "(AutoModel.from_pretrained), or wrap the plain backbone checkpoint it was made from.")
         backbone_config = AutoConfig.from_pretrained(path, **hub)
         fields = {"nesting_list", "truncate_dim", "relative_importance", "normalize_embeddings", "pooling",
-                  "embedding_dim", "contrastive_temperature", "gather_across_processes", "efficient"}
+                  "embedding_dim", "contrastive_temperature", "gather_across_processes", "efficient", "precisions",
+                  "quantization_weight", "binary_surrogate"}
         settings = {k: kwargs.pop(k) for k in list(kwargs) if k in fields}
         config = cls.config_class(backbone_config=backbone_config, **settings)
         return config, _backbone_class(backbone_config).base_model_prefix or None
@@ -402,6 +404,9 @@ class MRLModelForTextEmbedding(MRLTextEmbeddingPreTrainedModel):
                 anchors, torch.cat(candidates), self.config.nesting_list,
                 temperature=self.config.contrastive_temperature,
                 relative_importance=self.config.relative_importance,
+                precisions=self.config.matryoshka_precisions,
+                quantization_weight=self.config.quantization_weight,
+                binary_surrogate=self.config.binary_surrogate,
             )
         output = MRLTextEmbeddingOutput(
             loss=loss,
@@ -437,12 +442,21 @@ class MRLModelForTextEmbedding(MRLTextEmbeddingPreTrainedModel):
         show_progress_bar: bool = False,
         max_length: int | None = None,
         tokenizer=None,
+        precision: str = "float32",
+        ranges=None,
+        calibration_embeddings=None,
     ):
         """Embed ``texts`` like ``SentenceTransformer.encode``: returns ``(len(texts), dim)`` (or ``(dim,)`` for
         one string) as numpy, or a tensor with ``convert_to_tensor=True`` / ``convert_to_numpy=False``.
 
         ``truncate_dim`` defaults to ``config.truncate_dim`` (``None`` = full); ``normalize`` to
-        ``config.normalize_embeddings``; normalisation happens after truncation. ``max_length`` defaults to the
+        ``config.normalize_embeddings``; normalisation happens after truncation.
+
+        ``precision`` ``"int8"``, ``"uint8"``, ``"binary"`` or ``"ubinary"`` returns the codes of the (truncated,
+        normalised) embeddings exactly as sentence-transformers' ``quantize_embeddings`` makes them (``ranges`` /
+        ``calibration_embeddings`` set the int8 levels; by default the texts themselves calibrate them), so its
+        search helpers and vector engines take them; a size / precision the model was not trained for
+        (``config.matryoshka_precisions``) gives a warning naming it. ``max_length`` defaults to the
         tokenizer's ``model_max_length`` capped at the backbone's ``max_position_embeddings``. The tokenizer pads on
         its own ``padding_side``; every pooling mode reads the attention mask, so either side works.
         """
@@ -458,6 +472,8 @@ class MRLModelForTextEmbedding(MRLTextEmbeddingPreTrainedModel):
         dim = truncate_dim if truncate_dim is not None else self.config.truncate_dim
         if dim is not None:
             validate_dim(dim, self.config.matryoshka_embedding_dim, name="truncate_dim")
+        check_code_precision(precision)
+        warn_if_untrained(self.config.matryoshka_precisions, dim or self.config.matryoshka_embedding_dim, precision)
         max_length = max_length or default_max_length(tokenizer, self.config)
         order = np.argsort([-len(t) for t in texts], kind="stable")  # similar lengths share a batch
         was_training = self.training
@@ -476,11 +492,13 @@ class MRLModelForTextEmbedding(MRLTextEmbeddingPreTrainedModel):
             self.train(was_training)
         out = torch.empty_like(torch.cat(chunks))
         out[torch.as_tensor(order, device=out.device)] = torch.cat(chunks)
+        if precision != "float32":  # codes, as sentence-transformers quantises the whole output
+            out = torch.from_numpy(quantize_embeddings(out, precision, ranges, calibration_embeddings))
         if single:
             out = out[0]
         if convert_to_tensor or not convert_to_numpy:
             return out
-        return out.float().cpu().numpy()
+        return (out.float() if out.is_floating_point() else out).cpu().numpy()
 
 
 AutoConfig.register(MRLTextEmbeddingConfig.model_type, MRLTextEmbeddingConfig, exist_ok=True)

@@ -39,14 +39,25 @@ from dataclasses import dataclass
 import torch
 from huggingface_hub.dataclasses import strict
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoModelForImageClassification, PretrainedConfig, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForImageClassification,
+    PretrainedConfig,
+    PreTrainedModel,
+)
 from transformers.configuration_utils import SubConfigSpec
 from transformers.utils import ModelOutput
 
 from ..config import MatryoshkaConfigMixin
 from ..embeddings import truncate_embeddings
 from ..nesting import validate_dim
-from .auto_classification import build_head, check_logits_dim, classify, init_classifier_weights
+from .auto_classification import (
+    build_head,
+    check_logits_dim,
+    classify,
+    init_classifier_weights,
+)
 from .auto_text import BACKBONE_PREFIX, MRLTextEmbeddingPreTrainedModel, _backbone_class
 from .base import MatryoshkaPreTrainedMixin
 from .vision import MatryoshkaImageClassifierOutput

@@ -38,6 +38,7 @@ from ..embeddings import truncate_embeddings
 from ..heads import MatryoshkaHead
 from ..losses import MatryoshkaCrossEntropyLoss, nested_contrastive_loss
 from ..nesting import halving_nesting_list, validate_dim
+from ..quantization import check_code_precision, quantize_embeddings, warn_if_untrained
 from .base import MatryoshkaPreTrainedMixin
 from .gather import all_gather_with_grad
 from .text_common import (
@@ -261,6 +262,9 @@ class MRLBertModel(MRLBertPreTrainedModel):
                 anchors, torch.cat(candidates), self.config.nesting_list,
                 temperature=self.config.contrastive_temperature,
                 relative_importance=self.config.relative_importance,
+                precisions=self.config.matryoshka_precisions,
+                quantization_weight=self.config.quantization_weight,
+                binary_surrogate=self.config.binary_surrogate,
             )
         output = MRLBertEmbeddingOutput(
             loss=loss,
@@ -291,12 +295,21 @@ class MRLBertModel(MRLBertPreTrainedModel):
         show_progress_bar: bool = False,
         max_length: int | None = None,
         tokenizer=None,
+        precision: str = "float32",
+        ranges=None,
+        calibration_embeddings=None,
     ):
         """Embed ``texts`` like ``SentenceTransformer.encode``: returns ``(len(texts), dim)`` (or ``(dim,)`` for
         one string) as numpy, or a tensor with ``convert_to_tensor=True`` / ``convert_to_numpy=False``.
 
         ``truncate_dim`` defaults to ``config.truncate_dim`` (``None`` = full); ``normalize`` to
-        ``config.normalize_embeddings``; normalisation happens after truncation. ``max_length`` defaults to
+        ``config.normalize_embeddings``; normalisation happens after truncation.
+
+        ``precision`` ``"int8"``, ``"uint8"``, ``"binary"`` or ``"ubinary"`` returns the codes of the (truncated,
+        normalised) embeddings exactly as sentence-transformers' ``quantize_embeddings`` makes them (``ranges`` /
+        ``calibration_embeddings`` set the int8 levels; by default the texts themselves calibrate them), so its
+        search helpers and vector engines take them; a size / precision the model was not trained for
+        (``config.matryoshka_precisions``) gives a warning naming it. ``max_length`` defaults to
         the tokenizer's ``model_max_length`` capped at ``max_position_embeddings``.
         """
         single = isinstance(texts, str)
@@ -311,6 +324,8 @@ class MRLBertModel(MRLBertPreTrainedModel):
         dim = truncate_dim if truncate_dim is not None else self.config.truncate_dim
         if dim is not None:
             validate_dim(dim, self.config.matryoshka_embedding_dim, name="truncate_dim")
+        check_code_precision(precision)
+        warn_if_untrained(self.config.matryoshka_precisions, dim or self.config.matryoshka_embedding_dim, precision)
         max_length = max_length or default_max_length(tokenizer, self.config)
         order = np.argsort([-len(t) for t in texts], kind="stable")  # similar lengths share a batch
         was_training = self.training
@@ -328,11 +343,13 @@ class MRLBertModel(MRLBertPreTrainedModel):
             self.train(was_training)
         out = torch.empty_like(torch.cat(chunks))
         out[torch.as_tensor(order, device=out.device)] = torch.cat(chunks)
+        if precision != "float32":  # codes, as sentence-transformers quantises the whole output
+            out = torch.from_numpy(quantize_embeddings(out, precision, ranges, calibration_embeddings))
         if single:
             out = out[0]
         if convert_to_tensor or not convert_to_numpy:
             return out
-        return out.float().cpu().numpy()
+        return (out.float() if out.is_floating_point() else out).cpu().numpy()
 
 
 class MRLBertLMPredictionHead(nn.Module):

@@ -1,0 +1,170 @@
+"""Quantisation-aware Matryoshka training vs the same recipe without it, on the demo's data (CPU, offline).
+
+The demo recipe (mrl_hf.demo_text): all-MiniLM-L6-v2 (the packaged copy), chatterbot-corpus question -> answer pairs
+split by question (80% train, 20% held out), nested InfoNCE at M={12,...,384}, 1 epoch of batch 32 (41 steps), lr 5e-5,
+max_length 32, seed 0. Two runs with the same seed and data order:
+
+  float-only   the demo's loss;
+  QAT          the same, plus at every size the InfoNCE of the prefix as binary codes (and int8 with --qat int8,binary),
+               weighted like the float term (quantization_weight, default 1).
+
+Held-out retrieval (149 questions, 176 answers) at every size, for float32 prefixes (cosine), binary codes (Hamming
+distance of the packed sign bits, no rescoring; ties by answer order) and int8 codes (ranges calibrated on the
+answers), plus the codes' top-100 re-scored in float32 at the full size. Step time: the median over the training
+steps of each run, and the forward+backward of one demo batch of each loss timed round-robin in one process (robust
+to load from other jobs, see _measure.py).
+
+Usage: python benchmarks/bench_quantization_aware.py [--seeds 0 1 2] [--qat binary] [--quantization-weight 1.0]
+       [--surrogate ste] [--max-steps N] [--json out.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+from transformers import TrainerCallback, TrainingArguments
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _measure import time_interleaved  # noqa: E402
+
+from mrl_hf.data.collator import PairCollator  # noqa: E402
+from mrl_hf.data.text import load_chatterbot_pairs  # noqa: E402
+from mrl_hf.demo_text import NESTING, packaged_minilm, split_pairs  # noqa: E402
+from mrl_hf.evaluation.pairs import group_pairs  # noqa: E402
+from mrl_hf.modeling import MRLBertModel  # noqa: E402
+from mrl_hf.quantization import format_precision_table, quantized_retrieval_metrics  # noqa: E402
+from mrl_hf.trainer import MRLTrainer  # noqa: E402
+
+SMALL = [12, 24, 48]  # the "small prefixes" of the target
+EVAL_PRECISIONS = ("float32", "binary", "int8")
+
+
+class StepTimer(TrainerCallback):
+    """Records the wall-clock of every optimiser step."""
+
+    def __init__(self):
+        self.times, self._start = [], None
+
+    def on_step_begin(self, *args, **kwargs):
+        self._start = time.perf_counter()
+
+    def on_step_end(self, *args, **kwargs):
+        self.times.append(time.perf_counter() - self._start)
+
+
+def train(train_pairs, seed: int, precisions, weight: float, surrogate: str, max_steps: int):
+    torch.manual_seed(seed)
+    model = MRLBertModel.from_pretrained(packaged_minilm(), nesting_list=NESTING, precisions=precisions,
+                                         quantization_weight=weight, binary_surrogate=surrogate)
+    args = TrainingArguments(
+        output_dir=tempfile.mkdtemp(prefix="mrl_qat_"), per_device_train_batch_size=32, num_train_epochs=1.0,
+        max_steps=max_steps, learning_rate=5e-5, warmup_steps=0.1, seed=seed, logging_steps=10, save_strategy="no",
+        report_to=[], disable_tqdm=True, use_cpu=True)
+    timer = StepTimer()
+    trainer = MRLTrainer(model=model, args=args, train_dataset=train_pairs, callbacks=[timer],
+                         data_collator=PairCollator(model.tokenizer, max_length=32))
+    start = time.perf_counter()
+    trainer.train()
+    return model.eval(), {"train_s": time.perf_counter() - start, "steps": trainer.state.global_step,
+                          "median_step_s": float(np.median(timer.times[1:] or timer.times))}
+
+
+def evaluate(model, test_pairs) -> dict:
+    queries, answers, relevant = group_pairs(test_pairs)
+    dim = model.config.matryoshka_embedding_dim
+    q = model.encode(queries, batch_size=64, truncate_dim=dim, normalize=False)
+    a = model.encode(answers, batch_size=64, truncate_dim=dim, normalize=False)
+    return quantized_retrieval_metrics(q, a, NESTING, EVAL_PRECISIONS, relevant=relevant, rescore=True, rescore_k=100)
+
+
+def step_cost(train_pairs, precisions, weight: float, surrogate: str, repeats: int) -> dict:
+    """Forward + backward of one demo batch, float-only loss vs quantisation-aware loss, round-robin."""
+    torch.manual_seed(0)
+    model = MRLBertModel.from_pretrained(packaged_minilm(), nesting_list=NESTING).train()
+    batch = PairCollator(model.tokenizer, max_length=32)(train_pairs[:32])
+    qat = dict(precisions=precisions, quantization_weight=weight, binary_surrogate=surrogate)
+    float_only = dict(precisions=None, quantization_weight=1.0, binary_surrogate="ste")
+
+    def step(settings):
+        def run():
+            for key, value in settings.items():
+                setattr(model.config, key, value)
+            model.config.validate_matryoshka()
+            model.zero_grad(set_to_none=True)
+            model(**batch).loss.backward()
+        return run
+
+    times = time_interleaved({"float-only": step(float_only), "QAT": step(qat)}, repeats=repeats, warmup=2)
+    return {**times, "ratio": times["QAT"] / times["float-only"]}
+
+
+def gap_report(base: dict, qat: dict) -> list[str]:
+    lines = []
+    for metric in ("hit@10", "mrr"):
+        for m in NESTING:
+            f, b, q = (100 * base["float32"][m][metric], 100 * base["binary"][m][metric],
+                       100 * qat["binary"][m][metric])
+            gap = f - b
+            closed = (q - b) / gap if gap > 0 else float("nan")
+            df = 100 * (qat["float32"][m][metric] - base["float32"][m][metric])
+            lines.append(f"  {metric:>9} @ {m:>3}: float {f:5.1f}, post-hoc binary {b:5.1f}, QAT binary {q:5.1f} -> "
+                         f"{100 * closed:5.0f}% of the gap closed; float change {df:+.1f}")
+    return lines
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--qat", default="binary", help="comma-separated precisions of the QAT run, e.g. binary,int8")
+    parser.add_argument("--quantization-weight", type=float, nargs="+", default=[1.0])
+    parser.add_argument("--surrogate", nargs="+", default=["ste"], choices=["ste", "tanh"],
+                        help="several: one QAT run per surrogate (and per weight), against one float-only run")
+    parser.add_argument("--max-steps", type=int, default=-1, help="-1: one epoch (41 steps)")
+    parser.add_argument("--cost-repeats", type=int, default=7)
+    parser.add_argument("--json", default=None, help="write every number here")
+    args = parser.parse_args()
+    precisions = ["float32", *args.qat.split(",")]
+    train_pairs, test_pairs = split_pairs(load_chatterbot_pairs(), seed=0)
+    print(f"chatterbot-corpus: {len(train_pairs)} training pairs, {len(test_pairs)} held-out pairs; "
+          f"nesting_list={NESTING}; QAT precisions={precisions}, quantization_weight={args.quantization_weight}, "
+          f"surrogate={args.surrogate}; torch threads={torch.get_num_threads()}", flush=True)
+    report = {"settings": vars(args), "runs": {}}
+    variants = [(w, sur) for w in args.quantization_weight for sur in args.surrogate]
+    for seed in args.seeds:
+        runs = {}
+        for name, prec, weight, surrogate in [("float-only", None, 1.0, "ste"),
+                                              *[(f"QAT {sur} w={w:g}", precisions, w, sur) for w, sur in variants]]:
+            model, timing = train(train_pairs, seed, prec, weight, surrogate, args.max_steps)
+            runs[name] = {"timing": timing, "metrics": evaluate(model, test_pairs)}
+            print(f"seed {seed} {name}: {timing['steps']} steps in {timing['train_s']:.0f} s "
+                  f"(median step {timing['median_step_s']:.2f} s)", flush=True)
+            del model
+        report["runs"][seed] = runs
+        for name, run in runs.items():
+            print(f"\n### seed {seed}, {name} (held-out hit@10 / MRR, %)\n")
+            print(format_precision_table(run["metrics"]))
+        for name, run in runs.items():
+            if name == "float-only":
+                continue
+            print(f"\nseed {seed}: binary codes, no rescoring ({name} vs float-only):")
+            print("\n".join(gap_report(runs["float-only"]["metrics"], run["metrics"])))
+            ratio = run["timing"]["median_step_s"] / runs["float-only"]["timing"]["median_step_s"]
+            print(f"seed {seed}: median training step {name} / float-only = {ratio:.3f}")
+    weight, surrogate = variants[0]
+    cost = step_cost(train_pairs, precisions, weight, surrogate, args.cost_repeats)
+    report["step_cost"] = cost
+    print(f"\nforward+backward of one demo batch (median of {args.cost_repeats}, round-robin): float-only "
+          f"{cost['float-only']:.3f} s, QAT ({surrogate}, w={weight:g}) {cost['QAT']:.3f} s, ratio {cost['ratio']:.3f}")
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(report, handle, indent=1)
+
+
+if __name__ == "__main__":
+    main()
