@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._inputs import as_int, prefix
+from ..nesting import as_int
+from ._inputs import prefix
 from .plan import SearchPlan, check_plan
 
 FULL = "full"
