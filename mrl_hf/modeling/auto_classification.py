@@ -104,6 +104,22 @@ def classify(head: MatryoshkaHead, config, embeddings, labels=None, truncate_dim
     return loss, per_dim, logits, nested_logits
 
 
+def config_with_labels(config_class, backbone_config, settings: dict):
+    """A classifier's config around a plain checkpoint's: the class labels of ``settings`` (``num_labels`` /
+    ``id2label`` / ``label2id``), else the checkpoint's own."""
+    settings = dict(settings)
+    labels = {k: settings.pop(k) for k in ("num_labels", "id2label", "label2id") if k in settings}
+    config = config_class(backbone_config=backbone_config, **settings)
+    if "id2label" in labels:
+        config.id2label = labels["id2label"]
+    elif "num_labels" in labels:
+        config.num_labels = labels["num_labels"]
+    else:
+        config.id2label = dict(backbone_config.id2label)
+    config.label2id = labels.get("label2id") or {name: i for i, name in config.id2label.items()}
+    return config
+
+
 def init_classifier_weights(module: nn.Module, std: float) -> None:
     """A new projection or MRL classifier: normal(0, std) weights and zero bias, as transformers initialises heads.
     (The shared MRL-E weight is initialised by ``MatryoshkaPreTrainedMixin``.)"""
@@ -180,28 +196,13 @@ class MRLModelForSequenceClassification(MRLTextEmbeddingPreTrainedModel):
                                                                                                ())):
             init_classifier_weights(module, getattr(self.config.get_text_config(), "initializer_range", None) or 0.02)
 
+    _plain_settings = MRLTextEmbeddingPreTrainedModel._plain_settings | {"num_labels", "id2label", "label2id"}
+
     @classmethod
-    def _plain_checkpoint_config(cls, path, kwargs):
-        """``MRLTextEmbeddingPreTrainedModel``'s, plus the class labels given as keyword arguments; without them the
-        new head takes the plain checkpoint's own labels (a fine-tuned ``BertForSequenceClassification`` keeps its
-        label names)."""
-        labels = {k: kwargs.pop(k) for k in ("num_labels", "id2label", "label2id") if k in kwargs}
-        found = super()._plain_checkpoint_config(path, kwargs)
-        if found is None:
-            kwargs.update(labels)  # this model's own checkpoint: transformers sets them on its config
-            return None
-        config, prefix = found
-        if "id2label" in labels:
-            config.id2label = labels["id2label"]
-        elif "num_labels" in labels:
-            config.num_labels = labels["num_labels"]
-        else:
-            config.id2label = dict(config.backbone_config.id2label)
-        if "label2id" in labels:
-            config.label2id = labels["label2id"]
-        else:
-            config.label2id = {name: i for i, name in config.id2label.items()}
-        return config, prefix
+    def _config_for_plain(cls, backbone_config, settings):
+        """Without ``num_labels`` / ``id2label`` the new head takes the plain checkpoint's own labels (a fine-tuned
+        ``BertForSequenceClassification`` keeps its label names)."""
+        return config_with_labels(cls.config_class, backbone_config, settings)
 
     def _save_extra_files(self, save_directory):
         """The tokenizer (if any) next to the weights; not the sentence-transformers files of the embedding model."""

@@ -41,7 +41,6 @@ from ..embeddings import truncate_embeddings
 from ..losses import nested_contrastive_loss
 from ..nesting import validate_dim
 from ..quantization import check_code_precision, quantize_embeddings, warn_if_untrained
-from .base import MatryoshkaPreTrainedMixin
 from .gather import all_gather_with_grad
 from .text_common import (
     check_nonempty,
@@ -50,6 +49,7 @@ from .text_common import (
     sentence_transformers_files,
     try_load_tokenizer,
 )
+from .wrapped import WrappedModelMixin, without_pooler_kwargs
 
 POOLING_MODES = ("mean", "cls", "last_token")
 BACKBONE_PREFIX = "backbone"
@@ -165,27 +165,13 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, mode: str) -> torch
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), index.to(hidden.device)]
 
 
-def _backbone_class(config: PretrainedConfig):
-    try:
-        found = AutoModel._model_mapping[type(config)]
-    except KeyError:
-        raise ValueError(f"AutoModel has no model for a {type(config).__name__} (model_type "
-                         f"{config.model_type!r}); the backbone must be a transformers model that "
-                         "AutoModel.from_config builds (remote-code backbones are not supported yet).") from None
-    return found[0] if isinstance(found, (list, tuple)) else found
-
-
 def build_backbone(config: PretrainedConfig) -> PreTrainedModel:
-    """``AutoModel.from_config(config)``, without the pooler of the families that have an ``add_pooling_layer``
-    switch (BERT, RoBERTa, XLM-RoBERTa, MPNet, ...): the embedding is pooled from the last hidden states, so an
-    unused pooler would only hold parameters without gradients (which DDP rejects)."""
-    kwargs = {}
-    if "add_pooling_layer" in inspect.signature(_backbone_class(config).__init__).parameters:
-        kwargs["add_pooling_layer"] = False
-    return AutoModel.from_config(config, **kwargs)
+    """``AutoModel.from_config(config)``, without the pooler of the families that have one: the embedding is pooled
+    from the last hidden states."""
+    return AutoModel.from_config(config, **without_pooler_kwargs(config))
 
 
-class MRLTextEmbeddingPreTrainedModel(MatryoshkaPreTrainedMixin, PreTrainedModel):
+class MRLTextEmbeddingPreTrainedModel(WrappedModelMixin, PreTrainedModel):
     config_class = MRLTextEmbeddingConfig
     config: MRLTextEmbeddingConfig
     base_model_prefix = BACKBONE_PREFIX
@@ -209,80 +195,14 @@ class MRLTextEmbeddingPreTrainedModel(MatryoshkaPreTrainedMixin, PreTrainedModel
             init.normal_(module.projection.weight, mean=0.0, std=std)
             init.zeros_(module.projection.bias)
 
-    # ---- loading ------------------------------------------------------------------------------------------------
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        """``PreTrainedModel.from_pretrained`` for this model's own checkpoints and for plain checkpoints of any
-        ``AutoModel`` text family (see the module docstring), plus the tokenizer saved next to the weights (if any)
-        as ``model.tokenizer``. Config kwargs (``nesting_list=[...]``, ``pooling="last_token"``, ``embedding_dim=``,
-        ``truncate_dim=``) set up a plain checkpoint and override the settings of an own one; all are validated."""
-        plain, plain_prefix = False, None
-        if kwargs.get("config") is None and pretrained_model_name_or_path is not None:
-            found = cls._plain_checkpoint_config(pretrained_model_name_or_path, kwargs)
-            if found is not None:
-                plain = True
-                kwargs["config"], plain_prefix = found
-            if plain_prefix:  # a task-head checkpoint stores the base model under this prefix: load it as backbone.*
-                kwargs["key_mapping"] = {**(kwargs.get("key_mapping") or {}),
-                                         rf"^{plain_prefix}\.": f"{BACKBONE_PREFIX}."}
-        want_info = kwargs.get("output_loading_info", False)
-        if plain:
-            kwargs["output_loading_info"] = True
-        result = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-        model, info = (result[0], result[1]) if isinstance(result, tuple) else (result, None)
-        if plain:
-            if plain_prefix:
-                model._forget_load_key_mapping(plain_prefix)
-            model._check_backbone_loaded(pretrained_model_name_or_path, info)
-        model.config.validate_matryoshka()
-        model.tokenizer = try_load_tokenizer(pretrained_model_name_or_path, kwargs)
-        return (model, info) if want_info else model
+    # ---- loading (plain checkpoints: see mrl_hf/modeling/wrapped.py) ---------------------------------------------
+    _plain_settings = frozenset({"nesting_list", "truncate_dim", "relative_importance", "normalize_embeddings",
+                                 "pooling", "embedding_dim", "contrastive_temperature", "gather_across_processes",
+                                 "efficient", "precisions", "quantization_weight", "binary_surrogate"})
 
-    @classmethod
-    def _plain_checkpoint_config(cls, path, kwargs):
-        """For a checkpoint of another model type: ``(MRLTextEmbeddingConfig around its config, the prefix under which
-        a task-head checkpoint of that family stores the base model)``; ``None`` for this model's own checkpoints."""
-        hub = {k: kwargs[k] for k in cls._HUB_KWARGS if k in kwargs}
-        try:
-            found, _ = PretrainedConfig.get_config_dict(path, **hub)
-        except (OSError, ValueError):  # let from_pretrained report a missing or unreadable checkpoint itself
-            return None
-        model_type = found.get("model_type")
-        if model_type in (None, cls.config_class.model_type):
-            return None
-        if str(model_type).startswith("mrl_"):
-            raise ValueError(f"{str(path)!r} is an mrl_hf {model_type!r} checkpoint; load it with its own class "
-                             "(AutoModel.from_pretrained), or wrap the plain backbone checkpoint it was made from.")
-        backbone_config = AutoConfig.from_pretrained(path, **hub)
-        fields = {"nesting_list", "truncate_dim", "relative_importance", "normalize_embeddings", "pooling",
-                  "embedding_dim", "contrastive_temperature", "gather_across_processes", "efficient", "precisions",
-                  "quantization_weight", "binary_surrogate"}
-        settings = {k: kwargs.pop(k) for k in list(kwargs) if k in fields}
-        config = cls.config_class(backbone_config=backbone_config, **settings)
-        return config, _backbone_class(backbone_config).base_model_prefix or None
-
-    def _forget_load_key_mapping(self, plain_prefix: str) -> None:
-        # transformers keeps the renamings used at load and reverts them on save_pretrained (to write a checkpoint in
-        # the layout it was read from). Ours only maps a task-head checkpoint onto the backbone: saves keep backbone.*.
-        source = rf"^{plain_prefix}\."
-        conversions = getattr(self, "_weight_conversions", None)
-        if conversions:
-            self._weight_conversions = [
-                c for c in conversions
-                if not (list(getattr(c, "source_patterns", []) or []) == [source]
-                        and list(getattr(c, "target_patterns", []) or []) == [f"{BACKBONE_PREFIX}."])]
-
-    def _check_backbone_loaded(self, path, info) -> None:
-        """Refuse a plain checkpoint none of whose weights landed in the backbone (keys under a prefix nobody maps):
-        transformers would only warn, and every backbone weight would be random."""
-        missing = set((info or {}).get("missing_keys", ()))
-        weights = {f"{BACKBONE_PREFIX}.{name}" for name, _ in self.backbone.named_parameters()}
-        if weights and weights <= missing:
-            unexpected = sorted((info or {}).get("unexpected_keys", ()))[:5]
-            raise ValueError(
-                f"no weight of {str(path)!r} fits the {type(self.backbone).__name__} backbone (every backbone weight "
-                f"would be random); its keys look like {unexpected}. Load the checkpoint with "
-                f"AutoModel.from_pretrained and build the model with MRLModelForTextEmbedding.from_backbone(...).")
+    def _after_from_pretrained(self, path, kwargs) -> None:
+        """The tokenizer saved next to the weights (if any) becomes ``model.tokenizer``."""
+        self.tokenizer = try_load_tokenizer(path, kwargs)
 
     # ---- saving -------------------------------------------------------------------------------------------------
     def _save_extra_files(self, save_directory):

@@ -56,11 +56,12 @@ from .auto_classification import (
     build_head,
     check_logits_dim,
     classify,
+    config_with_labels,
     init_classifier_weights,
 )
-from .auto_text import BACKBONE_PREFIX, MRLTextEmbeddingPreTrainedModel, _backbone_class
-from .base import MatryoshkaPreTrainedMixin
+from .auto_text import BACKBONE_PREFIX
 from .vision import MatryoshkaImageClassifierOutput
+from .wrapped import WrappedModelMixin, without_pooler_kwargs
 
 POOLING_MODES = ("auto", "pooler", "cls", "mean")
 
@@ -173,17 +174,14 @@ def pool_image(output, mode: str, num_prefix_tokens: int) -> torch.Tensor:
 def build_image_backbone(config: PretrainedConfig, pooling: str) -> PreTrainedModel:
     """``AutoModel.from_config(config)``; a backbone with an ``add_pooling_layer`` switch (ViT, Swin) gets its pooling
     layer only for ``pooling="pooler"``: an unused one would hold parameters without gradients (which DDP rejects)."""
-    kwargs = {}
-    if "add_pooling_layer" in inspect.signature(_backbone_class(config).__init__).parameters:
-        kwargs["add_pooling_layer"] = pooling == "pooler"
-    backbone = AutoModel.from_config(config, **kwargs)
+    backbone = AutoModel.from_config(config, **without_pooler_kwargs(config, keep_pooler=pooling == "pooler"))
     if "pixel_values" not in inspect.signature(backbone.forward).parameters:
         raise ValueError(f"{type(backbone).__name__} takes no pixel_values: it is not a vision model; for text use "
                          "MRLModelForTextEmbedding or MRLModelForSequenceClassification.")
     return backbone
 
 
-class MRLImagePreTrainedModel(MatryoshkaPreTrainedMixin, PreTrainedModel):
+class MRLImagePreTrainedModel(WrappedModelMixin, PreTrainedModel):
     config_class = MRLImageConfig
     config: MRLImageConfig
     base_model_prefix = BACKBONE_PREFIX
@@ -197,9 +195,6 @@ class MRLImagePreTrainedModel(MatryoshkaPreTrainedMixin, PreTrainedModel):
     supports_gradient_checkpointing = True
     # An unused pooling layer and the classifier of a plain checkpoint (ViTForImageClassification, ...).
     _keys_to_ignore_on_load_unexpected = [r"(^|\.)pooler\.", r"^classifier\."]
-    # The same clean-up of the load-time renaming ``vit.`` -> ``backbone.`` as the text model.
-    _forget_load_key_mapping = MRLTextEmbeddingPreTrainedModel._forget_load_key_mapping
-
     def __init__(self, config: MRLImageConfig):
         super().__init__(config)
         config.validate_matryoshka()
@@ -216,68 +211,15 @@ class MRLImagePreTrainedModel(MatryoshkaPreTrainedMixin, PreTrainedModel):
         if module is self.projection or module in getattr(getattr(self, "head", None), "classifiers", ()):
             init_classifier_weights(module, getattr(self.config.backbone_config, "initializer_range", None) or 0.02)
 
-    # ---- loading ------------------------------------------------------------------------------------------------
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        """``PreTrainedModel.from_pretrained`` for this model's own checkpoints and for plain checkpoints of any
-        ``AutoModel`` vision family (see the module docstring). Config kwargs (``num_labels=``, ``nesting_list=``,
-        ``pooling=``, ``embedding_dim=``, ``efficient=``, ``truncate_dim=``) set up a plain checkpoint and override
-        the settings of an own one."""
-        plain_prefix, plain = None, False
-        if kwargs.get("config") is None and pretrained_model_name_or_path is not None:
-            found = cls._plain_checkpoint_config(pretrained_model_name_or_path, kwargs)
-            if found is not None:
-                plain = True
-                kwargs["config"], plain_prefix = found
-            if plain_prefix:  # a classifier checkpoint stores the base model under this prefix: load it as backbone.*
-                kwargs["key_mapping"] = {**(kwargs.get("key_mapping") or {}),
-                                         rf"^{plain_prefix}\.": f"{BACKBONE_PREFIX}."}
-        want_info = kwargs.get("output_loading_info", False)
-        if plain:
-            kwargs["output_loading_info"] = True
-        result = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-        model, info = (result[0], result[1]) if isinstance(result, tuple) else (result, None)
-        if plain:
-            if plain_prefix:
-                model._forget_load_key_mapping(plain_prefix)
-            missing = set(info["missing_keys"])
-            weights = {f"{BACKBONE_PREFIX}.{name}" for name, _ in model.backbone.named_parameters()}
-            if weights and weights <= missing:
-                raise ValueError(
-                    f"no weight of {str(pretrained_model_name_or_path)!r} fits the {type(model.backbone).__name__} "
-                    f"backbone (every backbone weight would be random); its keys look like "
-                    f"{sorted(info['unexpected_keys'])[:5]}. Save the backbone with "
-                    f"AutoModel.from_pretrained(...).save_pretrained(folder) and load that folder.")
-        model.config.validate_matryoshka()
-        return (model, info) if want_info else model
+    # ---- loading (plain checkpoints: see mrl_hf/modeling/wrapped.py) ---------------------------------------------
+    _plain_settings = frozenset({"nesting_list", "truncate_dim", "relative_importance", "normalize_embeddings",
+                                 "efficient", "pooling", "embedding_dim", "num_labels", "id2label", "label2id"})
+    _auto_class_name = "AutoModelForImageClassification"
 
     @classmethod
-    def _plain_checkpoint_config(cls, path, kwargs):
-        """For a checkpoint of another model type: ``(MRLImageConfig around its config, the prefix under which a
-        classifier checkpoint of that family stores the base model)``; ``None`` for this model's own checkpoints."""
-        hub = {k: kwargs[k] for k in cls._HUB_KWARGS if k in kwargs}
-        try:
-            found, _ = PretrainedConfig.get_config_dict(path, **hub)
-        except (OSError, ValueError):  # let from_pretrained report a missing or unreadable checkpoint itself
-            return None
-        model_type = found.get("model_type")
-        if model_type in (None, cls.config_class.model_type):
-            return None
-        if str(model_type).startswith("mrl_"):
-            raise ValueError(f"{str(path)!r} is an mrl_hf {model_type!r} checkpoint; load it with its own class "
-                             "(AutoModelForImageClassification.from_pretrained), or wrap the plain backbone "
-                             "checkpoint it was made from.")
-        backbone_config = AutoConfig.from_pretrained(path, **hub)
-        fields = {"nesting_list", "truncate_dim", "relative_importance", "normalize_embeddings", "efficient",
-                  "pooling", "embedding_dim", "num_labels", "id2label", "label2id"}
-        settings = {k: kwargs.pop(k) for k in list(kwargs) if k in fields}
-        if not {"num_labels", "id2label"} & set(settings):  # the checkpoint's own classes
-            settings["id2label"] = dict(backbone_config.id2label)
-        num_labels = settings.pop("num_labels", None)
-        config = cls.config_class(backbone_config=backbone_config, **settings)
-        if num_labels is not None and "id2label" not in settings:
-            config.num_labels = num_labels
-        return config, _backbone_class(backbone_config).base_model_prefix or None
+    def _config_for_plain(cls, backbone_config, settings):
+        """Without ``num_labels`` / ``id2label`` the new head takes the checkpoint's own labels."""
+        return config_with_labels(cls.config_class, backbone_config, settings)
 
     # ---- forward ------------------------------------------------------------------------------------------------
     def _check_pixel_values(self, pixel_values) -> None:
