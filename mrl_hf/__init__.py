@@ -31,6 +31,8 @@ _LAZY = {
     "MRLBertConfig": "modeling",
     "MRLBertForMaskedLM": "modeling",
     "MRLBertModel": "modeling",
+    "MRLMaskedLMConfig": "modeling",
+    "MRLModelForMaskedLM": "modeling",
     "MRLModelForTextEmbedding": "modeling",
     "MRLTextEmbeddingConfig": "modeling",
     "MRLImageConfig": "modeling",

@@ -19,6 +19,7 @@ PLOT_FILE = "mrl_accuracy_vs_dim.png"
 _KINDS = {
     "MRLBertModel": ("feature-extraction", "embedding", "an embedding", ["sentence-similarity", "text-embeddings"]),
     "MRLBertForMaskedLM": ("fill-mask", "hidden state", "the input of the (tied) MLM decoder", ["fill-mask"]),
+    "MRLModelForMaskedLM": ("fill-mask", "hidden state", "the input of the (tied) MLM decoder", ["fill-mask"]),
     "MRLResNetForImageClassification": ("image-classification", "image feature", "a classifier input", ["vision"]),
     "MRLViTForImageClassification": ("image-classification", "image feature", "a classifier input", ["vision"]),
     "MRLModelForImageClassification": ("image-classification", "image feature", "a classifier input", ["vision"]),
@@ -70,16 +71,43 @@ def usage_snippets(architecture: str, repo_id: str, dim: int, remote_code: bool)
                 'embeddings = model.encode(["How do I reset my password?"], normalize_embeddings=True)\n'
                 f"print(embeddings.shape)  # (1, {dim})"),
         }
-    if architecture == "MRLBertForMaskedLM":
+    if architecture in ("MRLBertForMaskedLM", "MRLModelForMaskedLM"):
         return {
             "mrl_hf_snippet": (
-                "from mrl_hf.modeling import MRLBertForMaskedLM\n\n"
-                f'model = MRLBertForMaskedLM.from_pretrained("{repo_id}", truncate_dim={dim})\n'
-                'batch = model.tokenizer("Paris is the [MASK] of France.", return_tensors="pt")\n'
+                f"from mrl_hf.modeling import {architecture}\n\n"
+                f'model = {architecture}.from_pretrained("{repo_id}", truncate_dim={dim})\n'
+                'text = f"Paris is the {model.tokenizer.mask_token} of France."\n'
+                'batch = model.tokenizer(text, return_tensors="pt")\n'
                 f"logits = model(**batch).logits  # vocabulary logits from the first {dim} dims"),
             "transformers_snippet": (
                 f"{register}from transformers import AutoModelForMaskedLM\n\n"
                 f'model = AutoModelForMaskedLM.from_pretrained("{repo_id}"{trust}, truncate_dim={dim})'),
+            "st_snippet": None,
+        }
+    if architecture == "MRLModelForSequenceClassification":
+        return {
+            "mrl_hf_snippet": (
+                f"from mrl_hf.modeling import {architecture}\n\n"
+                f'model = {architecture}.from_pretrained("{repo_id}")\n'
+                'batch = model.tokenizer(["I loved this film."], return_tensors="pt")\n'
+                f"logits = model(**batch, truncate_dim={dim}).logits  # the classifier on the first {dim} dims"),
+            "transformers_snippet": (
+                f"{register}from transformers import AutoModelForSequenceClassification\n\n"
+                f'model = AutoModelForSequenceClassification.from_pretrained("{repo_id}"{trust}, truncate_dim={dim})'),
+            "st_snippet": None,
+        }
+    if architecture == "MRLModelForImageEmbedding":
+        return {
+            "mrl_hf_snippet": (
+                f"from mrl_hf.modeling import {architecture}\n\n"
+                f'model = {architecture}.from_pretrained("{repo_id}")\n'
+                f"embeddings = model.get_image_features(pixel_values, truncate_dim={dim}, normalize=True)"
+                f"  # (batch, {dim})"),
+            "transformers_snippet": (
+                f"{register}from transformers import AutoModel\n\n"
+                f'model = AutoModel.from_pretrained("{repo_id}"{trust}, truncate_dim={dim})\n'
+                "out = model(pixel_values=pixel_values, normalize=True)\n"
+                f"out.truncated_embeddings  # (batch, {dim}): the first {dim} dims, L2-normalised after slicing"),
             "st_snippet": None,
         }
     return {

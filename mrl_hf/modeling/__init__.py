@@ -1,5 +1,6 @@
 """Model families. Importing this package registers them with the transformers Auto classes."""
-from .bert import MRLBertConfig, MRLBertForMaskedLM, MRLBertModel, masked_lm_accuracy  # noqa: F401
+from .bert import MRLBertConfig, MRLBertForMaskedLM, MRLBertModel  # noqa: F401
+from .masked_lm import MRLMaskedLMConfig, MRLMaskedLMOutput, MRLModelForMaskedLM, masked_lm_accuracy  # noqa: F401,E402
 from .vision import (MRLResNetConfig, MRLResNetForImageClassification, MRLViTConfig,  # noqa: F401
                      MRLViTForImageClassification, MatryoshkaImageClassifierOutput)
 from .align import MRLAlignConfig, MRLAlignModel, MRLAlignOutput, MRLAlignProcessor  # noqa: F401,E402

