@@ -54,10 +54,12 @@ def test_config_defaults_and_errors():
         MRLAlignConfig(text_config=tiny_text_config(), vision_config=tiny_vit_config(), text_pooling="max")
     with pytest.raises(ValueError, match="temperature_init_value=0"):
         MRLAlignConfig(text_config=tiny_text_config(), vision_config=tiny_vit_config(), temperature_init_value=0)
-    with pytest.raises(TypeError, match="vision_config must be a ViTConfig or ResNetConfig"):
+    with pytest.raises(ValueError, match="vision_config is a 'bert' config, whose BertModel takes no pixel_values"):
         MRLAlignConfig(text_config=tiny_text_config(), vision_config=tiny_text_config())
-    with pytest.raises(TypeError, match="text_config must be a BertConfig"):
+    with pytest.raises(ValueError, match="text_config is a 'vit' config, whose ViTModel takes no input_ids"):
         MRLAlignConfig(text_config=tiny_vit_config(), vision_config=tiny_vit_config())
+    with pytest.raises(ValueError, match="vision_pooling='max'"):
+        MRLAlignConfig(text_config=tiny_text_config(), vision_config=tiny_vit_config(), vision_pooling="max")
 
 
 def test_config_round_trips_through_dict_with_resnet_tower():
@@ -206,8 +208,56 @@ def test_from_text_vision_pretrained_copies_plain_towers():
     enc = tokenizer(["a photo of a bag"], return_tensors="pt")
     hidden = plain_text(**enc).last_hidden_state.mean(1)
     torch.testing.assert_close(model.get_text_features(**enc), model.text_projection(hidden), rtol=1e-4, atol=1e-5)
-    with pytest.raises(TypeError, match="vision_model must contain a ViTModel or ResNetModel"):
+    with pytest.raises(ValueError, match="vision_config is a 'bert' config, whose BertModel takes no pixel_values"):
         MRLAlignModel.from_text_vision_pretrained(plain_text, plain_text)
+
+
+TOWERS = {
+    "xlm-roberta": dict(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=40),
+    "qwen3": dict(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                  head_dim=8, intermediate_size=32),
+    "dinov2": dict(image_size=8, patch_size=4, num_channels=1, hidden_size=16, num_hidden_layers=1,
+                   num_attention_heads=2, mlp_ratio=2),
+    "convnext": dict(num_channels=1, hidden_sizes=[8, 12], depths=[1, 1], num_stages=2, patch_size=2),
+}
+
+
+@pytest.mark.parametrize("text,vision,pooling", [("xlm-roberta", "dinov2", "mean"), ("qwen3", "convnext",
+                                                                                       "last_token")])
+def test_dual_encoder_from_any_text_and_vision_pair(text, vision, pooling, tmp_path):
+    """Towers of other families: features are the towers' own outputs pooled as their families read them, the nested
+    loss trains both, and save/load is bit-exact through AutoModel."""
+    torch.manual_seed(0)
+    plain_text = AutoModel.from_config(AutoConfig.for_model(text, **TOWERS[text])).eval()
+    plain_vision = AutoModel.from_config(AutoConfig.for_model(vision, **TOWERS[vision])).eval()
+    model = MRLAlignModel.from_text_vision_pretrained(plain_text, plain_vision, nesting_list=[4, 8],
+                                                      text_pooling=pooling)
+    ids, mask, pixels = batch()
+    mask[2, 1:] = 0  # a row of one token: last-token pooling must read token 0
+    with torch.no_grad():
+        hidden = plain_text(ids, attention_mask=mask).last_hidden_state
+        pooled = (hidden[torch.arange(6), mask.sum(1) - 1] if pooling == "last_token"
+                  else (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True))
+        torch.testing.assert_close(model.get_text_features(ids, attention_mask=mask), model.text_projection(pooled),
+                                   rtol=1e-5, atol=1e-6)
+        image = plain_vision(pixels).pooler_output  # DINOv2: [CLS] after the final norm; ConvNeXt: normed mean
+        torch.testing.assert_close(model.get_image_features(pixels), model.visual_projection(image),
+                                   rtol=1e-5, atol=1e-6)
+    model.train()
+    out = model(input_ids=ids, attention_mask=mask, pixel_values=pixels)
+    out.loss.backward()
+    assert out.per_dim_losses.shape == (2,)
+    assert model.text_model.get_input_embeddings().weight.grad.abs().sum() > 0
+    unused = [n for n, p in model.vision_model.named_parameters() if p.grad is None]
+    assert unused in ([], ["embeddings.mask_token"]), unused  # DINOv2's token for masked-image pre-training
+    model.eval().save_pretrained(tmp_path)
+    again = AutoModel.from_pretrained(tmp_path).eval()
+    assert type(again.text_model).__name__ == type(plain_text).__name__
+    with torch.no_grad():
+        assert torch.equal(again.get_image_features(pixels), model.get_image_features(pixels))
+        assert torch.equal(again.get_text_features(ids, attention_mask=mask),
+                           model.get_text_features(ids, attention_mask=mask))
 
 
 # ---- evaluation ------------------------------------------------------------------------------------------------

@@ -1,7 +1,11 @@
-"""ALIGN-style dual encoder with Matryoshka embeddings on both towers (the paper's vision + language setup).
+"""ALIGN/CLIP-style dual encoder with Matryoshka embeddings on both towers (the paper's vision + language setup), from
+any (vision, text) pair of ``transformers`` models, as transformers' ``VisionTextDualEncoderModel`` builds one.
 
-A BERT text tower (pooled: masked mean or [CLS]) and a ViT or ResNet image tower (ViT: [CLS] after the final
-layer norm; ResNet: global average pool) are each projected to ``projection_dim``. Training minimises the nested
+The text tower is any ``AutoModel`` text model (BERT, XLM-RoBERTa, ModernBERT, MPNet, a decoder such as Qwen3, ...),
+pooled like ``MRLModelForTextEmbedding`` (``text_pooling``: masked mean, first token or last token); the image tower is
+any ``AutoModel`` vision model (ViT, DINOv2, ConvNeXt, Swin, ResNet, ...), pooled like ``MRLModelForImageEmbedding``
+(``vision_pooling="auto"``: ViT's [CLS] after the final layer norm, ResNet's global average pool, ...). Each is
+projected to ``projection_dim``. Training minimises the nested
 symmetric InfoNCE ``sum_m c_m * L_m``: at every size m in ``nesting_list`` the first m features of each image and
 text embedding are L2-normalised on their own and compared by cosine similarity / temperature, with in-batch
 negatives. In a multi-process run the embeddings are gathered across processes first (differentiably), so every
@@ -10,6 +14,7 @@ process sees the global batch's negatives; ``gather_across_processes=False`` tur
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import os
 from dataclasses import dataclass
@@ -21,15 +26,9 @@ from transformers import (
     AutoConfig,
     AutoModel,
     AutoProcessor,
-    BertConfig,
-    BertModel,
     PretrainedConfig,
     PreTrainedModel,
     ProcessorMixin,
-    ResNetConfig,
-    ResNetModel,
-    ViTConfig,
-    ViTModel,
 )
 from transformers import initialization as init
 from transformers.configuration_utils import SubConfigSpec
@@ -39,21 +38,27 @@ from ..config import MATRYOSHKA_KEYS, MatryoshkaConfigMixin
 from ..embeddings import truncate_embeddings
 from ..losses import nested_contrastive_loss, nested_cosine_similarities
 from ..nesting import validate_dim
+from .auto_text import POOLING_MODES as TEXT_POOLING_MODES
+from .auto_text import build_backbone, pool, text_hidden_size
+from .auto_vision import POOLING_MODES as VISION_POOLING_MODES
+from .auto_vision import build_image_backbone, image_width, pool_image, prefix_tokens
 from .base import MatryoshkaPreTrainedMixin
 from .gather import all_gather_with_grad
-
-TEXT_POOLING_MODES = ("mean", "cls")
+from .wrapped import backbone_class
 
 
 @strict
 class MRLAlignConfig(MatryoshkaConfigMixin, PretrainedConfig):
     """Config of ``MRLAlignModel``.
 
-    text_config: a ``BertConfig`` (or dict); default: BERT-base.
-    vision_config: a ``ViTConfig`` or ``ResNetConfig`` (or a dict with ``model_type`` "vit" / "resnet"); default: ViT-B/16.
+    text_config: the config of any ``AutoModel`` text model (or a dict with its ``model_type``); default: BERT-base.
+    vision_config: the config of any ``AutoModel`` vision model (or a dict with its ``model_type``); default: ViT-B/16.
     projection_dim: size of both embeddings (default: the last entry of ``nesting_list`` if one is given, else 640
         as in ALIGN); it must equal ``nesting_list[-1]``.
-    text_pooling: ``"mean"`` (masked mean of the last hidden states, as sentence-transformers models use) or ``"cls"``.
+    text_pooling: ``"mean"`` (masked mean of the last hidden states, as sentence-transformers models use), ``"cls"``
+        or ``"last_token"`` (decoders).
+    vision_pooling: ``"auto"`` (what the family's own classifier reads), ``"pooler"``, ``"cls"`` or ``"mean"``
+        (see ``mrl_hf.modeling.auto_vision``).
     temperature_init_value: initial softmax temperature of the contrastive loss (CLIP's 0.07).
     learnable_temperature: learn it (stored as ``logit_scale = log(1 / temperature)``, capped at ``max_logit_scale``)
         or keep it fixed.
@@ -72,6 +77,7 @@ class MRLAlignConfig(MatryoshkaConfigMixin, PretrainedConfig):
     vision_config: dict | PretrainedConfig | None = None
     projection_dim: int | None = None
     text_pooling: str = "mean"
+    vision_pooling: str = "auto"
     temperature_init_value: float = 0.07
     learnable_temperature: bool = True
     max_logit_scale: float = 100.0
@@ -97,15 +103,22 @@ class MRLAlignConfig(MatryoshkaConfigMixin, PretrainedConfig):
                 f"projection_dim={list(self.nesting_list)[-1]} or end nesting_list with {self.projection_dim}.")
         if self.text_pooling not in TEXT_POOLING_MODES:
             raise ValueError(f"text_pooling={self.text_pooling!r} is not supported; choose one of {TEXT_POOLING_MODES}.")
+        if self.vision_pooling not in VISION_POOLING_MODES:
+            raise ValueError(f"vision_pooling={self.vision_pooling!r} is not supported; choose one of "
+                             f"{VISION_POOLING_MODES}.")
         if not self.temperature_init_value > 0:
             raise ValueError(f"temperature_init_value={self.temperature_init_value} must be > 0 (e.g. 0.07).")
         if not self.max_logit_scale > 0:
             raise ValueError(f"max_logit_scale={self.max_logit_scale} must be > 0 (CLIP uses 100).")
-        if not isinstance(self.text_config, BertConfig):
-            raise TypeError(f"text_config must be a BertConfig (or a dict for one), got {type(self.text_config).__name__}.")
-        if not isinstance(self.vision_config, (ViTConfig, ResNetConfig)):
-            raise TypeError("vision_config must be a ViTConfig or ResNetConfig (or a dict with model_type 'vit' or "
-                            f"'resnet'), got {type(self.vision_config).__name__}.")
+        for name in ("text_config", "vision_config"):
+            if not isinstance(getattr(self, name), PretrainedConfig):
+                raise TypeError(f"{name} must be a transformers config (or a dict with its model_type), got "
+                                f"{type(getattr(self, name)).__name__}.")
+        for name, kind, takes in (("text_config", "text", "input_ids"), ("vision_config", "vision", "pixel_values")):
+            tower = backbone_class(getattr(self, name))
+            if takes not in inspect.signature(tower.forward).parameters:
+                raise ValueError(f"{name} is a {getattr(self, name).model_type!r} config, whose {tower.__name__} takes "
+                                 f"no {takes}; give a {kind} model's config.")
         super().validate_matryoshka()
 
 
@@ -143,13 +156,12 @@ class MRLAlignPreTrainedModel(MatryoshkaPreTrainedMixin, PreTrainedModel):
     base_model_prefix = "mrl_align"
     input_modalities = ("image", "text")
     supports_gradient_checkpointing = True
-    # What the towers support (BERT and ViT; ResNet has no attention), as CLIP declares for its own towers.
+    # What the towers support decides (transformers checks each tower's class when it is built).
     _supports_sdpa = True
     _supports_flash_attn = True
     _supports_flex_attn = True
     _supports_attention_backend = True
-    _no_split_modules = ["BertEmbeddings", "BertLayer", "ViTEmbeddings", "ViTLayer", "ResNetConvLayer",
-                         "ResNetShortCut"]
+    _no_split_modules = []  # transformers adds each tower's own
 
     def _init_weights(self, module):
         super()._init_weights(module)
@@ -196,15 +208,13 @@ class MRLAlignModel(MRLAlignPreTrainedModel):
     def __init__(self, config: MRLAlignConfig):
         super().__init__(config)
         config.validate_matryoshka()
-        self.text_model = BertModel(config.text_config, add_pooling_layer=False)
-        if isinstance(config.vision_config, ViTConfig):
-            self.vision_model = ViTModel(config.vision_config, add_pooling_layer=False)
-            vision_width = config.vision_config.hidden_size
-        else:
-            self.vision_model = ResNetModel(config.vision_config)
-            vision_width = config.vision_config.hidden_sizes[-1]
-        self.text_projection = nn.Linear(config.text_config.hidden_size, config.projection_dim, bias=False)
-        self.visual_projection = nn.Linear(vision_width, config.projection_dim, bias=False)
+        self.text_model = build_backbone(config.text_config)
+        self.vision_model = build_image_backbone(config.vision_config, config.vision_pooling)
+        text_args = inspect.signature(self.text_model.forward).parameters
+        self._text_takes = {name for name in ("token_type_ids", "use_cache") if name in text_args}
+        self._vision_prefix_tokens = prefix_tokens(self.vision_model)
+        self.text_projection = nn.Linear(text_hidden_size(config.text_config), config.projection_dim, bias=False)
+        self.visual_projection = nn.Linear(image_width(config.vision_config), config.projection_dim, bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / config.temperature_init_value)),
                                         requires_grad=config.learnable_temperature)
         self.processor = None
@@ -227,14 +237,13 @@ class MRLAlignModel(MRLAlignPreTrainedModel):
                              "(e.g. dataloader_drop_last=True).")
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        hidden = self.text_model(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                                 position_ids=position_ids, return_dict=True).last_hidden_state
-        if self.config.text_pooling == "cls":
-            pooled = hidden[:, 0]
-        else:
-            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9)
-        return self.text_projection(pooled)
+        kwargs = {"position_ids": position_ids} if position_ids is not None else {}
+        if token_type_ids is not None and "token_type_ids" in self._text_takes:
+            kwargs["token_type_ids"] = token_type_ids  # tokenizers give them to families that have none
+        if "use_cache" in self._text_takes:
+            kwargs["use_cache"] = False  # a decoder would otherwise build a key/value cache
+        hidden = self.text_model(input_ids, attention_mask=attention_mask, return_dict=True, **kwargs).last_hidden_state
+        return self.text_projection(pool(hidden, attention_mask, self.config.text_pooling))
 
     def _image_embeds(self, pixel_values):
         vc = self.config.vision_config
@@ -245,11 +254,8 @@ class MRLAlignModel(MRLAlignPreTrainedModel):
         if pixel_values.shape[0] == 0:
             raise ValueError("pixel_values is an empty batch (0 images); skip empty batches "
                              "(e.g. dataloader_drop_last=True).")
-        if isinstance(vc, ViTConfig):
-            pooled = self.vision_model(pixel_values, return_dict=True).last_hidden_state[:, 0]
-        else:
-            pooled = self.vision_model(pixel_values, return_dict=True).pooler_output.flatten(1)
-        return self.visual_projection(pooled)
+        out = self.vision_model(pixel_values, return_dict=True)
+        return self.visual_projection(pool_image(out, self.config.vision_pooling, self._vision_prefix_tokens))
 
     def _truncate(self, embeds, truncate_dim, normalize):
         dim = self.config.truncate_dim if truncate_dim is None else truncate_dim
@@ -332,14 +338,15 @@ class MRLAlignModel(MRLAlignPreTrainedModel):
     def from_text_vision_pretrained(cls, text_model, vision_model, **config_kwargs) -> "MRLAlignModel":
         """A dual encoder whose towers are copied from plain checkpoints; projections and temperature are new.
 
-        ``text_model``: a BERT model (``BertModel``, e.g. all-MiniLM-L6-v2, ``BertForMaskedLM``, ``MRLBertModel``, ...)
-        or its Hub id / local path. ``vision_model``: a ``ViTModel`` / ``ResNetModel`` (or a classifier built on one,
-        the head is dropped) or its Hub id / local path. ``config_kwargs`` go to ``MRLAlignConfig``
-        (``projection_dim``, ``nesting_list``, ``text_pooling``, ...).
+        ``text_model``: any text model (``BertModel`` such as all-MiniLM-L6-v2, ``XLMRobertaModel``, a model with a
+        task head such as ``BertForMaskedLM``, an ``MRLBertModel`` / ``MRLModelForTextEmbedding``, ...) or its Hub id /
+        local path. ``vision_model``: any vision model (``ViTModel``, ``Dinov2Model``, ``ConvNextModel``, a classifier
+        built on one, whose head is dropped, ...) or its Hub id / local path. ``config_kwargs`` go to
+        ``MRLAlignConfig`` (``projection_dim``, ``nesting_list``, ``text_pooling``, ``vision_pooling``, ...).
         """
-        text_base = _base_model(text_model, BertModel, "text_model")
-        vision_base = _base_model(vision_model, (ViTModel, ResNetModel), "vision_model")
-        config = MRLAlignConfig(text_config=_plain_config(text_base.config, BertConfig),
+        text_base = _base_model(text_model, "text_model")
+        vision_base = _base_model(vision_model, "vision_model")
+        config = MRLAlignConfig(text_config=_plain_config(text_base.config, type(text_base).config_class),
                                 vision_config=_plain_config(vision_base.config, type(vision_base).config_class),
                                 **config_kwargs)
         model = cls(config)
@@ -352,16 +359,16 @@ class MRLAlignModel(MRLAlignPreTrainedModel):
         return model.eval()  # like from_pretrained; Trainer switches to train mode
 
 
-def _base_model(model, classes, name):
+def _base_model(model, name):
+    """The plain transformers base model inside ``model`` (a path / Hub id is loaded with ``AutoModel``)."""
     if isinstance(model, (str, os.PathLike)):
         model = AutoModel.from_pretrained(model)
-    if not isinstance(model, nn.Module):
+    if not isinstance(model, PreTrainedModel):
         raise TypeError(f"{name} must be a transformers model or a checkpoint path / Hub id, got {type(model).__name__}.")
-    for module in (model, getattr(model, "base_model", None), *model.children()):
-        if isinstance(module, classes):
+    for module in (getattr(model, "backbone", None), getattr(model, "base_model", None), model):
+        if isinstance(module, PreTrainedModel) and not type(module).__module__.startswith("mrl_hf."):
             return module
-    wanted = " or ".join(c.__name__ for c in (classes if isinstance(classes, tuple) else (classes,)))
-    raise TypeError(f"{name} must contain a {wanted}, got {type(model).__name__}.")
+    raise TypeError(f"{name}: no plain transformers model inside the {type(model).__name__}.")
 
 
 def _plain_config(config, plain_class):

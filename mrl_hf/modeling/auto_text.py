@@ -55,6 +55,17 @@ POOLING_MODES = ("mean", "cls", "last_token")
 BACKBONE_PREFIX = "backbone"
 
 
+def text_hidden_size(config: PretrainedConfig) -> int:
+    """The width of a text model's hidden states (``hidden_size``, or ``d_model`` / ``dim`` / ``n_embd``)."""
+    text = config.get_text_config()
+    for key in ("hidden_size", "d_model", "dim", "n_embd"):
+        value = getattr(text, key, None)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    raise ValueError(f"cannot tell the hidden size of the {config.model_type!r} backbone (its config has no "
+                     "hidden_size / d_model); it is not a text model that can be pooled.")
+
+
 @strict
 class MRLTextEmbeddingConfig(MatryoshkaConfigMixin, PretrainedConfig):
     """Config of ``MRLModelForTextEmbedding``: the backbone's config plus the Matryoshka and embedding settings.
@@ -97,13 +108,7 @@ class MRLTextEmbeddingConfig(MatryoshkaConfigMixin, PretrainedConfig):
 
     @property
     def backbone_hidden_size(self) -> int:
-        text = self.backbone_config.get_text_config()
-        for key in ("hidden_size", "d_model", "dim", "n_embd"):
-            value = getattr(text, key, None)
-            if isinstance(value, int) and not isinstance(value, bool):
-                return value
-        raise ValueError(f"cannot tell the hidden size of the {self.backbone_config.model_type!r} backbone (its config "
-                         "has no hidden_size / d_model); it is not a text model MRLModelForTextEmbedding can pool.")
+        return text_hidden_size(self.backbone_config)
 
     @property
     def matryoshka_embedding_dim(self) -> int:

@@ -66,6 +66,17 @@ from .wrapped import WrappedModelMixin, without_pooler_kwargs
 POOLING_MODES = ("auto", "pooler", "cls", "mean")
 
 
+def image_width(config: PretrainedConfig) -> int:
+    """The width of a vision model's pooled vector: ``hidden_sizes[-1]`` (ResNet, ConvNeXt) or ``hidden_size`` (ViT,
+    Swin, DINOv2)."""
+    sizes = getattr(config, "hidden_sizes", None)
+    width = sizes[-1] if isinstance(sizes, (list, tuple)) and sizes else getattr(config, "hidden_size", None)
+    if isinstance(width, int) and not isinstance(width, bool):
+        return width
+    raise ValueError(f"cannot tell the feature width of the {config.model_type!r} backbone (its config has no "
+                     "hidden_sizes / hidden_size); it is not a vision model that can be pooled.")
+
+
 @strict
 class MRLImageConfig(MatryoshkaConfigMixin, PretrainedConfig):
     """Config of ``MRLModelForImageClassification`` and ``MRLModelForImageEmbedding``: the backbone's config plus the
@@ -106,14 +117,7 @@ class MRLImageConfig(MatryoshkaConfigMixin, PretrainedConfig):
 
     @property
     def backbone_width(self) -> int:
-        """The width of the pooled vector: ``hidden_sizes[-1]`` (ResNet, ConvNeXt) or ``hidden_size`` (ViT, Swin)."""
-        sizes = getattr(self.backbone_config, "hidden_sizes", None)
-        width = sizes[-1] if isinstance(sizes, (list, tuple)) and sizes else getattr(self.backbone_config,
-                                                                                     "hidden_size", None)
-        if isinstance(width, int) and not isinstance(width, bool):
-            return width
-        raise ValueError(f"cannot tell the feature width of the {self.backbone_config.model_type!r} backbone (its "
-                         "config has no hidden_sizes / hidden_size); it is not a vision model these classes can pool.")
+        return image_width(self.backbone_config)
 
     @property
     def matryoshka_embedding_dim(self) -> int:
