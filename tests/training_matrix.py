@@ -19,19 +19,25 @@ import os
 import sys
 
 import torch
-from transformers import BertConfig, TrainingArguments, ViTConfig, default_data_collator
+from transformers import AutoConfig, BertConfig, TrainingArguments, ViTConfig, default_data_collator
 
 from mrl_hf.distillation import MatryoshkaDistillationLoss, MatryoshkaDistillationTrainer
 from mrl_hf.distributed import end_distributed_run
-from mrl_hf.modeling import (MRLBertConfig, MRLBertForMaskedLM, MRLBertModel, MRLResNetConfig,
-                             MRLResNetForImageClassification, MRLViTConfig, MRLViTForImageClassification)
+from mrl_hf.modeling import (MRLBertConfig, MRLBertForMaskedLM, MRLBertModel, MRLImageConfig, MRLMaskedLMConfig,
+                             MRLModelForImageClassification, MRLModelForMaskedLM, MRLModelForSequenceClassification,
+                             MRLModelForTextEmbedding, MRLResNetConfig, MRLResNetForImageClassification,
+                             MRLTextClassificationConfig, MRLTextEmbeddingConfig, MRLViTConfig,
+                             MRLViTForImageClassification)
 from mrl_hf.modeling.align import MRLAlignConfig, MRLAlignModel
 from mrl_hf.trainer import MRLTrainer
 
 GLOBAL_BATCH, STEPS, N, LR = 8, 4, 32, 0.1
-KINDS = ("mlm", "embed", "resnet", "resnet_e", "vit", "vit_e", "align", "distill")
-ITEM_WEIGHTED = ("mlm", "vit", "vit_e")  # loss = sum over labelled items / their number in the global batch
-GATHERED = ("embed", "align", "distill")  # losses over the global batch in every process
+# The families' own classes, then the classes that wrap any transformers model (on families other than BERT/ViT).
+KINDS = ("mlm", "embed", "resnet", "resnet_e", "vit", "vit_e", "align", "distill",
+         "mlm_auto", "embed_auto", "seqcls_auto", "image_auto", "align_auto")
+# loss = sum over labelled items / their number in the global batch
+ITEM_WEIGHTED = ("mlm", "vit", "vit_e", "mlm_auto", "seqcls_auto", "image_auto")
+GATHERED = ("embed", "align", "distill", "embed_auto", "align_auto")  # losses over the global batch in every process
 NESTING = [4, 8, 16]
 TINY_BERT = dict(vocab_size=60, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
                  max_position_embeddings=16, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
@@ -39,10 +45,21 @@ TINY_VIT = dict(image_size=8, patch_size=4, num_channels=1, hidden_size=16, num_
                 intermediate_size=32, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
 TINY_RESNET = dict(num_channels=1, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic")
 TEACHER_DIM = 12
+# Tiny configs of other families for the generic classes (no dropout, so every run is deterministic).
+TINY_XLMR = AutoConfig.for_model("xlm-roberta", **TINY_BERT)
+TINY_MPNET = AutoConfig.for_model("mpnet", **TINY_BERT)
+TINY_QWEN3 = AutoConfig.for_model("qwen3", vocab_size=60, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                  num_key_value_heads=1, head_dim=8, intermediate_size=32, max_position_embeddings=16)
+TINY_CONVNEXT = AutoConfig.for_model("convnext", num_channels=1, hidden_sizes=[8, 16], depths=[1, 1], num_stages=2,
+                                     patch_size=2)
+TINY_DINOV2 = AutoConfig.for_model("dinov2", image_size=8, patch_size=4, num_channels=1, hidden_size=16,
+                                   num_hidden_layers=1, num_attention_heads=2, mlp_ratio=2)
 
 
 def build(kind):
     """A fresh model (same initial weights every call) and the N training rows."""
+    if kind == "mlm_auto":  # the same masked rows as "mlm"
+        data = build("mlm")[1]
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(1)
     ids = lambda: torch.randint(5, 60, (6,), generator=g)  # noqa: E731
@@ -75,6 +92,23 @@ def build(kind):
     elif kind == "distill":
         model = MRLBertModel(MRLBertConfig(nesting_list=NESTING, **TINY_BERT))
         data = [{"input_ids": ids(), "teacher_embeddings": torch.randn(TEACHER_DIM, generator=g)} for _ in range(N)]
+    elif kind == "mlm_auto":
+        model = MRLModelForMaskedLM(MRLMaskedLMConfig(backbone_config=TINY_XLMR, nesting_list=NESTING))
+    elif kind == "embed_auto":  # a decoder, last-token pooling; a milder temperature keeps SGD at LR 0.1 from diverging
+        model = MRLModelForTextEmbedding(MRLTextEmbeddingConfig(backbone_config=TINY_QWEN3, pooling="last_token",
+                                                                nesting_list=NESTING, contrastive_temperature=0.5))
+        data = [{"input_ids": ids(), "positive_input_ids": ids()} for _ in range(N)]
+    elif kind == "seqcls_auto":
+        model = MRLModelForSequenceClassification(MRLTextClassificationConfig(backbone_config=TINY_MPNET,
+                                                                              nesting_list=NESTING, num_labels=5))
+        data = [{"input_ids": ids(), "labels": torch.tensor(i % 5)} for i in range(N)]
+    elif kind == "image_auto":
+        model = MRLModelForImageClassification(MRLImageConfig(backbone_config=TINY_CONVNEXT, nesting_list=NESTING,
+                                                              num_labels=5, efficient=True))
+        data = [{"pixel_values": images(), "labels": torch.tensor(i % 5)} for i in range(N)]
+    elif kind == "align_auto":
+        model = MRLAlignModel(MRLAlignConfig(text_config=TINY_XLMR, vision_config=TINY_DINOV2, nesting_list=NESTING))
+        data = [{"input_ids": ids(), "pixel_values": images()} for _ in range(N)]
     else:
         raise ValueError(f"kind={kind!r}; choose one of {KINDS}.")
     return model.double(), [{k: v.double() if v.is_floating_point() else v for k, v in d.items()} for d in data]

@@ -47,6 +47,12 @@ class WrappedModelMixin(MatryoshkaPreTrainedMixin):
     _plain_settings: frozenset[str] = frozenset()
     _auto_class_name = "AutoModel"  # named in the error for a checkpoint of another mrl_hf class
 
+    def post_init(self):
+        # Activation checkpointing works when the wrapped family has it (MPNet, ConvNeXt and ResNet do not), so
+        # gradient_checkpointing_enable() refuses with transformers' own error otherwise.
+        self.supports_gradient_checkpointing = getattr(self, self.base_model_prefix).supports_gradient_checkpointing
+        super().post_init()
+
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         """``PreTrainedModel.from_pretrained`` for this model's own checkpoints and for plain checkpoints of any
