@@ -210,8 +210,54 @@ ref = torch.load(expected)
 result.update(module=type(model).__module__, shape=list(out.truncated_embeddings.shape),
               text=(out.embeddings - ref["text"]).abs().max().item(),
               image=(vision(pixel_values=ref["pixels"]).logits - ref["logits"]).abs().max().item())
+import transformers
+result["generic"] = {}
+for name, case in ref["generic"].items():  # the classes that wrap any transformers model
+    generic = getattr(transformers, case["auto"]).from_pretrained(case["path"], trust_remote_code=True).eval()
+    with torch.no_grad():
+        got = getattr(generic(**case["inputs"]), case["output"])
+    result["generic"][name] = [type(generic).__name__, (got - case["expected"]).abs().max().item()]
 print(json.dumps(result))
 """
+
+
+def generic_models(folder):
+    """Tiny models of the generic classes on families other than BERT/ResNet, saved, with inputs and outputs."""
+    from transformers import AutoConfig
+
+    from mrl_hf.modeling import (MRLAlignConfig, MRLAlignModel, MRLImageConfig, MRLMaskedLMConfig,
+                                 MRLModelForImageClassification, MRLModelForMaskedLM, MRLModelForTextEmbedding,
+                                 MRLTextEmbeddingConfig)
+
+    text = dict(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    xlmr = AutoConfig.for_model("xlm-roberta", **text, max_position_embeddings=40)
+    modernbert = AutoConfig.for_model("modernbert", **text, global_attn_every_n_layers=1, local_attention=16,
+                                      pad_token_id=0, bos_token_id=1, eos_token_id=2, cls_token_id=1, sep_token_id=2)
+    dinov2 = AutoConfig.for_model("dinov2", image_size=16, patch_size=8, hidden_size=16, num_hidden_layers=1,
+                                  num_attention_heads=2, mlp_ratio=2)
+    ids = {"input_ids": torch.randint(3, 50, (2, 6)), "attention_mask": torch.tensor([[1] * 6, [1] * 4 + [0] * 2])}
+    pixels = {"pixel_values": torch.randn(2, 3, 16, 16)}
+    torch.manual_seed(0)
+    cases = {
+        "text_xlmr": (MRLModelForTextEmbedding(MRLTextEmbeddingConfig(backbone_config=xlmr, nesting_list=[4, 16])),
+                      "AutoModel", ids, "embeddings"),
+        "mlm_modernbert": (MRLModelForMaskedLM(MRLMaskedLMConfig(backbone_config=modernbert, nesting_list=[4, 16],
+                                                                 truncate_dim=4)),
+                           "AutoModelForMaskedLM", ids, "logits"),
+        "image_dinov2": (MRLModelForImageClassification(MRLImageConfig(backbone_config=dinov2, nesting_list=[4, 16],
+                                                                       num_labels=3, efficient=True)),
+                         "AutoModelForImageClassification", pixels, "logits"),
+        "align_xlmr_dinov2": (MRLAlignModel(MRLAlignConfig(text_config=xlmr, vision_config=dinov2, nesting_list=[4, 8])),
+                              "AutoModel", {**ids, **pixels}, "logits_per_image"),
+    }
+    out = {}
+    for name, (model, auto, inputs, output) in cases.items():
+        model.eval().save_pretrained(folder / name)
+        with torch.no_grad():
+            expected = getattr(model(**inputs), output)
+        out[name] = {"auto": auto, "path": str(folder / name), "inputs": inputs, "output": output,
+                     "expected": expected}
+    return out
 
 
 def test_a_saved_checkpoint_opens_in_a_transformers_only_environment(tmp_path):
@@ -224,8 +270,8 @@ def test_a_saved_checkpoint_opens_in_a_transformers_only_environment(tmp_path):
     pixels = torch.randn(2, 3, 32, 32)
     batch = text.tokenizer(["How do I reset my password?", "hi"], padding=True, return_tensors="pt")
     with torch.no_grad():
-        torch.save({"text": text(**batch).embeddings, "pixels": pixels, "logits": vision(pixel_values=pixels).logits},
-                   tmp_path / "expected.pt")
+        torch.save({"text": text(**batch).embeddings, "pixels": pixels, "logits": vision(pixel_values=pixels).logits,
+                    "generic": generic_models(tmp_path)}, tmp_path / "expected.pt")
 
     env_dir = tmp_path / "tf-only"
     venv.EnvBuilder(with_pip=False).create(env_dir)
@@ -242,13 +288,18 @@ def test_a_saved_checkpoint_opens_in_a_transformers_only_environment(tmp_path):
     assert "trust_remote_code=True" in result["error"]  # what to do, when opened without trusting the code
     assert result["module"].startswith("transformers_modules.") and result["shape"] == [2, 16]
     assert result["text"] <= 1e-6 and result["image"] <= 1e-5
+    assert result["generic"] == {"text_xlmr": ["MRLModelForTextEmbedding", 0.0],
+                                 "mlm_modernbert": ["MRLModelForMaskedLM", 0.0],
+                                 "image_dinov2": ["MRLModelForImageClassification", 0.0],
+                                 "align_xlmr_dinov2": ["MRLAlignModel", 0.0]}, result["generic"]
 
 
 def test_remote_code_holds_modeling_code_only():
     from mrl_hf.hub.remote_code import module_closure
 
     for module in ("mrl_hf.modeling.bert", "mrl_hf.modeling.auto_text", "mrl_hf.modeling.vision",
-                   "mrl_hf.modeling.align"):
+                   "mrl_hf.modeling.align", "mrl_hf.modeling.masked_lm", "mrl_hf.modeling.auto_vision",
+                   "mrl_hf.modeling.auto_classification"):
         closure = module_closure(module)
         lines = sum(source.count("\n") for source in closure.values())
         print(f"{module}: {len(closure)} modules, {lines} lines: {sorted(closure)}")
