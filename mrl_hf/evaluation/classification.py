@@ -16,6 +16,7 @@ import torch
 
 from ..embeddings import principal_axes
 from ..nesting import validate_dims
+from .retrieval_metrics import as_labels
 from .table import ResultsTable
 
 BASELINES = ("SVD", "first-m", "JL")
@@ -31,16 +32,6 @@ def _as_array(x, name: str) -> np.ndarray:
     if x.ndim != 2:
         raise ValueError(f"{name} must be a 2-D array (num_examples, dim), got shape {x.shape}.")
     return x.astype(np.float32, copy=False)
-
-
-def _as_labels(y, n: int, name: str) -> np.ndarray:
-    if isinstance(y, torch.Tensor):
-        y = y.detach().cpu().numpy()
-    y = np.asarray(y)
-    if y.ndim != 1 or len(y) != n or not np.issubdtype(y.dtype, np.integer):
-        raise ValueError(f"{name} must be {n} integer class ids (one per embedding), got shape {y.shape}, "
-                         f"dtype {y.dtype}.")
-    return y.astype(np.int64)
 
 
 def _normalize(x: np.ndarray) -> np.ndarray:
@@ -79,7 +70,8 @@ def linear_probe_accuracy(train_x, train_y, test_x, test_y, dims: Sequence[int],
     from sklearn.preprocessing import StandardScaler
 
     train_x, test_x = _as_array(train_x, "train_x"), _as_array(test_x, "test_x")
-    train_y, test_y = _as_labels(train_y, len(train_x), "train_y"), _as_labels(test_y, len(test_x), "test_y")
+    train_y = as_labels(train_y, "train_y", n=len(train_x), class_ids=True)
+    test_y = as_labels(test_y, "test_y", n=len(test_x), class_ids=True)
     out = {}
     for m in validate_dims(dims, train_x.shape[1]):
         probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=max_iter, C=C))
@@ -101,7 +93,8 @@ def knn_accuracy(database_x, database_y, query_x, query_y, dims: Sequence[int], 
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k={k!r} must be an int >= 1.")
     db, q = _as_array(database_x, "database_x"), _as_array(query_x, "query_x")
-    db_y, q_y = _as_labels(database_y, len(db), "database_y"), _as_labels(query_y, len(q), "query_y")
+    db_y = as_labels(database_y, "database_y", n=len(db), class_ids=True)
+    q_y = as_labels(query_y, "query_y", n=len(q), class_ids=True)
     if k > len(db):
         raise ValueError(f"k={k} is larger than the database ({len(db)} embeddings).")
     num_classes = int(max(db_y.max(), q_y.max())) + 1
@@ -141,7 +134,8 @@ def nearest_class_mean_accuracy(train_x, train_y, test_x, test_y, dims: Sequence
     ``shots`` training embeddings per class, averages their L2-normalised prefixes, and labels every test
     embedding by the most cosine-similar mean; the result is the mean over ``episodes``."""
     train_x, test_x = _as_array(train_x, "train_x"), _as_array(test_x, "test_x")
-    train_y, test_y = _as_labels(train_y, len(train_x), "train_y"), _as_labels(test_y, len(test_x), "test_y")
+    train_y = as_labels(train_y, "train_y", n=len(train_x), class_ids=True)
+    test_y = as_labels(test_y, "test_y", n=len(test_x), class_ids=True)
     classes = np.unique(train_y)
     smallest = min(int((train_y == c).sum()) for c in classes)
     if isinstance(shots, bool) or not isinstance(shots, int) or not 1 <= shots <= smallest:
@@ -195,7 +189,7 @@ def _nested_logits(nested_logits, labels, nesting_list):
     if logits.ndim != 3 or logits.shape[0] != len(nesting_list):
         raise ValueError(f"nested_logits must have shape (|M|={len(nesting_list)}, N, num_classes), "
                          f"got {logits.shape}.")
-    return logits, _as_labels(labels, logits.shape[1], "labels")
+    return logits, as_labels(labels, "labels", n=logits.shape[1], class_ids=True)
 
 
 # ---- baselines from a full-dim (non-MRL) model ---------------------------------------------------------------

@@ -35,15 +35,20 @@ def _as_ids(ids, name: str = "ids") -> np.ndarray:
     return ids.astype(np.int64, copy=False)
 
 
-def _as_labels(labels, name: str) -> np.ndarray:
+def as_labels(labels, name: str, n: int | None = None, class_ids: bool = False) -> np.ndarray:
+    """``labels`` (list, numpy array or tensor; shape ``(n,)`` or ``(n, 1)``) as a 1-D numpy array, with ``n`` rows
+    when given; ``class_ids=True``: integer class ids, as ``int64``."""
     if isinstance(labels, torch.Tensor):
         labels = labels.detach().cpu().numpy()
     labels = np.asarray(labels)
     if labels.ndim == 2 and labels.shape[1] == 1:
         labels = labels[:, 0]
-    if labels.ndim != 1:
-        raise ValueError(f"{name} must be one label per row, shape (n,), got {tuple(labels.shape)}.")
-    return labels
+    if labels.ndim != 1 or (n is not None and len(labels) != n) or (
+            class_ids and not np.issubdtype(labels.dtype, np.integer)):
+        wanted = f"{n if n is not None else 'n'} {'integer class ids' if class_ids else 'labels'}"
+        raise ValueError(f"{name} must be {wanted}, one per row (shape ({n if n is not None else 'n'},)), got shape "
+                         f"{tuple(labels.shape)}, dtype {labels.dtype}.")
+    return labels.astype(np.int64) if class_ids else labels
 
 
 def _check_k(ids: np.ndarray, k: int, name: str = "ids") -> int:
@@ -57,8 +62,8 @@ def _check_k(ids: np.ndarray, k: int, name: str = "ids") -> int:
 def relevance(ids, query_labels, database_labels) -> np.ndarray:
     """Boolean ``(n_queries, k)``: does neighbour j of query i share the query's label? (-1 ids: False)."""
     ids = _as_ids(ids)
-    q = _as_labels(query_labels, "query_labels")
-    db = _as_labels(database_labels, "database_labels")
+    q = as_labels(query_labels, "query_labels")
+    db = as_labels(database_labels, "database_labels")
     if q.shape[0] != ids.shape[0]:
         raise ValueError(f"query_labels has {q.shape[0]} labels but ids has {ids.shape[0]} rows (one per query).")
     if ids.size and ids.max() >= db.shape[0]:
@@ -84,8 +89,8 @@ def average_precision_at_k(ids, query_labels, database_labels, k: int) -> np.nda
     ids = _as_ids(ids)
     k = _check_k(ids, k)
     rel = relevance(ids[:, :k], query_labels, database_labels)
-    q = _as_labels(query_labels, "query_labels")
-    values, counts = np.unique(_as_labels(database_labels, "database_labels"), return_counts=True)
+    q = as_labels(query_labels, "query_labels")
+    values, counts = np.unique(as_labels(database_labels, "database_labels"), return_counts=True)
     pos = np.clip(np.searchsorted(values, q), 0, len(values) - 1)
     n_relevant = np.where(values[pos] == q, counts[pos], 0)
     precision_at_i = np.cumsum(rel, axis=1) / np.arange(1, k + 1)

@@ -38,12 +38,13 @@ from ..config import MATRYOSHKA_KEYS, MatryoshkaConfigMixin
 from ..embeddings import truncate_embeddings
 from ..losses import nested_contrastive_loss, nested_cosine_similarities
 from ..nesting import validate_dim
-from .auto_text import POOLING_MODES as TEXT_POOLING_MODES
-from .auto_text import build_backbone, pool, text_hidden_size
+from .auto_text import build_backbone, text_hidden_size
 from .auto_vision import POOLING_MODES as VISION_POOLING_MODES
 from .auto_vision import build_image_backbone, image_width, pool_image, prefix_tokens
 from .base import MatryoshkaPreTrainedMixin
 from .gather import all_gather_with_grad
+from .text_common import POOLING_MODES as TEXT_POOLING_MODES
+from .text_common import pool
 from .wrapped import backbone_class
 
 

@@ -43,15 +43,16 @@ from ..nesting import validate_dim
 from ..quantization import check_code_precision, quantize_embeddings, warn_if_untrained
 from .gather import all_gather_with_grad
 from .text_common import (
+    POOLING_MODES,
     check_nonempty,
     check_texts,
     default_max_length,
+    pool,
     sentence_transformers_files,
     try_load_tokenizer,
 )
 from .wrapped import WrappedModelMixin, without_pooler_kwargs
 
-POOLING_MODES = ("mean", "cls", "last_token")
 BACKBONE_PREFIX = "backbone"
 
 
@@ -148,26 +149,6 @@ class MRLTextEmbeddingOutput(ModelOutput):
     last_hidden_state: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
-
-
-def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, mode: str) -> torch.Tensor:
-    """Pool ``hidden`` ``(batch, seq, d)`` over the positions where ``attention_mask`` is 1.
-
-    ``"mean"``: masked mean (padded positions are excluded even where the backbone left NaN or garbage there);
-    ``"cls"``: the first attended token; ``"last_token"``: the last attended token. Both token modes find the token
-    from the mask, so left and right padding give the same result."""
-    mask = attention_mask.to(torch.bool)
-    if mode == "mean":
-        summed = hidden.masked_fill(~mask.unsqueeze(-1), 0.0).sum(1)
-        return summed / mask.sum(1, keepdim=True).clamp_min(1).to(hidden.dtype)
-    seq_len = mask.shape[1]
-    if mode == "cls":
-        index = mask.to(torch.int32).argmax(1)  # first 1 (0 for a row without any)
-    elif mode == "last_token":
-        index = seq_len - 1 - mask.flip(1).to(torch.int32).argmax(1)  # last 1 (seq_len - 1 for a row without any)
-    else:
-        raise ValueError(f"pooling={mode!r} is not supported; choose one of {POOLING_MODES}.")
-    return hidden[torch.arange(hidden.shape[0], device=hidden.device), index.to(hidden.device)]
 
 
 def build_backbone(config: PretrainedConfig) -> PreTrainedModel:

@@ -46,11 +46,12 @@ from .text_common import (
     check_nonempty,
     check_texts,
     default_max_length,
+    pool,
     sentence_transformers_files,
     try_load_tokenizer,
 )
 
-POOLING_MODES = ("mean", "cls")
+POOLING_MODES = ("mean", "cls")  # last_token pooling: MRLModelForTextEmbedding
 
 
 @strict
@@ -205,12 +206,7 @@ class MRLBertModel(MRLBertPreTrainedModel):
         kwargs.pop("return_dict", None)  # the encoder's output is read by name below
         out = self.bert(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
                         inputs_embeds=inputs_embeds, return_dict=True, **kwargs)
-        hidden = out.last_hidden_state
-        if self.config.pooling == "cls":
-            pooled = hidden[:, 0]
-        else:
-            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9)
+        pooled = pool(out.last_hidden_state, attention_mask, self.config.pooling)
         if self.projection is not None:
             pooled = self.projection(pooled)
         if self.adaptor is not None:

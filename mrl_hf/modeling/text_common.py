@@ -1,5 +1,5 @@
-"""What the text embedding models share: finding the checkpoint's tokenizer, checking inputs, the encode length and
-the files that make a saved folder a sentence-transformers model."""
+"""What the text models share: pooling the hidden states, finding the checkpoint's tokenizer, checking inputs, the
+encode length and the files that make a saved folder a sentence-transformers model."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -8,6 +8,8 @@ import torch
 from transformers import AutoTokenizer
 
 from ..contract import sentence_transformers_keys
+
+POOLING_MODES = ("mean", "cls", "last_token")
 
 # Any one of these next to the weights means the checkpoint has a tokenizer.
 TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model",
@@ -79,3 +81,23 @@ def check_texts(texts) -> None:
     for i, text in enumerate(texts):
         if not isinstance(text, str):
             raise TypeError(f"texts[{i}] is {type(text).__name__} ({text!r:.50}); every text must be a str.")
+
+
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, mode: str) -> torch.Tensor:
+    """Pool ``hidden`` ``(batch, seq, d)`` over the positions where ``attention_mask`` is 1.
+
+    ``"mean"``: masked mean (padded positions are excluded even where the backbone left NaN or garbage there);
+    ``"cls"``: the first attended token; ``"last_token"``: the last attended token. Both token modes find the token
+    from the mask, so left and right padding give the same result."""
+    mask = attention_mask.to(torch.bool)
+    if mode == "mean":
+        summed = hidden.masked_fill(~mask.unsqueeze(-1), 0.0).sum(1)
+        return summed / mask.sum(1, keepdim=True).clamp_min(1).to(hidden.dtype)
+    seq_len = mask.shape[1]
+    if mode == "cls":
+        index = mask.to(torch.int32).argmax(1)  # first 1 (0 for a row without any)
+    elif mode == "last_token":
+        index = seq_len - 1 - mask.flip(1).to(torch.int32).argmax(1)  # last 1 (seq_len - 1 for a row without any)
+    else:
+        raise ValueError(f"pooling={mode!r} is not supported; choose one of {POOLING_MODES}.")
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), index.to(hidden.device)]
