@@ -38,6 +38,27 @@ def time_interleaved(fns: dict, repeats: int = 5, warmup: int = 1, device: str =
     return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
 
 
+def time_paired(a, b, repeats: int = 15, warmup: int = 1, device: str = "cpu") -> dict:
+    """Two cases timed in pairs, alternating which runs first: median seconds of each, and the median and quartiles
+    of the per-pair ratio ``b / a`` (drift in the machine's load cancels within a pair, so the ratio is steadier
+    than the ratio of the medians)."""
+    for fn in (a, b):
+        for _ in range(warmup):
+            fn()
+    times = {"a": [], "b": []}
+    for i in range(repeats):
+        for name in (("a", "b") if i % 2 == 0 else ("b", "a")):
+            _sync(device)
+            start = time.perf_counter()
+            (a if name == "a" else b)()
+            _sync(device)
+            times[name].append(time.perf_counter() - start)
+    ratios = sorted(tb / ta for ta, tb in zip(times["a"], times["b"]))
+    median = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
+    return {"a": median(times["a"]), "b": median(times["b"]), "ratio": median(ratios),
+            "q1": ratios[len(ratios) // 4], "q3": ratios[(3 * len(ratios)) // 4]}
+
+
 def peak_cuda_mib(fn) -> float:
     """MiB by which CUDA allocations peak above what was allocated before ``fn()`` (exact, in this process)."""
     import torch
