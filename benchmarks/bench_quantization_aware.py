@@ -35,7 +35,7 @@ from _measure import time_interleaved  # noqa: E402
 
 from mrl_hf.data.collator import PairCollator  # noqa: E402
 from mrl_hf.data.text import load_chatterbot_pairs  # noqa: E402
-from mrl_hf.demo_text import NESTING, packaged_minilm, split_pairs  # noqa: E402
+from mrl_hf.recipes import NESTING, packaged_minilm, split_pairs  # noqa: E402
 from mrl_hf.evaluation.pairs import group_pairs  # noqa: E402
 from mrl_hf.modeling import MRLBertModel  # noqa: E402
 from mrl_hf.quantization import format_precision_table, quantized_retrieval_metrics  # noqa: E402

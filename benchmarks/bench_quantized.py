@@ -42,7 +42,7 @@ def minilm_wiki(cache: str, n_queries: int):
         from sentence_transformers import SentenceTransformer
 
         from mrl_hf.data.text import load_wiki_paragraphs
-        from mrl_hf.demo_text import packaged_minilm
+        from mrl_hf.recipes import packaged_minilm
 
         texts = load_wiki_paragraphs()
         start = time.perf_counter()

@@ -14,8 +14,8 @@ from __future__ import annotations
 import argparse
 
 from mrl_hf.data.text import load_chatterbot_pairs
-from mrl_hf.demo_text import evaluate, finetune, split_pairs
-from mrl_hf.demo_text import packaged_minilm as default_model
+from mrl_hf.recipes import evaluate, finetune, split_pairs
+from mrl_hf.recipes import packaged_minilm as default_model
 from mrl_hf.distributed import end_distributed_run, is_main_process
 from mrl_hf.evaluation.pairs import format_table
 from mrl_hf.modeling import MRLBertModel

@@ -44,18 +44,18 @@ def _demo(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     if args.recipe == "digits":
         return _digits_demo(args)
-    from . import demo_text
+    from . import recipes
     from .data.text import load_chatterbot_pairs
     from .hub import save_for_hub
     from .nesting import validate_nesting_list
 
-    model_path = args.model or demo_text.packaged_minilm()
+    model_path = args.model or recipes.packaged_minilm()
     nesting = validate_nesting_list([int(x) for x in args.nesting_list.split(",")]) if args.nesting_list else None
-    train, test = demo_text.split_pairs(load_chatterbot_pairs(), seed=args.seed)
-    nesting = nesting or demo_text.NESTING
-    model, _ = demo_text.finetune(model_path, train, nesting, epochs=args.epochs or 1.0, batch_size=args.batch_size,
-                                  lr=args.lr, seed=args.seed)
-    table = demo_text.results_table({"MRL fine-tuned": demo_text.evaluate(model, test, nesting)})
+    train, test = recipes.split_pairs(load_chatterbot_pairs(), seed=args.seed)
+    nesting = nesting or recipes.NESTING
+    model, _ = recipes.finetune(model_path, train, nesting, epochs=args.epochs or 1.0, batch_size=args.batch_size,
+                                lr=args.lr, seed=args.seed)
+    table = recipes.results_table({"MRL fine-tuned": recipes.evaluate(model, test, nesting)})
     out = save_for_hub(model, args.output_dir, results=table,
                        eval_dataset={"name": "chatterbot-corpus (held-out questions)", "type": "chatterbot-corpus"},
                        datasets=["chatterbot-corpus"])
@@ -65,7 +65,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from . import demo_text
+    from . import recipes
     from .modeling import MRLBertModel
     from .nesting import validate_dim
 
@@ -76,14 +76,14 @@ def _evaluate(args: argparse.Namespace) -> int:
     else:
         from .data.text import load_chatterbot_pairs
 
-        test = demo_text.split_pairs(load_chatterbot_pairs(), seed=args.seed)[1]
+        test = recipes.split_pairs(load_chatterbot_pairs(), seed=args.seed)[1]
     models = {args.model: MRLBertModel.from_pretrained(args.model).eval()}
     if args.baseline:
         models[f"{args.baseline} (sliced)"] = MRLBertModel.from_pretrained(args.baseline).eval()
     first = next(iter(models.values()))
     dims = ([validate_dim(int(d), first.config.matryoshka_embedding_dim, name="dims") for d in args.dims.split(",")]
             if args.dims else first.config.nesting_list)
-    table = demo_text.results_table({name: demo_text.evaluate(m, test, dims) for name, m in models.items()})
+    table = recipes.results_table({name: recipes.evaluate(m, test, dims) for name, m in models.items()})
     print(table.to_markdown())
     _write_results(table, args.output, "hit@1")
     return 0

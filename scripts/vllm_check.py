@@ -127,7 +127,7 @@ def load_model(args):
 
     kwargs = {}
     if args.model is None:
-        from mrl_hf.demo_text import packaged_minilm
+        from mrl_hf.recipes import packaged_minilm
 
         source = packaged_minilm()
         kwargs = {"nesting_list": args.nesting_list or DEFAULT_NESTING,

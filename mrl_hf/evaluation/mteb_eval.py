@@ -300,7 +300,7 @@ def chatterbot_retrieval_task(held_out: float = 0.2, seed: int = 0, language: st
     document). Needs the ``chatterbot-corpus`` package (``pip install 'mrl-hf[demo]'``).
     """
     from ..data.text import load_chatterbot_pairs
-    from ..demo_text import split_pairs
+    from ..recipes import split_pairs
 
     _, test = split_pairs(load_chatterbot_pairs(language), held_out=held_out, seed=seed)
     if not test:
