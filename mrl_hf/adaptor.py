@@ -116,7 +116,8 @@ class MatryoshkaAdaptor(nn.Module):
             init: str | None = "pca", top_k: int = 10, pairwise_weight: float = 1.0, topk_weight: float = 1.0,
             listwise_weight: float = 1.0, listwise_temperature: float = 0.05,
             relative_importance: Sequence[float] | None = None, center_teacher: bool = True, seed: int = 0,
-            verbose: bool = False) -> "MatryoshkaAdaptor":
+            verbose: bool = False, pairs=None, pair_weight: float = 1.0,
+            pair_temperature: float = 0.05) -> "MatryoshkaAdaptor":
         """Train on unlabelled ``embeddings`` (N, input_dim) so every prefix matches their similarities.
 
         The teacher is the input itself: ``similarity_distillation_loss`` between ``self(e)`` and ``e`` on random
@@ -125,6 +126,10 @@ class MatryoshkaAdaptor(nn.Module):
         ``center_teacher``: match the cosine similarities of the inputs minus their mean (what the PCA start keeps)
         rather than of the raw inputs, whose similarities are dominated by the direction all of them share; it
         gained up to 5 points of hit@10 with in-domain text (docs/matryoshkafy.md).
+
+        ``pairs=(queries, positives)``: embeddings of a few labelled (query, relevant text) pairs, row i with row i.
+        Each step then also adds ``pair_weight`` times the nested InfoNCE of the adapted pairs (in-batch negatives,
+        ``pair_temperature``), the Matryoshka-Adaptor paper's supervised variant.
         """
         similarity_distillation_loss = _needs_mrl_hf("fitting an adaptor", "distillation").similarity_distillation_loss
         x = check_embeddings(embeddings, self.input_dim)
@@ -142,6 +147,19 @@ class MatryoshkaAdaptor(nn.Module):
                 nn.init.zeros_(self.mlp[0].bias)
         x = F.normalize(x, dim=-1).to(self.linear.weight.device)
         teacher = x - x.mean(0) if center_teacher else x
+        pair_q = pair_p = None
+        if pairs is not None:
+            if not (isinstance(pairs, (tuple, list)) and len(pairs) == 2):
+                raise ValueError("pairs must be (query_embeddings, positive_embeddings), row i of each a pair.")
+            pair_q, pair_p = (check_embeddings(e, self.input_dim, name).to(x.device)
+                              for e, name in zip(pairs, ("pairs[0] (queries)", "pairs[1] (positives)")))
+            if pair_q.shape[0] != pair_p.shape[0] or pair_q.shape[0] < 2:
+                raise ValueError(f"pairs hold {pair_q.shape[0]} queries and {pair_p.shape[0]} positives; give the same "
+                                 "number of each, at least 2.")
+            if not pair_weight > 0 or not pair_temperature > 0:
+                raise ValueError(f"pair_weight={pair_weight} and pair_temperature={pair_temperature} must be > 0.")
+            tools = _needs_mrl_hf("fitting an adaptor on pairs", "distillation")
+            nested_contrastive_loss = tools.nested_contrastive_loss
         batch_size = min(batch_size, x.shape[0])
         steps_per_epoch = max(1, x.shape[0] // batch_size)
         total = epochs * steps_per_epoch
@@ -156,8 +174,14 @@ class MatryoshkaAdaptor(nn.Module):
                 out = similarity_distillation_loss(
                     self(x[rows]), teacher[rows], self.nesting_list, relative_importance, pairwise_weight, topk_weight,
                     top_k, listwise_weight, listwise_temperature)
+                loss = out.loss
+                if pair_q is not None:
+                    picked = torch.randperm(pair_q.shape[0], generator=generator)[:batch_size].to(x.device)
+                    supervised = nested_contrastive_loss(self(pair_q[picked]), self(pair_p[picked]), self.nesting_list,
+                                                         pair_temperature, relative_importance)
+                    loss = loss + pair_weight * supervised.loss
                 optimizer.zero_grad(set_to_none=True)
-                out.loss.backward()
+                loss.backward()
                 optimizer.step()
                 schedule.step()
                 running += out.per_dim_losses

@@ -184,6 +184,27 @@ def _push(args: argparse.Namespace) -> int:
     return 0
 
 
+def _matryoshkafy(args: argparse.Namespace) -> int:
+    from . import recipes
+    from .hub import save_for_hub
+    from .nesting import validate_nesting_list
+
+    texts = recipes.read_corpus(args.corpus, args.column)
+    nesting = validate_nesting_list([int(x) for x in args.nesting_list.split(",")]) if args.nesting_list else None
+    pairs = [(q, a) for q, a in _read_pairs(args.pairs)] if args.pairs else None
+    model, table = recipes.matryoshkafy_corpus(texts, args.model, nesting, epochs=args.epochs, pairs=pairs,
+                                               pair_weight=args.pair_weight, held_out=args.held_out, seed=args.seed)
+    out = save_for_hub(model, args.output_dir, results=table, model_method="adaptor fitted on the corpus",
+                       eval_dataset={"name": f"held-out texts of {args.corpus}", "type": "user-corpus"},
+                       eval_description=("Share (%) of each held-out text's 10 nearest neighbours under the original "
+                                         "encoder at full size that each size finds in its own top 10 (no labels)."))
+    print("\nHeld-out texts of the corpus: overlap@10 (%) with the original's full-size neighbours, per size:")
+    print(table.to_markdown("overlap@10"))
+    print(f"\nSaved to {out}: the encoder with the adaptor attached (MRLBertModel.from_pretrained(path, "
+          "truncate_dim=64), or mrl-hf export --sentence-transformers).")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mrl-hf", description="Matryoshka Representation Learning for Hugging Face.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -230,6 +251,26 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--output", default=None, help="folder for mrl_results.json and mrl_accuracy_vs_dim.png")
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the held-out split (default 0)")
     evaluate.set_defaults(func=_evaluate)
+
+    matryoshkafy = commands.add_parser(
+        "matryoshkafy", help="make an existing encoder Matryoshka on your own corpus (no labels needed)",
+        description="Encode the texts you will search with an existing sentence encoder (default: the packaged "
+                    "all-MiniLM-L6-v2), fit the Matryoshka-Adaptor on them (PCA start, similarity distillation at "
+                    "every size; with --pairs also a supervised term), score the original sliced, PCA and the adaptor "
+                    "on held-out texts of the corpus, and save the encoder with the adaptor attached.")
+    matryoshkafy.add_argument("--corpus", required=True,
+                              help="a .txt file (one text per line), a .jsonl/.csv/.parquet file or a datasets folder")
+    matryoshkafy.add_argument("--column", default="text", help="the text column of a table or dataset (default text)")
+    matryoshkafy.add_argument("--output-dir", default="outputs/mrl-matryoshkafied", help="where to save the model")
+    matryoshkafy.add_argument("--model", default=None, help="BERT sentence encoder path or Hub id (default: MiniLM)")
+    matryoshkafy.add_argument("--nesting-list", default=None, help="comma-separated sizes (default 12,24,...,384)")
+    matryoshkafy.add_argument("--epochs", type=int, default=20, help="adaptor epochs (default 20)")
+    matryoshkafy.add_argument("--pairs", default=None,
+                              help="optional JSON-lines file of {\"query\": ..., \"answer\": ...} for the supervised term")
+    matryoshkafy.add_argument("--pair-weight", type=float, default=1.0, help="weight of the supervised term")
+    matryoshkafy.add_argument("--held-out", type=float, default=0.1, help="fraction of texts held out to score")
+    matryoshkafy.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    matryoshkafy.set_defaults(func=_matryoshkafy)
 
     export = commands.add_parser(
         "export", help="export a checkpoint for another tool (--sentence-transformers or --remote-code)",

@@ -73,3 +73,102 @@ def results_table(per_model: dict[str, dict[int, dict[str, float]]]):
             for metric, value in row.items():
                 table.add(method, metric.replace("mrr", "MRR"), dim, 100.0 * value)
     return table
+
+
+# ---- Matryoshka-ify an existing encoder on the user's own corpus (`mrl-hf matryoshkafy`) ---------------------------
+
+def read_corpus(path: str, column: str = "text") -> list[str]:
+    """Texts from ``path``: a ``.txt`` file (one text per line), a ``.jsonl`` / ``.json`` / ``.csv`` / ``.parquet``
+    file or a folder written by ``datasets.Dataset.save_to_disk`` (the ``column`` column). Empty texts are dropped."""
+    import os
+
+    if os.path.isdir(path):
+        from datasets import load_from_disk
+
+        data = load_from_disk(path)
+    elif path.endswith(".txt"):
+        with open(path, encoding="utf8") as handle:
+            return [line.strip() for line in handle if line.strip()]
+    else:
+        from datasets import load_dataset
+
+        kinds = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+        kind = next((k for ext, k in kinds.items() if path.endswith(ext)), None)
+        if kind is None:
+            raise ValueError(f"{path!r}: give a .txt file (one text per line), a .jsonl/.json/.csv/.parquet file or a "
+                             "datasets folder (save_to_disk).")
+        data = load_dataset(kind, data_files=path, split="train")
+    if column not in data.column_names:
+        raise ValueError(f"{path!r} has no column {column!r} (columns: {data.column_names}); pass --column.")
+    return [str(t).strip() for t in data[column] if t is not None and str(t).strip()]
+
+
+def neighbourhood_overlap(reference, candidates, dims, k: int = 10) -> dict[int, float]:
+    """Label-free quality of each prefix on held-out texts: the share of each text's ``k`` nearest neighbours at full
+    size in the ``reference`` embeddings (the original encoder) that the ``m``-dim prefix of ``candidates`` (each
+    prefix L2-normalised) also puts in its top ``k``, for every ``m`` in ``dims``; in [0, 1]."""
+    import torch
+
+    from .embeddings import truncate_embeddings
+
+    ref = torch.as_tensor(reference, dtype=torch.float32)
+    cand = torch.as_tensor(candidates, dtype=torch.float32)
+    k = min(k, len(ref) - 1)
+    eye = torch.eye(len(ref), dtype=torch.bool)
+
+    def top(x):
+        sims = x @ x.T
+        return sims.masked_fill(eye, float("-inf")).topk(k, dim=1).indices
+
+    truth = top(truncate_embeddings(ref, None, normalize=True))
+    out = {}
+    for m in dims:
+        found = top(truncate_embeddings(cand, m, normalize=True))
+        out[m] = float((found.unsqueeze(2) == truth.unsqueeze(1)).any(2).float().mean())
+    return out
+
+
+def matryoshkafy_corpus(texts, model_path: str | None = None, nesting_list=None, epochs: int = 20, pairs=None,
+                        pair_weight: float = 1.0, held_out: float = 0.1, seed: int = 0, log=print):
+    """Fit a ``MatryoshkaAdaptor`` (PCA start, similarity distillation) on the encoder's vectors of ``texts``, the
+    corpus the user will search, without labels; with ``pairs`` (``[(query, relevant text), ...]``) also its
+    supervised term. Returns ``(model with the adaptor attached, ResultsTable)``: the table scores the original
+    sliced, PCA fitted on the same texts and the adaptor on held-out texts of the corpus (``held_out`` of them, at
+    most 2,000) by ``neighbourhood_overlap`` at every size."""
+    import random
+
+    from .adaptor import MatryoshkaAdaptor, attach_adaptor, pca_rotation
+    from .evaluation.table import ResultsTable
+    from .modeling import MRLBertModel
+
+    texts = list(dict.fromkeys(t for t in texts if t))
+    if len(texts) < 100:
+        raise ValueError(f"the corpus has {len(texts)} distinct texts; fitting an adaptor needs at least 100 "
+                         "(ideally thousands) of the texts you will search.")
+    if not 0 < held_out < 0.5:
+        raise ValueError(f"held_out={held_out} must be a fraction in (0, 0.5).")
+    model = MRLBertModel.from_pretrained(model_path or packaged_minilm(),
+                                         **({"nesting_list": list(nesting_list)} if nesting_list else {})).eval()
+    dims = list(model.config.nesting_list)
+    full = model.config.matryoshka_embedding_dim
+    random.Random(seed).shuffle(texts)
+    n_held = min(2000, max(50, int(len(texts) * held_out)))
+    fit_texts, eval_texts = texts[n_held:], texts[:n_held]
+    log(f"encoding {len(texts)} texts ({len(fit_texts)} to fit on, {n_held} held out to score) ...")
+    vectors = model.encode(fit_texts, truncate_dim=full, normalize=False)
+    held = model.encode(eval_texts, truncate_dim=full, normalize=False)
+    pair_vectors = None
+    if pairs:
+        queries, positives = zip(*pairs)
+        pair_vectors = (model.encode(list(queries), truncate_dim=full, normalize=False),
+                        model.encode(list(positives), truncate_dim=full, normalize=False))
+    log(f"fitting PCA and the adaptor ({epochs} epochs{', with ' + str(len(pairs)) + ' pairs' if pairs else ''}) ...")
+    pca = pca_rotation(vectors, dims)
+    adaptor = MatryoshkaAdaptor(full, dims).fit(vectors, epochs=epochs, seed=seed, pairs=pair_vectors,
+                                                pair_weight=pair_weight)
+    table = ResultsTable()
+    for method, candidates in (("original, sliced", held), ("PCA fitted on the corpus", pca.transform(held)),
+                               ("adaptor fitted on the corpus", adaptor.transform(held))):
+        for m, value in neighbourhood_overlap(held, candidates, dims).items():
+            table.add(method, "overlap@10", m, 100.0 * value)
+    return attach_adaptor(model, adaptor), table

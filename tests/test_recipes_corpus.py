@@ -1,0 +1,40 @@
+"""Reading a user's corpus for `mrl-hf matryoshkafy`, and the label-free neighbourhood score it prints."""
+import json
+
+import numpy as np
+import pytest
+
+from mrl_hf.cli import main
+from mrl_hf.recipes import neighbourhood_overlap, read_corpus
+
+
+def test_read_corpus_from_text_json_lines_csv_and_a_datasets_folder(tmp_path):
+    (tmp_path / "a.txt").write_text("first text\n\n  second text \n")
+    assert read_corpus(str(tmp_path / "a.txt")) == ["first text", "second text"]
+    (tmp_path / "b.jsonl").write_text("\n".join(json.dumps({"body": t, "id": i}) for i, t in enumerate("xyz")))
+    assert read_corpus(str(tmp_path / "b.jsonl"), column="body") == ["x", "y", "z"]
+    (tmp_path / "c.csv").write_text("text,n\nhello,1\nworld,2\n")
+    assert read_corpus(str(tmp_path / "c.csv")) == ["hello", "world"]
+    from datasets import Dataset
+
+    Dataset.from_dict({"text": ["p", "q"]}).save_to_disk(str(tmp_path / "d"))
+    assert read_corpus(str(tmp_path / "d")) == ["p", "q"]
+    with pytest.raises(ValueError, match="no column 'text'"):
+        read_corpus(str(tmp_path / "b.jsonl"))
+    with pytest.raises(ValueError, match=r"give a \.txt file"):
+        read_corpus(str(tmp_path / "e.docx"))
+
+
+def test_neighbourhood_overlap_is_one_for_the_reference_and_falls_with_noise():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 32)).astype(np.float32)
+    same = neighbourhood_overlap(x, x, [8, 32])
+    assert same[32] == 1.0 and same[8] < 0.9
+    noisy = neighbourhood_overlap(x, x + rng.normal(scale=1.0, size=x.shape).astype(np.float32), [32])
+    assert 0.0 < noisy[32] < 0.7
+
+
+def test_matryoshkafy_refuses_a_corpus_too_small_to_fit_on(tmp_path, capsys):
+    (tmp_path / "tiny.txt").write_text("\n".join(f"text {i}" for i in range(20)))
+    assert main(["matryoshkafy", "--corpus", str(tmp_path / "tiny.txt"), "--output-dir", str(tmp_path / "o")]) != 0
+    assert "at least 100" in capsys.readouterr().err
