@@ -9,7 +9,7 @@ weighted 1), same seed per run. Scored at every size (each prefix L2-normalised)
   fine-tune never saw.
 Prints one table per set (mean over seeds, with the min-max spread) and the training time of each run.
 
-    python benchmarks/bench_finetune_vs_st.py                          # 3 seeds, teacher weight 1
+    python benchmarks/bench_finetune_vs_st.py                          # 3 seeds, teacher weights 0 and 10
     python benchmarks/bench_finetune_vs_st.py --seeds 0 --teacher-weights 0.5,1,2
 """
 from __future__ import annotations
@@ -32,12 +32,13 @@ from mrl_hf.evaluation.pairs import group_pairs, pair_retrieval_metrics  # noqa:
 from mrl_hf.recipes import NESTING, packaged_minilm, split_pairs  # noqa: E402
 
 EPOCHS, BATCH, LR, WARMUP, MAX_LENGTH = 1.0, 32, 5e-5, 0.1, 32
+EVAL_LENGTH = 256  # all-MiniLM-L6-v2's own max_seq_length: evaluation reads whole plots, not the training's 32 tokens
 
 
 def st_finetune(path, train, seed, output_dir):
     from datasets import Dataset
     from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
-    from sentence_transformers.losses import MatryoshkaLoss, MultipleNegativesRankingLoss
+    from sentence_transformers.sentence_transformer.losses import MatryoshkaLoss, MultipleNegativesRankingLoss
 
     torch.manual_seed(seed)
     model = SentenceTransformer(path, device="cpu")
@@ -75,7 +76,9 @@ def mrl_finetune(path, train, seed, output_dir, teacher_weight):
 
 def encode(model, texts):
     if hasattr(model, "config") and hasattr(model.config, "nesting_list"):  # mrl_hf: the full vector, raw
-        return model.encode(texts, batch_size=64, truncate_dim=model.config.matryoshka_embedding_dim, normalize=False)
+        return model.encode(texts, batch_size=64, truncate_dim=model.config.matryoshka_embedding_dim, normalize=False,
+                            max_length=EVAL_LENGTH)
+    model.max_seq_length = EVAL_LENGTH
     return model.encode(texts, batch_size=64)
 
 
@@ -91,7 +94,8 @@ def score(model, sets):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--teacher-weights", default="1", help="comma-separated; each is an mrl_hf run per seed")
+    parser.add_argument("--teacher-weights", default="0,10",
+                        help="comma-separated; each is an mrl_hf run per seed (teacher term at the full size)")
     parser.add_argument("--json", help="also write every number here")
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]

@@ -65,27 +65,32 @@ class MRLTrainer(Trainer):
     collator, so ``remove_unused_columns`` is switched off for you.
 
     Fine-tuning that keeps what the model knew (embedding models): ``teacher_weight=w > 0`` adds ``w`` times the
-    similarity distillation of ``mrl_hf.distillation`` (pairwise + top-k + listwise, at every nesting size) between
-    the anchors' embeddings and a frozen teacher's embeddings of the same anchors. ``teacher="original"`` (default)
-    is a frozen copy of the model as it is when the trainer is built; or pass any model whose
-    ``forward(input_ids, attention_mask)`` gives ``embeddings``. The teacher runs once per batch, without gradient;
-    its term is a batch-level loss like the contrastive one (gathered across processes with the embeddings), and is
-    part of ``loss`` and of each ``loss_dim_{m}``.
+    similarity distillation of ``mrl_hf.distillation`` (pairwise + top-k + listwise) between the anchors' embeddings
+    and a frozen teacher's embeddings of the same anchors, at the full size only (``teacher_sizes="full"``, default:
+    the small sizes are what the Matryoshka loss must change, the full size should stay what it was) or at every
+    nesting size (``"all"``). ``teacher="original"`` (default) is a frozen copy of the model as it is when the trainer
+    is built; or pass any model whose ``forward(input_ids, attention_mask)`` gives ``embeddings``. The teacher runs
+    once per batch, without gradient; its term is a batch-level loss like the contrastive one (gathered across
+    processes with the embeddings), and is part of ``loss`` and of each ``loss_dim_{m}``. What it buys is measured
+    in docs/finetune.md (benchmarks/bench_finetune_vs_st.py).
     """
 
     NONFINITE_ACTIONS = ("raise", "skip")
 
     def __init__(self, *args, nonfinite_loss: str = "raise", teacher="original", teacher_weight: float = 0.0,
-                 **kwargs):
+                 teacher_sizes: str = "full", **kwargs):
         if nonfinite_loss not in self.NONFINITE_ACTIONS:
             raise ValueError(f"nonfinite_loss={nonfinite_loss!r}; choose 'raise' (stop with an error naming the "
                              "nesting dim) or 'skip' (drop that batch's gradient and go on).")
         if isinstance(teacher_weight, bool) or not isinstance(teacher_weight, (int, float)) or not teacher_weight >= 0:
             raise ValueError(f"teacher_weight={teacher_weight!r} must be a number >= 0 (0 turns the teacher off).")
+        if teacher_sizes not in ("full", "all"):
+            raise ValueError(f"teacher_sizes={teacher_sizes!r}; choose 'full' (the teacher term at the full size only) "
+                             "or 'all' (at every nesting size).")
         self.nonfinite_loss = nonfinite_loss
         self.skipped_nonfinite_batches = 0
         super().__init__(*args, **kwargs)
-        self.teacher_weight = float(teacher_weight)
+        self.teacher_weight, self.teacher_sizes = float(teacher_weight), teacher_sizes
         self.teacher, self.teacher_loss = self._build_teacher(teacher) if self.teacher_weight else (None, None)
         from .data.collator import PairCollator
 
@@ -128,7 +133,9 @@ class MRLTrainer(Trainer):
         if not isinstance(teacher, torch.nn.Module):
             raise TypeError(f"teacher must be 'original' or a torch model, got {type(teacher).__name__}.")
         teacher.requires_grad_(False).eval()
-        return teacher, MatryoshkaDistillationLoss(config.nesting_list, config.relative_importance)
+        sizes = len(config.nesting_list)
+        weights = [0.0] * (sizes - 1) + [1.0] if self.teacher_sizes == "full" else config.relative_importance
+        return teacher, MatryoshkaDistillationLoss(config.nesting_list, weights)
 
     def _add_teacher_term(self, model, inputs, loss, outputs):
         """``loss + w * distillation(anchors' embeddings, teacher's embeddings of the anchors)``; the per-size terms
@@ -144,7 +151,11 @@ class MRLTrainer(Trainer):
         if getattr(config, "gather_across_processes", True) and self.accelerator.num_processes > 1:
             student, target = all_gather_with_grad(student), all_gather_with_grad(target)
         nested = self.teacher_loss(student, target.to(student.dtype))
-        outputs["per_dim_losses"] = outputs["per_dim_losses"] + self.teacher_weight * nested.per_dim_losses
+        per_dim = nested.per_dim_losses
+        if self.teacher_sizes == "full":  # logged at the full size only, so that loss == sum_m c_m * loss_dim_m holds
+            coefs = getattr(config, "relative_importance", None)
+            per_dim = torch.cat([torch.zeros_like(per_dim[:-1]), per_dim[-1:] / (coefs[-1] if coefs else 1.0)])
+        outputs["per_dim_losses"] = outputs["per_dim_losses"] + self.teacher_weight * per_dim
         return loss + self.teacher_weight * nested.loss, outputs
 
     def _check_label_smoothing(self) -> float:

@@ -35,7 +35,7 @@ def trainer(model, data, tmp_path, **kwargs):
 def test_the_logged_loss_is_infonce_plus_the_weighted_teacher_term(tmp_path):
     data = rows()
     model = tiny()
-    t = trainer(model, data, tmp_path, teacher_weight=0.5)
+    t = trainer(model, data, tmp_path, teacher_weight=0.5, teacher_sizes="all")
     first = default_data_collator(data[:8])
     with torch.no_grad():  # what step 1 computes, by hand, from the model before any update
         out = model(**first)
@@ -51,6 +51,23 @@ def test_the_logged_loss_is_infonce_plus_the_weighted_teacher_term(tmp_path):
                                                       model.bert.embeddings.word_embeddings.weight)  # model trained
 
 
+def test_the_full_size_teacher_term_is_logged_at_the_full_size(tmp_path):
+    data = rows()
+    model = tiny()
+    first = default_data_collator(data[:8])
+    with torch.no_grad():
+        out = model(**first)
+        anchors = model(first["input_ids"]).embeddings
+        teacher = MatryoshkaDistillationLoss(NESTING)(anchors, anchors).per_dim_losses[-1]
+    t = trainer(model, data, tmp_path, teacher_weight=2.0)  # teacher_sizes="full" by default
+    t.train()
+    log = next(h for h in t.state.log_history if "loss" in h)
+    expected = out.per_dim_losses.clone()
+    expected[-1] += 2.0 * teacher
+    assert [log[f"loss_dim_{m}"] for m in NESTING] == pytest.approx(expected.tolist(), rel=1e-5)
+    assert log["loss"] == pytest.approx(float(expected.sum()), rel=1e-5)
+
+
 def test_the_teacher_keeps_the_embeddings_close_to_the_original(tmp_path):
     """The no-forgetting property in miniature: after the same steps, the anchors' similarity structure moved less
     from the original's with the teacher term than without it."""
@@ -62,7 +79,7 @@ def test_the_teacher_keeps_the_embeddings_close_to_the_original(tmp_path):
         with torch.no_grad():
             before = torch.nn.functional.normalize(original(probe).embeddings, dim=-1)
         model = tiny()
-        trainer(model, data, tmp_path / str(weight), teacher_weight=weight).train()
+        trainer(model, data, tmp_path / str(weight), teacher_weight=weight, teacher_sizes="all").train()
         with torch.no_grad():
             after = torch.nn.functional.normalize(model.eval()(probe).embeddings, dim=-1)
         return (after @ after.T - before @ before.T).abs().mean().item()
@@ -74,6 +91,8 @@ def test_the_teacher_keeps_the_embeddings_close_to_the_original(tmp_path):
 def test_teacher_settings_that_cannot_work_are_refused(tmp_path):
     with pytest.raises(ValueError, match="teacher_weight=-1"):
         trainer(tiny(), rows(), tmp_path, teacher_weight=-1)
+    with pytest.raises(ValueError, match="teacher_sizes='some'"):
+        trainer(tiny(), rows(), tmp_path, teacher_weight=1.0, teacher_sizes="some")
     with pytest.raises(ValueError, match="teacher='student'"):
         trainer(tiny(), rows(), tmp_path, teacher_weight=1.0, teacher="student")
     torch.manual_seed(0)
