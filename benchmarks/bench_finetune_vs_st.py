@@ -37,7 +37,8 @@ EVAL_LENGTH = 256  # all-MiniLM-L6-v2's own max_seq_length: evaluation reads who
 
 def st_finetune(path, train, seed, output_dir):
     from datasets import Dataset
-    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers import (SentenceTransformer, SentenceTransformerTrainer,
+                                       SentenceTransformerTrainingArguments)
     from sentence_transformers.sentence_transformer.losses import MatryoshkaLoss, MultipleNegativesRankingLoss
 
     torch.manual_seed(seed)
@@ -54,7 +55,7 @@ def st_finetune(path, train, seed, output_dir):
     return model, time.perf_counter() - start
 
 
-def mrl_finetune(path, train, seed, output_dir, teacher_weight):
+def mrl_finetune(path, train, seed, output_dir, teacher_weight, teacher_sizes="full"):
     from transformers import TrainingArguments
 
     from mrl_hf import MRLTrainer
@@ -68,6 +69,7 @@ def mrl_finetune(path, train, seed, output_dir, teacher_weight):
         warmup_steps=WARMUP, seed=seed, logging_steps=10, save_strategy="no", report_to=[], disable_tqdm=True,
         use_cpu=True)
     trainer = MRLTrainer(model=model, args=args, train_dataset=train, teacher_weight=teacher_weight,
+                         teacher_sizes=teacher_sizes,
                          data_collator=PairCollator(model.tokenizer, max_length=MAX_LENGTH))
     start = time.perf_counter()
     trainer.train()
@@ -95,7 +97,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--teacher-weights", default="0,10",
-                        help="comma-separated; each is an mrl_hf run per seed (teacher term at the full size)")
+                        help="comma-separated; each is an mrl_hf run per seed")
+    parser.add_argument("--teacher-sizes", default="full", choices=["full", "all"],
+                        help="where the teacher term applies (MRLTrainer's teacher_sizes)")
     parser.add_argument("--json", help="also write every number here")
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -112,12 +116,13 @@ def main(argv=None):
     results = {"original, sliced": [score(SentenceTransformer(path, device="cpu"), sets)]}
     seconds = {}
     methods = [("sentence-transformers MatryoshkaLoss", None)] + [
-        (f"mrl_hf MRLTrainer, teacher_weight={w:g}", w) for w in weights]
+        (f"mrl_hf MRLTrainer, teacher_weight={w:g}" + (" (all sizes)" if w and args.teacher_sizes == "all" else ""), w)
+        for w in weights]
     for seed in seeds:
         for name, weight in methods:
             with tempfile.TemporaryDirectory() as tmp:
                 model, took = (st_finetune(path, train, seed, tmp) if weight is None
-                               else mrl_finetune(path, train, seed, tmp, weight))
+                               else mrl_finetune(path, train, seed, tmp, weight, args.teacher_sizes))
             results.setdefault(name, []).append(score(model, sets))
             seconds.setdefault(name, []).append(took)
             print(f"seed {seed} {name}: {took:.1f} s {results[name][-1]}", flush=True)

@@ -54,7 +54,7 @@ def _train(args: argparse.Namespace) -> int:
     train, test = recipes.split_pairs(load_chatterbot_pairs(), seed=args.seed)
     nesting = nesting or recipes.NESTING
     model, _ = recipes.finetune(model_path, train, nesting, epochs=args.epochs or 1.0, batch_size=args.batch_size,
-                                lr=args.lr, seed=args.seed)
+                                lr=args.lr, seed=args.seed, teacher_weight=args.teacher_weight)
     table = recipes.results_table({"MRL fine-tuned": recipes.evaluate(model, test, nesting)})
     out = save_for_hub(model, args.output_dir, results=table,
                        eval_dataset={"name": "chatterbot-corpus (held-out questions)", "type": "chatterbot-corpus"},
@@ -235,6 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=int, default=32, help="batch size (default 32)")
     train.add_argument("--lr", type=float, default=5e-5, help="learning rate (default 5e-5)")
     train.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    train.add_argument("--teacher-weight", type=float, default=0.0,
+                       help="keep the full size close to the original model: MRLTrainer's teacher term with this "
+                            "weight (default 0, off; docs/finetune.md measures what 10 buys)")
     train.set_defaults(func=_train)
 
     evaluate = commands.add_parser(

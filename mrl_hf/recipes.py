@@ -42,8 +42,9 @@ def evaluate(model, test_pairs, dims, batch_size: int = 64) -> dict[int, dict[st
 
 def finetune(model_path: str, train_pairs, nesting_list, *, epochs: float = 1.0, batch_size: int = 32,
              lr: float = 5e-5, max_length: int = 32, seed: int = 0, output_dir: str | None = None,
-             progress: bool = True, max_steps: int = -1):
-    """MRL fine-tuning through ``MRLTrainer``; returns the model (in eval mode) and the trainer."""
+             progress: bool = True, max_steps: int = -1, teacher_weight: float = 0.0):
+    """MRL fine-tuning through ``MRLTrainer``; returns the model (in eval mode) and the trainer. ``teacher_weight``:
+    ``MRLTrainer``'s term that keeps the full size close to the original model (0: off)."""
     import torch
     from transformers import TrainingArguments
 
@@ -57,7 +58,7 @@ def finetune(model_path: str, train_pairs, nesting_list, *, epochs: float = 1.0,
         num_train_epochs=epochs, max_steps=max_steps, learning_rate=lr, warmup_steps=0.1, seed=seed, logging_steps=10,
         save_strategy="no", report_to=[], disable_tqdm=not progress, use_cpu=not torch.cuda.is_available(),
     )
-    trainer = MRLTrainer(model=model, args=args, train_dataset=train_pairs,
+    trainer = MRLTrainer(model=model, args=args, train_dataset=train_pairs, teacher_weight=teacher_weight,
                          data_collator=PairCollator(model.tokenizer, max_length=max_length))
     trainer.train()
     return model.eval(), trainer

