@@ -24,7 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .embeddings import principal_axes, truncate_embeddings
+from .embeddings import as_float32_matrix, principal_axes, truncate_embeddings
 from .nesting import halving_nesting_list, validate_dim, validate_nesting_list
 
 ADAPTOR_CONFIG_NAME = "adaptor_config.json"
@@ -32,30 +32,14 @@ ADAPTOR_WEIGHTS_NAME = "adaptor.safetensors"
 
 
 def check_embeddings(embeddings, dim: int | None = None, name: str = "embeddings") -> torch.Tensor:
-    """``embeddings`` as a float32 ``(N, d)`` tensor, or a ``ValueError``/``TypeError`` saying what is wrong."""
-    if isinstance(embeddings, np.ndarray):
-        if not np.issubdtype(embeddings.dtype, np.number):
-            raise TypeError(f"{name} has dtype {embeddings.dtype}; pass numbers (e.g. float32).")
-        tensor = torch.from_numpy(np.ascontiguousarray(embeddings))
-    elif isinstance(embeddings, torch.Tensor):
-        tensor = embeddings.detach()
-    else:
-        raise TypeError(f"{name} must be a numpy.ndarray or torch.Tensor of shape (N, dim), "
-                        f"got {type(embeddings).__name__}; convert with np.asarray(...).")
-    if tensor.dim() != 2:
-        raise ValueError(f"{name} must have shape (N, dim), got {tuple(tensor.shape)}; "
-                         "reshape a single vector with x[None, :].")
+    """``embeddings`` as a float32 ``(N, d)`` tensor on its own device (``as_float32_matrix``), non-empty and of
+    width ``dim`` when given, or a ``ValueError``/``TypeError`` saying what is wrong."""
+    tensor = as_float32_matrix(embeddings, name, as_tensor=True)
     if tensor.shape[0] == 0:
         raise ValueError(f"{name} is empty (0 rows); pass at least one embedding.")
     if dim is not None and tensor.shape[1] != dim:
         raise ValueError(f"{name} has dim {tensor.shape[1]}, but this adaptor was built for dim {dim}; "
                          "use embeddings from the encoder the adaptor was fitted on.")
-    tensor = tensor.float()
-    finite = torch.isfinite(tensor).all(1)
-    if not finite.all():
-        bad = (~finite).nonzero().flatten()
-        raise ValueError(f"{name} has non-finite values (NaN or inf) in {len(bad)} row(s), first at row "
-                         f"{bad[0].item()}; drop or re-encode those rows.")
     return tensor
 
 

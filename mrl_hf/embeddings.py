@@ -1,10 +1,56 @@
-"""Slicing Matryoshka embeddings to a prefix, the one operation every deployment path uses."""
+"""Slicing Matryoshka embeddings to a prefix, the one operation every deployment path uses, and the one check of an
+embedding matrix that the index, the metrics and the adaptor share."""
 from __future__ import annotations
 
 import numpy as np
 import torch
 
 from .nesting import validate_dim
+
+_FINITE_CHECK_ROWS = 65536  # rows per block when locating NaN/inf, to bound the temporary bool array
+
+
+def as_float32_matrix(x, name: str, allow_1d: bool = False, as_tensor: bool = False):
+    """``x`` (a numpy array or torch tensor of floats) as a float32 matrix ``(n, dim)``: a C-contiguous numpy array,
+    or with ``as_tensor=True`` a detached tensor on ``x``'s own device (numpy input: a CPU tensor).
+
+    Raises ``TypeError`` for other types or non-float dtypes and ``ValueError`` for a wrong shape or for rows that
+    hold NaN or inf (naming the bad rows).
+    """
+    if isinstance(x, torch.Tensor):
+        if not x.is_floating_point():
+            raise TypeError(f"{name} must hold floats, got a tensor of {x.dtype}; convert with {name}.float().")
+        tensor = x.detach().to(torch.float32)
+    elif isinstance(x, np.ndarray):
+        if x.dtype.kind != "f":
+            raise TypeError(f"{name} must hold floats, got a numpy array of {x.dtype}; "
+                            f"convert with {name}.astype(np.float32).")
+        tensor = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    else:
+        raise TypeError(f"{name} must be a numpy array or torch tensor of float32, got {type(x).__name__}; "
+                        "convert with np.asarray(..., dtype=np.float32).")
+    if tensor.dim() == 1 and allow_1d:
+        tensor = tensor[None, :]
+    if tensor.dim() != 2:
+        expected = "(n, dim) or (dim,)" if allow_1d else "(n, dim)"
+        raise ValueError(f"{name} must have shape {expected}, got shape {tuple(tensor.shape)}; reshape a single "
+                         "vector with x[None, :].")
+    if tensor.shape[1] == 0:
+        raise ValueError(f"{name} has shape {tuple(tensor.shape)}: embeddings need at least one dimension.")
+    _check_finite(tensor, name)
+    return tensor if as_tensor else np.ascontiguousarray(tensor.cpu().numpy())
+
+
+def _check_finite(x: torch.Tensor, name: str) -> None:
+    # One float64 sum is cheap and cannot overflow from float32 inputs; only if it is not finite are the bad rows
+    # located.
+    if x.numel() == 0 or torch.isfinite(x.sum(dtype=torch.float64)):
+        return
+    bad = torch.cat([start + (~torch.isfinite(block).all(1)).nonzero().flatten()
+                     for start, block in zip(range(0, x.shape[0], _FINITE_CHECK_ROWS), x.split(_FINITE_CHECK_ROWS))])
+    shown = ", ".join(str(i) for i in bad[:5].tolist())
+    raise ValueError(f"{name} has NaN or inf values in row(s) {shown}{' ...' if len(bad) > 5 else ''} ({len(bad)} "
+                     f"row(s) in all, first at row {bad[0].item()}); remove, repair or re-encode those vectors.")
 
 
 def truncate_embeddings(embeddings, dim: int | None, normalize: bool = False, eps: float = 1e-12):

@@ -142,10 +142,12 @@ def test_dim_mismatch_empty_and_wrong_types_are_reported():
         adaptor.fit(np.zeros((0, 32), np.float32))
     with pytest.raises(ValueError, match="empty"):
         pca_rotation(np.zeros((0, 32), np.float32))
-    with pytest.raises(ValueError, match=r"shape \(N, dim\)"):
+    with pytest.raises(ValueError, match=r"shape \(n, dim\)"):
         adaptor.transform(np.zeros(32, np.float32))
-    with pytest.raises(TypeError, match="numpy.ndarray or torch.Tensor"):
+    with pytest.raises(TypeError, match="numpy array or torch tensor"):
         adaptor.transform([[0.0] * 32])
+    with pytest.raises(TypeError, match="must hold floats"):
+        adaptor.transform(np.zeros((4, 32), np.int64))
     with pytest.raises(ValueError, match="dim=64 is out of range"):
         adaptor.transform(_clustered(4), dim=64)
     with pytest.raises(ValueError, match="init='svd'"):

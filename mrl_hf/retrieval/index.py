@@ -19,7 +19,8 @@ import torch
 from ..nesting import as_int, validate_dim
 from ..saving import owned_files, reading
 from ._faiss_backend import INDEX_TYPES, FaissLevel, auto_nlist, import_faiss
-from ._inputs import as_float32_matrix, check_metric, prefix
+from ..embeddings import as_float32_matrix
+from ._inputs import check_metric, prefix
 from ._rerank import prefix_norms, rerank
 from ._torch_backend import TorchFlatLevel
 from .codes import CodeLevel
