@@ -100,8 +100,8 @@ class MatryoshkaAdaptor(nn.Module):
             init: str | None = "pca", top_k: int = 10, pairwise_weight: float = 1.0, topk_weight: float = 1.0,
             listwise_weight: float = 1.0, listwise_temperature: float = 0.05,
             relative_importance: Sequence[float] | None = None, center_teacher: bool = True, seed: int = 0,
-            verbose: bool = False, pairs=None, pair_weight: float = 1.0,
-            pair_temperature: float = 0.05) -> "MatryoshkaAdaptor":
+            verbose: bool = False, pairs=None, pair_weight: float = 1.0, pair_temperature: float = 0.05,
+            precisions=None, quantization_weight: float = 1.0, binary_surrogate: str = "ste") -> "MatryoshkaAdaptor":
         """Train on unlabelled ``embeddings`` (N, input_dim) so every prefix matches their similarities.
 
         The teacher is the input itself: ``similarity_distillation_loss`` between ``self(e)`` and ``e`` on random
@@ -114,6 +114,9 @@ class MatryoshkaAdaptor(nn.Module):
         ``pairs=(queries, positives)``: embeddings of a few labelled (query, relevant text) pairs, row i with row i.
         Each step then also adds ``pair_weight`` times the nested InfoNCE of the adapted pairs (in-batch negatives,
         ``pair_temperature``), the Matryoshka-Adaptor paper's supervised variant.
+
+        ``precisions`` / ``quantization_weight`` / ``binary_surrogate``: train the prefixes also as the codes they will
+        be served as (``mrl_hf.quantization``; e.g. ``{"binary": [64, 128]}``), in both terms.
         """
         similarity_distillation_loss = _needs_mrl_hf("fitting an adaptor", "distillation").similarity_distillation_loss
         x = check_embeddings(embeddings, self.input_dim)
@@ -157,12 +160,14 @@ class MatryoshkaAdaptor(nn.Module):
                 rows = order[step * batch_size:(step + 1) * batch_size]
                 out = similarity_distillation_loss(
                     self(x[rows]), teacher[rows], self.nesting_list, relative_importance, pairwise_weight, topk_weight,
-                    top_k, listwise_weight, listwise_temperature)
+                    top_k, listwise_weight, listwise_temperature, precisions, quantization_weight, binary_surrogate)
                 loss = out.loss
                 if pair_q is not None:
                     picked = torch.randperm(pair_q.shape[0], generator=generator)[:batch_size].to(x.device)
                     supervised = nested_contrastive_loss(self(pair_q[picked]), self(pair_p[picked]), self.nesting_list,
-                                                         pair_temperature, relative_importance)
+                                                         pair_temperature, relative_importance, precisions=precisions,
+                                                         quantization_weight=quantization_weight,
+                                                         binary_surrogate=binary_surrogate)
                     loss = loss + pair_weight * supervised.loss
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()

@@ -230,14 +230,18 @@ class MatryoshkaDistillationTrainer(MRLTrainer):
     """``MRLTrainer`` whose loss is ``MatryoshkaDistillationLoss`` between the model's embeddings and the
     precomputed teacher vectors in each batch (``DistillationCollator``); logs ``loss_dim_{m}`` as usual.
 
-    ``distillation_loss`` defaults to the pairwise + top-k + listwise loss on ``model.config.nesting_list``.
+    ``distillation_loss`` defaults to the pairwise + top-k + listwise loss on ``model.config.nesting_list``, made
+    quantisation-aware for the (size, precision) pairs of ``model.config.matryoshka_precisions``.
     """
 
     def __init__(self, *args, distillation_loss: MatryoshkaDistillationLoss | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         config = self.accelerator.unwrap_model(self.model).config
         self.distillation_loss = distillation_loss or MatryoshkaDistillationLoss(
-            config.nesting_list, config.relative_importance)
+            config.nesting_list, config.relative_importance,
+            precisions=getattr(config, "matryoshka_precisions", None),  # the codes the config says it is trained for
+            quantization_weight=getattr(config, "quantization_weight", 1.0),
+            binary_surrogate=getattr(config, "binary_surrogate", "ste"))
         if list(self.distillation_loss.nesting_list) != list(config.nesting_list):
             raise ValueError(f"distillation_loss.nesting_list={self.distillation_loss.nesting_list} differs "
                              f"from the model's nesting_list={config.nesting_list}; build the loss from it.")

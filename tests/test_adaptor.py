@@ -178,3 +178,25 @@ def test_pairs_add_the_supervised_term_that_brings_each_pair_together():
         MatryoshkaAdaptor(32, [8, 32]).fit(corpus, epochs=1, pairs=queries)
     with pytest.raises(ValueError, match="100 queries and 99 positives"):
         MatryoshkaAdaptor(32, [8, 32]).fit(corpus, epochs=1, pairs=(queries[:100], positives[:99]))
+
+
+def test_fit_can_train_the_prefixes_as_the_codes_they_will_be_served_as():
+    x = _clustered(200)
+    plain = MatryoshkaAdaptor(32, [8, 16, 32]).fit(x, epochs=3, batch_size=64)
+    coded = MatryoshkaAdaptor(32, [8, 16, 32]).fit(x, epochs=3, batch_size=64, precisions={"binary": [8]})
+    assert not torch.equal(plain.linear.weight, coded.linear.weight)  # the binary term at 8 dims took part
+    with pytest.raises(ValueError, match="binary"):
+        MatryoshkaAdaptor(32, [8, 16, 32]).fit(x, epochs=1, precisions={"int4": [8]})
+
+
+def test_the_distillation_trainer_trains_the_codes_its_config_lists(tmp_path):
+    from transformers import TrainingArguments
+
+    from mrl_hf.distillation import MatryoshkaDistillationTrainer
+    from mrl_hf.modeling import MRLBertConfig, MRLBertModel
+
+    model = MRLBertModel(MRLBertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                       intermediate_size=32, nesting_list=[4, 8, 16], precisions={"binary": [8]}))
+    trainer = MatryoshkaDistillationTrainer(model=model, args=TrainingArguments(tmp_path, report_to=[], use_cpu=True),
+                                            train_dataset=[])
+    assert trainer.distillation_loss.precisions == {"float32": [4, 8, 16], "binary": [8]}
