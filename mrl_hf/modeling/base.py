@@ -36,6 +36,7 @@ class MatryoshkaPreTrainedMixin:
     """
 
     _plain_model_types: tuple[str, ...] = ()
+    _class_for_any_family = "the mrl_hf class for any backbone (docs/any_backbone.md)"
     _HUB_KWARGS = ("revision", "cache_dir", "token", "local_files_only", "subfolder", "trust_remote_code")
 
     @classmethod
@@ -111,7 +112,8 @@ class MatryoshkaPreTrainedMixin:
         if model_type not in cls._plain_model_types:
             runs = ", ".join(repr(t) for t in (own, *cls._plain_model_types))
             raise ValueError(f"{str(path)!r} is a {model_type!r} checkpoint, but {cls.__name__} runs {runs} checkpoints "
-                             f"only; it would compute something else than the {model_type!r} model does.")
+                             f"only; it would compute something else than the {model_type!r} model does. Load it with "
+                             f"{cls._class_for_any_family}, which runs any family.")
         fields = {f.name for f in dataclasses.fields(cls.config_class)} - {"dtype"}
         settings = {k: kwargs.pop(k) for k in list(kwargs) if k in fields or k == "num_labels"}
         plain = {k: v for k, v in found.items() if k in fields and k not in ("architectures", "transformers_version")}

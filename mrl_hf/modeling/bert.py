@@ -126,6 +126,7 @@ class MRLBertPreTrainedModel(MatryoshkaPreTrainedMixin, BertPreTrainedModel):
     config: MRLBertConfig
     base_model_prefix = "bert"
     _plain_model_types = ("bert",)
+    _class_for_any_family = "MRLModelForTextEmbedding (embeddings) or MRLModelForMaskedLM (masked LM)"
     # parts of plain BERT checkpoints that these models do not use: the pooler, another task's head
     _keys_to_ignore_on_load_unexpected = [r"(^|\.)pooler\.", r"^cls\.seq_relationship\.", r"^classifier\."]
     # The contrastive loss is a mean over the (global) batch: the Trainer must average it over gradient accumulation

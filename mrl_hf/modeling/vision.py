@@ -105,6 +105,8 @@ class MatryoshkaImageClassifierOutput(ModelOutput):
 class _MRLImageClassifier(MatryoshkaPreTrainedMixin):
     """What the ResNet and ViT classifiers share: projection, Matryoshka head, loss, checks, freezing."""
 
+    _class_for_any_family = "MRLModelForImageClassification"
+
     # forward takes num_items_in_batch (an explicit flag: the Trainer would otherwise infer it from **kwargs).
     accepts_loss_kwargs = True
 
