@@ -251,7 +251,7 @@ def test_push_to_hub_in_save_pretrained_pushes_after_the_local_save(tmp_path):
 
 # ---- two processes at once ----------------------------------------------------------------------------------------
 
-def _save_alternately(folder, seconds):
+def _save_alternately(folder, stop_file, seconds):
     import threading
 
     from tqdm import tqdm
@@ -262,7 +262,7 @@ def _save_alternately(folder, seconds):
     torch.set_num_threads(1)
     models = [model(0, truncate_dim=4), model(1, truncate_dim=8)]
     end, i = time.time() + seconds, 0
-    while time.time() < end:
+    while time.time() < end and not os.path.exists(stop_file):
         models[i % 2].save_pretrained(folder)
         i += 1
     os._exit(0)
@@ -274,17 +274,20 @@ def test_loads_during_saves_never_mix_two_saves_and_saves_take_turns(tmp_path):
     expected = {4: model(0, truncate_dim=4), 8: model(1, truncate_dim=8)}
     expected[4].save_pretrained(folder)
     ctx = multiprocessing.get_context("fork")
-    savers = [ctx.Process(target=_save_alternately, args=(folder, 3.0)) for _ in range(2)]
+    stop_file = str(tmp_path / "stop")
+    savers = [ctx.Process(target=_save_alternately, args=(folder, stop_file, 60.0)) for _ in range(2)]
     for p in savers:
         p.start()
-    loads, end = 0, time.time() + 2.5
-    while time.time() < end:
+    # At least 2.5 s and 5 loads while both savers run (the count, not the clock, decides on a loaded machine).
+    loads, start = 0, time.time()
+    while (loads < 5 or time.time() < start + 2.5) and all(p.is_alive() for p in savers):
         loaded = MRLBertModel.from_pretrained(folder)
         assert same_weights(loaded, expected[loaded.config.truncate_dim]), "weights of one save, config of another"
         loads += 1
+    open(stop_file, "w").close()
     for p in savers:
-        p.join(30)
-    assert [p.exitcode for p in savers] == [0, 0] and loads >= 3  # no save failed while the other one ran
+        p.join(60)
+    assert [p.exitcode for p in savers] == [0, 0] and loads >= 5  # no save failed while the other one ran
     assert internal_leftovers(folder) == []
 
 
