@@ -110,8 +110,21 @@ def test_bare_base_model_gets_a_new_initialised_head(family, tmp_path):
         if not name.startswith("pooler."):
             assert torch.equal(encoder[name], value), name
     assert all(torch.isfinite(p).all() for p in model.parameters())
+    decoder = model.get_output_embeddings()  # ModernBERT's decoder bias is its own (not tied): new, so zero
+    assert torch.equal(decoder.bias, torch.zeros_like(decoder.bias))
+    assert decoder.weight is model.get_input_embeddings().weight
     with torch.no_grad():
         assert torch.isfinite(model(**batch()).loss)
+
+
+def test_a_plain_checkpoint_keeps_its_own_decoder_bias(tmp_path):
+    torch.manual_seed(0)
+    plain = AutoModelForMaskedLM.from_config(plain_config("modernbert"))
+    with torch.no_grad():
+        plain.decoder.bias.normal_()
+    plain.save_pretrained(tmp_path)
+    model = MRLModelForMaskedLM.from_pretrained(tmp_path, nesting_list=NESTING["modernbert"])
+    assert torch.equal(model.get_output_embeddings().bias, plain.decoder.bias)
 
 
 def test_same_losses_as_the_bert_class():

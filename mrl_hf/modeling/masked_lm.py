@@ -23,6 +23,7 @@ import torch
 from huggingface_hub.dataclasses import strict
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, PretrainedConfig, PreTrainedModel
+from transformers import initialization as init
 from transformers.configuration_utils import SubConfigSpec
 from transformers.utils import ModelOutput
 
@@ -226,6 +227,13 @@ class MRLModelForMaskedLM(WrappedModelMixin, PreTrainedModel):
         if f"{decoder_name}.weight" not in (getattr(self, "all_tied_weights_keys", None) or {}):
             raise ValueError(f"the {family!r} masked LM does not tie its decoder to the word embeddings; "
                              "MRLModelForMaskedLM nests a tied decoder only.")
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if module is self:  # the decoder sits inside the family's model, whose own _init_weights does not know it
+            bias = self.get_output_embeddings().bias
+            if bias is not None:  # zero, like the families' own MLM biases; a loaded bias is left alone
+                init.zeros_(bias)
 
     # ---- loading (plain checkpoints: see mrl_hf/modeling/wrapped.py) -------------------------------------------------
     @classmethod
