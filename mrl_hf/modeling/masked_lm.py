@@ -246,6 +246,17 @@ class MRLModelForMaskedLM(WrappedModelMixin, PreTrainedModel):
             return {r"^": f"{MLM_PREFIX}.{base.base_model_prefix}."}
         return {r"^": f"{MLM_PREFIX}."}
 
+    def _check_wrapped_model_loaded(self, path, info) -> None:
+        super()._check_wrapped_model_loaded(path, info)
+        # A decoder bias the checkpoint lacks (a bare base model; ModernBERT's bias is not tied to a loaded one) is set
+        # here: transformers' loading initialises missing weights through the family's own _init_weights, which does
+        # not know the nested decoder, so it would stay uninitialised memory.
+        decoder = self.get_output_embeddings()
+        name = next(n for n, m in self.named_modules() if m is decoder)
+        if decoder.bias is not None and f"{name}.bias" in set((info or {}).get("missing_keys", ())):
+            with torch.no_grad():
+                decoder.bias.zero_()
+
     def _after_from_pretrained(self, path, kwargs) -> None:
         self.tokenizer = try_load_tokenizer(path, kwargs)
 
