@@ -11,6 +11,8 @@ Targets: (1) recall >= 0.99 with <= 1/8 of the baseline's RAM at >= 1.0x its QPS
 
     python benchmarks/bench_quantized.py --data synthetic --n 200000       # 768-d synthetic (see bench_retrieval)
     python benchmarks/bench_quantized.py --data minilm                     # real Wikipedia paragraphs, MiniLM+PCA
+    python benchmarks/bench_quantized.py --n 1000000 --threads 1 --dims 64,128,256 --structures flat,ivf  # 1M
+AdANNS-IVF plans (lists clustered and routed at a shorter prefix, ``--cluster-dims``) are tried next to plain IVF.
 Not run by CI.
 """
 from __future__ import annotations
@@ -89,6 +91,10 @@ def main():
     ap.add_argument("--queries", type=int, default=500)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--cache", default="outputs/bench_quantized_cache")
+    ap.add_argument("--dims", default="64,128,256,512,full", help="prefix sizes tried ('full' = the stored size)")
+    ap.add_argument("--structures", default="flat,hnsw,ivf")
+    ap.add_argument("--cluster-dims", default="none,32",
+                    help="IVF cluster dims tried ('none' = plain IVF; others give AdANNS-IVF, SearchPlan.cluster_dim)")
     args = ap.parse_args()
     import faiss
 
@@ -117,9 +123,11 @@ def main():
               f"recall {base['recall']:.4f}")
 
         d = index.dim
-        dims = [x for x in (64, 128, 256, 512) if x < d] + [d]
-        grid = dict(dims=dims, precisions=["binary", "int8"], structures=["flat", "hnsw", "ivf"],
+        dims = sorted({d if x == "full" else min(int(x), d) for x in args.dims.split(",")})
+        grid = dict(dims=dims, precisions=["binary", "int8"], structures=args.structures.split(","),
+                    cluster_dims=[None if c == "none" else int(c) for c in args.cluster_dims.split(",")],
                     candidates=[50, 100, 200, 400, 800], ef_search=[None], nprobe=[16, 64], repeats=2)
+        print(f"\ngrid: {grid}")
         start = time.perf_counter()
         results = {}
         for target in (0.99, 0.95):

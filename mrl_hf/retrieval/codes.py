@@ -11,6 +11,14 @@ then quantised:
   the query is binarised too. ``dim`` must be a multiple of 8.
 
 The codes are what a plan keeps in RAM; the full float32 vectors are read only to re-rank the candidates.
+
+AdANNS-IVF (``cluster_dim``): k-means runs on the normalised ``cluster_dim``-prefixes, and queries are routed to
+their nearest lists at that prefix; the lists hold ``dim``-prefix codes. FAISS's IVF quantizer must have the
+index's dim, so it holds the centroids zero-padded to ``dim``: a ``dim``-prefix scores against a padded centroid
+exactly as its ``cluster_dim``-prefix does against the centroid, up to a positive factor (inner product) or a
+per-vector constant (L2, Hamming), so vectors land in the same lists. Queries are routed by a separate
+``cluster_dim`` index over the same centroids (``nlist * cluster_dim`` work, not ``nlist * dim``), and the lists
+store the codes themselves, not residuals.
 """
 from __future__ import annotations
 
@@ -46,16 +54,17 @@ class CodeLevel:
     """The database's ``dim``-prefixes, coded at ``precision`` and held in a FAISS ``structure``."""
 
     def __init__(self, dim: int, precision: str, structure: str, metric: str, hnsw_m: int = 32,
-                 nlist: int | None = None, index=None):
+                 nlist: int | None = None, index=None, cluster_dim: int | None = None):
         self.faiss = import_faiss()
         self.dim, self.precision, self.structure, self.metric = dim, precision, structure, metric
-        self.hnsw_m, self.nlist = hnsw_m, nlist
+        self.hnsw_m, self.nlist, self.cluster_dim = hnsw_m, nlist, cluster_dim
         self.index = index
+        self._router = None
         self._nbytes = None
 
     @property
-    def key(self) -> tuple[int, str, str]:
-        return (self.dim, self.precision, self.structure)
+    def key(self) -> tuple[int, str, str, int | None]:
+        return (self.dim, self.precision, self.structure, self.cluster_dim)
 
     @property
     def binary(self) -> bool:
@@ -75,18 +84,64 @@ class CodeLevel:
             if self.nlist > n:
                 raise ValueError(f"nlist={self.nlist} inverted lists need at least that many vectors, but the index "
                                  f"holds {n}; lower nlist or use structure='flat'.")
-        spec = _factory_string(self.precision, self.structure, self.hnsw_m, self.nlist or 1)
-        if self.binary:
-            self.index = f.index_binary_factory(self.dim, spec)
+        rows = np.arange(n) if n <= _TRAIN_ROWS else np.sort(
+            np.random.default_rng(0).choice(n, _TRAIN_ROWS, replace=False))
+        if self.cluster_dim is not None:
+            self.index = self._adanns_index(database[rows])
         else:
-            metric = f.METRIC_L2 if self.metric == "l2" else f.METRIC_INNER_PRODUCT
-            self.index = f.index_factory(self.dim, spec, metric)
+            spec = _factory_string(self.precision, self.structure, self.hnsw_m, self.nlist or 1)
+            if self.binary:
+                self.index = f.index_binary_factory(self.dim, spec)
+            else:
+                self.index = f.index_factory(self.dim, spec, self._faiss_metric)
         if not self.index.is_trained:
-            rows = np.arange(n) if n <= _TRAIN_ROWS else np.sort(
-                np.random.default_rng(0).choice(n, _TRAIN_ROWS, replace=False))
             self.index.train(self._encode(database[rows]))
         self.add(database)
         return self
+
+    @property
+    def _faiss_metric(self):
+        return self.faiss.METRIC_L2 if self.metric == "l2" else self.faiss.METRIC_INNER_PRODUCT
+
+    def _adanns_index(self, sample: np.ndarray):
+        """An untrained-codes IVF over ``dim``-prefixes whose lists come from k-means on ``cluster_dim``-prefixes."""
+        f = self.faiss
+        kmeans = f.Kmeans(self.cluster_dim, self.nlist, niter=20, seed=0, spherical=self.metric == "cosine")
+        kmeans.train(prefix(sample, self.cluster_dim, self.metric))
+        padded = np.zeros((self.nlist, self.dim), np.float32)
+        padded[:, :self.cluster_dim] = kmeans.centroids
+        if self.binary:
+            quantizer = f.IndexBinaryFlat(self.dim)
+            quantizer.add(sign_bits(padded))  # padded bits are 0: a per-query constant in every Hamming distance
+            index = f.IndexBinaryIVF(quantizer, self.dim, self.nlist)
+        else:
+            quantizer = f.IndexFlat(self.dim, self._faiss_metric)
+            quantizer.add(padded)
+            if self.precision == "float32":
+                index = f.IndexIVFFlat(quantizer, self.dim, self.nlist, self._faiss_metric)
+            else:
+                qtype = {"float16": f.ScalarQuantizer.QT_fp16, "int8": f.ScalarQuantizer.QT_8bit}[self.precision]
+                index = f.IndexIVFScalarQuantizer(quantizer, self.dim, self.nlist, qtype, self._faiss_metric, False)
+        index.own_fields = True  # the index keeps (and serialises) its quantizer
+        quantizer.this.disown()
+        return index
+
+    def _route(self, queries: np.ndarray, nprobe: int) -> np.ndarray:
+        """The ``nprobe`` lists nearest to each query at the ``cluster_dim`` prefix (AdANNS routing)."""
+        f = self.faiss
+        if self._router is None:
+            ivf = self.index
+            if self.binary:
+                codes = f.vector_to_array(f.downcast_IndexBinary(ivf.quantizer).xb).reshape(ivf.nlist, self.dim // 8)
+                self._router = f.IndexBinaryFlat(self.cluster_dim)
+                self._router.add(np.ascontiguousarray(codes[:, :self.cluster_dim // 8]))
+            else:
+                centroids = ivf.quantizer.reconstruct_n(0, ivf.nlist)[:, :self.cluster_dim]
+                self._router = f.IndexFlat(self.cluster_dim, self._faiss_metric)
+                self._router.add(np.ascontiguousarray(centroids))
+        routed = prefix(queries, self.cluster_dim, self.metric)
+        _, lists = self._router.search(sign_bits(routed) if self.binary else routed, nprobe)
+        return lists
 
     def add(self, x: np.ndarray) -> None:
         for s in range(0, x.shape[0], _ADD_ROWS):
@@ -121,7 +176,13 @@ class CodeLevel:
         elif self.structure == "ivf":
             ivf = self.index if self.binary else f.extract_index_ivf(self.index)
             ivf.nprobe = min(nprobe, ivf.nlist)
-            scored = min(1.0, ivf.nprobe / ivf.nlist) * n + ivf.nlist  # expected list sizes, plus centroids
+            routing = ivf.nlist * (self.cluster_dim or self.dim) / self.dim  # centroids, in dim-sized dot products
+            scored = min(1.0, ivf.nprobe / ivf.nlist) * n + routing  # expected list sizes, plus routing
+        if self.cluster_dim is not None:
+            lists = self._route(queries, ivf.nprobe)
+            dummy = np.zeros(lists.shape, np.int32 if self.binary else np.float32)
+            _, ids = ivf.search_preassigned(self._encode(queries), k, lists, dummy)
+            return ids.astype(np.int64, copy=False), scored
         _, ids = self.index.search(self._encode(queries), k)
         if self.structure == "hnsw":
             scored = f.cvar.hnsw_stats.ndis / max(len(queries), 1)
@@ -131,7 +192,8 @@ class CodeLevel:
         (self.faiss.write_index_binary if self.binary else self.faiss.write_index)(self.index, path)
 
     @classmethod
-    def load(cls, path: str, dim: int, precision: str, structure: str, metric: str) -> "CodeLevel":
+    def load(cls, path: str, dim: int, precision: str, structure: str, metric: str,
+             cluster_dim: int | None = None) -> "CodeLevel":
         f = import_faiss()
         index = f.read_index_binary(path) if precision == "binary" else f.read_index(path)
-        return cls(dim, precision, structure, metric, index=index)
+        return cls(dim, precision, structure, metric, index=index, cluster_dim=cluster_dim)

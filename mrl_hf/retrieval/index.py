@@ -25,7 +25,7 @@ from ._rerank import prefix_norms, rerank
 from ._torch_backend import TorchFlatLevel
 from .codes import CodeLevel
 from .cost import SearchCost, SearchResult, StageCost
-from .plan import SearchPlan, check_plan
+from .plan import SearchPlan, check_plan, structure_label
 
 PAPER_FUNNEL_DIMS = (16, 32, 64, 128, 256)
 PAPER_FUNNEL_SHORTLISTS = (200, 100, 50, 25, 10)
@@ -56,6 +56,15 @@ def _read_config(config_file: Path) -> dict:
     if missing:
         raise ValueError(f"{str(config_file)!r} lacks {missing}; the saved index is damaged. Re-save the index.")
     return config
+
+
+def _sorted_codes(codes: dict):
+    return sorted(codes.items(), key=lambda item: (*item[0][:3], item[0][3] or 0))
+
+
+def _code_file(key) -> str:
+    d, precision, structure, cluster_dim = key
+    return f"codes_{d}_{precision}_{structure}{'' if cluster_dim is None else f'_c{cluster_dim}'}.faiss"
 
 
 def default_funnel_steps(dim: int, top_k: int = 10) -> list[tuple[int, int]]:
@@ -171,8 +180,8 @@ class MatryoshkaIndex:
         out = {"embeddings": int(self._db.nbytes)}
         for level in sorted(self._all_levels(), key=lambda lv: (lv.dim, lv.index_type)):
             out[f"{level.index_type}@{level.dim}"] = int(level.nbytes)
-        for (d, precision, structure), level in sorted(self._codes.items()):
-            out[f"{structure}-{precision}@{d}"] = level.nbytes
+        for key, level in _sorted_codes(self._codes):
+            out[f"{structure_label(key[2], key[3])}-{key[1]}@{key[0]}"] = level.nbytes
         if self._norms:
             out["rerank_norms"] = sum(int(v.nbytes) for v in self._norms.values())
         out["total"] = sum(out.values())
@@ -365,7 +374,8 @@ class MatryoshkaIndex:
                 raise ValueError("The index is empty (0 vectors); add embeddings before building a plan's codes.")
             self._codes[plan.code_key] = CodeLevel(plan.dim, plan.precision, plan.structure, self.metric,
                                                    hnsw_m=self._build_params["hnsw_m"],
-                                                   nlist=self._build_params["nlist"]).build(self._db)
+                                                   nlist=self._build_params["nlist"],
+                                                   cluster_dim=plan.cluster_dim).build(self._db)
         return self._codes[plan.code_key]
 
     def search_plan(self, queries, top_k: int, plan=None) -> SearchResult:
@@ -395,7 +405,7 @@ class MatryoshkaIndex:
             return SearchResult(np.empty((0, top_k), np.float32), np.empty((0, top_k), np.int64), empty)
         ids, scored = level.search(q, plan.candidates, plan.ef_search or self.ef_search, plan.nprobe or self.nprobe)
         scores, ids, rescored = rerank(self._db, q, ids, self.dim, self.metric, top_k, norms)
-        stages = (StageCost("search", plan.dim, scored, f"{plan.structure}-{plan.precision}"),
+        stages = (StageCost("search", plan.dim, scored, f"{plan.structure_label}-{plan.precision}"),
                   StageCost("rerank", self.dim, rescored))
         cost = SearchCost(stages, self.ntotal, q.shape[0], time.perf_counter() - start, start - build_start)
         return SearchResult(np.ascontiguousarray(scores), np.ascontiguousarray(ids), cost)
@@ -421,7 +431,7 @@ class MatryoshkaIndex:
 
         Stores the embeddings (``embeddings.npy``), the settings (``mrl_index.json``) and every built
         HNSW/IVF structure (``level_<dim>.faiss``); flat structures are rebuilt on demand after loading. Plan
-        codes built so far are saved too (``codes_<dim>_<precision>_<structure>.faiss``), and so is ``self.plan``.
+        codes built so far are saved too (``codes_<dim>_<precision>_<structure>[_c<cluster_dim>].faiss``), and so is ``self.plan``.
         """
         def write(tmp: Path) -> None:
             np.save(tmp / _EMBEDDINGS_FILE, self._db)
@@ -431,9 +441,9 @@ class MatryoshkaIndex:
                     self._levels[d].save(str(tmp / f"level_{d}.faiss"))
                     saved.append(d)
             codes = []
-            for (d, precision, structure), level in sorted(self._codes.items()):
-                level.save(str(tmp / f"codes_{d}_{precision}_{structure}.faiss"))
-                codes.append([d, precision, structure])
+            for key, level in _sorted_codes(self._codes):
+                level.save(str(tmp / _code_file(key)))
+                codes.append(list(key) if key[3] is not None else list(key[:3]))
             config = {"format": _FORMAT, "format_version": _FORMAT_VERSION, "metric": self.metric,
                       "backend": self.backend, "index_type": self.index_type, "dim": self.dim,
                       "ntotal": self.ntotal, "ef_search": self.ef_search, "nprobe": self.nprobe,
@@ -482,11 +492,11 @@ class MatryoshkaIndex:
                 except (OSError, RuntimeError) as exc:
                     raise ValueError(f"{str(level_file)!r} cannot be read ({exc}); the saved index is damaged. "
                                      "Re-save the index.") from exc
-            for d, precision, structure in config.get("saved_codes", []):  # absent in indexes saved before plans
-                code_file = path / f"codes_{d}_{precision}_{structure}.faiss"
+            for saved in config.get("saved_codes", []):  # absent in indexes saved before plans
+                key = (*saved, None) if len(saved) == 3 else tuple(saved)  # no cluster_dim before AdANNS
+                code_file = path / _code_file(key)
                 try:
-                    index._codes[(d, precision, structure)] = CodeLevel.load(str(code_file), d, precision, structure,
-                                                                             index.metric)
+                    index._codes[key] = CodeLevel.load(str(code_file), *key[:3], index.metric, cluster_dim=key[3])
                 except (OSError, RuntimeError) as exc:
                     raise ValueError(f"{str(code_file)!r} cannot be read ({exc}); the saved index is damaged. "
                                      "Re-save the index.") from exc

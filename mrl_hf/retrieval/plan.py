@@ -4,6 +4,10 @@
 normalised 256-dim prefixes in RAM, in an HNSW graph; take the 200 nearest by Hamming distance; score those 200
 exactly with the stored full-size float32 vectors (which may be memory-mapped from disk: only the candidates'
 rows are read, in one vectorised gather) and return the best ``top_k``.
+
+``SearchPlan(dim=128, precision="int8", structure="ivf", cluster_dim=32, nprobe=16)`` is the AdANNS-IVF of Rege et
+al. (NeurIPS 2023): the inverted lists are clustered (k-means) and routed at the 32-dim prefix, and the vectors in
+the probed lists are scanned at the 128-dim prefix.
 """
 from __future__ import annotations
 
@@ -11,6 +15,11 @@ from dataclasses import asdict, dataclass
 
 from ..nesting import as_int
 from .codes import PRECISIONS, STRUCTURES
+
+
+def structure_label(structure: str, cluster_dim: int | None) -> str:
+    """``"ivf"``, or ``"ivf@32"`` for IVF clustered at the 32-dim prefix (AdANNS)."""
+    return structure if cluster_dim is None else f"{structure}@{cluster_dim}"
 
 
 @dataclass(frozen=True)
@@ -25,6 +34,8 @@ class SearchPlan:
             lists, ``nprobe``).
         candidates: shortlist length re-ranked at the full dim (at least ``top_k``).
         ef_search / nprobe: search-time knobs of HNSW / IVF; ``None`` uses the index's ``ef_search``/``nprobe``.
+        cluster_dim: IVF only (AdANNS): the prefix size the lists are clustered and routed at, smaller than ``dim``
+            (a multiple of 8 for binary codes); ``None`` clusters at ``dim`` (plain IVF).
     """
 
     dim: int
@@ -33,6 +44,7 @@ class SearchPlan:
     candidates: int = 100
     ef_search: int | None = None
     nprobe: int | None = None
+    cluster_dim: int | None = None
 
     def __post_init__(self):
         as_int(self.dim, "SearchPlan.dim", minimum=1)
@@ -44,18 +56,35 @@ class SearchPlan:
         if self.precision == "binary" and self.dim % 8:
             raise ValueError(f"SearchPlan(dim={self.dim}, precision='binary'): binary codes pack 8 sign bits per "
                              f"byte, so dim must be a multiple of 8; use dim={max(8, self.dim // 8 * 8)}.")
-        for name in ("ef_search", "nprobe"):
+        for name in ("ef_search", "nprobe", "cluster_dim"):
             if getattr(self, name) is not None:
                 as_int(getattr(self, name), f"SearchPlan.{name}", minimum=1)
+        if self.cluster_dim is not None:
+            if self.structure != "ivf":
+                raise ValueError(f"SearchPlan(structure={self.structure!r}, cluster_dim={self.cluster_dim}): "
+                                 "cluster_dim sets the prefix size IVF lists are clustered at, so it needs "
+                                 "structure='ivf'; drop cluster_dim or use structure='ivf'.")
+            if self.cluster_dim >= self.dim:
+                raise ValueError(f"SearchPlan(dim={self.dim}, cluster_dim={self.cluster_dim}): cluster_dim must be "
+                                 f"smaller than dim (AdANNS routes on a shorter prefix than it scans); use "
+                                 f"cluster_dim=None for plain IVF at dim={self.dim}.")
+            if self.precision == "binary" and self.cluster_dim % 8:
+                raise ValueError(f"SearchPlan(precision='binary', cluster_dim={self.cluster_dim}): binary centroids "
+                                 f"pack 8 bits per byte, so cluster_dim must be a multiple of 8; use "
+                                 f"cluster_dim={max(8, self.cluster_dim // 8 * 8)}.")
 
     @property
-    def code_key(self) -> tuple[int, str, str]:
-        return (self.dim, self.precision, self.structure)
+    def code_key(self) -> tuple[int, str, str, int | None]:
+        return (self.dim, self.precision, self.structure, self.cluster_dim)
+
+    @property
+    def structure_label(self) -> str:
+        return structure_label(self.structure, self.cluster_dim)
 
     def describe(self) -> str:
         knob = {"hnsw": f" ef={self.ef_search}" if self.ef_search else "",
                 "ivf": f" nprobe={self.nprobe}" if self.nprobe else "", "flat": ""}[self.structure]
-        return f"{self.precision}@{self.dim} {self.structure}{knob} -> {self.candidates} -> float32@full"
+        return f"{self.precision}@{self.dim} {self.structure_label}{knob} -> {self.candidates} -> float32@full"
 
     def to_dict(self) -> dict:
         return asdict(self)

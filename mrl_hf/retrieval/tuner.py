@@ -34,8 +34,8 @@ class PlanReport:
     def row(self, chosen: bool = False) -> list[str]:
         p = self.plan
         knob = {"hnsw": p.ef_search, "ivf": p.nprobe, "flat": None}[p.structure]
-        structure = p.structure if knob is None else f"{p.structure} ({'ef' if p.structure == 'hnsw' else 'nprobe'}"\
-                                                     f"={knob})"
+        label = p.structure_label
+        structure = label if knob is None else f"{label} ({'ef' if p.structure == 'hnsw' else 'nprobe'}={knob})"
         return [f"{p.dim}", p.precision, structure, f"{p.candidates}", f"{self.ram_bytes_per_vector:,.1f}",
                 f"{self.ms_per_query:.3f}", f"{self.recall:.4f}", ("**chosen**" if chosen else
                                                                     "yes" if self.meets_target else "no")]
@@ -59,7 +59,7 @@ class TuneResult:
     top_k: int
     reports: list[PlanReport]
     exact_ms_per_query: float
-    skipped: list[tuple[int, str, str]] = field(default_factory=list)  # code levels left out by budget_s
+    skipped: list[tuple[int, str, str, int | None]] = field(default_factory=list)  # code levels left out by budget_s
 
     @property
     def chosen(self) -> PlanReport:
@@ -105,7 +105,7 @@ def default_dims(dim: int) -> list[int]:
     return dims + [dim]
 
 
-def _grid(index, dims, precisions, structures) -> list[tuple[int, str, str]]:
+def _grid(index, dims, precisions, structures, cluster_dims) -> list[tuple[int, str, str, int | None]]:
     dims = default_dims(index.dim) if dims is None else [as_int(d, "dims entry", minimum=1) for d in dims]
     for d in dims:
         if d > index.dim:
@@ -116,16 +116,23 @@ def _grid(index, dims, precisions, structures) -> list[tuple[int, str, str]]:
     for s in structures:
         if s not in STRUCTURES:
             raise ValueError(f"structures entry {s!r} is not supported; choose from {STRUCTURES}.")
-    keys = [(d, p, s) for d in dims for p in precisions for s in structures
-            if not (p == "binary" and (d % 8 or index.metric == "l2"))]
+    cluster_dims = [None if c is None else as_int(c, "cluster_dims entry", minimum=1) for c in cluster_dims]
+    keys = [(d, p, s, c) for d in dims for p in precisions for s in structures
+            for c in (cluster_dims if s == "ivf" else [None])
+            if not (p == "binary" and (d % 8 or index.metric == "l2"))
+            and (c is None or (c < d and not (p == "binary" and c % 8)))]
     bytes_per_dim = {"binary": 0.125, "int8": 1, "float16": 2, "float32": 4}
-    return sorted(keys, key=lambda k: (k[0] * bytes_per_dim[k[1]], STRUCTURES.index(k[2])))  # smallest codes first
+    return sorted(keys, key=lambda k: (k[0] * bytes_per_dim[k[1]], STRUCTURES.index(k[2]), k[3] or 0))  # small first
 
 
 def tune(index, queries, target_recall: float = 0.99, objective: str = "ram", top_k: int = 10, *,
          dims=None, precisions=PRECISIONS, structures=("flat", "hnsw", "ivf"), candidates=DEFAULT_CANDIDATES,
-         ef_search=(None,), nprobe=(None,), budget_s: float | None = None, repeats: int = 1) -> TuneResult:
+         ef_search=(None,), nprobe=(None,), cluster_dims=(None,), budget_s: float | None = None,
+         repeats: int = 1) -> TuneResult:
     """Measure plans over the grid ``dims x precisions x structures x (ef_search | nprobe) x candidates``.
+
+    ``cluster_dims`` adds AdANNS-IVF structures: each entry smaller than a plan's dim (``None`` is plain IVF) clusters
+    and routes the IVF lists at that prefix size (``SearchPlan.cluster_dim``).
 
     For each code structure the candidates are tried in increasing order and stop at the first count that
     reaches ``target_recall`` (more only costs more) or that gains less than 0.001 recall over the previous
@@ -148,17 +155,18 @@ def tune(index, queries, target_recall: float = 0.99, objective: str = "ram", to
     start = time.perf_counter()
     reference = index.search(q, top_k, exact=True)
     reports, skipped = [], []
-    for dim, precision, structure in _grid(index, dims, precisions, structures):
-        if budget_s is not None and time.perf_counter() - start > budget_s and \
-                (dim, precision, structure) not in index._codes:
-            skipped.append((dim, precision, structure))
+    for key in _grid(index, dims, precisions, structures, cluster_dims):
+        dim, precision, structure, cluster_dim = key
+        if budget_s is not None and time.perf_counter() - start > budget_s and key not in index._codes:
+            skipped.append(key)
             continue
         knobs = {"hnsw": [("ef_search", v) for v in ef_search], "ivf": [("nprobe", v) for v in nprobe],
                  "flat": [(None, None)]}[structure]
         for knob, value in knobs:
             previous = -1.0
             for c in counts:
-                plan = SearchPlan(dim, precision, structure, c, **({knob: value} if knob else {}))
+                plan = SearchPlan(dim, precision, structure, c, cluster_dim=cluster_dim,
+                                  **({knob: value} if knob else {}))
                 result = min((index.search_plan(q, top_k, plan) for _ in range(repeats)),
                              key=lambda r: r.cost.seconds)
                 recall = top_k_overlap(result.ids, reference.ids, top_k)
