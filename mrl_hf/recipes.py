@@ -42,9 +42,11 @@ def evaluate(model, test_pairs, dims, batch_size: int = 64) -> dict[int, dict[st
 
 def finetune(model_path: str, train_pairs, nesting_list, *, epochs: float = 1.0, batch_size: int = 32,
              lr: float = 5e-5, max_length: int = 32, seed: int = 0, output_dir: str | None = None,
-             progress: bool = True, max_steps: int = -1, teacher_weight: float = 0.0):
+             progress: bool = True, max_steps: int = -1, teacher_weight: float = 0.0,
+             mini_batch_size: int | None = None):
     """MRL fine-tuning through ``MRLTrainer``; returns the model (in eval mode) and the trainer. ``teacher_weight``:
-    ``MRLTrainer``'s term that keeps the full size close to the original model (0: off)."""
+    ``MRLTrainer``'s term that keeps the full size close to the original model (0: off); ``mini_batch_size``: its
+    cached loss (a large ``batch_size`` embedded that many rows at a time)."""
     import torch
     from transformers import TrainingArguments
 
@@ -59,7 +61,7 @@ def finetune(model_path: str, train_pairs, nesting_list, *, epochs: float = 1.0,
         save_strategy="no", report_to=[], disable_tqdm=not progress, use_cpu=not torch.cuda.is_available(),
     )
     trainer = MRLTrainer(model=model, args=args, train_dataset=train_pairs, teacher_weight=teacher_weight,
-                         data_collator=PairCollator(model.tokenizer, max_length=max_length))
+                         mini_batch_size=mini_batch_size, data_collator=PairCollator(model.tokenizer, max_length=max_length))
     trainer.train()
     return model.eval(), trainer
 

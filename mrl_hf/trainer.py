@@ -73,12 +73,18 @@ class MRLTrainer(Trainer):
     once per batch, without gradient; its term is a batch-level loss like the contrastive one (gathered across
     processes with the embeddings), and is part of ``loss`` and of each ``loss_dim_{m}``. What it buys is measured
     in docs/finetune.md (benchmarks/bench_finetune_vs_st.py).
+
+    Large contrastive batches without more memory (embedding models trained on pairs): ``mini_batch_size=k`` embeds
+    each batch ``k`` rows at a time and back-propagates the nested loss through the encoder one mini-batch at a time
+    (``mrl_hf.cached_loss``, GradCache), so a batch of 512 in-batch negatives costs the activation memory of ``k``
+    rows and about one more forward pass per row. The gradient is the uncached one (dropout masks replayed). It runs
+    in one process (with several, it is refused).
     """
 
     NONFINITE_ACTIONS = ("raise", "skip")
 
     def __init__(self, *args, nonfinite_loss: str = "raise", teacher="original", teacher_weight: float = 0.0,
-                 teacher_sizes: str = "full", **kwargs):
+                 teacher_sizes: str = "full", mini_batch_size: int | None = None, **kwargs):
         if nonfinite_loss not in self.NONFINITE_ACTIONS:
             raise ValueError(f"nonfinite_loss={nonfinite_loss!r}; choose 'raise' (stop with an error naming the "
                              "nesting dim) or 'skip' (drop that batch's gradient and go on).")
@@ -92,6 +98,7 @@ class MRLTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.teacher_weight, self.teacher_sizes = float(teacher_weight), teacher_sizes
         self.teacher, self.teacher_loss = self._build_teacher(teacher) if self.teacher_weight else (None, None)
+        self.mini_batch_size = self._check_mini_batch_size(mini_batch_size)
         from .data.collator import PairCollator
 
         if isinstance(self.data_collator, PairCollator) and self.args.remove_unused_columns:
@@ -112,6 +119,28 @@ class MRLTrainer(Trainer):
         if fsdp_asked and self.args.use_cpu and not self.is_fsdp_enabled and self.is_world_process_zero():
             logger.warning("accelerate launch asked for FSDP, but this Trainer runs without it: with use_cpu=True (a "
                            "machine without a GPU) transformers does not enable FSDP, and the processes train with DDP.")
+
+    def _check_mini_batch_size(self, mini_batch_size):
+        if mini_batch_size is None:
+            return None
+        if isinstance(mini_batch_size, bool) or not isinstance(mini_batch_size, int) or mini_batch_size < 1:
+            raise ValueError(f"mini_batch_size={mini_batch_size!r} must be a whole number >= 1 (rows embedded at a "
+                             "time by the cached contrastive loss), or None to embed the whole batch at once.")
+        model = self.accelerator.unwrap_model(self.model)
+        if "positive_input_ids" not in _forward_parameters(model) or not hasattr(getattr(model, "config", None),
+                                                                                  "nesting_list"):
+            raise ValueError(f"mini_batch_size={mini_batch_size}: the cached loss splits the in-batch contrastive loss "
+                             f"of a text embedding model trained on pairs, and {type(model).__name__} is not one "
+                             "(MRLBertModel, MRLModelForTextEmbedding). Leave mini_batch_size=None.")
+        if type(self).compute_nested_loss is not MRLTrainer.compute_nested_loss:
+            raise ValueError(f"mini_batch_size={mini_batch_size}, but {type(self).__name__} computes its own loss; "
+                             "the cached loss replaces only MRLTrainer's pair loss. Leave mini_batch_size=None.")
+        if self.accelerator.num_processes > 1:
+            raise ValueError(f"mini_batch_size={mini_batch_size} with {self.accelerator.num_processes} processes: the "
+                             "cached loss runs the encoder's backward once per mini-batch, which DDP would all-reduce "
+                             "each time. Train in one process, or leave mini_batch_size=None and lower "
+                             "per_device_train_batch_size.")
+        return mini_batch_size
 
     def _build_teacher(self, teacher):
         from .distillation import MatryoshkaDistillationLoss
@@ -182,6 +211,13 @@ class MRLTrainer(Trainer):
     def compute_nested_loss(self, model, inputs, num_items_in_batch=None):
         """``(loss, outputs)`` of one batch, ``outputs`` carrying ``per_dim_losses``; subclasses change the loss here
         (``MatryoshkaDistillationTrainer``). The stock ``Trainer.compute_loss`` by default."""
+        if self.mini_batch_size and model.training:
+            from .cached_loss import cached_pair_loss
+
+            config = self.accelerator.unwrap_model(model).config
+            teacher = None if self.teacher is None else (
+                lambda loss, outputs: self._add_teacher_term(model, inputs, loss, outputs))
+            return cached_pair_loss(model, config, inputs, self.mini_batch_size, teacher)
         if self._smoothing:
             inputs = {**inputs, "smoothing": self._smoothing}
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)

@@ -138,3 +138,16 @@ def test_readme_demo_command_trains_saves_reloads_and_prints_the_table(tmp_path)
     assert report.ok and report.dims == [12, 24, 48, 96, 192, 384] and report.default_dim == 48, str(report)
     assert "AutoModel" in json.loads((saved / "config.json").read_text())["auto_map"]
     shutil.rmtree(saved)
+
+
+def test_train_with_a_cached_loss(tiny_checkpoint, tmp_path, capsys):
+    """`mrl-hf train --mini-batch-size`: a batch of 64 pairs embedded 16 rows at a time; trains, saves, prints the
+    table."""
+    path, _ = tiny_checkpoint
+    out = tmp_path / "trained"
+    assert main(["train", "text-embeddings", "--model", str(path), "--output-dir", str(out), "--batch-size", "64",
+                 "--mini-batch-size", "16", "--epochs", "0.2", "--nesting-list", "8,16,32"]) == 0
+    assert "dim" in capsys.readouterr().out and (out / "model.safetensors").is_file()
+    assert main(["train", "text-embeddings", "--model", str(path), "--output-dir", str(out), "--mini-batch-size",
+                 "0", "--nesting-list", "8,16,32"]) == 2
+    assert "mini_batch_size=0 must be a whole number >= 1" in capsys.readouterr().err

@@ -38,15 +38,14 @@ from transformers.utils import ModelOutput
 
 from ..config import MatryoshkaConfigMixin
 from ..embeddings import truncate_embeddings
-from ..losses import nested_contrastive_loss
 from ..nesting import validate_dim
 from ..quantization import check_code_precision, quantize_embeddings, warn_if_untrained
-from .gather import all_gather_with_grad
 from .text_common import (
     POOLING_MODES,
     check_nonempty,
     check_texts,
     default_max_length,
+    pair_contrastive_loss,
     pool,
     sentence_transformers_files,
     try_load_tokenizer,
@@ -303,17 +302,7 @@ class MRLModelForTextEmbedding(MRLTextEmbeddingPreTrainedModel):
             candidates = [self._embed(positive_input_ids, positive_attention_mask)[0]]
             if negative_input_ids is not None:
                 candidates.append(self._embed(negative_input_ids, negative_attention_mask)[0])
-            anchors = embeddings
-            if self.config.gather_across_processes:  # rows of each part stay aligned: anchor i <-> positive i
-                anchors, candidates = all_gather_with_grad(anchors), [all_gather_with_grad(c) for c in candidates]
-            loss, per_dim, _ = nested_contrastive_loss(
-                anchors, torch.cat(candidates), self.config.nesting_list,
-                temperature=self.config.contrastive_temperature,
-                relative_importance=self.config.relative_importance,
-                precisions=self.config.matryoshka_precisions,
-                quantization_weight=self.config.quantization_weight,
-                binary_surrogate=self.config.binary_surrogate,
-            )
+            loss, per_dim = pair_contrastive_loss(self.config, embeddings, candidates)
         output = MRLTextEmbeddingOutput(
             loss=loss,
             per_dim_losses=per_dim,

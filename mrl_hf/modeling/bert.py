@@ -36,16 +36,15 @@ from ..adaptor import MatryoshkaAdaptor
 from ..config import MatryoshkaConfigMixin
 from ..embeddings import truncate_embeddings
 from ..heads import MatryoshkaHead
-from ..losses import nested_contrastive_loss
 from ..nesting import halving_nesting_list, validate_dim
 from ..quantization import check_code_precision, quantize_embeddings, warn_if_untrained
 from .base import MatryoshkaPreTrainedMixin
-from .gather import all_gather_with_grad
 from .masked_lm import MRLMaskedLMOutput, masked_lm_accuracy, nested_masked_lm  # noqa: F401  (re-exported)
 from .text_common import (
     check_nonempty,
     check_texts,
     default_max_length,
+    pair_contrastive_loss,
     pool,
     sentence_transformers_files,
     try_load_tokenizer,
@@ -238,17 +237,7 @@ class MRLBertModel(MRLBertPreTrainedModel):
             candidates = [self._embed(positive_input_ids, positive_attention_mask)[0]]
             if negative_input_ids is not None:
                 candidates.append(self._embed(negative_input_ids, negative_attention_mask)[0])
-            anchors = embeddings
-            if self.config.gather_across_processes:  # rows of each part stay aligned: anchor i <-> positive i
-                anchors, candidates = all_gather_with_grad(anchors), [all_gather_with_grad(c) for c in candidates]
-            loss, per_dim, _ = nested_contrastive_loss(
-                anchors, torch.cat(candidates), self.config.nesting_list,
-                temperature=self.config.contrastive_temperature,
-                relative_importance=self.config.relative_importance,
-                precisions=self.config.matryoshka_precisions,
-                quantization_weight=self.config.quantization_weight,
-                binary_surrogate=self.config.binary_surrogate,
-            )
+            loss, per_dim = pair_contrastive_loss(self.config, embeddings, candidates)
         output = MRLBertEmbeddingOutput(
             loss=loss,
             per_dim_losses=per_dim,

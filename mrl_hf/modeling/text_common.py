@@ -1,5 +1,5 @@
-"""What the text models share: pooling the hidden states, finding the checkpoint's tokenizer, checking inputs, the
-encode length and the files that make a saved folder a sentence-transformers model."""
+"""What the text models share: pooling the hidden states, the pair loss, finding the checkpoint's tokenizer, checking
+inputs, the encode length and the files that make a saved folder a sentence-transformers model."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -8,6 +8,8 @@ import torch
 from transformers import AutoTokenizer
 
 from ..contract import sentence_transformers_keys
+from ..losses import nested_contrastive_loss
+from .gather import all_gather_with_grad
 
 POOLING_MODES = ("mean", "cls", "last_token")
 
@@ -101,3 +103,21 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, mode: str) -> torch
     else:
         raise ValueError(f"pooling={mode!r} is not supported; choose one of {POOLING_MODES}.")
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), index.to(hidden.device)]
+
+
+def pair_contrastive_loss(config, anchors: torch.Tensor, candidates: list[torch.Tensor]):
+    """``(loss, per_dim_losses)``: the nested InfoNCE of anchor ``i`` against positive ``i`` (``candidates[0]``), with
+    every other positive (and the negatives, ``candidates[1]``) as in-batch negatives, per ``config``. With
+    ``config.gather_across_processes`` the rows of every process take part (each part gathered in rank order, so
+    anchor ``i`` still faces positive ``i``)."""
+    if config.gather_across_processes:
+        anchors, candidates = all_gather_with_grad(anchors), [all_gather_with_grad(c) for c in candidates]
+    loss, per_dim, _ = nested_contrastive_loss(
+        anchors, torch.cat(candidates), config.nesting_list,
+        temperature=config.contrastive_temperature,
+        relative_importance=config.relative_importance,
+        precisions=config.matryoshka_precisions,
+        quantization_weight=config.quantization_weight,
+        binary_surrogate=config.binary_surrogate,
+    )
+    return loss, per_dim
