@@ -33,7 +33,7 @@ from mrl_hf.evaluation import top_k_overlap  # noqa: E402
 from mrl_hf.retrieval import MatryoshkaIndex, NoPlanMeetsTarget  # noqa: E402
 from mrl_hf.retrieval.tuner import markdown_table  # noqa: E402
 
-EFS = (16, 32, 64, 128, 256)
+EFS = (16, 32, 64, 128, 256, 512, 1024)
 
 
 def minilm_wiki(cache: str, n_queries: int):

@@ -70,7 +70,8 @@ class MRLTrainer(Trainer):
     the small sizes are what the Matryoshka loss must change, the full size should stay what it was) or at every
     nesting size (``"all"``). ``teacher="original"`` (default) is a frozen copy of the model as it is when the trainer
     is built; or pass any model whose ``forward(input_ids, attention_mask)`` gives ``embeddings``. The teacher runs
-    once per batch, without gradient; its term is a batch-level loss like the contrastive one (gathered across
+    without gradient, once per distinct anchor: its embeddings are kept (one vector per anchor) and reused in later
+    epochs; its term is a batch-level loss like the contrastive one (gathered across
     processes with the embeddings), and is part of ``loss`` and of each ``loss_dim_{m}``. What it buys is measured
     in docs/finetune.md (benchmarks/bench_finetune_vs_st.py).
 
@@ -98,6 +99,7 @@ class MRLTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.teacher_weight, self.teacher_sizes = float(teacher_weight), teacher_sizes
         self.teacher, self.teacher_loss = self._build_teacher(teacher) if self.teacher_weight else (None, None)
+        self._teacher_cache = {}
         self.mini_batch_size = self._check_mini_batch_size(mini_batch_size)
         from .data.collator import PairCollator
 
@@ -172,10 +174,7 @@ class MRLTrainer(Trainer):
         from .modeling.gather import all_gather_with_grad
 
         student = outputs["embeddings"]
-        names = ("input_ids", "attention_mask", "token_type_ids")
-        with torch.no_grad():
-            self.teacher.to(student.device)
-            target = self.teacher(**{k: inputs[k] for k in names if inputs.get(k) is not None}).embeddings
+        target = self._teacher_embeddings(inputs, student.device)
         config = self.accelerator.unwrap_model(model).config
         if getattr(config, "gather_across_processes", True) and self.accelerator.num_processes > 1:
             student, target = all_gather_with_grad(student), all_gather_with_grad(target)
@@ -186,6 +185,26 @@ class MRLTrainer(Trainer):
             per_dim = torch.cat([torch.zeros_like(per_dim[:-1]), per_dim[-1:] / (coefs[-1] if coefs else 1.0)])
         outputs["per_dim_losses"] = outputs["per_dim_losses"] + self.teacher_weight * per_dim
         return loss + self.teacher_weight * nested.loss, outputs
+
+    def _teacher_embeddings(self, inputs, device) -> torch.Tensor:
+        """The teacher's embeddings of the batch's anchors. Each distinct anchor (its unpadded token ids) goes through
+        the teacher once per trainer and is kept (one vector per anchor, on ``device``), so later epochs cost no
+        teacher forward at all."""
+        names = [k for k in ("input_ids", "attention_mask", "token_type_ids") if inputs.get(k) is not None]
+        rows = {k: inputs[k].cpu().numpy() for k in names}
+        keys = []
+        for i in range(len(rows["input_ids"])):
+            keep = rows["attention_mask"][i].astype(bool) if "attention_mask" in rows else slice(None)
+            keys.append(b"|".join(rows[k][i][keep].tobytes() for k in names if k != "attention_mask"))
+        missing = list({key: i for i, key in reversed(list(enumerate(keys))) if key not in self._teacher_cache}.values())
+        if missing:
+            index = torch.tensor(sorted(missing), device=inputs["input_ids"].device)
+            with torch.no_grad():
+                self.teacher.to(device)
+                fresh = self.teacher(**{k: inputs[k].index_select(0, index) for k in names}).embeddings
+            for i, vector in zip(index.tolist(), fresh):
+                self._teacher_cache[keys[i]] = vector
+        return torch.stack([self._teacher_cache[key] for key in keys])
 
     def _check_label_smoothing(self) -> float:
         eps = float(self.args.label_smoothing_factor or 0.0)

@@ -103,3 +103,34 @@ def test_teacher_settings_that_cannot_work_are_refused(tmp_path):
     args = TrainingArguments(tmp_path, report_to=[], use_cpu=True)
     with pytest.raises(ValueError, match="distils already"):
         MatryoshkaDistillationTrainer(model=tiny(), args=args, train_dataset=rows(), teacher_weight=1.0)
+
+
+def test_the_teacher_runs_once_per_distinct_anchor(tmp_path):
+    """Two epochs over 16 anchors, 4 of them repeated: the teacher embeds 12 rows in all (the first epoch's distinct
+    anchors), and training equals a run that recomputes the teacher for every batch."""
+    base = rows(12)
+    data = base + base[:4]
+
+    def run(out, cache=True):
+        model = tiny()
+        t = trainer(model, data, out, teacher_weight=1.0, teacher_sizes="all")
+        t.args.max_steps, t.args.num_train_epochs = -1, 2
+        seen = []
+        t.teacher.register_forward_hook(lambda module, args, kwargs, out: seen.append(len(kwargs["input_ids"])),
+                                        with_kwargs=True)
+        if not cache:  # the reference: forget every teacher vector before each batch
+            original = t._teacher_embeddings
+
+            def recompute(inputs, device):
+                t._teacher_cache.clear()
+                return original(inputs, device)
+            t._teacher_embeddings = recompute
+        t.train()
+        return t, seen
+
+    cached, seen = run(tmp_path / "cached")
+    assert sum(seen) == 12 and seen[0] == 8  # batch 1: 8 new anchors; batch 2: 4 new (the rest repeat)
+    fresh, seen_fresh = run(tmp_path / "fresh", cache=False)
+    assert sum(seen_fresh) == 4 * 8  # 2 epochs x 2 batches of 8
+    for p, q in zip(cached.model.parameters(), fresh.model.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
