@@ -11,6 +11,7 @@ Targets: (1) recall >= 0.99 with <= 1/8 of the baseline's RAM at >= 1.0x its QPS
 
     python benchmarks/bench_quantized.py --data synthetic --n 200000       # 768-d synthetic (see bench_retrieval)
     python benchmarks/bench_quantized.py --data minilm                     # real Wikipedia paragraphs, MiniLM+PCA
+    python benchmarks/bench_quantized.py --data sentences --queries 1000   # ~35k real sentences, MRL fine-tuned MiniLM
     python benchmarks/bench_quantized.py --n 1000000 --threads 1 --dims 64,128,256 --structures flat,ivf  # 1M
 AdANNS-IVF plans (lists clustered and routed at a shorter prefix, ``--cluster-dims``) are tried next to plain IVF.
 Not run by CI.
@@ -60,6 +61,28 @@ def minilm_wiki(cache: str, n_queries: int):
     return rot.transform(db).astype(np.float32), rot.transform(queries).astype(np.float32)
 
 
+def mrl_sentences(cache: str, n_queries: int):
+    """Real text made Matryoshka by this package: all-MiniLM-L6-v2 fine-tuned with the nested loss (the demo recipe:
+    ``mrl_hf.recipes.finetune`` on chatterbot pairs, 1 epoch, seed 0), then every distinct sentence the machine holds
+    offline (gensim's Wikipedia and news sentences, rotten-tomatoes reviews and plots, chatterbot answers) encoded at 384 dims
+    (raw, not normalised; nothing rotated). Shuffled (seed 0); the last ``n_queries`` are the held-out queries."""
+    if not os.path.exists(cache):
+        from mrl_hf.data.text import load_chatterbot_pairs, load_review_to_plot, load_unlabelled_sentences
+        from mrl_hf.recipes import NESTING, finetune, packaged_minilm, split_pairs
+
+        pairs = load_chatterbot_pairs()
+        reviews, plots, _ = load_review_to_plot(max_reviews=None)
+        texts = list(dict.fromkeys(load_unlabelled_sentences() + reviews + plots + [a for _, a, *_ in pairs]))
+        start = time.perf_counter()
+        model, _ = finetune(packaged_minilm(), split_pairs(pairs, seed=0)[0], NESTING, progress=False)
+        x = model.encode(texts, batch_size=128, truncate_dim=384, normalize=False, max_length=128)
+        print(f"fine-tuned and encoded {len(texts)} texts in {time.perf_counter() - start:.0f} s")
+        os.makedirs(os.path.dirname(cache), exist_ok=True)
+        np.save(cache, np.asarray(x, np.float32)[np.random.default_rng(0).permutation(len(texts))])
+    x = np.load(cache)
+    return x[:-n_queries], x[-n_queries:]
+
+
 def hnsw_baseline(db, queries, exact_ids, k=10):
     import faiss
 
@@ -85,7 +108,7 @@ def hnsw_baseline(db, queries, exact_ids, k=10):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", choices=["synthetic", "minilm"], default="synthetic")
+    ap.add_argument("--data", choices=["synthetic", "minilm", "sentences"], default="synthetic")
     ap.add_argument("--n", type=int, default=200_000, help="synthetic database size")
     ap.add_argument("--dim", type=int, default=768, help="synthetic dim")
     ap.add_argument("--queries", type=int, default=500)
@@ -102,9 +125,12 @@ def main():
     if args.data == "synthetic":
         db, queries = synthetic_database(args.n, args.dim, args.queries)
         what = f"synthetic {len(db):,} x {db.shape[1]} (Gaussian clusters, per-dim scale 1/sqrt(j); not trained MRL)"
-    else:
+    elif args.data == "minilm":
         db, queries = minilm_wiki(os.path.join(args.cache, "minilm_wiki.npy"), args.queries)
         what = f"MiniLM-L6 + PCA rotation, {len(db):,} Wikipedia paragraphs x {db.shape[1]}"
+    else:
+        db, queries = mrl_sentences(os.path.join(args.cache, "mrl_sentences.npy"), args.queries)
+        what = f"MiniLM-L6 MRL fine-tuned (demo recipe), {len(db):,} real sentences x {db.shape[1]}"
     print(f"# {what}, {len(queries)} held-out queries, top-10, cosine")
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, {args.threads} threads, "
           f"faiss {faiss.__version__}, numpy {np.__version__}, {time.strftime('%Y-%m-%d')}")

