@@ -78,8 +78,8 @@ class MRLTrainer(Trainer):
     Large contrastive batches without more memory (embedding models trained on pairs): ``mini_batch_size=k`` embeds
     each batch ``k`` rows at a time and back-propagates the nested loss through the encoder one mini-batch at a time
     (``mrl_hf.cached_loss``, GradCache), so a batch of 512 in-batch negatives costs the activation memory of ``k``
-    rows and about one more forward pass per row. The gradient is the uncached one (dropout masks replayed). It runs
-    in one process (with several, it is refused).
+    rows and about one more forward pass per row. The gradient is the uncached one (dropout masks replayed), also
+    across processes (the loss is over the gathered global batch; DDP all-reduces each mini-batch's backward).
     """
 
     NONFINITE_ACTIONS = ("raise", "skip")
@@ -137,11 +137,6 @@ class MRLTrainer(Trainer):
         if type(self).compute_nested_loss is not MRLTrainer.compute_nested_loss:
             raise ValueError(f"mini_batch_size={mini_batch_size}, but {type(self).__name__} computes its own loss; "
                              "the cached loss replaces only MRLTrainer's pair loss. Leave mini_batch_size=None.")
-        if self.accelerator.num_processes > 1:
-            raise ValueError(f"mini_batch_size={mini_batch_size} with {self.accelerator.num_processes} processes: the "
-                             "cached loss runs the encoder's backward once per mini-batch, which DDP would all-reduce "
-                             "each time. Train in one process, or leave mini_batch_size=None and lower "
-                             "per_device_train_batch_size.")
         return mini_batch_size
 
     def _build_teacher(self, teacher):

@@ -1,8 +1,7 @@
 """MRLTrainer(mini_batch_size=k): the cached (GradCache) nested contrastive loss trains exactly like the uncached one
 (parameters and logged losses compared after several steps) while the encoder never sees more than k rows with
-autograd on."""
-import copy
-
+autograd on. Two processes, resumption and the plain-torch reference: the "embed_cached" kind of the training matrix
+(tests/training_matrix.py)."""
 import pytest
 import torch
 from test_trainer_teacher import NESTING, TINY, rows
@@ -138,18 +137,13 @@ def test_generic_text_model_trains_the_same_cached(tmp_path):
                          train(make(), data, tmp_path / "ref"))
 
 
-def test_bad_mini_batch_settings_are_refused(tmp_path, monkeypatch):
+def test_bad_mini_batch_settings_are_refused(tmp_path):
     with pytest.raises(ValueError, match=r"mini_batch_size=0 must be a whole number >= 1"):
         train(model_with(), rows(), tmp_path, mini_batch_size=0)
     classifier = MRLModelForSequenceClassification(MRLTextClassificationConfig(
         backbone_config=MRLBertConfig(**TINY).to_dict() | {"model_type": "bert"}, nesting_list=NESTING, num_labels=2))
     with pytest.raises(ValueError, match=r"MRLModelForSequenceClassification is not one"):
         train(classifier, rows(), tmp_path, mini_batch_size=4)
-    import accelerate
-
-    monkeypatch.setattr(accelerate.Accelerator, "num_processes", property(lambda self: 2))
-    with pytest.raises(ValueError, match=r"with 2 processes: the cached loss"):
-        train(copy.deepcopy(model_with()), rows(), tmp_path, mini_batch_size=4)
 
 
 @pytest.mark.parametrize("setting,tol", [("bf16", 1e-4), ("activation_checkpointing", 1e-5)])

@@ -34,10 +34,12 @@ from mrl_hf.trainer import MRLTrainer
 GLOBAL_BATCH, STEPS, N, LR = 8, 4, 32, 0.1
 # The families' own classes, then the classes that wrap any transformers model (on families other than BERT/ViT).
 KINDS = ("mlm", "embed", "resnet", "resnet_e", "vit", "vit_e", "align", "distill",
-         "mlm_auto", "embed_auto", "seqcls_auto", "image_auto", "align_auto")
+         "mlm_auto", "embed_auto", "seqcls_auto", "image_auto", "align_auto", "embed_cached")
 # loss = sum over labelled items / their number in the global batch
 ITEM_WEIGHTED = ("mlm", "vit", "vit_e", "mlm_auto", "seqcls_auto", "image_auto")
-GATHERED = ("embed", "align", "distill", "embed_auto", "align_auto")  # losses over the global batch in every process
+GATHERED = ("embed", "align", "distill", "embed_auto", "align_auto", "embed_cached")  # global-batch losses everywhere
+# MRLTrainer settings per kind: "embed_cached" is "embed" through the cached loss (3-row mini-batches)
+TRAINER_KWARGS = {"embed_cached": {"mini_batch_size": 3}}
 NESTING = [4, 8, 16]
 TINY_BERT = dict(vocab_size=60, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
                  max_position_embeddings=16, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
@@ -73,7 +75,7 @@ def build(kind):
             pos = torch.randperm(6, generator=g)[: 1 + i % 4]  # 1 to 4 masked tokens: uneven counts per row
             labels[pos], x[pos] = x[pos], 4
             data.append({"input_ids": x, "attention_mask": torch.ones_like(x), "labels": labels})
-    elif kind == "embed":
+    elif kind in ("embed", "embed_cached"):
         model = MRLBertModel(MRLBertConfig(nesting_list=NESTING, **TINY_BERT))
         data = [{"input_ids": ids(), "positive_input_ids": ids()} for _ in range(N)]
     elif kind in ("resnet", "resnet_e", "vit", "vit_e"):
@@ -128,7 +130,8 @@ def train(kind, out_dir, world_size=1, grad_accum=1, checkpointing=False, resume
                 lr_scheduler_type="constant", max_grad_norm=0.0, logging_steps=1, report_to=[], disable_tqdm=True,
                 use_cpu=True, seed=0, save_strategy="no", remove_unused_columns=False, dataloader_drop_last=True,
                 train_sampling_strategy="sequential")
-    trainer = trainer_class(kind)(model=model, args=TrainingArguments(**{**args, **overrides}), train_dataset=data)
+    trainer = trainer_class(kind)(model=model, args=TrainingArguments(**{**args, **overrides}), train_dataset=data,
+                                  **TRAINER_KWARGS.get(kind, {}))
     trainer.kind = kind
     trainer.train(resume_from_checkpoint=resume_from)
     return trainer
