@@ -80,6 +80,8 @@ def test_bad_exports_raise_clear_errors(setup):
     index, _, client, _ = setup
     with pytest.raises(ValueError, match=r"Qdrant has no IVF structure; export the plan with structure='hnsw'"):
         export_to_qdrant(index, client, "other", [SearchPlan(64, "int8", "ivf", 50)])
+    with pytest.raises(ValueError, match=r"replace\(plan, structure='hnsw', cluster_dim=None\)"):  # AdANNS-IVF
+        export_to_qdrant(index, client, "other", [SearchPlan(64, "int8", "ivf", 50, cluster_dim=16)])
     with pytest.raises(ValueError, match=r"collection 'mrl' already exists"):
         export_to_qdrant(index, client, "mrl", [PLANS[0]])
     with pytest.raises(ValueError, match=r"dim=256, but the index stores 128-dim vectors"):

@@ -50,8 +50,9 @@ def _distance(metric: str):
 def _vector_params(index, plan: SearchPlan):
     m = _models()
     if plan.structure == "ivf":
+        fix = "structure='hnsw'" if plan.cluster_dim is None else "structure='hnsw', cluster_dim=None"
         raise ValueError(f"{plan.describe()}: Qdrant has no IVF structure; export the plan with structure='hnsw' "
-                         "or 'flat' (e.g. dataclasses.replace(plan, structure='hnsw')).")
+                         f"or 'flat' (e.g. dataclasses.replace(plan, {fix})).")
     quantization = datatype = None
     if plan.precision == "binary":
         quantization = m.BinaryQuantization(binary=m.BinaryQuantizationConfig(always_ram=True))
