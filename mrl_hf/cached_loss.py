@@ -63,25 +63,23 @@ def cached_pair_loss(model, config, inputs: dict, mini_batch_size: int, extra_te
     """
     from .modeling.text_common import pair_contrastive_loss
 
-    states, parts = [], []
+    per_part = _mini_batches(inputs, mini_batch_size)
+    chunks = [chunk for part in per_part for chunk in part]
+    states = []
     with torch.no_grad():
-        for chunks in _mini_batches(inputs, mini_batch_size):
-            embedded = []
-            for chunk in chunks:
-                first = next(iter(chunk.values()))
-                states.append(_RandomState(first.device))
-                embedded.append(model(**chunk, return_loss=False).embeddings)
-            parts.append(embedded)
-    leaves = [e.detach().requires_grad_() for embedded in parts for e in embedded]
+        embedded = []
+        for chunk in chunks:
+            states.append(_RandomState(next(iter(chunk.values())).device))
+            embedded.append(model(**chunk, return_loss=False).embeddings)
+    leaves = [e.detach().requires_grad_() for e in embedded]
     it = iter(leaves)
-    joined = [torch.cat([next(it) for _ in embedded]) for embedded in parts]
+    joined = [torch.cat([next(it) for _ in part]) for part in per_part]
     with torch.enable_grad():
         loss, per_dim = pair_contrastive_loss(config, joined[0], joined[1:])
         outputs = {"loss": loss, "per_dim_losses": per_dim, "embeddings": joined[0]}
         if extra_term is not None:
             loss, outputs = extra_term(loss, outputs)
         grads = torch.autograd.grad(loss, leaves)
-    chunks = [chunk for part in _mini_batches(inputs, mini_batch_size) for chunk in part]
 
     def backward_through_encoder(grad_output):
         with torch.enable_grad():

@@ -128,29 +128,29 @@ class MRLTrainer(Trainer):
         if isinstance(mini_batch_size, bool) or not isinstance(mini_batch_size, int) or mini_batch_size < 1:
             raise ValueError(f"mini_batch_size={mini_batch_size!r} must be a whole number >= 1 (rows embedded at a "
                              "time by the cached contrastive loss), or None to embed the whole batch at once.")
+        self._require_pair_loss(f"mini_batch_size={mini_batch_size}", "the cached loss splits the in-batch "
+                                "contrastive loss of a text embedding model", "mini_batch_size=None")
+        return mini_batch_size
+
+    def _require_pair_loss(self, setting: str, purpose: str, off: str):
+        """The unwrapped model, if it is a text embedding model trained on pairs through MRLTrainer's own loss (what
+        the teacher and the cached loss work on); else a ``ValueError`` naming ``setting`` and how to turn it ``off``."""
         model = self.accelerator.unwrap_model(self.model)
         if "positive_input_ids" not in _forward_parameters(model) or not hasattr(getattr(model, "config", None),
                                                                                   "nesting_list"):
-            raise ValueError(f"mini_batch_size={mini_batch_size}: the cached loss splits the in-batch contrastive loss "
-                             f"of a text embedding model trained on pairs, and {type(model).__name__} is not one "
-                             "(MRLBertModel, MRLModelForTextEmbedding). Leave mini_batch_size=None.")
+            raise ValueError(f"{setting}: {purpose}, but {type(model).__name__} is not a text embedding model trained "
+                             f"on pairs (MRLBertModel, MRLModelForTextEmbedding). Set {off}.")
         if type(self).compute_nested_loss is not MRLTrainer.compute_nested_loss:
-            raise ValueError(f"mini_batch_size={mini_batch_size}, but {type(self).__name__} computes its own loss; "
-                             "the cached loss replaces only MRLTrainer's pair loss. Leave mini_batch_size=None.")
-        return mini_batch_size
+            raise ValueError(f"{setting}, but {type(self).__name__} computes its own loss (a distillation trainer "
+                             f"distils already; {setting.split('=')[0]} works on MRLTrainer's pair loss). Set {off}.")
+        return model
 
     def _build_teacher(self, teacher):
         from .distillation import MatryoshkaDistillationLoss
 
-        model = self.accelerator.unwrap_model(self.model)
-        config = getattr(model, "config", None)
-        if "positive_input_ids" not in _forward_parameters(model) or not hasattr(config, "nesting_list"):
-            raise ValueError(f"teacher_weight={self.teacher_weight}: the teacher term keeps an embedding model close to "
-                             f"its teacher, but {type(model).__name__} is not a text embedding model trained on pairs "
-                             "(MRLBertModel, MRLModelForTextEmbedding). Set teacher_weight=0.")
-        if type(self).compute_nested_loss is not MRLTrainer.compute_nested_loss:
-            raise ValueError(f"teacher_weight={self.teacher_weight}, but {type(self).__name__} computes its own loss "
-                             "(a distillation trainer distils already). Set teacher_weight=0.")
+        model = self._require_pair_loss(f"teacher_weight={self.teacher_weight}", "the teacher term keeps an embedding "
+                                        "model close to its teacher", "teacher_weight=0")
+        config = model.config
         if isinstance(teacher, str):
             if teacher != "original":
                 raise ValueError(f"teacher={teacher!r}; pass 'original' (a frozen copy of the model as it is now) or a "
@@ -187,13 +187,14 @@ class MRLTrainer(Trainer):
         teacher forward at all."""
         names = [k for k in ("input_ids", "attention_mask", "token_type_ids") if inputs.get(k) is not None]
         rows = {k: inputs[k].cpu().numpy() for k in names}
-        keys = []
+        keys, missing = [], {}  # missing: the first row of each anchor not in the cache yet
         for i in range(len(rows["input_ids"])):
             keep = rows["attention_mask"][i].astype(bool) if "attention_mask" in rows else slice(None)
             keys.append(b"|".join(rows[k][i][keep].tobytes() for k in names if k != "attention_mask"))
-        missing = list({key: i for i, key in reversed(list(enumerate(keys))) if key not in self._teacher_cache}.values())
+            if keys[-1] not in self._teacher_cache:
+                missing.setdefault(keys[-1], i)
         if missing:
-            index = torch.tensor(sorted(missing), device=inputs["input_ids"].device)
+            index = torch.tensor(sorted(missing.values()), device=inputs["input_ids"].device)
             with torch.no_grad():
                 self.teacher.to(device)
                 fresh = self.teacher(**{k: inputs[k].index_select(0, index) for k in names}).embeddings

@@ -142,7 +142,7 @@ def test_bad_mini_batch_settings_are_refused(tmp_path):
         train(model_with(), rows(), tmp_path, mini_batch_size=0)
     classifier = MRLModelForSequenceClassification(MRLTextClassificationConfig(
         backbone_config=MRLBertConfig(**TINY).to_dict() | {"model_type": "bert"}, nesting_list=NESTING, num_labels=2))
-    with pytest.raises(ValueError, match=r"MRLModelForSequenceClassification is not one"):
+    with pytest.raises(ValueError, match=r"MRLModelForSequenceClassification is not a text embedding model"):
         train(classifier, rows(), tmp_path, mini_batch_size=4)
 
 

@@ -2,6 +2,7 @@
 and compute something else) and names the class that runs it."""
 import pytest
 import torch
+from test_masked_lm import FAMILIES as TINY_TEXT
 from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM
 
 from mrl_hf.modeling import (
@@ -11,13 +12,8 @@ from mrl_hf.modeling import (
     MRLViTForImageClassification,
 )
 
-TEXT = dict(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
-            max_position_embeddings=64)
 CASES = {
-    "xlm-roberta": TEXT,
-    "mpnet": TEXT,
-    "modernbert": {**TEXT, "global_attn_every_n_layers": 1, "local_attention": 16, "pad_token_id": 0,
-                   "bos_token_id": 1, "eos_token_id": 2, "cls_token_id": 1, "sep_token_id": 2},
+    **{family: TINY_TEXT[family] for family in ("xlm-roberta", "mpnet", "modernbert")},
     "convnext": dict(num_channels=3, hidden_sizes=[8, 16], depths=[1, 1], num_stages=2),
 }
 
