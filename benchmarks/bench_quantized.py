@@ -4,14 +4,16 @@ Every ratio comes from one run. Recall@10 = top-10 overlap with exact float32 se
 plans' full vectors are saved and memory-mapped (``MatryoshkaIndex.load(mmap=True)``): RAM counts only the
 codes, their structure and the cosine re-rank norms; the re-rank reads the candidates' rows through the page
 cache (warm here: the file fits in this machine's RAM). The baseline is raw FAISS ``IndexHNSWFlat(dim, 32)`` on
-the normalised full vectors at the smallest efSearch that reaches recall 0.99 (RAM = its serialised size).
+the normalised full vectors, built with each ``--ef-construction``: the fastest (efConstruction, efSearch) pair
+that reaches recall 0.99 is the baseline, else the one with the highest recall (RAM = its serialised size).
 
 Targets: (1) recall >= 0.99 with <= 1/8 of the baseline's RAM at >= 1.0x its QPS; (2) recall >= 0.95 with
 <= 1/24 of its RAM.
 
     python benchmarks/bench_quantized.py --data synthetic --n 200000       # 768-d synthetic (see bench_retrieval)
     python benchmarks/bench_quantized.py --data minilm                     # real Wikipedia paragraphs, MiniLM+PCA
-    python benchmarks/bench_quantized.py --data sentences --queries 1000   # ~35k real sentences, MRL fine-tuned MiniLM
+    python benchmarks/bench_quantized.py --data sentences --queries 1000   # ~26k real sentences, MRL fine-tuned MiniLM
+    python benchmarks/bench_quantized.py --data passages --queries 1000    # ~185k sentences + word chunks, same model
     python benchmarks/bench_quantized.py --n 1000000 --threads 1 --dims 64,128,256 --structures flat,ivf  # 1M
 AdANNS-IVF plans (lists clustered and routed at a shorter prefix, ``--cluster-dims``) are tried next to plain IVF.
 Not run by CI.
@@ -61,20 +63,47 @@ def minilm_wiki(cache: str, n_queries: int):
     return rot.transform(db).astype(np.float32), rot.transform(queries).astype(np.float32)
 
 
-def mrl_sentences(cache: str, n_queries: int):
+def offline_sentences() -> list[str]:
+    """Every distinct sentence the machine holds offline: gensim's Wikipedia and news sentences, rotten-tomatoes
+    reviews and plots, chatterbot answers."""
+    from mrl_hf.data.text import load_chatterbot_pairs, load_review_to_plot, load_unlabelled_sentences
+
+    reviews, plots, _ = load_review_to_plot(max_reviews=None)
+    answers = [a for _, a, *_ in load_chatterbot_pairs()]
+    return list(dict.fromkeys(load_unlabelled_sentences() + reviews + plots + answers))
+
+
+PASSAGE_WORDS = (12, 16, 24, 32, 48)
+
+
+def offline_passages() -> list[str]:
+    """The sentences plus fixed-size word chunks of the same text, the way retrieval pipelines chunk documents:
+    each source (the 206 Wikipedia articles, the 300 news documents, the reviews and plots) read as one word stream and
+    cut into consecutive, non-overlapping chunks of 12, 16, 24, 32 and 48 words (each size tiles the whole stream;
+    chunks of different sizes overlap). About 185,000 distinct texts."""
+    from mrl_hf.data.text import _GENSIM_HINT, _package_files, load_review_to_plot, load_wiki_paragraphs
+
+    news = next(f for f in _package_files("gensim", _GENSIM_HINT) if f.name == "lee_background.cor")
+    reviews, plots, _ = load_review_to_plot(max_reviews=None)
+    streams = [" ".join(load_wiki_paragraphs(min_words=1)).split(), open(news.locate()).read().split(),
+               " ".join(reviews + plots).split()]
+    chunks = [" ".join(words[i:i + size]) for words in streams for size in PASSAGE_WORDS
+              for i in range(0, len(words) - size + 1, size)]
+    return list(dict.fromkeys(offline_sentences() + chunks))
+
+
+def mrl_encoded(texts_fn, cache: str, n_queries: int):
     """Real text made Matryoshka by this package: all-MiniLM-L6-v2 fine-tuned with the nested loss (the demo recipe:
-    ``mrl_hf.recipes.finetune`` on chatterbot pairs, 1 epoch, seed 0), then every distinct sentence the machine holds
-    offline (gensim's Wikipedia and news sentences, rotten-tomatoes reviews and plots, chatterbot answers) encoded at 384 dims
-    (raw, not normalised; nothing rotated). Shuffled (seed 0); the last ``n_queries`` are the held-out queries."""
+    ``mrl_hf.recipes.finetune`` on chatterbot pairs, 1 epoch, seed 0), then ``texts_fn()`` encoded at 384 dims (raw,
+    not normalised; nothing rotated). Shuffled (seed 0); the last ``n_queries`` are the held-out queries."""
     if not os.path.exists(cache):
-        from mrl_hf.data.text import load_chatterbot_pairs, load_review_to_plot, load_unlabelled_sentences
+        from mrl_hf.data.text import load_chatterbot_pairs
         from mrl_hf.recipes import NESTING, finetune, packaged_minilm, split_pairs
 
-        pairs = load_chatterbot_pairs()
-        reviews, plots, _ = load_review_to_plot(max_reviews=None)
-        texts = list(dict.fromkeys(load_unlabelled_sentences() + reviews + plots + [a for _, a, *_ in pairs]))
+        texts = texts_fn()
         start = time.perf_counter()
-        model, _ = finetune(packaged_minilm(), split_pairs(pairs, seed=0)[0], NESTING, progress=False)
+        model, _ = finetune(packaged_minilm(), split_pairs(load_chatterbot_pairs(), seed=0)[0], NESTING,
+                            progress=False)
         x = model.encode(texts, batch_size=128, truncate_dim=384, normalize=False, max_length=128)
         print(f"fine-tuned and encoded {len(texts)} texts in {time.perf_counter() - start:.0f} s")
         os.makedirs(os.path.dirname(cache), exist_ok=True)
@@ -83,13 +112,14 @@ def mrl_sentences(cache: str, n_queries: int):
     return x[:-n_queries], x[-n_queries:]
 
 
-def hnsw_baseline(db, queries, exact_ids, k=10):
+def hnsw_baseline(db, queries, exact_ids, ef_construction: int, k=10):
     import faiss
 
     x = db / np.linalg.norm(db, axis=1, keepdims=True)
     q = queries / np.linalg.norm(queries, axis=1, keepdims=True)
     start = time.perf_counter()
     index = faiss.IndexHNSWFlat(db.shape[1], 32, faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efConstruction = ef_construction
     index.add(x)
     build = time.perf_counter() - start
     ram = faiss.serialize_index(index).nbytes / len(db)
@@ -102,20 +132,25 @@ def hnsw_baseline(db, queries, exact_ids, k=10):
             t = time.perf_counter()
             _, ids = index.search(q, k)
             times.append(time.perf_counter() - t)
-        rows.append({"ef": ef, "ms": 1e3 * min(times) / len(q), "recall": top_k_overlap(ids, exact_ids, k), "ram": ram})
-    return rows, build
+        rows.append({"efc": ef_construction, "ef": ef, "ms": 1e3 * min(times) / len(q),
+                     "recall": top_k_overlap(ids, exact_ids, k), "ram": ram, "build": build})
+    return rows
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", choices=["synthetic", "minilm", "sentences"], default="synthetic")
+    ap.add_argument("--data", choices=["synthetic", "minilm", "sentences", "passages"], default="synthetic")
     ap.add_argument("--n", type=int, default=200_000, help="synthetic database size")
     ap.add_argument("--dim", type=int, default=768, help="synthetic dim")
     ap.add_argument("--queries", type=int, default=500)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--cache", default="outputs/bench_quantized_cache")
     ap.add_argument("--dims", default="64,128,256,512,full", help="prefix sizes tried ('full' = the stored size)")
+    ap.add_argument("--precisions", default="binary,int8")
     ap.add_argument("--structures", default="flat,hnsw,ivf")
+    ap.add_argument("--nprobe", default="16,64", help="IVF lists probed per query")
+    ap.add_argument("--ef-construction", default="40,200",
+                    help="HNSW32 baselines built (FAISS's default is 40); the baseline is the fastest reaching 0.99")
     ap.add_argument("--cluster-dims", default="none,32",
                     help="IVF cluster dims tried ('none' = plain IVF; others give AdANNS-IVF, SearchPlan.cluster_dim)")
     args = ap.parse_args()
@@ -128,9 +163,12 @@ def main():
     elif args.data == "minilm":
         db, queries = minilm_wiki(os.path.join(args.cache, "minilm_wiki.npy"), args.queries)
         what = f"MiniLM-L6 + PCA rotation, {len(db):,} Wikipedia paragraphs x {db.shape[1]}"
-    else:
-        db, queries = mrl_sentences(os.path.join(args.cache, "mrl_sentences.npy"), args.queries)
+    elif args.data == "sentences":
+        db, queries = mrl_encoded(offline_sentences, os.path.join(args.cache, "mrl_sentences.npy"), args.queries)
         what = f"MiniLM-L6 MRL fine-tuned (demo recipe), {len(db):,} real sentences x {db.shape[1]}"
+    else:
+        db, queries = mrl_encoded(offline_passages, os.path.join(args.cache, "mrl_passages.npy"), args.queries)
+        what = f"MiniLM-L6 MRL fine-tuned (demo recipe), {len(db):,} real sentences and word chunks x {db.shape[1]}"
     print(f"# {what}, {len(queries)} held-out queries, top-10, cosine")
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, {args.threads} threads, "
           f"faiss {faiss.__version__}, numpy {np.__version__}, {time.strftime('%Y-%m-%d')}")
@@ -139,20 +177,23 @@ def main():
         MatryoshkaIndex(db, metric="cosine", copy=False).save(tmp + "/ix")
         index = MatryoshkaIndex.load(tmp + "/ix", mmap=True)  # full vectors on disk
         exact = index.search(queries, 10, exact=True)
-        base_rows, build = hnsw_baseline(db, queries, exact.ids)
-        base = next((r for r in base_rows if r["recall"] >= 0.99), base_rows[-1])
-        print(f"\nFAISS HNSW32 float32 full dim (build {build:.0f} s), exact flat {exact.cost.ms_per_query:.3f} ms/q:")
-        print(markdown_table(["efSearch", "RAM B/vector", "ms/query", "recall@10"],
-                             [[str(r["ef"]), f"{r['ram']:,.0f}", f"{r['ms']:.3f}", f"{r['recall']:.4f}"]
-                              for r in base_rows]))
-        print(f"baseline = efSearch={base['ef']}: {base['ram']:,.0f} B/vector, {base['ms']:.3f} ms/query, "
-              f"recall {base['recall']:.4f}")
+        base_rows = [r for efc in args.ef_construction.split(",")
+                     for r in hnsw_baseline(db, queries, exact.ids, int(efc))]
+        reaching = [r for r in base_rows if r["recall"] >= 0.99]
+        base = min(reaching, key=lambda r: r["ms"]) if reaching else max(base_rows, key=lambda r: r["recall"])
+        print(f"\nFAISS HNSW32 float32 full dim, exact flat {exact.cost.ms_per_query:.3f} ms/q:")
+        print(markdown_table(["efConstruction", "build s", "efSearch", "RAM B/vector", "ms/query", "recall@10"],
+                             [[str(r["efc"]), f"{r['build']:.0f}", str(r["ef"]), f"{r['ram']:,.0f}", f"{r['ms']:.3f}",
+                               f"{r['recall']:.4f}"] for r in base_rows]))
+        print(f"baseline = efConstruction={base['efc']}, efSearch={base['ef']}: {base['ram']:,.0f} B/vector, "
+              f"{base['ms']:.3f} ms/query, recall {base['recall']:.4f}")
 
         d = index.dim
         dims = sorted({d if x == "full" else min(int(x), d) for x in args.dims.split(",")})
-        grid = dict(dims=dims, precisions=["binary", "int8"], structures=args.structures.split(","),
+        grid = dict(dims=dims, precisions=args.precisions.split(","), structures=args.structures.split(","),
                     cluster_dims=[None if c == "none" else int(c) for c in args.cluster_dims.split(",")],
-                    candidates=[50, 100, 200, 400, 800], ef_search=[None], nprobe=[16, 64], repeats=2)
+                    candidates=[50, 100, 200, 400, 800], ef_search=[None],
+                    nprobe=[int(x) for x in args.nprobe.split(",")], repeats=2)
         print(f"\ngrid: {grid}")
         start = time.perf_counter()
         results = {}
