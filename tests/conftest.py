@@ -4,6 +4,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # pytest-xdist workers share the cores: one worker per core with one thread each (here and in the processes a test
+    # starts) instead of every worker's torch and BLAS spinning a thread per core on cores the other workers hold.
+    _threads = max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    for _name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(_name, str(_threads))
+
 
 def pytest_collection_modifyitems(config, items):
     """GPU tests run only when asked for by name (``pytest -m gpu``): a plain run, or ``-m 'not slow'``, deselects
