@@ -47,12 +47,29 @@ def _distance(metric: str):
     return {"cosine": m.Distance.COSINE, "ip": m.Distance.DOT, "l2": m.Distance.EUCLID}[metric]
 
 
-def _vector_params(index, plan: SearchPlan):
-    m = _models()
+def check_exportable(plan: SearchPlan) -> None:
+    """Qdrant (server, local mode or Edge) has flat and HNSW search, no IVF."""
     if plan.structure == "ivf":
         fix = "structure='hnsw'" if plan.cluster_dim is None else "structure='hnsw', cluster_dim=None"
         raise ValueError(f"{plan.describe()}: Qdrant has no IVF structure; export the plan with structure='hnsw' "
                          f"or 'flat' (e.g. dataclasses.replace(plan, {fix})).")
+
+
+def named_plans(plans) -> dict[str, SearchPlan]:
+    """The named vector each plan searches; two plans may share one only if they build it the same way."""
+    named: dict[str, SearchPlan] = {}
+    for plan in plans:
+        check_exportable(plan)
+        other = named.setdefault(vector_name(plan), plan)
+        if other.structure != plan.structure:
+            raise ValueError(f"{other.describe()} and {plan.describe()} both need the named vector "
+                             f"{vector_name(plan)!r}, as {other.structure} and as {plan.structure}; export them to "
+                             "two collections (or shards), or give both the same structure.")
+    return named
+
+
+def _vector_params(index, plan: SearchPlan):
+    m = _models()
     quantization = datatype = None
     if plan.precision == "binary":
         quantization = m.BinaryQuantization(binary=m.BinaryQuantizationConfig(always_ram=True))
@@ -80,7 +97,7 @@ def export_to_qdrant(index, client, collection: str, plans) -> list[str]:
     if client.collection_exists(collection):
         raise ValueError(f"Qdrant collection {collection!r} already exists; delete it with "
                          f"client.delete_collection({collection!r}) or export under another name.")
-    names = {vector_name(p): _vector_params(index, p) for p in plans}
+    names = {name: _vector_params(index, p) for name, p in named_plans(plans).items()}
     config = {FULL: m.VectorParams(size=index.dim, distance=_distance(index.metric), on_disk=True), **names}
     client.create_collection(collection, vectors_config=config)
     db = index.embeddings
