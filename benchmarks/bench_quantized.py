@@ -81,12 +81,11 @@ def offline_passages() -> list[str]:
     each source (the 206 Wikipedia articles, the 300 news documents, the reviews and plots) read as one word stream and
     cut into consecutive, non-overlapping chunks of 12, 16, 24, 32 and 48 words (each size tiles the whole stream;
     chunks of different sizes overlap). About 185,000 distinct texts."""
-    from mrl_hf.data.text import _GENSIM_HINT, _package_files, load_review_to_plot, load_wiki_paragraphs
+    from mrl_hf.data.text import load_news_documents, load_review_to_plot, load_wiki_paragraphs
 
-    news = next(f for f in _package_files("gensim", _GENSIM_HINT) if f.name == "lee_background.cor")
     reviews, plots, _ = load_review_to_plot(max_reviews=None)
-    streams = [" ".join(load_wiki_paragraphs(min_words=1)).split(), open(news.locate()).read().split(),
-               " ".join(reviews + plots).split()]
+    streams = [" ".join(texts).split() for texts in (load_wiki_paragraphs(min_words=1), load_news_documents(),
+                                                     reviews + plots)]
     chunks = [" ".join(words[i:i + size]) for words in streams for size in PASSAGE_WORDS
               for i in range(0, len(words) - size + 1, size)]
     return list(dict.fromkeys(offline_sentences() + chunks))

@@ -18,13 +18,18 @@ PLANS = [SearchPlan(32, "float32", "flat", 50), SearchPlan(64, "binary", "hnsw",
          SearchPlan(64, "int8", "flat", 30), SearchPlan(32, "float16", "hnsw", 50)]
 
 
+def clustered(seed: int, n: int, n_queries: int, d: int):
+    """``n`` database rows and ``n_queries`` queries drawn around 40 centres, per-dim scale 1/sqrt(j)."""
+    rng = np.random.default_rng(seed)
+    scale = (1.0 / np.sqrt(np.arange(1, d + 1))).astype(np.float32)
+    centres = rng.standard_normal((40, d), dtype=np.float32) * scale
+    draw = lambda m: centres[rng.integers(0, 40, m)] + 0.5 * rng.standard_normal((m, d), dtype=np.float32) * scale
+    return draw(n), draw(n_queries)
+
+
 @pytest.fixture(scope="module")
 def setup():
-    rng = np.random.default_rng(1)
-    scale = (1.0 / np.sqrt(np.arange(1, D + 1))).astype(np.float32)
-    centres = rng.standard_normal((40, D), dtype=np.float32) * scale
-    draw = lambda n: centres[rng.integers(0, 40, n)] + 0.5 * rng.standard_normal((n, D), dtype=np.float32) * scale
-    db, queries = draw(N), draw(NQ)
+    db, queries = clustered(1, N, NQ, D)
     index = MatryoshkaIndex(db, metric="cosine")
     client = qdrant_client.QdrantClient(":memory:")
     names = export_to_qdrant(index, client, "mrl", PLANS)

@@ -11,6 +11,7 @@ import dataclasses
 import numpy as np
 import pytest
 import qdrant_edge  # dev extra
+from test_qdrant import clustered
 
 from mrl_hf.retrieval import MatryoshkaIndex, SearchPlan
 from mrl_hf.retrieval.codes import sign_bits
@@ -23,11 +24,7 @@ PLANS = [SearchPlan(128, "float32", "flat", 50), SearchPlan(32, "binary", "flat"
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    rng = np.random.default_rng(2)
-    scale = (1.0 / np.sqrt(np.arange(1, D + 1))).astype(np.float32)
-    centres = rng.standard_normal((40, D), dtype=np.float32) * scale
-    draw = lambda n: centres[rng.integers(0, 40, n)] + 0.5 * rng.standard_normal((n, D), dtype=np.float32) * scale
-    db, queries = draw(N), draw(NQ)
+    db, queries = clustered(2, N, NQ, D)
     index = MatryoshkaIndex(db, metric="cosine")
     path = tmp_path_factory.mktemp("edge") / "shard"
     shard = export_to_qdrant_edge(index, path, PLANS)

