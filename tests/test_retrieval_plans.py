@@ -7,7 +7,7 @@ from mrl_hf.evaluation import top_k_overlap  # noqa: E402
 from mrl_hf.retrieval import MatryoshkaIndex, NoPlanMeetsTarget, SearchPlan  # noqa: E402
 
 N, D, NQ = 5000, 128, 100
-PRECISIONS = ["float32", "float16", "int8", "binary"]
+PRECISIONS = ["float32", "float16", "int8", "int4", "binary"]
 
 
 def matryoshka_like(n, n_queries, dim=D, seed=0, n_clusters=100):
@@ -63,8 +63,17 @@ def test_scalar_codes_rank_nearly_like_float32(index, data, exact, precision, fl
     assert recall >= floor
 
 
+def test_int4_codes_rank_between_binary_and_int8(index, data, exact):
+    def recall(precision, candidates):
+        plan = SearchPlan(D, precision, "flat", candidates)
+        return top_k_overlap(index.search_plan(data[1], 10, plan).ids, exact.ids, 10)
+
+    assert recall("binary", 10) + 0.2 < recall("int4", 10) < recall("int8", 10) - 0.1  # measured 0.30 / 0.71 / 0.98
+    assert recall("int4", 20) >= 0.9 and recall("int4", 50) >= 0.99  # a short shortlist re-ranked recovers the rest
+
+
 def test_hnsw_codes_with_rerank(index, data, exact):
-    for precision in ("binary", "int8"):
+    for precision in ("binary", "int4", "int8"):
         result = index.search_plan(data[1], 10, SearchPlan(64, precision, "hnsw", 200, ef_search=200))
         assert top_k_overlap(result.ids, exact.ids, 10) >= 0.97
 
@@ -75,9 +84,36 @@ def test_plan_memory_counts_codes_and_norms(index):
     assert mem["rerank_norms"] == 4.0 and mem["ram"] == pytest.approx(mem["codes"] + 4.0)
     assert mem["full_vectors_on_disk"] == 4 * D
     assert index.plan_memory(SearchPlan(64, "int8", "flat", 100))["codes"] == pytest.approx(64, abs=1)
+    assert index.plan_memory(SearchPlan(64, "int4", "flat", 100))["codes"] == pytest.approx(32, abs=1)
     hnsw = index.plan_memory(SearchPlan(64, "binary", "hnsw", 100))["codes"]
     assert 8 + 4 * 32 < hnsw < 8 + 4 * 64 + 20  # 32..64 links per vector at level 0
     assert "flat-binary@64" in index.memory_bytes()
+
+
+def test_plan_graphs_are_built_with_the_index_hnsw_settings(data):
+    db, queries = data
+    index = MatryoshkaIndex(db[:2000], metric="cosine", hnsw_m=8, ef_construction=100)
+    for precision in ("int8", "binary"):
+        level = index._code_level(SearchPlan(64, precision, "hnsw", 50))
+        graph = (level.index if precision == "binary" else faiss.downcast_index(level.index)).hnsw
+        assert graph.efConstruction == 100
+        assert graph.nb_neighbors(0) == 16  # FAISS keeps 2 * M links per vector at level 0
+    small = index.plan_memory(SearchPlan(64, "int8", "hnsw", 50))["codes"]
+    assert small < MatryoshkaIndex(db[:2000], metric="cosine").plan_memory(SearchPlan(64, "int8", "hnsw", 50))["codes"]
+
+
+def test_threaded_rerank_equals_the_serial_one(data):
+    from mrl_hf.retrieval._rerank import prefix_norms, rerank
+
+    db, _ = data
+    queries = np.repeat(data[1], 20, axis=0)  # 2,000 queries: many blocks of rows to share between threads
+    candidates = np.random.default_rng(0).integers(-1, len(db), (len(queries), 300))
+    for metric in ("cosine", "l2"):
+        norms = prefix_norms(db, D) if metric == "cosine" else None
+        serial = rerank(db, queries, candidates, D, metric, 10, norms)
+        threaded = rerank(db, queries, candidates, D, metric, 10, norms, threads=2)
+        for a, b in zip(serial, threaded):
+            np.testing.assert_array_equal(a, b)
 
 
 def test_add_in_parts_updates_codes(data):
@@ -136,8 +172,8 @@ def test_bad_plans_raise_clear_errors(index, data):
     q = data[1]
     with pytest.raises(ValueError, match=r"dim=256, but the index stores 128-dim vectors; choose dim <= 128"):
         index.search_plan(q, 10, SearchPlan(256, "int8"))
-    with pytest.raises(ValueError, match=r"precision='int4' is not supported; choose one of"):
-        SearchPlan(64, "int4")
+    with pytest.raises(ValueError, match=r"precision='int2' is not supported; choose one of"):
+        SearchPlan(64, "int2")
     with pytest.raises(ValueError, match=r"structure='pq' is not supported"):
         SearchPlan(64, "int8", "pq")
     with pytest.raises(ValueError, match=r"multiple of 8; use dim=96"):

@@ -1,6 +1,8 @@
 """Re-ranking a shortlist: gather the candidates' prefixes from the stored embeddings and score them exactly."""
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
 from ._inputs import prefix
@@ -21,10 +23,11 @@ def prefix_norms(database: np.ndarray, dim: int) -> np.ndarray:
 
 
 def rerank(database: np.ndarray, queries: np.ndarray, candidates: np.ndarray, dim: int, metric: str,
-           keep: int, norms: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, float]:
+           keep: int, norms: np.ndarray | None = None, threads: int = 1) -> tuple[np.ndarray, np.ndarray, float]:
     """Score ``candidates`` (ids, -1 = empty slot) at ``dim`` and keep the best ``keep`` per query.
 
-    For ``cosine``, ``norms`` (from ``prefix_norms``) saves normalising the gathered rows.
+    For ``cosine``, ``norms`` (from ``prefix_norms``) saves normalising the gathered rows. ``threads`` > 1 splits
+    the queries between that many threads (numpy releases the GIL while gathering rows and multiplying).
     Returns (scores, ids, mean number of candidates scored per query). Empty slots sort last, keep id -1
     and get the worst possible score. Equal scores keep the shortlist's order (stable sort).
     """
@@ -35,9 +38,8 @@ def rerank(database: np.ndarray, queries: np.ndarray, candidates: np.ndarray, di
     safe = np.where(valid, candidates, 0)
     out_scores = np.empty((n_q, keep), np.float32)
     out_ids = np.empty((n_q, keep), np.int64)
-    chunk = max(1, _GATHER_FLOATS // max(k * dim, 1))
-    for s in range(0, n_q, chunk):
-        e = min(n_q, s + chunk)
+
+    def score_block(s: int, e: int) -> None:
         rows = database[safe[s:e].ravel(), :dim].reshape(e - s, k, dim)
         if metric == "l2":
             diff = rows - q[s:e, None, :]
@@ -52,4 +54,13 @@ def rerank(database: np.ndarray, queries: np.ndarray, candidates: np.ndarray, di
         order = np.argsort(scores if metric == "l2" else -scores, axis=1, kind="stable")[:, :keep]
         out_scores[s:e] = np.take_along_axis(scores, order, 1)
         out_ids[s:e] = np.take_along_axis(candidates[s:e], order, 1)
+
+    chunk = max(1, _GATHER_FLOATS // max(k * dim, 1))
+    blocks = [(s, min(n_q, s + chunk)) for s in range(0, n_q, chunk)]
+    if threads > 1 and len(blocks) > 1:
+        with ThreadPoolExecutor(min(threads, len(blocks))) as pool:
+            list(pool.map(lambda block: score_block(*block), blocks))
+    else:
+        for block in blocks:
+            score_block(*block)
     return out_scores, out_ids, float(valid.sum()) / max(n_q, 1)

@@ -7,6 +7,7 @@ then quantised:
 - ``float16``: half floats (FAISS scalar quantiser ``QT_fp16``);
 - ``int8``: 8 bits per feature with a range calibrated per dimension from the data (FAISS ``QT_8bit``: the
   min and max of each dimension over a training sample); queries stay float (asymmetric distance);
+- ``int4``: the same with 4 bits (16 levels) per feature, two features per byte (FAISS ``QT_4bit``);
 - ``binary``: one sign bit per feature, searched by Hamming distance (``IndexBinaryFlat``/``HNSW``/``IVF``);
   the query is binarised too. ``dim`` must be a multiple of 8.
 
@@ -27,9 +28,10 @@ import numpy as np
 from ._faiss_backend import auto_nlist, import_faiss
 from ._inputs import prefix
 
-PRECISIONS = ("float32", "float16", "int8", "binary")
+PRECISIONS = ("float32", "float16", "int8", "int4", "binary")
+BYTES_PER_DIM = {"float32": 4, "float16": 2, "int8": 1, "int4": 0.5, "binary": 0.125}
 STRUCTURES = ("flat", "hnsw", "ivf")
-_SQ_NAME = {"float32": "Flat", "float16": "SQfp16", "int8": "SQ8"}
+_SQ_NAME = {"float32": "Flat", "float16": "SQfp16", "int8": "SQ8", "int4": "SQ4"}
 _TRAIN_ROWS = 65536  # rows sampled to calibrate int8 ranges / train IVF centroids
 _ADD_ROWS = 131072
 
@@ -54,10 +56,11 @@ class CodeLevel:
     """The database's ``dim``-prefixes, coded at ``precision`` and held in a FAISS ``structure``."""
 
     def __init__(self, dim: int, precision: str, structure: str, metric: str, hnsw_m: int = 32,
-                 nlist: int | None = None, index=None, cluster_dim: int | None = None):
+                 nlist: int | None = None, index=None, cluster_dim: int | None = None, ef_construction: int = 40):
         self.faiss = import_faiss()
         self.dim, self.precision, self.structure, self.metric = dim, precision, structure, metric
         self.hnsw_m, self.nlist, self.cluster_dim = hnsw_m, nlist, cluster_dim
+        self.ef_construction = ef_construction
         self.index = index
         self._router = None
         self._nbytes = None
@@ -94,6 +97,9 @@ class CodeLevel:
                 self.index = f.index_binary_factory(self.dim, spec)
             else:
                 self.index = f.index_factory(self.dim, spec, self._faiss_metric)
+            if self.structure == "hnsw":
+                hnsw = self.index if self.binary else f.downcast_index(self.index)
+                hnsw.hnsw.efConstruction = self.ef_construction
         if not self.index.is_trained:
             self.index.train(self._encode(database[rows]))
         self.add(database)
@@ -120,7 +126,8 @@ class CodeLevel:
             if self.precision == "float32":
                 index = f.IndexIVFFlat(quantizer, self.dim, self.nlist, self._faiss_metric)
             else:
-                qtype = {"float16": f.ScalarQuantizer.QT_fp16, "int8": f.ScalarQuantizer.QT_8bit}[self.precision]
+                qtype = {"float16": f.ScalarQuantizer.QT_fp16, "int8": f.ScalarQuantizer.QT_8bit,
+                         "int4": f.ScalarQuantizer.QT_4bit}[self.precision]
                 index = f.IndexIVFScalarQuantizer(quantizer, self.dim, self.nlist, qtype, self._faiss_metric, False)
         index.own_fields = True  # the index keeps (and serialises) its quantizer
         quantizer.this.disown()

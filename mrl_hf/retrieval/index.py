@@ -374,6 +374,7 @@ class MatryoshkaIndex:
                 raise ValueError("The index is empty (0 vectors); add embeddings before building a plan's codes.")
             self._codes[plan.code_key] = CodeLevel(plan.dim, plan.precision, plan.structure, self.metric,
                                                    hnsw_m=self._build_params["hnsw_m"],
+                                                   ef_construction=self._build_params["ef_construction"],
                                                    nlist=self._build_params["nlist"],
                                                    cluster_dim=plan.cluster_dim).build(self._db)
         return self._codes[plan.code_key]
@@ -382,7 +383,8 @@ class MatryoshkaIndex:
         """Search with a ``SearchPlan`` (default: ``self.plan``, which ``tune`` sets): shortlist ``plan.candidates``
         on the plan's prefix codes, then re-rank them at the full dim with the stored float32 vectors.
 
-        Queries must be full size. The codes are built on first use (timed apart, as ``build_seconds``).
+        Queries must be full size. The codes are built on first use (timed apart, as ``build_seconds``). Both stages
+        use FAISS's thread count (``faiss.omp_set_num_threads``).
         """
         top_k = as_int(top_k, "top_k", minimum=1)
         if plan is None:
@@ -404,7 +406,8 @@ class MatryoshkaIndex:
             empty = SearchCost((), self.ntotal, 0, 0.0, start - build_start)
             return SearchResult(np.empty((0, top_k), np.float32), np.empty((0, top_k), np.int64), empty)
         ids, scored = level.search(q, plan.candidates, plan.ef_search or self.ef_search, plan.nprobe or self.nprobe)
-        scores, ids, rescored = rerank(self._db, q, ids, self.dim, self.metric, top_k, norms)
+        scores, ids, rescored = rerank(self._db, q, ids, self.dim, self.metric, top_k, norms,
+                                       threads=level.faiss.omp_get_max_threads())
         stages = (StageCost("search", plan.dim, scored, f"{plan.structure_label}-{plan.precision}"),
                   StageCost("rerank", self.dim, rescored))
         cost = SearchCost(stages, self.ntotal, q.shape[0], time.perf_counter() - start, start - build_start)

@@ -48,7 +48,10 @@ def _distance(metric: str):
 
 
 def check_exportable(plan: SearchPlan) -> None:
-    """Qdrant (server, local mode or Edge) has flat and HNSW search, no IVF."""
+    """Qdrant (server, local mode or Edge) has flat and HNSW search, no IVF, and no 4-bit scalar codes."""
+    if plan.precision == "int4":
+        raise ValueError(f"{plan.describe()}: Qdrant has no 4-bit scalar quantization; export the plan with "
+                         "precision='int8' or 'binary' (e.g. dataclasses.replace(plan, precision='int8')).")
     if plan.structure == "ivf":
         fix = "structure='hnsw'" if plan.cluster_dim is None else "structure='hnsw', cluster_dim=None"
         raise ValueError(f"{plan.describe()}: Qdrant has no IVF structure; export the plan with structure='hnsw' "
@@ -78,7 +81,8 @@ def _vector_params(index, plan: SearchPlan):
                                                                               always_ram=True))
     elif plan.precision == "float16":
         datatype = m.Datatype.FLOAT16
-    hnsw = m.HnswConfigDiff(m=0 if plan.structure == "flat" else index._build_params["hnsw_m"])
+    hnsw = m.HnswConfigDiff(m=0 if plan.structure == "flat" else index._build_params["hnsw_m"],
+                            ef_construct=index._build_params["ef_construction"])
     return m.VectorParams(size=plan.dim, distance=_distance(index.metric), hnsw_config=hnsw,
                           quantization_config=quantization, datatype=datatype)
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from ..evaluation import top_k_overlap
 from ..nesting import as_int
-from .codes import PRECISIONS, STRUCTURES
+from .codes import BYTES_PER_DIM, PRECISIONS, STRUCTURES
 from .plan import SearchPlan
 
 OBJECTIVES = ("ram", "latency")
@@ -121,8 +121,7 @@ def _grid(index, dims, precisions, structures, cluster_dims) -> list[tuple[int, 
             for c in (cluster_dims if s == "ivf" else [None])
             if not (p == "binary" and (d % 8 or index.metric == "l2"))
             and (c is None or (c < d and not (p == "binary" and c % 8)))]
-    bytes_per_dim = {"binary": 0.125, "int8": 1, "float16": 2, "float32": 4}
-    return sorted(keys, key=lambda k: (k[0] * bytes_per_dim[k[1]], STRUCTURES.index(k[2]), k[3] or 0))  # small first
+    return sorted(keys, key=lambda k: (k[0] * BYTES_PER_DIM[k[1]], STRUCTURES.index(k[2]), k[3] or 0))  # small first
 
 
 def tune(index, queries, target_recall: float = 0.99, objective: str = "ram", top_k: int = 10, *,
