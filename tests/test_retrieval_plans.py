@@ -194,3 +194,18 @@ def test_bad_plans_raise_clear_errors(index, data):
         index.tune(q, target_recall=1.5)
     with pytest.raises(ValueError, match=r"dims entry 512 exceeds the index's stored size 128"):
         index.tune(q, dims=[512])
+
+
+def test_a_memory_mapped_load_reads_no_vector_before_the_rerank(index, data, tmp_path):
+    plan = SearchPlan(64, "binary", "flat", 50)
+    before = index.search_plan(data[1], 10, plan)  # builds the codes and the full-dim re-rank norms
+    index.save(tmp_path / "ix")
+    assert (tmp_path / "ix" / f"norms_{D}.npy").is_file()
+    loaded = MatryoshkaIndex.load(tmp_path / "ix", mmap=True)
+    np.testing.assert_array_equal(loaded._norms[D], index._norms[D])  # loaded, not recomputed from every row
+    after = loaded.search_plan(data[1], 10, plan)
+    np.testing.assert_array_equal(after.ids, before.ids)
+    np.testing.assert_allclose(after.scores, before.scores, rtol=1e-6)
+    np.save(tmp_path / "ix" / f"norms_{D}.npy", np.ones(3, np.float32))
+    with pytest.raises(ValueError, match=rf"norms_{D}.npy' holds 3 norms for {N} vectors; the saved index is damaged"):
+        MatryoshkaIndex.load(tmp_path / "ix", mmap=True)

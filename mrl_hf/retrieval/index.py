@@ -435,6 +435,8 @@ class MatryoshkaIndex:
         Stores the embeddings (``embeddings.npy``), the settings (``mrl_index.json``) and every built
         HNSW/IVF structure (``level_<dim>.faiss``); flat structures are rebuilt on demand after loading. Plan
         codes built so far are saved too (``codes_<dim>_<precision>_<structure>[_c<cluster_dim>].faiss``), and so is ``self.plan``.
+        So are the cosine re-rank norms computed so far (``norms_<dim>.npy``): a memory-mapped load then reads only
+        the candidates' rows, never every vector.
         """
         def write(tmp: Path) -> None:
             np.save(tmp / _EMBEDDINGS_FILE, self._db)
@@ -447,10 +449,13 @@ class MatryoshkaIndex:
             for key, level in _sorted_codes(self._codes):
                 level.save(str(tmp / _code_file(key)))
                 codes.append(list(key) if key[3] is not None else list(key[:3]))
+            for d, norms in self._norms.items():
+                np.save(tmp / f"norms_{d}.npy", norms)
             config = {"format": _FORMAT, "format_version": _FORMAT_VERSION, "metric": self.metric,
                       "backend": self.backend, "index_type": self.index_type, "dim": self.dim,
                       "ntotal": self.ntotal, "ef_search": self.ef_search, "nprobe": self.nprobe,
                       **self._build_params, "saved_levels": saved, "saved_codes": codes,
+                      "saved_norms": sorted(self._norms),
                       "plan": None if self.plan is None else self.plan.to_dict()}
             (tmp / _CONFIG_FILE).write_text(json.dumps(config, indent=2))
 
@@ -503,6 +508,17 @@ class MatryoshkaIndex:
                 except (OSError, RuntimeError) as exc:
                     raise ValueError(f"{str(code_file)!r} cannot be read ({exc}); the saved index is damaged. "
                                      "Re-save the index.") from exc
+            for d in config.get("saved_norms", []):  # absent in older saves: computed on first use
+                norms_file = path / f"norms_{d}.npy"
+                try:
+                    norms = np.load(norms_file)
+                except (OSError, ValueError, EOFError) as exc:
+                    raise ValueError(f"{str(norms_file)!r} cannot be read ({exc}); the saved index is damaged. "
+                                     "Re-save the index.") from exc
+                if norms.shape != (config["ntotal"],):
+                    raise ValueError(f"{str(norms_file)!r} holds {norms.shape[0] if norms.ndim else 0} norms for "
+                                     f"{config['ntotal']} vectors; the saved index is damaged. Re-save the index.")
+                index._norms[d] = norms
             if config.get("plan") is not None:
                 index.plan = SearchPlan.from_dict(config["plan"])
         return index
