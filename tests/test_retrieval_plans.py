@@ -146,6 +146,25 @@ def test_tuner_keeps_the_cheapest_plan_that_meets_the_target(index, data, exact)
     assert fastest.chosen.ms_per_query == min(r.ms_per_query for r in fastest.reports if r.meets_target)
 
 
+def test_tuner_keeps_to_a_ram_budget(data):
+    db, queries = data
+    index = MatryoshkaIndex(db[:2000], metric="cosine")
+    result = index.tune(queries, target_recall=0.9, objective="latency", dims=[32, 64, 128],
+                        precisions=["binary", "int8"], structures=["flat", "hnsw"], candidates=[20, 100, 400],
+                        max_ram_bytes_per_vector=40)
+    assert result.reports and all(r.ram_bytes_per_vector <= 40 for r in result.reports)
+    assert {(d, "binary", "flat", None) for d in (32, 64, 128)} <= {r.plan.code_key for r in result.reports}
+    assert (64, "int8", "flat", None) in result.over_budget  # 64 B of codes: refused before building
+    assert (64, "int8", "flat", None) not in index._codes
+    assert (32, "binary", "hnsw", None) in result.over_budget  # 4 B of codes, but the graph's links exceed 40 B
+    assert "over the RAM budget, not searched" in str(result)
+    assert result.chosen.ms_per_query == min(r.ms_per_query for r in result.reports if r.meets_target)
+    with pytest.raises(ValueError, match=r"max_ram_bytes_per_vector=0 must be a number of bytes > 0"):
+        index.tune(queries, max_ram_bytes_per_vector=0)
+    with pytest.raises(ValueError, match=r"every structure is over max_ram_bytes_per_vector=2 \(2 were\)"):
+        index.tune(queries, dims=[64], precisions=["int8"], structures=["flat", "ivf"], max_ram_bytes_per_vector=2)
+
+
 def test_tuner_names_the_closest_plan_when_none_meets_the_target(index, data):
     with pytest.raises(NoPlanMeetsTarget, match=r"Closest: binary@8 flat -> 20 -> float32@full with recall") as err:
         index.tune(data[1], target_recall=1.0, dims=[8], precisions=["binary"], structures=["flat"],

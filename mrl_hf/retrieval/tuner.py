@@ -60,6 +60,7 @@ class TuneResult:
     reports: list[PlanReport]
     exact_ms_per_query: float
     skipped: list[tuple[int, str, str, int | None]] = field(default_factory=list)  # code levels left out by budget_s
+    over_budget: list[tuple[int, str, str, int | None]] = field(default_factory=list)  # over max_ram_bytes_per_vector
 
     @property
     def chosen(self) -> PlanReport:
@@ -85,6 +86,8 @@ class TuneResult:
                 f"{self.exact_ms_per_query:.3f} ms/query), objective={self.objective}: chosen "
                 f"{self.plan.describe()}")
         skipped = f"\n(skipped by budget_s: {self.skipped})" if self.skipped else ""
+        if self.over_budget:
+            skipped += f"\n(over the RAM budget, not searched: {self.over_budget})"
         return f"{head}\n{self.table()}{skipped}"
 
 
@@ -127,7 +130,7 @@ def _grid(index, dims, precisions, structures, cluster_dims) -> list[tuple[int, 
 def tune(index, queries, target_recall: float = 0.99, objective: str = "ram", top_k: int = 10, *,
          dims=None, precisions=PRECISIONS, structures=("flat", "hnsw", "ivf"), candidates=DEFAULT_CANDIDATES,
          ef_search=(None,), nprobe=(None,), cluster_dims=(None,), budget_s: float | None = None,
-         repeats: int = 1) -> TuneResult:
+         repeats: int = 1, max_ram_bytes_per_vector: float | None = None) -> TuneResult:
     """Measure plans over the grid ``dims x precisions x structures x (ef_search | nprobe) x candidates``.
 
     ``cluster_dims`` adds AdANNS-IVF structures: each entry smaller than a plan's dim (``None`` is plain IVF) clusters
@@ -139,6 +142,11 @@ def tune(index, queries, target_recall: float = 0.99, objective: str = "ram", to
     code structure is built (they are tried smallest codes first). ``objective="ram"`` keeps the plan with
     the least RAM per vector (ties: fastest), ``"latency"`` the fastest (ties: least RAM). ``repeats`` timed
     runs per plan, the fastest kept.
+
+    ``max_ram_bytes_per_vector`` is a RAM budget (codes + structure + norms, as ``plan_memory`` counts): code
+    structures over it are not searched (those whose codes alone exceed it are not even built) and are listed in
+    ``result.over_budget``; e.g. ``objective="latency", max_ram_bytes_per_vector=hnsw_bytes / 8`` asks for the
+    fastest plan that reaches the target in an eighth of the RAM.
     """
     if objective not in OBJECTIVES:
         raise ValueError(f"objective={objective!r} is not supported; choose one of {OBJECTIVES}.")
@@ -146,6 +154,11 @@ def tune(index, queries, target_recall: float = 0.99, objective: str = "ram", to
         raise ValueError(f"target_recall={target_recall!r} must be a number in (0, 1], e.g. 0.99.")
     top_k = as_int(top_k, "top_k", minimum=1)
     repeats = as_int(repeats, "repeats", minimum=1)
+    if max_ram_bytes_per_vector is not None and (isinstance(max_ram_bytes_per_vector, bool) or not isinstance(
+            max_ram_bytes_per_vector, (int, float)) or not max_ram_bytes_per_vector > 0):
+        raise ValueError(f"max_ram_bytes_per_vector={max_ram_bytes_per_vector!r} must be a number of bytes > 0 "
+                         "(or None for no RAM budget), e.g. 64.")
+    norms = 4.0 if index.metric == "cosine" else 0.0
     counts = sorted({as_int(c, "candidates entry", minimum=1) for c in candidates})
     counts = [c for c in counts if c >= top_k] or [top_k]
     q = index._check_queries(queries, index.dim)
@@ -153,11 +166,17 @@ def tune(index, queries, target_recall: float = 0.99, objective: str = "ram", to
         raise ValueError("tune needs at least one held-out query (ideally hundreds, unseen by the database).")
     start = time.perf_counter()
     reference = index.search(q, top_k, exact=True)
-    reports, skipped = [], []
+    reports, skipped, over_budget = [], [], []
     for key in _grid(index, dims, precisions, structures, cluster_dims):
         dim, precision, structure, cluster_dim = key
         if budget_s is not None and time.perf_counter() - start > budget_s and key not in index._codes:
             skipped.append(key)
+            continue
+        if max_ram_bytes_per_vector is not None and (
+                dim * BYTES_PER_DIM[precision] + norms > max_ram_bytes_per_vector  # the codes alone, before building
+                or index.plan_memory(SearchPlan(dim, precision, structure, top_k, cluster_dim=cluster_dim))["ram"]
+                > max_ram_bytes_per_vector):
+            over_budget.append(key)
             continue
         knobs = {"hnsw": [("ef_search", v) for v in ef_search], "ivf": [("nprobe", v) for v in nprobe],
                  "flat": [(None, None)]}[structure]
@@ -176,7 +195,9 @@ def tune(index, queries, target_recall: float = 0.99, objective: str = "ram", to
                 previous = recall
     if not reports:
         raise ValueError("tune tried no plan: the grid is empty (binary needs dims that are multiples of 8 and a "
-                         "metric other than 'l2') or budget_s ran out before the first; widen the grid or budget_s.")
+                         "metric other than 'l2'), budget_s ran out before the first, or every structure is over "
+                         f"max_ram_bytes_per_vector={max_ram_bytes_per_vector} ({len(over_budget)} were); widen the "
+                         "grid (smaller dims, binary codes), budget_s or the RAM budget.")
     order = (lambda r: (r.ram_bytes_per_vector, r.ms_per_query)) if objective == "ram" else \
         (lambda r: (r.ms_per_query, r.ram_bytes_per_vector))
     meeting = [r for r in reports if r.meets_target]
@@ -184,10 +205,11 @@ def tune(index, queries, target_recall: float = 0.99, objective: str = "ram", to
         closest = max(reports, key=lambda r: (r.recall, -order(r)[0]))
         raise NoPlanMeetsTarget(
             f"No plan reached recall@{top_k} >= {target_recall} on these {q.shape[0]} queries ({len(reports)} tried"
-            f"{f', {len(skipped)} structures skipped by budget_s' if skipped else ''}). Closest: "
+            f"{f', {len(skipped)} structures skipped by budget_s' if skipped else ''}"
+            f"{f', {len(over_budget)} over the RAM budget' if over_budget else ''}). Closest: "
             f"{closest.plan.describe()} with recall {closest.recall:.4f} ({closest.ram_bytes_per_vector:.1f} B/vector, "
             f"{closest.ms_per_query:.3f} ms/query). Allow more candidates (largest tried: {counts[-1]}), larger dims "
             f"or higher precisions, a larger ef_search/nprobe, or lower target_recall.", reports, closest)
     best = min(meeting, key=order)
     return TuneResult(best.plan, objective, float(target_recall), top_k, reports, reference.cost.ms_per_query,
-                      skipped)
+                      skipped, over_budget)
