@@ -153,8 +153,7 @@ def main():
     ap.add_argument("--nprobe", default="16,64", help="IVF lists probed per query")
     ap.add_argument("--ef-construction", default="40,200",
                     help="HNSW32 baselines built (FAISS's default is 40); the baseline is the fastest reaching 0.99")
-    ap.add_argument("--code-hnsw-m", default="32",
-                    help="links per vector (M) of the plans' HNSW graphs; each value gets its own index and graphs")
+    ap.add_argument("--code-hnsw-m", default="32", help="links per vector (M) of the plans' HNSW graphs tried")
     ap.add_argument("--code-ef-construction", type=int, default=40, help="efConstruction of the plans' HNSW graphs")
     ap.add_argument("--cluster-dims", default="none,32",
                     help="IVF cluster dims tried ('none' = plain IVF; others give AdANNS-IVF, SearchPlan.cluster_dim)")
@@ -179,13 +178,8 @@ def main():
           f"faiss {faiss.__version__}, numpy {np.__version__}, {time.strftime('%Y-%m-%d')}")
 
     with tempfile.TemporaryDirectory() as tmp:
-        code_ms = [int(m) for m in args.code_hnsw_m.split(",")]
-        indexes = {}  # plan graphs with M links per vector; flat and IVF plans are run on the first index only
-        for m in code_ms:
-            MatryoshkaIndex(db, metric="cosine", copy=False, hnsw_m=m,
-                            ef_construction=args.code_ef_construction).save(f"{tmp}/ix{m}")
-            indexes[m] = MatryoshkaIndex.load(f"{tmp}/ix{m}", mmap=True)  # full vectors on disk
-        index = indexes[code_ms[0]]
+        MatryoshkaIndex(db, metric="cosine", copy=False, ef_construction=args.code_ef_construction).save(tmp + "/ix")
+        index = MatryoshkaIndex.load(tmp + "/ix", mmap=True)  # full vectors on disk
         exact = index.search(queries, 10, exact=True)
         base_rows = [r for efc in args.ef_construction.split(",")
                      for r in hnsw_baseline(db, queries, exact.ids, int(efc))]
@@ -200,76 +194,74 @@ def main():
 
         d = index.dim
         dims = sorted({d if x == "full" else min(int(x), d) for x in args.dims.split(",")})
-        structures = args.structures.split(",")
-        grid = dict(dims=dims, precisions=args.precisions.split(","),
+        grid = dict(dims=dims, precisions=args.precisions.split(","), structures=args.structures.split(","),
                     cluster_dims=[None if c == "none" else int(c) for c in args.cluster_dims.split(",")],
+                    hnsw_m=[int(m) for m in args.code_hnsw_m.split(",")],
                     candidates=[50, 100, 200, 400, 800], ef_search=[None],
                     nprobe=[int(x) for x in args.nprobe.split(",")], repeats=2)
-        print(f"\ngrid: {grid}, structures {structures}, plan graphs HNSW M={code_ms} "
-              f"efConstruction={args.code_ef_construction}")
+        print(f"\ngrid: {grid}, plan graphs built with efConstruction={args.code_ef_construction}")
         start = time.perf_counter()
-        results = {}  # (target, M) -> TuneResult or NoPlanMeetsTarget
-        for m, ix in indexes.items():
-            tried = structures if m == code_ms[0] else [s for s in structures if s == "hnsw"]
-            for target in (0.99, 0.95) if tried else ():
-                try:
-                    results[target, m] = ix.tune(queries, target_recall=target, objective="ram", structures=tried,
-                                                 **grid)
-                except NoPlanMeetsTarget as err:
-                    print(f"\ntarget {target}, HNSW M={m}: {err}")
-                    results[target, m] = err
+        results = {}
+        for target in (0.99, 0.95):
+            try:
+                results[target] = index.tune(queries, target_recall=target, objective="ram", **grid)
+            except NoPlanMeetsTarget as err:
+                print(f"\ntarget {target}: {err}")
+                results[target] = err
         print(f"\ntuning: {time.perf_counter() - start:.0f} s (code structures built once, shared by both targets)")
-        measured = {}  # (M of the plan's HNSW graph, or None for flat/IVF plans, plan) -> PlanReport
-        for (_, m), r in results.items():
+        reports = {}
+        for r in results.values():
             for rep in r.reports:
-                measured.setdefault((m if rep.plan.structure == "hnsw" else None, rep.plan), rep)
-        plans = [(m, rep) for (m, _), rep in measured.items()]
+                reports.setdefault(rep.plan, rep)
 
-        def name(m, rep):
-            return rep.plan.describe() + (f" (HNSW M={m})" if m is not None else "")
-
-        def row(m, rep):
-            cells = rep.row()[:7]
-            if m is not None:
-                cells[2] = cells[2].replace("hnsw", f"hnsw M={m}")
-            return [*cells, f"{base['ram'] / rep.ram_bytes_per_vector:.1f}x", f"{base['ms'] / rep.ms_per_query:.2f}x"]
+        def row(rep):
+            return [*rep.row()[:7], f"{base['ram'] / rep.ram_bytes_per_vector:.1f}x",
+                    f"{base['ms'] / rep.ms_per_query:.2f}x"]
 
         header = ["dims", "precision", "structure", "candidates", "RAM B/vector", "ms/query", "recall@10",
                   "RAM saving vs HNSW32", "QPS vs HNSW32"]
-        pareto = [(m, a) for m, a in plans if not any(
+        pareto = [a for a in reports.values() if not any(
             b.ram_bytes_per_vector <= a.ram_bytes_per_vector and b.ms_per_query <= a.ms_per_query
-            and b.recall >= a.recall and b is not a for _, b in plans)]
-        by_ram = lambda pair: (pair[1].ram_bytes_per_vector, pair[1].ms_per_query)  # noqa: E731
+            and b.recall >= a.recall and b is not a for b in reports.values())]
         print("\nPareto front of the plans tried (RAM, ms/query, recall):")
-        print(markdown_table(header, [row(*p) for p in sorted(pareto, key=by_ram)]))
+        print(markdown_table(header, [row(r) for r in sorted(pareto, key=lambda r: r.ram_bytes_per_vector)]))
         print("\nAll plans tried:")
-        print(markdown_table(header, [row(*p) for p in sorted(plans, key=by_ram)]))
-        for (target, m), r in results.items():
+        print(markdown_table(header, [row(r) for r in sorted(reports.values(),
+                                                             key=lambda r: (r.ram_bytes_per_vector, r.ms_per_query))]))
+        for target, r in results.items():
             if not isinstance(r, NoPlanMeetsTarget):
-                print(f"\ntuner's choice for recall >= {target} (objective=ram), index with plan graphs of M={m}: "
-                      f"{r.plan.describe()} -> {r.chosen.ram_bytes_per_vector:.1f} B/vector, "
-                      f"{r.chosen.ms_per_query:.3f} ms/query, recall {r.chosen.recall:.4f}")
+                print(f"\ntuner's choice for recall >= {target} (objective=ram): {r.plan.describe()} "
+                      f"-> {r.chosen.ram_bytes_per_vector:.1f} B/vector, {r.chosen.ms_per_query:.3f} ms/query, "
+                      f"recall {r.chosen.recall:.4f}")
+        budget = base["ram"] / 8
+        try:  # the first target's question, asked of the tuner: the fastest plan at 0.99 within 1/8 of the RAM
+            fast = index.tune(queries, target_recall=0.99, objective="latency", max_ram_bytes_per_vector=budget,
+                              **grid)
+            print(f"\ntuner's choice for recall >= 0.99 within {budget:.0f} B/vector (objective=latency): "
+                  f"{fast.plan.describe()} -> {fast.chosen.ram_bytes_per_vector:.1f} B/vector, "
+                  f"{fast.chosen.ms_per_query:.3f} ms/query ({base['ms'] / fast.chosen.ms_per_query:.2f}x QPS), "
+                  f"recall {fast.chosen.recall:.4f}")
+        except NoPlanMeetsTarget as err:
+            print(f"\ntuner, recall >= 0.99 within {budget:.0f} B/vector (objective=latency): {err}")
 
         print("\nTargets:")
         for target, ram_div, qps in ((0.99, 8, 1.0), (0.95, 24, None)):
-            fits = [(m, r) for m, r in plans if r.ram_bytes_per_vector <= base["ram"] / ram_div]
-            ok = [(m, r) for m, r in fits if r.recall >= target and (qps is None or base["ms"] / r.ms_per_query >= qps)]
+            fits = [r for r in reports.values() if r.ram_bytes_per_vector <= base["ram"] / ram_div]
+            ok = [r for r in fits if r.recall >= target and (qps is None or base["ms"] / r.ms_per_query >= qps)]
             need = f"recall >= {target}, RAM <= 1/{ram_div} ({base['ram'] / ram_div:.0f} B/vector)" + \
                 (f", QPS >= {qps}x" if qps else "")
             if ok:
-                m, best = min(ok, key=lambda p: p[1].ms_per_query)
-                print(f"- {need}: MET by {name(m, best)}: {best.ram_bytes_per_vector:.1f} B/vector "
+                best = min(ok, key=lambda r: r.ms_per_query)
+                print(f"- {need}: MET by {best.plan.describe()}: {best.ram_bytes_per_vector:.1f} B/vector "
                       f"({base['ram'] / best.ram_bytes_per_vector:.1f}x less), {base['ms'] / best.ms_per_query:.2f}x "
                       f"QPS, recall {best.recall:.4f}")
                 continue
-            reaching = [(m, r) for m, r in fits if r.recall >= target]
-            if reaching:  # the target recall fits the RAM; the fastest such plan shows how far QPS is
-                m, close = min(reaching, key=lambda p: p[1].ms_per_query)
-            elif fits:
-                m, close = max(fits, key=lambda p: (p[1].recall, -p[1].ms_per_query))
+            reaching = [r for r in fits if r.recall >= target]  # the recall fits the RAM: how far is the QPS?
+            close = (min(reaching, key=lambda r: r.ms_per_query) if reaching else
+                     max(fits, key=lambda r: (r.recall, -r.ms_per_query)) if fits else None)
             print(f"- {need}: NOT met; closest within the RAM: "
-                  + (f"{name(m, close)}: recall {close.recall:.4f}, {base['ms'] / close.ms_per_query:.2f}x QPS, "
-                     f"{close.ram_bytes_per_vector:.1f} B/vector" if fits else "none"))
+                  + (f"{close.plan.describe()}: recall {close.recall:.4f}, {base['ms'] / close.ms_per_query:.2f}x "
+                     f"QPS, {close.ram_bytes_per_vector:.1f} B/vector" if close else "none"))
 
 if __name__ == "__main__":
     main()

@@ -84,6 +84,9 @@ def test_bad_input_names_the_fix(setup, tmp_path):
         export_to_qdrant_edge(index, path, PLANS[:1])
     with pytest.raises(ValueError, match="both need the named vector 'p32_binary'"):
         export_to_qdrant_edge(index, tmp_path / "twice", [PLANS[1], dataclasses.replace(PLANS[1], structure="hnsw")])
+    with pytest.raises(ValueError, match="both need the named vector 'p32_binary', as hnsw M=8 and as hnsw M=32"):
+        export_to_qdrant_edge(index, tmp_path / "graphs", [dataclasses.replace(PLANS[1], structure="hnsw", hnsw_m=8),
+                                                           dataclasses.replace(PLANS[1], structure="hnsw")])
     with pytest.raises(ValueError, match="plans is empty"):
         export_to_qdrant_edge(index, tmp_path / "none", [])
 

@@ -105,7 +105,7 @@ def test_adanns_codes_and_plan_survive_save_and_load(index, data, tmp_path):
     assert loaded.plan == plans[0]
     assert {"ivf@16-int8@64", "ivf@32-binary@64", "ivf-int8@64"} <= set(loaded.memory_bytes())
     for plan, ids in zip(plans, before):
-        assert plan.code_key in loaded._codes  # loaded, not rebuilt
+        assert loaded.code_key(plan) in loaded._codes  # loaded, not rebuilt
         np.testing.assert_array_equal(loaded.search_plan(q, 10, plan).ids, ids)
 
 

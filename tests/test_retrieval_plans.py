@@ -102,6 +102,31 @@ def test_plan_graphs_are_built_with_the_index_hnsw_settings(data):
     assert small < MatryoshkaIndex(db[:2000], metric="cosine").plan_memory(SearchPlan(64, "int8", "hnsw", 50))["codes"]
 
 
+def test_a_plan_sets_its_own_graph_size(data, tmp_path):
+    db, queries = data
+    index = MatryoshkaIndex(db[:2000], metric="cosine")  # hnsw_m=32 by default
+    small, default = SearchPlan(64, "int8", "hnsw", 50, hnsw_m=8), SearchPlan(64, "int8", "hnsw", 50)
+    assert index.code_key(small) == (64, "int8", "hnsw", None, 8)
+    assert index.code_key(default) == index.code_key(SearchPlan(64, "int8", "hnsw", 50, hnsw_m=32))
+    assert index.plan_memory(small)["codes"] < index.plan_memory(default)["codes"] - 150  # 16 vs 64 links at level 0
+    assert small.describe() == "int8@64 hnsw M=8 -> 50 -> float32@full"
+    before = index.search_plan(queries, 10, small)
+    index.save(tmp_path / "ix")
+    assert (tmp_path / "ix" / "codes_64_int8_hnsw_m8.faiss").is_file()
+    assert (tmp_path / "ix" / "codes_64_int8_hnsw.faiss").is_file()  # the index's own M keeps the old name
+    loaded = MatryoshkaIndex.load(tmp_path / "ix")
+    assert set(loaded._codes) == set(index._codes)
+    np.testing.assert_array_equal(loaded.search_plan(queries, 10, small).ids, before.ids)
+    result = index.tune(queries, target_recall=0.9, dims=[64], precisions=["int8"], structures=["hnsw"],
+                        candidates=[50], hnsw_m=[8, None])
+    assert {r.plan.hnsw_m for r in result.reports} == {8, None}
+    assert "hnsw M=8" in str(result)
+    with pytest.raises(ValueError, match=r"hnsw_m sets the links of an HNSW graph, so it needs structure='hnsw'"):
+        SearchPlan(64, "int8", "flat", hnsw_m=8)
+    with pytest.raises(ValueError, match=r"SearchPlan.hnsw_m"):
+        SearchPlan(64, "int8", "hnsw", hnsw_m=1)
+
+
 def test_threaded_rerank_equals_the_serial_one(data):
     from mrl_hf.retrieval._rerank import prefix_norms, rerank
 
@@ -126,7 +151,7 @@ def test_add_in_parts_updates_codes(data):
     parts.add(db[3000:])
     np.testing.assert_array_equal(parts.search_plan(queries, 10, SearchPlan(64, "binary", "flat", 100)).ids,
                                   whole.ids)
-    assert parts._codes[plan.code_key].ntotal == N
+    assert parts._codes[parts.code_key(plan)].ntotal == N
 
 
 def test_tuner_keeps_the_cheapest_plan_that_meets_the_target(index, data, exact):
@@ -153,10 +178,10 @@ def test_tuner_keeps_to_a_ram_budget(data):
                         precisions=["binary", "int8"], structures=["flat", "hnsw"], candidates=[20, 100, 400],
                         max_ram_bytes_per_vector=40)
     assert result.reports and all(r.ram_bytes_per_vector <= 40 for r in result.reports)
-    assert {(d, "binary", "flat", None) for d in (32, 64, 128)} <= {r.plan.code_key for r in result.reports}
-    assert (64, "int8", "flat", None) in result.over_budget  # 64 B of codes: refused before building
-    assert (64, "int8", "flat", None) not in index._codes
-    assert (32, "binary", "hnsw", None) in result.over_budget  # 4 B of codes, but the graph's links exceed 40 B
+    assert {(d, "binary", "flat", None, None) for d in (32, 64, 128)} <= {index.code_key(r.plan) for r in result.reports}
+    assert (64, "int8", "flat", None, None) in result.over_budget  # 64 B of codes: refused before building
+    assert (64, "int8", "flat", None, None) not in index._codes
+    assert (32, "binary", "hnsw", None, 32) in result.over_budget  # 4 B of codes, but the graph's links exceed 40 B
     assert "over the RAM budget, not searched" in str(result)
     assert result.chosen.ms_per_query == min(r.ms_per_query for r in result.reports if r.meets_target)
     with pytest.raises(ValueError, match=r"max_ram_bytes_per_vector=0 must be a number of bytes > 0"):
@@ -181,7 +206,7 @@ def test_plan_and_codes_survive_save_and_mmap_load(index, data, tmp_path):
     assert (tmp_path / "ix" / "codes_64_binary_hnsw.faiss").is_file()
     loaded = MatryoshkaIndex.load(tmp_path / "ix", mmap=True)
     assert isinstance(loaded._db, np.memmap)  # full vectors stay on disk, read only for the re-rank
-    assert loaded.plan == plan and plan.code_key in loaded._codes
+    assert loaded.plan == plan and loaded.code_key(plan) in loaded._codes
     after = loaded.search_plan(data[1], 10)
     np.testing.assert_array_equal(after.ids, before.ids)
     np.testing.assert_allclose(after.scores, before.scores, rtol=1e-6)
@@ -228,3 +253,22 @@ def test_a_memory_mapped_load_reads_no_vector_before_the_rerank(index, data, tmp
     np.save(tmp_path / "ix" / f"norms_{D}.npy", np.ones(3, np.float32))
     with pytest.raises(ValueError, match=rf"norms_{D}.npy' holds 3 norms for {N} vectors; the saved index is damaged"):
         MatryoshkaIndex.load(tmp_path / "ix", mmap=True)
+
+
+def test_indexes_saved_before_per_plan_graphs_still_load(data, tmp_path):
+    import json
+
+    db, queries = data
+    index = MatryoshkaIndex(db[:2000], metric="cosine")
+    plans = [SearchPlan(64, "binary", "hnsw", 50), SearchPlan(64, "int8", "ivf", 50, cluster_dim=16)]
+    before = [index.search_plan(queries, 10, plan).ids for plan in plans]
+    index.save(tmp_path / "ix")
+    config_file = tmp_path / "ix" / "mrl_index.json"
+    config = json.loads(config_file.read_text())
+    config["saved_codes"] = [[64, "binary", "hnsw"], [64, "int8", "ivf", 16]]  # the two older layouts
+    del config["saved_norms"]
+    config_file.write_text(json.dumps(config))
+    loaded = MatryoshkaIndex.load(tmp_path / "ix")
+    assert set(loaded._codes) == {(64, "binary", "hnsw", None, 32), (64, "int8", "ivf", 16, None)}
+    for plan, ids in zip(plans, before):
+        np.testing.assert_array_equal(loaded.search_plan(queries, 10, plan).ids, ids)

@@ -66,10 +66,6 @@ class CodeLevel:
         self._nbytes = None
 
     @property
-    def key(self) -> tuple[int, str, str, int | None]:
-        return (self.dim, self.precision, self.structure, self.cluster_dim)
-
-    @property
     def binary(self) -> bool:
         return self.precision == "binary"
 

@@ -59,12 +59,24 @@ def _read_config(config_file: Path) -> dict:
 
 
 def _sorted_codes(codes: dict):
-    return sorted(codes.items(), key=lambda item: (*item[0][:3], item[0][3] or 0))
+    return sorted(codes.items(), key=lambda item: (*item[0][:3], item[0][3] or 0, item[0][4] or 0))
 
 
-def _code_file(key) -> str:
-    d, precision, structure, cluster_dim = key
-    return f"codes_{d}_{precision}_{structure}{'' if cluster_dim is None else f'_c{cluster_dim}'}.faiss"
+def _code_file(key, index_hnsw_m: int) -> str:
+    """``codes_<dim>_<precision>_<structure>[_c<cluster_dim>][_m<hnsw_m>].faiss``; ``_m`` only where the graph's
+    links differ from the index's ``hnsw_m`` (so folders saved before per-plan graphs keep their names)."""
+    d, precision, structure, cluster_dim, m = key
+    return (f"codes_{d}_{precision}_{structure}{'' if cluster_dim is None else f'_c{cluster_dim}'}"
+            f"{'' if m in (None, index_hnsw_m) else f'_m{m}'}.faiss")
+
+
+def _saved_code_key(saved: list, index_hnsw_m: int) -> tuple:
+    """A ``saved_codes`` entry as a code key: [dim, precision, structure] (before AdANNS), + cluster_dim (before
+    per-plan graphs), + hnsw_m."""
+    d, precision, structure, cluster_dim, m = (*saved, None, None)[:5]
+    if structure == "hnsw" and m is None:
+        m = index_hnsw_m
+    return (d, precision, structure, cluster_dim, m)
 
 
 def default_funnel_steps(dim: int, top_k: int = 10) -> list[tuple[int, int]]:
@@ -181,7 +193,8 @@ class MatryoshkaIndex:
         for level in sorted(self._all_levels(), key=lambda lv: (lv.dim, lv.index_type)):
             out[f"{level.index_type}@{level.dim}"] = int(level.nbytes)
         for key, level in _sorted_codes(self._codes):
-            out[f"{structure_label(key[2], key[3])}-{key[1]}@{key[0]}"] = level.nbytes
+            m = None if key[4] in (None, self._build_params["hnsw_m"]) else key[4]
+            out[f"{structure_label(key[2], key[3], m)}-{key[1]}@{key[0]}"] = level.nbytes
         if self._norms:
             out["rerank_norms"] = sum(int(v.nbytes) for v in self._norms.values())
         out["total"] = sum(out.values())
@@ -368,16 +381,21 @@ class MatryoshkaIndex:
         return SearchResult(np.ascontiguousarray(scores[:, :top_k]), np.ascontiguousarray(ids[:, :top_k]), cost)
 
     # -- search plans (codes in RAM, float32 re-rank) -------------------------------------------------
+    def code_key(self, plan: SearchPlan) -> tuple[int, str, str, int | None, int | None]:
+        """The key of ``plan``'s codes in this index (its ``hnsw_m`` resolved against the index's)."""
+        return plan.code_key(self._build_params["hnsw_m"])
+
     def _code_level(self, plan: SearchPlan) -> CodeLevel:
-        if plan.code_key not in self._codes:
+        key = self.code_key(plan)
+        if key not in self._codes:
             if self.ntotal == 0:
                 raise ValueError("The index is empty (0 vectors); add embeddings before building a plan's codes.")
-            self._codes[plan.code_key] = CodeLevel(plan.dim, plan.precision, plan.structure, self.metric,
-                                                   hnsw_m=self._build_params["hnsw_m"],
-                                                   ef_construction=self._build_params["ef_construction"],
-                                                   nlist=self._build_params["nlist"],
-                                                   cluster_dim=plan.cluster_dim).build(self._db)
-        return self._codes[plan.code_key]
+            self._codes[key] = CodeLevel(plan.dim, plan.precision, plan.structure, self.metric,
+                                         hnsw_m=key[4] or self._build_params["hnsw_m"],
+                                         ef_construction=self._build_params["ef_construction"],
+                                         nlist=self._build_params["nlist"],
+                                         cluster_dim=plan.cluster_dim).build(self._db)
+        return self._codes[key]
 
     def search_plan(self, queries, top_k: int, plan=None) -> SearchResult:
         """Search with a ``SearchPlan`` (default: ``self.plan``, which ``tune`` sets): shortlist ``plan.candidates``
@@ -434,7 +452,8 @@ class MatryoshkaIndex:
 
         Stores the embeddings (``embeddings.npy``), the settings (``mrl_index.json``) and every built
         HNSW/IVF structure (``level_<dim>.faiss``); flat structures are rebuilt on demand after loading. Plan
-        codes built so far are saved too (``codes_<dim>_<precision>_<structure>[_c<cluster_dim>].faiss``), and so is ``self.plan``.
+        codes built so far are saved too (``codes_<dim>_<precision>_<structure>[_c<cluster_dim>][_m<hnsw_m>].faiss``),
+        and so is ``self.plan``.
         So are the cosine re-rank norms computed so far (``norms_<dim>.npy``): a memory-mapped load then reads only
         the candidates' rows, never every vector.
         """
@@ -447,8 +466,8 @@ class MatryoshkaIndex:
                     saved.append(d)
             codes = []
             for key, level in _sorted_codes(self._codes):
-                level.save(str(tmp / _code_file(key)))
-                codes.append(list(key) if key[3] is not None else list(key[:3]))
+                level.save(str(tmp / _code_file(key, self._build_params["hnsw_m"])))
+                codes.append(list(key))
             for d, norms in self._norms.items():
                 np.save(tmp / f"norms_{d}.npy", norms)
             config = {"format": _FORMAT, "format_version": _FORMAT_VERSION, "metric": self.metric,
@@ -501,8 +520,8 @@ class MatryoshkaIndex:
                     raise ValueError(f"{str(level_file)!r} cannot be read ({exc}); the saved index is damaged. "
                                      "Re-save the index.") from exc
             for saved in config.get("saved_codes", []):  # absent in indexes saved before plans
-                key = (*saved, None) if len(saved) == 3 else tuple(saved)  # no cluster_dim before AdANNS
-                code_file = path / _code_file(key)
+                key = _saved_code_key(saved, config["hnsw_m"])
+                code_file = path / _code_file(key, config["hnsw_m"])
                 try:
                     index._codes[key] = CodeLevel.load(str(code_file), *key[:3], index.metric, cluster_dim=key[3])
                 except (OSError, RuntimeError) as exc:

@@ -17,8 +17,11 @@ from ..nesting import as_int
 from .codes import PRECISIONS, STRUCTURES
 
 
-def structure_label(structure: str, cluster_dim: int | None) -> str:
-    """``"ivf"``, or ``"ivf@32"`` for IVF clustered at the 32-dim prefix (AdANNS)."""
+def structure_label(structure: str, cluster_dim: int | None = None, hnsw_m: int | None = None) -> str:
+    """``"ivf"``, ``"ivf@32"`` for IVF clustered at the 32-dim prefix (AdANNS), ``"hnsw M=8"`` for a graph of 8 links
+    per vector."""
+    if hnsw_m is not None:
+        return f"{structure} M={hnsw_m}"
     return structure if cluster_dim is None else f"{structure}@{cluster_dim}"
 
 
@@ -36,6 +39,8 @@ class SearchPlan:
         ef_search / nprobe: search-time knobs of HNSW / IVF; ``None`` uses the index's ``ef_search``/``nprobe``.
         cluster_dim: IVF only (AdANNS): the prefix size the lists are clustered and routed at, smaller than ``dim``
             (a multiple of 8 for binary codes); ``None`` clusters at ``dim`` (plain IVF).
+        hnsw_m: HNSW only: links per vector of the graph (FAISS's M; 2 * M at the bottom layer), which sets most of
+            a graph plan's RAM; ``None`` uses the index's ``hnsw_m``.
     """
 
     dim: int
@@ -45,6 +50,7 @@ class SearchPlan:
     ef_search: int | None = None
     nprobe: int | None = None
     cluster_dim: int | None = None
+    hnsw_m: int | None = None
 
     def __post_init__(self):
         as_int(self.dim, "SearchPlan.dim", minimum=1)
@@ -59,6 +65,12 @@ class SearchPlan:
         for name in ("ef_search", "nprobe", "cluster_dim"):
             if getattr(self, name) is not None:
                 as_int(getattr(self, name), f"SearchPlan.{name}", minimum=1)
+        if self.hnsw_m is not None:
+            as_int(self.hnsw_m, "SearchPlan.hnsw_m", minimum=2)
+            if self.structure != "hnsw":
+                raise ValueError(f"SearchPlan(structure={self.structure!r}, hnsw_m={self.hnsw_m}): hnsw_m sets the "
+                                 "links of an HNSW graph, so it needs structure='hnsw'; drop hnsw_m or use "
+                                 "structure='hnsw'.")
         if self.cluster_dim is not None:
             if self.structure != "ivf":
                 raise ValueError(f"SearchPlan(structure={self.structure!r}, cluster_dim={self.cluster_dim}): "
@@ -73,13 +85,15 @@ class SearchPlan:
                                  f"pack 8 bits per byte, so cluster_dim must be a multiple of 8; use "
                                  f"cluster_dim={max(8, self.cluster_dim // 8 * 8)}.")
 
-    @property
-    def code_key(self) -> tuple[int, str, str, int | None]:
-        return (self.dim, self.precision, self.structure, self.cluster_dim)
+    def code_key(self, index_hnsw_m: int) -> tuple[int, str, str, int | None, int | None]:
+        """What identifies the plan's codes and structure in an index whose own ``hnsw_m`` is ``index_hnsw_m``:
+        (dim, precision, structure, cluster_dim, links per vector of an HNSW graph)."""
+        m = (self.hnsw_m or index_hnsw_m) if self.structure == "hnsw" else None
+        return (self.dim, self.precision, self.structure, self.cluster_dim, m)
 
     @property
     def structure_label(self) -> str:
-        return structure_label(self.structure, self.cluster_dim)
+        return structure_label(self.structure, self.cluster_dim, self.hnsw_m)
 
     def describe(self) -> str:
         knob = {"hnsw": f" ef={self.ef_search}" if self.ef_search else "",

@@ -7,7 +7,7 @@ and to a server or cluster (``QdrantClient(url=...)``). ``export_to_qdrant`` cre
 - one named vector per plan, ``"p<dim>_<precision>"``: the plan's prefixes (normalised for cosine), with the
   plan's precision as Qdrant holds it: ``binary`` -> binary quantization, ``int8`` -> scalar int8 quantization
   (both kept in RAM), ``float16`` -> ``datatype=float16``; ``structure="flat"`` disables the HNSW graph of that
-  vector (``m=0``: full scan), ``"hnsw"`` builds one with the index's ``hnsw_m``. Qdrant has no IVF.
+  vector (``m=0``: full scan), ``"hnsw"`` builds one with the plan's ``hnsw_m`` (default: the index's). Qdrant has no IVF.
 
 ``qdrant_search`` sends one ``query_points`` per query (batched): a ``Prefetch`` of ``plan.candidates`` on the
 plan's vector, without rescoring the quantized shortlist, then the full-size query on ``"full"``.
@@ -58,16 +58,19 @@ def check_exportable(plan: SearchPlan) -> None:
                          f"or 'flat' (e.g. dataclasses.replace(plan, {fix})).")
 
 
-def named_plans(plans) -> dict[str, SearchPlan]:
-    """The named vector each plan searches; two plans may share one only if they build it the same way."""
+def named_plans(index, plans) -> dict[str, SearchPlan]:
+    """The named vector each plan searches in ``index``'s export; two plans may share one only if they build it
+    the same way."""
     named: dict[str, SearchPlan] = {}
     for plan in plans:
         check_exportable(plan)
         other = named.setdefault(vector_name(plan), plan)
-        if other.structure != plan.structure:
+        if index.code_key(other) != index.code_key(plan):
+            graphs = [f"{p.structure} M={index.code_key(p)[4]}" if p.structure == "hnsw" else p.structure
+                      for p in (other, plan)]
             raise ValueError(f"{other.describe()} and {plan.describe()} both need the named vector "
-                             f"{vector_name(plan)!r}, as {other.structure} and as {plan.structure}; export them to "
-                             "two collections (or shards), or give both the same structure.")
+                             f"{vector_name(plan)!r}, as {graphs[0]} and as {graphs[1]}; export them to two "
+                             "collections (or shards), or give both the same structure.")
     return named
 
 
@@ -81,7 +84,7 @@ def _vector_params(index, plan: SearchPlan):
                                                                               always_ram=True))
     elif plan.precision == "float16":
         datatype = m.Datatype.FLOAT16
-    hnsw = m.HnswConfigDiff(m=0 if plan.structure == "flat" else index._build_params["hnsw_m"],
+    hnsw = m.HnswConfigDiff(m=0 if plan.structure == "flat" else index.code_key(plan)[4],
                             ef_construct=index._build_params["ef_construction"])
     return m.VectorParams(size=plan.dim, distance=_distance(index.metric), hnsw_config=hnsw,
                           quantization_config=quantization, datatype=datatype)
@@ -101,7 +104,7 @@ def export_to_qdrant(index, client, collection: str, plans) -> list[str]:
     if client.collection_exists(collection):
         raise ValueError(f"Qdrant collection {collection!r} already exists; delete it with "
                          f"client.delete_collection({collection!r}) or export under another name.")
-    names = {name: _vector_params(index, p) for name, p in named_plans(plans).items()}
+    names = {name: _vector_params(index, p) for name, p in named_plans(index, plans).items()}
     config = {FULL: m.VectorParams(size=index.dim, distance=_distance(index.metric), on_disk=True), **names}
     client.create_collection(collection, vectors_config=config)
     db = index.embeddings

@@ -5,7 +5,7 @@ see ``qdrant.py``).
 ``export_to_qdrant_edge`` writes the layout of ``export_to_qdrant``: ``"full"`` (the full-size vectors, on disk)
 and one named vector ``"p<dim>_<precision>"`` per plan with the plan's precision as Qdrant holds it (``binary`` ->
 binary quantization, ``int8`` -> scalar int8 quantization, both in RAM; ``float16`` -> ``Float16`` storage) and its
-structure (``flat``: no graph, ``m=0``; ``hnsw``: the index's ``hnsw_m``). ``qdrant_edge_search`` runs the plan as
+structure (``flat``: no graph, ``m=0``; ``hnsw``: the plan's ``hnsw_m``, by default the index's). ``qdrant_edge_search`` runs the plan as
 Qdrant runs it on a server: a prefetch of ``plan.candidates`` on the plan's vector scored by the codes alone (no
 rescoring of the quantized shortlist), then the full-size query on ``"full"``.
 """
@@ -46,7 +46,7 @@ def _vector_params(index, plan: SearchPlan):
         quantization = qe.ScalarQuantizationConfig(type=qe.ScalarType.Int8, memory=qe.Memory.Pinned)
     elif plan.precision == "float16":
         datatype = qe.VectorStorageDatatype.Float16
-    m = 0 if plan.structure == "flat" else index._build_params["hnsw_m"]
+    m = 0 if plan.structure == "flat" else index.code_key(plan)[4]
     hnsw = qe.HnswIndexConfig(m=m, ef_construct=index._build_params["ef_construction"],
                               full_scan_threshold=1)
     return qe.EdgeVectorParams(size=plan.dim, distance=_distance(index.metric), datatype=datatype,
@@ -66,7 +66,7 @@ def export_to_qdrant_edge(index, path, plans):
     if os.path.exists(path) and os.listdir(path):
         raise ValueError(f"{path!r} is not empty; export the shard to a new folder (or remove this one first).")
     vectors = {FULL: qe.EdgeVectorParams(size=index.dim, distance=_distance(index.metric), memory=qe.Memory.Cold)}
-    vectors.update({name: _vector_params(index, p) for name, p in named_plans(plans).items()})
+    vectors.update({name: _vector_params(index, p) for name, p in named_plans(index, plans).items()})
     # indexing_threshold=1 KB: every segment gets its codes and graphs, however small (Qdrant's default, 20 MB, leaves
     # small segments unindexed: exact float32 search whatever the plan says)
     shard = qe.EdgeShard.create(path, qe.EdgeConfig(vectors=vectors,

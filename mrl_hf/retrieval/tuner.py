@@ -59,8 +59,8 @@ class TuneResult:
     top_k: int
     reports: list[PlanReport]
     exact_ms_per_query: float
-    skipped: list[tuple[int, str, str, int | None]] = field(default_factory=list)  # code levels left out by budget_s
-    over_budget: list[tuple[int, str, str, int | None]] = field(default_factory=list)  # over max_ram_bytes_per_vector
+    skipped: list[tuple] = field(default_factory=list)  # code keys (index.code_key) left out by budget_s
+    over_budget: list[tuple] = field(default_factory=list)  # code keys over max_ram_bytes_per_vector
 
     @property
     def chosen(self) -> PlanReport:
@@ -108,7 +108,7 @@ def default_dims(dim: int) -> list[int]:
     return dims + [dim]
 
 
-def _grid(index, dims, precisions, structures, cluster_dims) -> list[tuple[int, str, str, int | None]]:
+def _grid(index, dims, precisions, structures, cluster_dims, hnsw_ms) -> list[tuple]:
     dims = default_dims(index.dim) if dims is None else [as_int(d, "dims entry", minimum=1) for d in dims]
     for d in dims:
         if d > index.dim:
@@ -120,21 +120,24 @@ def _grid(index, dims, precisions, structures, cluster_dims) -> list[tuple[int, 
         if s not in STRUCTURES:
             raise ValueError(f"structures entry {s!r} is not supported; choose from {STRUCTURES}.")
     cluster_dims = [None if c is None else as_int(c, "cluster_dims entry", minimum=1) for c in cluster_dims]
-    keys = [(d, p, s, c) for d in dims for p in precisions for s in structures
-            for c in (cluster_dims if s == "ivf" else [None])
+    own_m = index._build_params["hnsw_m"]
+    hnsw_ms = sorted({own_m if m is None else as_int(m, "hnsw_m entry", minimum=2) for m in hnsw_ms})
+    keys = [(d, p, s, c, m) for d in dims for p in precisions for s in structures
+            for c in (cluster_dims if s == "ivf" else [None]) for m in (hnsw_ms if s == "hnsw" else [None])
             if not (p == "binary" and (d % 8 or index.metric == "l2"))
             and (c is None or (c < d and not (p == "binary" and c % 8)))]
-    return sorted(keys, key=lambda k: (k[0] * BYTES_PER_DIM[k[1]], STRUCTURES.index(k[2]), k[3] or 0))  # small first
+    return sorted(keys, key=lambda k: (k[0] * BYTES_PER_DIM[k[1]], STRUCTURES.index(k[2]), k[3] or 0, k[4] or 0))
 
 
 def tune(index, queries, target_recall: float = 0.99, objective: str = "ram", top_k: int = 10, *,
          dims=None, precisions=PRECISIONS, structures=("flat", "hnsw", "ivf"), candidates=DEFAULT_CANDIDATES,
          ef_search=(None,), nprobe=(None,), cluster_dims=(None,), budget_s: float | None = None,
-         repeats: int = 1, max_ram_bytes_per_vector: float | None = None) -> TuneResult:
+         repeats: int = 1, max_ram_bytes_per_vector: float | None = None, hnsw_m=(None,)) -> TuneResult:
     """Measure plans over the grid ``dims x precisions x structures x (ef_search | nprobe) x candidates``.
 
     ``cluster_dims`` adds AdANNS-IVF structures: each entry smaller than a plan's dim (``None`` is plain IVF) clusters
-    and routes the IVF lists at that prefix size (``SearchPlan.cluster_dim``).
+    and routes the IVF lists at that prefix size (``SearchPlan.cluster_dim``). ``hnsw_m`` lists the graph sizes
+    (links per vector, ``SearchPlan.hnsw_m``) tried for HNSW structures; ``None`` is the index's own.
 
     For each code structure the candidates are tried in increasing order and stop at the first count that
     reaches ``target_recall`` (more only costs more) or that gains less than 0.001 recall over the previous
@@ -167,14 +170,15 @@ def tune(index, queries, target_recall: float = 0.99, objective: str = "ram", to
     start = time.perf_counter()
     reference = index.search(q, top_k, exact=True)
     reports, skipped, over_budget = [], [], []
-    for key in _grid(index, dims, precisions, structures, cluster_dims):
-        dim, precision, structure, cluster_dim = key
+    for key in _grid(index, dims, precisions, structures, cluster_dims, hnsw_m):
+        dim, precision, structure, cluster_dim, m = key
+        structure_of = dict(cluster_dim=cluster_dim, hnsw_m=None if m == index._build_params["hnsw_m"] else m)
         if budget_s is not None and time.perf_counter() - start > budget_s and key not in index._codes:
             skipped.append(key)
             continue
         if max_ram_bytes_per_vector is not None and (
                 dim * BYTES_PER_DIM[precision] + norms > max_ram_bytes_per_vector  # the codes alone, before building
-                or index.plan_memory(SearchPlan(dim, precision, structure, top_k, cluster_dim=cluster_dim))["ram"]
+                or index.plan_memory(SearchPlan(dim, precision, structure, top_k, **structure_of))["ram"]
                 > max_ram_bytes_per_vector):
             over_budget.append(key)
             continue
@@ -183,8 +187,7 @@ def tune(index, queries, target_recall: float = 0.99, objective: str = "ram", to
         for knob, value in knobs:
             previous = -1.0
             for c in counts:
-                plan = SearchPlan(dim, precision, structure, c, cluster_dim=cluster_dim,
-                                  **({knob: value} if knob else {}))
+                plan = SearchPlan(dim, precision, structure, c, **structure_of, **({knob: value} if knob else {}))
                 result = min((index.search_plan(q, top_k, plan) for _ in range(repeats)),
                              key=lambda r: r.cost.seconds)
                 recall = top_k_overlap(result.ids, reference.ids, top_k)
