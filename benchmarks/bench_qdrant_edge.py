@@ -141,5 +141,6 @@ def main():
                            per_vector(r["searched"]["RssAnon"]), per_vector(r["searched"]["RssFile"])]
                           for kind, r in rss.items()]))
 
+
 if __name__ == "__main__":
     main()

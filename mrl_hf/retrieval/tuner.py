@@ -161,7 +161,6 @@ def tune(index, queries, target_recall: float = 0.99, objective: str = "ram", to
             max_ram_bytes_per_vector, (int, float)) or not max_ram_bytes_per_vector > 0):
         raise ValueError(f"max_ram_bytes_per_vector={max_ram_bytes_per_vector!r} must be a number of bytes > 0 "
                          "(or None for no RAM budget), e.g. 64.")
-    norms = 4.0 if index.metric == "cosine" else 0.0
     counts = sorted({as_int(c, "candidates entry", minimum=1) for c in candidates})
     counts = [c for c in counts if c >= top_k] or [top_k]
     q = index._check_queries(queries, index.dim)
@@ -177,7 +176,7 @@ def tune(index, queries, target_recall: float = 0.99, objective: str = "ram", to
             skipped.append(key)
             continue
         if max_ram_bytes_per_vector is not None and (
-                dim * BYTES_PER_DIM[precision] + norms > max_ram_bytes_per_vector  # the codes alone, before building
+                dim * BYTES_PER_DIM[precision] > max_ram_bytes_per_vector  # the codes alone, before building
                 or index.plan_memory(SearchPlan(dim, precision, structure, top_k, **structure_of))["ram"]
                 > max_ram_bytes_per_vector):
             over_budget.append(key)
