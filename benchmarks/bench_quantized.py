@@ -155,6 +155,8 @@ def main():
                     help="HNSW32 baselines built (FAISS's default is 40); the baseline is the fastest reaching 0.99")
     ap.add_argument("--code-hnsw-m", default="32", help="links per vector (M) of the plans' HNSW graphs tried")
     ap.add_argument("--code-ef-construction", type=int, default=40, help="efConstruction of the plans' HNSW graphs")
+    ap.add_argument("--ef-search", default="none",
+                    help="efSearch of the plans' HNSW graphs tried ('none' = the candidate count)")
     ap.add_argument("--cluster-dims", default="none,32",
                     help="IVF cluster dims tried ('none' = plain IVF; others give AdANNS-IVF, SearchPlan.cluster_dim)")
     args = ap.parse_args()
@@ -197,7 +199,8 @@ def main():
         grid = dict(dims=dims, precisions=args.precisions.split(","), structures=args.structures.split(","),
                     cluster_dims=[None if c == "none" else int(c) for c in args.cluster_dims.split(",")],
                     hnsw_m=[int(m) for m in args.code_hnsw_m.split(",")],
-                    candidates=[50, 100, 200, 400, 800], ef_search=[None],
+                    candidates=[50, 100, 200, 400, 800],
+                    ef_search=[None if e == "none" else int(e) for e in args.ef_search.split(",")],
                     nprobe=[int(x) for x in args.nprobe.split(",")], repeats=2)
         print(f"\ngrid: {grid}, plan graphs built with efConstruction={args.code_ef_construction}")
         start = time.perf_counter()
