@@ -12,11 +12,14 @@ cosine norms precomputed), so recall@10 and ms/query are comparable with ``bench
 - ``hnsw8-pq128@384`` (``HNSW8,PQ128``): product-quantised codes of all 384 dims (128 bytes, 3 dims per
   sub-quantizer);
 - ``nsg16-int4@256`` (``NSG16,SQ4``): a fixed-degree NSG graph (16 links, no per-level bookkeeping) over the same
-  int4 codes.
+  int4 codes;
+- denser graphs over smaller codes, the budget spent on links instead: ``hnsw16-pq64@384`` (``HNSW16,PQ64``, 64-byte
+  product-quantised codes of all 384 dims), ``hnsw18-pq48@384`` and ``hnsw20-pq32@384`` (48 and 32 bytes),
+  ``hnsw16-int4@144`` and ``hnsw12-int4@192`` (int4 codes of shorter prefixes).
 
 RAM counts the structure's serialised size plus the 4-byte cosine norm per vector, as ``plan_memory`` does.
 
-    python benchmarks/bench_graph_codes.py --queries 1000       # ~12 min on 2 idle cores (the PQ graph: ~5 min)
+    python benchmarks/bench_graph_codes.py --queries 1000       # ~30 min on 2 idle cores (each PQ graph: ~2-5 min)
 
 Not run by CI.
 """
@@ -43,6 +46,11 @@ STRUCTURES = {  # name: (prefix dim, FAISS factory string, graph built on the fl
     "hnsw8-int4@256-float-graph": (256, "HNSW8,SQ4", True),
     "hnsw8-pq128@384": (384, "HNSW8,PQ128", False),
     "nsg16-int4@256": (256, "NSG16,SQ4", False),
+    "hnsw16-pq64@384": (384, "HNSW16,PQ64", False),
+    "hnsw16-int4@144": (144, "HNSW16,SQ4", False),
+    "hnsw12-int4@192": (192, "HNSW12,SQ4", False),
+    "hnsw18-pq48@384": (384, "HNSW18,PQ48", False),
+    "hnsw20-pq32@384": (384, "HNSW20,PQ32", False),
 }
 
 
@@ -55,7 +63,8 @@ def build(faiss, db: np.ndarray, dim: int, spec: str, float_graph: bool):
     if not float_graph:
         index.add(codes)
         return index
-    graph = faiss.IndexHNSWFlat(db.shape[1], 8, faiss.METRIC_INNER_PRODUCT)
+    links = int(spec.split(",")[0][len("HNSW"):])
+    graph = faiss.IndexHNSWFlat(db.shape[1], links, faiss.METRIC_INNER_PRODUCT)
     graph.hnsw.efConstruction = 200
     graph.add(np.ascontiguousarray(prefix(db, db.shape[1], "cosine")))
     hnsw = faiss.downcast_index(index)
@@ -71,6 +80,8 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--cache", default="outputs/bench_quantized_cache")
     ap.add_argument("--structures", default=",".join(STRUCTURES), help="comma-separated names of STRUCTURES")
+    ap.add_argument("--ef-search", default="32,48,64,100,128,160,200,256", help="efSearch (NSG: search_L) grid")
+    ap.add_argument("--candidates", default="50,100", help="shortlist sizes re-ranked at full size")
     args = ap.parse_args()
     import faiss
 
@@ -93,12 +104,12 @@ def main():
         ram = faiss.serialize_index(index).nbytes / len(db) + 4
         q = np.ascontiguousarray(prefix(queries, dim, "cosine"))
         inner = faiss.downcast_index(index)
-        for ef in (64, 100, 128, 160, 200, 256):
+        for ef in [int(e) for e in args.ef_search.split(",")]:
             if "NSG" in spec:
                 inner.nsg.search_L = ef
             else:
                 inner.hnsw.efSearch = ef
-            for cand in (50, 100):
+            for cand in [int(c) for c in args.candidates.split(",")]:
                 index.search(q[:100], cand)  # warm-up
                 best = np.inf
                 for _ in range(3):
