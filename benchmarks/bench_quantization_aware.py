@@ -14,12 +14,17 @@ answers), plus the codes' top-100 re-scored in float32 at the full size. Step ti
 steps of each run, and the forward+backward of one demo batch of each loss timed round-robin in one process (robust
 to load from other jobs, see _measure.py).
 
+With --post-hoc, the float-only model is also scored with two training-free maps fitted on the vectors of its own
+training texts (no labels): ``mrl_hf.adaptor.mean_centering`` attached to the model, and that plus a rotation inside
+each nesting block fitted by iterative quantisation (``block_itq_rotation``, benchmark only).
+
 Usage: python benchmarks/bench_quantization_aware.py [--seeds 0 1 2] [--qat binary] [--quantization-weight 1.0]
-       [--surrogate ste] [--max-steps N] [--json out.json]
+       [--surrogate ste] [--max-steps N] [--post-hoc] [--json out.json]
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import sys
@@ -33,6 +38,7 @@ from transformers import TrainerCallback, TrainingArguments
 sys.path.insert(0, os.path.dirname(__file__))
 from _measure import time_interleaved  # noqa: E402
 
+from mrl_hf.adaptor import attach_adaptor, mean_centering  # noqa: E402
 from mrl_hf.data.collator import PairCollator  # noqa: E402
 from mrl_hf.data.text import load_chatterbot_pairs  # noqa: E402
 from mrl_hf.recipes import NESTING, packaged_minilm, split_pairs  # noqa: E402
@@ -75,12 +81,34 @@ def train(train_pairs, seed: int, precisions, weight: float, surrogate: str, max
                           "median_step_s": float(np.median(timer.times[1:] or timer.times))}
 
 
-def evaluate(model, test_pairs) -> dict:
+def embed(model, texts) -> np.ndarray:
+    return model.encode(texts, batch_size=64, truncate_dim=model.config.matryoshka_embedding_dim, normalize=False)
+
+
+def evaluate(model, test_pairs, transform=None) -> dict:
+    """Held-out metrics per (size, precision); ``transform`` maps the raw vectors first (the post-hoc code maps)."""
     queries, answers, relevant = group_pairs(test_pairs)
-    dim = model.config.matryoshka_embedding_dim
-    q = model.encode(queries, batch_size=64, truncate_dim=dim, normalize=False)
-    a = model.encode(answers, batch_size=64, truncate_dim=dim, normalize=False)
+    q, a = embed(model, queries), embed(model, answers)
+    if transform is not None:
+        q, a = transform(q), transform(a)
     return quantized_retrieval_metrics(q, a, NESTING, EVAL_PRECISIONS, relevant=relevant, rescore=True, rescore_k=100)
+
+
+def block_itq_rotation(vectors: np.ndarray, iterations: int = 50) -> np.ndarray:
+    """An orthogonal matrix that rotates each nesting block (features 0-11, 12-23, 24-47, ...) on its own, fitted by
+    iterative quantisation (Gong & Lazebnik 2011: alternate codes = sign(V R) and the Procrustes R that maps V closest
+    to them), from the block's PCA axes. A rotation inside whole blocks leaves every nested prefix's float cosines
+    unchanged, so only the binary codes move. Benchmark only (not shipped: see docs/quantization.md)."""
+    rotation = np.zeros((vectors.shape[1],) * 2)
+    for lo, hi in zip([0, *NESTING[:-1]], NESTING):
+        block = vectors[:, lo:hi] - vectors[:, lo:hi].mean(0)
+        axes = np.linalg.svd(block, full_matrices=False)[2].T
+        v, itq = block @ axes, np.eye(hi - lo)
+        for _ in range(iterations):
+            u, _, wt = np.linalg.svd(v.T @ np.sign(v @ itq))
+            itq = u @ wt
+        rotation[lo:hi, lo:hi] = axes @ itq
+    return rotation
 
 
 def step_cost(train_pairs, precisions, weight: float, surrogate: str, repeats: int) -> dict:
@@ -104,7 +132,7 @@ def step_cost(train_pairs, precisions, weight: float, surrogate: str, repeats: i
     return {**times, "ratio": times["QAT"] / times["float-only"]}
 
 
-def gap_report(base: dict, qat: dict) -> list[str]:
+def gap_report(base: dict, qat: dict, label: str = "QAT") -> list[str]:
     lines = []
     for metric in ("hit@10", "mrr"):
         for m in NESTING:
@@ -113,8 +141,8 @@ def gap_report(base: dict, qat: dict) -> list[str]:
             gap = f - b
             closed = (q - b) / gap if gap > 0 else float("nan")
             df = 100 * (qat["float32"][m][metric] - base["float32"][m][metric])
-            lines.append(f"  {metric:>9} @ {m:>3}: float {f:5.1f}, post-hoc binary {b:5.1f}, QAT binary {q:5.1f} -> "
-                         f"{100 * closed:5.0f}% of the gap closed; float change {df:+.1f}")
+            lines.append(f"  {metric:>9} @ {m:>3}: float {f:5.1f}, post-hoc binary {b:5.1f}, {label} binary {q:5.1f} "
+                         f"-> {100 * closed:5.0f}% of the gap closed; float change {df:+.1f}")
     return lines
 
 
@@ -126,6 +154,8 @@ def main():
     parser.add_argument("--surrogate", nargs="+", default=["ste"], choices=["ste", "tanh"],
                         help="several: one QAT run per surrogate (and per weight), against one float-only run")
     parser.add_argument("--max-steps", type=int, default=-1, help="-1: one epoch (41 steps)")
+    parser.add_argument("--post-hoc", action="store_true", help="also score the float-only model with training-free "
+                        "maps fitted on its training texts: mean_centering attached, and a block-wise ITQ rotation")
     parser.add_argument("--cost-repeats", type=int, default=7)
     parser.add_argument("--json", default=None, help="write every number here")
     args = parser.parse_args()
@@ -144,6 +174,13 @@ def main():
             runs[name] = {"timing": timing, "metrics": evaluate(model, test_pairs)}
             print(f"seed {seed} {name}: {timing['steps']} steps in {timing['train_s']:.0f} s "
                   f"(median step {timing['median_step_s']:.2f} s)", flush=True)
+            if args.post_hoc and prec is None:  # fitted on the training texts' vectors, no labels
+                texts = sorted({p[k] for p in train_pairs for k in ("anchor", "positive")})
+                centred = attach_adaptor(copy.deepcopy(model), mean_centering(embed(model, texts), NESTING))
+                runs["float-only + mean_centering"] = {"metrics": evaluate(centred, test_pairs)}
+                rotation = block_itq_rotation(embed(centred, texts))
+                runs["float-only + mean_centering + block ITQ"] = {
+                    "metrics": evaluate(centred, test_pairs, lambda x: x @ rotation)}
             del model
         report["runs"][seed] = runs
         for name, run in runs.items():
@@ -153,7 +190,10 @@ def main():
             if name == "float-only":
                 continue
             print(f"\nseed {seed}: binary codes, no rescoring ({name} vs float-only):")
-            print("\n".join(gap_report(runs["float-only"]["metrics"], run["metrics"])))
+            print("\n".join(gap_report(runs["float-only"]["metrics"], run["metrics"],
+                                        "QAT" if "timing" in run else "mapped")))
+            if "timing" not in run:
+                continue
             ratio = run["timing"]["median_step_s"] / runs["float-only"]["timing"]["median_step_s"]
             print(f"seed {seed}: median training step {name} / float-only = {ratio:.3f}")
     weight, surrogate = variants[0]

@@ -56,6 +56,7 @@ _LAZY = {
     "default_funnel_steps": "retrieval",
     "MatryoshkaAdaptor": "adaptor",
     "pca_rotation": "adaptor",
+    "mean_centering": "adaptor",
     "attach_adaptor": "adaptor",
     "MatryoshkaDistillationLoss": "distillation",
     "MatryoshkaDistillationTrainer": "distillation",

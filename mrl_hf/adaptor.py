@@ -266,6 +266,24 @@ def pca_rotation(embeddings, nesting_list: Sequence[int] | None = None, center: 
     return MatryoshkaAdaptor(x.shape[1], nesting_list, hidden_dim=0).init_pca(x, center=center).eval()
 
 
+def mean_centering(embeddings, nesting_list: Sequence[int] | None = None) -> MatryoshkaAdaptor:
+    """The mean of the (L2-normalised) ``embeddings`` subtracted, nothing rotated: for a model that is already
+    Matryoshka, so every prefix keeps its features.
+
+    Each feature's sign bit then splits the texts more evenly, which is what short binary codes need (a feature whose
+    sign is the same for most texts carries little); cosines at every size are those of the centred vectors. Fit it
+    on the vectors of texts like the ones you will serve (no labels), ``attach_adaptor`` it, and the model's
+    ``encode(..., precision="binary")`` codes include it. A ``MatryoshkaAdaptor`` without MLP (``W = I``).
+    """
+    x = F.normalize(check_embeddings(embeddings), dim=-1)
+    if x.shape[0] < 2:
+        raise ValueError(f"embeddings has {x.shape[0]} row; a mean to subtract needs at least 2.")
+    adaptor = MatryoshkaAdaptor(x.shape[1], nesting_list, hidden_dim=0)
+    with torch.no_grad():
+        adaptor.mean.copy_(x.double().mean(0).float())
+    return adaptor.eval()
+
+
 def attach_adaptor(model, adaptor: MatryoshkaAdaptor):
     """Make ``adaptor`` part of an mrl_hf embedding model (``MRLBertModel``): it runs after pooling, its weights
     are saved with ``model.save_pretrained`` and restored by ``from_pretrained(..., truncate_dim=64)``.

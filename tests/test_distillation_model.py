@@ -1,4 +1,6 @@
 """The full-model path: self-distilling an MRLBertModel through MRLTrainer, and an adaptor saved in a checkpoint."""
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -113,3 +115,29 @@ def test_adaptor_is_saved_with_the_checkpoint_and_applied_on_reload(tokenizer, t
         attach_adaptor(_tiny_model(tokenizer), MatryoshkaAdaptor(32))
     with pytest.raises(TypeError, match="no adaptor slot"):
         attach_adaptor(torch.nn.Linear(2, 2), adaptor)
+
+
+def test_mean_centering_is_saved_with_the_checkpoint_and_balances_the_sign_bits(tokenizer, tmp_path):
+    from sentence_transformers.util import quantize_embeddings
+
+    from mrl_hf.adaptor import mean_centering
+
+    base = _tiny_model(tokenizer)
+    vectors = base.encode(TEXTS, normalize=False)
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    centring = mean_centering(vectors, [4, 8, 16])
+    np.testing.assert_allclose(centring.transform(vectors, dim=16, normalize=False), unit - unit.mean(0), atol=1e-5)
+    attach_adaptor(base, centring)
+    base.save_pretrained(tmp_path / "ckpt")
+    reloaded = MRLBertModel.from_pretrained(tmp_path / "ckpt")
+    floats = reloaded.encode(TEXTS, truncate_dim=8, normalize=True)
+    np.testing.assert_allclose(floats, centring.transform(vectors, dim=8), atol=1e-5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # codes of a size not trained as codes warn; not the point here
+        codes = reloaded.encode(TEXTS, truncate_dim=8, precision="ubinary")
+    np.testing.assert_array_equal(codes, quantize_embeddings(floats, "ubinary"))  # sentence-transformers' codes
+    # Each bit splits the texts more evenly than the raw sign bits did (the point of centring for binary codes).
+    imbalance = lambda x: np.abs((x[:, :8] > 0).mean(0) - 0.5).mean()  # noqa: E731
+    assert imbalance(floats) < imbalance(unit) - 0.05, (imbalance(floats), imbalance(unit))
+    with pytest.raises(ValueError, match="needs at least 2"):
+        mean_centering(vectors[:1])
