@@ -69,3 +69,19 @@ def test_in_domain_split_keeps_every_held_out_text_out_of_training():
         for query, relevant in zip(held.queries, held.relevant):  # same answers as in the full set
             original = full.relevant[full.queries.index(query)]
             assert sorted(where[held.corpus[j]] for j in relevant) == sorted(original)
+
+
+def test_partial_whitening_baseline_of_the_example():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(500, 8)) * np.arange(1, 9) + 3.0  # off-centre, unequal variances
+    texts = list(range(500))
+    embed = lambda rows: vectors[rows]  # noqa: E731 - the example's encoder: texts -> vectors
+    centred = vectors - vectors.mean(0)
+    rotated = _example().partial_whitening(vectors, 0.0, embed)(texts)  # power 0: a rotation of the centred vectors
+    np.testing.assert_allclose(rotated @ rotated.T, centred @ centred.T, atol=1e-6)
+    whitened = _example().partial_whitening(vectors, 1.0, embed)(texts)  # power 1: equal variance along every axis
+    variances = whitened.var(0)
+    np.testing.assert_allclose(variances, variances[0], rtol=1e-6)
+    assert whitened.shape == (500, 8)
