@@ -11,6 +11,7 @@ Prints one table per set (mean over seeds, with the min-max spread) and the trai
 
     python benchmarks/bench_finetune_vs_st.py                          # 3 seeds, teacher weights 0 and 10
     python benchmarks/bench_finetune_vs_st.py --seeds 0 --teacher-weights 0.5,1,2
+    python benchmarks/bench_finetune_vs_st.py --teacher-weights 0 --mean-centering   # + each model centred
 """
 from __future__ import annotations
 
@@ -84,11 +85,16 @@ def encode(model, texts):
     return model.encode(texts, batch_size=64)
 
 
-def score(model, sets):
-    """``{set name: {dim: hit@10 in %}}``."""
+def score(model, sets, mean=None):
+    """``{set name: {dim: hit@10 in %}}``; with ``mean``, the L2-normalised vectors minus ``mean`` are scored (what
+    ``mrl_hf.adaptor.mean_centering`` attached to the model gives)."""
+    def embed(texts):
+        x = encode(model, texts)
+        return x if mean is None else x / np.linalg.norm(x, axis=1, keepdims=True) - mean
+
     out = {}
     for name, (queries, corpus, relevant) in sets.items():
-        metrics = pair_retrieval_metrics(encode(model, queries), encode(model, corpus), NESTING, relevant)
+        metrics = pair_retrieval_metrics(embed(queries), embed(corpus), NESTING, relevant)
         out[name] = {m: 100 * metrics[m]["hit@10"] for m in NESTING}
     return out
 
@@ -100,6 +106,8 @@ def main(argv=None):
                         help="comma-separated; each is an mrl_hf run per seed")
     parser.add_argument("--teacher-sizes", default="full", choices=["full", "all"],
                         help="where the teacher term applies (MRLTrainer's teacher_sizes)")
+    parser.add_argument("--mean-centering", action="store_true", help="also score every fine-tuned model with the "
+                        "mean of its training texts' normalised vectors subtracted (mrl_hf.adaptor.mean_centering)")
     parser.add_argument("--json", help="also write every number here")
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -109,11 +117,17 @@ def main(argv=None):
     path = packaged_minilm()
     train, test = split_pairs(load_chatterbot_pairs(), seed=0)
     queries, answers, relevant = group_pairs(test)
+    training_texts = sorted({row[k] for row in train for k in ("anchor", "positive")})
     sets = {"in domain: chatterbot q->a": (queries, answers, relevant),
             "out of domain: review->plot": load_review_to_plot()}
     from sentence_transformers import SentenceTransformer
 
-    results = {"original, sliced": [score(SentenceTransformer(path, device="cpu"), sets)]}
+    original = SentenceTransformer(path, device="cpu")
+    results = {"original, sliced": [score(original, sets)]}
+    if args.mean_centering:
+        unit = encode(original, training_texts)
+        results["original + mean_centering"] = [score(original, sets, (unit / np.linalg.norm(
+            unit, axis=1, keepdims=True)).mean(0))]
     seconds = {}
     methods = [("sentence-transformers MatryoshkaLoss", None)] + [
         (f"mrl_hf MRLTrainer, teacher_weight={w:g}" + (" (all sizes)" if w and args.teacher_sizes == "all" else ""), w)
@@ -126,6 +140,10 @@ def main(argv=None):
             results.setdefault(name, []).append(score(model, sets))
             seconds.setdefault(name, []).append(took)
             print(f"seed {seed} {name}: {took:.1f} s {results[name][-1]}", flush=True)
+            if args.mean_centering:  # fitted on the fine-tune's own training texts, no labels
+                unit = encode(model, training_texts)
+                mean = (unit / np.linalg.norm(unit, axis=1, keepdims=True)).mean(0)
+                results.setdefault(f"{name} + mean_centering", []).append(score(model, sets, mean))
 
     print(f"\n# all-MiniLM-L6-v2, {len(train)} chatterbot pairs, {EPOCHS:g} epoch, batch {BATCH}, lr {LR:g}, seeds "
           f"{seeds}; hit@10 (%) per size, mean over seeds [min-max]; {machine('cpu')}")

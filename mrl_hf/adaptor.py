@@ -270,8 +270,10 @@ def mean_centering(embeddings, nesting_list: Sequence[int] | None = None) -> Mat
     """The mean of the (L2-normalised) ``embeddings`` subtracted, nothing rotated: for a model that is already
     Matryoshka, so every prefix keeps its features.
 
-    Each feature's sign bit then splits the texts more evenly, which is what short binary codes need (a feature whose
-    sign is the same for most texts carries little); cosines at every size are those of the centred vectors. Fit it
+    The direction all vectors share no longer dominates the short prefixes' cosines, and each feature's sign bit splits
+    the texts more evenly (a bit that is the same for most texts carries little): on the demo recipe, +7.6 points of
+    hit@10 in float and +8.5 as binary codes at 12 dims (docs/quantization.md). Cosines at every size become those
+    of the centred vectors. Fit it
     on the vectors of texts like the ones you will serve (no labels), ``attach_adaptor`` it, and the model's
     ``encode(..., precision="binary")`` codes include it. A ``MatryoshkaAdaptor`` without MLP (``W = I``).
     """
