@@ -28,6 +28,7 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))
 from _measure import machine, print_table  # noqa: E402
 
+from mrl_hf.adaptor import mean_centering  # noqa: E402
 from mrl_hf.data.text import load_chatterbot_pairs, load_review_to_plot  # noqa: E402
 from mrl_hf.evaluation.pairs import group_pairs, pair_retrieval_metrics  # noqa: E402
 from mrl_hf.recipes import NESTING, packaged_minilm, split_pairs  # noqa: E402
@@ -124,10 +125,11 @@ def main(argv=None):
 
     original = SentenceTransformer(path, device="cpu")
     results = {"original, sliced": [score(original, sets)]}
+    def training_mean(model):  # what mrl_hf.adaptor.mean_centering subtracts, fitted on the training texts
+        return mean_centering(encode(model, training_texts)).mean.numpy()
+
     if args.mean_centering:
-        unit = encode(original, training_texts)
-        results["original + mean_centering"] = [score(original, sets, (unit / np.linalg.norm(
-            unit, axis=1, keepdims=True)).mean(0))]
+        results["original + mean_centering"] = [score(original, sets, training_mean(original))]
     seconds = {}
     methods = [("sentence-transformers MatryoshkaLoss", None)] + [
         (f"mrl_hf MRLTrainer, teacher_weight={w:g}" + (" (all sizes)" if w and args.teacher_sizes == "all" else ""), w)
@@ -141,9 +143,7 @@ def main(argv=None):
             seconds.setdefault(name, []).append(took)
             print(f"seed {seed} {name}: {took:.1f} s {results[name][-1]}", flush=True)
             if args.mean_centering:  # fitted on the fine-tune's own training texts, no labels
-                unit = encode(model, training_texts)
-                mean = (unit / np.linalg.norm(unit, axis=1, keepdims=True)).mean(0)
-                results.setdefault(f"{name} + mean_centering", []).append(score(model, sets, mean))
+                results.setdefault(f"{name} + mean_centering", []).append(score(model, sets, training_mean(model)))
 
     print(f"\n# all-MiniLM-L6-v2, {len(train)} chatterbot pairs, {EPOCHS:g} epoch, batch {BATCH}, lr {LR:g}, seeds "
           f"{seeds}; hit@10 (%) per size, mean over seeds [min-max]; {machine('cpu')}")
