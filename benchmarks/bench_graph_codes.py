@@ -15,11 +15,16 @@ cosine norms precomputed), so recall@10 and ms/query are comparable with ``bench
   int4 codes;
 - denser graphs over smaller codes, the budget spent on links instead: ``hnsw16-pq64@384`` (``HNSW16,PQ64``, 64-byte
   product-quantised codes of all 384 dims), ``hnsw18-pq48@384`` and ``hnsw20-pq32@384`` (48 and 32 bytes),
-  ``hnsw16-int4@144`` and ``hnsw12-int4@192`` (int4 codes of shorter prefixes).
+  ``hnsw16-int4@144`` and ``hnsw12-int4@192`` (int4 codes of shorter prefixes);
+- inverted lists over 4-bit product-quantised codes scanned with SIMD fast-scan (``IVF<nlist>,PQ<m>x4fs``: what
+  ``SearchPlan(dim, "pq4", "ivf")`` builds when ``m = dim / 2``), e.g. ``ivf512-pq192fs@384``, ``ivf1024-pq96fs@384``
+  and a flat ``pq192fs@384``; here the efSearch grid is the number of lists probed (``nprobe``).
 
 RAM counts the structure's serialised size plus the 4-byte cosine norm per vector, as ``plan_memory`` does.
 
     python benchmarks/bench_graph_codes.py --queries 1000       # ~30 min on 2 idle cores (each PQ graph: ~2-5 min)
+    python benchmarks/bench_graph_codes.py --structures ivf256-pq192fs@384,ivf512-pq192fs@384,ivf1024-pq192fs@384 \
+        --ef-search 32,48,64,96,128 --candidates 30,50,100      # IVF fast-scan: a few minutes
 
 Not run by CI.
 """
@@ -51,13 +56,24 @@ STRUCTURES = {  # name: (prefix dim, FAISS factory string, graph built on the fl
     "hnsw12-int4@192": (192, "HNSW12,SQ4", False),
     "hnsw18-pq48@384": (384, "HNSW18,PQ48", False),
     "hnsw20-pq32@384": (384, "HNSW20,PQ32", False),
+    "ivf1024-pq96fs@384": (384, "IVF1024,PQ96x4fs", False),
+    "ivf1024-pq192fs@384": (384, "IVF1024,PQ192x4fs", False),
+    "ivf2048-pq192fs@384": (384, "IVF2048,PQ192x4fs", False),
+    "ivf512-pq192fs@384": (384, "IVF512,PQ192x4fs", False),
+    "ivf256-pq192fs@384": (384, "IVF256,PQ192x4fs", False),
+    "ivf512-pq128fs@384": (384, "IVF512,PQ128x4fs", False),
+    "ivf512-pq128fs@256": (256, "IVF512,PQ128x4fs", False),
+    "ivf512-pq96fs@192": (192, "IVF512,PQ96x4fs", False),
+    "ivf1024-pq128fs@384": (384, "IVF1024,PQ128x4fs", False),
+    "ivf1024-pq128fs@256": (256, "IVF1024,PQ128x4fs", False),
+    "pq192fs@384": (384, "PQ192x4fs", False),
 }
 
 
 def build(faiss, db: np.ndarray, dim: int, spec: str, float_graph: bool):
     codes = np.ascontiguousarray(prefix(db, dim, "cosine"))
     index = faiss.index_factory(dim, spec, faiss.METRIC_INNER_PRODUCT)
-    if "HNSW" in spec:
+    if spec.startswith("HNSW"):
         faiss.downcast_index(index).hnsw.efConstruction = 200
     index.train(codes[np.sort(np.random.default_rng(0).choice(len(codes), 65536, replace=False))])
     if not float_graph:
@@ -104,11 +120,14 @@ def main():
         ram = faiss.serialize_index(index).nbytes / len(db) + 4
         q = np.ascontiguousarray(prefix(queries, dim, "cosine"))
         inner = faiss.downcast_index(index)
-        for ef in [int(e) for e in args.ef_search.split(",")]:
+        efs = [int(e) for e in args.ef_search.split(",")] if spec.startswith(("HNSW", "NSG", "IVF")) else [0]
+        for ef in efs:
             if "NSG" in spec:
                 inner.nsg.search_L = ef
-            else:
+            elif spec.startswith("HNSW"):
                 inner.hnsw.efSearch = ef
+            elif spec.startswith("IVF"):
+                faiss.extract_index_ivf(index).nprobe = ef
             for cand in [int(c) for c in args.candidates.split(",")]:
                 index.search(q[:100], cand)  # warm-up
                 best = np.inf

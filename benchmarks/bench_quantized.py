@@ -18,6 +18,9 @@ Targets: (1) recall >= 0.99 with <= 1/8 of the baseline's RAM at >= 1.0x its QPS
     python benchmarks/bench_quantized.py --data passages --queries 1000 --dims 128,256,full --structures hnsw \
         --precisions binary,int4,int8 --code-hnsw-m 8,16 --code-ef-construction 200 --ef-construction 200
                                            # plan graphs with fewer links (M), so that graph + codes fit 1/8 RAM
+    python benchmarks/bench_quantized.py --data passages --queries 1000 --dims 192,256,full --precisions pq4 \
+        --structures flat,ivf --nprobe 64,80,96,128 --nlist 512 --candidates 50,100,200 --ef-construction 200 \
+        --cluster-dims none                # 4-bit PQ fast-scan codes in 512 IVF lists: target 1 met
 AdANNS-IVF plans (lists clustered and routed at a shorter prefix, ``--cluster-dims``) are tried next to plain IVF.
 Not run by CI.
 """
@@ -151,6 +154,8 @@ def main():
     ap.add_argument("--precisions", default="binary,int8")
     ap.add_argument("--structures", default="flat,hnsw,ivf")
     ap.add_argument("--nprobe", default="16,64", help="IVF lists probed per query")
+    ap.add_argument("--nlist", type=int, default=None, help="IVF lists of the plans' IVF structures (default: ~4 sqrt(n))")
+    ap.add_argument("--candidates", default="50,100,200,400,800", help="shortlist sizes the tuner tries")
     ap.add_argument("--ef-construction", default="40,200",
                     help="HNSW32 baselines built (FAISS's default is 40); the baseline is the fastest reaching 0.99")
     ap.add_argument("--code-hnsw-m", default="32", help="links per vector (M) of the plans' HNSW graphs tried")
@@ -180,7 +185,8 @@ def main():
           f"faiss {faiss.__version__}, numpy {np.__version__}, {time.strftime('%Y-%m-%d')}")
 
     with tempfile.TemporaryDirectory() as tmp:
-        MatryoshkaIndex(db, metric="cosine", copy=False, ef_construction=args.code_ef_construction).save(tmp + "/ix")
+        MatryoshkaIndex(db, metric="cosine", copy=False, ef_construction=args.code_ef_construction,
+                        nlist=args.nlist).save(tmp + "/ix")
         index = MatryoshkaIndex.load(tmp + "/ix", mmap=True)  # full vectors on disk
         exact = index.search(queries, 10, exact=True)
         base_rows = [r for efc in args.ef_construction.split(",")
@@ -199,7 +205,7 @@ def main():
         grid = dict(dims=dims, precisions=args.precisions.split(","), structures=args.structures.split(","),
                     cluster_dims=[None if c == "none" else int(c) for c in args.cluster_dims.split(",")],
                     hnsw_m=[int(m) for m in args.code_hnsw_m.split(",")],
-                    candidates=[50, 100, 200, 400, 800],
+                    candidates=[int(c) for c in args.candidates.split(",")],
                     ef_search=[None if e == "none" else int(e) for e in args.ef_search.split(",")],
                     nprobe=[int(x) for x in args.nprobe.split(",")], repeats=2)
         print(f"\ngrid: {grid}, plan graphs built with efConstruction={args.code_ef_construction}")

@@ -7,7 +7,7 @@ from mrl_hf.evaluation import top_k_overlap  # noqa: E402
 from mrl_hf.retrieval import MatryoshkaIndex, NoPlanMeetsTarget, SearchPlan  # noqa: E402
 
 N, D, NQ = 5000, 128, 100
-PRECISIONS = ["float32", "float16", "int8", "int4", "binary"]
+PRECISIONS = ["float32", "float16", "int8", "int4", "pq4", "binary"]
 
 
 def matryoshka_like(n, n_queries, dim=D, seed=0, n_clusters=100):
@@ -70,6 +70,20 @@ def test_int4_codes_rank_between_binary_and_int8(index, data, exact):
 
     assert recall("binary", 10) + 0.2 < recall("int4", 10) < recall("int8", 10) - 0.1  # measured 0.30 / 0.71 / 0.98
     assert recall("int4", 20) >= 0.9 and recall("int4", 50) >= 0.99  # a short shortlist re-ranked recovers the rest
+
+
+def test_pq4_codes_are_fast_scan_product_quantisation_of_the_prefix(index, data, exact):
+    def recall(precision, candidates, structure="flat"):
+        plan = SearchPlan(D, precision, structure, candidates, nprobe=16)
+        return top_k_overlap(index.search_plan(data[1], 10, plan).ids, exact.ids, 10)
+
+    # 2 bits per feature: between sign bits (1) and int4 (4); measured 0.30 / 0.48 / 0.71 at 10 candidates
+    assert recall("binary", 10) + 0.1 < recall("pq4", 10) < recall("int4", 10) - 0.1
+    assert recall("pq4", 50) >= 0.99 and recall("pq4", 50, "ivf") >= 0.99
+    flat, ivf = (faiss.downcast_index(index._code_level(SearchPlan(64, "pq4", s, 10)).index) for s in ("flat", "ivf"))
+    assert isinstance(flat, faiss.IndexPQFastScan) and isinstance(ivf, faiss.IndexIVFPQFastScan)
+    assert (flat.pq.M, flat.pq.nbits, ivf.pq.M) == (32, 4, 32)  # one 4-bit code per pair of the 64 features
+    assert index.plan_memory(SearchPlan(64, "pq4", "flat", 100))["codes"] == pytest.approx(16, abs=1.5)  # + codebooks
 
 
 def test_hnsw_codes_with_rerank(index, data, exact):
@@ -212,6 +226,21 @@ def test_plan_and_codes_survive_save_and_mmap_load(index, data, tmp_path):
     np.testing.assert_allclose(after.scores, before.scores, rtol=1e-6)
 
 
+def test_tuner_tries_pq4_where_fast_scan_exists_and_its_codes_reload(data, tmp_path):
+    db, queries = data
+    index = MatryoshkaIndex(db[:2000], metric="cosine")
+    result = index.tune(queries, target_recall=0.95, dims=[31, 64], precisions=["pq4"],
+                        structures=["flat", "hnsw", "ivf"], candidates=[20, 100], nprobe=[64])
+    tried = {index.code_key(r.plan)[:3] for r in result.reports}
+    assert tried == {(64, "pq4", "flat"), (64, "pq4", "ivf")}  # no graph, no odd dim
+    plan = SearchPlan(64, "pq4", "ivf", 100, nprobe=64)
+    before = index.search_plan(queries, 10, plan)
+    index.save(tmp_path / "ix")
+    assert (tmp_path / "ix" / "codes_64_pq4_ivf.faiss").is_file()
+    after = MatryoshkaIndex.load(tmp_path / "ix", mmap=True).search_plan(queries, 10, plan)
+    np.testing.assert_array_equal(after.ids, before.ids)
+
+
 def test_bad_plans_raise_clear_errors(index, data):
     q = data[1]
     with pytest.raises(ValueError, match=r"dim=256, but the index stores 128-dim vectors; choose dim <= 128"):
@@ -222,6 +251,13 @@ def test_bad_plans_raise_clear_errors(index, data):
         SearchPlan(64, "int8", "pq")
     with pytest.raises(ValueError, match=r"multiple of 8; use dim=96"):
         SearchPlan(100, "binary")
+    with pytest.raises(ValueError, match=r"pq4 codes one pair of features per 4-bit code, so dim must be even; use "
+                                         r"dim=64"):
+        SearchPlan(65, "pq4")
+    with pytest.raises(ValueError, match=r"fast-scan, which has no graph; use structure='ivf'"):
+        SearchPlan(64, "pq4", "hnsw")
+    with pytest.raises(ValueError, match=r"cluster_dim=16\): AdANNS-IVF lists hold scalar or binary codes"):
+        SearchPlan(64, "pq4", "ivf", cluster_dim=16)
     with pytest.raises(ValueError, match=r"keeps 5 candidates, fewer than top_k=10"):
         index.search_plan(q, 10, SearchPlan(64, "binary", candidates=5))
     with pytest.raises(ValueError, match=r"queries have 64 dims but this search scores at dim 128"):

@@ -31,8 +31,9 @@ class SearchPlan:
 
     Args:
         dim: prefix size the shortlist is computed at (a multiple of 8 for ``precision="binary"``).
-        precision: ``"float32"``, ``"float16"``, ``"int8"`` (per-dimension calibrated ranges) or ``"binary"``
-            (sign bits, Hamming distance).
+        precision: ``"float32"``, ``"float16"``, ``"int8"`` / ``"int4"`` (per-dimension calibrated ranges),
+            ``"pq4"`` (4-bit product quantisation of each pair of features, SIMD fast-scan; flat or IVF, even
+            ``dim``) or ``"binary"`` (sign bits, Hamming distance).
         structure: ``"flat"`` (scan every code), ``"hnsw"`` (graph, ``ef_search``) or ``"ivf"`` (inverted
             lists, ``nprobe``).
         candidates: shortlist length re-ranked at the full dim (at least ``top_k``).
@@ -62,6 +63,17 @@ class SearchPlan:
         if self.precision == "binary" and self.dim % 8:
             raise ValueError(f"SearchPlan(dim={self.dim}, precision='binary'): binary codes pack 8 sign bits per "
                              f"byte, so dim must be a multiple of 8; use dim={max(8, self.dim // 8 * 8)}.")
+        if self.precision == "pq4":
+            if self.dim % 2:
+                raise ValueError(f"SearchPlan(dim={self.dim}, precision='pq4'): pq4 codes one pair of features per "
+                                 f"4-bit code, so dim must be even; use dim={self.dim - 1 or 2}.")
+            if self.structure == "hnsw":
+                raise ValueError("SearchPlan(precision='pq4', structure='hnsw'): pq4 codes are scanned with FAISS's "
+                                 "fast-scan, which has no graph; use structure='ivf' (or 'flat'), or "
+                                 "precision='int4' for a graph.")
+            if self.cluster_dim is not None:
+                raise ValueError(f"SearchPlan(precision='pq4', cluster_dim={self.cluster_dim}): AdANNS-IVF lists "
+                                 "hold scalar or binary codes; use cluster_dim=None with pq4, or precision='int4'.")
         for name in ("ef_search", "nprobe", "cluster_dim"):
             if getattr(self, name) is not None:
                 as_int(getattr(self, name), f"SearchPlan.{name}", minimum=1)

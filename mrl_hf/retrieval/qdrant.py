@@ -48,10 +48,14 @@ def _distance(metric: str):
 
 
 def check_exportable(plan: SearchPlan) -> None:
-    """Qdrant (server, local mode or Edge) has flat and HNSW search, no IVF, and no 4-bit scalar codes."""
+    """Qdrant (server, local mode or Edge) has flat and HNSW search, no IVF, and no 4-bit scalar or PQ codes."""
     if plan.precision == "int4":
         raise ValueError(f"{plan.describe()}: Qdrant has no 4-bit scalar quantization; export the plan with "
                          "precision='int8' or 'binary' (e.g. dataclasses.replace(plan, precision='int8')).")
+    if plan.precision == "pq4":
+        raise ValueError(f"{plan.describe()}: Qdrant's product quantization has no 4-bit fast-scan codes of feature "
+                         "pairs (its codes and scores are not these); export the plan with precision='int8' or "
+                         "'binary' (e.g. dataclasses.replace(plan, precision='int8', structure='hnsw')).")
     if plan.structure == "ivf":
         fix = "structure='hnsw'" if plan.cluster_dim is None else "structure='hnsw', cluster_dim=None"
         raise ValueError(f"{plan.describe()}: Qdrant has no IVF structure; export the plan with structure='hnsw' "

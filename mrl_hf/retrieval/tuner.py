@@ -125,6 +125,7 @@ def _grid(index, dims, precisions, structures, cluster_dims, hnsw_ms) -> list[tu
     keys = [(d, p, s, c, m) for d in dims for p in precisions for s in structures
             for c in (cluster_dims if s == "ivf" else [None]) for m in (hnsw_ms if s == "hnsw" else [None])
             if not (p == "binary" and (d % 8 or index.metric == "l2"))
+            and not (p == "pq4" and (d % 2 or s == "hnsw" or c is not None))
             and (c is None or (c < d and not (p == "binary" and c % 8)))]
     return sorted(keys, key=lambda k: (k[0] * BYTES_PER_DIM[k[1]], STRUCTURES.index(k[2]), k[3] or 0, k[4] or 0))
 
