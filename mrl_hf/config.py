@@ -36,7 +36,8 @@ class MatryoshkaConfigMixin:
     Quantisation-aware training (``mrl_hf.quantization``): ``precisions`` lists the codes the prefixes are also
     trained for, ``["float32", "binary"]`` (every size) or ``{"binary": [12, 24]}`` (chosen sizes); ``None`` trains
     float32 only. ``quantization_weight`` weighs each quantised term against its float term, ``binary_surrogate``
-    (``"ste"`` or ``"tanh"``) is how the sign is differentiated. ``matryoshka_precisions`` is derived: the trained
+    (``"ste"``, ``"tanh"`` or ``"ste-centred"``: the codes of batch-centred vectors, for serving with
+    ``mean_centering``) is how the sign is differentiated. ``matryoshka_precisions`` is derived: the trained
     ``{precision: sizes}`` pairs, float32 at every size, written for serving code and the model card.
 
     Invalid values raise ``ValueError`` at construction (wrapped by ``@strict`` in

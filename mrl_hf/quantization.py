@@ -38,7 +38,7 @@ FLOAT = "float32"
 TRAINABLE_PRECISIONS = ("float32", "int8", "binary")  # what a loss can train
 CODE_PRECISIONS = ("float32", "int8", "uint8", "binary", "ubinary")  # what encode returns (sentence-transformers')
 TRAINED_AS = {"float32": "float32", "int8": "int8", "uint8": "int8", "binary": "binary", "ubinary": "binary"}
-BINARY_SURROGATES = ("ste", "tanh")
+BINARY_SURROGATES = ("ste", "tanh", "ste-centred")
 
 
 # ---- which (size, precision) pairs are trained -------------------------------------------------------------------
@@ -139,7 +139,8 @@ def binary_surrogate(x: torch.Tensor, mode: str = "ste", temperature: float = 0.
     backward pass (the straight-through estimator). ``"tanh"``: ``tanh(x / (temperature * rms))`` in both passes,
     ``rms`` each row's root-mean-square (held fixed), so it does not depend on the embedding's scale; it tends to the
     codes as ``temperature`` -> 0. Both are elementwise (with a per-row scale), so the surrogate of a prefix is the
-    prefix of the surrogate.
+    prefix of the surrogate. (``"ste-centred"``, a loss setting, is ``"ste"`` on ``batch_centred`` rows: see
+    ``quantized_similarities``.)
     """
     if mode == "ste":
         return x + (binary_codes(x) - x).detach()
@@ -149,6 +150,17 @@ def binary_surrogate(x: torch.Tensor, mode: str = "ste", temperature: float = 0.
         rms = x.detach().square().mean(-1, keepdim=True).sqrt().clamp_min(1e-12)
         return torch.tanh(x / (temperature * rms))
     raise ValueError(f"binary_surrogate={mode!r} is not supported; choose one of {list(BINARY_SURROGATES)}.")
+
+
+def batch_centred(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``a`` and ``b`` L2-normalised, minus the mean of all their normalised rows (no gradient through the mean).
+
+    The training counterpart of ``mrl_hf.adaptor.mean_centering``: a feature whose sign is the same for nearly
+    every text carries no bit, and InfoNCE on such codes cannot see it (it shifts a whole row of logits). Codes of
+    centred rows split the batch, so the loss trains the bits that centred serving will store."""
+    a, b = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
+    mean = torch.cat([a, b]).mean(0).detach()
+    return a - mean, b - mean
 
 
 def calibration_ranges(x: torch.Tensor) -> torch.Tensor:
@@ -170,14 +182,18 @@ def fake_quantize_int8(x: torch.Tensor, ranges: torch.Tensor) -> torch.Tensor:
 def quantized_similarities(a: torch.Tensor, b: torch.Tensor, sizes: Sequence[int], precision: str,
                            binary_surrogate_mode: str = "ste", binary_temperature: float = 0.5) -> torch.Tensor:
     """Cosine similarities ``(len(sizes), len(a), len(b))`` of each size's prefixes as ``precision`` codes, through
-    the training surrogate. ``binary``: the cosine of +-1 codes, ``1 - 2 * hamming / m``; ``int8``: each prefix
-    normalised, quantised with ranges calibrated on ``a`` and ``b`` together, dequantised."""
+    the training surrogate. ``binary``: the cosine of +-1 codes, ``1 - 2 * hamming / m`` (``"ste-centred"``: codes of
+    the ``batch_centred`` rows, for models served with ``mean_centering``); ``int8``: each prefix normalised,
+    quantised with ranges calibrated on ``a`` and ``b`` together, dequantised."""
     from .losses import nested_cosine_similarities  # losses imports this module
 
     sizes = validate_nesting_list(sizes)
     ctype = torch.promote_types(torch.promote_types(a.dtype, b.dtype), torch.float32)
     a, b = a.to(ctype), b.to(ctype)
     if precision == "binary":  # the surrogate's scale is each full row's, whichever sizes are listed
+        if binary_surrogate_mode == "ste-centred":
+            a, b = batch_centred(a, b)
+            binary_surrogate_mode = "ste"
         sa = binary_surrogate(a, binary_surrogate_mode, binary_temperature)[:, : sizes[-1]]
         sb = binary_surrogate(b, binary_surrogate_mode, binary_temperature)[:, : sizes[-1]]
         return nested_cosine_similarities(sa, sb, sizes)
@@ -279,12 +295,31 @@ def hamming_distances(query_codes, corpus_codes) -> torch.Tensor:
     return out
 
 
+def asymmetric_binary_scores(queries, corpus_codes, precision: str = "ubinary") -> torch.Tensor:
+    """``(n_queries, n_corpus)`` inner products of float ``queries`` with the +-1 vectors that packed binary corpus
+    codes stand for: the corpus is stored as bits, the query is not binarised (asymmetric scoring, as in Qdrant's
+    binary quantization with a float query). ``queries`` are the same prefix as the codes (``dim`` features in
+    ``ceil(dim / 8)`` bytes, as ``quantize_embeddings`` packs them), normalised or not (the ranking per query is the
+    same)."""
+    q = np.asarray(queries, dtype=np.float64)
+    codes = np.ascontiguousarray(corpus_codes).view(np.uint8)
+    if precision == "binary":  # sentence-transformers' int8 "binary" codes are the packed bytes minus 128
+        codes = codes ^ np.uint8(128)
+    if q.ndim != 2 or codes.ndim != 2 or -(-q.shape[1] // 8) != codes.shape[1]:
+        raise ValueError(f"queries {q.shape} must be 2-D with as many features as the codes {codes.shape} hold (8 "
+                         f"per byte, the last byte zero-padded): cut the float queries to the codes' size "
+                         f"({8 * codes.shape[-1] - 7}-{8 * codes.shape[-1]} dims).")
+    signs = np.unpackbits(codes, axis=1, count=q.shape[1]).astype(np.float64) * 2 - 1
+    return torch.as_tensor(q @ signs.T)
+
+
 def search_codes(query_codes, corpus_codes, precision: str, top_k: int = 10, ranges=None):
     """Exact search of ``corpus_codes`` with ``query_codes`` (both from ``encode(..., precision=...)`` or
     ``quantize_embeddings``): ``(scores, ids)`` ``(n_queries, top_k)``, best first, ties by corpus order.
 
-    Binary codes rank by Hamming distance (score ``-hamming``); int8 / uint8 codes by the inner product of their
-    dequantised values (pass the ``ranges`` they were made with); float32 by inner product.
+    Binary codes rank by Hamming distance (score ``-hamming``), or, given float queries (the query's prefix, not
+    coded), by ``asymmetric_binary_scores``; int8 / uint8 codes by the inner product of their dequantised values
+    (pass the ``ranges`` they were made with); float32 by inner product.
     For large corpora, the same codes go straight into FAISS (``IndexBinaryFlat`` for ``"ubinary"``) or
     ``sentence_transformers.quantization.semantic_search_faiss``.
     """
@@ -296,6 +331,8 @@ def search_codes(query_codes, corpus_codes, precision: str, top_k: int = 10, ran
 
 
 def _code_scores(query_codes, corpus_codes, precision: str, ranges=None) -> torch.Tensor:
+    if precision in ("binary", "ubinary") and np.asarray(query_codes).dtype.kind == "f":
+        return asymmetric_binary_scores(query_codes, corpus_codes, precision)
     if precision in ("binary", "ubinary"):
         return -hamming_distances(query_codes, corpus_codes).float()
     if precision in ("int8", "uint8"):
@@ -314,7 +351,8 @@ def _code_scores(query_codes, corpus_codes, precision: str, ranges=None) -> torc
 def quantized_retrieval_metrics(query_embeddings, candidate_embeddings, dims: Sequence[int],
                                 precisions: Sequence[str] = ("float32", "int8", "binary"), relevant=None,
                                 ks: Sequence[int] = (1, 10), rescore: bool = False, rescore_k: int = 100,
-                                calibration_embeddings=None) -> dict[str, dict[int, dict[str, float]]]:
+                                calibration_embeddings=None, asymmetric: bool = False
+                                ) -> dict[str, dict[int, dict[str, float]]]:
     """Query -> candidate retrieval at every ``(size, precision)``: ``{label: {m: {"hit@k": .., "mrr": ..}}}``.
 
     At size ``m`` each side is cut to ``m`` features and L2-normalised, then coded: float32 ranks by cosine, binary
@@ -322,7 +360,9 @@ def quantized_retrieval_metrics(query_embeddings, candidate_embeddings, dims: Se
     calibrated on ``calibration_embeddings`` (default: the candidates). Ties rank by candidate order (as an exact
     index returns them), so a short binary code is not credited with a tie. With ``rescore``, labels
     ``"<precision>+rescore"`` are added: the ``rescore_k`` best by codes are re-ranked by float32 cosine at the full
-    size; a relevant candidate outside that shortlist is a miss. Values are fractions in [0, 1].
+    size; a relevant candidate outside that shortlist is a miss. With ``asymmetric``, each binary precision adds
+    ``"<precision>-asymmetric"``: binary candidate codes scored with the float query (``asymmetric_binary_scores``).
+    Values are fractions in [0, 1].
     """
     try:  # an evaluation tool: imported by absolute name, so the models' remote code does not copy it
         from mrl_hf.evaluation.pairs import _relevance_mask
@@ -352,6 +392,9 @@ def quantized_retrieval_metrics(query_embeddings, candidate_embeddings, dims: Se
                 ranges = quantization_ranges(_normalized(calib[:, :m])) if p.endswith("int8") else None
                 scores = _code_scores(quantize_embeddings(qm, p, ranges), quantize_embeddings(cm, p, ranges), p, ranges)
             results.setdefault(p, {})[int(m)] = _rank_metrics(scores, relevance, ks)
+            if asymmetric and p.endswith("binary"):
+                results.setdefault(f"{p}-asymmetric", {})[int(m)] = _rank_metrics(
+                    asymmetric_binary_scores(qm, quantize_embeddings(cm, p), p), relevance, ks)
             if rescore and p != FLOAT:
                 results.setdefault(f"{p}+rescore", {})[int(m)] = _rank_metrics(
                     _rescored(scores, full, rescore_k), relevance, ks)
