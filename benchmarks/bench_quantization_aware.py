@@ -11,9 +11,9 @@ max_length 32, seed 0. Two runs with the same seed and data order:
 Held-out retrieval (149 questions, 176 answers) at every size, for float32 prefixes (cosine), binary codes (Hamming
 distance of the packed sign bits, no rescoring; ties by answer order) and int8 codes (ranges calibrated on the
 answers), plus the codes' top-100 re-scored in float32 at the full size, and the binary codes of the answers
-scored with the float query (``binary-asymmetric``: the stored codes are the same bits; the query is not binarised). Step time: the median over the training
-steps of each run, and the forward+backward of one demo batch of each loss timed round-robin in one process (robust
-to load from other jobs, see _measure.py).
+scored with the float query (``binary-asymmetric``: the stored codes are the same bits; the query is not
+binarised). Step time: the median over the training steps of each run, and the forward+backward of one demo batch
+of each loss timed round-robin in one process (robust to load from other jobs, see _measure.py).
 
 With --post-hoc, the float-only model is also scored with two training-free maps fitted on the vectors of its own
 training texts (no labels): ``mrl_hf.adaptor.mean_centering`` attached to the model, and that plus a rotation inside

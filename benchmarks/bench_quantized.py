@@ -154,7 +154,8 @@ def main():
     ap.add_argument("--precisions", default="binary,int8")
     ap.add_argument("--structures", default="flat,hnsw,ivf")
     ap.add_argument("--nprobe", default="16,64", help="IVF lists probed per query")
-    ap.add_argument("--nlist", type=int, default=None, help="IVF lists of the plans' IVF structures (default: ~4 sqrt(n))")
+    ap.add_argument("--nlist", type=int, default=None,
+                    help="IVF lists of the plans' IVF structures (default: ~4 sqrt(n))")
     ap.add_argument("--candidates", default="50,100,200,400,800", help="shortlist sizes the tuner tries")
     ap.add_argument("--ef-construction", default="40,200",
                     help="HNSW32 baselines built (FAISS's default is 40); the baseline is the fastest reaching 0.99")

@@ -251,8 +251,8 @@ def test_bad_plans_raise_clear_errors(index, data):
         SearchPlan(64, "int8", "pq")
     with pytest.raises(ValueError, match=r"multiple of 8; use dim=96"):
         SearchPlan(100, "binary")
-    with pytest.raises(ValueError, match=r"pq4 codes one pair of features per 4-bit code, so dim must be even; use "
-                                         r"dim=64"):
+    with pytest.raises(ValueError, match=r"pq4 codes each pair of features as one 4-bit code, so dim must be even; "
+                                         r"use dim=64"):
         SearchPlan(65, "pq4")
     with pytest.raises(ValueError, match=r"fast-scan, which has no graph; use structure='ivf'"):
         SearchPlan(64, "pq4", "hnsw")

