@@ -91,6 +91,8 @@ def test_bad_exports_raise_clear_errors(setup):
         export_to_qdrant(index, client, "other", [SearchPlan(64, "int4", "hnsw", 50)])
     with pytest.raises(ValueError, match=r"Qdrant's product quantization has no 4-bit fast-scan codes"):
         export_to_qdrant(index, client, "other", [SearchPlan(64, "pq4", "flat", 50)])
+    with pytest.raises(ValueError, match=r"export the plan with precision='binary'"):
+        export_to_qdrant(index, client, "other", [SearchPlan(64, "binary-asymmetric", "flat", 50)])
     with pytest.raises(ValueError, match=r"collection 'mrl' already exists"):
         export_to_qdrant(index, client, "mrl", [PLANS[0]])
     with pytest.raises(ValueError, match=r"dim=256, but the index stores 128-dim vectors"):

@@ -16,6 +16,12 @@ then quantised:
   (FAISS's IVF-PQ default). ``dim`` must be even;
 - ``binary``: one sign bit per feature, searched by Hamming distance (``IndexBinaryFlat``/``HNSW``/``IVF``);
   the query is binarised too. ``dim`` must be a multiple of 8.
+- ``binary-asymmetric``: the same sign bits, scored with the float query: the inner product of the query's prefix
+  with the +-1 vector each code stands for (``mrl_hf.quantization.asymmetric_binary_scores``). Held as a FAISS
+  fast-scan PQ whose 16 centroids per 4 features are the 16 sign patterns (so FAISS's encoder stores exactly the
+  sign bits, 4 per half-byte) and scanned with its SIMD lookup tables (8-bit quantised: scores within ~0.003 of
+  the exact ones, the re-rank restores them). Flat or IVF (lists of the codes themselves, not residuals).
+  ``dim`` must be a multiple of 8.
 
 The codes are what a plan keeps in RAM; the full float32 vectors are read only to re-rank the candidates.
 
@@ -34,8 +40,10 @@ import numpy as np
 from ._faiss_backend import auto_nlist, import_faiss
 from ._inputs import prefix
 
-PRECISIONS = ("float32", "float16", "int8", "int4", "pq4", "binary")
-BYTES_PER_DIM = {"float32": 4, "float16": 2, "int8": 1, "int4": 0.5, "pq4": 0.25, "binary": 0.125}
+PRECISIONS = ("float32", "float16", "int8", "int4", "pq4", "binary", "binary-asymmetric")
+BYTES_PER_DIM = {"float32": 4, "float16": 2, "int8": 1, "int4": 0.5, "pq4": 0.25, "binary": 0.125,
+                 "binary-asymmetric": 0.125}
+FAST_SCAN = ("pq4", "binary-asymmetric")  # FAISS fast-scan codes: flat or IVF, no graph, no AdANNS
 STRUCTURES = ("flat", "hnsw", "ivf")
 _SQ_NAME = {"float32": "Flat", "float16": "SQfp16", "int8": "SQ8", "int4": "SQ4"}
 _TRAIN_ROWS = 65536  # rows sampled to calibrate int8 ranges / train IVF centroids
@@ -45,7 +53,7 @@ _ADD_ROWS = 131072
 def _factory_string(precision: str, structure: str, hnsw_m: int, nlist: int, dim: int) -> str:
     if precision == "binary":
         return {"flat": "BFlat", "hnsw": f"BHNSW{hnsw_m}", "ivf": f"BIVF{nlist}"}[structure]
-    codes = f"PQ{dim // 2}x4fs" if precision == "pq4" else _SQ_NAME[precision]
+    codes = {"pq4": f"PQ{dim // 2}x4fs", "binary-asymmetric": f"PQ{dim // 4}x4fs"}.get(precision) or _SQ_NAME[precision]
     if structure == "flat":
         return codes
     if structure == "hnsw":
@@ -102,10 +110,23 @@ class CodeLevel:
             if self.structure == "hnsw":
                 hnsw = self.index if self.binary else f.downcast_index(self.index)
                 hnsw.hnsw.efConstruction = self.ef_construction
+        if self.precision == "binary-asymmetric" and self.structure == "ivf":
+            f.extract_index_ivf(self.index).by_residual = False  # the lists hold the vectors' own sign bits
         if not self.index.is_trained:
             self.index.train(self._encode(database[rows]))
+        if self.precision == "binary-asymmetric":
+            self._use_sign_codebooks()
         self.add(database)
         return self
+
+    def _use_sign_codebooks(self) -> None:
+        """Every 4-feature sub-quantizer's 16 centroids become the 16 sign patterns (scaled to unit length at
+        ``dim``): the nearest pattern to a chunk is its sign pattern, so the codes are the sign bits, and the
+        lookup tables give ``q . sign(x) / sqrt(dim)``."""
+        pq = self.faiss.downcast_index(self.index).pq
+        patterns = ((np.arange(16)[:, None] >> np.arange(4)) & 1) * 2.0 - 1.0  # (16, 4), +-1
+        centroids = np.tile(patterns, (pq.M, 1)) / np.sqrt(self.dim)
+        self.faiss.copy_array_to_vector(np.ascontiguousarray(centroids, np.float32).ravel(), pq.centroids)
 
     @property
     def _faiss_metric(self):

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from ..nesting import as_int
-from .codes import PRECISIONS, STRUCTURES
+from .codes import FAST_SCAN, PRECISIONS, STRUCTURES
 
 
 def structure_label(structure: str, cluster_dim: int | None = None, hnsw_m: int | None = None) -> str:
@@ -33,7 +33,8 @@ class SearchPlan:
         dim: prefix size the shortlist is computed at (a multiple of 8 for ``precision="binary"``).
         precision: ``"float32"``, ``"float16"``, ``"int8"`` / ``"int4"`` (per-dimension calibrated ranges),
             ``"pq4"`` (4-bit product quantisation of each pair of features, SIMD fast-scan; flat or IVF, even
-            ``dim``) or ``"binary"`` (sign bits, Hamming distance).
+            ``dim``), ``"binary"`` (sign bits, Hamming distance) or ``"binary-asymmetric"`` (the same bits scored
+            with the float query; flat or IVF).
         structure: ``"flat"`` (scan every code), ``"hnsw"`` (graph, ``ef_search``) or ``"ivf"`` (inverted
             lists, ``nprobe``).
         candidates: shortlist length re-ranked at the full dim (at least ``top_k``).
@@ -60,20 +61,21 @@ class SearchPlan:
             raise ValueError(f"SearchPlan.precision={self.precision!r} is not supported; choose one of {PRECISIONS}.")
         if self.structure not in STRUCTURES:
             raise ValueError(f"SearchPlan.structure={self.structure!r} is not supported; choose one of {STRUCTURES}.")
-        if self.precision == "binary" and self.dim % 8:
-            raise ValueError(f"SearchPlan(dim={self.dim}, precision='binary'): binary codes pack 8 sign bits per "
-                             f"byte, so dim must be a multiple of 8; use dim={max(8, self.dim // 8 * 8)}.")
-        if self.precision == "pq4":
-            if self.dim % 2:
-                raise ValueError(f"SearchPlan(dim={self.dim}, precision='pq4'): pq4 codes each pair of features as "
-                                 f"one 4-bit code, so dim must be even; use dim={self.dim - 1 or 2}.")
+        if self.precision.startswith("binary") and self.dim % 8:
+            raise ValueError(f"SearchPlan(dim={self.dim}, precision={self.precision!r}): binary codes pack 8 sign "
+                             f"bits per byte, so dim must be a multiple of 8; use dim={max(8, self.dim // 8 * 8)}.")
+        if self.precision == "pq4" and self.dim % 2:
+            raise ValueError(f"SearchPlan(dim={self.dim}, precision='pq4'): pq4 codes each pair of features as "
+                             f"one 4-bit code, so dim must be even; use dim={self.dim - 1 or 2}.")
+        if self.precision in FAST_SCAN:
+            graph = {"pq4": "precision='int4'", "binary-asymmetric": "precision='binary' (Hamming)"}[self.precision]
             if self.structure == "hnsw":
-                raise ValueError("SearchPlan(precision='pq4', structure='hnsw'): pq4 codes are scanned with FAISS's "
-                                 "fast-scan, which has no graph; use structure='ivf' (or 'flat'), or "
-                                 "precision='int4' for a graph.")
+                raise ValueError(f"SearchPlan(precision={self.precision!r}, structure='hnsw'): these codes are scanned "
+                                 f"with FAISS's fast-scan, which has no graph; use structure='ivf' (or 'flat'), or "
+                                 f"{graph} for a graph.")
             if self.cluster_dim is not None:
-                raise ValueError(f"SearchPlan(precision='pq4', cluster_dim={self.cluster_dim}): AdANNS-IVF lists "
-                                 "hold scalar or binary codes; use cluster_dim=None with pq4, or precision='int4'.")
+                raise ValueError(f"SearchPlan(precision={self.precision!r}, cluster_dim={self.cluster_dim}): AdANNS-"
+                                 f"IVF lists hold scalar or Hamming codes; use cluster_dim=None, or {graph}.")
         for name in ("ef_search", "nprobe", "cluster_dim"):
             if getattr(self, name) is not None:
                 as_int(getattr(self, name), f"SearchPlan.{name}", minimum=1)
@@ -136,7 +138,7 @@ def check_plan(plan, index_dim: int, metric: str, top_k: int) -> SearchPlan:
     if plan.candidates < top_k:
         raise ValueError(f"{plan} keeps {plan.candidates} candidates, fewer than top_k={top_k}; raise candidates "
                          "or lower top_k.")
-    if plan.precision == "binary" and metric == "l2":
+    if plan.precision.startswith("binary") and metric == "l2":
         raise ValueError("binary (sign-bit) codes rank by angle and do not fit metric='l2'; use precision 'int8', "
                          "'float16' or 'float32', or an index with metric='cosine'.")
     return plan

@@ -56,6 +56,10 @@ def check_exportable(plan: SearchPlan) -> None:
         raise ValueError(f"{plan.describe()}: Qdrant's product quantization has no 4-bit fast-scan codes of feature "
                          "pairs (its codes and scores are not these); export the plan with precision='int8' or "
                          "'binary' (e.g. dataclasses.replace(plan, precision='int8', structure='hnsw')).")
+    if plan.precision == "binary-asymmetric":
+        raise ValueError(f"{plan.describe()}: the export keeps Qdrant's binary quantization as Qdrant scores it; "
+                         "export the plan with precision='binary' (e.g. dataclasses.replace(plan, "
+                         "precision='binary', structure='hnsw')).")
     if plan.structure == "ivf":
         fix = "structure='hnsw'" if plan.cluster_dim is None else "structure='hnsw', cluster_dim=None"
         raise ValueError(f"{plan.describe()}: Qdrant has no IVF structure; export the plan with structure='hnsw' "

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from ..evaluation import top_k_overlap
 from ..nesting import as_int
-from .codes import BYTES_PER_DIM, PRECISIONS, STRUCTURES
+from .codes import BYTES_PER_DIM, FAST_SCAN, PRECISIONS, STRUCTURES
 from .plan import SearchPlan
 
 OBJECTIVES = ("ram", "latency")
@@ -124,8 +124,8 @@ def _grid(index, dims, precisions, structures, cluster_dims, hnsw_ms) -> list[tu
     hnsw_ms = sorted({own_m if m is None else as_int(m, "hnsw_m entry", minimum=2) for m in hnsw_ms})
     keys = [(d, p, s, c, m) for d in dims for p in precisions for s in structures
             for c in (cluster_dims if s == "ivf" else [None]) for m in (hnsw_ms if s == "hnsw" else [None])
-            if not (p == "binary" and (d % 8 or index.metric == "l2"))
-            and not (p == "pq4" and (d % 2 or s == "hnsw" or c is not None))
+            if not (p.startswith("binary") and (d % 8 or index.metric == "l2"))
+            and not (p == "pq4" and d % 2) and not (p in FAST_SCAN and (s == "hnsw" or c is not None))
             and (c is None or (c < d and not (p == "binary" and c % 8)))]
     return sorted(keys, key=lambda k: (k[0] * BYTES_PER_DIM[k[1]], STRUCTURES.index(k[2]), k[3] or 0, k[4] or 0))
 
