@@ -166,6 +166,7 @@ def main():
     args = parser.parse_args()
     precisions = ["float32", *args.qat.split(",")]
     train_pairs, test_pairs = split_pairs(load_chatterbot_pairs(), seed=0)
+    texts = sorted({p[k] for p in train_pairs for k in ("anchor", "positive")})  # for the post-hoc maps
     print(f"chatterbot-corpus: {len(train_pairs)} training pairs, {len(test_pairs)} held-out pairs; "
           f"nesting_list={NESTING}; QAT precisions={precisions}, quantization_weight={args.quantization_weight}, "
           f"surrogate={args.surrogate}; torch threads={torch.get_num_threads()}", flush=True)
@@ -179,14 +180,11 @@ def main():
             runs[name] = {"timing": timing, "metrics": evaluate(model, test_pairs)}
             print(f"seed {seed} {name}: {timing['steps']} steps in {timing['train_s']:.0f} s "
                   f"(median step {timing['median_step_s']:.2f} s)", flush=True)
-            if surrogate == "ste-centred":  # served with the centring it was trained for
-                texts = sorted({p[k] for p in train_pairs for k in ("anchor", "positive")})
+            if surrogate == "ste-centred" or (args.post_hoc and prec is None):  # centring fitted on the
+                # training texts' vectors (no labels); a ste-centred run is served with the centring it trained for
                 centred = attach_adaptor(copy.deepcopy(model), mean_centering(embed(model, texts), NESTING))
-                runs[name + " + mean_centering"] = {"metrics": evaluate(centred, test_pairs)}
-            if args.post_hoc and prec is None:  # fitted on the training texts' vectors, no labels
-                texts = sorted({p[k] for p in train_pairs for k in ("anchor", "positive")})
-                centred = attach_adaptor(copy.deepcopy(model), mean_centering(embed(model, texts), NESTING))
-                runs["float-only + mean_centering"] = {"metrics": evaluate(centred, test_pairs)}
+                runs[f"{name} + mean_centering"] = {"metrics": evaluate(centred, test_pairs)}
+            if args.post_hoc and prec is None:
                 rotation = block_itq_rotation(embed(centred, texts))
                 runs["float-only + mean_centering + block ITQ"] = {
                     "metrics": evaluate(centred, test_pairs, lambda x: x @ rotation)}

@@ -53,7 +53,8 @@ _ADD_ROWS = 131072
 def _factory_string(precision: str, structure: str, hnsw_m: int, nlist: int, dim: int) -> str:
     if precision == "binary":
         return {"flat": "BFlat", "hnsw": f"BHNSW{hnsw_m}", "ivf": f"BIVF{nlist}"}[structure]
-    codes = {"pq4": f"PQ{dim // 2}x4fs", "binary-asymmetric": f"PQ{dim // 4}x4fs"}.get(precision) or _SQ_NAME[precision]
+    fast_scan = {"pq4": f"PQ{dim // 2}x4fs", "binary-asymmetric": f"PQ{dim // 4}x4fs"}
+    codes = fast_scan.get(precision) or _SQ_NAME[precision]
     if structure == "flat":
         return codes
     if structure == "hnsw":

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 from ..evaluation import top_k_overlap
 from ..nesting import as_int
-from .codes import BYTES_PER_DIM, FAST_SCAN, PRECISIONS, STRUCTURES
-from .plan import SearchPlan
+from .codes import BYTES_PER_DIM, PRECISIONS, STRUCTURES
+from .plan import SearchPlan, check_plan
 
 OBJECTIVES = ("ram", "latency")
 DEFAULT_CANDIDATES = (20, 50, 100, 200, 500, 1000)
@@ -108,6 +108,16 @@ def default_dims(dim: int) -> list[int]:
     return dims + [dim]
 
 
+def _valid_plan(index, dim: int, precision: str, structure: str, cluster_dim: int | None) -> bool:
+    """Whether a plan of these codes exists for ``index`` (the grid skips the ones SearchPlan / check_plan refuse,
+    e.g. binary at a dim that is not a multiple of 8, fast-scan codes in a graph)."""
+    try:
+        check_plan(SearchPlan(dim, precision, structure, 1, cluster_dim=cluster_dim), index.dim, index.metric, 1)
+    except ValueError:
+        return False
+    return True
+
+
 def _grid(index, dims, precisions, structures, cluster_dims, hnsw_ms) -> list[tuple]:
     dims = default_dims(index.dim) if dims is None else [as_int(d, "dims entry", minimum=1) for d in dims]
     for d in dims:
@@ -124,9 +134,7 @@ def _grid(index, dims, precisions, structures, cluster_dims, hnsw_ms) -> list[tu
     hnsw_ms = sorted({own_m if m is None else as_int(m, "hnsw_m entry", minimum=2) for m in hnsw_ms})
     keys = [(d, p, s, c, m) for d in dims for p in precisions for s in structures
             for c in (cluster_dims if s == "ivf" else [None]) for m in (hnsw_ms if s == "hnsw" else [None])
-            if not (p.startswith("binary") and (d % 8 or index.metric == "l2"))
-            and not (p == "pq4" and d % 2) and not (p in FAST_SCAN and (s == "hnsw" or c is not None))
-            and (c is None or (c < d and not (p == "binary" and c % 8)))]
+            if _valid_plan(index, d, p, s, c)]
     return sorted(keys, key=lambda k: (k[0] * BYTES_PER_DIM[k[1]], STRUCTURES.index(k[2]), k[3] or 0, k[4] or 0))
 
 
