@@ -18,7 +18,9 @@ cosine norms precomputed), so recall@10 and ms/query are comparable with ``bench
   ``hnsw16-int4@144`` and ``hnsw12-int4@192`` (int4 codes of shorter prefixes);
 - inverted lists over 4-bit product-quantised codes scanned with SIMD fast-scan (``IVF<nlist>,PQ<m>x4fs``: what
   ``SearchPlan(dim, "pq4", "ivf")`` builds when ``m = dim / 2``), e.g. ``ivf512-pq192fs@384``, ``ivf1024-pq96fs@384``
-  and a flat ``pq192fs@384``; here the efSearch grid is the number of lists probed (``nprobe``).
+  and a flat ``pq192fs@384``; here the efSearch grid is the number of lists probed (``nprobe``);
+- ``ivf512-flat@384`` (``IVF512,Flat``): the same lists holding the float32 vectors, so its recall is what probing
+  alone loses, with no code error.
 
 RAM counts the structure's serialised size plus the 4-byte cosine norm per vector, as ``plan_memory`` does.
 
@@ -67,6 +69,7 @@ STRUCTURES = {  # name: (prefix dim, FAISS factory string, graph built on the fl
     "ivf1024-pq128fs@384": (384, "IVF1024,PQ128x4fs", False),
     "ivf1024-pq128fs@256": (256, "IVF1024,PQ128x4fs", False),
     "pq192fs@384": (384, "PQ192x4fs", False),
+    "ivf512-flat@384": (384, "IVF512,Flat", False),  # exact scores in the probed lists: what probing alone loses
 }
 
 

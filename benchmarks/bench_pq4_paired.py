@@ -9,9 +9,11 @@ per-pair ratios, with its quartiles.
 Data: the 185,365 MRL fine-tuned MiniLM passages and 1,000 held-out queries of ``bench_quantized.py --data passages``
 (read from its cache). Baseline: raw FAISS ``IndexHNSWFlat(384, 32)``, efConstruction 200, at the smallest efSearch
 whose recall@10 reaches 0.99. Plans: ``MatryoshkaIndex(..., nlist=512)`` loaded with ``mmap=True`` (full vectors on
-disk), ``SearchPlan(384, "pq4", "ivf", candidates, nprobe=...)``; RAM as ``plan_memory`` counts it.
+disk), ``SearchPlan(384, "pq4", "ivf", candidates, nprobe=...)``, with ``--spill`` each vector in two lists
+(``spill=True``); RAM as ``plan_memory`` counts it.
 
     python benchmarks/bench_pq4_paired.py [--nprobe 80,96,112] [--candidates 50] [--repeats 15]   # ~4 min
+    python benchmarks/bench_pq4_paired.py --spill --nprobe 24,32,40
 
 Not run by CI.
 """
@@ -43,6 +45,7 @@ def main():
     ap.add_argument("--nprobe", default="80,96,112")
     ap.add_argument("--candidates", default="50")
     ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--spill", action="store_true", help="plans store each vector in two IVF lists (spill=True)")
     args = ap.parse_args()
     import faiss
 
@@ -75,7 +78,7 @@ def main():
         rows = []
         for nprobe in [int(p) for p in args.nprobe.split(",")]:
             for cand in [int(c) for c in args.candidates.split(",")]:
-                plan = SearchPlan(db.shape[1], "pq4", "ivf", cand, nprobe=nprobe)
+                plan = SearchPlan(db.shape[1], "pq4", "ivf", cand, nprobe=nprobe, spill=args.spill)
                 result = index.search_plan(queries, 10, plan)  # builds the codes on first use
                 recall = top_k_overlap(result.ids, exact, 10)
                 ram = index.plan_memory(plan)["ram"]

@@ -165,6 +165,8 @@ def main():
                     help="efSearch of the plans' HNSW graphs tried ('none' = the candidate count)")
     ap.add_argument("--cluster-dims", default="none,32",
                     help="IVF cluster dims tried ('none' = plain IVF; others give AdANNS-IVF, SearchPlan.cluster_dim)")
+    ap.add_argument("--spill", action="store_true",
+                    help="also try every plain IVF structure with each vector in two lists (SearchPlan.spill)")
     args = ap.parse_args()
     import faiss
 
@@ -208,7 +210,8 @@ def main():
                     hnsw_m=[int(m) for m in args.code_hnsw_m.split(",")],
                     candidates=[int(c) for c in args.candidates.split(",")],
                     ef_search=[None if e == "none" else int(e) for e in args.ef_search.split(",")],
-                    nprobe=[int(x) for x in args.nprobe.split(",")], repeats=2)
+                    nprobe=[int(x) for x in args.nprobe.split(",")], spill=(False, True) if args.spill else (False,),
+                    repeats=2)
         print(f"\ngrid: {grid}, plan graphs built with efConstruction={args.code_ef_construction}")
         start = time.perf_counter()
         results = {}

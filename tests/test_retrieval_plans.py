@@ -146,7 +146,7 @@ def test_a_plan_sets_its_own_graph_size(data, tmp_path):
     db, queries = data
     index = MatryoshkaIndex(db[:2000], metric="cosine")  # hnsw_m=32 by default
     small, default = SearchPlan(64, "int8", "hnsw", 50, hnsw_m=8), SearchPlan(64, "int8", "hnsw", 50)
-    assert index.code_key(small) == (64, "int8", "hnsw", None, 8)
+    assert index.code_key(small) == (64, "int8", "hnsw", None, 8, False)
     assert index.code_key(default) == index.code_key(SearchPlan(64, "int8", "hnsw", 50, hnsw_m=32))
     assert index.plan_memory(small)["codes"] < index.plan_memory(default)["codes"] - 150  # 16 vs 64 links at level 0
     assert small.describe() == "int8@64 hnsw M=8 -> 50 -> float32@full"
@@ -218,10 +218,12 @@ def test_tuner_keeps_to_a_ram_budget(data):
                         precisions=["binary", "int8"], structures=["flat", "hnsw"], candidates=[20, 100, 400],
                         max_ram_bytes_per_vector=40)
     assert result.reports and all(r.ram_bytes_per_vector <= 40 for r in result.reports)
-    assert {(d, "binary", "flat", None, None) for d in (32, 64, 128)} <= {index.code_key(r.plan) for r in result.reports}
-    assert (64, "int8", "flat", None, None) in result.over_budget  # 64 B of codes: refused before building
-    assert (64, "int8", "flat", None, None) not in index._codes
-    assert (32, "binary", "hnsw", None, 32) in result.over_budget  # 4 B of codes, but the graph's links exceed 40 B
+    tried = {index.code_key(r.plan) for r in result.reports}
+    assert {(d, "binary", "flat", None, None, False) for d in (32, 64, 128)} <= tried
+    assert (64, "int8", "flat", None, None, False) in result.over_budget  # 64 B of codes: refused before building
+    assert (64, "int8", "flat", None, None, False) not in index._codes
+    # 4 B of codes, but the graph's links exceed 40 B:
+    assert (32, "binary", "hnsw", None, 32, False) in result.over_budget
     assert "over the RAM budget, not searched" in str(result)
     assert result.chosen.ms_per_query == min(r.ms_per_query for r in result.reports if r.meets_target)
     with pytest.raises(ValueError, match=r"max_ram_bytes_per_vector=0 must be a number of bytes > 0"):
@@ -340,6 +342,6 @@ def test_indexes_saved_before_per_plan_graphs_still_load(data, tmp_path):
     del config["saved_norms"]
     config_file.write_text(json.dumps(config))
     loaded = MatryoshkaIndex.load(tmp_path / "ix")
-    assert set(loaded._codes) == {(64, "binary", "hnsw", None, 32), (64, "int8", "ivf", 16, None)}
+    assert set(loaded._codes) == {(64, "binary", "hnsw", None, 32, False), (64, "int8", "ivf", 16, None, False)}
     for plan, ids in zip(plans, before):
         np.testing.assert_array_equal(loaded.search_plan(queries, 10, plan).ids, ids)

@@ -23,6 +23,12 @@ then quantised:
   the exact ones, the re-rank restores them). Flat or IVF (lists of the codes themselves, not residuals).
   ``dim`` must be a multiple of 8.
 
+Spilled IVF (``spill``): every vector's code is stored in two lists: its nearest centroid's and the one that
+minimises SOAR's spilled-assignment loss (Sun et al., NeurIPS 2023, lambda 1: ``|x - c|^2`` plus the square of the new
+residual's component along the first residual), so the second list covers the direction the first one errs in. The
+codes are of the vectors themselves (not residuals), so the same code serves both lists. A search asks FAISS for
+twice the candidates and keeps each id once.
+
 The codes are what a plan keeps in RAM; the full float32 vectors are read only to re-rank the candidates.
 
 AdANNS-IVF (``cluster_dim``): k-means runs on the normalised ``cluster_dim``-prefixes, and queries are routed to
@@ -48,6 +54,9 @@ STRUCTURES = ("flat", "hnsw", "ivf")
 _SQ_NAME = {"float32": "Flat", "float16": "SQfp16", "int8": "SQ8", "int4": "SQ4"}
 _TRAIN_ROWS = 65536  # rows sampled to calibrate int8 ranges / train IVF centroids
 _ADD_ROWS = 131072
+_SPILL_CHOICES = 8  # nearest lists considered for a vector's second list
+_SPILL_LAMBDA = 1.0  # SOAR's weight on the second residual's component along the first
+_FAR = 1e9  # a coordinate no real vector comes near (see _add_spilled)
 
 
 def _factory_string(precision: str, structure: str, hnsw_m: int, nlist: int, dim: int) -> str:
@@ -71,10 +80,11 @@ class CodeLevel:
     """The database's ``dim``-prefixes, coded at ``precision`` and held in a FAISS ``structure``."""
 
     def __init__(self, dim: int, precision: str, structure: str, metric: str, hnsw_m: int = 32,
-                 nlist: int | None = None, index=None, cluster_dim: int | None = None, ef_construction: int = 40):
+                 nlist: int | None = None, index=None, cluster_dim: int | None = None, ef_construction: int = 40,
+                 spill: bool = False):
         self.faiss = import_faiss()
         self.dim, self.precision, self.structure, self.metric = dim, precision, structure, metric
-        self.hnsw_m, self.nlist, self.cluster_dim = hnsw_m, nlist, cluster_dim
+        self.hnsw_m, self.nlist, self.cluster_dim, self.spill = hnsw_m, nlist, cluster_dim, spill
         self.ef_construction = ef_construction
         self.index = index
         self._router = None
@@ -111,8 +121,8 @@ class CodeLevel:
             if self.structure == "hnsw":
                 hnsw = self.index if self.binary else f.downcast_index(self.index)
                 hnsw.hnsw.efConstruction = self.ef_construction
-        if self.precision == "binary-asymmetric" and self.structure == "ivf":
-            f.extract_index_ivf(self.index).by_residual = False  # the lists hold the vectors' own sign bits
+        if self.structure == "ivf" and (self.precision == "binary-asymmetric" or self.spill):
+            f.extract_index_ivf(self.index).by_residual = False  # the lists hold the vectors' own codes
         if not self.index.is_trained:
             self.index.train(self._encode(database[rows]))
         if self.precision == "binary-asymmetric":
@@ -176,12 +186,54 @@ class CodeLevel:
 
     def add(self, x: np.ndarray) -> None:
         for s in range(0, x.shape[0], _ADD_ROWS):
-            self.index.add(self._encode(x[s:s + _ADD_ROWS]))
+            if self.spill:
+                self._add_spilled(self._encode(x[s:s + _ADD_ROWS]))
+            else:
+                self.index.add(self._encode(x[s:s + _ADD_ROWS]))
         self._nbytes = None
+
+    def _add_spilled(self, x: np.ndarray) -> None:
+        """Add the (encoded) rows ``x`` to their nearest list and to their SOAR second list."""
+        f, ivf = self.faiss, self.faiss.extract_index_ivf(self.index)
+        first_id = self.ntotal
+        choices = min(_SPILL_CHOICES, ivf.nlist)
+        _, near = ivf.quantizer.search(x, choices)
+        centroids = ivf.quantizer.reconstruct_n(0, ivf.nlist)
+        residual = x - centroids[near[:, 0]]
+        residual_sq = np.maximum(np.einsum("nd,nd->n", residual, residual), 1e-12)
+        second, best = near[:, min(1, choices - 1)].copy(), np.full(len(x), np.inf)
+        for j in range(1, choices):
+            other = x - centroids[near[:, j]]
+            loss = (np.einsum("nd,nd->n", other, other)
+                    + _SPILL_LAMBDA * np.einsum("nd,nd->n", residual, other) ** 2 / residual_sq)
+            better = loss < best
+            best[better], second[better] = loss[better], near[better, j]
+        lists = np.concatenate([near[:, 0], second])  # with one list only, both copies land in it
+        rows = np.tile(np.arange(len(x)), 2)
+        ids = first_id + rows.astype(np.int64)
+        # FAISS's IVF add_core / add_sa_codes corrupt memory for fast-scan lists here (faiss 1.15), so each list's
+        # rows go through the ordinary add_with_ids with a stand-in quantizer that puts every row in that list: an
+        # L2 index whose entries are all far away except the list's own, at the origin.
+        real_quantizer = ivf.quantizer
+        stand_in = f.IndexFlatL2(ivf.d)
+        stand_in.add(np.full((ivf.nlist, ivf.d), _FAR, np.float32))
+        entries = f.rev_swig_ptr(stand_in.get_xb(), ivf.nlist * ivf.d).reshape(ivf.nlist, ivf.d)
+        order = np.argsort(lists, kind="stable")
+        bounds = np.searchsorted(lists[order], np.arange(ivf.nlist + 1))
+        try:
+            ivf.quantizer = stand_in
+            for j in np.flatnonzero(np.diff(bounds)):
+                members = order[bounds[j]:bounds[j + 1]]
+                entries[j] = 0.0
+                self.index.add_with_ids(np.ascontiguousarray(x[rows[members]]), ids[members])
+                entries[j] = _FAR
+        finally:
+            ivf.quantizer = real_quantizer
 
     @property
     def ntotal(self) -> int:
-        return int(self.index.ntotal)
+        """Vectors held (each spilled vector counts once)."""
+        return int(self.index.ntotal) // (2 if self.spill else 1)
 
     @property
     def nbytes(self) -> int:
@@ -208,7 +260,11 @@ class CodeLevel:
             ivf = self.index if self.binary else f.extract_index_ivf(self.index)
             ivf.nprobe = min(nprobe, ivf.nlist)
             routing = ivf.nlist * (self.cluster_dim or self.dim) / self.dim  # centroids, in dim-sized dot products
-            scored = min(1.0, ivf.nprobe / ivf.nlist) * n + routing  # expected list sizes, plus routing
+            listed = 2 * n if self.spill else n  # a spilled vector sits in two lists
+            scored = min(1.0, ivf.nprobe / ivf.nlist) * listed + routing  # expected list sizes, plus routing
+        if self.spill:
+            _, ids = self.index.search(self._encode(queries), min(2 * k, 2 * n))
+            return first_occurrences(ids.astype(np.int64, copy=False), k), scored
         if self.cluster_dim is not None:
             lists = self._route(queries, ivf.nprobe)
             dummy = np.zeros(lists.shape, np.int32 if self.binary else np.float32)
@@ -224,7 +280,20 @@ class CodeLevel:
 
     @classmethod
     def load(cls, path: str, dim: int, precision: str, structure: str, metric: str,
-             cluster_dim: int | None = None) -> "CodeLevel":
+             cluster_dim: int | None = None, spill: bool = False) -> "CodeLevel":
         f = import_faiss()
         index = f.read_index_binary(path) if precision == "binary" else f.read_index(path)
-        return cls(dim, precision, structure, metric, index=index, cluster_dim=cluster_dim)
+        return cls(dim, precision, structure, metric, index=index, cluster_dim=cluster_dim, spill=spill)
+
+
+def first_occurrences(ids: np.ndarray, k: int) -> np.ndarray:
+    """The first ``k`` distinct ids of each row, in row order (-1 = empty, kept last; padded with -1)."""
+    by_id = np.argsort(ids, axis=1, kind="stable")
+    sorted_ids = np.take_along_axis(ids, by_id, 1)
+    repeat = np.zeros_like(sorted_ids, dtype=bool)
+    repeat[:, 1:] = sorted_ids[:, 1:] == sorted_ids[:, :-1]
+    drop = np.empty_like(repeat)
+    np.put_along_axis(drop, by_id, repeat | (sorted_ids < 0), 1)
+    keep = np.argsort(drop, axis=1, kind="stable")[:, :k]  # kept slots first, each group in row order
+    out = np.where(np.take_along_axis(drop, keep, 1), -1, np.take_along_axis(ids, keep, 1))
+    return np.pad(out, ((0, 0), (0, k - out.shape[1])), constant_values=-1) if out.shape[1] < k else out

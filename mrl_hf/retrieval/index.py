@@ -59,24 +59,24 @@ def _read_config(config_file: Path) -> dict:
 
 
 def _sorted_codes(codes: dict):
-    return sorted(codes.items(), key=lambda item: (*item[0][:3], item[0][3] or 0, item[0][4] or 0))
+    return sorted(codes.items(), key=lambda item: (*item[0][:3], item[0][3] or 0, item[0][4] or 0, item[0][5]))
 
 
 def _code_file(key, index_hnsw_m: int) -> str:
-    """``codes_<dim>_<precision>_<structure>[_c<cluster_dim>][_m<hnsw_m>].faiss``; ``_m`` only where the graph's
-    links differ from the index's ``hnsw_m`` (so folders saved before per-plan graphs keep their names)."""
-    d, precision, structure, cluster_dim, m = key
+    """``codes_<dim>_<precision>_<structure>[_c<cluster_dim>][_m<hnsw_m>][_spill].faiss``; ``_m`` only where the
+    graph's links differ from the index's ``hnsw_m`` (so folders saved before per-plan graphs keep their names)."""
+    d, precision, structure, cluster_dim, m, spill = key
     return (f"codes_{d}_{precision}_{structure}{'' if cluster_dim is None else f'_c{cluster_dim}'}"
-            f"{'' if m in (None, index_hnsw_m) else f'_m{m}'}.faiss")
+            f"{'' if m in (None, index_hnsw_m) else f'_m{m}'}{'_spill' if spill else ''}.faiss")
 
 
 def _saved_code_key(saved: list, index_hnsw_m: int) -> tuple:
     """A ``saved_codes`` entry as a code key: [dim, precision, structure] (before AdANNS), + cluster_dim (before
-    per-plan graphs), + hnsw_m."""
-    d, precision, structure, cluster_dim, m = (*saved, None, None)[:5]
+    per-plan graphs), + hnsw_m (before spilled IVF), + spill."""
+    d, precision, structure, cluster_dim, m, spill = (*saved, None, None, False)[:6]
     if structure == "hnsw" and m is None:
         m = index_hnsw_m
-    return (d, precision, structure, cluster_dim, m)
+    return (d, precision, structure, cluster_dim, m, bool(spill))
 
 
 def default_funnel_steps(dim: int, top_k: int = 10) -> list[tuple[int, int]]:
@@ -194,7 +194,7 @@ class MatryoshkaIndex:
             out[f"{level.index_type}@{level.dim}"] = int(level.nbytes)
         for key, level in _sorted_codes(self._codes):
             m = None if key[4] in (None, self._build_params["hnsw_m"]) else key[4]
-            out[f"{structure_label(key[2], key[3], m)}-{key[1]}@{key[0]}"] = level.nbytes
+            out[f"{structure_label(key[2], key[3], m, key[5])}-{key[1]}@{key[0]}"] = level.nbytes
         if self._norms:
             out["rerank_norms"] = sum(int(v.nbytes) for v in self._norms.values())
         out["total"] = sum(out.values())
@@ -381,7 +381,7 @@ class MatryoshkaIndex:
         return SearchResult(np.ascontiguousarray(scores[:, :top_k]), np.ascontiguousarray(ids[:, :top_k]), cost)
 
     # -- search plans (codes in RAM, float32 re-rank) -------------------------------------------------
-    def code_key(self, plan: SearchPlan) -> tuple[int, str, str, int | None, int | None]:
+    def code_key(self, plan: SearchPlan) -> tuple[int, str, str, int | None, int | None, bool]:
         """The key of ``plan``'s codes in this index (its ``hnsw_m`` resolved against the index's)."""
         return plan.code_key(self._build_params["hnsw_m"])
 
@@ -394,7 +394,7 @@ class MatryoshkaIndex:
                                          hnsw_m=key[4] or self._build_params["hnsw_m"],
                                          ef_construction=self._build_params["ef_construction"],
                                          nlist=self._build_params["nlist"],
-                                         cluster_dim=plan.cluster_dim).build(self._db)
+                                         cluster_dim=plan.cluster_dim, spill=plan.spill).build(self._db)
         return self._codes[key]
 
     def search_plan(self, queries, top_k: int, plan=None) -> SearchResult:
@@ -452,8 +452,8 @@ class MatryoshkaIndex:
 
         Stores the embeddings (``embeddings.npy``), the settings (``mrl_index.json``) and every built
         HNSW/IVF structure (``level_<dim>.faiss``); flat structures are rebuilt on demand after loading. Plan
-        codes built so far are saved too (``codes_<dim>_<precision>_<structure>[_c<cluster_dim>][_m<hnsw_m>].faiss``),
-        and so is ``self.plan``.
+        codes built so far are saved too
+        (``codes_<dim>_<precision>_<structure>[_c<cluster_dim>][_m<hnsw_m>][_spill].faiss``), and so is ``self.plan``.
         So are the cosine re-rank norms computed so far (``norms_<dim>.npy``): a memory-mapped load then reads only
         the candidates' rows, never every vector.
         """
@@ -523,7 +523,8 @@ class MatryoshkaIndex:
                 key = _saved_code_key(saved, config["hnsw_m"])
                 code_file = path / _code_file(key, config["hnsw_m"])
                 try:
-                    index._codes[key] = CodeLevel.load(str(code_file), *key[:3], index.metric, cluster_dim=key[3])
+                    index._codes[key] = CodeLevel.load(str(code_file), *key[:3], index.metric, cluster_dim=key[3],
+                                                        spill=key[5])
                 except (OSError, RuntimeError) as exc:
                     raise ValueError(f"{str(code_file)!r} cannot be read ({exc}); the saved index is damaged. "
                                      "Re-save the index.") from exc

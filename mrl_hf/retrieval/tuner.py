@@ -108,17 +108,18 @@ def default_dims(dim: int) -> list[int]:
     return dims + [dim]
 
 
-def _valid_plan(index, dim: int, precision: str, structure: str, cluster_dim: int | None) -> bool:
+def _valid_plan(index, dim: int, precision: str, structure: str, cluster_dim: int | None, spill: bool) -> bool:
     """Whether a plan of these codes exists for ``index`` (the grid skips the ones SearchPlan / check_plan refuse,
     e.g. binary at a dim that is not a multiple of 8, fast-scan codes in a graph)."""
     try:
-        check_plan(SearchPlan(dim, precision, structure, 1, cluster_dim=cluster_dim), index.dim, index.metric, 1)
+        check_plan(SearchPlan(dim, precision, structure, 1, cluster_dim=cluster_dim, spill=spill), index.dim,
+                   index.metric, 1)
     except ValueError:
         return False
     return True
 
 
-def _grid(index, dims, precisions, structures, cluster_dims, hnsw_ms) -> list[tuple]:
+def _grid(index, dims, precisions, structures, cluster_dims, hnsw_ms, spills) -> list[tuple]:
     dims = default_dims(index.dim) if dims is None else [as_int(d, "dims entry", minimum=1) for d in dims]
     for d in dims:
         if d > index.dim:
@@ -132,21 +133,28 @@ def _grid(index, dims, precisions, structures, cluster_dims, hnsw_ms) -> list[tu
     cluster_dims = [None if c is None else as_int(c, "cluster_dims entry", minimum=1) for c in cluster_dims]
     own_m = index._build_params["hnsw_m"]
     hnsw_ms = sorted({own_m if m is None else as_int(m, "hnsw_m entry", minimum=2) for m in hnsw_ms})
-    keys = [(d, p, s, c, m) for d in dims for p in precisions for s in structures
+    for v in spills:
+        if not isinstance(v, bool):
+            raise TypeError(f"spill entries must be True or False, got {v!r}; e.g. spill=(False, True).")
+    keys = [(d, p, s, c, m, v) for d in dims for p in precisions for s in structures
             for c in (cluster_dims if s == "ivf" else [None]) for m in (hnsw_ms if s == "hnsw" else [None])
-            if _valid_plan(index, d, p, s, c)]
-    return sorted(keys, key=lambda k: (k[0] * BYTES_PER_DIM[k[1]], STRUCTURES.index(k[2]), k[3] or 0, k[4] or 0))
+            for v in (sorted(set(spills)) if s == "ivf" else [False])
+            if _valid_plan(index, d, p, s, c, v)]
+    return sorted(keys, key=lambda k: (k[0] * BYTES_PER_DIM[k[1]], STRUCTURES.index(k[2]), k[3] or 0, k[4] or 0,
+                                       k[5]))
 
 
 def tune(index, queries, target_recall: float = 0.99, objective: str = "ram", top_k: int = 10, *,
          dims=None, precisions=PRECISIONS, structures=("flat", "hnsw", "ivf"), candidates=DEFAULT_CANDIDATES,
          ef_search=(None,), nprobe=(None,), cluster_dims=(None,), budget_s: float | None = None,
-         repeats: int = 1, max_ram_bytes_per_vector: float | None = None, hnsw_m=(None,)) -> TuneResult:
+         repeats: int = 1, max_ram_bytes_per_vector: float | None = None, hnsw_m=(None,),
+         spill=(False,)) -> TuneResult:
     """Measure plans over the grid ``dims x precisions x structures x (ef_search | nprobe) x candidates``.
 
     ``cluster_dims`` adds AdANNS-IVF structures: each entry smaller than a plan's dim (``None`` is plain IVF) clusters
     and routes the IVF lists at that prefix size (``SearchPlan.cluster_dim``). ``hnsw_m`` lists the graph sizes
-    (links per vector, ``SearchPlan.hnsw_m``) tried for HNSW structures; ``None`` is the index's own.
+    (links per vector, ``SearchPlan.hnsw_m``) tried for HNSW structures; ``None`` is the index's own. ``spill=(False,
+    True)`` also tries every IVF structure with each vector stored in two lists (``SearchPlan.spill``).
 
     For each code structure the candidates are tried in increasing order and stop at the first count that
     reaches ``target_recall`` (more only costs more) or that gains less than 0.001 recall over the previous
@@ -178,9 +186,10 @@ def tune(index, queries, target_recall: float = 0.99, objective: str = "ram", to
     start = time.perf_counter()
     reference = index.search(q, top_k, exact=True)
     reports, skipped, over_budget = [], [], []
-    for key in _grid(index, dims, precisions, structures, cluster_dims, hnsw_m):
-        dim, precision, structure, cluster_dim, m = key
-        structure_of = dict(cluster_dim=cluster_dim, hnsw_m=None if m == index._build_params["hnsw_m"] else m)
+    for key in _grid(index, dims, precisions, structures, cluster_dims, hnsw_m, spill):
+        dim, precision, structure, cluster_dim, m, spilled = key
+        structure_of = dict(cluster_dim=cluster_dim, hnsw_m=None if m == index._build_params["hnsw_m"] else m,
+                            spill=spilled)
         if budget_s is not None and time.perf_counter() - start > budget_s and key not in index._codes:
             skipped.append(key)
             continue
