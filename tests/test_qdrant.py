@@ -87,6 +87,8 @@ def test_bad_exports_raise_clear_errors(setup):
         export_to_qdrant(index, client, "other", [SearchPlan(64, "int8", "ivf", 50)])
     with pytest.raises(ValueError, match=r"replace\(plan, structure='hnsw', cluster_dim=None\)"):  # AdANNS-IVF
         export_to_qdrant(index, client, "other", [SearchPlan(64, "int8", "ivf", 50, cluster_dim=16)])
+    with pytest.raises(ValueError, match=r"replace\(plan, structure='hnsw', spill=False\)"):  # spilled IVF
+        export_to_qdrant(index, client, "other", [SearchPlan(64, "int8", "ivf", 50, spill=True)])
     with pytest.raises(ValueError, match=r"Qdrant has no 4-bit scalar quantization; export the plan with precision="):
         export_to_qdrant(index, client, "other", [SearchPlan(64, "int4", "hnsw", 50)])
     with pytest.raises(ValueError, match=r"Qdrant's product quantization has no 4-bit fast-scan codes"):

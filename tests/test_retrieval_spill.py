@@ -105,6 +105,12 @@ def test_tuner_tries_spilled_lists_when_asked(index, data):
     assert "ivf+spill (nprobe=4)" in str(result)
     with pytest.raises(TypeError, match=r"spill entries must be True or False, got 'yes'"):
         index.tune(data[1], dims=[D], structures=["ivf"], spill=["yes"])
+    with pytest.raises(TypeError, match=r"spill=True must list the settings to try, e.g. spill=\(False, True\)"):
+        index.tune(data[1], dims=[D], structures=["ivf"], spill=True)
+    over = index.tune(data[1], target_recall=0.2, dims=[D], precisions=["int8"], structures=["ivf"], candidates=[50],
+                      nprobe=[4], spill=(False, True), max_ram_bytes_per_vector=100)
+    assert (D, "int8", "ivf", None, None, True) in over.over_budget  # 2 x 64 B of codes: refused before building
+    assert not over.plan.spill
 
 
 def test_bad_spill_plans_raise_clear_errors():

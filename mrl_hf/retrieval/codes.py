@@ -193,7 +193,10 @@ class CodeLevel:
         self._nbytes = None
 
     def _add_spilled(self, x: np.ndarray) -> None:
-        """Add the (encoded) rows ``x`` to their nearest list and to their SOAR second list."""
+        """Add the (encoded) rows ``x`` to their nearest list and to their SOAR second list.
+
+        Not thread-safe: while it runs, the IVF's quantizer is a stand-in (a search from another thread would probe
+        the wrong lists), as FAISS's own ``add`` is not safe to run next to a search either."""
         f, ivf = self.faiss, self.faiss.extract_index_ivf(self.index)
         first_id = self.ntotal
         choices = min(_SPILL_CHOICES, ivf.nlist)

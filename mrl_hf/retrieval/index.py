@@ -154,7 +154,7 @@ class MatryoshkaIndex:
         self._levels: dict = {}
         self._exact_levels: dict = {}  # exact structures kept for exact=True when index_type is approximate
         self._norms: dict = {}  # cosine: prefix norms per re-rank dim, so re-ranking skips normalising rows
-        self._codes: dict = {}  # (dim, precision, structure) -> CodeLevel, for search_plan
+        self._codes: dict = {}  # code key (SearchPlan.code_key) -> CodeLevel, for search_plan
         self.plan: SearchPlan | None = None  # the default of search_plan; set by tune, saved with the index
 
     # -- properties ---------------------------------------------------------------------------------

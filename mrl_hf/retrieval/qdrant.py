@@ -61,7 +61,8 @@ def check_exportable(plan: SearchPlan) -> None:
                          "export the plan with precision='binary' (e.g. dataclasses.replace(plan, "
                          "precision='binary', structure='hnsw')).")
     if plan.structure == "ivf":
-        fix = "structure='hnsw'" if plan.cluster_dim is None else "structure='hnsw', cluster_dim=None"
+        fix = "structure='hnsw'" + (", cluster_dim=None" if plan.cluster_dim is not None else "") + (
+            ", spill=False" if plan.spill else "")
         raise ValueError(f"{plan.describe()}: Qdrant has no IVF structure; export the plan with structure='hnsw' "
                          f"or 'flat' (e.g. dataclasses.replace(plan, {fix})).")
 

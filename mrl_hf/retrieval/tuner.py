@@ -133,6 +133,8 @@ def _grid(index, dims, precisions, structures, cluster_dims, hnsw_ms, spills) ->
     cluster_dims = [None if c is None else as_int(c, "cluster_dims entry", minimum=1) for c in cluster_dims]
     own_m = index._build_params["hnsw_m"]
     hnsw_ms = sorted({own_m if m is None else as_int(m, "hnsw_m entry", minimum=2) for m in hnsw_ms})
+    if isinstance(spills, bool):
+        raise TypeError(f"spill={spills!r} must list the settings to try, e.g. spill=(False, True).")
     for v in spills:
         if not isinstance(v, bool):
             raise TypeError(f"spill entries must be True or False, got {v!r}; e.g. spill=(False, True).")
@@ -194,7 +196,7 @@ def tune(index, queries, target_recall: float = 0.99, objective: str = "ram", to
             skipped.append(key)
             continue
         if max_ram_bytes_per_vector is not None and (
-                dim * BYTES_PER_DIM[precision] > max_ram_bytes_per_vector  # the codes alone, before building
+                (2 if spilled else 1) * dim * BYTES_PER_DIM[precision] > max_ram_bytes_per_vector  # codes alone
                 or index.plan_memory(SearchPlan(dim, precision, structure, top_k, **structure_of))["ram"]
                 > max_ram_bytes_per_vector):
             over_budget.append(key)
