@@ -113,7 +113,9 @@ class MatryoshkaAdaptor(nn.Module):
 
         ``pairs=(queries, positives)``: embeddings of a few labelled (query, relevant text) pairs, row i with row i.
         Each step then also adds ``pair_weight`` times the nested InfoNCE of the adapted pairs (in-batch negatives,
-        ``pair_temperature``), the Matryoshka-Adaptor paper's supervised variant.
+        ``pair_temperature``), the Matryoshka-Adaptor paper's supervised variant. A batch never holds the same query
+        or the same positive twice (``distinct_pair_batch``): many queries of one document would otherwise be each
+        other's negatives.
 
         ``precisions`` / ``quantization_weight`` / ``binary_surrogate``: train the prefixes also as the codes they will
         be served as (``mrl_hf.quantization``; e.g. ``{"binary": [64, 128]}``), in both terms.
@@ -145,6 +147,7 @@ class MatryoshkaAdaptor(nn.Module):
                                  "number of each, at least 2.")
             if not pair_weight > 0 or not pair_temperature > 0:
                 raise ValueError(f"pair_weight={pair_weight} and pair_temperature={pair_temperature} must be > 0.")
+            pair_groups = (_row_groups(pair_q), _row_groups(pair_p))
             tools = _needs_mrl_hf("fitting an adaptor on pairs", "distillation")
             nested_contrastive_loss = tools.nested_contrastive_loss
         batch_size = min(batch_size, x.shape[0])
@@ -163,7 +166,7 @@ class MatryoshkaAdaptor(nn.Module):
                     top_k, listwise_weight, listwise_temperature, precisions, quantization_weight, binary_surrogate)
                 loss = out.loss
                 if pair_q is not None:
-                    picked = torch.randperm(pair_q.shape[0], generator=generator)[:batch_size].to(x.device)
+                    picked = distinct_pair_batch(pair_groups, batch_size, generator).to(x.device)
                     supervised = nested_contrastive_loss(self(pair_q[picked]), self(pair_p[picked]), self.nesting_list,
                                                          pair_temperature, relative_importance, precisions=precisions,
                                                          quantization_weight=quantization_weight,
@@ -241,6 +244,29 @@ class MatryoshkaAdaptor(nn.Module):
             raise ValueError(f"{weights_path} does not fit {config_path} ({exc}); the two files are from different "
                              "adaptors. Save the adaptor again.") from exc
         return adaptor.eval()
+
+
+def _row_groups(rows: torch.Tensor) -> torch.Tensor:
+    """For each row, the index of its group of identical rows."""
+    return torch.unique(rows, dim=0, return_inverse=True)[1]
+
+
+def distinct_pair_batch(groups: tuple[torch.Tensor, torch.Tensor], batch_size: int,
+                        generator: torch.Generator) -> torch.Tensor:
+    """Up to ``batch_size`` pair indices in random order, no two sharing a query group or a positive group
+    (``groups``: each pair's query and positive group ids): in-batch InfoNCE would take a copy of a pair's own
+    positive (or query) for a negative."""
+    query_groups, positive_groups = (g.tolist() for g in groups)
+    seen_q, seen_p, picked = set(), set(), []
+    for i in torch.randperm(len(query_groups), generator=generator).tolist():
+        if query_groups[i] in seen_q or positive_groups[i] in seen_p:
+            continue
+        seen_q.add(query_groups[i])
+        seen_p.add(positive_groups[i])
+        picked.append(i)
+        if len(picked) == batch_size:
+            break
+    return torch.tensor(picked)
 
 
 def _needs_mrl_hf(what: str, module: str):

@@ -180,6 +180,24 @@ def test_pairs_add_the_supervised_term_that_brings_each_pair_together():
         MatryoshkaAdaptor(32, [8, 32]).fit(corpus, epochs=1, pairs=(queries[:100], positives[:99]))
 
 
+def test_pair_batches_never_repeat_a_query_or_a_positive():
+    """Many queries of one document: a batch holding two of them would take the document (its own positive) for a
+    negative of the other. Each batch keeps one pair per query and per positive, and still fills up when it can."""
+    from mrl_hf.adaptor import distinct_pair_batch
+
+    query_groups = torch.tensor([0, 1, 2, 3, 4, 5, 6, 7, 7, 8])
+    positive_groups = torch.tensor([0, 0, 0, 1, 1, 2, 3, 4, 5, 6])  # pairs 7 and 8 share query 7
+    g = torch.Generator().manual_seed(0)
+    sizes = set()
+    for _ in range(50):
+        batch = distinct_pair_batch((query_groups, positive_groups), 16, g)
+        assert len(set(positive_groups[batch].tolist())) == len(batch)
+        assert len(set(query_groups[batch].tolist())) == len(batch)
+        sizes.add(len(batch))
+    assert sizes == {6}  # one pair of positive groups 0, 1, 2, 3, 6, and one of 4 / 5 (their query is shared)
+    assert len(distinct_pair_batch((query_groups, positive_groups), 3, g)) == 3
+
+
 def test_fit_can_train_the_prefixes_as_the_codes_they_will_be_served_as():
     x = _clustered(200)
     plain = MatryoshkaAdaptor(32, [8, 16, 32]).fit(x, epochs=3, batch_size=64)

@@ -69,6 +69,12 @@ def test_in_domain_split_keeps_every_held_out_text_out_of_training():
         for query, relevant in zip(held.queries, held.relevant):  # same answers as in the full set
             original = full.relevant[full.queries.index(query)]
             assert sorted(where[held.corpus[j]] for j in relevant) == sorted(original)
+        queries, positives = recipe.labelled_pairs(full, train_text)  # the diagnostic row's labels
+        assert queries and set(queries) <= trained and set(positives) <= trained, held.name
+        answers = {}  # a query text may occur twice (two movies' identical review snippets)
+        for query, relevant in zip(full.queries, full.relevant):
+            answers.setdefault(query, set()).update(full.corpus[j] for j in relevant)
+        assert all(positive in answers[query] for query, positive in zip(queries, positives))
 
 
 def test_partial_whitening_baseline_of_the_example():
