@@ -148,6 +148,10 @@ class MatryoshkaAdaptor(nn.Module):
             if not pair_weight > 0 or not pair_temperature > 0:
                 raise ValueError(f"pair_weight={pair_weight} and pair_temperature={pair_temperature} must be > 0.")
             pair_groups = (_row_groups(pair_q), _row_groups(pair_p))
+            distinct = [int(g.max()) + 1 for g in pair_groups]
+            if min(distinct) < 2:
+                raise ValueError(f"pairs hold {distinct[0]} distinct queries and {distinct[1]} distinct positives; the "
+                                 "supervised term contrasts each pair with other pairs, so give at least 2 of each.")
             tools = _needs_mrl_hf("fitting an adaptor on pairs", "distillation")
             nested_contrastive_loss = tools.nested_contrastive_loss
         batch_size = min(batch_size, x.shape[0])

@@ -178,6 +178,8 @@ def test_pairs_add_the_supervised_term_that_brings_each_pair_together():
         MatryoshkaAdaptor(32, [8, 32]).fit(corpus, epochs=1, pairs=queries)
     with pytest.raises(ValueError, match="100 queries and 99 positives"):
         MatryoshkaAdaptor(32, [8, 32]).fit(corpus, epochs=1, pairs=(queries[:100], positives[:99]))
+    with pytest.raises(ValueError, match="100 distinct queries and 1 distinct positives"):
+        MatryoshkaAdaptor(32, [8, 32]).fit(corpus, epochs=1, pairs=(queries[:100], positives[:1].repeat(100, 1)))
 
 
 def test_pair_batches_never_repeat_a_query_or_a_positive():
