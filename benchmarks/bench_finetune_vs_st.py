@@ -7,7 +7,9 @@ weighted 1), same seed per run. Scored at every size (each prefix L2-normalised)
 - in domain: the held-out 20% of chatterbot questions -> their answers (hit@10);
 - out of domain: rotten-tomatoes review -> plot of the same movie (2,000 reviews, 1,083 plots; hit@10), text the
   fine-tune never saw.
-Prints one table per set (mean over seeds, with the min-max spread) and the training time of each run.
+Prints one table per set (mean over seeds, with the min-max spread) and the training time of each run, then each
+mrl_hf method minus sentence-transformers per size with a 95% bootstrap interval over the queries (paired: the same
+queries and seeds on both sides), which says whether a difference is larger than the evaluation set can resolve.
 
     python benchmarks/bench_finetune_vs_st.py                          # 3 seeds, teacher weights 0 and 10
     python benchmarks/bench_finetune_vs_st.py --seeds 0 --teacher-weights 0.5,1,2
@@ -87,17 +89,41 @@ def encode(model, texts):
 
 
 def score(model, sets, mean=None):
-    """``{set name: {dim: hit@10 in %}}``; with ``mean``, the L2-normalised vectors minus ``mean`` are scored (what
-    ``mrl_hf.adaptor.mean_centering`` attached to the model gives)."""
+    """``{set name: {dim: hit@10 in %}}`` and ``{set name: {dim: (queries,) bool hit@10 per query}}``; with
+    ``mean``, the L2-normalised vectors minus ``mean`` are scored (what ``mrl_hf.adaptor.mean_centering`` attached
+    to the model gives)."""
     def embed(texts):
         x = encode(model, texts)
         return x if mean is None else x / np.linalg.norm(x, axis=1, keepdims=True) - mean
 
-    out = {}
+    out, hits = {}, {}
     for name, (queries, corpus, relevant) in sets.items():
-        metrics = pair_retrieval_metrics(embed(queries), embed(corpus), NESTING, relevant)
+        q, c = embed(queries), embed(corpus)
+        metrics = pair_retrieval_metrics(q, c, NESTING, relevant)
         out[name] = {m: 100 * metrics[m]["hit@10"] for m in NESTING}
-    return out
+        hits[name] = {m: query_hits(q[:, :m], c[:, :m], relevant) for m in NESTING}
+        # numpy's float32 products may break a near-tie the other way than torch's: one query at most
+        assert all(abs(100 * hits[name][m].mean() - out[name][m]) <= 100 / len(queries) + 1e-9 for m in NESTING)
+    return out, hits
+
+
+def query_hits(queries: np.ndarray, corpus: np.ndarray, relevant) -> np.ndarray:
+    """``(queries,)`` bool: a relevant item in the query's cosine top 10 (``pair_retrieval_metrics``' rule: ranked
+    by the number of items strictly more similar than the best relevant one)."""
+    q = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    c = corpus / np.linalg.norm(corpus, axis=1, keepdims=True)
+    sims = q @ c.T
+    best = np.array([sims[i, rel].max() for i, rel in enumerate(relevant)])
+    return (sims > best[:, None]).sum(1) < 10
+
+
+def paired_difference(ours: list[np.ndarray], theirs: list[np.ndarray], resamples: int = 2000, seed: int = 0):
+    """Mean hit@10 difference in points (``ours - theirs``, per query averaged over seeds) and its 95% bootstrap
+    interval over the queries."""
+    per_query = 100 * (np.mean(ours, axis=0).astype(float) - np.mean(theirs, axis=0).astype(float))
+    rows = np.random.default_rng(seed).integers(0, len(per_query), (resamples, len(per_query)))
+    low, high = np.percentile(per_query[rows].mean(1), [2.5, 97.5])
+    return per_query.mean(), low, high
 
 
 def main(argv=None):
@@ -124,12 +150,13 @@ def main(argv=None):
     from sentence_transformers import SentenceTransformer
 
     original = SentenceTransformer(path, device="cpu")
-    results = {"original, sliced": [score(original, sets)]}
+    results = {"original, sliced": [score(original, sets)[0]]}
+    hits = {}
     def training_mean(model):  # what mrl_hf.adaptor.mean_centering subtracts, fitted on the training texts
         return mean_centering(encode(model, training_texts)).mean.numpy()
 
     if args.mean_centering:
-        results["original + mean_centering"] = [score(original, sets, training_mean(original))]
+        results["original + mean_centering"] = [score(original, sets, training_mean(original))[0]]
     seconds = {}
     methods = [("sentence-transformers MatryoshkaLoss", None)] + [
         (f"mrl_hf MRLTrainer, teacher_weight={w:g}" + (" (all sizes)" if w and args.teacher_sizes == "all" else ""), w)
@@ -139,11 +166,15 @@ def main(argv=None):
             with tempfile.TemporaryDirectory() as tmp:
                 model, took = (st_finetune(path, train, seed, tmp) if weight is None
                                else mrl_finetune(path, train, seed, tmp, weight, args.teacher_sizes))
-            results.setdefault(name, []).append(score(model, sets))
+            scored, per_query = score(model, sets)
+            results.setdefault(name, []).append(scored)
+            hits.setdefault(name, []).append(per_query)
             seconds.setdefault(name, []).append(took)
             print(f"seed {seed} {name}: {took:.1f} s {results[name][-1]}", flush=True)
             if args.mean_centering:  # fitted on the fine-tune's own training texts, no labels
-                results.setdefault(f"{name} + mean_centering", []).append(score(model, sets, training_mean(model)))
+                scored, per_query = score(model, sets, training_mean(model))
+                results.setdefault(f"{name} + mean_centering", []).append(scored)
+                hits.setdefault(f"{name} + mean_centering", []).append(per_query)
 
     print(f"\n# all-MiniLM-L6-v2, {len(train)} chatterbot pairs, {EPOCHS:g} epoch, batch {BATCH}, lr {LR:g}, seeds "
           f"{seeds}; hit@10 (%) per size, mean over seeds [min-max]; {machine('cpu')}")
@@ -157,12 +188,25 @@ def main(argv=None):
             rows.append([method, train_s, *cells])
         print(f"\n{set_name}")
         print_table(["method", "train s", *[str(m) for m in NESTING]], rows)
-    st = np.mean(seconds[methods[0][0]])
+    peer = methods[0][0]
+    for set_name in sets:
+        rows = []
+        for method in hits:
+            if method.startswith("mrl_hf"):
+                reference = peer + (" + mean_centering" if method.endswith(" + mean_centering") else "")
+                cells = [paired_difference([run[set_name][m] for run in hits[method]],
+                                           [run[set_name][m] for run in hits[reference]]) for m in NESTING]
+                rows.append([f"{method} - {reference}", *[f"{d:+.1f} [{lo:+.1f}, {hi:+.1f}]" for d, lo, hi in cells]])
+        print(f"\n{set_name}: hit@10 difference in points, mean of seeds [95% bootstrap interval over queries]")
+        print_table(["methods", *[str(m) for m in NESTING]], rows)
+    st = np.mean(seconds[peer])
     print("\ntraining time vs sentence-transformers: " + ", ".join(
         f"{name}: {np.mean(s) / st:.2f}x" for name, s in seconds.items()))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"machine": machine("cpu"), "seeds": seeds, "results": results, "seconds": seconds}, f, indent=1)
+            json.dump({"machine": machine("cpu"), "seeds": seeds, "results": results, "seconds": seconds,
+                       "hits": {k: [{s: {m: v.tolist() for m, v in r.items()} for s, r in run.items()} for run in runs]
+                                for k, runs in hits.items()}}, f, indent=1)
 
 
 if __name__ == "__main__":
