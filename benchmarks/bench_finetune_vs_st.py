@@ -32,7 +32,7 @@ from _measure import machine, print_table  # noqa: E402
 
 from mrl_hf.adaptor import mean_centering  # noqa: E402
 from mrl_hf.data.text import load_chatterbot_pairs, load_review_to_plot  # noqa: E402
-from mrl_hf.evaluation.pairs import group_pairs, pair_retrieval_metrics  # noqa: E402
+from mrl_hf.evaluation.pairs import group_pairs, pair_query_ranks  # noqa: E402
 from mrl_hf.recipes import NESTING, packaged_minilm, split_pairs  # noqa: E402
 
 EPOCHS, BATCH, LR, WARMUP, MAX_LENGTH = 1.0, 32, 5e-5, 0.1, 32
@@ -99,22 +99,9 @@ def score(model, sets, mean=None):
     out, hits = {}, {}
     for name, (queries, corpus, relevant) in sets.items():
         q, c = embed(queries), embed(corpus)
-        metrics = pair_retrieval_metrics(q, c, NESTING, relevant)
-        out[name] = {m: 100 * metrics[m]["hit@10"] for m in NESTING}
-        hits[name] = {m: query_hits(q[:, :m], c[:, :m], relevant) for m in NESTING}
-        # numpy's float32 products may break a near-tie the other way than torch's: one query at most
-        assert all(abs(100 * hits[name][m].mean() - out[name][m]) <= 100 / len(queries) + 1e-9 for m in NESTING)
+        hits[name] = {m: (rank < 10).numpy() for m, rank in pair_query_ranks(q, c, NESTING, relevant).items()}
+        out[name] = {m: 100 * float(hit.mean()) for m, hit in hits[name].items()}
     return out, hits
-
-
-def query_hits(queries: np.ndarray, corpus: np.ndarray, relevant) -> np.ndarray:
-    """``(queries,)`` bool: a relevant item in the query's cosine top 10 (``pair_retrieval_metrics``' rule: ranked
-    by the number of items strictly more similar than the best relevant one)."""
-    q = queries / np.linalg.norm(queries, axis=1, keepdims=True)
-    c = corpus / np.linalg.norm(corpus, axis=1, keepdims=True)
-    sims = q @ c.T
-    best = np.array([sims[i, rel].max() for i, rel in enumerate(relevant)])
-    return (sims > best[:, None]).sum(1) < 10
 
 
 def paired_difference(ours: list[np.ndarray], theirs: list[np.ndarray], resamples: int = 2000, seed: int = 0):

@@ -148,7 +148,7 @@ class MatryoshkaAdaptor(nn.Module):
             if not pair_weight > 0 or not pair_temperature > 0:
                 raise ValueError(f"pair_weight={pair_weight} and pair_temperature={pair_temperature} must be > 0.")
             pair_groups = (_row_groups(pair_q), _row_groups(pair_p))
-            distinct = [int(g.max()) + 1 for g in pair_groups]
+            distinct = [max(g) + 1 for g in pair_groups]
             if min(distinct) < 2:
                 raise ValueError(f"pairs hold {distinct[0]} distinct queries and {distinct[1]} distinct positives; the "
                                  "supervised term contrasts each pair with other pairs, so give at least 2 of each.")
@@ -250,17 +250,17 @@ class MatryoshkaAdaptor(nn.Module):
         return adaptor.eval()
 
 
-def _row_groups(rows: torch.Tensor) -> torch.Tensor:
+def _row_groups(rows: torch.Tensor) -> list[int]:
     """For each row, the index of its group of identical rows."""
-    return torch.unique(rows, dim=0, return_inverse=True)[1]
+    return torch.unique(rows, dim=0, return_inverse=True)[1].tolist()
 
 
-def distinct_pair_batch(groups: tuple[torch.Tensor, torch.Tensor], batch_size: int,
+def distinct_pair_batch(groups: tuple[Sequence[int], Sequence[int]], batch_size: int,
                         generator: torch.Generator) -> torch.Tensor:
     """Up to ``batch_size`` pair indices in random order, no two sharing a query group or a positive group
     (``groups``: each pair's query and positive group ids): in-batch InfoNCE would take a copy of a pair's own
     positive (or query) for a negative."""
-    query_groups, positive_groups = (g.tolist() for g in groups)
+    query_groups, positive_groups = groups
     seen_q, seen_p, picked = set(), set(), []
     for i in torch.randperm(len(query_groups), generator=generator).tolist():
         if query_groups[i] in seen_q or positive_groups[i] in seen_p:

@@ -192,12 +192,12 @@ def test_pair_batches_never_repeat_a_query_or_a_positive():
     g = torch.Generator().manual_seed(0)
     sizes = set()
     for _ in range(50):
-        batch = distinct_pair_batch((query_groups, positive_groups), 16, g)
+        batch = distinct_pair_batch((query_groups.tolist(), positive_groups.tolist()), 16, g)
         assert len(set(positive_groups[batch].tolist())) == len(batch)
         assert len(set(query_groups[batch].tolist())) == len(batch)
         sizes.add(len(batch))
     assert sizes == {6}  # one pair of positive groups 0, 1, 2, 3, 6, and one of 4 / 5 (their query is shared)
-    assert len(distinct_pair_batch((query_groups, positive_groups), 3, g)) == 3
+    assert len(distinct_pair_batch((query_groups.tolist(), positive_groups.tolist()), 3, g)) == 3
 
 
 def test_fit_can_train_the_prefixes_as_the_codes_they_will_be_served_as():

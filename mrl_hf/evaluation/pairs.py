@@ -16,6 +16,31 @@ from ..embeddings import truncate_embeddings
 from ..nesting import validate_dim
 
 
+def pair_query_ranks(
+    query_embeddings,
+    candidate_embeddings,
+    dims: Sequence[int],
+    relevant: Sequence[int] | Sequence[Iterable[int]] | None = None,
+) -> dict[int, torch.Tensor]:
+    """``{m: (num_queries,) ranks}`` at every size ``m``: the 0-based rank of each query's best relevant candidate,
+    i.e. the number of candidates strictly more similar (``relevant`` as in ``pair_retrieval_metrics``)."""
+    q = torch.as_tensor(np.asarray(query_embeddings), dtype=torch.float32)
+    c = torch.as_tensor(np.asarray(candidate_embeddings), dtype=torch.float32)
+    if q.ndim != 2 or c.ndim != 2 or q.shape[1] != c.shape[1]:
+        raise ValueError(f"query and candidate embeddings must be 2-D with the same size, got {tuple(q.shape)} "
+                         f"and {tuple(c.shape)}.")
+    if len(q) == 0 or len(c) == 0:
+        raise ValueError("need at least one query and one candidate.")
+    relevance = _relevance_mask(relevant, len(q), len(c))
+    ranks = {}
+    for m in dims:
+        m = validate_dim(m, q.shape[1], name="dim")
+        sims = truncate_embeddings(q, m, normalize=True) @ truncate_embeddings(c, m, normalize=True).T
+        best_relevant = sims.masked_fill(~relevance, float("-inf")).max(1, keepdim=True).values
+        ranks[m] = (sims > best_relevant).sum(1)  # candidates strictly better than the best relevant one
+    return ranks
+
+
 def pair_retrieval_metrics(
     query_embeddings,
     candidate_embeddings,
@@ -28,20 +53,8 @@ def pair_retrieval_metrics(
     ``relevant[i]`` is the index (or a collection of indices) of query i's relevant candidates; default
     ``i`` (the candidates are the queries' own answers, in order). Values are fractions in [0, 1].
     """
-    q = torch.as_tensor(np.asarray(query_embeddings), dtype=torch.float32)
-    c = torch.as_tensor(np.asarray(candidate_embeddings), dtype=torch.float32)
-    if q.ndim != 2 or c.ndim != 2 or q.shape[1] != c.shape[1]:
-        raise ValueError(f"query and candidate embeddings must be 2-D with the same size, got {tuple(q.shape)} "
-                         f"and {tuple(c.shape)}.")
-    if len(q) == 0 or len(c) == 0:
-        raise ValueError("need at least one query and one candidate.")
-    relevance = _relevance_mask(relevant, len(q), len(c))
     results = {}
-    for m in dims:
-        m = validate_dim(m, q.shape[1], name="dim")
-        sims = truncate_embeddings(q, m, normalize=True) @ truncate_embeddings(c, m, normalize=True).T
-        best_relevant = sims.masked_fill(~relevance, float("-inf")).max(1, keepdim=True).values
-        rank = (sims > best_relevant).sum(1)  # candidates strictly better than the best relevant one
+    for m, rank in pair_query_ranks(query_embeddings, candidate_embeddings, dims, relevant).items():
         row = {f"hit@{k}": float((rank < k).float().mean()) for k in ks}
         row["mrr"] = float((1.0 / (rank + 1).float()).mean())
         results[m] = row
