@@ -14,6 +14,7 @@ queries and seeds on both sides), which says whether a difference is larger than
     python benchmarks/bench_finetune_vs_st.py                          # 3 seeds, teacher weights 0 and 10
     python benchmarks/bench_finetune_vs_st.py --seeds 0 --teacher-weights 0.5,1,2
     python benchmarks/bench_finetune_vs_st.py --teacher-weights 0 --mean-centering   # + each model centred
+    python benchmarks/bench_finetune_vs_st.py --embed-duplicates-once --mean-centering  # repeated texts embedded once
 """
 from __future__ import annotations
 
@@ -59,7 +60,7 @@ def st_finetune(path, train, seed, output_dir):
     return model, time.perf_counter() - start
 
 
-def mrl_finetune(path, train, seed, output_dir, teacher_weight, teacher_sizes="full"):
+def mrl_finetune(path, train, seed, output_dir, teacher_weight, teacher_sizes="full", embed_duplicates_once=False):
     from transformers import TrainingArguments
 
     from mrl_hf import MRLTrainer
@@ -67,7 +68,7 @@ def mrl_finetune(path, train, seed, output_dir, teacher_weight, teacher_sizes="f
     from mrl_hf.modeling import MRLBertModel
 
     torch.manual_seed(seed)
-    model = MRLBertModel.from_pretrained(path, nesting_list=NESTING)
+    model = MRLBertModel.from_pretrained(path, nesting_list=NESTING, embed_duplicates_once=embed_duplicates_once)
     args = TrainingArguments(
         output_dir=output_dir, num_train_epochs=EPOCHS, per_device_train_batch_size=BATCH, learning_rate=LR,
         warmup_steps=WARMUP, seed=seed, logging_steps=10, save_strategy="no", report_to=[], disable_tqdm=True,
@@ -120,6 +121,8 @@ def main(argv=None):
                         help="comma-separated; each is an mrl_hf run per seed")
     parser.add_argument("--teacher-sizes", default="full", choices=["full", "all"],
                         help="where the teacher term applies (MRLTrainer's teacher_sizes)")
+    parser.add_argument("--embed-duplicates-once", action="store_true", help="mrl_hf runs embed each distinct text of "
+                        "a batch once (config.embed_duplicates_once; 4 chatterbot pairs make up a third of the rows)")
     parser.add_argument("--mean-centering", action="store_true", help="also score every fine-tuned model with the "
                         "mean of its training texts' normalised vectors subtracted (mrl_hf.adaptor.mean_centering)")
     parser.add_argument("--json", help="also write every number here")
@@ -146,13 +149,15 @@ def main(argv=None):
         results["original + mean_centering"] = [score(original, sets, training_mean(original))[0]]
     seconds = {}
     methods = [("sentence-transformers MatryoshkaLoss", None)] + [
-        (f"mrl_hf MRLTrainer, teacher_weight={w:g}" + (" (all sizes)" if w and args.teacher_sizes == "all" else ""), w)
+        (f"mrl_hf MRLTrainer, teacher_weight={w:g}" + (" (all sizes)" if w and args.teacher_sizes == "all" else "")
+         + (", embed_duplicates_once" if args.embed_duplicates_once else ""), w)
         for w in weights]
     for seed in seeds:
         for name, weight in methods:
             with tempfile.TemporaryDirectory() as tmp:
                 model, took = (st_finetune(path, train, seed, tmp) if weight is None
-                               else mrl_finetune(path, train, seed, tmp, weight, args.teacher_sizes))
+                               else mrl_finetune(path, train, seed, tmp, weight, args.teacher_sizes,
+                                                 args.embed_duplicates_once))
             scored, per_query = score(model, sets)
             results.setdefault(name, []).append(scored)
             hits.setdefault(name, []).append(per_query)

@@ -55,7 +55,8 @@ def _train(args: argparse.Namespace) -> int:
     nesting = nesting or recipes.NESTING
     model, _ = recipes.finetune(model_path, train, nesting, epochs=args.epochs or 1.0, batch_size=args.batch_size,
                                 lr=args.lr, seed=args.seed, teacher_weight=args.teacher_weight,
-                                mini_batch_size=args.mini_batch_size)
+                                mini_batch_size=args.mini_batch_size,
+                                embed_duplicates_once=args.embed_duplicates_once)
     table = recipes.results_table({"MRL fine-tuned": recipes.evaluate(model, test, nesting)})
     out = save_for_hub(model, args.output_dir, results=table,
                        eval_dataset={"name": "chatterbot-corpus (held-out questions)", "type": "chatterbot-corpus"},
@@ -242,6 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--mini-batch-size", type=int, default=None,
                        help="cached contrastive loss: embed each batch this many rows at a time, so a large "
                             "--batch-size (more in-batch negatives) needs the memory of a small one (default: off)")
+    train.add_argument("--embed-duplicates-once", action="store_true",
+                       help="embed a text that a batch repeats (one answer to several questions) once: the same "
+                            "loss for less work, the copies sharing one dropout mask (default: every row)")
     train.set_defaults(func=_train)
 
     evaluate = commands.add_parser(

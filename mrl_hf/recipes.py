@@ -43,10 +43,11 @@ def evaluate(model, test_pairs, dims, batch_size: int = 64) -> dict[int, dict[st
 def finetune(model_path: str, train_pairs, nesting_list, *, epochs: float = 1.0, batch_size: int = 32,
              lr: float = 5e-5, max_length: int = 32, seed: int = 0, output_dir: str | None = None,
              progress: bool = True, max_steps: int = -1, teacher_weight: float = 0.0,
-             mini_batch_size: int | None = None):
+             mini_batch_size: int | None = None, embed_duplicates_once: bool = False):
     """MRL fine-tuning through ``MRLTrainer``; returns the model (in eval mode) and the trainer. ``teacher_weight``:
     ``MRLTrainer``'s term that keeps the full size close to the original model (0: off); ``mini_batch_size``: its
-    cached loss (a large ``batch_size`` embedded that many rows at a time)."""
+    cached loss (a large ``batch_size`` embedded that many rows at a time); ``embed_duplicates_once``: the model's
+    config setting that embeds a text repeated within a batch once."""
     import torch
     from transformers import TrainingArguments
 
@@ -54,7 +55,8 @@ def finetune(model_path: str, train_pairs, nesting_list, *, epochs: float = 1.0,
     from .modeling import MRLBertModel
     from .trainer import MRLTrainer
 
-    model = MRLBertModel.from_pretrained(model_path, nesting_list=nesting_list)
+    model = MRLBertModel.from_pretrained(model_path, nesting_list=nesting_list,
+                                         embed_duplicates_once=embed_duplicates_once)
     args = TrainingArguments(
         output_dir=output_dir or tempfile.mkdtemp(prefix="mrl_demo_"), per_device_train_batch_size=batch_size,
         num_train_epochs=epochs, max_steps=max_steps, learning_rate=lr, warmup_steps=0.1, seed=seed, logging_steps=10,

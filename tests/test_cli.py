@@ -151,3 +151,13 @@ def test_train_with_a_cached_loss(tiny_checkpoint, tmp_path, capsys):
     assert main(["train", "text-embeddings", "--model", str(path), "--output-dir", str(out), "--mini-batch-size",
                  "0", "--nesting-list", "8,16,32"]) == 2
     assert "mini_batch_size=0 must be a whole number >= 1" in capsys.readouterr().err
+
+
+def test_train_embedding_repeated_texts_once(tiny_checkpoint, tmp_path, capsys):
+    """`mrl-hf train --embed-duplicates-once`: the setting reaches the saved config (chatterbot repeats a few pairs)."""
+    path, _ = tiny_checkpoint
+    out = tmp_path / "trained"
+    assert main(["train", "text-embeddings", "--model", str(path), "--output-dir", str(out), "--epochs", "0.1",
+                 "--nesting-list", "8,16,32", "--embed-duplicates-once"]) == 0
+    assert "dim" in capsys.readouterr().out
+    assert json.loads((out / "config.json").read_text())["embed_duplicates_once"] is True

@@ -25,6 +25,7 @@ import json
 import os
 import re
 from dataclasses import dataclass
+from functools import partial
 from typing import Sequence
 
 import numpy as np
@@ -45,6 +46,7 @@ from .text_common import (
     check_nonempty,
     check_texts,
     default_max_length,
+    embed_each_text_once,
     pair_contrastive_loss,
     pool,
     sentence_transformers_files,
@@ -78,6 +80,9 @@ class MRLTextEmbeddingConfig(MatryoshkaConfigMixin, PretrainedConfig):
     embedding_dim: size of an optional linear projection after pooling; ``None`` keeps the backbone's hidden size.
     contrastive_temperature: temperature of the nested InfoNCE loss used when (anchor, positive) pairs are given.
     gather_across_processes: in a multi-process run, contrast against the global batch's candidates.
+    embed_duplicates_once: ``True`` embeds each distinct text of a batch of pairs once and reuses its embedding for
+        every copy: the same loss and gradients for less work when batches repeat texts (several queries with one
+        answer), except that in training the copies share one dropout mask. ``False`` (default) embeds every row.
     """
 
     model_type = "mrl_text_embedding"
@@ -90,6 +95,7 @@ class MRLTextEmbeddingConfig(MatryoshkaConfigMixin, PretrainedConfig):
     embedding_dim: int | None = None
     contrastive_temperature: float = 0.05
     gather_across_processes: bool = True
+    embed_duplicates_once: bool = False
 
     def __post_init__(self, **kwargs):
         if isinstance(self.backbone_config, dict) and not self.backbone_config.get("model_type"):
@@ -183,6 +189,7 @@ class MRLTextEmbeddingPreTrainedModel(WrappedModelMixin, PreTrainedModel):
     # ---- loading (plain checkpoints: see mrl_hf/modeling/wrapped.py) ---------------------------------------------
     _plain_settings = frozenset({"nesting_list", "truncate_dim", "relative_importance", "normalize_embeddings",
                                  "pooling", "embedding_dim", "contrastive_temperature", "gather_across_processes",
+                                 "embed_duplicates_once",
                                  "efficient", "precisions", "quantization_weight", "binary_surrogate"})
 
     def _after_from_pretrained(self, path, kwargs) -> None:
@@ -295,13 +302,16 @@ class MRLModelForTextEmbedding(MRLTextEmbeddingPreTrainedModel):
         **kwargs,
     ) -> MRLTextEmbeddingOutput | tuple:
         self._check_dim(truncate_dim)
-        embeddings, out = self._embed(input_ids, attention_mask, token_type_ids, position_ids=position_ids,
-                                      inputs_embeds=inputs_embeds, **kwargs)
+        pairs = positive_input_ids is not None and return_loss
+        embed = (partial(embed_each_text_once, self._embed) if pairs and self.config.embed_duplicates_once
+                 else self._embed)
+        embeddings, out = embed(input_ids, attention_mask, token_type_ids=token_type_ids, position_ids=position_ids,
+                                inputs_embeds=inputs_embeds, **kwargs)
         loss = per_dim = None
-        if positive_input_ids is not None and return_loss:
-            candidates = [self._embed(positive_input_ids, positive_attention_mask)[0]]
+        if pairs:
+            candidates = [embed(positive_input_ids, positive_attention_mask)[0]]
             if negative_input_ids is not None:
-                candidates.append(self._embed(negative_input_ids, negative_attention_mask)[0])
+                candidates.append(embed(negative_input_ids, negative_attention_mask)[0])
             loss, per_dim = pair_contrastive_loss(self.config, embeddings, candidates)
         output = MRLTextEmbeddingOutput(
             loss=loss,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
+from functools import partial
 from typing import Sequence
 
 import numpy as np
@@ -44,6 +45,7 @@ from .text_common import (
     check_nonempty,
     check_texts,
     default_max_length,
+    embed_each_text_once,
     pair_contrastive_loss,
     pool,
     sentence_transformers_files,
@@ -63,6 +65,9 @@ class MRLBertConfig(MatryoshkaConfigMixin, BertConfig):
     adaptor: config of a ``mrl_hf.adaptor.MatryoshkaAdaptor`` applied after pooling (set by ``attach_adaptor``).
     gather_across_processes: in a multi-process run, contrast against the global batch's candidates (every
         process's positives/negatives), so N processes train exactly like one process on the global batch.
+    embed_duplicates_once: ``True`` embeds each distinct text of a batch of pairs once and reuses its embedding for
+        every copy: the same loss and gradients for less work when batches repeat texts (several queries with one
+        answer), except that in training the copies share one dropout mask. ``False`` (default) embeds every row.
     """
 
     model_type = "mrl_bert"
@@ -74,6 +79,7 @@ class MRLBertConfig(MatryoshkaConfigMixin, BertConfig):
     contrastive_temperature: float = 0.05
     adaptor: dict | None = None
     gather_across_processes: bool = True
+    embed_duplicates_once: bool = False
 
     @property
     def matryoshka_embedding_dim(self) -> int:
@@ -230,13 +236,16 @@ class MRLBertModel(MRLBertPreTrainedModel):
         return_dict: bool | None = None,
         **kwargs,
     ) -> MRLBertEmbeddingOutput | tuple:
-        embeddings, out = self._embed(input_ids, attention_mask, token_type_ids, position_ids=position_ids,
-                                      inputs_embeds=inputs_embeds, **kwargs)
+        pairs = positive_input_ids is not None and return_loss
+        embed = (partial(embed_each_text_once, self._embed) if pairs and self.config.embed_duplicates_once
+                 else self._embed)
+        embeddings, out = embed(input_ids, attention_mask, token_type_ids=token_type_ids, position_ids=position_ids,
+                                inputs_embeds=inputs_embeds, **kwargs)
         loss = per_dim = None
-        if positive_input_ids is not None and return_loss:
-            candidates = [self._embed(positive_input_ids, positive_attention_mask)[0]]
+        if pairs:
+            candidates = [embed(positive_input_ids, positive_attention_mask)[0]]
             if negative_input_ids is not None:
-                candidates.append(self._embed(negative_input_ids, negative_attention_mask)[0])
+                candidates.append(embed(negative_input_ids, negative_attention_mask)[0])
             loss, per_dim = pair_contrastive_loss(self.config, embeddings, candidates)
         output = MRLBertEmbeddingOutput(
             loss=loss,
