@@ -8,7 +8,8 @@ the normalised full vectors, built with each ``--ef-construction``: the fastest 
 that reaches recall 0.99 is the baseline, else the one with the highest recall (RAM = its serialised size).
 
 Targets: (1) recall >= 0.99 with <= 1/8 of the baseline's RAM at >= 1.0x its QPS; (2) recall >= 0.95 with
-<= 1/24 of its RAM.
+<= 1/24 of its RAM. Single timings on a shared machine move by 20-40% between minutes, so the tuner's fastest 0.99
+plan within 1/8 of the RAM is timed again in 15 alternating pairs with the baseline, and target 1 is judged on that.
 
     python benchmarks/bench_quantized.py --data synthetic --n 200000       # 768-d synthetic (see bench_retrieval)
     python benchmarks/bench_quantized.py --data minilm                     # real Wikipedia paragraphs, MiniLM+PCA
@@ -36,6 +37,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _measure import time_paired  # noqa: E402
 from bench_retrieval import synthetic_database  # noqa: E402
 
 from mrl_hf.evaluation import top_k_overlap  # noqa: E402
@@ -129,6 +131,7 @@ def hnsw_baseline(db, queries, exact_ids, ef_construction: int, k=10):
     build = time.perf_counter() - start
     ram = faiss.serialize_index(index).nbytes / len(db)
     rows = []
+    q = np.ascontiguousarray(q, dtype=np.float32)
     for ef in EFS:
         index.hnsw.efSearch = ef
         index.search(q, k)  # warm-up
@@ -138,8 +141,14 @@ def hnsw_baseline(db, queries, exact_ids, ef_construction: int, k=10):
             _, ids = index.search(q, k)
             times.append(time.perf_counter() - t)
         rows.append({"efc": ef_construction, "ef": ef, "ms": 1e3 * min(times) / len(q),
-                     "recall": top_k_overlap(ids, exact_ids, k), "ram": ram, "build": build})
+                     "recall": top_k_overlap(ids, exact_ids, k), "ram": ram, "build": build,
+                     "search": lambda index=index, ef=ef: search_at(index, ef, q, k)})
     return rows
+
+
+def search_at(index, ef: int, q, k: int):
+    index.hnsw.efSearch = ef
+    return index.search(q, k)
 
 
 def main():
@@ -247,6 +256,7 @@ def main():
                       f"-> {r.chosen.ram_bytes_per_vector:.1f} B/vector, {r.chosen.ms_per_query:.3f} ms/query, "
                       f"recall {r.chosen.recall:.4f}")
         budget = base["ram"] / 8
+        paired = None  # (plan, QPS ratio of the median pair) of the tuner's fastest 0.99 plan within the budget
         try:  # the first target's question, asked of the tuner: the fastest plan at 0.99 within 1/8 of the RAM
             fast = index.tune(queries, target_recall=0.99, objective="latency", max_ram_bytes_per_vector=budget,
                               **grid)
@@ -254,6 +264,12 @@ def main():
                   f"{fast.plan.describe()} -> {fast.chosen.ram_bytes_per_vector:.1f} B/vector, "
                   f"{fast.chosen.ms_per_query:.3f} ms/query ({base['ms'] / fast.chosen.ms_per_query:.2f}x QPS), "
                   f"recall {fast.chosen.recall:.4f}")
+            # single timings on a shared machine move by 20-40%: time the choice and the baseline in pairs
+            t = time_paired(base["search"], lambda: index.search_plan(queries, 10, fast.plan), repeats=15)
+            print(f"  timed in 15 alternating pairs with the baseline: {1e3 * t['b'] / len(queries):.3f} vs "
+                  f"{1e3 * t['a'] / len(queries):.3f} ms/query, QPS vs HNSW32 {1 / t['ratio']:.2f}x (median pair; "
+                  f"quartiles {1 / t['q3']:.2f}-{1 / t['q1']:.2f}x)")
+            paired = (fast.chosen, 1 / t["ratio"])
         except NoPlanMeetsTarget as err:
             print(f"\ntuner, recall >= 0.99 within {budget:.0f} B/vector (objective=latency): {err}")
 
@@ -263,6 +279,13 @@ def main():
             ok = [r for r in fits if r.recall >= target and (qps is None or base["ms"] / r.ms_per_query >= qps)]
             need = f"recall >= {target}, RAM <= 1/{ram_div} ({base['ram'] / ram_div:.0f} B/vector)" + \
                 (f", QPS >= {qps}x" if qps else "")
+            if qps and paired is not None:  # judged on the paired timing, steadier than the single ones above
+                chosen, ratio = paired
+                print(f"- {need}: {'MET' if ratio >= qps else 'NOT met'} (QPS timed in pairs) by "
+                      f"{chosen.plan.describe()}: {chosen.ram_bytes_per_vector:.1f} B/vector "
+                      f"({base['ram'] / chosen.ram_bytes_per_vector:.1f}x less), {ratio:.2f}x QPS, "
+                      f"recall {chosen.recall:.4f}")
+                continue
             if ok:
                 best = min(ok, key=lambda r: r.ms_per_query)
                 print(f"- {need}: MET by {best.plan.describe()}: {best.ram_bytes_per_vector:.1f} B/vector "
