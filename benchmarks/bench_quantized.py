@@ -123,7 +123,7 @@ def hnsw_baseline(db, queries, exact_ids, ef_construction: int, k=10):
     import faiss
 
     x = db / np.linalg.norm(db, axis=1, keepdims=True)
-    q = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    q = np.ascontiguousarray(queries / np.linalg.norm(queries, axis=1, keepdims=True), dtype=np.float32)
     start = time.perf_counter()
     index = faiss.IndexHNSWFlat(db.shape[1], 32, faiss.METRIC_INNER_PRODUCT)
     index.hnsw.efConstruction = ef_construction
@@ -131,7 +131,6 @@ def hnsw_baseline(db, queries, exact_ids, ef_construction: int, k=10):
     build = time.perf_counter() - start
     ram = faiss.serialize_index(index).nbytes / len(db)
     rows = []
-    q = np.ascontiguousarray(q, dtype=np.float32)
     for ef in EFS:
         index.hnsw.efSearch = ef
         index.search(q, k)  # warm-up

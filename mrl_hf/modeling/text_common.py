@@ -107,7 +107,7 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, mode: str) -> torch
 
 def embed_each_text_once(embed, input_ids, attention_mask=None, **kwargs):
     """``embed(input_ids, attention_mask, **kwargs) -> (pooled, backbone_output)`` run on each distinct row only (rows
-    equal in ids and mask; the first copy, in batch order), every output spread back to all rows. The same results
+    equal in ids and mask; the first copy of each), every output spread back to all rows. The same results
     as embedding every row, for less work when a batch repeats a text (a passage that answers several queries); in
     training mode the copies of a text share one dropout mask. Other per-row id tensors (``token_type_ids``,
     ``position_ids``) are part of what makes rows equal; with any other tensor input (``inputs_embeds``) every row is
@@ -124,19 +124,17 @@ def embed_each_text_once(embed, input_ids, attention_mask=None, **kwargs):
     first = torch.full((int(inverse.max()) + 1,), len(key), device=key.device).scatter_reduce(0, inverse, rows, "amin")
     if len(first) == len(key):
         return embed(input_ids, attention_mask, **kwargs)
-    first, order = first.sort()  # distinct rows in batch order
-    spread = torch.empty_like(order).scatter_(0, order, torch.arange(len(order), device=key.device))[inverse]
     kwargs.update({k: v[first] for k, v in per_row.items() if k != "attention_mask"})
     pooled, out = embed(input_ids[first], None if attention_mask is None else attention_mask[first], **kwargs)
 
     def spread_rows(value):
         if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == len(first):
-            return value.index_select(0, spread)
+            return value.index_select(0, inverse)
         if isinstance(value, tuple):
             return tuple(spread_rows(v) for v in value)
         return value
 
-    return pooled.index_select(0, spread), type(out)(**{k: spread_rows(v) for k, v in out.items()})
+    return pooled.index_select(0, inverse), type(out)(**{k: spread_rows(v) for k, v in out.items()})
 
 
 def pair_contrastive_loss(config, anchors: torch.Tensor, candidates: list[torch.Tensor]):
