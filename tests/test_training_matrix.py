@@ -82,7 +82,7 @@ def test_one_process_matches_the_reference_loop(kind, setting, tmp_path):
     torch.set_num_threads(1)
     if setting == "checkpointing" and not tm.build(kind)[0].supports_gradient_checkpointing:
         with pytest.raises(ValueError, match="does not support activation checkpointing"):  # MPNet, ConvNeXt, ResNet
-            tm.build(kind)[0].gradient_checkpointing_enable()
+            tm.build(kind)[0].activation_checkpointing_enable()
         return
     trainer = tm.train(kind, str(tmp_path), grad_accum=2 if setting == "ga2" else 1,
                        checkpointing=setting == "checkpointing")

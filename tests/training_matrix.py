@@ -124,7 +124,7 @@ def train(kind, out_dir, world_size=1, grad_accum=1, checkpointing=False, resume
     """MRLTrainer over STEPS steps of a global batch of GLOBAL_BATCH rows, SGD, no clipping, in data order."""
     model, data = build(kind)
     if checkpointing:
-        model.gradient_checkpointing_enable()
+        model.activation_checkpointing_enable()
     args = dict(output_dir=out_dir, per_device_train_batch_size=GLOBAL_BATCH // world_size // grad_accum,
                 gradient_accumulation_steps=grad_accum, max_steps=STEPS, learning_rate=LR, optim="sgd",
                 lr_scheduler_type="constant", max_grad_norm=0.0, logging_steps=1, report_to=[], disable_tqdm=True,

@@ -295,7 +295,7 @@ class MRLResNetForImageClassification(_MRLImageClassifier, ResNetPreTrainedModel
         if getattr(checkpoint, "keywords", {}).get("use_reentrant"):
             raise ValueError("MRLResNetForImageClassification checkpoints with use_reentrant=False only: the reentrant "
                              "recompute would update the BatchNorm running statistics a second time. Call "
-                             "gradient_checkpointing_enable() without use_reentrant=True.")
+                             "activation_checkpointing_enable() without use_reentrant=True.")
         hidden = self.resnet.embedder(pixel_values)
         hidden_states = (hidden,) if output_hidden_states else None
         for stage in self.resnet.encoder.stages:
