@@ -132,7 +132,11 @@ class MatryoshkaAdaptor(nn.Module):
         if init == "pca":
             self.init_pca(x)
             if self.mlp is not None:
-                nn.init.kaiming_uniform_(self.mlp[0].weight, a=math.sqrt(5), generator=generator)
+                # drawn on the CPU (the seeded generator's device), so the start is the same on any device
+                weight = torch.empty(self.mlp[0].weight.shape, dtype=self.mlp[0].weight.dtype)
+                nn.init.kaiming_uniform_(weight, a=math.sqrt(5), generator=generator)
+                with torch.no_grad():
+                    self.mlp[0].weight.copy_(weight)
                 nn.init.zeros_(self.mlp[0].bias)
         x = F.normalize(x, dim=-1).to(self.linear.weight.device)
         teacher = x - x.mean(0) if center_teacher else x

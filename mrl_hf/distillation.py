@@ -47,9 +47,10 @@ def _check_pair(student: torch.Tensor, teacher: torch.Tensor) -> None:
 
 
 def teacher_similarities(teacher: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    """Cosine similarities of the teacher's full embeddings, ``(N, N)``, without gradient."""
+    """Cosine similarities of the teacher's full embeddings, ``(N, N)``, without gradient; in float32 at least
+    (a half-precision teacher is promoted, a float64 one keeps its precision)."""
     with torch.no_grad():
-        t = F.normalize(teacher.float(), dim=-1, eps=eps)
+        t = F.normalize(teacher.to(torch.promote_types(teacher.dtype, torch.float32)), dim=-1, eps=eps)
         return t @ t.T
 
 

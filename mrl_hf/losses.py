@@ -85,7 +85,18 @@ def _denominator(labels: torch.Tensor, ignore_index: int, num_items_in_batch) ->
 
 # Fused MRL-E linear + nested cross-entropy -----------------------------------------------------------
 
-_CHUNK_BYTES = 128 * 2**20  # working buffer per chunk of rows: |M| logit blocks
+# Working buffer per chunk of rows (|M| logit blocks): cache-sized on the CPU. On an accelerator short chunks leave
+# the loop's many small kernels waiting on their launches (23x Linear + CE at 128 MiB, 4x at 2 GiB on an H200,
+# benchmarks/bench_head_chunks.py), so there it holds 512 MiB to 2 GiB, and beyond 512 MiB at most twice the float32
+# logits of all the rows (under the plain Linear + CE's own peak memory).
+_CHUNK_BYTES = {"cpu": 128 * 2**20, "accelerator": 2 * 2**30, "accelerator_floor": 512 * 2**20}
+
+
+def _half_matmuls(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether the block matmuls run in ``x``'s half precision (tensor cores, float32 accumulation), as an
+    autocast ``nn.Linear`` does; the logits and softmax stay float32. Only on accelerators: CPUs lack fast
+    half-precision matmuls."""
+    return x.device.type != "cpu" and x.dtype in (torch.float16, torch.bfloat16) and weight.dtype == x.dtype
 
 
 class _NestedLinearCrossEntropy(torch.autograd.Function):
@@ -103,39 +114,54 @@ class _NestedLinearCrossEntropy(torch.autograd.Function):
     def forward(ctx, x, weight, bias, labels, denominator, dims, coefs, ignore_index, eps, want_preds, need_dx,
                 need_dw):
         with torch.autocast(device_type=x.device.type, enabled=False):
-            ctype = torch.promote_types(x.dtype, torch.float32)  # half precision is computed in float32
-            x32, w32 = x.to(ctype), weight.to(ctype)
+            ctype = torch.promote_types(x.dtype, torch.float32)  # logits and softmax in float32 at least
+            mtype = x.dtype if _half_matmuls(x, weight) else ctype  # the block matmuls' dtype
+            xm, wm = x.to(mtype), weight.to(mtype)
             b32 = bias.to(ctype) if bias is not None else None
             n_rows, num_classes = x.shape[0], weight.shape[0]
             num_dims = len(dims)
             bounds = list(zip([0, *dims[:-1]], dims))
             valid = labels != ignore_index
             row_scale = (valid.to(ctype) / denominator.to(ctype))[:, None]
+            inv_denominator = 1 / denominator.to(ctype)
             safe_labels = torch.where(valid, labels, torch.zeros_like(labels))[:, None]
             per_dim = torch.zeros(num_dims, dtype=ctype, device=x.device)
             preds = torch.empty(num_dims, n_rows if want_preds else 0, dtype=torch.long, device=x.device)
             need_db = bias is not None and bias.requires_grad
             need_grad = need_dx or need_dw or need_db
-            gx = torch.empty_like(x32) if need_dx else None
+            gx = torch.empty_like(xm, dtype=ctype) if need_dx else None
             # the first chunk writes gw with beta=0, so it needs no zero fill unless there is no row at all
-            gw = (torch.empty_like if n_rows else torch.zeros_like)(w32) if need_dw else None
+            gw = (torch.empty_like if n_rows else torch.zeros_like)(wm, dtype=ctype) if need_dw else None
             gb = torch.zeros_like(b32) if need_db else None
-            chunk = max(16, _CHUNK_BYTES // (4 * num_dims * num_classes))
-            chunk -= chunk % 64 if chunk >= 64 else 0  # whole 64-row tiles suit the block matmuls best
+            if x.device.type == "cpu":
+                chunk = max(16, _CHUNK_BYTES["cpu"] // (4 * num_dims * num_classes))
+                chunk -= chunk % 64 if chunk >= 64 else 0  # whole 64-row tiles suit the CPU's block matmuls best
+            else:
+                chunk_bytes = min(_CHUNK_BYTES["accelerator"],
+                                  max(_CHUNK_BYTES["accelerator_floor"], 2 * 4 * n_rows * num_classes))
+                chunk = max(16, chunk_bytes // (4 * num_dims * num_classes))
             n_chunks = max(1, -(-n_rows // chunk))
             chunk = max(1, -(-n_rows // n_chunks))  # equal chunks: 1,000 rows as 8 x 125, not 7 x 128 + 104
             buf = torch.empty(num_dims, min(chunk, n_rows), num_classes, dtype=ctype, device=x.device)
             for r0 in range(0, n_rows, chunk):
                 r1 = min(r0 + chunk, n_rows)
-                xc, yc, rs, z = x32[r0:r1], safe_labels[r0:r1], row_scale[r0:r1], buf[:, : r1 - r0]
+                xc, yc, rs, z = xm[r0:r1], safe_labels[r0:r1], row_scale[r0:r1], buf[:, : r1 - r0]
                 counted = valid[r0:r1]
                 for i, (a, b) in enumerate(bounds):
                     prev = z[i - 1] if i else b32
-                    if prev is None:
-                        torch.matmul(xc[:, a:b], w32[:, a:b].T, out=z[i])
+                    if mtype != ctype:  # a half-precision block product, added in float32
+                        block = xc[:, a:b] @ wm[:, a:b].T
+                        if prev is None:
+                            z[i].copy_(block)
+                        else:
+                            torch.add(prev, block, out=z[i])
+                    elif prev is None:
+                        torch.matmul(xc[:, a:b], wm[:, a:b].T, out=z[i])
                     else:
-                        torch.addmm(prev, xc[:, a:b], w32[:, a:b].T, out=z[i])
-                xs = xc * rs if need_dw else None
+                        torch.addmm(prev, xc[:, a:b], wm[:, a:b].T, out=z[i])
+                # the rows' factor goes into x for dW; in half precision only the mask (1 / denominator could
+                # underflow there) and the factor is applied to each float32 product instead
+                xs = (xc * rs if mtype == ctype else xc * counted[:, None]) if need_dw else None
                 # Largest dim first, so that each dim's buffer is finished while it is still in cache:
                 # loss, softmax gradient, the reverse prefix sum G_i = c_i g_i + G_{i+1}, then its block matmuls.
                 for i in range(num_dims - 1, -1, -1):
@@ -169,10 +195,17 @@ class _NestedLinearCrossEntropy(torch.autograd.Function):
                     else:  # block i serves dims i..|M|-1
                         torch.add(z[i + 1], zi, alpha=coefs[i], out=zi)
                     a, b = bounds[i]
+                    zm = zi if mtype == ctype else zi.to(mtype)
                     if need_dx:
-                        gx[r0:r1, a:b] = (zi @ w32[:, a:b]) * rs
-                    if need_dw:
+                        gx[r0:r1, a:b] = (zm @ wm[:, a:b]) * rs
+                    if need_dw and mtype == ctype:
                         gw[:, a:b].addmm_(zi.T, xs[:, a:b], beta=0 if r0 == 0 else 1)
+                    elif need_dw:
+                        part = (zm.T @ xs[:, a:b]) * inv_denominator
+                        if r0 == 0:
+                            gw[:, a:b].copy_(part)
+                        else:
+                            gw[:, a:b].add_(part)
                 if need_db:
                     gb.addmv_(z[0].T, rs.squeeze(1))
             total = weighted_sum(per_dim, coefs)

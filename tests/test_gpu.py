@@ -18,6 +18,10 @@ from mrl_hf.losses import nested_linear_cross_entropy  # noqa: E402
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
+# Qwen3 computes RMSNorm and RoPE in float32 inside the float64 model, and this tiny run amplifies float32 rounding:
+# on the CPU, a 1e-7 relative change of the initial weights moves the trained embeddings ~1e-4 (relative). CUDA rounds
+# float32 differently, so it is held to 1e-3; a gradient scaled by 2 still misses by orders of magnitude more.
+CUDA_TOLERANCE = {"embed_auto": dict(rtol=1e-3, atol=1e-4)}
 # (loss rtol, gradient atol relative to the gradient's largest entry) against a float32 reference loop
 TOLERANCES = {torch.float32: (1e-5, 1e-5), torch.bfloat16: (2e-2, 2e-2), torch.float16: (5e-3, 5e-3)}
 
@@ -72,10 +76,11 @@ def test_cuda_training_matches_the_reference_loop(kind, setting, tmp_path):
     assert next(trainer.model.parameters()).is_cuda
     ref_params, ref_logs = reference(kind, 2 if setting == "ga2" else 1)
     params = {n: t.cpu() for n, t in tm.parameters(trainer.model).items()}
+    tolerance = CUDA_TOLERANCE.get(kind, dict(rtol=1e-7, atol=1e-9))  # cuBLAS adds in another order than the CPU
     for name, value in ref_params.items():
-        torch.testing.assert_close(params[name], value, rtol=1e-7, atol=1e-9, msg=f"{kind}/{setting}: {name}")
+        torch.testing.assert_close(params[name], value, **tolerance, msg=lambda m: f"{kind}/{setting}: {name}: {m}")
     for got, want in zip(tm.trainer_logs(trainer), ref_logs):
-        assert got["dims"] == pytest.approx(want["dims"], rel=1e-5)
+        assert got["dims"] == pytest.approx(want["dims"], rel=max(1e-5, tolerance["rtol"]))
 
 
 @pytest.mark.parametrize("kind", tm.KINDS)

@@ -92,7 +92,7 @@ def test_head_loss_matches_algorithm_1(nesting_list, efficient, bias, smoothing)
 def test_fused_loss_in_float32_across_many_chunks(monkeypatch):
     import mrl_hf.losses as losses
 
-    monkeypatch.setattr(losses, "_CHUNK_BYTES", 1)  # forces chunks of 16 rows
+    monkeypatch.setattr(losses, "_CHUNK_BYTES", {"cpu": 1, "accelerator": 1, "accelerator_floor": 1})  # 16-row chunks
     torch.manual_seed(2)
     w = torch.randn(50, 24, requires_grad=True)
     b = torch.randn(50, requires_grad=True)
@@ -108,6 +108,34 @@ def test_fused_loss_in_float32_across_many_chunks(monkeypatch):
     torch.testing.assert_close(out.loss, ref, rtol=1e-5, atol=1e-5)
     for a, r in zip(got, grads(x, w, b)):
         torch.testing.assert_close(a, r, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_fused_loss_with_half_precision_matmuls(monkeypatch, dtype):
+    """The accelerator path (block matmuls in the input's half precision, logits in float32), run on the CPU over
+    several chunks, against a float32 loop over the same half-precision values; tests/test_gpu.py runs it on CUDA."""
+    import mrl_hf.losses as losses
+
+    monkeypatch.setattr(losses, "_half_matmuls", lambda x, w: x.dtype in (torch.bfloat16, torch.float16))
+    monkeypatch.setattr(losses, "_CHUNK_BYTES", {"cpu": 1, "accelerator": 1, "accelerator_floor": 1})  # 16-row chunks
+    torch.manual_seed(4)
+    x = (torch.randn(70, 24) / 2).to(dtype).requires_grad_()
+    w = (torch.randn(50, 24) / 2).to(dtype).requires_grad_()
+    b = torch.zeros(50, dtype=dtype, requires_grad=True)
+    y = torch.randint(0, 50, (70,))
+    y[::5] = -100
+    out = nested_linear_cross_entropy(x, w, b, y, [6, 12, 24], relative_importance=[1.0, 0.5, 2.0],
+                                      label_smoothing=0.1)
+    out.loss.backward()
+    assert out.loss.dtype == torch.float32 and all(t.grad.dtype == dtype for t in (x, w, b))
+    got = [t.grad.float() for t in (x, w, b)]
+    xf, wf, bf = (t.detach().float().requires_grad_() for t in (x, w, b))
+    ref = sum(c * F.cross_entropy(xf[:, :m] @ wf[:, :m].T + bf, y, label_smoothing=0.1)
+              for c, m in zip([1.0, 0.5, 2.0], [6, 12, 24]))
+    ref.backward()
+    torch.testing.assert_close(out.loss, ref.detach(), rtol=1e-2, atol=0)
+    for g, t in zip(got, (xf, wf, bf)):
+        torch.testing.assert_close(g, t.grad, rtol=0, atol=2e-2 * t.grad.abs().max().item())
 
 
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])
