@@ -79,7 +79,10 @@ def main() -> int:
         memory = f", memory {ours['memory_ratio']:.2f}x" if ours else ""
         rows.append((f"MLM step time, batch 32 x 128, {precision}", f"{value:.2f}x{memory}", f"<= {MLM_TARGET}x",
                      value <= MLM_TARGET))
-    lines = [f"# GPU acceptance: {torch.cuda.get_device_name()}, torch {torch.__version__}, CUDA {torch.version.cuda}",
+    import transformers
+
+    lines = [f"# GPU acceptance: {torch.cuda.get_device_name()}, torch {torch.__version__}, CUDA {torch.version.cuda}, "
+             f"transformers {transformers.__version__}",
              "", "| check | measured | target | met |", "|---|---|---|---|"]
     lines += [f"| {name} | {value} | {target} | {'yes' if ok else 'NO'} |" for name, value, target, ok in rows]
     (out / "acceptance.md").write_text("\n".join(lines) + "\n")
