@@ -15,6 +15,7 @@ Exact only when the main process collates (``dataloader_num_workers=0``, the def
 from __future__ import annotations
 
 import collections
+import inspect
 import json
 import os
 import random
@@ -73,7 +74,10 @@ def restore_state(state: dict, collator) -> None:
     if "generator" not in state:
         return
     if _private_generator(collator) is None and hasattr(collator, "create_rng"):  # a fresh (resumed) collator
-        collator.create_rng("pt" if torch.is_tensor(state["generator"]) else "np")
+        if inspect.signature(collator.create_rng).parameters:  # transformers >= 5.24 takes the generator's kind
+            collator.create_rng("pt" if torch.is_tensor(state["generator"]) else "np")
+        else:  # before, the collator's return_tensors decides it
+            collator.create_rng()
     generator = _private_generator(collator)
     if isinstance(generator, torch.Generator):
         generator.set_state(state["generator"])
