@@ -15,6 +15,7 @@ queries and seeds on both sides), which says whether a difference is larger than
     python benchmarks/bench_finetune_vs_st.py --seeds 0 --teacher-weights 0.5,1,2
     python benchmarks/bench_finetune_vs_st.py --teacher-weights 0 --mean-centering   # + each model centred
     python benchmarks/bench_finetune_vs_st.py --embed-duplicates-once --mean-centering  # repeated texts embedded once
+    python benchmarks/bench_finetune_vs_st.py --teacher-weights 0,10 --rotation-lr 1e-2  # + an output rotation
 """
 from __future__ import annotations
 
@@ -60,21 +61,24 @@ def st_finetune(path, train, seed, output_dir):
     return model, time.perf_counter() - start
 
 
-def mrl_finetune(path, train, seed, output_dir, teacher_weight, teacher_sizes="full", embed_duplicates_once=False):
+def mrl_finetune(path, train, seed, output_dir, teacher_weight, teacher_sizes="full", embed_duplicates_once=False,
+                 rotation_lr=None):
     from transformers import TrainingArguments
 
-    from mrl_hf import MRLTrainer
+    from mrl_hf import MRLTrainer, add_output_rotation
     from mrl_hf.data.collator import PairCollator
     from mrl_hf.modeling import MRLBertModel
 
     torch.manual_seed(seed)
     model = MRLBertModel.from_pretrained(path, nesting_list=NESTING, embed_duplicates_once=embed_duplicates_once)
+    if rotation_lr:
+        add_output_rotation(model)
     args = TrainingArguments(
         output_dir=output_dir, num_train_epochs=EPOCHS, per_device_train_batch_size=BATCH, learning_rate=LR,
         warmup_steps=WARMUP, seed=seed, logging_steps=10, save_strategy="no", report_to=[], disable_tqdm=True,
         use_cpu=True)
     trainer = MRLTrainer(model=model, args=args, train_dataset=train, teacher_weight=teacher_weight,
-                         teacher_sizes=teacher_sizes,
+                         teacher_sizes=teacher_sizes, rotation_learning_rate=rotation_lr,
                          data_collator=PairCollator(model.tokenizer, max_length=MAX_LENGTH))
     start = time.perf_counter()
     trainer.train()
@@ -125,6 +129,8 @@ def main(argv=None):
                         "a batch once (config.embed_duplicates_once; 4 chatterbot pairs make up a third of the rows)")
     parser.add_argument("--mean-centering", action="store_true", help="also score every fine-tuned model with the "
                         "mean of its training texts' normalised vectors subtracted (mrl_hf.adaptor.mean_centering)")
+    parser.add_argument("--rotation-lr", type=float, help="mrl_hf runs also train an output rotation "
+                        "(mrl_hf.add_output_rotation) at this learning rate (MRLTrainer's rotation_learning_rate)")
     parser.add_argument("--json", help="also write every number here")
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -150,14 +156,15 @@ def main(argv=None):
     seconds = {}
     methods = [("sentence-transformers MatryoshkaLoss", None)] + [
         (f"mrl_hf MRLTrainer, teacher_weight={w:g}" + (" (all sizes)" if w and args.teacher_sizes == "all" else "")
-         + (", embed_duplicates_once" if args.embed_duplicates_once else ""), w)
+         + (", embed_duplicates_once" if args.embed_duplicates_once else "")
+         + (f", rotation lr {args.rotation_lr:g}" if args.rotation_lr else ""), w)
         for w in weights]
     for seed in seeds:
         for name, weight in methods:
             with tempfile.TemporaryDirectory() as tmp:
                 model, took = (st_finetune(path, train, seed, tmp) if weight is None
                                else mrl_finetune(path, train, seed, tmp, weight, args.teacher_sizes,
-                                                 args.embed_duplicates_once))
+                                                 args.embed_duplicates_once, args.rotation_lr))
             scored, per_query = score(model, sets)
             results.setdefault(name, []).append(scored)
             hits.setdefault(name, []).append(per_query)

@@ -58,6 +58,7 @@ _LAZY = {
     "pca_rotation": "adaptor",
     "mean_centering": "adaptor",
     "attach_adaptor": "adaptor",
+    "add_output_rotation": "rotation",
     "MatryoshkaDistillationLoss": "distillation",
     "MatryoshkaDistillationTrainer": "distillation",
     "similarity_distillation_loss": "distillation",

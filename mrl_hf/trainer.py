@@ -17,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
 from transformers.trainer_pt_utils import find_batch_size
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
@@ -80,12 +80,18 @@ class MRLTrainer(Trainer):
     (``mrl_hf.cached_loss``, GradCache), so a batch of 512 in-batch negatives costs the activation memory of ``k``
     rows and about one more forward pass per row. The gradient is the uncached one (dropout masks replayed), also
     across processes (the loss is over the gathered global batch; DDP all-reduces each mini-batch's backward).
+
+    Fine-tuning that moves the prefixes, not the full-size geometry: with an output rotation
+    (``mrl_hf.add_output_rotation(model)``), ``rotation_learning_rate=lr`` trains it at its own learning rate (the
+    encoder keeps ``TrainingArguments.learning_rate``; same schedule) and makes it orthogonal again after every
+    optimiser step (``mrl_hf.rotation``). Measured in docs/finetune.md.
     """
 
     NONFINITE_ACTIONS = ("raise", "skip")
 
     def __init__(self, *args, nonfinite_loss: str = "raise", teacher="original", teacher_weight: float = 0.0,
-                 teacher_sizes: str = "full", mini_batch_size: int | None = None, **kwargs):
+                 teacher_sizes: str = "full", mini_batch_size: int | None = None,
+                 rotation_learning_rate: float | None = None, **kwargs):
         if nonfinite_loss not in self.NONFINITE_ACTIONS:
             raise ValueError(f"nonfinite_loss={nonfinite_loss!r}; choose 'raise' (stop with an error naming the "
                              "nesting dim) or 'skip' (drop that batch's gradient and go on).")
@@ -94,9 +100,15 @@ class MRLTrainer(Trainer):
         if teacher_sizes not in ("full", "all"):
             raise ValueError(f"teacher_sizes={teacher_sizes!r}; choose 'full' (the teacher term at the full size only) "
                              "or 'all' (at every nesting size).")
+        if rotation_learning_rate is not None and (isinstance(rotation_learning_rate, bool) or not isinstance(
+                rotation_learning_rate, (int, float)) or not rotation_learning_rate > 0):
+            raise ValueError(f"rotation_learning_rate={rotation_learning_rate!r} must be a number > 0 (None: no "
+                             "output rotation).")
         self.nonfinite_loss = nonfinite_loss
         self.skipped_nonfinite_batches = 0
         super().__init__(*args, **kwargs)
+        self.rotation_learning_rate = rotation_learning_rate
+        self._rotation = self._setup_rotation() if rotation_learning_rate is not None else None
         self.teacher_weight, self.teacher_sizes = float(teacher_weight), teacher_sizes
         self.teacher, self.teacher_loss = self._build_teacher(teacher) if self.teacher_weight else (None, None)
         self._teacher_cache = {}
@@ -121,6 +133,36 @@ class MRLTrainer(Trainer):
         if fsdp_asked and self.args.use_cpu and not self.is_fsdp_enabled and self.is_world_process_zero():
             logger.warning("accelerate launch asked for FSDP, but this Trainer runs without it: with use_cpu=True (a "
                            "machine without a GPU) transformers does not enable FSDP, and the processes train with DDP.")
+
+    def _setup_rotation(self):
+        from .rotation import check_rotation, make_orthogonal
+
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            raise ValueError("rotation_learning_rate is not supported with DeepSpeed or FSDP (the rotation is made "
+                             "orthogonal on the full weight after each step); train it with DDP or one process.")
+        if self.optimizer is not None:
+            raise ValueError("rotation_learning_rate needs the trainer to build the optimizer (its own parameter "
+                             "group); with optimizers=(...), put the projection's weight in a group yourself.")
+        rotation = check_rotation(self.model)
+        if not rotation.weight.requires_grad:
+            raise ValueError("the output rotation's weight is frozen (requires_grad=False); nothing would train it.")
+
+        class _Orthogonal(TrainerCallback):
+            def on_step_end(self, args, state, control, **kwargs):
+                make_orthogonal(rotation)
+
+        self.add_callback(_Orthogonal())
+        return rotation
+
+    def create_optimizer(self, *args, **kwargs):
+        if self._rotation is None or self.optimizer is not None:
+            return super().create_optimizer(*args, **kwargs)
+        optimizer = super().create_optimizer(*args, **kwargs)
+        weight = self._rotation.weight
+        for group in optimizer.param_groups:
+            group["params"] = [p for p in group["params"] if p is not weight]
+        optimizer.add_param_group({"params": [weight], "lr": self.rotation_learning_rate, "weight_decay": 0.0})
+        return optimizer
 
     def _check_mini_batch_size(self, mini_batch_size):
         if mini_batch_size is None:
