@@ -56,7 +56,8 @@ def _train(args: argparse.Namespace) -> int:
     model, _ = recipes.finetune(model_path, train, nesting, epochs=args.epochs or 1.0, batch_size=args.batch_size,
                                 lr=args.lr, seed=args.seed, teacher_weight=args.teacher_weight,
                                 mini_batch_size=args.mini_batch_size,
-                                embed_duplicates_once=args.embed_duplicates_once)
+                                embed_duplicates_once=args.embed_duplicates_once,
+                                rotation_learning_rate=args.rotation_lr)
     table = recipes.results_table({"MRL fine-tuned": recipes.evaluate(model, test, nesting)})
     out = save_for_hub(model, args.output_dir, results=table,
                        eval_dataset={"name": "chatterbot-corpus (held-out questions)", "type": "chatterbot-corpus"},
@@ -240,6 +241,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--teacher-weight", type=float, default=0.0,
                        help="keep the full size close to the original model: MRLTrainer's teacher term with this "
                             "weight (default 0, off; docs/finetune.md measures what 10 buys)")
+    train.add_argument("--rotation-lr", type=float, default=None,
+                       help="also train an output rotation (orthogonal: the full-size similarities move only with "
+                            "the encoder) at this learning rate; docs/finetune.md measures 1e-2 with --teacher-weight "
+                            "10 (default: off)")
     train.add_argument("--mini-batch-size", type=int, default=None,
                        help="cached contrastive loss: embed each batch this many rows at a time, so a large "
                             "--batch-size (more in-batch negatives) needs the memory of a small one (default: off)")

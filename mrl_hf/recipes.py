@@ -43,27 +43,33 @@ def evaluate(model, test_pairs, dims, batch_size: int = 64) -> dict[int, dict[st
 def finetune(model_path: str, train_pairs, nesting_list, *, epochs: float = 1.0, batch_size: int = 32,
              lr: float = 5e-5, max_length: int = 32, seed: int = 0, output_dir: str | None = None,
              progress: bool = True, max_steps: int = -1, teacher_weight: float = 0.0,
-             mini_batch_size: int | None = None, embed_duplicates_once: bool = False):
+             mini_batch_size: int | None = None, embed_duplicates_once: bool = False,
+             rotation_learning_rate: float | None = None):
     """MRL fine-tuning through ``MRLTrainer``; returns the model (in eval mode) and the trainer. ``teacher_weight``:
     ``MRLTrainer``'s term that keeps the full size close to the original model (0: off); ``mini_batch_size``: its
     cached loss (a large ``batch_size`` embedded that many rows at a time); ``embed_duplicates_once``: the model's
-    config setting that embeds a text repeated within a batch once."""
+    config setting that embeds a text repeated within a batch once; ``rotation_learning_rate``: an output rotation
+    (``mrl_hf.add_output_rotation``) trained at that rate."""
     import torch
     from transformers import TrainingArguments
 
     from .data.collator import PairCollator
     from .modeling import MRLBertModel
+    from .rotation import add_output_rotation
     from .trainer import MRLTrainer
 
     model = MRLBertModel.from_pretrained(model_path, nesting_list=nesting_list,
                                          embed_duplicates_once=embed_duplicates_once)
+    if rotation_learning_rate is not None:
+        add_output_rotation(model)
     args = TrainingArguments(
         output_dir=output_dir or tempfile.mkdtemp(prefix="mrl_demo_"), per_device_train_batch_size=batch_size,
         num_train_epochs=epochs, max_steps=max_steps, learning_rate=lr, warmup_steps=0.1, seed=seed, logging_steps=10,
         save_strategy="no", report_to=[], disable_tqdm=not progress, use_cpu=not torch.cuda.is_available(),
     )
     trainer = MRLTrainer(model=model, args=args, train_dataset=train_pairs, teacher_weight=teacher_weight,
-                         mini_batch_size=mini_batch_size, data_collator=PairCollator(model.tokenizer, max_length=max_length))
+                         mini_batch_size=mini_batch_size, rotation_learning_rate=rotation_learning_rate,
+                         data_collator=PairCollator(model.tokenizer, max_length=max_length))
     trainer.train()
     return model.eval(), trainer
 

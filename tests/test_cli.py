@@ -161,3 +161,24 @@ def test_train_embedding_repeated_texts_once(tiny_checkpoint, tmp_path, capsys):
                  "--nesting-list", "8,16,32", "--embed-duplicates-once"]) == 0
     assert "dim" in capsys.readouterr().out
     assert json.loads((out / "config.json").read_text())["embed_duplicates_once"] is True
+
+
+def test_train_with_an_output_rotation(tiny_checkpoint, tmp_path, capsys):
+    """`mrl-hf train --rotation-lr`: the saved model carries the trained rotation (an orthogonal projection) and
+    reloads; a rate <= 0 is refused."""
+    import torch
+    from safetensors.torch import load_file
+
+    path, _ = tiny_checkpoint
+    out = tmp_path / "trained"
+    assert main(["train", "text-embeddings", "--model", str(path), "--output-dir", str(out), "--epochs", "0.1",
+                 "--nesting-list", "8,16,32", "--rotation-lr", "0.01"]) == 0
+    assert "dim" in capsys.readouterr().out
+    config = json.loads((out / "config.json").read_text())
+    assert config["embedding_dim"] == config["hidden_size"]
+    w = load_file(str(out / "model.safetensors"))["projection.weight"]
+    torch.testing.assert_close(w @ w.T, torch.eye(w.shape[0]), rtol=0, atol=1e-5)
+    assert (w - torch.eye(w.shape[0])).abs().max() > 1e-4
+    assert main(["train", "text-embeddings", "--model", str(path), "--output-dir", str(out), "--rotation-lr", "0",
+                 "--nesting-list", "8,16,32"]) == 2
+    assert "rotation_learning_rate=0.0 must be a number > 0" in capsys.readouterr().err
