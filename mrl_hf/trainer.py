@@ -141,8 +141,10 @@ class MRLTrainer(Trainer):
             raise ValueError("rotation_learning_rate is not supported with DeepSpeed or FSDP (the rotation is made "
                              "orthogonal on the full weight after each step); train it with DDP or one process.")
         if self.optimizer is not None:
-            raise ValueError("rotation_learning_rate needs the trainer to build the optimizer (its own parameter "
-                             "group); with optimizers=(...), put the projection's weight in a group yourself.")
+            raise ValueError("rotation_learning_rate needs the trainer to build the optimizer (the rotation gets its "
+                             "own parameter group); with your own optimizers=(...), leave it unset, give the "
+                             "projection's weight a group of its own and call mrl_hf.rotation.make_orthogonal("
+                             "model.projection) after each step.")
         rotation = check_rotation(self.model)
         if not rotation.weight.requires_grad:
             raise ValueError("the output rotation's weight is frozen (requires_grad=False); nothing would train it.")
