@@ -146,6 +146,8 @@ class MRLTrainer(Trainer):
                              "projection's weight a group of its own and call mrl_hf.rotation.make_orthogonal("
                              "model.projection) after each step.")
         rotation = check_rotation(self.model)
+        if rotation.bias is not None:  # a reloaded rotation's bias trains unless frozen here; a shift moves the cosines
+            rotation.bias.requires_grad_(False)
         if not rotation.weight.requires_grad:
             raise ValueError("the output rotation's weight is frozen (requires_grad=False); nothing would train it.")
 

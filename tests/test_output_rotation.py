@@ -87,6 +87,8 @@ def test_the_rotation_saves_and_loads_as_a_projection(tmp_path):
     loaded = MRLBertModel.from_pretrained(tmp_path / "saved", dtype=torch.float64)
     assert loaded.config.embedding_dim == model.config.hidden_size
     torch.testing.assert_close(embeddings(loaded, data), embeddings(model, data), rtol=0, atol=1e-12)
+    train(loaded.train(), data, tmp_path / "again")  # training the reloaded rotation again keeps its bias at zero
+    assert not loaded.projection.bias.requires_grad and not loaded.projection.bias.any()
 
 
 def test_bad_settings_are_refused_with_the_fix(tmp_path):
