@@ -140,3 +140,66 @@ def test_adaptor_fit_on_cuda(source):
     end = similarity_distillation_loss(adaptor(torch.from_numpy(vectors).cuda()), torch.from_numpy(vectors).cuda(),
                                        [4, 8, 32]).loss.item()
     assert end < start
+
+
+def _fine_tune_options(setting, precisions=None):
+    """A tiny float64 embedding model and the MRLTrainer options of ``setting`` (fine-tuning features that run their
+    own code on the model's device: the output rotation's polar step, the teacher's cache, the code surrogates)."""
+    from mrl_hf import add_output_rotation
+    from mrl_hf.modeling import MRLBertConfig, MRLBertModel
+
+    model, data = tm.build("embed")
+    if setting == "rotation":
+        add_output_rotation(model)
+        return model, data, {"rotation_learning_rate": 0.5}
+    if setting == "teacher":  # not the model's own start: student == teacher is the kink of the distillation terms
+        torch.manual_seed(1)
+        teacher = MRLBertModel(MRLBertConfig(nesting_list=tm.NESTING, **tm.TINY_BERT)).double()
+        return model, data, {"teacher": teacher, "teacher_weight": 0.5, "teacher_sizes": "all"}
+    torch.manual_seed(0)  # binary only: int8 codes truncate (sentence-transformers' rule), so a column's largest value
+    # sits on a level boundary and 1e-16 decides its level; the bf16 test below trains int8 too
+    precisions = {"binary": [4, 8, 16]} if precisions is None else precisions
+    config = MRLBertConfig(nesting_list=tm.NESTING, precisions=precisions, binary_surrogate=setting, **tm.TINY_BERT)
+    return MRLBertModel(config).double(), data, {}
+
+
+@pytest.mark.parametrize("setting", ["rotation", "teacher", "ste", "ste-centred", "tanh"])
+def test_fine_tuning_options_train_on_cuda_as_on_the_cpu(setting, tmp_path):
+    """Output rotation, teacher term and quantisation-aware terms (binary at every size): the same
+    float64 run (SGD, data order) on CUDA and on the CPU gives the same parameters and per-size logs."""
+    runs = []
+    for use_cpu in (True, False):
+        model, data, options = _fine_tune_options(setting)
+        args = TrainingArguments(output_dir=str(tmp_path / str(use_cpu)), per_device_train_batch_size=tm.GLOBAL_BATCH,
+                                 max_steps=tm.STEPS, learning_rate=tm.LR, optim="sgd", lr_scheduler_type="constant",
+                                 max_grad_norm=0.0, logging_steps=1, report_to=[], disable_tqdm=True, use_cpu=use_cpu,
+                                 save_strategy="no", remove_unused_columns=False, train_sampling_strategy="sequential")
+        trainer = tm.MRLTrainer(model=model, args=args, train_dataset=data, **options)
+        trainer.train()
+        assert next(trainer.model.parameters()).is_cuda != use_cpu
+        runs.append((tm.parameters(trainer.model), tm.trainer_logs(trainer)))
+    (cpu, cpu_logs), (gpu, gpu_logs) = runs
+    assert len(gpu_logs) == tm.STEPS
+    for name, value in cpu.items():
+        torch.testing.assert_close(gpu[name].cpu(), value, rtol=1e-7, atol=1e-9, msg=lambda m: f"{setting}: {name}: {m}")
+    for got, want in zip(gpu_logs, cpu_logs):
+        assert got["loss"] == pytest.approx(want["loss"], rel=1e-7) and got["dims"] == pytest.approx(want["dims"],
+                                                                                                       rel=1e-7)
+
+
+@pytest.mark.parametrize("surrogate", ["ste", "ste-centred", "tanh"])
+def test_quantization_aware_bf16_training_on_cuda(surrogate, tmp_path):
+    """bf16 mixed precision with binary and int8 terms: finite, per-size logs that add up to the loss, weights move."""
+    model, data, _ = _fine_tune_options(surrogate, {"binary": [4, 8, 16], "int8": [8]})
+    data = [{k: v.float() if v.is_floating_point() else v for k, v in d.items()} for d in data]
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=8, max_steps=3, learning_rate=1e-3,
+                             logging_steps=1, report_to=[], disable_tqdm=True, bf16=True, save_strategy="no",
+                             remove_unused_columns=False)
+    trainer = tm.MRLTrainer(model=model.float(), args=args, train_dataset=data)
+    before = tm.parameters(trainer.model)
+    trainer.train()
+    logs = tm.trainer_logs(trainer)
+    assert len(logs) == 3 and all(np.isfinite([h["loss"], *h["dims"]]).all() for h in logs)
+    assert all(h["loss"] == pytest.approx(sum(h["dims"]), rel=1e-5) for h in logs)
+    after = tm.parameters(trainer.model)
+    assert sum(not torch.equal(after[n].cpu(), before[n].cpu()) for n in before) > 0.5 * len(before)
