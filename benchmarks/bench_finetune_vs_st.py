@@ -16,6 +16,7 @@ queries and seeds on both sides), which says whether a difference is larger than
     python benchmarks/bench_finetune_vs_st.py --teacher-weights 0 --mean-centering   # + each model centred
     python benchmarks/bench_finetune_vs_st.py --embed-duplicates-once --mean-centering  # repeated texts embedded once
     python benchmarks/bench_finetune_vs_st.py --teacher-weights 0,10 --rotation-lr 1e-2  # + an output rotation
+    python benchmarks/bench_finetune_vs_st.py --teacher-weights 10 --rotation-lr 1e-2 --freeze-bottom 1  # + frozen bottom
 """
 from __future__ import annotations
 
@@ -62,10 +63,10 @@ def st_finetune(path, train, seed, output_dir):
 
 
 def mrl_finetune(path, train, seed, output_dir, teacher_weight, teacher_sizes="full", embed_duplicates_once=False,
-                 rotation_lr=None):
+                 rotation_lr=None, freeze=None):
     from transformers import TrainingArguments
 
-    from mrl_hf import MRLTrainer, add_output_rotation
+    from mrl_hf import MRLTrainer, add_output_rotation, freeze_bottom
     from mrl_hf.data.collator import PairCollator
     from mrl_hf.modeling import MRLBertModel
 
@@ -73,6 +74,8 @@ def mrl_finetune(path, train, seed, output_dir, teacher_weight, teacher_sizes="f
     model = MRLBertModel.from_pretrained(path, nesting_list=NESTING, embed_duplicates_once=embed_duplicates_once)
     if rotation_lr:
         add_output_rotation(model)
+    if freeze is not None:
+        freeze_bottom(model, freeze)
     args = TrainingArguments(
         output_dir=output_dir, num_train_epochs=EPOCHS, per_device_train_batch_size=BATCH, learning_rate=LR,
         warmup_steps=WARMUP, seed=seed, logging_steps=10, save_strategy="no", report_to=[], disable_tqdm=True,
@@ -131,6 +134,8 @@ def main(argv=None):
                         "mean of its training texts' normalised vectors subtracted (mrl_hf.adaptor.mean_centering)")
     parser.add_argument("--rotation-lr", type=float, help="mrl_hf runs also train an output rotation "
                         "(mrl_hf.add_output_rotation) at this learning rate (MRLTrainer's rotation_learning_rate)")
+    parser.add_argument("--freeze-bottom", type=int, metavar="BLOCKS", help="mrl_hf runs keep the embedding layer and "
+                        "the first BLOCKS transformer blocks frozen (mrl_hf.freeze_bottom; 0: the embedding layer only)")
     parser.add_argument("--json", help="also write every number here")
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -157,14 +162,15 @@ def main(argv=None):
     methods = [("sentence-transformers MatryoshkaLoss", None)] + [
         (f"mrl_hf MRLTrainer, teacher_weight={w:g}" + (" (all sizes)" if w and args.teacher_sizes == "all" else "")
          + (", embed_duplicates_once" if args.embed_duplicates_once else "")
-         + (f", rotation lr {args.rotation_lr:g}" if args.rotation_lr else ""), w)
+         + (f", rotation lr {args.rotation_lr:g}" if args.rotation_lr else "")
+         + (f", freeze_bottom={args.freeze_bottom}" if args.freeze_bottom is not None else ""), w)
         for w in weights]
     for seed in seeds:
         for name, weight in methods:
             with tempfile.TemporaryDirectory() as tmp:
                 model, took = (st_finetune(path, train, seed, tmp) if weight is None
                                else mrl_finetune(path, train, seed, tmp, weight, args.teacher_sizes,
-                                                 args.embed_duplicates_once, args.rotation_lr))
+                                                 args.embed_duplicates_once, args.rotation_lr, args.freeze_bottom))
             scored, per_query = score(model, sets)
             results.setdefault(name, []).append(scored)
             hits.setdefault(name, []).append(per_query)

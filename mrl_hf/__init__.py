@@ -59,6 +59,7 @@ _LAZY = {
     "mean_centering": "adaptor",
     "attach_adaptor": "adaptor",
     "add_output_rotation": "rotation",
+    "freeze_bottom": "freezing",
     "MatryoshkaDistillationLoss": "distillation",
     "MatryoshkaDistillationTrainer": "distillation",
     "similarity_distillation_loss": "distillation",

@@ -57,7 +57,7 @@ def _train(args: argparse.Namespace) -> int:
                                 lr=args.lr, seed=args.seed, teacher_weight=args.teacher_weight,
                                 mini_batch_size=args.mini_batch_size,
                                 embed_duplicates_once=args.embed_duplicates_once,
-                                rotation_learning_rate=args.rotation_lr)
+                                rotation_learning_rate=args.rotation_lr, freeze_bottom=args.freeze_bottom)
     table = recipes.results_table({"MRL fine-tuned": recipes.evaluate(model, test, nesting)})
     out = save_for_hub(model, args.output_dir, results=table,
                        eval_dataset={"name": "chatterbot-corpus (held-out questions)", "type": "chatterbot-corpus"},
@@ -245,6 +245,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="also train an output rotation (orthogonal: the full-size similarities move only with "
                             "the encoder) at this learning rate; docs/finetune.md measures 1e-2 with --teacher-weight "
                             "10 (default: off)")
+    train.add_argument("--freeze-bottom", type=int, default=None, metavar="BLOCKS",
+                       help="keep the embedding layer and the first BLOCKS transformer blocks as they are (0: the "
+                            "embedding layer only); faster steps, and docs/finetune.md measures 1 with --teacher-weight "
+                            "10 --rotation-lr 1e-2 (default: everything trains)")
     train.add_argument("--mini-batch-size", type=int, default=None,
                        help="cached contrastive loss: embed each batch this many rows at a time, so a large "
                             "--batch-size (more in-batch negatives) needs the memory of a small one (default: off)")

@@ -44,16 +44,18 @@ def finetune(model_path: str, train_pairs, nesting_list, *, epochs: float = 1.0,
              lr: float = 5e-5, max_length: int = 32, seed: int = 0, output_dir: str | None = None,
              progress: bool = True, max_steps: int = -1, teacher_weight: float = 0.0,
              mini_batch_size: int | None = None, embed_duplicates_once: bool = False,
-             rotation_learning_rate: float | None = None):
+             rotation_learning_rate: float | None = None, freeze_bottom: int | None = None):
     """MRL fine-tuning through ``MRLTrainer``; returns the model (in eval mode) and the trainer. ``teacher_weight``:
     ``MRLTrainer``'s term that keeps the full size close to the original model (0: off); ``mini_batch_size``: its
     cached loss (a large ``batch_size`` embedded that many rows at a time); ``embed_duplicates_once``: the model's
     config setting that embeds a text repeated within a batch once; ``rotation_learning_rate``: an output rotation
-    (``mrl_hf.add_output_rotation``) trained at that rate."""
+    (``mrl_hf.add_output_rotation``) trained at that rate; ``freeze_bottom=k``: the embedding layer and the first ``k``
+    transformer blocks stay as they are (``mrl_hf.freeze_bottom``; None: everything trains)."""
     import torch
     from transformers import TrainingArguments
 
     from .data.collator import PairCollator
+    from .freezing import freeze_bottom as freeze
     from .modeling import MRLBertModel
     from .rotation import add_output_rotation
     from .trainer import MRLTrainer
@@ -62,6 +64,8 @@ def finetune(model_path: str, train_pairs, nesting_list, *, epochs: float = 1.0,
                                          embed_duplicates_once=embed_duplicates_once)
     if rotation_learning_rate is not None:
         add_output_rotation(model)
+    if freeze_bottom is not None:
+        freeze(model, freeze_bottom)
     args = TrainingArguments(
         output_dir=output_dir or tempfile.mkdtemp(prefix="mrl_demo_"), per_device_train_batch_size=batch_size,
         num_train_epochs=epochs, max_steps=max_steps, learning_rate=lr, warmup_steps=0.1, seed=seed, logging_steps=10,

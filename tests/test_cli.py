@@ -182,3 +182,23 @@ def test_train_with_an_output_rotation(tiny_checkpoint, tmp_path, capsys):
     assert main(["train", "text-embeddings", "--model", str(path), "--output-dir", str(out), "--rotation-lr", "0",
                  "--nesting-list", "8,16,32"]) == 2
     assert "rotation_learning_rate=0.0 must be a number > 0" in capsys.readouterr().err
+
+
+def test_train_with_a_frozen_bottom(tiny_checkpoint, tmp_path, capsys):
+    """`mrl-hf train --freeze-bottom 0`: the saved embedding layer is the original's, the block trained; more blocks
+    than the model has are refused."""
+    from safetensors.torch import load_file
+
+    path, _ = tiny_checkpoint
+    out = tmp_path / "trained"
+    assert main(["train", "text-embeddings", "--model", str(path), "--output-dir", str(out), "--epochs", "0.1",
+                 "--nesting-list", "8,16,32", "--freeze-bottom", "0"]) == 0
+    assert "dim" in capsys.readouterr().out
+    before, after = load_file(str(path / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    embeddings = [k for k in before if ".embeddings." in k]
+    assert embeddings and all(torch.equal(before[k], after[k]) for k in embeddings)
+    assert not torch.equal(before["bert.encoder.layer.0.output.dense.weight"],
+                           after["bert.encoder.layer.0.output.dense.weight"])
+    assert main(["train", "text-embeddings", "--model", str(path), "--output-dir", str(out), "--freeze-bottom", "2",
+                 "--nesting-list", "8,16,32"]) == 2
+    assert "blocks=2, but BertModel has only 1; give at most 1" in capsys.readouterr().err
