@@ -16,7 +16,7 @@ queries and seeds on both sides), which says whether a difference is larger than
     python benchmarks/bench_finetune_vs_st.py --teacher-weights 0 --mean-centering   # + each model centred
     python benchmarks/bench_finetune_vs_st.py --embed-duplicates-once --mean-centering  # repeated texts embedded once
     python benchmarks/bench_finetune_vs_st.py --teacher-weights 0,10 --rotation-lr 1e-2  # + an output rotation
-    python benchmarks/bench_finetune_vs_st.py --teacher-weights 10 --rotation-lr 1e-2 --freeze-bottom 1  # + frozen bottom
+    python benchmarks/bench_finetune_vs_st.py --teacher-weights 10 --rotation-lr 1e-2 --freeze-bottom 1  # + frozen
 """
 from __future__ import annotations
 
@@ -134,8 +134,9 @@ def main(argv=None):
                         "mean of its training texts' normalised vectors subtracted (mrl_hf.adaptor.mean_centering)")
     parser.add_argument("--rotation-lr", type=float, help="mrl_hf runs also train an output rotation "
                         "(mrl_hf.add_output_rotation) at this learning rate (MRLTrainer's rotation_learning_rate)")
-    parser.add_argument("--freeze-bottom", type=int, metavar="BLOCKS", help="mrl_hf runs keep the embedding layer and "
-                        "the first BLOCKS transformer blocks frozen (mrl_hf.freeze_bottom; 0: the embedding layer only)")
+    parser.add_argument("--freeze-bottom", type=int, metavar="BLOCKS", help="mrl_hf runs keep the embedding layer "
+                        "and the first BLOCKS transformer blocks frozen (mrl_hf.freeze_bottom; 0: the embedding "
+                        "layer only)")
     parser.add_argument("--json", help="also write every number here")
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]

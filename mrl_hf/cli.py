@@ -247,8 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "10 (default: off)")
     train.add_argument("--freeze-bottom", type=int, default=None, metavar="BLOCKS",
                        help="keep the embedding layer and the first BLOCKS transformer blocks as they are (0: the "
-                            "embedding layer only); faster steps, and docs/finetune.md measures 1 with --teacher-weight "
-                            "10 --rotation-lr 1e-2 (default: everything trains)")
+                            "embedding layer only); faster steps, and docs/finetune.md measures 1 with "
+                            "--teacher-weight 10 --rotation-lr 1e-2 (default: everything trains)")
     train.add_argument("--mini-batch-size", type=int, default=None,
                        help="cached contrastive loss: embed each batch this many rows at a time, so a large "
                             "--batch-size (more in-batch negatives) needs the memory of a small one (default: off)")

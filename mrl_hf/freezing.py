@@ -36,7 +36,8 @@ def freeze_bottom(model: nn.Module, blocks: int = 0) -> list[str]:
         stack = _blocks(base)
         if stack is None:
             raise ValueError(f"could not find the transformer blocks of {type(base).__name__} (a list of "
-                             "config.num_hidden_layers modules); use blocks=0 or freeze them with requires_grad_(False).")
+                             "config.num_hidden_layers modules); use blocks=0 or freeze them with "
+                             "requires_grad_(False).")
         if blocks > len(stack):
             raise ValueError(f"blocks={blocks}, but {type(base).__name__} has only {len(stack)}; give at most "
                              f"{len(stack)}.")

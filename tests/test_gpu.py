@@ -181,7 +181,8 @@ def test_fine_tuning_options_train_on_cuda_as_on_the_cpu(setting, tmp_path):
     (cpu, cpu_logs), (gpu, gpu_logs) = runs
     assert len(gpu_logs) == tm.STEPS
     for name, value in cpu.items():
-        torch.testing.assert_close(gpu[name].cpu(), value, rtol=1e-7, atol=1e-9, msg=lambda m: f"{setting}: {name}: {m}")
+        torch.testing.assert_close(gpu[name].cpu(), value, rtol=1e-7, atol=1e-9,
+                                   msg=lambda m: f"{setting}: {name}: {m}")
     for got, want in zip(gpu_logs, cpu_logs):
         assert got["loss"] == pytest.approx(want["loss"], rel=1e-7) and got["dims"] == pytest.approx(want["dims"],
                                                                                                        rel=1e-7)
