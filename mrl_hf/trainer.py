@@ -85,6 +85,9 @@ class MRLTrainer(Trainer):
     (``mrl_hf.add_output_rotation(model)``), ``rotation_learning_rate=lr`` trains it at its own learning rate (the
     encoder keeps ``TrainingArguments.learning_rate``; same schedule) and makes it orthogonal again after every
     optimiser step (``mrl_hf.rotation``). Measured in docs/finetune.md.
+
+    A frozen bottom: ``mrl_hf.freeze_bottom(model, blocks)`` before building the trainer keeps the encoder's embedding
+    layer and first ``blocks`` blocks as they are; the trainer optimises what still requires a gradient.
     """
 
     NONFINITE_ACTIONS = ("raise", "skip")
