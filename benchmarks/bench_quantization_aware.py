@@ -22,7 +22,7 @@ each nesting block fitted by iterative quantisation (``block_itq_rotation``, ben
 are meant to be served.
 
 Usage: python benchmarks/bench_quantization_aware.py [--seeds 0 1 2] [--qat binary] [--quantization-weight 1.0]
-       [--surrogate ste] [--max-steps N] [--post-hoc] [--json out.json]
+       [--surrogate ste] [--max-steps N] [--post-hoc] [--rotation-lr LR] [--json out.json]
 """
 from __future__ import annotations
 
@@ -48,6 +48,7 @@ from mrl_hf.recipes import NESTING, packaged_minilm, split_pairs  # noqa: E402
 from mrl_hf.evaluation.pairs import group_pairs  # noqa: E402
 from mrl_hf.modeling import MRLBertModel  # noqa: E402
 from mrl_hf.quantization import format_precision_table, quantized_retrieval_metrics  # noqa: E402
+from mrl_hf.rotation import add_output_rotation  # noqa: E402
 from mrl_hf.trainer import MRLTrainer  # noqa: E402
 
 SMALL = [12, 24, 48]  # the "small prefixes" of the target
@@ -67,17 +68,19 @@ class StepTimer(TrainerCallback):
         self.times.append(time.perf_counter() - self._start)
 
 
-def train(train_pairs, seed: int, precisions, weight: float, surrogate: str, max_steps: int):
+def train(train_pairs, seed: int, precisions, weight: float, surrogate: str, max_steps: int, rotation_lr=None):
     torch.manual_seed(seed)
     model = MRLBertModel.from_pretrained(packaged_minilm(), nesting_list=NESTING, precisions=precisions,
                                          quantization_weight=weight, binary_surrogate=surrogate)
+    if rotation_lr:
+        add_output_rotation(model)
     args = TrainingArguments(
         output_dir=tempfile.mkdtemp(prefix="mrl_qat_"), per_device_train_batch_size=32, num_train_epochs=1.0,
         max_steps=max_steps, learning_rate=5e-5, warmup_steps=0.1, seed=seed, logging_steps=10, save_strategy="no",
         report_to=[], disable_tqdm=True, use_cpu=True)
     timer = StepTimer()
     trainer = MRLTrainer(model=model, args=args, train_dataset=train_pairs, callbacks=[timer],
-                         data_collator=PairCollator(model.tokenizer, max_length=32))
+                         rotation_learning_rate=rotation_lr, data_collator=PairCollator(model.tokenizer, max_length=32))
     start = time.perf_counter()
     trainer.train()
     return model.eval(), {"train_s": time.perf_counter() - start, "steps": trainer.state.global_step,
@@ -161,6 +164,9 @@ def main():
     parser.add_argument("--max-steps", type=int, default=-1, help="-1: one epoch (41 steps)")
     parser.add_argument("--post-hoc", action="store_true", help="also score the float-only model with training-free "
                         "maps fitted on its training texts: mean_centering attached, and a block-wise ITQ rotation")
+    parser.add_argument("--rotation-lr", type=float, default=None, help="every run (float-only and QAT) also trains "
+                        "an output rotation at this rate (mrl_hf.add_output_rotation, MRLTrainer's "
+                        "rotation_learning_rate): a fast lever on which directions each prefix's bits read")
     parser.add_argument("--cost-repeats", type=int, default=7)
     parser.add_argument("--json", default=None, help="write every number here")
     args = parser.parse_args()
@@ -176,7 +182,7 @@ def main():
         runs = {}
         for name, prec, weight, surrogate in [("float-only", None, 1.0, "ste"),
                                               *[(f"QAT {sur} w={w:g}", precisions, w, sur) for w, sur in variants]]:
-            model, timing = train(train_pairs, seed, prec, weight, surrogate, args.max_steps)
+            model, timing = train(train_pairs, seed, prec, weight, surrogate, args.max_steps, args.rotation_lr)
             runs[name] = {"timing": timing, "metrics": evaluate(model, test_pairs)}
             print(f"seed {seed} {name}: {timing['steps']} steps in {timing['train_s']:.0f} s "
                   f"(median step {timing['median_step_s']:.2f} s)", flush=True)
