@@ -22,7 +22,7 @@ each nesting block fitted by iterative quantisation (``block_itq_rotation``, ben
 are meant to be served.
 
 Usage: python benchmarks/bench_quantization_aware.py [--seeds 0 1 2] [--qat binary] [--quantization-weight 1.0]
-       [--surrogate ste] [--max-steps N] [--post-hoc] [--rotation-lr LR] [--json out.json]
+       [--qat-sizes 12,24,48] [--surrogate ste] [--max-steps N] [--post-hoc] [--rotation-lr LR] [--json out.json]
 """
 from __future__ import annotations
 
@@ -158,6 +158,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--qat", default="binary", help="comma-separated precisions of the QAT run, e.g. binary,int8")
+    parser.add_argument("--qat-sizes", default=None, help="comma-separated sizes that get the --qat terms (default: "
+                        "every size), e.g. 12,24,48")
     parser.add_argument("--quantization-weight", type=float, nargs="+", default=[1.0])
     parser.add_argument("--surrogate", nargs="+", default=["ste"], choices=["ste", "tanh", "ste-centred"],
                         help="several: one QAT run per surrogate (and per weight), against one float-only run")
@@ -171,6 +173,9 @@ def main():
     parser.add_argument("--json", default=None, help="write every number here")
     args = parser.parse_args()
     precisions = ["float32", *args.qat.split(",")]
+    if args.qat_sizes:
+        sizes = [int(m) for m in args.qat_sizes.split(",")]
+        precisions = {"float32": NESTING, **{p: sizes for p in args.qat.split(",")}}
     train_pairs, test_pairs = split_pairs(load_chatterbot_pairs(), seed=0)
     texts = sorted({p[k] for p in train_pairs for k in ("anchor", "positive")})  # for the post-hoc maps
     print(f"chatterbot-corpus: {len(train_pairs)} training pairs, {len(test_pairs)} held-out pairs; "
