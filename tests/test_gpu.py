@@ -83,14 +83,13 @@ def test_cuda_training_matches_the_reference_loop(kind, setting, tmp_path):
         assert got["dims"] == pytest.approx(want["dims"], rel=max(1e-5, tolerance["rtol"]))
 
 
-@pytest.mark.parametrize("kind", tm.KINDS)
-def test_bf16_training_step_of_every_family_on_cuda(kind, tmp_path):
-    model, data = tm.build(kind)
+def _assert_bf16_steps_train(trainer_class, model, data, out_dir):
+    """3 bf16 steps (float32 weights): finite logs whose per-size terms add up to the loss, most weights moved."""
     data = [{k: v.float() if v.is_floating_point() else v for k, v in d.items()} for d in data]
-    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=8, max_steps=3, learning_rate=1e-3,
+    args = TrainingArguments(output_dir=str(out_dir), per_device_train_batch_size=8, max_steps=3, learning_rate=1e-3,
                              logging_steps=1, report_to=[], disable_tqdm=True, bf16=True, save_strategy="no",
                              remove_unused_columns=False)
-    trainer = tm.trainer_class(kind)(model=model.float(), args=args, train_dataset=data)
+    trainer = trainer_class(model=model.float(), args=args, train_dataset=data)
     before = tm.parameters(trainer.model)
     trainer.train()
     logs = tm.trainer_logs(trainer)
@@ -98,6 +97,12 @@ def test_bf16_training_step_of_every_family_on_cuda(kind, tmp_path):
     assert all(h["loss"] == pytest.approx(sum(h["dims"]), rel=1e-5) for h in logs)
     after = tm.parameters(trainer.model)
     assert sum(not torch.equal(after[n].cpu(), before[n].cpu()) for n in before) > 0.5 * len(before)
+
+
+@pytest.mark.parametrize("kind", tm.KINDS)
+def test_bf16_training_step_of_every_family_on_cuda(kind, tmp_path):
+    model, data = tm.build(kind)
+    _assert_bf16_steps_train(tm.trainer_class(kind), model, data, tmp_path)
 
 
 def test_encode_on_cuda_equals_the_cpu():
@@ -192,15 +197,4 @@ def test_fine_tuning_options_train_on_cuda_as_on_the_cpu(setting, tmp_path):
 def test_quantization_aware_bf16_training_on_cuda(surrogate, tmp_path):
     """bf16 mixed precision with binary and int8 terms: finite, per-size logs that add up to the loss, weights move."""
     model, data, _ = _fine_tune_options(surrogate, {"binary": [4, 8, 16], "int8": [8]})
-    data = [{k: v.float() if v.is_floating_point() else v for k, v in d.items()} for d in data]
-    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=8, max_steps=3, learning_rate=1e-3,
-                             logging_steps=1, report_to=[], disable_tqdm=True, bf16=True, save_strategy="no",
-                             remove_unused_columns=False)
-    trainer = tm.MRLTrainer(model=model.float(), args=args, train_dataset=data)
-    before = tm.parameters(trainer.model)
-    trainer.train()
-    logs = tm.trainer_logs(trainer)
-    assert len(logs) == 3 and all(np.isfinite([h["loss"], *h["dims"]]).all() for h in logs)
-    assert all(h["loss"] == pytest.approx(sum(h["dims"]), rel=1e-5) for h in logs)
-    after = tm.parameters(trainer.model)
-    assert sum(not torch.equal(after[n].cpu(), before[n].cpu()) for n in before) > 0.5 * len(before)
+    _assert_bf16_steps_train(tm.MRLTrainer, model, data, tmp_path)
