@@ -8,26 +8,31 @@ max_length 32, seed 0. Two runs with the same seed and data order:
   QAT          the same, plus at every size the InfoNCE of the prefix as binary codes (and int8 with --qat int8,binary),
                weighted like the float term (quantization_weight, default 1).
 
-Held-out retrieval (149 questions, 176 answers) at every size, for float32 prefixes (cosine), binary codes (Hamming
-distance of the packed sign bits, no rescoring; ties by answer order) and int8 codes (ranges calibrated on the
-answers), plus the codes' top-100 re-scored in float32 at the full size, and the binary codes of the answers
-scored with the float query (``binary-asymmetric``: the stored codes are the same bits; the query is not
-binarised). Step time: the median over the training steps of each run, and the forward+backward of one demo batch
-of each loss timed round-robin in one process (robust to load from other jobs, see _measure.py).
+Held-out retrieval at every size on two sets: in domain, the demo's held-out 149 questions over 176 answers; out of
+domain, rotten-tomatoes review -> plot of the same movie (2,000 reviews over 1,083 plots, text no run trains on;
+read at 256 tokens). Precisions: float32 prefixes (cosine), binary codes (Hamming distance of the packed sign bits,
+no rescoring; ties by answer order) and int8 codes (ranges calibrated on the answers), plus the codes' top-100
+re-scored in float32 at the full size, and the binary codes of the answers scored with the float query
+(``binary-asymmetric``: the stored codes are the same bits; the query is not binarised). Step time: the median over
+the training steps of each run, and the forward+backward of one demo batch of each loss timed round-robin in one
+process (robust to load from other jobs, see _measure.py).
 
-With --post-hoc, the float-only model is also scored with two training-free maps fitted on the vectors of its own
-training texts (no labels): ``mrl_hf.adaptor.mean_centering`` attached to the model, and that plus a rotation inside
-each nesting block fitted by iterative quantisation (``block_itq_rotation``, benchmark only). QAT runs with
-``--surrogate ste-centred`` (codes of batch-centred vectors) are also scored with ``mean_centering`` attached, as they
-are meant to be served.
+Training-free maps, fitted without labels on each set's own texts (in domain: the training texts; out of domain: the
+plots, the corpus a deployment indexes) and applied to the vectors (what the adaptor computes once attached):
+``mrl_hf.adaptor.mean_centering`` (QAT runs with ``--surrogate ste-centred``, which train the codes of batch-centred
+vectors, are scored with it, as they are meant to be served). With --post-hoc, the float-only model, and the packaged
+model before any training ("original"), are also scored centred, centred + a rotation inside each nesting block
+fitted by iterative quantisation (``block_itq_rotation``, benchmark only), and centred + a random rotation inside
+each block (mean of 4 draws): a rotation inside whole blocks changes no float cosine at the nested sizes, only which
+directions the sign bits read. With --itq-start, QAT runs start their output rotation from the block ITQ rotation.
 
 Usage: python benchmarks/bench_quantization_aware.py [--seeds 0 1 2] [--qat binary] [--quantization-weight 1.0]
-       [--qat-sizes 12,24,48] [--surrogate ste] [--max-steps N] [--post-hoc] [--rotation-lr LR] [--json out.json]
+       [--qat-sizes 12,24,48] [--surrogate ste] [--max-steps N] [--post-hoc] [--rotation-lr LR] [--itq-start]
+       [--json out.json]
 """
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import sys
@@ -41,9 +46,8 @@ from transformers import TrainerCallback, TrainingArguments
 sys.path.insert(0, os.path.dirname(__file__))
 from _measure import time_interleaved  # noqa: E402
 
-from mrl_hf.adaptor import attach_adaptor, mean_centering  # noqa: E402
 from mrl_hf.data.collator import PairCollator  # noqa: E402
-from mrl_hf.data.text import load_chatterbot_pairs  # noqa: E402
+from mrl_hf.data.text import load_chatterbot_pairs, load_review_to_plot  # noqa: E402
 from mrl_hf.recipes import NESTING, packaged_minilm, split_pairs  # noqa: E402
 from mrl_hf.evaluation.pairs import group_pairs  # noqa: E402
 from mrl_hf.modeling import MRLBertModel  # noqa: E402
@@ -52,7 +56,10 @@ from mrl_hf.rotation import add_output_rotation  # noqa: E402
 from mrl_hf.trainer import MRLTrainer  # noqa: E402
 
 SMALL = [12, 24, 48]  # the "small prefixes" of the target
+IN_DOMAIN, OUT_OF_DOMAIN = "chatterbot q->a", "review->plot"
 EVAL_PRECISIONS = ("float32", "binary", "int8")
+RANDOM_ROTATIONS = 4  # draws of the random block rotation (--post-hoc)
+EVAL_LENGTH = 256  # all-MiniLM-L6-v2's max_seq_length: whole plots out of domain
 
 
 class StepTimer(TrainerCallback):
@@ -68,12 +75,18 @@ class StepTimer(TrainerCallback):
         self.times.append(time.perf_counter() - self._start)
 
 
-def train(train_pairs, seed: int, precisions, weight: float, surrogate: str, max_steps: int, rotation_lr=None):
+def train(train_pairs, seed: int, precisions, weight: float, surrogate: str, max_steps: int, rotation_lr=None,
+          itq_texts=None):
     torch.manual_seed(seed)
     model = MRLBertModel.from_pretrained(packaged_minilm(), nesting_list=NESTING, precisions=precisions,
                                          quantization_weight=weight, binary_surrogate=surrogate)
     if rotation_lr:
-        add_output_rotation(model)
+        rotation = add_output_rotation(model)
+        if itq_texts is not None:  # start from the block ITQ rotation of the centred start vectors
+            x = embed(model, itq_texts)
+            x = x / np.linalg.norm(x, axis=1, keepdims=True)
+            with torch.no_grad():
+                rotation.weight.copy_(torch.from_numpy(block_itq_rotation(x - x.mean(0)).T))
     args = TrainingArguments(
         output_dir=tempfile.mkdtemp(prefix="mrl_qat_"), per_device_train_batch_size=32, num_train_epochs=1.0,
         max_steps=max_steps, learning_rate=5e-5, warmup_steps=0.1, seed=seed, logging_steps=10, save_strategy="no",
@@ -88,17 +101,61 @@ def train(train_pairs, seed: int, precisions, weight: float, surrogate: str, max
 
 
 def embed(model, texts) -> np.ndarray:
-    return model.encode(texts, batch_size=64, truncate_dim=model.config.matryoshka_embedding_dim, normalize=False)
+    return model.encode(texts, batch_size=64, truncate_dim=model.config.matryoshka_embedding_dim, normalize=False,
+                        max_length=EVAL_LENGTH)
 
 
-def evaluate(model, test_pairs, transform=None) -> dict:
-    """Held-out metrics per (size, precision); ``transform`` maps the raw vectors first (the post-hoc code maps)."""
-    queries, answers, relevant = group_pairs(test_pairs)
-    q, a = embed(model, queries), embed(model, answers)
+def centred(vectors: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """What ``mean_centering`` attached to the model outputs: the L2-normalised vectors minus ``mean``."""
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True) - mean
+
+
+def evaluate(vectors: tuple[np.ndarray, np.ndarray], relevant, transform=None) -> dict:
+    """Held-out metrics per (size, precision) of ``(queries, candidates)`` vectors; ``transform`` maps them first."""
+    q, a = vectors
     if transform is not None:
         q, a = transform(q), transform(a)
     return quantized_retrieval_metrics(q, a, NESTING, EVAL_PRECISIONS, relevant=relevant, rescore=True, rescore_k=100,
                                        asymmetric=True)
+
+
+def score_variants(model, name: str, sets: dict, fit_texts: dict, centring: bool, post_hoc: bool) -> dict:
+    """``{run name: {set: metrics}}`` for ``model`` as trained, and served with the training-free maps: centred
+    (``mean_centering``), centred + block ITQ, and centred + a random rotation inside each nesting block (the mean
+    over RANDOM_ROTATIONS draws), each fitted per set on that set's ``fit_texts`` (no labels)."""
+    out = {name: {}}
+    for set_name, (queries, corpus, relevant) in sets.items():
+        vectors = embed(model, queries), embed(model, corpus)
+        out[name][set_name] = evaluate(vectors, relevant)
+        if not centring:
+            continue
+        fit = vectors[1] if fit_texts[set_name] is corpus else embed(model, fit_texts[set_name])
+        mean = fit.astype(np.float64) / np.linalg.norm(fit, axis=1, keepdims=True)
+        mean = mean.mean(0)
+        out.setdefault(f"{name} + mean_centering", {})[set_name] = evaluate(vectors, relevant,
+                                                                            lambda x: centred(x, mean))
+        if post_hoc:
+            rotation = block_itq_rotation(centred(fit, mean))
+            out.setdefault(f"{name} + mean_centering + block ITQ", {})[set_name] = evaluate(
+                vectors, relevant, lambda x: centred(x, mean) @ rotation)
+            draws = [evaluate(vectors, relevant, lambda x: centred(x, mean) @ random_block_rotation(seed))
+                     for seed in range(RANDOM_ROTATIONS)]
+            out.setdefault(f"{name} + mean_centering + random block rotation", {})[set_name] = mean_metrics(draws)
+    return out
+
+
+def random_block_rotation(seed: int) -> np.ndarray:
+    """A uniformly random orthogonal matrix inside each nesting block (QR of a Gaussian, signs fixed)."""
+    rng, rotation = np.random.default_rng(seed), np.zeros((NESTING[-1],) * 2)
+    for lo, hi in zip([0, *NESTING[:-1]], NESTING):
+        q, r = np.linalg.qr(rng.standard_normal((hi - lo, hi - lo)))
+        rotation[lo:hi, lo:hi] = q * np.sign(np.diag(r))
+    return rotation
+
+
+def mean_metrics(draws: list[dict]) -> dict:
+    return {label: {m: {key: float(np.mean([d[label][m][key] for d in draws])) for key in draws[0][label][m]}
+                    for m in draws[0][label]} for label in draws[0]}
 
 
 def block_itq_rotation(vectors: np.ndarray, iterations: int = 50) -> np.ndarray:
@@ -154,6 +211,43 @@ def gap_report(base: dict, qat: dict, label: str = "QAT", code: str = "binary") 
     return lines
 
 
+def gap_shares(runs: dict, name: str, set_name: str, base: str = "float-only") -> tuple[list[float], list[float]]:
+    """At each small size, the mean over seeds of the share of the ``base`` model's Hamming gap that ``name``'s
+    binary codes close, and the share computed from the seed means (steadier where a seed's gap is small)."""
+    def hits(run, precision):
+        return np.array([[100 * r[run]["metrics"][set_name][precision][m]["hit@10"] for m in SMALL]
+                         for r in runs.values()])
+    f, b, q = hits(base, "float32"), hits(base, "binary"), hits(name, "binary")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        per_seed = np.where(f - b > 0, (q - b) / (f - b), np.nan)
+        of_means = (q.mean(0) - b.mean(0)) / (f.mean(0) - b.mean(0))
+    return list(np.nanmean(per_seed, 0)), list(of_means)
+
+
+def summary(runs: dict, set_names: list[str]) -> str:
+    """Mean over seeds of hit@10 per run, set and (size, precision), and the share of the float-only model's
+    Hamming gap closed at the small sizes (mean of the per-seed shares)."""
+    lines = []
+    for set_name in set_names:
+        lines.append(f"\n## {set_name}: hit@10 %, mean of {len(runs)} seed(s); share of the float-only model's "
+                     f"(the original's, for its rows) Hamming gap closed at {SMALL}: mean of the seeds' shares "
+                     "(share of the seed means)")
+        lines.append("| run: precision | " + " | ".join(str(m) for m in NESTING) + " | closed |")
+        lines.append("|---|" + "---|" * (len(NESTING) + 1))
+        for name in next(iter(runs.values())):
+            for precision in ("float32", "binary"):
+                values = [[100 * r[name]["metrics"][set_name][precision][m]["hit@10"] for m in NESTING]
+                          for r in runs.values()]
+                closed = ""
+                base = "original" if name.startswith("original") else "float-only"
+                if precision == "binary" and name != base:
+                    closed = " / ".join(f"{100 * a:.0f}% ({100 * b:.0f}%)"
+                                        for a, b in zip(*gap_shares(runs, name, set_name, base)))
+                lines.append(f"| {name}: {precision} | " + " | ".join(f"{v:.1f}" for v in np.mean(values, 0))
+                             + f" | {closed} |")
+    return "\n".join(lines)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -169,6 +263,8 @@ def main():
     parser.add_argument("--rotation-lr", type=float, default=None, help="every run (float-only and QAT) also trains "
                         "an output rotation at this rate (mrl_hf.add_output_rotation, MRLTrainer's "
                         "rotation_learning_rate): a fast lever on which directions each prefix's bits read")
+    parser.add_argument("--itq-start", action="store_true", help="QAT runs start their output rotation (needs "
+                        "--rotation-lr) from the block ITQ rotation of the start model's centred training-text vectors")
     parser.add_argument("--cost-repeats", type=int, default=7)
     parser.add_argument("--json", default=None, help="write every number here")
     args = parser.parse_args()
@@ -178,45 +274,51 @@ def main():
         precisions = {"float32": NESTING, **{p: sizes for p in args.qat.split(",")}}
     train_pairs, test_pairs = split_pairs(load_chatterbot_pairs(), seed=0)
     texts = sorted({p[k] for p in train_pairs for k in ("anchor", "positive")})  # for the post-hoc maps
-    print(f"chatterbot-corpus: {len(train_pairs)} training pairs, {len(test_pairs)} held-out pairs; "
-          f"nesting_list={NESTING}; QAT precisions={precisions}, quantization_weight={args.quantization_weight}, "
-          f"surrogate={args.surrogate}; torch threads={torch.get_num_threads()}", flush=True)
+    reviews, plots, plot_of = load_review_to_plot()
+    sets = {IN_DOMAIN: group_pairs(test_pairs), OUT_OF_DOMAIN: (reviews, plots, plot_of)}
+    fit_texts = {IN_DOMAIN: texts, OUT_OF_DOMAIN: plots}  # no labels: the training texts, the corpus served
+    print(f"chatterbot-corpus: {len(train_pairs)} training pairs, {len(test_pairs)} held-out pairs; out of domain: "
+          f"{len(reviews)} reviews over {len(plots)} plots; nesting_list={NESTING}; QAT precisions={precisions}, "
+          f"quantization_weight={args.quantization_weight}, surrogate={args.surrogate}; "
+          f"torch threads={torch.get_num_threads()}", flush=True)
     report = {"settings": vars(args), "runs": {}}
     variants = [(w, sur) for w in args.quantization_weight for sur in args.surrogate]
+    start = None
+    if args.post_hoc:  # the packaged model before any training, as a reference for the code maps (no seed)
+        original = MRLBertModel.from_pretrained(packaged_minilm(), nesting_list=NESTING).eval()
+        start = score_variants(original, "original", sets, fit_texts, centring=True, post_hoc=True)
+        del original
     for seed in args.seeds:
-        runs = {}
+        runs, timings = dict(start or {}), {}
         for name, prec, weight, surrogate in [("float-only", None, 1.0, "ste"),
                                               *[(f"QAT {sur} w={w:g}", precisions, w, sur) for w, sur in variants]]:
-            model, timing = train(train_pairs, seed, prec, weight, surrogate, args.max_steps, args.rotation_lr)
-            runs[name] = {"timing": timing, "metrics": evaluate(model, test_pairs)}
-            print(f"seed {seed} {name}: {timing['steps']} steps in {timing['train_s']:.0f} s "
-                  f"(median step {timing['median_step_s']:.2f} s)", flush=True)
-            if surrogate == "ste-centred" or (args.post_hoc and prec is None):  # centring fitted on the
-                # training texts' vectors (no labels); a ste-centred run is served with the centring it trained for
-                centred = attach_adaptor(copy.deepcopy(model), mean_centering(embed(model, texts), NESTING))
-                runs[f"{name} + mean_centering"] = {"metrics": evaluate(centred, test_pairs)}
-            if args.post_hoc and prec is None:
-                rotation = block_itq_rotation(embed(centred, texts))
-                runs["float-only + mean_centering + block ITQ"] = {
-                    "metrics": evaluate(centred, test_pairs, lambda x: x @ rotation)}
+            model, timings[name] = train(train_pairs, seed, prec, weight, surrogate, args.max_steps,
+                                         args.rotation_lr, texts if args.itq_start and prec is not None else None)
+            print(f"seed {seed} {name}: {timings[name]['steps']} steps in {timings[name]['train_s']:.0f} s "
+                  f"(median step {timings[name]['median_step_s']:.2f} s)", flush=True)
+            # a ste-centred run is served with the centring it trained for
+            runs.update(score_variants(model, name, sets, fit_texts, centring=surrogate == "ste-centred" or (
+                args.post_hoc and prec is None), post_hoc=args.post_hoc))
             del model
-        report["runs"][seed] = runs
-        for name, run in runs.items():
-            print(f"\n### seed {seed}, {name} (held-out hit@10 / MRR, %)\n")
-            print(format_precision_table(run["metrics"]))
-        for name, run in runs.items():
-            if name == "float-only":
-                continue
-            print(f"\nseed {seed}: binary codes, no rescoring ({name} vs float-only):")
-            print("\n".join(gap_report(runs["float-only"]["metrics"], run["metrics"],
-                                        "QAT" if "timing" in run else "mapped")))
-            print(f"seed {seed}: binary codes scored with the float query (asymmetric), same gap:")
-            print("\n".join(gap_report(runs["float-only"]["metrics"], run["metrics"], "asymmetric",
-                                        "binary-asymmetric")))
-            if "timing" not in run:
-                continue
-            ratio = run["timing"]["median_step_s"] / runs["float-only"]["timing"]["median_step_s"]
-            print(f"seed {seed}: median training step {name} / float-only = {ratio:.3f}")
+        report["runs"][seed] = {name: {"metrics": metrics, **({"timing": timings[name]} if name in timings else {})}
+                                for name, metrics in runs.items()}
+        for set_name in sets:
+            for name, metrics in runs.items():
+                print(f"\n### seed {seed}, {name}, {set_name} (held-out hit@10 / MRR, %)\n")
+                print(format_precision_table(metrics[set_name]))
+            base = runs["float-only"][set_name]
+            for name, metrics in runs.items():
+                if name == "float-only" or name.startswith("original"):
+                    continue
+                print(f"\nseed {seed}, {set_name}: binary codes, no rescoring ({name} vs float-only):")
+                print("\n".join(gap_report(base, metrics[set_name], "QAT" if name in timings else "mapped")))
+                print(f"seed {seed}, {set_name}: binary codes scored with the float query (asymmetric), same gap:")
+                print("\n".join(gap_report(base, metrics[set_name], "asymmetric", "binary-asymmetric")))
+        for name in timings:
+            if name != "float-only":
+                ratio = timings[name]["median_step_s"] / timings["float-only"]["median_step_s"]
+                print(f"seed {seed}: median training step {name} / float-only = {ratio:.3f}")
+    print(summary(report["runs"], list(sets)))
     weight, surrogate = variants[0]
     cost = step_cost(train_pairs, precisions, weight, surrogate, args.cost_repeats)
     report["step_cost"] = cost
