@@ -53,18 +53,58 @@ def _train(args: argparse.Namespace) -> int:
     nesting = validate_nesting_list([int(x) for x in args.nesting_list.split(",")]) if args.nesting_list else None
     train, test = recipes.split_pairs(load_chatterbot_pairs(), seed=args.seed)
     nesting = nesting or recipes.NESTING
+    precisions = _precisions(args.precisions, args.precision_sizes, nesting)
     model, _ = recipes.finetune(model_path, train, nesting, epochs=args.epochs or 1.0, batch_size=args.batch_size,
                                 lr=args.lr, seed=args.seed, teacher_weight=args.teacher_weight,
                                 mini_batch_size=args.mini_batch_size,
                                 embed_duplicates_once=args.embed_duplicates_once,
-                                rotation_learning_rate=args.rotation_lr, freeze_bottom=args.freeze_bottom)
+                                rotation_learning_rate=args.rotation_lr, freeze_bottom=args.freeze_bottom,
+                                precisions=precisions, quantization_weight=args.quantization_weight,
+                                binary_surrogate=args.binary_surrogate)
+    if args.mean_centering:
+        from .adaptor import attach_adaptor, mean_centering
+
+        texts = sorted({text for pair in train for text in (pair["anchor"], pair["positive"])})
+        vectors = model.encode(texts, truncate_dim=model.config.matryoshka_embedding_dim, normalize=False)
+        attach_adaptor(model, mean_centering(vectors, nesting))
     table = recipes.results_table({"MRL fine-tuned": recipes.evaluate(model, test, nesting)})
+    trained = model.config.matryoshka_precisions or {}
+    codes = [p for p in trained if p != "float32"]
+    if codes:  # the held-out set as the codes the model was trained for, at every size, no rescoring
+        scores = recipes.evaluate_codes(model, test, nesting, ["float32", *codes])
+        table = table + recipes.results_table({f"MRL fine-tuned, {p} codes": scores[p] for p in codes})
     out = save_for_hub(model, args.output_dir, results=table,
                        eval_dataset={"name": "chatterbot-corpus (held-out questions)", "type": "chatterbot-corpus"},
                        datasets=["chatterbot-corpus"])
     print(table.to_markdown("hit@1"))
+    if codes:
+        from .quantization import format_precision_table
+
+        print("\nAs codes (hit@10 / MRR %, binary: Hamming distance, no rescoring):")
+        print(format_precision_table(scores))
+    if model.config.binary_surrogate == "ste-centred" and not args.mean_centering and "binary" in trained:
+        print("\nNote: the binary codes were trained centred (ste-centred) but the saved model is not; pass "
+              "--mean-centering, or attach mrl_hf.adaptor.mean_centering fitted on your corpus.")
     print(f"\nSaved to {out}")
     return 0
+
+
+def _precisions(names: str | None, sizes: str | None, nesting: list[int]):
+    """``--precisions binary,int8 [--precision-sizes 12,24]`` -> the ``precisions=`` setting of the config (float32
+    at every size, the named codes at every size or at the listed ones), or None (float only)."""
+    if names is None:
+        if sizes is not None:
+            raise ValueError("--precision-sizes needs --precisions (e.g. --precisions binary --precision-sizes 12,24)")
+        return None
+    codes = [name.strip() for name in names.split(",") if name.strip() and name.strip() != "float32"]
+    if not sizes:
+        return ["float32", *codes]
+    try:
+        listed = [int(m) for m in sizes.split(",")]
+    except ValueError:
+        raise ValueError(f"--precision-sizes {sizes!r} must be comma-separated sizes of the nesting list, e.g. "
+                         f"{','.join(map(str, nesting[:2]))}") from None
+    return {"float32": nesting, **{name: listed for name in codes}}
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -86,9 +126,28 @@ def _evaluate(args: argparse.Namespace) -> int:
     first = next(iter(models.values()))
     dims = ([validate_dim(int(d), first.config.matryoshka_embedding_dim, name="dims") for d in args.dims.split(",")]
             if args.dims else first.config.nesting_list)
+    if args.precisions:
+        return _evaluate_codes(models, test, dims, args)
     table = recipes.results_table({name: recipes.evaluate(m, test, dims) for name, m in models.items()})
     print(table.to_markdown())
     _write_results(table, args.output, "hit@1")
+    return 0
+
+
+def _evaluate_codes(models: dict, test, dims: list[int], args: argparse.Namespace) -> int:
+    """``mrl-hf evaluate --precisions``: every (size, precision) of every model, codes without rescoring."""
+    from . import recipes
+    from .quantization import check_code_precision, format_precision_table
+
+    precisions = [check_code_precision(p.strip()) for p in args.precisions.split(",") if p.strip()]
+    table = None
+    for name, model in models.items():
+        scores = recipes.evaluate_codes(model, test, dims, precisions)
+        print(f"\n{name}: hit@10 / MRR (%) per size and precision (binary: Hamming distance, no rescoring)")
+        print(format_precision_table(scores))
+        part = recipes.results_table({f"{name}, {p}": scores[p] for p in precisions})
+        table = part if table is None else table + part
+    _write_results(table, args.output, "hit@10")
     return 0
 
 
@@ -249,6 +308,18 @@ def build_parser() -> argparse.ArgumentParser:
                        help="keep the embedding layer and the first BLOCKS transformer blocks as they are (0: the "
                             "embedding layer only); faster steps, and docs/finetune.md measures 1 with "
                             "--teacher-weight 10 --rotation-lr 1e-2 (default: everything trains)")
+    train.add_argument("--precisions", default=None, metavar="CODES",
+                       help="also train the prefixes as these codes (comma-separated: binary, int8), saved in the "
+                            "config (mrl_hf.quantization); float32 always trains")
+    train.add_argument("--precision-sizes", default=None, metavar="SIZES",
+                       help="comma-separated sizes that get the --precisions terms (default: every size)")
+    train.add_argument("--quantization-weight", type=float, default=1.0,
+                       help="weight of each code term next to its float term (default 1)")
+    train.add_argument("--binary-surrogate", default="ste", choices=["ste", "tanh", "ste-centred"],
+                       help="how the sign is differentiated (default ste; ste-centred: codes of batch-centred "
+                            "vectors, for models served with --mean-centering)")
+    train.add_argument("--mean-centering", action="store_true",
+                       help="attach mrl_hf.adaptor.mean_centering fitted on the training texts before saving")
     train.add_argument("--mini-batch-size", type=int, default=None,
                        help="cached contrastive loss: embed each batch this many rows at a time, so a large "
                             "--batch-size (more in-batch negatives) needs the memory of a small one (default: off)")
@@ -268,6 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--mteb", default=None, metavar="TASKS",
                           help="evaluate with mteb instead, at every size: comma-separated mteb task names, or "
                                "'chatterbot' for the packaged held-out chatterbot-corpus retrieval task (offline)")
+    evaluate.add_argument("--precisions", default=None, metavar="CODES",
+                          help="score every size also as these codes, comma-separated (e.g. float32,binary,int8; "
+                               "binary: Hamming distance), no rescoring")
     evaluate.add_argument("--output", default=None, help="folder for mrl_results.json and mrl_accuracy_vs_dim.png")
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the held-out split (default 0)")
     evaluate.set_defaults(func=_evaluate)

@@ -40,17 +40,33 @@ def evaluate(model, test_pairs, dims, batch_size: int = 64) -> dict[int, dict[st
     return pair_retrieval_metrics(q, a, dims, relevant=relevant)
 
 
+def evaluate_codes(model, test_pairs, dims, precisions, batch_size: int = 64) -> dict[str, dict[int, dict]]:
+    """Held-out question -> answer retrieval at each (size, precision), no rescoring: ``{precision: {dim: {"hit@1",
+    "hit@10", "mrr"}}}`` (fractions), as ``mrl_hf.quantization.quantized_retrieval_metrics`` scores codes."""
+    from .evaluation.pairs import group_pairs
+    from .quantization import quantized_retrieval_metrics
+
+    queries, answers, relevant = group_pairs(test_pairs)
+    dim = model.config.matryoshka_embedding_dim
+    q = model.encode(queries, batch_size=batch_size, truncate_dim=dim, normalize=False)
+    a = model.encode(answers, batch_size=batch_size, truncate_dim=dim, normalize=False)
+    return quantized_retrieval_metrics(q, a, dims, precisions, relevant=relevant)
+
+
 def finetune(model_path: str, train_pairs, nesting_list, *, epochs: float = 1.0, batch_size: int = 32,
              lr: float = 5e-5, max_length: int = 32, seed: int = 0, output_dir: str | None = None,
              progress: bool = True, max_steps: int = -1, teacher_weight: float = 0.0,
              mini_batch_size: int | None = None, embed_duplicates_once: bool = False,
-             rotation_learning_rate: float | None = None, freeze_bottom: int | None = None):
+             rotation_learning_rate: float | None = None, freeze_bottom: int | None = None, precisions=None,
+             quantization_weight: float = 1.0, binary_surrogate: str = "ste"):
     """MRL fine-tuning through ``MRLTrainer``; returns the model (in eval mode) and the trainer. ``teacher_weight``:
     ``MRLTrainer``'s term that keeps the full size close to the original model (0: off); ``mini_batch_size``: its
     cached loss (a large ``batch_size`` embedded that many rows at a time); ``embed_duplicates_once``: the model's
     config setting that embeds a text repeated within a batch once; ``rotation_learning_rate``: an output rotation
     (``mrl_hf.add_output_rotation``) trained at that rate; ``freeze_bottom=k``: the embedding layer and the first ``k``
-    transformer blocks stay as they are (``mrl_hf.freeze_bottom``; None: everything trains)."""
+    transformer blocks stay as they are (``mrl_hf.freeze_bottom``; None: everything trains); ``precisions`` /
+    ``quantization_weight`` / ``binary_surrogate``: the quantisation-aware terms (``mrl_hf.quantization``), saved in
+    the config (``precisions=None`` keeps the checkpoint's own settings)."""
     import torch
     from transformers import TrainingArguments
 
@@ -60,8 +76,10 @@ def finetune(model_path: str, train_pairs, nesting_list, *, epochs: float = 1.0,
     from .rotation import add_output_rotation
     from .trainer import MRLTrainer
 
+    quantization = {} if precisions is None else dict(  # None: what the checkpoint's config says
+        precisions=precisions, quantization_weight=quantization_weight, binary_surrogate=binary_surrogate)
     model = MRLBertModel.from_pretrained(model_path, nesting_list=nesting_list,
-                                         embed_duplicates_once=embed_duplicates_once)
+                                         embed_duplicates_once=embed_duplicates_once, **quantization)
     if rotation_learning_rate is not None:
         add_output_rotation(model)
     if freeze_bottom is not None:

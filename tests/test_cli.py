@@ -202,3 +202,78 @@ def test_train_with_a_frozen_bottom(tiny_checkpoint, tmp_path, capsys):
     assert main(["train", "text-embeddings", "--model", str(path), "--output-dir", str(out), "--freeze-bottom", "2",
                  "--nesting-list", "8,16,32"]) == 2
     assert "blocks=2, but BertModel has only 1; give at most 1" in capsys.readouterr().err
+
+
+def _train_cli(path, out, *flags):
+    return main(["train", "text-embeddings", "--model", str(path), "--output-dir", str(out), "--epochs", "0.1",
+                 "--nesting-list", "8,16,32", *flags])
+
+
+def test_train_with_binary_codes(tiny_checkpoint, tmp_path, capsys):
+    """`mrl-hf train --precisions binary`: the code term reaches the loss (weight 0 trains exactly what the float-only
+    run trains, weight 1 something else), the setting is saved in the config, the held-out set is scored as codes,
+    and --mean-centering attaches the centring fitted on the training texts."""
+    from safetensors.torch import load_file
+
+    from mrl_hf.modeling import MRLBertModel
+
+    path, _ = tiny_checkpoint
+    assert _train_cli(path, tmp_path / "float") == 0
+    assert _train_cli(path, tmp_path / "zero", "--precisions", "binary", "--quantization-weight", "0") == 0
+    assert _train_cli(path, tmp_path / "codes", "--precisions", "binary", "--precision-sizes", "8,16",
+                      "--binary-surrogate", "ste-centred", "--mean-centering") == 0
+    printed = capsys.readouterr().out
+    assert "As codes" in printed and "binary" in printed and "--mean-centering" not in printed
+    weights = {name: load_file(str(tmp_path / name / "model.safetensors")) for name in ("float", "zero", "codes")}
+    key = "bert.encoder.layer.0.output.dense.weight"
+    assert all(torch.equal(weights["float"][k], weights["zero"][k]) for k in weights["float"])
+    assert not torch.allclose(weights["float"][key], weights["codes"][key], rtol=0, atol=1e-7)
+    config = json.loads((tmp_path / "codes" / "config.json").read_text())
+    assert config["matryoshka_precisions"] == {"float32": [8, 16, 32], "binary": [8, 16]}
+    assert config["binary_surrogate"] == "ste-centred" and config["adaptor"]["hidden_dim"] == 0
+    reloaded = MRLBertModel.from_pretrained(tmp_path / "codes")
+    assert reloaded.adaptor is not None and reloaded.adaptor.mean.abs().sum() > 0
+    assert "binary" in (tmp_path / "codes" / "README.md").read_text()  # the card lists the trained codes
+    assert _train_cli(path, tmp_path / "centred", "--precisions", "binary", "--binary-surrogate", "ste-centred") == 0
+    assert "--mean-centering" in capsys.readouterr().out  # trained centred, saved uncentred: said so
+
+
+def test_train_refuses_bad_precision_flags(tiny_checkpoint, tmp_path, capsys):
+    path, _ = tiny_checkpoint
+    assert _train_cli(path, tmp_path / "a", "--precision-sizes", "8") == 2
+    assert "--precision-sizes needs --precisions" in capsys.readouterr().err
+    assert _train_cli(path, tmp_path / "b", "--precisions", "int4") == 2
+    err = capsys.readouterr().err
+    assert "int4" in err and "binary" in err and "int8" in err
+    assert _train_cli(path, tmp_path / "c", "--precisions", "binary", "--precision-sizes", "12") == 2
+    assert "lists the size 12, which is not in nesting_list=[8, 16, 32]" in capsys.readouterr().err
+    assert _train_cli(path, tmp_path / "d", "--precisions", "binary", "--precision-sizes", "8;16") == 2
+    assert "--precision-sizes '8;16' must be comma-separated sizes of the nesting list, e.g. 8,16" in (
+        capsys.readouterr().err)
+
+
+def test_evaluate_per_size_and_precision(tiny_checkpoint, tmp_path, capsys):
+    """`mrl-hf evaluate --precisions`: one table per model with every (size, precision), the codes' results in
+    mrl_results.json; an unknown precision names the allowed ones."""
+    path, _ = tiny_checkpoint
+    pairs = tmp_path / "pairs.jsonl"
+    rows = [(f"question number {i} about {t}", f"answer {i} on {t}") for i, t in enumerate(["cats", "rain", "music",
+                                                                                              "bread", "planets"])]
+    pairs.write_text("".join(json.dumps({"query": q, "answer": a}) + "\n" for q, a in rows))
+    assert main(["evaluate", str(path), "--pairs", str(pairs), "--precisions", "float32,binary,int8", "--output",
+                 str(tmp_path / "res")]) == 0
+    printed = capsys.readouterr().out
+    assert "binary" in printed and "int8" in printed
+    records = json.loads((tmp_path / "res" / "mrl_results.json").read_text())
+    assert {r["method"] for r in records} == {f"{path}, {p}" for p in ("float32", "binary", "int8")}
+    assert sorted({r["dim"] for r in records}) == [8, 16, 32]
+    float_at_32 = {r["metric"]: r["value"] for r in records if r["dim"] == 32 and r["method"].endswith("float32")}
+    plain = {r["metric"]: r["value"] for r in _plain_results(path, pairs, tmp_path / "plain") if r["dim"] == 32}
+    assert float_at_32 == pytest.approx(plain)  # the float32 rows are what the plain evaluation reports
+    assert main(["evaluate", str(path), "--pairs", str(pairs), "--precisions", "float32,fp8"]) == 2
+    assert "fp8" in capsys.readouterr().err
+
+
+def _plain_results(path, pairs, out):
+    assert main(["evaluate", str(path), "--pairs", str(pairs), "--output", str(out)]) == 0
+    return json.loads((out / "mrl_results.json").read_text())
