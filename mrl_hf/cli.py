@@ -255,15 +255,17 @@ def _matryoshkafy(args: argparse.Namespace) -> int:
     nesting = validate_nesting_list([int(x) for x in args.nesting_list.split(",")]) if args.nesting_list else None
     pairs = [(q, a) for q, a in _read_pairs(args.pairs)] if args.pairs else None
     model, table = recipes.matryoshkafy_corpus(texts, args.model, nesting, epochs=args.epochs, pairs=pairs,
-                                               pair_weight=args.pair_weight, held_out=args.held_out, seed=args.seed)
+                                               pair_weight=args.pair_weight, held_out=args.held_out, seed=args.seed,
+                                               refit=args.refit)
     out = save_for_hub(model, args.output_dir, results=table, model_method="adaptor fitted on the corpus",
                        eval_dataset={"name": f"held-out texts of {args.corpus}", "type": "user-corpus"},
                        eval_description=("Share (%) of each held-out text's 10 nearest neighbours under the original "
                                          "encoder at full size that each size finds in its own top 10 (no labels)."))
     print("\nHeld-out texts of the corpus: overlap@10 (%) with the original's full-size neighbours, per size:")
     print(table.to_markdown("overlap@10"))
-    print(f"\nSaved to {out}: the encoder with the adaptor attached (MRLBertModel.from_pretrained(path, "
-          "truncate_dim=64), or mrl-hf export --sentence-transformers).")
+    fitted = "every text of the corpus" if args.refit else "the texts not held out"
+    print(f"\nSaved to {out}: the encoder with the adaptor (fitted on {fitted}) attached "
+          "(MRLBertModel.from_pretrained(path, truncate_dim=64), or mrl-hf export --sentence-transformers).")
     return 0
 
 
@@ -363,6 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
                               help="optional JSON-lines file of {\"query\": ..., \"answer\": ...} for the supervised term")
     matryoshkafy.add_argument("--pair-weight", type=float, default=1.0, help="weight of the supervised term")
     matryoshkafy.add_argument("--held-out", type=float, default=0.1, help="fraction of texts held out to score")
+    matryoshkafy.add_argument("--refit", action=argparse.BooleanOptionalAction, default=True,
+                              help="after the report, fit the saved adaptor again on every text, held-out ones "
+                                   "included (default; --no-refit saves the adaptor the report scored)")
     matryoshkafy.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     matryoshkafy.set_defaults(func=_matryoshkafy)
 

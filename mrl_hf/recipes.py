@@ -157,12 +157,15 @@ def neighbourhood_overlap(reference, candidates, dims, k: int = 10) -> dict[int,
 
 
 def matryoshkafy_corpus(texts, model_path: str | None = None, nesting_list=None, epochs: int = 20, pairs=None,
-                        pair_weight: float = 1.0, held_out: float = 0.1, seed: int = 0, log=print):
+                        pair_weight: float = 1.0, held_out: float = 0.1, seed: int = 0, refit: bool = True,
+                        log=print):
     """Fit a ``MatryoshkaAdaptor`` (PCA start, similarity distillation) on the encoder's vectors of ``texts``, the
     corpus the user will search, without labels; with ``pairs`` (``[(query, relevant text), ...]``) also its
     supervised term. Returns ``(model with the adaptor attached, ResultsTable)``: the table scores the original
     sliced, PCA fitted on the same texts and the adaptor on held-out texts of the corpus (``held_out`` of them, at
-    most 2,000) by ``neighbourhood_overlap`` at every size."""
+    most 2,000) by ``neighbourhood_overlap`` at every size, each map fitted on the other texts. With ``refit`` (the
+    default) the returned adaptor is then fitted again on every text, held-out ones included: the report scores the
+    method, the saved model uses the whole corpus."""
     import random
 
     from .adaptor import MatryoshkaAdaptor, attach_adaptor, pca_rotation
@@ -199,4 +202,10 @@ def matryoshkafy_corpus(texts, model_path: str | None = None, nesting_list=None,
                                ("adaptor fitted on the corpus", adaptor.transform(held))):
         for m, value in neighbourhood_overlap(held, candidates, dims).items():
             table.add(method, "overlap@10", m, 100.0 * value)
+    if refit:
+        import numpy as np
+
+        log(f"fitting the adaptor again on all {len(texts)} texts (the report above held {n_held} out) ...")
+        adaptor = MatryoshkaAdaptor(full, dims).fit(np.concatenate([vectors, held]), epochs=epochs, seed=seed,
+                                                    pairs=pair_vectors, pair_weight=pair_weight)
     return attach_adaptor(model, adaptor), table
