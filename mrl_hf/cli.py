@@ -260,7 +260,10 @@ def _matryoshkafy(args: argparse.Namespace) -> int:
     out = save_for_hub(model, args.output_dir, results=table, model_method="adaptor fitted on the corpus",
                        eval_dataset={"name": f"held-out texts of {args.corpus}", "type": "user-corpus"},
                        eval_description=("Share (%) of each held-out text's 10 nearest neighbours under the original "
-                                         "encoder at full size that each size finds in its own top 10 (no labels)."))
+                                         "encoder at full size that each size finds in its own top 10 (no labels), "
+                                         "each map fitted without the held-out texts"
+                                         + ("; the saved adaptor was then fitted on every text." if args.refit
+                                            else ".")))
     print("\nHeld-out texts of the corpus: overlap@10 (%) with the original's full-size neighbours, per size:")
     print(table.to_markdown("overlap@10"))
     fitted = "every text of the corpus" if args.refit else "the texts not held out"

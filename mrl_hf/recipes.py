@@ -205,7 +205,8 @@ def matryoshkafy_corpus(texts, model_path: str | None = None, nesting_list=None,
     if refit:
         import numpy as np
 
-        log(f"fitting the adaptor again on all {len(texts)} texts (the report above held {n_held} out) ...")
+        log(f"fitting the adaptor again on all {len(texts)} texts (the report scores the one without the {n_held} "
+            "held-out texts) ...")
         adaptor = MatryoshkaAdaptor(full, dims).fit(np.concatenate([vectors, held]), epochs=epochs, seed=seed,
                                                     pairs=pair_vectors, pair_weight=pair_weight)
     return attach_adaptor(model, adaptor), table
