@@ -19,12 +19,14 @@ process (robust to load from other jobs, see _measure.py).
 
 Training-free maps, fitted without labels on each set's own texts (in domain: the training texts; out of domain: the
 plots, the corpus a deployment indexes) and applied to the vectors (what the adaptor computes once attached):
-``mrl_hf.adaptor.mean_centering`` (QAT runs with ``--surrogate ste-centred``, which train the codes of batch-centred
-vectors, are scored with it, as they are meant to be served). With --post-hoc, the float-only model, and the packaged
-model before any training ("original"), are also scored centred, centred + a rotation inside each nesting block
-fitted by iterative quantisation (``block_itq_rotation``, benchmark only), and centred + a random rotation inside
-each block (mean of 4 draws): a rotation inside whole blocks changes no float cosine at the nested sizes, only which
-directions the sign bits read. With --itq-start, QAT runs start their output rotation from the block ITQ rotation.
+``mrl_hf.adaptor.mean_centering``. QAT runs with ``--surrogate ste-centred``, which train the codes of batch-centred
+vectors, are scored with it, as they are meant to be served; with --post-hoc so are the float-only model and the
+packaged model before any training ("original"). With --post-hoc every centred run is also scored centred + a
+rotation inside each nesting block fitted by iterative quantisation (``block_itq_rotation``, benchmark only), and
+centred + a random rotation inside each block (mean of 4 draws): a rotation inside whole blocks changes no float
+cosine at the nested sizes, only which directions the sign bits read. With --itq-start (and --rotation-lr), QAT runs
+start their output rotation from the block ITQ rotation of the untrained model's centred training-text vectors (the
+codes ``ste-centred`` trains).
 
 Usage: python benchmarks/bench_quantization_aware.py [--seeds 0 1 2] [--qat binary] [--quantization-weight 1.0]
        [--qat-sizes 12,24,48] [--surrogate ste] [--max-steps N] [--post-hoc] [--rotation-lr LR] [--itq-start]
@@ -264,10 +266,13 @@ def main():
                         "an output rotation at this rate (mrl_hf.add_output_rotation, MRLTrainer's "
                         "rotation_learning_rate): a fast lever on which directions each prefix's bits read")
     parser.add_argument("--itq-start", action="store_true", help="QAT runs start their output rotation (needs "
-                        "--rotation-lr) from the block ITQ rotation of the start model's centred training-text vectors")
+                        "--rotation-lr) from the block ITQ rotation of the start model's centred training-text vectors "
+                        "(centred: meant for --surrogate ste-centred)")
     parser.add_argument("--cost-repeats", type=int, default=7)
     parser.add_argument("--json", default=None, help="write every number here")
     args = parser.parse_args()
+    if args.itq_start and not args.rotation_lr:
+        parser.error("--itq-start sets the start of the output rotation: give --rotation-lr too")
     precisions = ["float32", *args.qat.split(",")]
     if args.qat_sizes:
         sizes = [int(m) for m in args.qat_sizes.split(",")]

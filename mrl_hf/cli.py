@@ -54,13 +54,16 @@ def _train(args: argparse.Namespace) -> int:
     train, test = recipes.split_pairs(load_chatterbot_pairs(), seed=args.seed)
     nesting = nesting or recipes.NESTING
     precisions = _precisions(args.precisions, args.precision_sizes, nesting)
+    if precisions is None and (args.quantization_weight is not None or args.binary_surrogate is not None):
+        raise ValueError("--quantization-weight and --binary-surrogate set the code terms of --precisions; name the "
+                         "codes too (e.g. --precisions binary), or --precisions float32 for float-only training")
     model, _ = recipes.finetune(model_path, train, nesting, epochs=args.epochs or 1.0, batch_size=args.batch_size,
                                 lr=args.lr, seed=args.seed, teacher_weight=args.teacher_weight,
                                 mini_batch_size=args.mini_batch_size,
                                 embed_duplicates_once=args.embed_duplicates_once,
                                 rotation_learning_rate=args.rotation_lr, freeze_bottom=args.freeze_bottom,
-                                precisions=precisions, quantization_weight=args.quantization_weight,
-                                binary_surrogate=args.binary_surrogate)
+                                precisions=precisions, quantization_weight=_or(args.quantization_weight, 1.0),
+                                binary_surrogate=_or(args.binary_surrogate, "ste"))
     if args.mean_centering:
         from .adaptor import attach_adaptor, mean_centering
 
@@ -99,6 +102,9 @@ def _precisions(names: str | None, sizes: str | None, nesting: list[int]):
     codes = [name.strip() for name in names.split(",") if name.strip() and name.strip() != "float32"]
     if not sizes:
         return ["float32", *codes]
+    if not codes:
+        raise ValueError(f"--precision-sizes {sizes} lists sizes for codes, but --precisions {names} names none; "
+                         "name them, e.g. --precisions binary")
     try:
         listed = [int(m) for m in sizes.split(",")]
     except ValueError:
@@ -107,12 +113,19 @@ def _precisions(names: str | None, sizes: str | None, nesting: list[int]):
     return {"float32": nesting, **{name: listed for name in codes}}
 
 
+def _or(value, default):
+    return default if value is None else value
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from . import recipes
     from .modeling import MRLBertModel
     from .nesting import validate_dim
 
     if args.mteb:
+        if args.precisions:
+            raise ValueError("--precisions scores codes on --pairs (or the chatterbot split), not with --mteb; "
+                             "run them separately")
         return _evaluate_mteb(args)
     if args.pairs:
         test = _read_pairs(args.pairs)
@@ -315,12 +328,13 @@ def build_parser() -> argparse.ArgumentParser:
                             "--teacher-weight 10 --rotation-lr 1e-2 (default: everything trains)")
     train.add_argument("--precisions", default=None, metavar="CODES",
                        help="also train the prefixes as these codes (comma-separated: binary, int8), saved in the "
-                            "config (mrl_hf.quantization); float32 always trains")
+                            "config (mrl_hf.quantization); float32 always trains, and alone turns the code terms of a "
+                            "checkpoint off (default: the checkpoint's own setting)")
     train.add_argument("--precision-sizes", default=None, metavar="SIZES",
                        help="comma-separated sizes that get the --precisions terms (default: every size)")
-    train.add_argument("--quantization-weight", type=float, default=1.0,
+    train.add_argument("--quantization-weight", type=float, default=None,
                        help="weight of each code term next to its float term (default 1)")
-    train.add_argument("--binary-surrogate", default="ste", choices=["ste", "tanh", "ste-centred"],
+    train.add_argument("--binary-surrogate", default=None, choices=["ste", "tanh", "ste-centred"],
                        help="how the sign is differentiated (default ste; ste-centred: codes of batch-centred "
                             "vectors, for models served with --mean-centering)")
     train.add_argument("--mean-centering", action="store_true",

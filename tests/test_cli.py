@@ -247,6 +247,10 @@ def test_train_refuses_bad_precision_flags(tiny_checkpoint, tmp_path, capsys):
     assert "int4" in err and "binary" in err and "int8" in err
     assert _train_cli(path, tmp_path / "c", "--precisions", "binary", "--precision-sizes", "12") == 2
     assert "lists the size 12, which is not in nesting_list=[8, 16, 32]" in capsys.readouterr().err
+    assert _train_cli(path, tmp_path / "e", "--quantization-weight", "3") == 2
+    assert "name the codes too (e.g. --precisions binary)" in capsys.readouterr().err
+    assert _train_cli(path, tmp_path / "f", "--precisions", "float32", "--precision-sizes", "8") == 2
+    assert "names none" in capsys.readouterr().err
     assert _train_cli(path, tmp_path / "d", "--precisions", "binary", "--precision-sizes", "8;16") == 2
     assert "--precision-sizes '8;16' must be comma-separated sizes of the nesting list, e.g. 8,16" in (
         capsys.readouterr().err)
@@ -272,6 +276,8 @@ def test_evaluate_per_size_and_precision(tiny_checkpoint, tmp_path, capsys):
     assert float_at_32 == pytest.approx(plain)  # the float32 rows are what the plain evaluation reports
     assert main(["evaluate", str(path), "--pairs", str(pairs), "--precisions", "float32,fp8"]) == 2
     assert "fp8" in capsys.readouterr().err
+    assert main(["evaluate", str(path), "--mteb", "chatterbot", "--precisions", "binary"]) == 2
+    assert "not with --mteb" in capsys.readouterr().err
 
 
 def _plain_results(path, pairs, out):
