@@ -8,6 +8,9 @@ adaptor with ``W`` the principal axes (largest variance first) and the MLP switc
     adaptor = MatryoshkaAdaptor(384).fit(train_embeddings)      # unlabelled vectors only
     small = adaptor.transform(query_embeddings, dim=64)         # (N, 64), L2-normalised
     adaptor.save_pretrained("my-adaptor"); MatryoshkaAdaptor.from_pretrained("my-adaptor")
+
+An *asymmetric* adaptor (``fit(documents, queries=query_embeddings)``) centres queries on their own mean and documents
+on theirs; ``transform(..., task="query")`` picks the query side (sentence-transformers' ``encode_query``).
 """
 from __future__ import annotations
 
@@ -48,10 +51,13 @@ class MatryoshkaAdaptor(nn.Module):
 
     ``nesting_list`` are the prefix sizes trained (default: the halving list of ``input_dim``);
     ``hidden_dim`` the width of the residual MLP (0: a linear map only).
+    ``asymmetric``: queries are centred on their own mean (``query_mean``) instead of ``mean``; ``fit`` and
+    ``pca_rotation`` make an adaptor asymmetric when given ``queries``.
     A fresh adaptor is the identity (``W = I``, ``mu = 0``, MLP output 0).
     """
 
-    def __init__(self, input_dim: int, nesting_list: Sequence[int] | None = None, hidden_dim: int | None = None):
+    def __init__(self, input_dim: int, nesting_list: Sequence[int] | None = None, hidden_dim: int | None = None,
+                 asymmetric: bool = False):
         super().__init__()
         validate_dim(input_dim, 1 << 20, name="input_dim")
         self.input_dim = int(input_dim)
@@ -62,6 +68,9 @@ class MatryoshkaAdaptor(nn.Module):
         if self.hidden_dim < 0:
             raise ValueError(f"hidden_dim={hidden_dim} must be >= 0 (0 turns the MLP off).")
         self.register_buffer("mean", torch.zeros(input_dim))
+        self.asymmetric = False
+        if asymmetric:
+            self._make_asymmetric()
         self.linear = nn.Linear(input_dim, input_dim, bias=False)
         nn.init.eye_(self.linear.weight)
         if self.hidden_dim:
@@ -73,18 +82,29 @@ class MatryoshkaAdaptor(nn.Module):
             self.mlp = None
 
     def extra_repr(self) -> str:
-        return f"input_dim={self.input_dim}, nesting_list={self.nesting_list}, hidden_dim={self.hidden_dim}"
+        return (f"input_dim={self.input_dim}, nesting_list={self.nesting_list}, hidden_dim={self.hidden_dim}"
+                + (", asymmetric=True" if self.asymmetric else ""))
 
-    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
-        """Full-size adapted embeddings (not normalised), differentiable."""
-        z = self.linear(F.normalize(embeddings, dim=-1) - self.mean)
+    def _make_asymmetric(self) -> None:
+        if not self.asymmetric:
+            self.register_buffer("query_mean", self.mean.detach().clone())
+            self.asymmetric = True
+
+    def forward(self, embeddings: torch.Tensor, task: str | None = None) -> torch.Tensor:
+        """Full-size adapted embeddings (not normalised), differentiable. ``task="query"`` centres on the query mean
+        when the adaptor is asymmetric; ``None`` and ``"document"`` on the documents' (a symmetric adaptor treats all
+        three alike)."""
+        mean = self.query_mean if check_task(task) == "query" and self.asymmetric else self.mean
+        z = self.linear(F.normalize(embeddings, dim=-1) - mean)
         return z if self.mlp is None else z + self.mlp(z)
 
     # ---- initialisation and training ------------------------------------------------------------------
 
     @torch.no_grad()
-    def init_pca(self, embeddings, center: bool = True) -> "MatryoshkaAdaptor":
-        """Set ``W`` to the principal axes of ``embeddings`` (largest variance first) and the MLP output to 0."""
+    def init_pca(self, embeddings, center: bool = True, queries=None) -> "MatryoshkaAdaptor":
+        """Set ``W`` to the principal axes of ``embeddings`` (largest variance first) and the MLP output to 0.
+        With ``queries`` (embeddings of query texts) the adaptor becomes asymmetric: ``embeddings`` are the
+        documents, and queries are centred on the mean of ``queries``."""
         x = F.normalize(check_embeddings(embeddings, self.input_dim), dim=-1)
         if x.shape[0] < 2:
             raise ValueError(f"embeddings has {x.shape[0]} row; PCA needs at least 2.")
@@ -94,6 +114,21 @@ class MatryoshkaAdaptor(nn.Module):
         if self.mlp is not None:
             self.mlp[2].weight.zero_()
             self.mlp[2].bias.zero_()
+        if queries is not None:
+            self.set_query_mean(queries, center)
+        elif self.asymmetric:
+            self.query_mean.copy_(self.mean)
+        return self
+
+    @torch.no_grad()
+    def set_query_mean(self, queries, center: bool = True) -> "MatryoshkaAdaptor":
+        """Make the adaptor asymmetric: queries are centred on the mean of the (L2-normalised) ``queries``."""
+        if not center:
+            raise ValueError("queries= sets the queries' own centre, which center=False turns off; pass center=True "
+                             "or leave queries out.")
+        q = F.normalize(check_embeddings(queries, self.input_dim, "queries"), dim=-1)
+        self._make_asymmetric()
+        self.query_mean.copy_(q.double().mean(0).float().to(self.mean.device))
         return self
 
     def fit(self, embeddings, epochs: int = 20, batch_size: int = 512, lr: float = 1e-3, weight_decay: float = 0.0,
@@ -101,7 +136,8 @@ class MatryoshkaAdaptor(nn.Module):
             listwise_weight: float = 1.0, listwise_temperature: float = 0.05,
             relative_importance: Sequence[float] | None = None, center_teacher: bool = True, seed: int = 0,
             verbose: bool = False, pairs=None, pair_weight: float = 1.0, pair_temperature: float = 0.05,
-            precisions=None, quantization_weight: float = 1.0, binary_surrogate: str = "ste") -> "MatryoshkaAdaptor":
+            precisions=None, quantization_weight: float = 1.0, binary_surrogate: str = "ste",
+            queries=None) -> "MatryoshkaAdaptor":
         """Train on unlabelled ``embeddings`` (N, input_dim) so every prefix matches their similarities.
 
         The teacher is the input itself: ``similarity_distillation_loss`` between ``self(e)`` and ``e`` on random
@@ -119,6 +155,14 @@ class MatryoshkaAdaptor(nn.Module):
 
         ``precisions`` / ``quantization_weight`` / ``binary_surrogate``: train the prefixes also as the codes they will
         be served as (``mrl_hf.quantization``; e.g. ``{"binary": [64, 128]}``), in both terms.
+
+        ``queries``: embeddings of unlabelled query texts (e.g. a sample of what users search for), when the queries
+        are a different kind of text from the documents (reviews searching plots, questions searching manuals). Then
+        ``embeddings`` are the documents: the PCA start and the fit use them alone, so the short prefixes keep the
+        directions along which the documents differ, and queries are centred on their own mean (``transform(...,
+        task="query")``). With in-domain text it took rotten-tomatoes review -> plot from 83% to 92-94% of the
+        original's full-size hit@10 at 64 dims; on chatterbot, where questions and answers are the same kind of text,
+        the symmetric fit on all texts is better (docs/matryoshkafy.md).
         """
         similarity_distillation_loss = _needs_mrl_hf("fitting an adaptor", "distillation").similarity_distillation_loss
         x = check_embeddings(embeddings, self.input_dim)
@@ -130,7 +174,7 @@ class MatryoshkaAdaptor(nn.Module):
             raise ValueError(f"epochs={epochs!r} must be an int >= 0.")
         generator = torch.Generator().manual_seed(seed)
         if init == "pca":
-            self.init_pca(x)
+            self.init_pca(x, queries=queries)
             if self.mlp is not None:
                 # drawn on the CPU (the seeded generator's device), so the start is the same on any device
                 weight = torch.empty(self.mlp[0].weight.shape, dtype=self.mlp[0].weight.dtype)
@@ -138,6 +182,8 @@ class MatryoshkaAdaptor(nn.Module):
                 with torch.no_grad():
                     self.mlp[0].weight.copy_(weight)
                 nn.init.zeros_(self.mlp[0].bias)
+        elif queries is not None:
+            self.set_query_mean(queries)
         x = F.normalize(x, dim=-1).to(self.linear.weight.device)
         teacher = x - x.mean(0) if center_teacher else x
         pair_q = pair_p = None
@@ -175,7 +221,8 @@ class MatryoshkaAdaptor(nn.Module):
                 loss = out.loss
                 if pair_q is not None:
                     picked = distinct_pair_batch(pair_groups, batch_size, generator).to(x.device)
-                    supervised = nested_contrastive_loss(self(pair_q[picked]), self(pair_p[picked]), self.nesting_list,
+                    supervised = nested_contrastive_loss(self(pair_q[picked], "query"), self(pair_p[picked]),
+                                                         self.nesting_list,
                                                          pair_temperature, relative_importance, precisions=precisions,
                                                          quantization_weight=quantization_weight,
                                                          binary_surrogate=binary_surrogate)
@@ -195,13 +242,16 @@ class MatryoshkaAdaptor(nn.Module):
     # ---- inference --------------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def transform(self, embeddings, dim: int | None = None, normalize: bool = True, batch_size: int = 8192):
-        """Adapted embeddings cut to ``dim`` (``None``: full) and L2-normalised; numpy in, numpy out."""
+    def transform(self, embeddings, dim: int | None = None, normalize: bool = True, batch_size: int = 8192,
+                  task: str | None = None):
+        """Adapted embeddings cut to ``dim`` (``None``: full) and L2-normalised; numpy in, numpy out.
+        ``task="query"`` for query embeddings of an asymmetric adaptor (``None`` / ``"document"``: documents)."""
         x = check_embeddings(embeddings, self.input_dim)
         if dim is not None:
             validate_dim(dim, self.input_dim, name="dim")
+        check_task(task)
         param = self.linear.weight
-        outs = [truncate_embeddings(self(chunk.to(param.device, param.dtype)), dim, normalize)
+        outs = [truncate_embeddings(self(chunk.to(param.device, param.dtype), task), dim, normalize)
                 for chunk in x.split(batch_size)]
         out = torch.cat(outs)
         if isinstance(embeddings, np.ndarray):
@@ -214,8 +264,14 @@ class MatryoshkaAdaptor(nn.Module):
     # ---- persistence ------------------------------------------------------------------------------------
 
     def config_dict(self) -> dict:
-        return {"adaptor_type": "matryoshka_residual_mlp", "input_dim": self.input_dim,
-                "nesting_list": self.nesting_list, "hidden_dim": self.hidden_dim}
+        return {"adaptor_type": "matryoshka_residual_mlp", **self.init_kwargs()}
+
+    def init_kwargs(self) -> dict:
+        """The constructor's arguments (``asymmetric`` only when set, so older readers still load the rest)."""
+        kwargs = {"input_dim": self.input_dim, "nesting_list": list(self.nesting_list), "hidden_dim": self.hidden_dim}
+        if self.asymmetric:
+            kwargs["asymmetric"] = True
+        return kwargs
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> None:
         """Write ``adaptor_config.json`` and ``adaptor.safetensors`` into ``save_directory``, committed as one set
@@ -238,7 +294,8 @@ class MatryoshkaAdaptor(nn.Module):
                 if config.get("adaptor_type") != "matryoshka_residual_mlp":
                     raise ValueError(f"{config_path} has adaptor_type={config.get('adaptor_type')!r}; "
                                      "expected 'matryoshka_residual_mlp'.")
-                adaptor = cls(config["input_dim"], config["nesting_list"], config["hidden_dim"])
+                adaptor = cls(config["input_dim"], config["nesting_list"], config["hidden_dim"],
+                              bool(config.get("asymmetric", False)))
                 state = load_file(weights_path)
             except (ValueError, KeyError, TypeError, OSError, SafetensorError) as exc:
                 if isinstance(exc, ValueError) and "adaptor_type" in str(exc):
@@ -252,6 +309,22 @@ class MatryoshkaAdaptor(nn.Module):
             raise ValueError(f"{weights_path} does not fit {config_path} ({exc}); the two files are from different "
                              "adaptors. Save the adaptor again.") from exc
         return adaptor.eval()
+
+
+TASKS = ("query", "document")
+
+
+def check_task(task: str | None) -> str | None:
+    """``task`` if it is ``None``, ``"query"`` or ``"document"`` (sentence-transformers' routes), else a ValueError."""
+    if task is not None and task not in TASKS:
+        raise ValueError(f"task={task!r} is not supported; use 'query', 'document' or None (= 'document').")
+    return task
+
+
+def task_kwargs(model, task: str) -> dict:
+    """``{"task": task}`` for ``model.encode`` when the model's adaptor is asymmetric, else ``{}`` (so any model with an
+    ``encode`` works): evaluation code embeds queries with ``task="query"`` and documents with ``"document"``."""
+    return {"task": check_task(task)} if getattr(getattr(model, "adaptor", None), "asymmetric", False) else {}
 
 
 def _row_groups(rows: torch.Tensor) -> list[int]:
@@ -290,14 +363,16 @@ def _needs_mrl_hf(what: str, module: str):
     return tools
 
 
-def pca_rotation(embeddings, nesting_list: Sequence[int] | None = None, center: bool = True) -> MatryoshkaAdaptor:
+def pca_rotation(embeddings, nesting_list: Sequence[int] | None = None, center: bool = True,
+                 queries=None) -> MatryoshkaAdaptor:
     """The training-free baseline: rotate embeddings onto their principal axes, largest variance first.
 
     Returns a ``MatryoshkaAdaptor`` without MLP, so it has the same ``transform``/``save_pretrained`` API.
     With ``center=False`` the map is a pure rotation and full-dim cosine similarities are unchanged.
+    With ``queries`` it is asymmetric: the axes are the documents' (``embeddings``), queries centred on their own mean.
     """
     x = check_embeddings(embeddings)
-    return MatryoshkaAdaptor(x.shape[1], nesting_list, hidden_dim=0).init_pca(x, center=center).eval()
+    return MatryoshkaAdaptor(x.shape[1], nesting_list, hidden_dim=0).init_pca(x, center, queries).eval()
 
 
 def mean_centering(embeddings, nesting_list: Sequence[int] | None = None) -> MatryoshkaAdaptor:
@@ -340,8 +415,7 @@ def attach_adaptor(model, adaptor: MatryoshkaAdaptor):
                          "Fit the new one on the base encoder (reload it without the adaptor).")
     param = next(model.parameters())
     model.adaptor = adaptor.to(param.device, param.dtype)
-    config.adaptor = {"input_dim": adaptor.input_dim, "nesting_list": list(adaptor.nesting_list),
-                      "hidden_dim": adaptor.hidden_dim}
+    config.adaptor = adaptor.init_kwargs()
     config.nesting_list = list(adaptor.nesting_list)
     config.validate_matryoshka()
     return model

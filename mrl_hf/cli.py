@@ -267,21 +267,31 @@ def _matryoshkafy(args: argparse.Namespace) -> int:
     texts = recipes.read_corpus(args.corpus, args.column)
     nesting = validate_nesting_list([int(x) for x in args.nesting_list.split(",")]) if args.nesting_list else None
     pairs = [(q, a) for q, a in _read_pairs(args.pairs)] if args.pairs else None
+    queries = recipes.read_corpus(args.queries, args.column) if args.queries else None
     model, table = recipes.matryoshkafy_corpus(texts, args.model, nesting, epochs=args.epochs, pairs=pairs,
                                                pair_weight=args.pair_weight, held_out=args.held_out, seed=args.seed,
-                                               refit=args.refit)
+                                               refit=args.refit, queries=queries)
+    whose = ("each held-out query's 10 nearest held-out texts" if queries else
+             "each held-out text's 10 nearest neighbours")
     out = save_for_hub(model, args.output_dir, results=table, model_method="adaptor fitted on the corpus",
                        eval_dataset={"name": f"held-out texts of {args.corpus}", "type": "user-corpus"},
-                       eval_description=("Share (%) of each held-out text's 10 nearest neighbours under the original "
-                                         "encoder at full size that each size finds in its own top 10 (no labels), "
-                                         "each map fitted without the held-out texts"
+                       eval_description=(f"Share (%) of {whose} under the original encoder at full size that each "
+                                         "size finds in its own top 10 (no labels), each map fitted without the "
+                                         "held-out texts" + (" and queries" if queries else "")
                                          + ("; the saved adaptor was then fitted on every text." if args.refit
-                                            else ".")))
-    print("\nHeld-out texts of the corpus: overlap@10 (%) with the original's full-size neighbours, per size:")
+                                            else ".")
+                                         + (" The adaptor is asymmetric: embed queries with encode_query (or "
+                                            "encode(..., task='query')) and documents with encode_document."
+                                            if queries else "")))
+    print(f"\nHeld-out {'queries' if queries else 'texts'} of the corpus: overlap@10 (%) with the original's "
+          "full-size neighbours, per size:")
     print(table.to_markdown("overlap@10"))
     fitted = "every text of the corpus" if args.refit else "the texts not held out"
     print(f"\nSaved to {out}: the encoder with the adaptor (fitted on {fitted}) attached "
           "(MRLBertModel.from_pretrained(path, truncate_dim=64), or mrl-hf export --sentence-transformers).")
+    if queries:
+        print("The adaptor is asymmetric: embed queries with model.encode_query(...) and the corpus with "
+              "model.encode_document(...) (sentence-transformers: the same two methods).")
     return 0
 
 
@@ -380,6 +390,10 @@ def build_parser() -> argparse.ArgumentParser:
     matryoshkafy.add_argument("--epochs", type=int, default=20, help="adaptor epochs (default 20)")
     matryoshkafy.add_argument("--pairs", default=None,
                               help="optional JSON-lines file of {\"query\": ..., \"answer\": ...} for the supervised term")
+    matryoshkafy.add_argument("--queries", default=None,
+                              help="optional file of unlabelled queries (same formats and --column as --corpus) when "
+                                   "they are another kind of text than the corpus: the adaptor is fitted on the corpus "
+                                   "and centres queries on their own mean (embed them with encode_query)")
     matryoshkafy.add_argument("--pair-weight", type=float, default=1.0, help="weight of the supervised term")
     matryoshkafy.add_argument("--held-out", type=float, default=0.1, help="fraction of texts held out to score")
     matryoshkafy.add_argument("--refit", action=argparse.BooleanOptionalAction, default=True,

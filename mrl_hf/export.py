@@ -45,20 +45,31 @@ def plain_bert_config(config) -> BertConfig:
 
 
 def _adaptor_modules(adaptor) -> tuple[list[nn.Module], bool]:
-    """sentence-transformers modules computing ``adaptor``; True when they need ``mrl_adaptor.py``."""
+    """sentence-transformers modules computing ``adaptor``; True when they need ``mrl_adaptor.py``. An asymmetric
+    adaptor becomes a ``Router`` with a query route (the query mean) and a document route (the default)."""
     from sentence_transformers.base.modules.dense import Dense
     from sentence_transformers.base.modules.normalize import Normalize
+    from sentence_transformers.base.modules.router import Router
 
     from .st_adaptor import MatryoshkaAdaptorModule
 
     state = {k: v.detach().float().cpu().clone() for k, v in adaptor.state_dict().items()}
-    if adaptor.mlp is None:  # W (e/|e| - mean) = W e/|e| - W mean: a Dense with a bias
-        weight = state["linear.weight"]
-        return [Normalize(), Dense(adaptor.input_dim, adaptor.input_dim, bias=True, activation_function=None,
-                                   init_weight=weight, init_bias=-(weight @ state["mean"]))], False
-    module = MatryoshkaAdaptorModule(adaptor.input_dim, adaptor.hidden_dim)
-    module.load_state_dict(state)
-    return [module], True
+    query_mean = state.pop("query_mean", None)
+
+    def modules(mean):
+        if adaptor.mlp is None:  # W (e/|e| - mean) = W e/|e| - W mean: a Dense with a bias
+            weight = state["linear.weight"]
+            return [Normalize(), Dense(adaptor.input_dim, adaptor.input_dim, bias=True, activation_function=None,
+                                       init_weight=weight.clone(), init_bias=-(weight @ mean))]
+        module = MatryoshkaAdaptorModule(adaptor.input_dim, adaptor.hidden_dim)
+        module.load_state_dict({**state, "mean": mean})
+        return [module]
+
+    custom = adaptor.mlp is not None
+    if query_mean is None:
+        return modules(state["mean"]), custom
+    return [Router.for_query_document(query_modules=modules(query_mean),
+                                      document_modules=modules(state["mean"]))], custom
 
 
 def export_sentence_transformers(model: MRLBertModel, path: str, tokenizer=None, max_seq_length: int | None = None,
@@ -116,10 +127,24 @@ def export_sentence_transformers(model: MRLBertModel, path: str, tokenizer=None,
             from . import st_adaptor
 
             shutil.copyfile(st_adaptor.__file__, st_dir / ADAPTOR_MODULE_FILE)
-            modules_file = st_dir / "modules.json"
-            entries = json.loads(modules_file.read_text())
-            for entry in entries:
-                if entry["type"].endswith(".MatryoshkaAdaptorModule"):
-                    entry["type"] = "mrl_adaptor.MatryoshkaAdaptorModule"
-            modules_file.write_text(json.dumps(entries, indent=2))
+            _point_at_module_file(st_dir / "modules.json")
+            for router_config in st_dir.glob("*_Router/router_config.json"):
+                _point_at_module_file(router_config)
     return path
+
+
+def _point_at_module_file(path) -> None:
+    """Rewrite the adaptor module's type in a sentence-transformers ``modules.json`` (a list of entries) or
+    ``router_config.json`` (``{"types": {...}}``) to the class in the folder's own ``mrl_adaptor.py``."""
+    content = json.loads(path.read_text())
+    name = "mrl_adaptor.MatryoshkaAdaptorModule"
+    if isinstance(content, list):
+        for entry in content:
+            if entry["type"].endswith(".MatryoshkaAdaptorModule"):
+                entry["type"] = name
+    else:
+        types = content.get("types", {})
+        for key, value in types.items():
+            if value.endswith(".MatryoshkaAdaptorModule"):
+                types[key] = name
+    path.write_text(json.dumps(content, indent=2))

@@ -31,25 +31,31 @@ def split_pairs(pairs, held_out: float = 0.2, seed: int = 0):
 
 def evaluate(model, test_pairs, dims, batch_size: int = 64) -> dict[int, dict[str, float]]:
     """Held-out question -> answer retrieval at each size: hit@1, hit@10, MRR (fractions)."""
+    from .adaptor import task_kwargs
     from .evaluation.pairs import group_pairs, pair_retrieval_metrics
 
     queries, answers, relevant = group_pairs(test_pairs)
     dim = model.config.matryoshka_embedding_dim
-    q = model.encode(queries, batch_size=batch_size, truncate_dim=dim, normalize=False)
-    a = model.encode(answers, batch_size=batch_size, truncate_dim=dim, normalize=False)
+    q = model.encode(queries, batch_size=batch_size, truncate_dim=dim, normalize=False,
+                     **task_kwargs(model, "query"))
+    a = model.encode(answers, batch_size=batch_size, truncate_dim=dim, normalize=False,
+                     **task_kwargs(model, "document"))
     return pair_retrieval_metrics(q, a, dims, relevant=relevant)
 
 
 def evaluate_codes(model, test_pairs, dims, precisions, batch_size: int = 64) -> dict[str, dict[int, dict]]:
     """Held-out question -> answer retrieval at each (size, precision), no rescoring: ``{precision: {dim: {"hit@1",
     "hit@10", "mrr"}}}`` (fractions), as ``mrl_hf.quantization.quantized_retrieval_metrics`` scores codes."""
+    from .adaptor import task_kwargs
     from .evaluation.pairs import group_pairs
     from .quantization import quantized_retrieval_metrics
 
     queries, answers, relevant = group_pairs(test_pairs)
     dim = model.config.matryoshka_embedding_dim
-    q = model.encode(queries, batch_size=batch_size, truncate_dim=dim, normalize=False)
-    a = model.encode(answers, batch_size=batch_size, truncate_dim=dim, normalize=False)
+    q = model.encode(queries, batch_size=batch_size, truncate_dim=dim, normalize=False,
+                     **task_kwargs(model, "query"))
+    a = model.encode(answers, batch_size=batch_size, truncate_dim=dim, normalize=False,
+                     **task_kwargs(model, "document"))
     return quantized_retrieval_metrics(q, a, dims, precisions, relevant=relevant)
 
 
@@ -131,42 +137,56 @@ def read_corpus(path: str, column: str = "text") -> list[str]:
     return [str(t).strip() for t in data[column] if t is not None and str(t).strip()]
 
 
-def neighbourhood_overlap(reference, candidates, dims, k: int = 10) -> dict[int, float]:
+def neighbourhood_overlap(reference, candidates, dims, k: int = 10, reference_queries=None,
+                          candidate_queries=None) -> dict[int, float]:
     """Label-free quality of each prefix on held-out texts: the share of each text's ``k`` nearest neighbours at full
     size in the ``reference`` embeddings (the original encoder) that the ``m``-dim prefix of ``candidates`` (each
-    prefix L2-normalised) also puts in its top ``k``, for every ``m`` in ``dims``; in [0, 1]."""
+    prefix L2-normalised) also puts in its top ``k``, for every ``m`` in ``dims``; in [0, 1]. With
+    ``reference_queries`` / ``candidate_queries`` (the same queries' embeddings) the neighbours are those of each query
+    among the texts instead of each text's among the others."""
     import torch
 
     from .embeddings import truncate_embeddings
 
     ref = torch.as_tensor(reference, dtype=torch.float32)
     cand = torch.as_tensor(candidates, dtype=torch.float32)
-    k = min(k, len(ref) - 1)
-    eye = torch.eye(len(ref), dtype=torch.bool)
+    if reference_queries is None:
+        ref_q, cand_q, k = ref, cand, min(k, len(ref) - 1)
+        exclude = torch.eye(len(ref), dtype=torch.bool)
+    else:
+        ref_q = torch.as_tensor(reference_queries, dtype=torch.float32)
+        cand_q = torch.as_tensor(candidate_queries, dtype=torch.float32)
+        k, exclude = min(k, len(ref)), torch.zeros(len(ref_q), len(ref), dtype=torch.bool)
 
-    def top(x):
-        sims = x @ x.T
-        return sims.masked_fill(eye, float("-inf")).topk(k, dim=1).indices
+    def top(queries, texts):
+        return (queries @ texts.T).masked_fill(exclude, float("-inf")).topk(k, dim=1).indices
 
-    truth = top(truncate_embeddings(ref, None, normalize=True))
+    truth = top(truncate_embeddings(ref_q, None, normalize=True), truncate_embeddings(ref, None, normalize=True))
     out = {}
     for m in dims:
-        found = top(truncate_embeddings(cand, m, normalize=True))
+        found = top(truncate_embeddings(cand_q, m, normalize=True), truncate_embeddings(cand, m, normalize=True))
         out[m] = float((found.unsqueeze(2) == truth.unsqueeze(1)).any(2).float().mean())
     return out
 
 
 def matryoshkafy_corpus(texts, model_path: str | None = None, nesting_list=None, epochs: int = 20, pairs=None,
                         pair_weight: float = 1.0, held_out: float = 0.1, seed: int = 0, refit: bool = True,
-                        log=print):
+                        queries=None, log=print):
     """Fit a ``MatryoshkaAdaptor`` (PCA start, similarity distillation) on the encoder's vectors of ``texts``, the
     corpus the user will search, without labels; with ``pairs`` (``[(query, relevant text), ...]``) also its
     supervised term. Returns ``(model with the adaptor attached, ResultsTable)``: the table scores the original
     sliced, PCA fitted on the same texts and the adaptor on held-out texts of the corpus (``held_out`` of them, at
     most 2,000) by ``neighbourhood_overlap`` at every size, each map fitted on the other texts. With ``refit`` (the
     default) the returned adaptor is then fitted again on every text, held-out ones included: the report scores the
-    method, the saved model uses the whole corpus."""
+    method, the saved model uses the whole corpus.
+
+    ``queries``: unlabelled query texts (what users search for, no answers needed), when they are a different kind
+    of text from the corpus. The adaptor is then asymmetric (``MatryoshkaAdaptor.fit(queries=...)``: fitted on the
+    corpus, queries centred on their own mean; the saved model's ``encode_query`` applies it), and the report scores
+    held-out queries' neighbours among the held-out texts."""
     import random
+
+    import numpy as np
 
     from .adaptor import MatryoshkaAdaptor, attach_adaptor, pca_rotation
     from .evaluation.table import ResultsTable
@@ -178,35 +198,55 @@ def matryoshkafy_corpus(texts, model_path: str | None = None, nesting_list=None,
                          "(ideally thousands) of the texts you will search.")
     if not 0 < held_out < 0.5:
         raise ValueError(f"held_out={held_out} must be a fraction in (0, 0.5).")
+    if queries is not None:
+        queries = list(dict.fromkeys(q for q in queries if q))
+        if len(queries) < 20:
+            raise ValueError(f"queries holds {len(queries)} distinct texts; their mean needs at least 20 (ideally "
+                             "hundreds), or leave queries out for a symmetric adaptor.")
     model = MRLBertModel.from_pretrained(model_path or packaged_minilm(),
                                          **({"nesting_list": list(nesting_list)} if nesting_list else {})).eval()
     dims = list(model.config.nesting_list)
     full = model.config.matryoshka_embedding_dim
+
+    def encode(strings):
+        return model.encode(list(strings), truncate_dim=full, normalize=False)
+
     random.Random(seed).shuffle(texts)
     n_held = min(2000, max(50, int(len(texts) * held_out)))
     fit_texts, eval_texts = texts[n_held:], texts[:n_held]
     log(f"encoding {len(texts)} texts ({len(fit_texts)} to fit on, {n_held} held out to score) ...")
-    vectors = model.encode(fit_texts, truncate_dim=full, normalize=False)
-    held = model.encode(eval_texts, truncate_dim=full, normalize=False)
+    vectors, held = encode(fit_texts), encode(eval_texts)
+    fit_q = held_q = None
+    if queries is not None:
+        random.Random(seed).shuffle(queries)
+        n_held_q = min(2000, max(10, int(len(queries) * held_out)))
+        log(f"encoding {len(queries)} queries ({len(queries) - n_held_q} for their mean, {n_held_q} held out) ...")
+        fit_q, held_q = encode(queries[n_held_q:]), encode(queries[:n_held_q])
     pair_vectors = None
     if pairs:
-        queries, positives = zip(*pairs)
-        pair_vectors = (model.encode(list(queries), truncate_dim=full, normalize=False),
-                        model.encode(list(positives), truncate_dim=full, normalize=False))
-    log(f"fitting PCA and the adaptor ({epochs} epochs{', with ' + str(len(pairs)) + ' pairs' if pairs else ''}) ...")
-    pca = pca_rotation(vectors, dims)
+        pair_queries, positives = zip(*pairs)
+        pair_vectors = (encode(pair_queries), encode(positives))
+    log(f"fitting PCA and the adaptor ({epochs} epochs{', with ' + str(len(pairs)) + ' pairs' if pairs else ''}"
+        f"{', asymmetric' if queries is not None else ''}) ...")
+    pca = pca_rotation(vectors, dims, queries=fit_q)
     adaptor = MatryoshkaAdaptor(full, dims).fit(vectors, epochs=epochs, seed=seed, pairs=pair_vectors,
-                                                pair_weight=pair_weight)
+                                                pair_weight=pair_weight, queries=fit_q)
     table = ResultsTable()
-    for method, candidates in (("original, sliced", held), ("PCA fitted on the corpus", pca.transform(held)),
-                               ("adaptor fitted on the corpus", adaptor.transform(held))):
-        for m, value in neighbourhood_overlap(held, candidates, dims).items():
+    for method, transform in (("original, sliced", None), ("PCA fitted on the corpus", pca.transform),
+                              ("adaptor fitted on the corpus", adaptor.transform)):
+        candidates = held if transform is None else transform(held)
+        if queries is None:
+            overlap = neighbourhood_overlap(held, candidates, dims)
+        else:
+            overlap = neighbourhood_overlap(held, candidates, dims, reference_queries=held_q,
+                                            candidate_queries=held_q if transform is None else
+                                            transform(held_q, task="query"))
+        for m, value in overlap.items():
             table.add(method, "overlap@10", m, 100.0 * value)
     if refit:
-        import numpy as np
-
         log(f"fitting the adaptor again on all {len(texts)} texts (the report scores the one without the {n_held} "
             "held-out texts) ...")
+        all_q = None if queries is None else np.concatenate([fit_q, held_q])
         adaptor = MatryoshkaAdaptor(full, dims).fit(np.concatenate([vectors, held]), epochs=epochs, seed=seed,
-                                                    pairs=pair_vectors, pair_weight=pair_weight)
+                                                    pairs=pair_vectors, pair_weight=pair_weight, queries=all_q)
     return attach_adaptor(model, adaptor), table

@@ -110,6 +110,10 @@ class MRLTrainer(Trainer):
         self.nonfinite_loss = nonfinite_loss
         self.skipped_nonfinite_batches = 0
         super().__init__(*args, **kwargs)
+        if getattr(getattr(self.model, "adaptor", None), "asymmetric", False):
+            raise ValueError("the model's adaptor is asymmetric (queries centred on their own mean), and MRLTrainer "
+                             "embeds every text as a document; train the encoder before attaching it, or attach a "
+                             "symmetric adaptor (fitted without queries=).")
         self.rotation_learning_rate = rotation_learning_rate
         self._rotation = self._setup_rotation() if rotation_learning_rate is not None else None
         self.teacher_weight, self.teacher_sizes = float(teacher_weight), teacher_sizes

@@ -60,3 +60,45 @@ def test_the_adaptor_fitted_on_the_corpus_leads_pca_on_held_out_retrieval(tmp_pa
     # a change of thread count in the adaptor's fit cannot turn CI red while a real regression still does
     assert ours[64] >= 0.89 * plain[384] and ours[128] >= 0.96 * plain[384], (ours, plain)
     assert ours[384] > plain[384] - 1.5, (ours, plain)  # the full size stays as good as the original
+
+
+@pytest.mark.slow
+def test_with_queries_of_their_own_the_adaptor_meets_the_targets_on_rotten_tomatoes(tmp_path, capsys):
+    """Rotten-tomatoes review -> plot: the training half's 518 plots are the corpus and its 2,269 reviews the
+    unlabelled queries (`--queries`, no pairs); the held-out half is 2,000 reviews over 565 plots. Reviews and plots
+    are different kinds of text: the symmetric adaptor reached 83% of the original's full-size hit@10 at 64 dims
+    here; the asymmetric one (fitted on the plots, reviews centred on their own mean) measured 20.6 / 23.6 at 64 / 128
+    dims against the original's 22.7 at full size (90.7% / 104%; seed-1 split, scratch run: 90.9% / 102.3%)."""
+    from mrl_hf.evaluation.pairs import pair_retrieval_metrics
+    from mrl_hf.modeling import MRLBertModel
+    from mrl_hf.recipes import packaged_minilm
+
+    recipe = _example()
+    full_set = recipe.rotten_tomatoes_review_to_plot(max_queries=None)
+    text, held_out = recipe.split_halves(full_set, max_queries=2000)
+    reviews = set(full_set.queries)
+    for name, rows in (("plots.txt", [t for t in text if t not in reviews]),
+                       ("reviews.txt", [t for t in text if t in reviews])):
+        (tmp_path / name).write_text("\n".join(t.replace("\n", " ") for t in rows) + "\n")
+    status = main(["matryoshkafy", "--corpus", str(tmp_path / "plots.txt"), "--queries", str(tmp_path / "reviews.txt"),
+                   "--output-dir", str(tmp_path / "out"), "--nesting-list", ",".join(map(str, DIMS))])
+    assert status == 0 and "encode_query" in capsys.readouterr().out
+
+    adaptor = MRLBertModel.from_pretrained(tmp_path / "out").adaptor
+    assert adaptor.asymmetric
+    original = MRLBertModel.from_pretrained(packaged_minilm())
+    # the saved model is the original encoder + this adaptor (tests/test_adaptor_asymmetric.py): encode once
+    q = original.encode(held_out.queries, truncate_dim=384, normalize=False)
+    c = original.encode(held_out.corpus, truncate_dim=384, normalize=False)
+
+    def hit10(queries, corpus):
+        metrics = pair_retrieval_metrics(queries, corpus, DIMS, held_out.relevant)
+        return {m: 100 * metrics[m]["hit@10"] for m in DIMS}
+
+    ours = hit10(adaptor.transform(q, task="query", normalize=False), adaptor.transform(c, normalize=False))
+    plain = hit10(q, c)
+    print(f"hit@10 asymmetric adaptor {ours}\noriginal {plain}")
+    # targets >= 90% at 64 dims and >= 97% at 128; measured 90.7% (7 reviews above it, 0.05 points each) and 104%:
+    # this guards 89.5% so that a thread-count change in the fit cannot turn CI red while a real regression does
+    assert ours[64] >= 0.895 * plain[384] and ours[128] >= 0.97 * plain[384], (ours, plain)
+    assert ours[64] > plain[64] + 3 and ours[384] > plain[384], (ours, plain)  # measured +5.0 and +3.2

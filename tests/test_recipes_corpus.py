@@ -32,6 +32,11 @@ def test_neighbourhood_overlap_is_one_for_the_reference_and_falls_with_noise():
     assert same[32] == 1.0 and same[8] < 0.9
     noisy = neighbourhood_overlap(x, x + rng.normal(scale=1.0, size=x.shape).astype(np.float32), [32])
     assert 0.0 < noisy[32] < 0.7
+    q = rng.normal(size=(50, 32)).astype(np.float32)  # queries ranked among the texts (no self-match to drop)
+    same = neighbourhood_overlap(x, x, [8, 32], reference_queries=q, candidate_queries=q)
+    assert same[32] == 1.0 and same[8] < 0.9
+    moved = neighbourhood_overlap(x, x, [32], reference_queries=q, candidate_queries=q + 1.0)
+    assert moved[32] < 0.9
 
 
 def test_matryoshkafy_refuses_a_corpus_too_small_to_fit_on(tmp_path, capsys):
@@ -57,3 +62,34 @@ def test_matryoshkafy_refits_the_saved_adaptor_on_every_text(tiny_checkpoint):
     everything = torch.from_numpy(vectors).double().mean(0).float()
     torch.testing.assert_close(runs[True][0].adaptor.mean, everything, rtol=0, atol=1e-5)
     assert (runs[False][0].adaptor.mean - everything).abs().max() > 1e-3  # fitted without the 50 held-out texts
+
+
+def test_matryoshkafy_with_queries_saves_an_asymmetric_adaptor_and_scores_queries(tiny_checkpoint, tmp_path, capsys):
+    """`--queries`: the adaptor is fitted on the corpus and centres queries on the mean of every query (after the
+    refit); the report ranks held-out queries among held-out texts; the card shows encode_query."""
+    import torch
+
+    from mrl_hf.modeling import MRLBertModel
+    from mrl_hf.recipes import matryoshkafy_corpus
+
+    path, model = tiny_checkpoint
+    texts = [f"text {i} about {w}" for i, w in enumerate(["cats", "rain", "music", "bread", "planets"] * 24)]
+    queries = [f"what about {w} number {i}?" for i, w in enumerate(["cats", "rain", "music", "bread"] * 10)]
+    adapted, table = matryoshkafy_corpus(texts, str(path), epochs=1, queries=queries, log=lambda _: None)
+    assert adapted.adaptor.asymmetric
+    assert {r["method"] for r in table.records} == {"original, sliced", "PCA fitted on the corpus",
+                                             "adaptor fitted on the corpus"}
+    expected = torch.from_numpy(model.encode(queries, truncate_dim=32, normalize=True)).double().mean(0).float()
+    torch.testing.assert_close(adapted.adaptor.query_mean, expected, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="queries holds 5 distinct texts"):
+        matryoshkafy_corpus(texts, str(path), epochs=1, queries=queries[:5], log=lambda _: None)
+
+    (tmp_path / "corpus.txt").write_text("\n".join(texts))
+    (tmp_path / "queries.txt").write_text("\n".join(queries))
+    assert main(["matryoshkafy", "--corpus", str(tmp_path / "corpus.txt"), "--queries", str(tmp_path / "queries.txt"),
+                 "--model", str(path), "--epochs", "1", "--output-dir", str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr().out
+    assert "Held-out queries of the corpus" in printed and "encode_query" in printed
+    loaded = MRLBertModel.from_pretrained(tmp_path / "out")
+    assert loaded.adaptor.asymmetric
+    assert "model.encode_query(" in (tmp_path / "out" / "README.md").read_text()

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from ..adaptor import task_kwargs
 from ..nesting import validate_dim
 from .table import ResultsTable
 
@@ -132,7 +133,7 @@ class MRLMtebEncoder:
     (slice, then L2-normalise) and similarity is cosine. ``model`` is anything with that ``encode`` and a
     ``config.nesting_list``. ``prompts`` optionally prefixes texts by mteb prompt type, e.g.
     ``{"query": "query: ", "document": "passage: "}``; ``encode_kwargs`` go to ``model.encode`` (e.g.
-    ``{"max_length": 128}``).
+    ``{"max_length": 128}``). A model whose adaptor is asymmetric embeds mteb's queries with ``task="query"``.
     """
 
     def __init__(self, model, dim: int, *, model_name: str | None = None, revision: str | None = None,
@@ -164,8 +165,10 @@ class MRLMtebEncoder:
             texts = [prefix + text for text in texts]
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
+        task = getattr(prompt_type, "value", prompt_type)
+        routed = task_kwargs(self.model, task) if task in ("query", "document") else {}
         out = self.model.encode(texts, batch_size=int(kwargs.get("batch_size") or 32), truncate_dim=self.dim,
-                                normalize=True, **self.encode_kwargs)
+                                normalize=True, **routed, **self.encode_kwargs)
         out = np.asarray(out.detach().cpu() if hasattr(out, "detach") else out, dtype=np.float32)
         if out.shape != (len(texts), self.dim):
             raise ValueError(f"model.encode returned shape {out.shape}, expected {(len(texts), self.dim)}.")

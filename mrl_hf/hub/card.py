@@ -46,18 +46,23 @@ def _sample_dim(config) -> int:
     return dims[(len(dims) - 1) // 2]
 
 
-def usage_snippets(architecture: str, repo_id: str, dim: int, remote_code: bool) -> dict[str, str | None]:
+def usage_snippets(architecture: str, repo_id: str, dim: int, remote_code: bool,
+                   asymmetric: bool = False) -> dict[str, str | None]:
     """Code for the card: ``mrl_hf_snippet``, ``transformers_snippet`` and ``st_snippet`` (None if not a text
-    embedding model)."""
+    embedding model). ``asymmetric``: the model's adaptor embeds queries on their own (``encode_query``)."""
     trust = ", trust_remote_code=True" if remote_code else ""
     register = "" if remote_code else "import mrl_hf.modeling  # registers the mrl_hf model types\n"
     if architecture in ("MRLBertModel", "MRLModelForTextEmbedding"):
+        encode = (('queries = model.encode_query(["How do I reset my password?"], normalize=True)  # queries have '
+                   'their own centre\n'
+                   'documents = model.encode_document(["Open Settings, then Reset password."], normalize=True)\n'
+                   f"print(queries.shape, documents.shape)  # (1, {dim}) (1, {dim})") if asymmetric else
+                  ('embeddings = model.encode(["How do I reset my password?", "Where is my order?"], normalize=True)\n'
+                   f"print(embeddings.shape)  # (2, {dim})"))
         return {
             "mrl_hf_snippet": (
                 f"from mrl_hf.modeling import {architecture}\n\n"
-                f'model = {architecture}.from_pretrained("{repo_id}", truncate_dim={dim})\n'
-                'embeddings = model.encode(["How do I reset my password?", "Where is my order?"], normalize=True)\n'
-                f"print(embeddings.shape)  # (2, {dim})"),
+                f'model = {architecture}.from_pretrained("{repo_id}", truncate_dim={dim})\n' + encode),
             "transformers_snippet": (
                 f"{register}from transformers import AutoModel, AutoTokenizer\n\n"
                 f'model = AutoModel.from_pretrained("{repo_id}"{trust}, truncate_dim={dim})\n'
@@ -68,7 +73,8 @@ def usage_snippets(architecture: str, repo_id: str, dim: int, remote_code: bool)
             "st_snippet": (
                 "from sentence_transformers import SentenceTransformer\n\n"
                 f'model = SentenceTransformer("./st-model", truncate_dim={dim})\n'
-                'embeddings = model.encode(["How do I reset my password?"], normalize_embeddings=True)\n'
+                f'embeddings = model.{"encode_query" if asymmetric else "encode"}(["How do I reset my password?"], '
+                'normalize_embeddings=True)\n'
                 f"print(embeddings.shape)  # (1, {dim})"),
         }
     if architecture in ("MRLBertForMaskedLM", "MRLModelForMaskedLM"):
@@ -248,7 +254,8 @@ def render_model_card(
         plot_file=plot_file if eval_table else None, plot_metric=results.metrics[0] if eval_table else None,
         training=training, remote_code=remote_code, precisions=precision_summary(config),
         codes_snippet=codes_snippet(architecture, repo_id, config),
-        **usage_snippets(architecture, repo_id, _sample_dim(config), remote_code),
+        **usage_snippets(architecture, repo_id, _sample_dim(config), remote_code,
+                         asymmetric=bool((getattr(config, "adaptor", None) or {}).get("asymmetric"))),
     )
 
 

@@ -33,7 +33,7 @@ from transformers import initialization as init
 from transformers.models.bert.modeling_bert import BertPredictionHeadTransform, BertPreTrainedModel
 from transformers.utils import ModelOutput
 
-from ..adaptor import MatryoshkaAdaptor
+from ..adaptor import MatryoshkaAdaptor, check_task
 from ..config import MatryoshkaConfigMixin
 from ..embeddings import truncate_embeddings
 from ..heads import MatryoshkaHead
@@ -203,7 +203,7 @@ class MRLBertModel(MRLBertPreTrainedModel):
                 json.dump(content, handle, indent=2)
                 handle.write("\n")
 
-    def _embed(self, input_ids, attention_mask=None, token_type_ids=None, inputs_embeds=None, **kwargs):
+    def _embed(self, input_ids, attention_mask=None, token_type_ids=None, inputs_embeds=None, task=None, **kwargs):
         check_nonempty(input_ids if input_ids is not None else inputs_embeds)
         if attention_mask is None:  # every position counts in the mean pooling
             shape = input_ids.shape if input_ids is not None else inputs_embeds.shape[:2]
@@ -216,7 +216,7 @@ class MRLBertModel(MRLBertPreTrainedModel):
         if self.projection is not None:
             pooled = self.projection(pooled)
         if self.adaptor is not None:
-            pooled = self.adaptor(pooled)
+            pooled = self.adaptor(pooled, task)
         return pooled, out
 
     def forward(
@@ -234,13 +234,17 @@ class MRLBertModel(MRLBertPreTrainedModel):
         normalize: bool | None = None,
         return_loss: bool = True,
         return_dict: bool | None = None,
+        task: str | None = None,
         **kwargs,
     ) -> MRLBertEmbeddingOutput | tuple:
         pairs = positive_input_ids is not None and return_loss
+        if pairs and getattr(self.adaptor, "asymmetric", False):
+            raise ValueError("the adaptor is asymmetric (queries centred on their own mean); the pair loss would embed "
+                             "every text as a document. Train the encoder without it, then attach it.")
         embed = (partial(embed_each_text_once, self._embed) if pairs and self.config.embed_duplicates_once
                  else self._embed)
         embeddings, out = embed(input_ids, attention_mask, token_type_ids=token_type_ids, position_ids=position_ids,
-                                inputs_embeds=inputs_embeds, **kwargs)
+                                inputs_embeds=inputs_embeds, task=check_task(task), **kwargs)
         loss = per_dim = None
         if pairs:
             candidates = [embed(positive_input_ids, positive_attention_mask)[0]]
@@ -279,12 +283,16 @@ class MRLBertModel(MRLBertPreTrainedModel):
         precision: str = "float32",
         ranges=None,
         calibration_embeddings=None,
+        task: str | None = None,
     ):
         """Embed ``texts`` like ``SentenceTransformer.encode``: returns ``(len(texts), dim)`` (or ``(dim,)`` for
         one string) as numpy, or a tensor with ``convert_to_tensor=True`` / ``convert_to_numpy=False``.
 
         ``truncate_dim`` defaults to ``config.truncate_dim`` (``None`` = full); ``normalize`` to
         ``config.normalize_embeddings``; normalisation happens after truncation.
+
+        ``task="query"`` embeds queries (as ``encode_query``) for a model whose adaptor is asymmetric (fitted with
+        queries of their own); ``None`` and ``"document"`` embed documents. Other models embed both alike.
 
         ``precision`` ``"int8"``, ``"uint8"``, ``"binary"`` or ``"ubinary"`` returns the codes of the (truncated,
         normalised) embeddings exactly as sentence-transformers' ``quantize_embeddings`` makes them (``ranges`` /
@@ -306,6 +314,7 @@ class MRLBertModel(MRLBertPreTrainedModel):
         if dim is not None:
             validate_dim(dim, self.config.matryoshka_embedding_dim, name="truncate_dim")
         check_code_precision(precision)
+        check_task(task)
         warn_if_untrained(self.config.matryoshka_precisions, dim or self.config.matryoshka_embedding_dim, precision)
         max_length = max_length or default_max_length(tokenizer, self.config)
         order = np.argsort([-len(t) for t in texts], kind="stable")  # similar lengths share a batch
@@ -319,7 +328,7 @@ class MRLBertModel(MRLBertPreTrainedModel):
                 batch = [texts[i] for i in order[start:start + batch_size]]
                 enc = tokenizer(batch, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
                 enc = {k: v.to(self.device) for k, v in enc.items()}
-                chunks.append(self(**enc, truncate_dim=dim, normalize=normalize).truncated_embeddings)
+                chunks.append(self(**enc, truncate_dim=dim, normalize=normalize, task=task).truncated_embeddings)
         finally:
             self.train(was_training)
         out = torch.empty_like(torch.cat(chunks))
@@ -331,6 +340,14 @@ class MRLBertModel(MRLBertPreTrainedModel):
         if convert_to_tensor or not convert_to_numpy:
             return out
         return (out.float() if out.is_floating_point() else out).cpu().numpy()
+
+    def encode_query(self, texts, **kwargs):
+        """``encode(texts, task="query", ...)``, as sentence-transformers' ``encode_query``."""
+        return self.encode(texts, task="query", **kwargs)
+
+    def encode_document(self, texts, **kwargs):
+        """``encode(texts, task="document", ...)``, as sentence-transformers' ``encode_document``."""
+        return self.encode(texts, task="document", **kwargs)
 
 
 class MRLBertLMPredictionHead(nn.Module):

@@ -52,10 +52,13 @@ def default_max_length(tokenizer, config) -> int:
 
 def sentence_transformers_files(config, max_seq_length: int) -> dict[str, object]:
     """The files that make a saved folder load in sentence-transformers (>= 6) as one Transformer module whose output
-    is the model's ``embeddings`` (pooling and projection included)."""
+    is the model's ``embeddings`` (pooling and projection included). With an asymmetric adaptor the module also passes
+    ``task`` on (``encode_query`` / ``encode_document``) to the model's forward."""
+    module = {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.base.modules.transformer.Transformer"}
+    if (getattr(config, "adaptor", None) or {}).get("asymmetric"):
+        module["kwargs"] = ["task"]
     return {
-        "modules.json": [{"idx": 0, "name": "0", "path": "",
-                          "type": "sentence_transformers.base.modules.transformer.Transformer"}],
+        "modules.json": [module],
         "sentence_bert_config.json": {
             "transformer_task": "feature-extraction",
             "modality_config": {"text": {"method": "forward", "method_output_name": "embeddings"}},
