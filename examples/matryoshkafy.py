@@ -99,10 +99,12 @@ class CachedEncoder:
         return np.stack([self.vectors[t] for t in texts]).astype(np.float32)
 
 
-def evaluate(sets: list[RetrievalSet], embed, dims: list[int]) -> dict[str, dict[int, float]]:
-    """hit@10 (%) per retrieval set and dim; ``embed(texts) -> (N, d)`` vectors."""
+def evaluate(sets: list[RetrievalSet], embed, dims: list[int], embed_queries=None) -> dict[str, dict[int, float]]:
+    """hit@10 (%) per retrieval set and dim; ``embed(texts) -> (N, d)`` vectors (``embed_queries`` for the queries,
+    default ``embed``)."""
+    embed_queries = embed_queries or embed
     return {s.name: {m: 100 * r["hit@10"] for m, r in pair_retrieval_metrics(
-        embed(s.queries), embed(s.corpus), dims, s.relevant).items()} for s in sets}
+        embed_queries(s.queries), embed(s.corpus), dims, s.relevant).items()} for s in sets}
 
 
 def markdown_table(results: dict[str, dict[str, dict[int, float]]], dims: list[int]) -> str:
@@ -186,6 +188,14 @@ def main(argv=None) -> None:
             print(f"{held.name}: the diagnostic row uses {len(queries)} labelled pairs of the training half")
             supervised = MatryoshkaAdaptor(vectors.shape[1], dims).fit(
                 vectors, epochs=args.epochs, pairs=(teacher_embed(queries), teacher_embed(positives)))
+            # Asymmetric (`mrl-hf matryoshkafy --queries`): fitted on the half's corpus texts, queries centred on the
+            # mean of the half's queries. Which texts are queries is known without any pair label.
+            asked = set(full_set.queries)
+            documents = teacher_embed([t for t in text if t not in asked])
+            query_texts = teacher_embed([t for t in text if t in asked])
+            asym_pca = pca_rotation(documents, dims, queries=query_texts)
+            asym_adaptor = MatryoshkaAdaptor(vectors.shape[1], dims).fit(documents, epochs=args.epochs,
+                                                                          queries=query_texts)
             for method, embed in (("original, sliced", teacher_embed),
                                   ("PCA rotation fitted on wiki/news", lambda t: pca.transform(teacher_embed(t))),
                                   ("PCA rotation fitted on the training half",
@@ -197,6 +207,14 @@ def main(argv=None) -> None:
                                   ("adaptor + the training half's labelled pairs (diagnostic)",
                                    lambda t: supervised.transform(teacher_embed(t)))):
                 in_domain.setdefault(method, {}).update(evaluate([held], embed, dims))
+            for method, (embed, embed_queries) in (
+                    ("PCA on the half's corpus texts, queries centred on their own mean",
+                     (lambda t: asym_pca.transform(teacher_embed(t)),
+                      lambda t: asym_pca.transform(teacher_embed(t), task="query"))),
+                    ("asymmetric adaptor fitted on the half's corpus texts (--queries)",
+                     (lambda t: asym_adaptor.transform(teacher_embed(t)),
+                      lambda t: asym_adaptor.transform(teacher_embed(t), task="query")))):
+                in_domain.setdefault(method, {}).update(evaluate([held], embed, dims, embed_queries))
         print(markdown_table(in_domain, dims), flush=True)
 
     from mrl_hf.modeling.bert import MRLBertModel
