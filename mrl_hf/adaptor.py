@@ -104,31 +104,33 @@ class MatryoshkaAdaptor(nn.Module):
     def init_pca(self, embeddings, center: bool = True, queries=None) -> "MatryoshkaAdaptor":
         """Set ``W`` to the principal axes of ``embeddings`` (largest variance first) and the MLP output to 0.
         With ``queries`` (embeddings of query texts) the adaptor becomes asymmetric: ``embeddings`` are the
-        documents, and queries are centred on the mean of ``queries``."""
+        documents, and queries are centred on the mean of ``queries``; without, an asymmetric adaptor keeps its
+        ``query_mean``."""
         x = F.normalize(check_embeddings(embeddings, self.input_dim), dim=-1)
         if x.shape[0] < 2:
             raise ValueError(f"embeddings has {x.shape[0]} row; PCA needs at least 2.")
+        if not center and (queries is not None or self.asymmetric):
+            raise ValueError("an asymmetric adaptor centres queries and documents on their own means, which "
+                             "center=False turns off; pass center=True, or leave queries out of a new adaptor.")
+        query_mean = None if queries is None else _mean_direction(queries, self.input_dim)
         mean, axes = principal_axes(x, center)
         self.mean.copy_(mean.float())
         self.linear.weight.copy_(axes.float())
         if self.mlp is not None:
             self.mlp[2].weight.zero_()
             self.mlp[2].bias.zero_()
-        if queries is not None:
-            self.set_query_mean(queries, center)
-        elif self.asymmetric:
-            self.query_mean.copy_(self.mean)
+        if query_mean is not None:
+            self._make_asymmetric()
+            self.query_mean.copy_(query_mean.to(self.mean.device))
         return self
 
     @torch.no_grad()
-    def set_query_mean(self, queries, center: bool = True) -> "MatryoshkaAdaptor":
-        """Make the adaptor asymmetric: queries are centred on the mean of the (L2-normalised) ``queries``."""
-        if not center:
-            raise ValueError("queries= sets the queries' own centre, which center=False turns off; pass center=True "
-                             "or leave queries out.")
-        q = F.normalize(check_embeddings(queries, self.input_dim, "queries"), dim=-1)
+    def set_query_mean(self, queries) -> "MatryoshkaAdaptor":
+        """Make the adaptor asymmetric: queries are centred on the mean of the (L2-normalised) ``queries``. (On an
+        adaptor attached to a model, the model's saved config follows: it is rebuilt from the adaptor on save.)"""
+        query_mean = _mean_direction(queries, self.input_dim)
         self._make_asymmetric()
-        self.query_mean.copy_(q.double().mean(0).float().to(self.mean.device))
+        self.query_mean.copy_(query_mean.to(self.mean.device))
         return self
 
     def fit(self, embeddings, epochs: int = 20, batch_size: int = 512, lr: float = 1e-3, weight_decay: float = 0.0,
@@ -160,9 +162,10 @@ class MatryoshkaAdaptor(nn.Module):
         are a different kind of text from the documents (reviews searching plots, questions searching manuals). Then
         ``embeddings`` are the documents: the PCA start and the fit use them alone, so the short prefixes keep the
         directions along which the documents differ, and queries are centred on their own mean (``transform(...,
-        task="query")``). With in-domain text it took rotten-tomatoes review -> plot from 83% to 92-94% of the
+        task="query")``). With in-domain text it took rotten-tomatoes review -> plot from 83% to 91-93% of the
         original's full-size hit@10 at 64 dims; on chatterbot, where questions and answers are the same kind of text,
-        the symmetric fit on all texts is better (docs/matryoshkafy.md).
+        the symmetric fit on all texts is better at 16-32 and 128 dims (docs/matryoshkafy.md). With ``init=None``
+        the current weights and centre are kept and ``queries`` only sets the query mean.
         """
         similarity_distillation_loss = _needs_mrl_hf("fitting an adaptor", "distillation").similarity_distillation_loss
         x = check_embeddings(embeddings, self.input_dim)
@@ -206,7 +209,7 @@ class MatryoshkaAdaptor(nn.Module):
             nested_contrastive_loss = tools.nested_contrastive_loss
         batch_size = min(batch_size, x.shape[0])
         steps_per_epoch = max(1, x.shape[0] // batch_size)
-        total = epochs * steps_per_epoch
+        total = max(1, epochs * steps_per_epoch)  # epochs=0: the start (PCA) alone, no schedule to divide by 0
         optimizer = torch.optim.AdamW(self.parameters(), lr=lr, weight_decay=weight_decay)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / total)))
         self.train()
@@ -319,6 +322,12 @@ def check_task(task: str | None) -> str | None:
     if task is not None and task not in TASKS:
         raise ValueError(f"task={task!r} is not supported; use 'query', 'document' or None (= 'document').")
     return task
+
+
+def _mean_direction(queries, dim: int) -> torch.Tensor:
+    """The mean of the L2-normalised ``queries`` (checked first, so that bad input changes nothing)."""
+    q = F.normalize(check_embeddings(queries, dim, "queries"), dim=-1)
+    return q.double().mean(0).float()
 
 
 def task_kwargs(model, task: str) -> dict:

@@ -45,10 +45,10 @@ def adaptive_retrieval(model_dir: str, test_pairs, shortlist_dim: int, shortlist
 
     model = MRLBertModel.from_pretrained(model_dir)
     queries, answers, relevant = group_pairs(test_pairs)
-    small = model.encode(queries[:4])  # config.truncate_dim applies: (4, truncate_dim)
+    small = model.encode_query(queries[:4])  # config.truncate_dim applies: (4, truncate_dim)
     full = model.config.matryoshka_embedding_dim
-    index = MatryoshkaIndex(model.encode(answers, truncate_dim=full), metric="cosine", backend="torch")
-    q = model.encode(queries, truncate_dim=full)
+    index = MatryoshkaIndex(model.encode_document(answers, truncate_dim=full), metric="cosine", backend="torch")
+    q = model.encode_query(queries, truncate_dim=full)
     adaptive = index.adaptive_search(q, top_k=10, shortlist_dim=shortlist_dim, shortlist_k=shortlist_k)
     exact = index.search(q, top_k=10)
 

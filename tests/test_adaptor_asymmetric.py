@@ -183,6 +183,60 @@ def test_evaluation_embeds_queries_as_queries(asymmetric_model):
     from mrl_hf.evaluation.mteb_eval import MRLMtebEncoder
 
     encoder = MRLMtebEncoder(model, 8)
-    for prompt_type, method in ((PromptType.query, model.encode_query), (PromptType.document, model.encode_document)):
+    for prompt_type, method in ((PromptType.query, model.encode_query), (PromptType.document, model.encode_document),
+                                (None, model.encode_document)):
         np.testing.assert_allclose(encoder.encode([{"text": TEXTS}], prompt_type=prompt_type),
                                    method(TEXTS, truncate_dim=8, normalize=True), atol=1e-6)
+
+
+def test_refitting_keeps_the_query_mean_and_bad_queries_change_nothing():
+    adaptor = pca_rotation(DOCS, [8, 32], queries=QUERIES)
+    before = {k: v.clone() for k, v in adaptor.state_dict().items()}
+    with pytest.raises(ValueError, match="queries has dim 16"):
+        adaptor.init_pca(DOCS[:50], queries=QUERIES[:, :16])
+    for name, value in adaptor.state_dict().items():
+        torch.testing.assert_close(value, before[name], rtol=0, atol=0, msg=name)  # untouched by the bad call
+    adaptor.init_pca(DOCS[:150])  # new documents, no queries: the query mean stays the queries'
+    torch.testing.assert_close(adaptor.query_mean, before["query_mean"], rtol=0, atol=0)
+    assert (adaptor.mean - before["mean"]).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="center=False"):
+        adaptor.init_pca(DOCS, center=False)
+    fitted = MatryoshkaAdaptor(32, [8, 32]).fit(DOCS, epochs=0, queries=QUERIES)  # epochs=0: the PCA start alone
+    np.testing.assert_allclose(fitted.transform(QUERIES, task="query"),
+                               pca_rotation(DOCS, [8, 32], queries=QUERIES).transform(QUERIES, task="query"),
+                               atol=1e-5)
+
+
+def test_an_adaptor_made_asymmetric_after_attaching_is_saved_as_it_is(tiny_checkpoint, tmp_path):
+    """The saved config is rebuilt from the adaptor on save, so ``set_query_mean`` after ``attach_adaptor`` is kept
+    (and the sentence-transformers files route ``task``)."""
+    from sentence_transformers import SentenceTransformer
+
+    from mrl_hf.modeling import MRLBertModel
+
+    model = attach_adaptor(MRLBertModel.from_pretrained(tiny_checkpoint[0]).eval(), pca_rotation(DOCS, [8, 16, 32]))
+    model.adaptor.set_query_mean(QUERIES)
+    query = model.encode_query(TEXTS)
+    model.save_pretrained(tmp_path / "saved")
+    loaded = MRLBertModel.from_pretrained(tmp_path / "saved")
+    assert loaded.adaptor.asymmetric and loaded.config.adaptor["asymmetric"] is True
+    np.testing.assert_array_equal(loaded.encode_query(TEXTS), query)
+    st = SentenceTransformer(str(tmp_path / "saved"), device="cpu")
+    np.testing.assert_allclose(st.encode_query(TEXTS), model.encode_query(TEXTS, normalize=False), atol=1e-5)
+
+
+def test_the_model_card_embeds_its_sample_query_as_a_query(asymmetric_model, tmp_path):
+    """The card's mrl_hf and transformers snippets, run as written, give ``encode_query``'s vectors."""
+    from mrl_hf.hub import save_for_hub, usage_snippets
+
+    model = asymmetric_model
+    save_for_hub(model, tmp_path / "model", remote_code=False)
+    card = (tmp_path / "model" / "README.md").read_text()
+    assert "model.encode_query(" in card and 'normalize=True, task="query")' in card
+    snippets = usage_snippets("MRLBertModel", str(tmp_path / "model"), 16, remote_code=False, asymmetric=True)
+    expected = model.encode_query(["How do I reset my password?"], truncate_dim=16, normalize=True)
+    namespace = {}
+    exec(snippets["mrl_hf_snippet"], namespace)  # noqa: S102  (our own rendered code)
+    np.testing.assert_allclose(namespace["queries"], expected, atol=1e-5)
+    exec(snippets["transformers_snippet"], namespace)  # noqa: S102
+    np.testing.assert_allclose(namespace["out"].truncated_embeddings.detach().numpy(), expected, atol=1e-5)

@@ -53,6 +53,7 @@ def usage_snippets(architecture: str, repo_id: str, dim: int, remote_code: bool,
     trust = ", trust_remote_code=True" if remote_code else ""
     register = "" if remote_code else "import mrl_hf.modeling  # registers the mrl_hf model types\n"
     if architecture in ("MRLBertModel", "MRLModelForTextEmbedding"):
+        query_task = ', task="query"' if asymmetric else ""
         encode = (('queries = model.encode_query(["How do I reset my password?"], normalize=True)  # queries have '
                    'their own centre\n'
                    'documents = model.encode_document(["Open Settings, then Reset password."], normalize=True)\n'
@@ -68,7 +69,7 @@ def usage_snippets(architecture: str, repo_id: str, dim: int, remote_code: bool,
                 f'model = AutoModel.from_pretrained("{repo_id}"{trust}, truncate_dim={dim})\n'
                 f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}")\n'
                 'batch = tokenizer(["How do I reset my password?"], padding=True, return_tensors="pt")\n'
-                "out = model(**batch, normalize=True)\n"
+                f"out = model(**batch, normalize=True{query_task})\n"
                 f"out.truncated_embeddings  # (1, {dim}): the first {dim} dims, L2-normalised after slicing"),
             "st_snippet": (
                 "from sentence_transformers import SentenceTransformer\n\n"
@@ -141,6 +142,11 @@ def precision_summary(config) -> str:
     return "; ".join(parts)
 
 
+def _asymmetric(config) -> bool:
+    """Whether the model's adaptor embeds queries on their own (``encode_query``)."""
+    return bool((getattr(config, "adaptor", None) or {}).get("asymmetric"))
+
+
 def codes_snippet(architecture: str, repo_id: str, config) -> str | None:
     """How to get the codes the model was trained for (None for a float-only or non-text model)."""
     quantized = _quantized(config)
@@ -152,7 +158,7 @@ def codes_snippet(architecture: str, repo_id: str, config) -> str | None:
     lines = [f"from mrl_hf.modeling import {architecture}", "",
              f'model = {architecture}.from_pretrained("{repo_id}")',
              f'codes = model.encode(["How do I reset my password?", "Where is my order?"], truncate_dim={dim}, '
-             f'precision="{precision}")']
+             f'precision="{precision}"' + (', task="query")' if _asymmetric(config) else ")")]
     if name == "binary":
         lines.append(f"print(codes.shape, codes.dtype)  # (2, {-(-dim // 8)}) uint8: {dim} sign bits, packed "
                      "(sentence-transformers' quantize_embeddings format)")
@@ -254,8 +260,7 @@ def render_model_card(
         plot_file=plot_file if eval_table else None, plot_metric=results.metrics[0] if eval_table else None,
         training=training, remote_code=remote_code, precisions=precision_summary(config),
         codes_snippet=codes_snippet(architecture, repo_id, config),
-        **usage_snippets(architecture, repo_id, _sample_dim(config), remote_code,
-                         asymmetric=bool((getattr(config, "adaptor", None) or {}).get("asymmetric"))),
+        **usage_snippets(architecture, repo_id, _sample_dim(config), remote_code, asymmetric=_asymmetric(config)),
     )
 
 

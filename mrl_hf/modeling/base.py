@@ -66,9 +66,13 @@ class MatryoshkaPreTrainedMixin:
     def _save_extra_files(self, save_directory: str) -> None:
         """Write files that belong with the weights (tokenizer, processor) into ``save_directory``."""
 
+    def _sync_config(self) -> None:
+        """Bring config fields that mirror a submodule up to date with it before the config is written."""
+
     def write_files(self, directory, *args, remote_code: bool = True, **kwargs) -> None:
         """Write the checkpoint's files into ``directory`` as they are, without the commit of ``save_pretrained``
         (for writers that commit a larger set of files, such as ``save_for_hub``)."""
+        self._sync_config()
         super().save_pretrained(str(directory), *args, **kwargs)
         self._save_extra_files(str(directory))
         if remote_code and type(self).__module__.startswith("mrl_hf."):  # a copy's own code is copied by transformers
@@ -83,6 +87,7 @@ class MatryoshkaPreTrainedMixin:
 
     def save_pretrained(self, save_directory, *args, is_main_process: bool = True, push_to_hub: bool = False,
                         remote_code: bool = True, **kwargs):
+        self._sync_config()
         try:
             from mrl_hf.saving import is_weight_file, owned_files
         except ImportError:  # a remote-code copy without mrl_hf: transformers' own save (which copies the code)

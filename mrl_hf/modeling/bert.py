@@ -189,6 +189,10 @@ class MRLBertModel(MRLBertPreTrainedModel):
     def set_input_embeddings(self, value):
         self.bert.embeddings.word_embeddings = value
 
+    def _sync_config(self):
+        # an adaptor changed after attach_adaptor (e.g. set_query_mean) must be rebuilt as it is now on load
+        self.config.adaptor = None if self.adaptor is None else self.adaptor.init_kwargs()
+
     def _save_extra_files(self, save_directory):
         """Also make the folder a sentence-transformers model: ``SentenceTransformer(folder)`` (once
         ``mrl_hf.modeling`` is imported) reads this model's ``embeddings`` output (pooling, projection and adaptor
