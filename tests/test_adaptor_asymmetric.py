@@ -135,6 +135,10 @@ def test_sentence_transformers_routes_queries_in_the_saved_folder_and_in_the_exp
         np.testing.assert_allclose(st.encode_query(TEXTS, truncate_dim=8), query[:, :8], atol=1e-5, err_msg=folder)
     router = json.loads(next((tmp_path / "exported").glob("*_Router/router_config.json")).read_text())
     assert set(router["types"].values()) == {"mrl_adaptor.MatryoshkaAdaptorModule"}  # the folder's own module file
+    from mrl_hf.contract import inspect_checkpoint
+
+    report = inspect_checkpoint(tmp_path / "exported")  # vLLM would skip the Router: said, with the fix
+    assert any("skips ['Router']" in p.message for p in report.problems), report
 
 
 def test_a_linear_asymmetric_adaptor_exports_as_dense_modules_without_remote_code(tiny_checkpoint, tmp_path):
