@@ -244,3 +244,17 @@ def test_the_model_card_embeds_its_sample_query_as_a_query(asymmetric_model, tmp
     np.testing.assert_allclose(namespace["queries"], expected, atol=1e-5)
     exec(snippets["transformers_snippet"], namespace)  # noqa: S102
     np.testing.assert_allclose(namespace["out"].truncated_embeddings.detach().numpy(), expected, atol=1e-5)
+
+
+def test_the_supervised_term_embeds_the_pairs_queries_as_queries():
+    """With ``pairs`` and ``queries``, the pair queries go through the query side, their positives the documents'."""
+    seen = []
+
+    class Recording(MatryoshkaAdaptor):
+        def forward(self, embeddings, task=None):
+            seen.append((embeddings.shape[0], task))
+            return super().forward(embeddings, task)
+
+    pair_q, pair_p = QUERIES[:40], DOCS[:40]
+    Recording(32, [8, 32], hidden_dim=8).fit(DOCS, epochs=1, batch_size=100, queries=QUERIES, pairs=(pair_q, pair_p))
+    assert ("query" in {task for _, task in seen}) and seen.count((40, "query")) == seen.count((40, None)) == 3
