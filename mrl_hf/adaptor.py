@@ -120,18 +120,19 @@ class MatryoshkaAdaptor(nn.Module):
             self.mlp[2].weight.zero_()
             self.mlp[2].bias.zero_()
         if query_mean is not None:
-            self._make_asymmetric()
-            self.query_mean.copy_(query_mean.to(self.mean.device))
+            self._store_query_mean(query_mean)
         return self
 
     @torch.no_grad()
     def set_query_mean(self, queries) -> "MatryoshkaAdaptor":
         """Make the adaptor asymmetric: queries are centred on the mean of the (L2-normalised) ``queries``. (On an
         adaptor attached to a model, the model's saved config follows: it is rebuilt from the adaptor on save.)"""
-        query_mean = _mean_direction(queries, self.input_dim)
+        self._store_query_mean(_mean_direction(queries, self.input_dim))
+        return self
+
+    def _store_query_mean(self, query_mean: torch.Tensor) -> None:
         self._make_asymmetric()
         self.query_mean.copy_(query_mean.to(self.mean.device))
-        return self
 
     def fit(self, embeddings, epochs: int = 20, batch_size: int = 512, lr: float = 1e-3, weight_decay: float = 0.0,
             init: str | None = "pca", top_k: int = 10, pairwise_weight: float = 1.0, topk_weight: float = 1.0,
@@ -330,10 +331,15 @@ def _mean_direction(queries, dim: int) -> torch.Tensor:
     return q.double().mean(0).float()
 
 
+def has_asymmetric_adaptor(model) -> bool:
+    """Whether ``model`` (any object) carries an asymmetric ``MatryoshkaAdaptor`` as ``model.adaptor``."""
+    return bool(getattr(getattr(model, "adaptor", None), "asymmetric", False))
+
+
 def task_kwargs(model, task: str) -> dict:
     """``{"task": task}`` for ``model.encode`` when the model's adaptor is asymmetric, else ``{}`` (so any model with an
     ``encode`` works): evaluation code embeds queries with ``task="query"`` and documents with ``"document"``."""
-    return {"task": check_task(task)} if getattr(getattr(model, "adaptor", None), "asymmetric", False) else {}
+    return {"task": check_task(task)} if has_asymmetric_adaptor(model) else {}
 
 
 def _row_groups(rows: torch.Tensor) -> list[int]:

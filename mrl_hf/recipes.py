@@ -29,10 +29,11 @@ def split_pairs(pairs, held_out: float = 0.2, seed: int = 0):
     return train, test
 
 
-def evaluate(model, test_pairs, dims, batch_size: int = 64) -> dict[int, dict[str, float]]:
-    """Held-out question -> answer retrieval at each size: hit@1, hit@10, MRR (fractions)."""
+def _embed_test_pairs(model, test_pairs, batch_size: int):
+    """Full-size, unnormalised embeddings of the distinct questions and answers (queries through the query side of an
+    asymmetric adaptor) and, for each question, its answers' indices."""
     from .adaptor import task_kwargs
-    from .evaluation.pairs import group_pairs, pair_retrieval_metrics
+    from .evaluation.pairs import group_pairs
 
     queries, answers, relevant = group_pairs(test_pairs)
     dim = model.config.matryoshka_embedding_dim
@@ -40,22 +41,23 @@ def evaluate(model, test_pairs, dims, batch_size: int = 64) -> dict[int, dict[st
                      **task_kwargs(model, "query"))
     a = model.encode(answers, batch_size=batch_size, truncate_dim=dim, normalize=False,
                      **task_kwargs(model, "document"))
+    return q, a, relevant
+
+
+def evaluate(model, test_pairs, dims, batch_size: int = 64) -> dict[int, dict[str, float]]:
+    """Held-out question -> answer retrieval at each size: hit@1, hit@10, MRR (fractions)."""
+    from .evaluation.pairs import pair_retrieval_metrics
+
+    q, a, relevant = _embed_test_pairs(model, test_pairs, batch_size)
     return pair_retrieval_metrics(q, a, dims, relevant=relevant)
 
 
 def evaluate_codes(model, test_pairs, dims, precisions, batch_size: int = 64) -> dict[str, dict[int, dict]]:
     """Held-out question -> answer retrieval at each (size, precision), no rescoring: ``{precision: {dim: {"hit@1",
     "hit@10", "mrr"}}}`` (fractions), as ``mrl_hf.quantization.quantized_retrieval_metrics`` scores codes."""
-    from .adaptor import task_kwargs
-    from .evaluation.pairs import group_pairs
     from .quantization import quantized_retrieval_metrics
 
-    queries, answers, relevant = group_pairs(test_pairs)
-    dim = model.config.matryoshka_embedding_dim
-    q = model.encode(queries, batch_size=batch_size, truncate_dim=dim, normalize=False,
-                     **task_kwargs(model, "query"))
-    a = model.encode(answers, batch_size=batch_size, truncate_dim=dim, normalize=False,
-                     **task_kwargs(model, "document"))
+    q, a, relevant = _embed_test_pairs(model, test_pairs, batch_size)
     return quantized_retrieval_metrics(q, a, dims, precisions, relevant=relevant)
 
 

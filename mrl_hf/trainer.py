@@ -110,7 +110,9 @@ class MRLTrainer(Trainer):
         self.nonfinite_loss = nonfinite_loss
         self.skipped_nonfinite_batches = 0
         super().__init__(*args, **kwargs)
-        if getattr(getattr(self.model, "adaptor", None), "asymmetric", False):
+        from .adaptor import has_asymmetric_adaptor
+
+        if has_asymmetric_adaptor(self.model):
             raise ValueError("the model's adaptor is asymmetric (queries centred on their own mean), and MRLTrainer "
                              "embeds every text as a document; train the encoder before attaching it, or attach a "
                              "symmetric adaptor (fitted without queries=).")

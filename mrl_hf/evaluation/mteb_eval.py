@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from ..adaptor import task_kwargs
+from ..adaptor import TASKS, task_kwargs
 from ..nesting import validate_dim
 from .table import ResultsTable
 
@@ -166,7 +166,7 @@ class MRLMtebEncoder:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         task = getattr(prompt_type, "value", prompt_type)
-        routed = task_kwargs(self.model, task) if task in ("query", "document") else {}
+        routed = task_kwargs(self.model, task) if task in TASKS else {}
         out = self.model.encode(texts, batch_size=int(kwargs.get("batch_size") or 32), truncate_dim=self.dim,
                                 normalize=True, **routed, **self.encode_kwargs)
         out = np.asarray(out.detach().cpu() if hasattr(out, "detach") else out, dtype=np.float32)

@@ -143,8 +143,9 @@ def precision_summary(config) -> str:
 
 
 def _asymmetric(config) -> bool:
-    """Whether the model's adaptor embeds queries on their own (``encode_query``)."""
-    return bool((getattr(config, "adaptor", None) or {}).get("asymmetric"))
+    from ..modeling.text_common import config_has_asymmetric_adaptor  # on use: the card module stays light
+
+    return config_has_asymmetric_adaptor(config)
 
 
 def codes_snippet(architecture: str, repo_id: str, config) -> str | None:

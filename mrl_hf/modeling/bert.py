@@ -33,7 +33,7 @@ from transformers import initialization as init
 from transformers.models.bert.modeling_bert import BertPredictionHeadTransform, BertPreTrainedModel
 from transformers.utils import ModelOutput
 
-from ..adaptor import MatryoshkaAdaptor, check_task
+from ..adaptor import MatryoshkaAdaptor, check_task, has_asymmetric_adaptor
 from ..config import MatryoshkaConfigMixin
 from ..embeddings import truncate_embeddings
 from ..heads import MatryoshkaHead
@@ -242,7 +242,7 @@ class MRLBertModel(MRLBertPreTrainedModel):
         **kwargs,
     ) -> MRLBertEmbeddingOutput | tuple:
         pairs = positive_input_ids is not None and return_loss
-        if pairs and getattr(self.adaptor, "asymmetric", False):
+        if pairs and has_asymmetric_adaptor(self):
             raise ValueError("the adaptor is asymmetric (queries centred on their own mean); the pair loss would embed "
                              "every text as a document. Train the encoder without it, then attach it.")
         embed = (partial(embed_each_text_once, self._embed) if pairs and self.config.embed_duplicates_once

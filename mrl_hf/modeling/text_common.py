@@ -50,12 +50,17 @@ def default_max_length(tokenizer, config) -> int:
     return int(min(limit, positions)) if positions else int(limit)
 
 
+def config_has_asymmetric_adaptor(config) -> bool:
+    """Whether the config's ``adaptor`` (as ``attach_adaptor`` writes it) embeds queries on their own."""
+    return bool((getattr(config, "adaptor", None) or {}).get("asymmetric"))
+
+
 def sentence_transformers_files(config, max_seq_length: int) -> dict[str, object]:
     """The files that make a saved folder load in sentence-transformers (>= 6) as one Transformer module whose output
     is the model's ``embeddings`` (pooling and projection included). With an asymmetric adaptor the module also passes
     ``task`` on (``encode_query`` / ``encode_document``) to the model's forward."""
     module = {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.base.modules.transformer.Transformer"}
-    if (getattr(config, "adaptor", None) or {}).get("asymmetric"):
+    if config_has_asymmetric_adaptor(config):
         module["kwargs"] = ["task"]
     return {
         "modules.json": [module],
