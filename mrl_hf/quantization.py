@@ -228,9 +228,37 @@ def add_quantized_terms(per_dim: torch.Tensor, nesting_list: Sequence[int], prec
 
 # ---- codes (sentence-transformers' conventions) -----------------------------------------------------------------
 
+def _float_array(x) -> np.ndarray:
+    """``x`` (a numpy array, a list or a torch tensor on any device, in any float dtype) as a numpy array."""
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu()
+        return (x.float() if x.is_floating_point() else x).numpy()
+    return np.asarray(x)
+
+
+def _code_bytes(codes, name: str) -> np.ndarray:
+    """Packed binary codes as their uint8 bytes. Codes held in a wider integer type (a list, JSON, ``.long()``) are
+    converted by value, not reinterpreted: a view of an int64 -3 would count its sign-extension bytes as bits."""
+    codes = _float_array(codes)
+    if codes.dtype in (np.uint8, np.int8):
+        return np.ascontiguousarray(codes).view(np.uint8)
+    _check_integer_codes(codes, -128, 255, f"{name} (packed binary codes: int8 'binary' or uint8 'ubinary' bytes, "
+                         "as quantize_embeddings returns them)")
+    return (codes.astype(np.int64) & 0xFF).astype(np.uint8)
+
+
+def _check_integer_codes(codes: np.ndarray, low: int, high: int, what: str) -> None:
+    if codes.dtype.kind not in "iu":
+        raise ValueError(f"{what} must be integers in {low}..{high}, got {codes.dtype}.")
+    if codes.size and (codes.min() < low or codes.max() > high):
+        raise ValueError(f"{what} must be integers in {low}..{high}, got values in {codes.min()}..{codes.max()}.")
+
+
 def quantization_ranges(calibration_embeddings) -> np.ndarray:
     """``(2, dim)``: the min and max of each feature over ``calibration_embeddings``, as sentence-transformers takes."""
-    x = np.asarray(calibration_embeddings)
+    x = _float_array(calibration_embeddings)
+    if x.ndim != 2 or x.shape[0] == 0:
+        raise ValueError(f"calibration embeddings must be 2-D with at least one row, got shape {x.shape}.")
     return np.vstack((np.min(x, axis=0), np.max(x, axis=0)))
 
 
@@ -241,20 +269,20 @@ def quantize_embeddings(embeddings, precision: str, ranges=None, calibration_emb
     without either, they come from ``embeddings`` themselves (which needs more than one row).
     """
     check_code_precision(precision)
-    if isinstance(embeddings, torch.Tensor):
-        embeddings = embeddings.detach().cpu().float().numpy()
-    embeddings = np.asarray(embeddings)
+    embeddings = _float_array(embeddings)
     if embeddings.dtype in (np.uint8, np.int8):
         raise ValueError(f"embeddings are already {embeddings.dtype} codes; quantise float embeddings.")
     if precision == "float32":
         return embeddings.astype(np.float32)
     if precision.endswith("int8"):
+        if ranges is None and calibration_embeddings is None and embeddings.ndim == 2 and embeddings.shape[0] == 0:
+            return np.zeros(embeddings.shape, np.uint8 if precision == "uint8" else np.int8)
         if ranges is None:
             if calibration_embeddings is None and (embeddings.ndim == 1 or embeddings.shape[0] == 1):
                 raise ValueError(f"cannot calibrate {precision} ranges on a single embedding; pass ranges= (2, dim) or "
                                  "calibration_embeddings= (a representative set, e.g. the corpus).")
             ranges = quantization_ranges(embeddings if calibration_embeddings is None else calibration_embeddings)
-        ranges = np.asarray(ranges).astype(np.float32, copy=False)
+        ranges = _float_array(ranges).astype(np.float32, copy=False)
         if ranges.shape != (2, embeddings.shape[-1]):
             raise ValueError(f"ranges has shape {ranges.shape}; expected (2, {embeddings.shape[-1]}): the min and max "
                              "of each feature, at the size being quantised.")
@@ -267,13 +295,22 @@ def quantize_embeddings(embeddings, precision: str, ranges=None, calibration_emb
     return packed if precision == "ubinary" else (packed - 128).astype(np.int8)
 
 
-def dequantize_embeddings(codes, ranges) -> np.ndarray:
-    """int8 / uint8 codes back to floats (sentence-transformers' rescoring rule: ``level * step + min``)."""
-    codes = np.asarray(codes)
-    ranges = np.asarray(ranges).astype(np.float32, copy=False)
+def dequantize_embeddings(codes, ranges, precision: str | None = None) -> np.ndarray:
+    """int8 / uint8 codes back to floats (sentence-transformers' rescoring rule: ``level * step + min``). The codes'
+    dtype says which they are; codes held in another integer type (a list, ``.long()``) need ``precision``."""
+    codes = _float_array(codes)
+    if precision is None:
+        if codes.dtype not in (np.int8, np.uint8):
+            raise ValueError(f"codes are {codes.dtype}, so whether they are int8 (levels - 128) or uint8 codes is "
+                             "not known; pass precision='int8' or 'uint8', or the int8 / uint8 arrays themselves.")
+        precision = "int8" if codes.dtype == np.int8 else "uint8"
+    if precision not in ("int8", "uint8"):
+        raise ValueError(f"precision={precision!r}; dequantize_embeddings takes 'int8' or 'uint8' codes.")
+    _check_integer_codes(codes, *((-128, 127) if precision == "int8" else (0, 255)), f"{precision} codes")
+    ranges = _float_array(ranges).astype(np.float32, copy=False)
     steps = (ranges[1] - ranges[0]) / 255
     steps = np.where(steps == 0, 1, steps)
-    levels = codes.astype(np.float64) + (128 if codes.dtype == np.int8 else 0)
+    levels = codes.astype(np.float64) + (128 if precision == "int8" else 0)
     return levels * steps + ranges[0]
 
 
@@ -283,8 +320,8 @@ _POPCOUNT = torch.tensor([i.bit_count() for i in range(256)], dtype=torch.int32)
 def hamming_distances(query_codes, corpus_codes) -> torch.Tensor:
     """``(n_queries, n_corpus)`` Hamming distances between packed binary codes (``"binary"`` or ``"ubinary"``:
     the -128 offset of ``"binary"`` flips the same bit on both sides, so both give the same distances)."""
-    q = torch.as_tensor(np.ascontiguousarray(query_codes).view(np.uint8))
-    c = torch.as_tensor(np.ascontiguousarray(corpus_codes).view(np.uint8))
+    q = torch.as_tensor(_code_bytes(query_codes, "query codes"))
+    c = torch.as_tensor(_code_bytes(corpus_codes, "corpus codes"))
     if q.ndim != 2 or c.ndim != 2 or q.shape[1] != c.shape[1]:
         raise ValueError(f"binary codes must be 2-D with the same number of bytes, got {tuple(q.shape)} and "
                          f"{tuple(c.shape)}.")
@@ -301,8 +338,8 @@ def asymmetric_binary_scores(queries, corpus_codes, precision: str = "ubinary") 
     binary quantization with a float query). ``queries`` are the same prefix as the codes (``dim`` features in
     ``ceil(dim / 8)`` bytes, as ``quantize_embeddings`` packs them), normalised or not (the ranking per query is the
     same)."""
-    q = np.asarray(queries, dtype=np.float64)
-    codes = np.ascontiguousarray(corpus_codes).view(np.uint8)
+    q = _float_array(queries).astype(np.float64)
+    codes = _code_bytes(corpus_codes, "corpus codes")
     if precision == "binary":  # sentence-transformers' int8 "binary" codes are the packed bytes minus 128
         codes = codes ^ np.uint8(128)
     if q.ndim != 2 or codes.ndim != 2 or -(-q.shape[1] // 8) != codes.shape[1]:
@@ -324,6 +361,9 @@ def search_codes(query_codes, corpus_codes, precision: str, top_k: int = 10, ran
     ``sentence_transformers.quantization.semantic_search_faiss``.
     """
     check_code_precision(precision)
+    query_codes = _float_array(query_codes)
+    if query_codes.ndim == 1:  # one query, as encode("a text", precision=...) gives it
+        query_codes = query_codes[None, :]
     scores = _code_scores(query_codes, corpus_codes, precision, ranges)
     top_k = max(1, min(int(top_k), scores.shape[1]))
     order = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :top_k]
@@ -331,7 +371,7 @@ def search_codes(query_codes, corpus_codes, precision: str, top_k: int = 10, ran
 
 
 def _code_scores(query_codes, corpus_codes, precision: str, ranges=None) -> torch.Tensor:
-    if precision in ("binary", "ubinary") and np.asarray(query_codes).dtype.kind == "f":
+    if precision in ("binary", "ubinary") and _float_array(query_codes).dtype.kind == "f":
         return asymmetric_binary_scores(query_codes, corpus_codes, precision)
     if precision in ("binary", "ubinary"):
         return -hamming_distances(query_codes, corpus_codes).float()
@@ -339,10 +379,10 @@ def _code_scores(query_codes, corpus_codes, precision: str, ranges=None) -> torc
         if ranges is None:
             raise ValueError(f"{precision} codes are scored on their dequantised values: pass the ranges they were "
                              "quantised with (quantization_ranges(calibration_embeddings)).")
-        query_codes, corpus_codes = dequantize_embeddings(query_codes, ranges), dequantize_embeddings(corpus_codes,
-                                                                                                        ranges)
-    q = torch.as_tensor(np.asarray(query_codes, dtype=np.float64))
-    c = torch.as_tensor(np.asarray(corpus_codes, dtype=np.float64))
+        query_codes = dequantize_embeddings(query_codes, ranges, precision)
+        corpus_codes = dequantize_embeddings(corpus_codes, ranges, precision)
+    q = torch.as_tensor(_float_array(query_codes).astype(np.float64))
+    c = torch.as_tensor(_float_array(corpus_codes).astype(np.float64))
     return q @ c.T
 
 

@@ -13,3 +13,6 @@ def test_pair_query_ranks_count_the_candidates_above_the_best_relevant_one():
     metrics = pair_retrieval_metrics(queries, candidates, [1, 2], relevant=[[2], [1], [0, 3]], ks=(1,))
     for m in (1, 2):
         assert metrics[m]["hit@1"] == pytest.approx(float((ranks[m] < 1).float().mean()))
+    import torch  # one relevant candidate per query, given as a tensor
+    assert pair_query_ranks(queries, candidates, [2], relevant=torch.tensor([2, 1, 0]))[2].tolist() == \
+        pair_query_ranks(queries, candidates, [2], relevant=[2, 1, 0])[2].tolist()

@@ -99,3 +99,22 @@ def test_bad_exports_raise_clear_errors(setup):
         export_to_qdrant(index, client, "mrl", [PLANS[0]])
     with pytest.raises(ValueError, match=r"dim=256, but the index stores 128-dim vectors"):
         export_to_qdrant(index, client, "other", [SearchPlan(256, "int8")])
+
+
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+def test_other_metrics_give_our_ids_and_scores_in_our_units(metric):
+    """Qdrant reports the Euclidean distance; MatryoshkaIndex scores the squared one (as FAISS does), and so does
+    qdrant_search. Slots a short result leaves empty hold id -1 and the worst score (+inf for l2)."""
+    db, queries = clustered(3, 300, 5, 32)
+    index = MatryoshkaIndex(db, metric=metric)
+    client = qdrant_client.QdrantClient(":memory:")
+    plan = SearchPlan(16, "float32", "flat", 400)
+    export_to_qdrant(index, client, "m", [plan])
+    scores, ids = qdrant_search(client, "m", queries, plan, 10, metric=metric)
+    ours = index.search_plan(queries, 10, plan)
+    np.testing.assert_array_equal(ids, ours.ids)
+    np.testing.assert_allclose(scores, ours.scores, rtol=1e-4, atol=1e-4)
+    client.delete(collection_name="m", points_selector=list(range(3, 300)))
+    scores, ids = qdrant_search(client, "m", queries[:1], plan, 5, metric=metric)
+    assert (ids[0, 3:] == -1).all() and np.isinf(scores[0, 3:]).all()
+    assert (scores[0, 3:] > 0).all() == (metric == "l2")

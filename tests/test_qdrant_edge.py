@@ -101,3 +101,16 @@ def test_the_shard_reopens_from_its_folder_with_the_same_results(setup):
         np.testing.assert_array_equal(qdrant_edge_search(reopened, queries, PLANS[1], 10)[1], before)
     finally:
         reopened.close()
+
+
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+def test_other_metrics_give_our_ids_and_scores_in_our_units(metric, tmp_path):
+    """Qdrant reports the Euclidean distance; qdrant_edge_search gives its square, as MatryoshkaIndex does."""
+    db, queries = clustered(3, 300, 5, 32)
+    index = MatryoshkaIndex(db, metric=metric)
+    plan = SearchPlan(16, "float32", "flat", 400)
+    shard = export_to_qdrant_edge(index, tmp_path / "shard", [plan])
+    scores, ids = qdrant_edge_search(shard, queries, plan, 10, metric=metric)
+    ours = index.search_plan(queries, 10, plan)
+    np.testing.assert_array_equal(ids, ours.ids)
+    np.testing.assert_allclose(scores, ours.scores, rtol=1e-5, atol=1e-5)

@@ -26,6 +26,7 @@ from mrl_hf.quantization import (
     asymmetric_binary_scores,
     batch_centred,
     binary_surrogate,
+    dequantize_embeddings,
     fake_quantize_int8,
     format_precision_table,
     hamming_distances,
@@ -290,6 +291,38 @@ def test_search_codes_and_hamming_match_faiss():
                                             quantize_embeddings(corpus, "binary")).numpy(), ham)
     reference = np.unpackbits(qq, axis=1)[:, None, :] != np.unpackbits(cq, axis=1)[None, :, :]
     assert np.array_equal(ham, reference.sum(-1))
+
+
+@pytest.mark.parametrize("precision", ["binary", "ubinary", "int8", "uint8"])
+def test_codes_in_other_containers_search_as_the_arrays_do(precision):
+    """Codes that went through a list (JSON), ``.long()`` or a tensor, and one query's 1-D codes (what
+    ``encode("a text", precision=...)`` returns), rank exactly as the int8 / uint8 arrays; calibration data may be
+    a bf16 tensor that requires grad; an empty batch gives empty codes, as sentence-transformers does."""
+    rng = np.random.default_rng(0)
+    corpus, queries = rng.normal(size=(50, 20)).astype(np.float32), rng.normal(size=(4, 20)).astype(np.float32)
+    calibration = torch.tensor(corpus, dtype=torch.bfloat16, requires_grad=True)
+    ranges = quantization_ranges(calibration)
+    assert ranges.dtype == np.float32 and ranges.shape == (2, 20)
+    kwargs = {"ranges": ranges} if "int8" in precision else {}
+    q, c = quantize_embeddings(queries, precision, **kwargs), quantize_embeddings(corpus, precision, **kwargs)
+    scores, ids = search_codes(q, c, precision, 5, **kwargs)
+    for q_other, c_other in ((q.tolist(), c.tolist()), (torch.tensor(q).long(), torch.from_numpy(c))):
+        other_scores, other_ids = search_codes(q_other, c_other, precision, 5, **kwargs)
+        assert np.array_equal(other_ids, ids) and np.allclose(other_scores, scores)
+    one_scores, one_ids = search_codes(q[0], c, precision, 5, **kwargs)
+    assert np.array_equal(one_ids, ids[:1]) and np.allclose(one_scores, scores[:1])
+    empty = quantize_embeddings(np.zeros((0, 20), np.float32), precision)
+    assert empty.shape == st_quantize(np.zeros((0, 20), np.float32), precision).shape
+    assert empty.dtype == st_quantize(np.zeros((0, 20), np.float32), precision).dtype
+
+
+def test_codes_outside_their_type_are_refused_naming_the_values():
+    with pytest.raises(ValueError, match="must be integers in -128..255, got values in 300..300"):
+        hamming_distances(np.array([[300]]), np.array([[1]]))
+    with pytest.raises(ValueError, match="pass precision='int8' or 'uint8'"):
+        dequantize_embeddings([[1, 2]], np.zeros((2, 2), np.float32))
+    with pytest.raises(ValueError, match="int8 codes must be integers in -128..127, got values in 200..200"):
+        dequantize_embeddings([[200]], np.zeros((2, 1), np.float32), "int8")
 
 
 # ---- evaluation tables ------------------------------------------------------------------------------------------

@@ -169,6 +169,20 @@ def test_ivf_with_few_probes_is_approximate_and_reports_fewer_flops(data):
     assert result.cost.exact_mflops_per_query == pytest.approx(N * 16 / 1e6)
 
 
+@pytest.mark.parametrize("metric", ["cosine", "l2"])
+def test_slots_an_approximate_index_leaves_empty_hold_the_worst_score(data, metric):
+    """An IVF search of one probe finds fewer than k neighbours; its empty slots are id -1 with score -inf (+inf
+    for l2), as SearchResult says and adaptive search gives, not FAISS's +-3.4e38 fill value."""
+    pytest.importorskip("faiss")
+    db, queries = data
+    ivf = MatryoshkaIndex(db, backend="faiss", index_type="ivf", nlist=16, nprobe=1, metric=metric)
+    result = ivf.search(queries, 100, dim=16)
+    empty = result.ids < 0
+    assert empty.any() and (~empty).any()
+    assert (result.scores[empty] == (np.inf if metric == "l2" else -np.inf)).all()
+    assert np.isfinite(result.scores[~empty]).all()
+
+
 # -- add, copy, input types ---------------------------------------------------------------------------
 @pytest.mark.parametrize("backend", backends())
 def test_add_in_parts_equals_one_build(data, backend):

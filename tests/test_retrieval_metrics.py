@@ -76,6 +76,8 @@ def test_overlap_and_recall_against_a_reference():
     assert nn_recall_at_k(found, ref, 1) == 0.0          # neither query finds its exact nearest neighbour first
     assert nn_recall_at_k(found, ref, 2) == pytest.approx(1.0)
     assert top_k_overlap(torch.from_numpy(ref), ref, 4) == 1.0
+    # an empty slot (-1, from an approximate index) is not a neighbour, even where the reference's is empty too
+    assert nn_recall_at_k(np.array([[-1, 2]]), np.array([[-1, 5]]), 2) == 0.0
 
 
 def test_retrieval_metrics_names_every_value():

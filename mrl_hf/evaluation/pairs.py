@@ -62,6 +62,8 @@ def pair_retrieval_metrics(
 
 
 def _relevance_mask(relevant, num_queries: int, num_candidates: int) -> torch.Tensor:
+    if isinstance(relevant, torch.Tensor):
+        relevant = relevant.tolist()
     if relevant is None:
         if num_queries > num_candidates:
             raise ValueError(f"{num_queries} queries but {num_candidates} candidates; pass relevant= to say "

@@ -125,7 +125,7 @@ def nn_recall_at_k(ids, reference_ids, k: int) -> float:
     k = _check_k(ids, k)
     if ids.shape[0] != ref.shape[0]:
         raise ValueError(f"ids has {ids.shape[0]} rows but reference_ids has {ref.shape[0]}; pass one row per query.")
-    return float((ids[:, :k] == ref[:, :1]).any(axis=1).mean())
+    return float(((ids[:, :k] == ref[:, :1]) & (ref[:, :1] >= 0)).any(axis=1).mean())  # -1: an empty slot
 
 
 def retrieval_metrics(ids, query_labels=None, database_labels=None, ks=DEFAULT_KS, reference_ids=None) -> dict:

@@ -5,6 +5,8 @@ import math
 
 import numpy as np
 
+from ._rerank import worst_score
+
 INDEX_TYPES = ("flat", "hnsw", "ivf")
 
 
@@ -92,7 +94,9 @@ class FaissLevel:
         else:
             scores, ids = self.index.search(queries, k)
             scored = float(self.ntotal)
-        return scores, ids.astype(np.int64, copy=False), scored
+        ids = ids.astype(np.int64, copy=False)
+        scores[ids < 0] = worst_score(self.metric)  # FAISS fills empty slots with +-3.4e38, SearchResult with +-inf
+        return scores, ids, scored
 
     def save(self, path: str) -> None:
         self.faiss.write_index(self.index, path)

@@ -23,6 +23,7 @@ import numpy as np
 
 from ..nesting import as_int
 from ._inputs import prefix
+from ._rerank import worst_score
 from .plan import SearchPlan, check_plan
 
 FULL = "full"
@@ -142,10 +143,12 @@ def qdrant_search(client, collection: str, queries, plan: SearchPlan, top_k: int
                                                    using=vector_name(plan), limit=plan.candidates, params=params),
                                query=prefix(q[None], q.shape[0], metric)[0].tolist(), using=FULL, limit=top_k)
                 for q in queries]
-    scores = np.full((len(queries), top_k), -np.inf, np.float32)
+    scores = np.full((len(queries), top_k), worst_score(metric), np.float32)
     ids = np.full((len(queries), top_k), -1, np.int64)
     for s in range(0, len(requests), batch):
         for i, response in enumerate(client.query_batch_points(collection, requests=requests[s:s + batch]), s):
             for j, point in enumerate(response.points):
                 scores[i, j], ids[i, j] = point.score, int(point.id)
+    if metric == "l2":  # Qdrant reports the Euclidean distance; MatryoshkaIndex (FAISS) scores its square
+        scores = np.where(ids >= 0, np.square(scores), scores)
     return scores, ids

@@ -17,6 +17,7 @@ import numpy as np
 
 from ..nesting import as_int
 from ._inputs import prefix
+from ._rerank import worst_score
 from .plan import SearchPlan, check_plan
 from .qdrant import FULL, check_exportable, named_plans, vector_name
 
@@ -100,10 +101,12 @@ def qdrant_edge_search(shard, queries, plan: SearchPlan, top_k: int, metric: str
                                 prefetches=[qe.Prefetch(limit=plan.candidates, params=params, query=qe.Query.Nearest(
                                     short[i].tolist(), using=vector_name(plan)))])
                 for i in range(len(queries))]
-    scores = np.full((len(queries), top_k), -np.inf, np.float32)
+    scores = np.full((len(queries), top_k), worst_score(metric), np.float32)
     ids = np.full((len(queries), top_k), -1, np.int64)
     for s in range(0, len(requests), batch):
         for i, points in enumerate(shard.query_batch(qe.QueryBatchRequest(requests[s:s + batch])), s):
             for j, point in enumerate(points):
                 scores[i, j], ids[i, j] = point.score, int(point.id)
+    if metric == "l2":  # Qdrant reports the Euclidean distance; MatryoshkaIndex (FAISS) scores its square
+        scores = np.where(ids >= 0, np.square(scores), scores)
     return scores, ids
