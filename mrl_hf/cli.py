@@ -70,11 +70,12 @@ def _train(args: argparse.Namespace) -> int:
         texts = sorted({text for pair in train for text in (pair["anchor"], pair["positive"])})
         vectors = model.encode(texts, truncate_dim=model.config.matryoshka_embedding_dim, normalize=False)
         attach_adaptor(model, mean_centering(vectors, nesting))
-    table = recipes.results_table({"MRL fine-tuned": recipes.evaluate(model, test, nesting)})
+    embedded = recipes.embed_test_pairs(model, test)  # once, for the float table and the codes
+    table = recipes.results_table({"MRL fine-tuned": recipes.evaluate(model, test, nesting, embedded=embedded)})
     trained = model.config.matryoshka_precisions or {}
     codes = [p for p in trained if p != "float32"]
     if codes:  # the held-out set as the codes the model was trained for, at every size, no rescoring
-        scores = recipes.evaluate_codes(model, test, nesting, ["float32", *codes])
+        scores = recipes.evaluate_codes(model, test, nesting, ["float32", *codes], embedded=embedded)
         table = table + recipes.results_table({f"MRL fine-tuned, {p} codes": scores[p] for p in codes})
     out = save_for_hub(model, args.output_dir, results=table,
                        eval_dataset={"name": "chatterbot-corpus (held-out questions)", "type": "chatterbot-corpus"},

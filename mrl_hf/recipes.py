@@ -29,7 +29,7 @@ def split_pairs(pairs, held_out: float = 0.2, seed: int = 0):
     return train, test
 
 
-def _embed_test_pairs(model, test_pairs, batch_size: int):
+def embed_test_pairs(model, test_pairs, batch_size: int = 64):
     """Full-size, unnormalised embeddings of the distinct questions and answers (queries through the query side of an
     asymmetric adaptor) and, for each question, its answers' indices."""
     from .adaptor import task_kwargs
@@ -44,20 +44,23 @@ def _embed_test_pairs(model, test_pairs, batch_size: int):
     return q, a, relevant
 
 
-def evaluate(model, test_pairs, dims, batch_size: int = 64) -> dict[int, dict[str, float]]:
-    """Held-out question -> answer retrieval at each size: hit@1, hit@10, MRR (fractions)."""
+def evaluate(model, test_pairs, dims, batch_size: int = 64, embedded=None) -> dict[int, dict[str, float]]:
+    """Held-out question -> answer retrieval at each size: hit@1, hit@10, MRR (fractions). ``embedded``: what
+    ``embed_test_pairs(model, test_pairs)`` returned, so that scoring floats and codes embeds the set once."""
     from .evaluation.pairs import pair_retrieval_metrics
 
-    q, a, relevant = _embed_test_pairs(model, test_pairs, batch_size)
+    q, a, relevant = embedded or embed_test_pairs(model, test_pairs, batch_size)
     return pair_retrieval_metrics(q, a, dims, relevant=relevant)
 
 
-def evaluate_codes(model, test_pairs, dims, precisions, batch_size: int = 64) -> dict[str, dict[int, dict]]:
+def evaluate_codes(model, test_pairs, dims, precisions, batch_size: int = 64,
+                   embedded=None) -> dict[str, dict[int, dict]]:
     """Held-out question -> answer retrieval at each (size, precision), no rescoring: ``{precision: {dim: {"hit@1",
-    "hit@10", "mrr"}}}`` (fractions), as ``mrl_hf.quantization.quantized_retrieval_metrics`` scores codes."""
+    "hit@10", "mrr"}}}`` (fractions), as ``mrl_hf.quantization.quantized_retrieval_metrics`` scores codes.
+    ``embedded``: as for ``evaluate``."""
     from .quantization import quantized_retrieval_metrics
 
-    q, a, relevant = _embed_test_pairs(model, test_pairs, batch_size)
+    q, a, relevant = embedded or embed_test_pairs(model, test_pairs, batch_size)
     return quantized_retrieval_metrics(q, a, dims, precisions, relevant=relevant)
 
 

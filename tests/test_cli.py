@@ -192,19 +192,25 @@ def _train_cli(path, out, *flags):
                  "--nesting-list", "8,16,32", *flags])
 
 
-def test_train_with_binary_codes(tiny_checkpoint, tmp_path, capsys):
+def test_train_with_binary_codes(tiny_checkpoint, tmp_path, capsys, monkeypatch):
     """`mrl-hf train --precisions binary`: the code term reaches the loss (weight 0 trains exactly what the float-only
-    run trains, weight 1 something else), the setting is saved in the config, the held-out set is scored as codes,
-    and --mean-centering attaches the centring fitted on the training texts."""
+    run trains, weight 1 something else), the setting is saved in the config, the held-out set is scored as codes
+    (embedded once for the float table and the codes), and --mean-centering attaches the centring fitted on the
+    training texts."""
     from safetensors.torch import load_file
 
+    from mrl_hf import recipes
     from mrl_hf.modeling import MRLBertModel
 
     path, _ = tiny_checkpoint
     assert _train_cli(path, tmp_path / "float") == 0
     assert _train_cli(path, tmp_path / "zero", "--precisions", "binary", "--quantization-weight", "0") == 0
+    embeddings, embed = [], recipes.embed_test_pairs
+    monkeypatch.setattr(recipes, "embed_test_pairs",
+                        lambda *a, **k: embeddings.append(embed(*a, **k)) or embeddings[-1])
     assert _train_cli(path, tmp_path / "codes", "--precisions", "binary", "--precision-sizes", "8,16",
                       "--binary-surrogate", "ste-centred", "--mean-centering") == 0
+    assert len(embeddings) == 1
     printed = capsys.readouterr().out
     assert "As codes" in printed and "binary" in printed and "--mean-centering" not in printed
     weights = {name: load_file(str(tmp_path / name / "model.safetensors")) for name in ("float", "zero", "codes")}
