@@ -210,7 +210,8 @@ class DistillationCollator:
     def __call__(self, features) -> dict:
         if len(features) < 2:
             raise ValueError(f"a batch of {len(features)} row(s); similarity distillation needs at least 2 "
-                             "(use a larger per_device_train_batch_size, e.g. 64).")
+                             "(use a larger per_device_train_batch_size, e.g. 64, and, when the dataset's size "
+                             "leaves one row over, TrainingArguments(dataloader_drop_last=True)).")
         for key in (self.text_column, self.teacher_column):
             if key not in features[0]:
                 raise ValueError(f"the rows have no {key!r} (keys: {sorted(features[0])}); "
@@ -247,6 +248,12 @@ class MatryoshkaDistillationTrainer(MRLTrainer):
             raise ValueError(f"distillation_loss.nesting_list={self.distillation_loss.nesting_list} differs "
                              f"from the model's nesting_list={config.nesting_list}; build the loss from it.")
         self.args.remove_unused_columns = False  # the collator needs the text and teacher columns
+        rows = len(self.train_dataset) if hasattr(self.train_dataset, "__len__") else None
+        batch = self.args.per_device_train_batch_size
+        if rows and self.args.world_size == 1 and not self.args.dataloader_drop_last and rows % batch == 1:
+            raise ValueError(f"{rows} training rows in batches of {batch} leave a last batch of one row, which has no "
+                             "similarities to distill (the run would fail at the end of the epoch); set "
+                             "TrainingArguments(dataloader_drop_last=True) or change per_device_train_batch_size.")
 
     def compute_nested_loss(self, model, inputs, num_items_in_batch=None):
         inputs = dict(inputs)

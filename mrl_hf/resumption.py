@@ -27,17 +27,33 @@ import torch
 COLLATOR_STATE_FILE = "collator_rng_state_{}.pth"
 
 
-def checkpoint_problem(folder: Path, world_size: int = 1) -> str | None:
-    """Why a Trainer ``checkpoint-N`` folder cannot be resumed from, or None when it was written to the end."""
+def checkpoint_problem(folder: Path, world_size: int = 1, random_states: bool = True) -> str | None:
+    """Why a Trainer ``checkpoint-N`` folder cannot be resumed from, or None when it was written to the end.
+    Weights are model files, FSDP's sharded ``pytorch_model_fsdp_*`` folder or DeepSpeed's ``global_step*`` one;
+    ``random_states=False`` (``save_only_model``, which saves none) does not ask for every process's random state."""
     try:
         json.loads((folder / "trainer_state.json").read_text())
     except (OSError, ValueError) as exc:
         return f"no readable trainer_state.json: {type(exc).__name__}"
-    if not any(folder.glob("*.safetensors")) and not any(folder.glob("pytorch_model*.bin")):
+    weights = [*folder.glob("*.safetensors"), *folder.glob("pytorch_model*.bin"),
+               *(p for p in folder.glob("pytorch_model_fsdp*") if p.is_dir()),
+               *(p for p in folder.glob("global_step*") if p.is_dir())]
+    if not weights:
         return "no model weights"
-    if world_size > 1 and len(list(folder.glob("rng_state_*.pth"))) < world_size:
+    if random_states and world_size > 1 and len(list(folder.glob("rng_state_*.pth"))) < world_size:
         return "the random states of some processes are missing"
     return None
+
+
+def set_aside(folder: Path) -> Path:
+    """Rename an incomplete ``checkpoint-N`` to ``incomplete-checkpoint-N`` (``-2``, ``-3``, ... if taken), out of
+    the Trainer's way (it writes ``checkpoint-N`` again and rotates only ``checkpoint-*``) with nothing deleted."""
+    target, number = folder.with_name(f"incomplete-{folder.name}"), 1
+    while target.exists():
+        number += 1
+        target = folder.with_name(f"incomplete-{folder.name}-{number}")
+    folder.rename(target)
+    return target
 
 
 def fsync_tree(folder: Path) -> None:
@@ -114,5 +130,7 @@ class RecordingCollator:
         """The random state before call number ``call`` (counted from this collator's creation), if remembered."""
         return next((state for number, state in self._states if number == call), None)
 
-    def __getattr__(self, name):
+    def __getattr__(self, name):  # only for names the wrapper lacks; unpickling asks before __dict__ is filled
+        if name.startswith("__") or "collator" not in self.__dict__:
+            raise AttributeError(name)
         return getattr(self.collator, name)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import inspect
 import os
-import shutil
 from pathlib import Path
 from typing import Sequence
 
@@ -23,7 +22,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 
 from .nesting import validate_nesting_list
-from .resumption import COLLATOR_STATE_FILE, RecordingCollator, checkpoint_problem, fsync_tree
+from .resumption import COLLATOR_STATE_FILE, RecordingCollator, checkpoint_problem, fsync_tree, set_aside
 
 logger = logging.get_logger(__name__)
 
@@ -72,7 +71,8 @@ class MRLTrainer(Trainer):
     is built; or pass any model whose ``forward(input_ids, attention_mask)`` gives ``embeddings``. The teacher runs
     without gradient, once per distinct anchor: its embeddings are kept (one vector per anchor) and reused in later
     epochs; its term is a batch-level loss like the contrastive one (gathered across
-    processes with the embeddings), and is part of ``loss`` and of each ``loss_dim_{m}``. What it buys is measured
+    processes with the embeddings), and is part of ``loss`` and of each ``loss_dim_{m}``; a batch of one anchor
+    (an epoch's last, say) has no similarities to keep, and adds nothing. What it buys is measured
     in docs/finetune.md (benchmarks/bench_finetune_vs_st.py).
 
     Large contrastive batches without more memory (embedding models trained on pairs): ``mini_batch_size=k`` embeds
@@ -228,6 +228,8 @@ class MRLTrainer(Trainer):
         config = self.accelerator.unwrap_model(model).config
         if getattr(config, "gather_across_processes", True) and self.accelerator.num_processes > 1:
             student, target = all_gather_with_grad(student), all_gather_with_grad(target)
+        if student.shape[0] < 2:  # one anchor: no similarity between anchors to keep
+            return loss, outputs
         nested = self.teacher_loss(student, target.to(student.dtype))
         per_dim = nested.per_dim_losses
         if self.teacher_sizes == "full":  # logged at the full size only, so that loss == sum_m c_m * loss_dim_m holds
@@ -327,8 +329,9 @@ class MRLTrainer(Trainer):
 
     def _record_train_step(self, model, loss, per_dim, num_items_in_batch):
         values = per_dim if per_dim is not None else loss.detach().float().reshape(1)
-        if self.nonfinite_loss == "skip" and not torch.isfinite(values).all():  # the one host sync of 'skip'
-            loss = self._skip_batch(model, loss, values)
+        bad = self._nonfinite_everywhere(values) if self.nonfinite_loss == "skip" else None
+        if bad is not None and bad.any():  # the one host sync of 'skip'
+            loss = self._skip_batch(model, loss, bad)
             values = torch.zeros_like(values)
         else:
             self._note_nonfinite(values)
@@ -368,16 +371,19 @@ class MRLTrainer(Trainer):
             f"{names}). Lower the learning rate, check the inputs for NaN/inf, or use fp32/bf16 instead of fp16; "
             "MRLTrainer(nonfinite_loss='skip') skips such batches. No checkpoint after that step was saved.")
 
-    def _skip_batch(self, model, loss, values):
-        """A zero loss that still touches every trainable parameter (so DDP's gradient all-reduce stays in step) and
-        adds no gradient. All processes take the same decision."""
+    def _nonfinite_everywhere(self, values: torch.Tensor) -> torch.Tensor:
+        """Which of ``values`` are non-finite on any process. Every process calls this each step, so all of them
+        skip the same batches (a skip on one process alone would pair its collectives with the others' wrongly)."""
         bad = (~torch.isfinite(values)).float()
         if self.accelerator.num_processes > 1:
             bad = self.accelerator.reduce(bad, reduction="sum")
-        if not bad.any():
-            return loss
+        return bad > 0
+
+    def _skip_batch(self, model, loss, bad):
+        """A zero loss that still touches every trainable parameter (so DDP's gradient all-reduce stays in step) and
+        adds no gradient; ``bad``: which values were non-finite on some process."""
         self.skipped_nonfinite_batches += 1
-        names = self._dim_names(len(values))
+        names = self._dim_names(len(bad))
         which = [n for n, b in zip(names, bad.tolist()) if b]
         logger.warning(f"non-finite loss at nesting dim(s) {which} in step {self.state.global_step}; skipping this "
                        "batch (nonfinite_loss='skip').")
@@ -394,9 +400,10 @@ class MRLTrainer(Trainer):
 
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
         """``Trainer.train``. With ``resume_from_checkpoint=True`` it resumes from the newest *complete* checkpoint in
-        ``output_dir``: a ``checkpoint-N`` that a killed save left incomplete is named in a warning and removed
-        (the stock Trainer would pick it and fail). Resuming restores the random state before the first resumed
-        batch is collated, so random masking (``DataCollatorForLanguageModeling``) resumes exactly."""
+        ``output_dir``: a ``checkpoint-N`` that a killed save left incomplete is named in a warning and renamed
+        ``incomplete-checkpoint-N`` (the stock Trainer would pick it and fail; nothing is deleted). Resuming
+        restores the random state before the first resumed batch is collated, so random masking
+        (``DataCollatorForLanguageModeling``) resumes exactly."""
         if resume_from_checkpoint is True:
             resume_from_checkpoint = self._last_complete_checkpoint()
         self._resuming = resume_from_checkpoint if isinstance(resume_from_checkpoint, (str, os.PathLike)) else None
@@ -413,13 +420,13 @@ class MRLTrainer(Trainer):
         found = sorted(((int(p.name.rsplit("-", 1)[1]), p) for p in folder.glob(f"{PREFIX_CHECKPOINT_DIR}-*")
                         if p.is_dir() and p.name.rsplit("-", 1)[1].isdigit()), reverse=True)
         for step, path in found:
-            problem = checkpoint_problem(path, self.args.world_size)
+            problem = checkpoint_problem(path, self.args.world_size, random_states=not self.args.save_only_model)
             if problem is None:
                 return str(path)
-            logger.warning(f"skipping the incomplete checkpoint {path} ({problem}; a save that was interrupted), "
-                           "and removing it.")
             if self.args.should_save:
-                shutil.rmtree(path, ignore_errors=True)
+                aside = set_aside(path)
+                logger.warning(f"skipping the incomplete checkpoint {path} ({problem}; a save that was "
+                               f"interrupted); moved to {aside}, out of the Trainer's way.")
         raise ValueError(f"no complete checkpoint in {folder} to resume from (found {len(found)} checkpoint folder(s), "
                          "none complete); train from the start with resume_from_checkpoint=None.")
 

@@ -78,6 +78,15 @@ def test_collator_and_trainer_reject_missing_teacher(tokenizer, tmp_path):
     args = TrainingArguments(str(tmp_path), report_to=[], use_cpu=True)
     with pytest.raises(ValueError, match="differs from the model's nesting_list"):
         MatryoshkaDistillationTrainer(model=model, args=args, distillation_loss=MatryoshkaDistillationLoss([8, 16]))
+    # 9 rows in batches of 8 leave a last batch of one row: refused when the trainer is built, not at the epoch's end
+    nine = add_teacher_embeddings(Dataset.from_dict({"text": TEXTS[:9]}), np.ones((9, 4)))
+    args = TrainingArguments(str(tmp_path), per_device_train_batch_size=8, report_to=[], use_cpu=True)
+    with pytest.raises(ValueError, match=r"9 training rows in batches of 8 leave a last batch of one row.*"
+                                         r"dataloader_drop_last=True"):
+        MatryoshkaDistillationTrainer(model=model, args=args, train_dataset=nine)
+    args = TrainingArguments(str(tmp_path), per_device_train_batch_size=8, report_to=[], use_cpu=True,
+                             dataloader_drop_last=True)
+    MatryoshkaDistillationTrainer(model=model, args=args, train_dataset=nine)
 
 
 def test_supervised_pairs_mix_into_the_trainer_loss(tokenizer, tmp_path):

@@ -71,7 +71,8 @@ def test_resume_with_a_seeded_masking_collator_is_bit_identical(uninterrupted_se
 
 
 @pytest.mark.parametrize("damage", ["empty", "no trainer state", "truncated trainer state"])
-def test_resume_true_skips_and_removes_a_checkpoint_a_kill_left_incomplete(uninterrupted, damage, tmp_path, caplog):
+def test_resume_true_skips_and_sets_aside_a_checkpoint_a_kill_left_incomplete(uninterrupted, damage, tmp_path,
+                                                                               caplog):
     out, expected = uninterrupted
     for step in (4, 5):
         shutil.copytree(out / f"checkpoint-{step}", tmp_path / f"checkpoint-{step}")
@@ -85,10 +86,39 @@ def test_resume_true_skips_and_removes_a_checkpoint_a_kill_left_incomplete(unint
         text = (broken / "trainer_state.json").read_text()
         (broken / "trainer_state.json").write_text(text[: len(text) // 2])
     resumed = run(tmp_path, resume=True)
-    assert "skipping the incomplete checkpoint" in caplog.text and "checkpoint-5" in caplog.text
+    assert "skipping the incomplete checkpoint" in caplog.text and "incomplete-checkpoint-5" in caplog.text
     for name, value in params(resumed).items():  # from checkpoint-4, to the same end
         assert torch.equal(value, expected[name]), name
     assert (tmp_path / "checkpoint-5" / "trainer_state.json").is_file()  # written again, complete this time
+    assert (tmp_path / "incomplete-checkpoint-5").is_dir()  # what the kill left: set aside, not deleted
+
+
+def test_checkpoints_without_random_states_or_with_sharded_weights_are_complete(tmp_path):
+    """save_only_model writes no random states; FSDP (sharded) and DeepSpeed write their weights in a folder. Such
+    checkpoints are complete: resume_from_checkpoint=True must neither skip nor move them."""
+    from mrl_hf.resumption import checkpoint_problem
+
+    folder = tmp_path / "checkpoint-5"
+    folder.mkdir()
+    (folder / "trainer_state.json").write_text("{}")
+    assert checkpoint_problem(folder, 2) == "no model weights"
+    (folder / "pytorch_model_fsdp_0").mkdir()
+    assert checkpoint_problem(folder, 2) == "the random states of some processes are missing"
+    assert checkpoint_problem(folder, 2, random_states=False) is None
+    (folder / "pytorch_model_fsdp_0").rmdir()
+    (folder / "global_step5").mkdir()
+    for rank in (0, 1):
+        (folder / f"rng_state_{rank}.pth").write_bytes(b"")
+    assert checkpoint_problem(folder, 2) is None
+
+
+def test_the_recording_collator_pickles_for_spawned_dataloader_workers():
+    import pickle
+
+    from mrl_hf.resumption import RecordingCollator
+
+    collator = pickle.loads(pickle.dumps(RecordingCollator(DataCollatorForLanguageModeling(TOKENIZER))))
+    assert collator.mlm_probability == 0.15 and collator.calls == 0
 
 
 def test_resume_true_without_a_complete_checkpoint_says_so(tmp_path):

@@ -207,7 +207,8 @@ def test_a_trainer_killed_inside_a_checkpoint_resumes_from_the_last_complete_one
     child.join(120)
     assert child.exitcode == -signal.SIGKILL
     assert (out / "checkpoint-3").is_dir() and not (out / "checkpoint-3" / "trainer_state.json").exists()
-    resumed = test_resumption.run(out, resume=True)  # checkpoint-3 is skipped (and removed), checkpoint-2 used
+    resumed = test_resumption.run(out, resume=True)  # checkpoint-3 is skipped (and set aside), checkpoint-2 used
     for name, value in test_resumption.params(resumed).items():
         assert torch.equal(value, expected[name]), name
+    assert (out / "incomplete-checkpoint-3").is_dir()
     shutil.rmtree(tmp_path / "full")

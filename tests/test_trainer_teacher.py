@@ -134,3 +134,14 @@ def test_the_teacher_runs_once_per_distinct_anchor(tmp_path):
     assert sum(seen_fresh) == 4 * 8  # 2 epochs x 2 batches of 8
     for p, q in zip(cached.model.parameters(), fresh.model.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+def test_a_last_batch_of_one_anchor_trains_without_the_teacher_term(tmp_path):
+    """9 pairs in batches of 8: the second step has one anchor and no similarities to keep. It used to fail at the
+    end of the epoch; now the teacher term adds nothing there, and the InfoNCE of one pair is 0."""
+    t = trainer(tiny(), rows(9), tmp_path, teacher_weight=0.5)
+    t.args.max_steps = 2
+    t.train()
+    logs = [h for h in t.state.log_history if "loss" in h]
+    assert len(logs) == 2 and logs[0]["loss"] > 0
+    assert logs[1]["loss"] == 0 and all(logs[1][f"loss_dim_{m}"] == 0 for m in NESTING)
