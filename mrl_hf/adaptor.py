@@ -14,6 +14,7 @@ on theirs; ``transform(..., task="query")`` picks the query side (sentence-trans
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -417,7 +418,8 @@ def attach_adaptor(model, adaptor: MatryoshkaAdaptor):
     The model's ``nesting_list`` becomes the adaptor's. Returns ``model``.
     """
     config = getattr(model, "config", None)
-    if not hasattr(config, "adaptor") or not hasattr(config, "matryoshka_embedding_dim"):
+    if not hasattr(model, "adaptor") or not hasattr(config, "adaptor") or not hasattr(config,
+                                                                                   "matryoshka_embedding_dim"):
         raise TypeError(f"{type(model).__name__} has no adaptor slot; attach to an mrl_hf embedding model such as "
                         "MRLBertModel (or keep the adaptor separate and call adaptor.transform on its outputs).")
     if not isinstance(adaptor, MatryoshkaAdaptor):
@@ -428,6 +430,9 @@ def attach_adaptor(model, adaptor: MatryoshkaAdaptor):
     if getattr(model, "adaptor", None) is not None:
         raise ValueError("this model already has an adaptor; its embeddings are the adaptor's outputs. "
                          "Fit the new one on the base encoder (reload it without the adaptor).")
+    trial = copy.deepcopy(config)  # checked on a copy first: a refused adaptor leaves the model as it was
+    trial.adaptor, trial.nesting_list = adaptor.init_kwargs(), list(adaptor.nesting_list)
+    trial.validate_matryoshka()
     param = next(model.parameters())
     model.adaptor = adaptor.to(param.device, param.dtype)
     config.adaptor = adaptor.init_kwargs()

@@ -30,8 +30,9 @@ class MatryoshkaConfigMixin:
     """Mix into a ``PretrainedConfig`` subclass (listed first) to add and validate the Matryoshka fields.
 
     The subclass says where its embedding size lives by overriding ``matryoshka_embedding_dim``.
-    ``nesting_list=None`` means the paper's halving list of that size. ``matryoshka_dimensions`` and
-    ``is_matryoshka`` are derived from ``nesting_list`` and written for other tools (jina-style key, vLLM).
+    ``nesting_list=None`` means the sizes of ``matryoshka_dimensions`` when a checkpoint has only that key (vLLM,
+    Jina), else the paper's halving list of that size. ``matryoshka_dimensions`` and ``is_matryoshka`` are derived
+    from ``nesting_list`` and written for other tools (jina-style key, vLLM).
 
     Quantisation-aware training (``mrl_hf.quantization``): ``precisions`` lists the codes the prefixes are also
     trained for, ``["float32", "binary"]`` (every size) or ``{"binary": [12, 24]}`` (chosen sizes); ``None`` trains
@@ -62,6 +63,8 @@ class MatryoshkaConfigMixin:
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
+        if self.nesting_list is None and self.matryoshka_dimensions:  # a checkpoint with only the vLLM / Jina key
+            self.nesting_list = list(self.matryoshka_dimensions)
         if self.nesting_list is None:
             dim = self.matryoshka_embedding_dim
             self.nesting_list = halving_nesting_list(dim, min_dim=min(8, dim))

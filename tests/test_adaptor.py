@@ -220,3 +220,20 @@ def test_the_distillation_trainer_trains_the_codes_its_config_lists(tmp_path):
     trainer = MatryoshkaDistillationTrainer(model=model, args=TrainingArguments(tmp_path, report_to=[], use_cpu=True),
                                             train_dataset=[])
     assert trainer.distillation_loss.precisions == {"float32": [4, 8, 16], "binary": [8]}
+
+
+def test_a_refused_attach_leaves_the_model_as_it_was(tmp_path):
+    """attach_adaptor checks before it changes anything: an adaptor whose sizes do not fit the model's settings is
+    refused and the model still saves; a model without an adaptor slot (the masked LM) is refused."""
+    from mrl_hf.adaptor import attach_adaptor
+    from mrl_hf.modeling import MRLBertConfig, MRLBertForMaskedLM, MRLBertModel
+
+    tiny = dict(vocab_size=60, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    model = MRLBertModel(MRLBertConfig(**tiny, nesting_list=[8, 16, 32], relative_importance=[1.0, 1.0, 1.0]))
+    with pytest.raises(ValueError, match="relative_importance"):
+        attach_adaptor(model, MatryoshkaAdaptor(32, [4, 8, 16, 32], hidden_dim=0))
+    assert model.adaptor is None and model.config.adaptor is None and model.config.nesting_list == [8, 16, 32]
+    model.save_pretrained(tmp_path)
+    with pytest.raises(TypeError, match="no adaptor slot"):
+        attach_adaptor(MRLBertForMaskedLM(MRLBertConfig(**tiny, nesting_list=[8, 16, 32])),
+                       MatryoshkaAdaptor(32, [8, 16, 32], hidden_dim=0))

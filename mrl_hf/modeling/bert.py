@@ -147,15 +147,9 @@ class MRLBertPreTrainedModel(MatryoshkaPreTrainedMixin, BertPreTrainedModel):
             if module.bias is not None:
                 init.zeros_(module.bias)
 
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        """``PreTrainedModel.from_pretrained``, plus the tokenizer saved next to the weights (if any) as
-        ``model.tokenizer``. Matryoshka kwargs (``truncate_dim=64``, ``nesting_list=[...]``) override the
-        persisted config and are validated."""
-        result = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-        model = result[0] if isinstance(result, tuple) else result
-        model.tokenizer = try_load_tokenizer(pretrained_model_name_or_path, kwargs)
-        return result
+    def _load_extra_files(self, path, kwargs) -> None:
+        """``from_pretrained`` also loads the tokenizer saved next to the weights (if any) as ``model.tokenizer``."""
+        self.tokenizer = try_load_tokenizer(path, kwargs)
 
     def _save_extra_files(self, save_directory):
         """``save_pretrained`` (atomic, see ``mrl_hf.saving``) also saves ``model.tokenizer`` when there is one."""

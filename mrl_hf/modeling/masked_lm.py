@@ -257,7 +257,7 @@ class MRLModelForMaskedLM(WrappedModelMixin, PreTrainedModel):
             with torch.no_grad():
                 decoder.bias.zero_()
 
-    def _after_from_pretrained(self, path, kwargs) -> None:
+    def _load_extra_files(self, path, kwargs) -> None:
         self.tokenizer = try_load_tokenizer(path, kwargs)
 
     def _save_extra_files(self, save_directory):

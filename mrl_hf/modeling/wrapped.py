@@ -75,11 +75,7 @@ class WrappedModelMixin(MatryoshkaPreTrainedMixin):
             model._forget_load_key_mapping(mapping)
             model._check_wrapped_model_loaded(pretrained_model_name_or_path, info)
         model.config.validate_matryoshka()
-        model._after_from_pretrained(pretrained_model_name_or_path, kwargs)
         return (model, info) if want_info else model
-
-    def _after_from_pretrained(self, path, kwargs) -> None:
-        """Load what belongs next to the weights (a tokenizer)."""
 
     @classmethod
     def _plain_checkpoint_config(cls, path, kwargs):
