@@ -183,8 +183,13 @@ class MRLTrainer(Trainer):
         if isinstance(mini_batch_size, bool) or not isinstance(mini_batch_size, int) or mini_batch_size < 1:
             raise ValueError(f"mini_batch_size={mini_batch_size!r} must be a whole number >= 1 (rows embedded at a "
                              "time by the cached contrastive loss), or None to embed the whole batch at once.")
-        self._require_pair_loss(f"mini_batch_size={mini_batch_size}", "the cached loss splits the in-batch "
-                                "contrastive loss of a text embedding model", "mini_batch_size=None")
+        model = self._require_pair_loss(f"mini_batch_size={mini_batch_size}", "the cached loss splits the in-batch "
+                                        "contrastive loss of a text embedding model", "mini_batch_size=None")
+        if getattr(model.config, "embed_duplicates_once", False):
+            raise ValueError(f"mini_batch_size={mini_batch_size} with config.embed_duplicates_once=True: the cached "
+                             "loss embeds every row (a repeated text gets its own dropout mask and costs a forward "
+                             "pass), so it would train otherwise than the uncached loss that setting asks for. Set "
+                             "model.config.embed_duplicates_once = False, or mini_batch_size=None.")
         return mini_batch_size
 
     def _require_pair_loss(self, setting: str, purpose: str, off: str):

@@ -144,6 +144,10 @@ def test_bad_mini_batch_settings_are_refused(tmp_path):
         backbone_config=MRLBertConfig(**TINY).to_dict() | {"model_type": "bert"}, nesting_list=NESTING, num_labels=2))
     with pytest.raises(ValueError, match=r"MRLModelForSequenceClassification is not a text embedding model"):
         train(classifier, rows(), tmp_path, mini_batch_size=4)
+    deduplicating = model_with()
+    deduplicating.config.embed_duplicates_once = True  # the cached loss embeds every row: refused, not ignored
+    with pytest.raises(ValueError, match=r"embed_duplicates_once=True: the cached loss embeds every row"):
+        train(deduplicating, rows(), tmp_path, mini_batch_size=4)
 
 
 @pytest.mark.parametrize("setting,tol", [("bf16", 1e-4), ("activation_checkpointing", 1e-5)])
