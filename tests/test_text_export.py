@@ -83,3 +83,39 @@ def test_an_mrl_checkpoint_folder_is_a_sentence_transformers_model(tmp_path):
     np.testing.assert_array_equal(st.encode(TEXTS), model.encode(TEXTS))  # 32 dims: config.truncate_dim
     np.testing.assert_allclose(st.encode(TEXTS, truncate_dim=16, normalize_embeddings=True),
                                model.encode(TEXTS, truncate_dim=16, normalize=True), atol=1e-6)
+
+
+def test_a_sentence_transformers_folder_loads_with_its_pooling_or_is_refused(tmp_path):
+    """from_pretrained on a sentence-transformers folder pools as its Pooling module does (a CLS export used to come
+    back mean-pooled); modules after the pooling that the model would drop (an exported adaptor's Dense / Router) and
+    poolings with no mrl_hf twin are refused, naming the fix; pooling= loads the encoder alone."""
+    import shutil
+
+    from mrl_hf.modeling import MRLModelForTextEmbedding
+
+    cls_model = MRLBertModel.from_pretrained(MINILM, pooling="cls").eval()
+    export_sentence_transformers(cls_model, tmp_path / "cls")
+    for loader in (MRLBertModel, MRLModelForTextEmbedding):
+        loaded = loader.from_pretrained(tmp_path / "cls").eval()
+        assert loaded.config.pooling == "cls", loader
+        np.testing.assert_allclose(loaded.encode(TEXTS), cls_model.encode(TEXTS), atol=1e-5)
+    assert MRLBertModel.from_pretrained(MINILM).config.pooling == "mean"  # all-MiniLM-L6-v2's own Pooling
+
+    export_sentence_transformers(_with_adaptor(0), tmp_path / "adaptor")
+    with pytest.raises(ValueError, match=r"with \['Dense', 'Dense'\] after its encoder.*pass pooling="):
+        MRLBertModel.from_pretrained(tmp_path / "adaptor")  # the projection and the adaptor
+    encoder = MRLBertModel.from_pretrained(tmp_path / "adaptor", pooling="mean", nesting_list=[96, 384])
+    assert encoder.adaptor is None and encoder.projection is None
+
+    shutil.copytree(tmp_path / "cls", tmp_path / "other")
+    pooling = next((tmp_path / "other").glob("*Pooling/config.json"))
+    for settings, mode in (({"pooling_mode": "max"}, None),  # sentence-transformers 6's key
+                           ({"pooling_mode_max_tokens": True}, None),  # the boolean keys of earlier versions
+                           ({"pooling_mode_cls_token": True, "pooling_mode_mean_tokens": False}, "cls"),
+                           ({"word_embedding_dimension": 384}, "mean")):  # no mode set: sentence-transformers' default
+        pooling.write_text(json.dumps(settings))
+        if mode is None:
+            with pytest.raises(ValueError, match=r"Pooling uses \['max'\]"):
+                MRLModelForTextEmbedding.from_pretrained(tmp_path / "other")
+        else:
+            assert MRLModelForTextEmbedding.from_pretrained(tmp_path / "other").config.pooling == mode

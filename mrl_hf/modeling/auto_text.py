@@ -50,6 +50,7 @@ from .text_common import (
     pair_contrastive_loss,
     pool,
     sentence_transformers_files,
+    sentence_transformers_pooling,
     try_load_tokenizer,
 )
 from .wrapped import WrappedModelMixin, without_pooler_kwargs
@@ -191,6 +192,18 @@ class MRLTextEmbeddingPreTrainedModel(WrappedModelMixin, PreTrainedModel):
                                  "pooling", "embedding_dim", "contrastive_temperature", "gather_across_processes",
                                  "embed_duplicates_once",
                                  "efficient", "precisions", "quantization_weight", "binary_surrogate"})
+
+    @classmethod
+    def _plain_checkpoint_config(cls, path, kwargs):
+        """A plain checkpoint that is a sentence-transformers model pools as its ``Pooling`` module says, unless
+        ``pooling=`` is given (``text_common.sentence_transformers_pooling``)."""
+        hub = {k: kwargs[k] for k in cls._HUB_KWARGS if k in kwargs}
+        pooling = None if "pooling" in kwargs else sentence_transformers_pooling(path, hub, cls.__name__,
+                                                                                POOLING_MODES)
+        plain = super()._plain_checkpoint_config(path, kwargs)
+        if plain is not None and pooling is not None:
+            plain[0].pooling = pooling
+        return plain
 
     def _load_extra_files(self, path, kwargs) -> None:
         """The tokenizer saved next to the weights (if any) becomes ``model.tokenizer``."""

@@ -49,6 +49,7 @@ from .text_common import (
     pair_contrastive_loss,
     pool,
     sentence_transformers_files,
+    sentence_transformers_pooling,
     try_load_tokenizer,
 )
 
@@ -176,6 +177,18 @@ class MRLBertModel(MRLBertPreTrainedModel):
         self.adaptor = MatryoshkaAdaptor(**config.adaptor) if config.adaptor else None
         self.tokenizer = None
         self.post_init()
+
+    @classmethod
+    def _config_of_plain_checkpoint(cls, path, kwargs):
+        """A plain checkpoint that is a sentence-transformers model pools as its ``Pooling`` module says, unless
+        ``pooling=`` is given (``text_common.sentence_transformers_pooling``)."""
+        hub = {k: kwargs[k] for k in cls._HUB_KWARGS if k in kwargs}
+        pooling = None if "pooling" in kwargs else sentence_transformers_pooling(path, hub, cls.__name__,
+                                                                                POOLING_MODES)
+        config = super()._config_of_plain_checkpoint(path, kwargs)
+        if config is not None and pooling is not None:
+            config.pooling = pooling
+        return config
 
     def get_input_embeddings(self):
         return self.bert.embeddings.word_embeddings

@@ -31,6 +31,55 @@ def _has_tokenizer_files(path, hub: dict) -> bool:
     return False
 
 
+# sentence-transformers' pooling modes -> mrl_hf's (max, weighted mean and mean_sqrt_len have no mrl_hf twin), and
+# the boolean keys older Pooling configs use for them
+_ST_POOLING = {"mean": "mean", "cls": "cls", "lasttoken": "last_token"}
+_ST_LEGACY_FLAGS = {"pooling_mode_cls_token": "cls", "pooling_mode_mean_tokens": "mean",
+                    "pooling_mode_max_tokens": "max", "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+                    "pooling_mode_weightedmean_tokens": "weightedmean", "pooling_mode_lasttoken": "lasttoken"}
+_ST_KEPT_MODULES = ("Transformer", "Pooling", "Normalize")  # what an mrl_hf embedding model computes itself
+
+
+def sentence_transformers_pooling(path, hub: dict, model_class: str, choices: Sequence[str]) -> str | None:
+    """The pooling a plain checkpoint that is a sentence-transformers model (a ``modules.json``) uses, or None when it
+    is not one. Loading such a folder as ``model_class`` must embed as sentence-transformers does: a pooling with no
+    mrl_hf twin, or modules after the pooling (Dense, Router, an adaptor) that the model would drop, are refused."""
+    import json
+
+    from transformers.utils.hub import cached_file
+
+    def read(name):
+        found = cached_file(path, name, _raise_exceptions_for_missing_entries=False,
+                            _raise_exceptions_for_connection_errors=False, **hub)
+        if found is None:
+            return None
+        with open(found, encoding="utf8") as handle:
+            return json.load(handle)
+
+    modules = read("modules.json")
+    if not isinstance(modules, list):
+        return None
+    fix = (f"load it with sentence_transformers.SentenceTransformer, or pass pooling= (one of {list(choices)}) to "
+           f"load the encoder alone as {model_class}")
+    kinds = [str(m.get("type", "")).rsplit(".", 1)[-1] for m in modules]
+    extra = [kind for kind in kinds if kind not in _ST_KEPT_MODULES]
+    if extra:
+        raise ValueError(f"{str(path)!r} is a sentence-transformers model with {extra} after its encoder, which "
+                         f"{model_class} would leave out (its embeddings would differ); {fix}.")
+    if "Pooling" not in kinds:
+        return None
+    settings = read(f"{modules[kinds.index('Pooling')].get('path', '')}/config.json".lstrip("/")) or {}
+    modes = settings.get("pooling_mode")
+    if modes is None:  # sentence-transformers < 6 wrote one boolean per mode; none set means its default, mean
+        modes = [mode for flag, mode in _ST_LEGACY_FLAGS.items() if settings.get(flag) is True] or ["mean"]
+    modes = [modes] if isinstance(modes, str) else list(modes)
+    ours = _ST_POOLING.get(modes[0]) if len(modes) == 1 else None
+    if ours not in choices:
+        raise ValueError(f"{str(path)!r} is a sentence-transformers model whose Pooling uses {modes}; {model_class} "
+                         f"pools with one of {list(choices)}; {fix}.")
+    return ours
+
+
 def try_load_tokenizer(path, kwargs):
     """The tokenizer saved with the checkpoint, or None. transformers 5 gives a folder without tokenizer files a
     tokenizer with only the special tokens (every word becomes [UNK]), so the files are looked for first."""
