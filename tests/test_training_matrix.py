@@ -109,6 +109,13 @@ def test_evaluation_per_dim_is_gathered_like_eval_loss(kind, two_process_runs, t
 
 
 @pytest.mark.parametrize("kind", tm.KINDS)
+def test_evaluation_per_dim_adds_up_to_eval_loss_on_an_uneven_split(kind, two_process_runs):
+    # 13 rows over two processes, whose last batch does not split evenly: eval_loss == sum of eval_loss_dim_* holds
+    uneven = two_process_runs[kind]["eval_uneven"]
+    assert uneven["loss"] == pytest.approx(sum(uneven["dims"]), rel=1e-6)
+
+
+@pytest.mark.parametrize("kind", tm.KINDS)
 def test_training_changes_the_parameters_and_micro_batching_matters_only_where_it_should(kind):
     (one, _), (two, _) = reference(kind, 1), reference(kind, 2)
     model = tm.build(kind)[0]

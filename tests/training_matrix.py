@@ -182,9 +182,9 @@ def parameters(model):
     return {n: t.detach().clone() for n, t in [*model.named_parameters(), *model.named_buffers()]}
 
 
-def evaluation(trainer):
-    """``eval_loss`` and ``eval_loss_dim_*`` over the first 16 rows (each process evaluates its share)."""
-    metrics = trainer.evaluate(eval_dataset=build(trainer.kind)[1][:16])
+def evaluation(trainer, rows=16):
+    """``eval_loss`` and ``eval_loss_dim_*`` over the first ``rows`` rows (each process evaluates its share)."""
+    metrics = trainer.evaluate(eval_dataset=build(trainer.kind)[1][:rows])
     return {"loss": metrics["eval_loss"], "dims": [metrics[f"eval_loss_dim_{m}"] for m in NESTING]}
 
 
@@ -204,9 +204,11 @@ def main():
     for kind in sys.argv[1].split(","):
         trainer = train(kind, os.path.join(out, kind), world_size=world, per_device_eval_batch_size=8 // world)
         evaluation_ = evaluation(trainer)  # every process takes part
+        uneven = evaluation(trainer, rows=13)
         if trainer.is_world_process_zero():
             torch.save({"params": parameters(trainer.accelerator.unwrap_model(trainer.model)),
-                        "logs": trainer_logs(trainer), "world_size": trainer.args.world_size, "eval": evaluation_},
+                        "logs": trainer_logs(trainer), "world_size": trainer.args.world_size, "eval": evaluation_,
+                        "eval_uneven": uneven},
                        os.path.join(out, f"{kind}.pt"))
 
 
