@@ -370,3 +370,25 @@ def test_save_for_hub_saves_the_tokenizer_it_is_given(tmp_path):
     saved = AutoTokenizer.from_pretrained(tmp_path / "hub")
     assert len(saved) == len(own) + 1 and saved.model_max_length == 77
     assert m.tokenizer is own
+
+
+def test_push_to_hub_in_save_pretrained_keeps_remote_code_false(tmp_path, monkeypatch):
+    """save_pretrained(..., push_to_hub=True, remote_code=False) pushes what it saved: no modeling code, no auto_map
+    (the push used to build its folder again with remote code on). The upload itself is replaced by a recorder."""
+    import json
+
+    import mrl_hf.hub.push as push
+
+    pushed = {}
+
+    def record(staged, repo_id, *args, **kwargs):
+        pushed.update({p.name: p.read_bytes() for p in staged.rglob("*") if p.is_file()})
+        return f"https://hub/{repo_id}/commit/0"
+
+    monkeypatch.setattr(push, "_upload", record)
+    model(0).save_pretrained(tmp_path / "ckpt", push_to_hub=True, repo_id="me/x", token="hf_test", remote_code=False)
+    assert "config.json" in pushed and not [name for name in pushed if name.endswith(".py")]
+    assert "auto_map" not in json.loads(pushed["config.json"])
+    assert not [p for p in (tmp_path / "ckpt").iterdir() if p.suffix == ".py"]
+    model(0).save_pretrained(tmp_path / "ckpt2", push_to_hub=True, repo_id="me/y", token="hf_test")
+    assert [name for name in pushed if name.endswith(".py")]  # remote code by default, both places

@@ -110,7 +110,8 @@ class MatryoshkaPreTrainedMixin:
             self.write_files(staging, *args, remote_code=remote_code, **kwargs)
         if push_to_hub:
             repo_id = push.pop("repo_id", None) or Path(save_directory).absolute().name
-            return self.push_to_hub(repo_id, max_shard_size=kwargs.get("max_shard_size", "50GB"), **push)
+            return self.push_to_hub(repo_id, max_shard_size=kwargs.get("max_shard_size", "50GB"),
+                                    remote_code=remote_code, **push)
         return None
 
     @classmethod
@@ -147,9 +148,10 @@ class MatryoshkaPreTrainedMixin:
     def push_to_hub(self, repo_id: str, *, commit_message: str | None = None, commit_description: str | None = None,
                     private: bool | None = None, token: bool | str | None = None, revision: str | None = None,
                     create_pr: bool = False, max_shard_size: int | str | None = "50GB",
-                    tags: list[str] | None = None) -> str:
+                    tags: list[str] | None = None, remote_code: bool = True) -> str:
         """``PreTrainedModel.push_to_hub`` with the Matryoshka model card (sizes, usage at each size) instead of
-        the generic one; ``mrl_hf.hub.push_to_hub`` takes more options (results table, remote code)."""
+        the generic one; ``remote_code=False`` pushes no modeling code (as ``save_pretrained(remote_code=False)``
+        saves none); ``mrl_hf.hub.push_to_hub`` takes more options (a results table)."""
         tags = list(dict.fromkeys([*(getattr(self, "model_tags", None) or []), *([tags] if isinstance(tags, str)
                                                                                  else tags or [])]))
         kwargs = dict(commit_message=commit_message, commit_description=commit_description, private=private,
@@ -158,4 +160,4 @@ class MatryoshkaPreTrainedMixin:
             from mrl_hf.hub import push_to_hub
         except ImportError:  # a remote-code copy where mrl_hf is not installed: transformers' own push
             return super().push_to_hub(repo_id, **kwargs)
-        return push_to_hub(self, repo_id, **kwargs)
+        return push_to_hub(self, repo_id, remote_code=remote_code, **kwargs)
