@@ -12,6 +12,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .evaluation.retrieval_metrics import as_labels
 from .nesting import validate_nesting_list
 
 
@@ -66,10 +67,7 @@ class AdaptiveClassifier:
         return conf.numpy(), pred.numpy()
 
     def _labels(self, labels, n: int) -> np.ndarray:
-        labels = np.asarray(labels.detach().cpu() if isinstance(labels, torch.Tensor) else labels)
-        if labels.shape != (n,):
-            raise ValueError(f"labels must have shape ({n},), one per input, got {labels.shape}.")
-        return labels
+        return as_labels(labels, "labels", n=n, class_ids=True)  # class indices: string labels never match a class
 
     def fit(self, nested_logits, labels) -> "AdaptiveClassifier":
         conf, pred = self._confidences(nested_logits)

@@ -43,7 +43,9 @@ def test_bad_input():
         AdaptiveClassifier([4, 16]).predict(logits)
     with pytest.raises(ValueError, match=r"shape \(\|M\|=3, N, num_classes\)"):
         AdaptiveClassifier([4, 8, 16]).fit(logits, labels)
-    with pytest.raises(ValueError, match=r"labels must have shape \(20,\)"):
+    with pytest.raises(ValueError, match=r"labels must be 20 integer class ids, one per row \(shape \(20,\)\)"):
         AdaptiveClassifier([4, 16]).fit(logits, labels[:5])
+    with pytest.raises(ValueError, match=r"labels must be 20 integer class ids.*dtype <U"):  # used to score 0%
+        AdaptiveClassifier([4, 16]).fit(logits, [f"class {y}" for y in labels])
     with pytest.raises(ValueError, match="num_thresholds=1 must be an int >= 2"):
         AdaptiveClassifier([4, 16], num_thresholds=1)

@@ -47,6 +47,20 @@ def test_knn_matches_brute_force_and_votes():
     assert knn_accuracy(db, [1, 0, 0, 1], np.array([[0.0]], np.float32), [0], [1], k=1, metric="l2")[1][0] == 0
 
 
+def test_knn_top5_ranks_classes_by_their_nearest_neighbour_however_far():
+    """60 points of class 0 nearest the query, then one point of each class 1..7, in order: top-5 is classes 0-4
+    (it used to look at the 50 nearest points only, and filled the top 5 with arbitrary far classes). Sparse class
+    ids (a million) are fine."""
+    db = np.arange(67, dtype=np.float32)[:, None]
+    labels = np.array([0] * 60 + list(range(1, 8)))
+    query = np.zeros((1, 1), np.float32)
+    for query_class, in_top5 in ((1, True), (4, True), (5, False), (7, False)):
+        top1, top5 = knn_accuracy(db, labels, query, [query_class], [1], metric="l2")[1]
+        assert (top1, top5) == (0.0, 100.0 if in_top5 else 0.0), query_class
+        sparse = knn_accuracy(db, labels * 1_000_000, query, [query_class * 1_000_000], [1], metric="l2")[1]
+        assert sparse == (top1, top5)
+
+
 def test_baselines_svd_orders_by_variance_and_jl_preserves_geometry():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((500, 8)).astype(np.float32) * np.array([1, 1, 1, 1, 1, 1, 1, 10], np.float32)
@@ -100,3 +114,16 @@ def test_tables_print_save_and_plot(tmp_path):
         knn_accuracy(x, y, xt, yt, [17])
     with pytest.raises(ValueError, match="train_y must be 400 integer class ids"):
         linear_probe_accuracy(x, y[:10], xt, yt, [1])
+
+
+def test_a_second_value_for_the_same_cell_is_refused():
+    """Two runs evaluated into one table under the same method name used to keep both: the markdown showed the
+    first value and the plot the last."""
+    first, second = ResultsTable(), ResultsTable()
+    first.add("MRL", "1-NN top-1", 8, 50.0)
+    second.add("MRL", "1-NN top-1", 8, 70.0)
+    with pytest.raises(ValueError, match=r"already has a result for method='MRL', metric='1-NN top-1', dim=8 \(50.0\)"):
+        first + second
+    with pytest.raises(ValueError, match="name the methods of different runs apart"):
+        first.extend(second)
+    assert first.series("MRL", "1-NN top-1") == {8: 50.0} and len(first) == 1

@@ -194,6 +194,13 @@ def test_encoder_slices_then_normalises_and_carries_a_local_model_meta(run):
     np.testing.assert_array_equal(queries, model.encode(["query: fine"], truncate_dim=16, normalize=True))
     with pytest.raises(ValueError, match="out of range"):
         MRLMtebEncoder(model, 33)
+    # the user's own batch size beats mteb's (it used to collide with it: TypeError); what the encoder sets is refused
+    sized = MRLMtebEncoder(model, 16, encode_kwargs={"batch_size": 1})
+    np.testing.assert_allclose(sized.encode(batches, task_metadata=run["task"].metadata, hf_split="test",
+                                            hf_subset="default", prompt_type=PromptType.document, batch_size=32),
+                               docs, atol=1e-6)
+    with pytest.raises(ValueError, match=r"encode_kwargs sets \['truncate_dim'\], which the encoder decides"):
+        MRLMtebEncoder(model, 16, encode_kwargs={"truncate_dim": 8})
 
 
 def test_local_task_rejects_bad_judgements():

@@ -11,6 +11,7 @@ from mrl_hf.evaluation import (
     precision_at_k,
     nn_recall_at_k,
     retrieval_metrics,
+    tie_aware_overlap,
     top1_accuracy,
     top_k_overlap,
 )
@@ -78,6 +79,19 @@ def test_overlap_and_recall_against_a_reference():
     assert top_k_overlap(torch.from_numpy(ref), ref, 4) == 1.0
     # an empty slot (-1, from an approximate index) is not a neighbour, even where the reference's is empty too
     assert nn_recall_at_k(np.array([[-1, 2]]), np.array([[-1, 5]]), 2) == 0.0
+
+
+def test_tie_aware_overlap_counts_a_tie_at_the_kth_score_and_nothing_worse():
+    ref, ref_scores = np.array([[1, 2, 3]]), np.array([[0.9, 0.8, 0.7]])
+    # 7 ties the 3rd (another copy of the same vector); 8 is worse; -1 is an empty slot
+    assert tie_aware_overlap(np.array([[1, 2, 7]]), [[0.9, 0.8, 0.7]], ref, ref_scores, 3) == 1.0
+    assert tie_aware_overlap(np.array([[1, 2, 8]]), [[0.9, 0.8, 0.6]], ref, ref_scores, 3) == pytest.approx(2 / 3)
+    assert tie_aware_overlap(np.array([[1, 2, -1]]), [[0.9, 0.8, -np.inf]], ref, ref_scores, 3) == pytest.approx(2 / 3)
+    assert top_k_overlap(np.array([[1, 2, 7]]), ref, 3) == pytest.approx(2 / 3)
+    # l2: distances, smaller is better
+    assert tie_aware_overlap(np.array([[1, 2, 7]]), [[0.1, 0.2, 0.3]], ref, [[0.1, 0.2, 0.3]], 3, metric="l2") == 1.0
+    assert tie_aware_overlap(np.array([[1, 2, 7]]), [[0.1, 0.2, 0.4]], ref, [[0.1, 0.2, 0.3]], 3, metric="l2") == \
+        pytest.approx(2 / 3)
 
 
 def test_retrieval_metrics_names_every_value():

@@ -211,6 +211,18 @@ def test_tuner_keeps_the_cheapest_plan_that_meets_the_target(index, data, exact)
     assert fastest.chosen.ms_per_query == min(r.ms_per_query for r in fastest.reports if r.meets_target)
 
 
+def test_tuner_counts_ties_at_the_kth_score_as_found():
+    """Every vector three times: exact search and a plan that scans everything may keep different copies at the
+    10th place. That is no lost recall (ann-benchmarks counts ties as found): the exhaustive plan reaches 1.0."""
+    rng = np.random.default_rng(0)
+    db = np.repeat(rng.standard_normal((300, 64)).astype(np.float32), 3, axis=0)
+    queries = rng.standard_normal((20, 64)).astype(np.float32)
+    index = MatryoshkaIndex(db, metric="cosine")
+    result = index.tune(queries, target_recall=0.999, dims=[64], precisions=["float32"], structures=["flat"],
+                        candidates=[900])
+    assert result.chosen.recall == 1.0
+
+
 def test_tuner_keeps_to_a_ram_budget(data):
     db, queries = data
     index = MatryoshkaIndex(db[:2000], metric="cosine")

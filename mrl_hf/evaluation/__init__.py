@@ -8,6 +8,7 @@ from .retrieval_metrics import (
     relevance,
     retrieval_metrics,
     top1_accuracy,
+    tie_aware_overlap,
     top_k_overlap,
 )
 from .classification import (  # noqa: E402

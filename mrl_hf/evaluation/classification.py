@@ -85,7 +85,7 @@ def knn_accuracy(database_x, database_y, query_x, query_y, dims: Sequence[int], 
     """``{m: (top-1 %, top-5 %)}`` of k-NN classification with the database's prefixes ``x[:, :m]``.
 
     Classes are ranked by votes among the k nearest neighbours, ties (and classes without a vote) by their
-    nearest neighbour's rank; top-5 counts a query right if its class is among the 5 best ranked.
+    nearest neighbour in the whole database; top-5 counts a query right if its class is among the 5 best ranked.
     ``metric``: ``"cosine"`` (each prefix L2-normalised on its own) or ``"l2"``.
     """
     if metric not in ("cosine", "l2"):
@@ -97,9 +97,10 @@ def knn_accuracy(database_x, database_y, query_x, query_y, dims: Sequence[int], 
     q_y = as_labels(query_y, "query_y", n=len(q), class_ids=True)
     if k > len(db):
         raise ValueError(f"k={k} is larger than the database ({len(db)} embeddings).")
-    num_classes = int(max(db_y.max(), q_y.max())) + 1
-    depth = min(len(db), max(k, 50))  # neighbours looked at to rank the classes for top-5
-    db_labels, q_labels = torch.from_numpy(db_y), torch.from_numpy(q_y)
+    # class ids made compact (sparse or large ids would size every per-class array by the largest one)
+    _, compact = np.unique(np.concatenate([db_y, q_y]), return_inverse=True)
+    num_classes = int(compact.max()) + 1
+    db_labels, q_labels = torch.from_numpy(compact[:len(db_y)]), torch.from_numpy(compact[len(db_y):])
     out = {}
     for m in validate_dims(dims, db.shape[1]):
         a, b = db[:, :m], q[:, :m]
@@ -112,14 +113,12 @@ def knn_accuracy(database_x, database_y, query_x, query_y, dims: Sequence[int], 
         for s in range(0, len(b), chunk_size):
             qb = b[s:s + chunk_size]
             score = qb @ a.T if metric == "cosine" else 2 * qb @ a.T - sq_a  # larger = nearer
-            idx = score.topk(depth, dim=1).indices
-            labels = db_labels[idx]
-            ranks = torch.arange(depth).expand_as(labels)
-            first = torch.full((len(qb), num_classes), depth, dtype=torch.long).scatter_reduce(
-                1, labels, ranks, reduce="amin")
-            votes = torch.zeros(len(qb), num_classes, dtype=torch.long).scatter_add(
-                1, labels[:, :k], torch.ones_like(labels[:, :k]))
-            class_score = votes * (depth + 1) + (depth - first)
+            labels = db_labels[score.topk(k, dim=1).indices]
+            votes = torch.zeros(len(qb), num_classes, dtype=torch.long).scatter_add(1, labels, torch.ones_like(labels))
+            nearest = torch.full((len(qb), num_classes), -torch.inf, dtype=score.dtype).scatter_reduce(
+                1, db_labels.expand_as(score), score, reduce="amax")  # each class's nearest neighbour
+            place = nearest.argsort(dim=1, descending=True, stable=True).argsort(dim=1)  # 0: the nearest class
+            class_score = votes * (num_classes + 1) + (num_classes - place)
             best = class_score.topk(min(5, num_classes), dim=1).indices
             target = q_labels[s:s + chunk_size, None]
             top1 += int((best[:, :1] == target).sum())

@@ -146,6 +146,10 @@ class MRLMtebEncoder:
         self.dim = validate_dim(dim, _full_dim(model), name="dim")
         self.prompts = dict(prompts or {})
         self.encode_kwargs = dict(encode_kwargs or {})
+        fixed = sorted({"truncate_dim", "normalize", "task"} & set(self.encode_kwargs))
+        if fixed:
+            raise ValueError(f"encode_kwargs sets {fixed}, which the encoder decides (the size is dim={self.dim}, "
+                             "prefixes are normalised, the task follows mteb's prompt type); leave them out.")
         self.mteb_model_meta = mteb_model_meta(model, self.dim, model_name, revision,
                                                use_instructions=bool(self.prompts))
 
@@ -167,8 +171,8 @@ class MRLMtebEncoder:
             return np.zeros((0, self.dim), dtype=np.float32)
         task = getattr(prompt_type, "value", prompt_type)
         routed = task_kwargs(self.model, task) if task in TASKS else {}
-        out = self.model.encode(texts, batch_size=int(kwargs.get("batch_size") or 32), truncate_dim=self.dim,
-                                normalize=True, **routed, **self.encode_kwargs)
+        settings = {"batch_size": int(kwargs.get("batch_size") or 32), **self.encode_kwargs}  # the user's own wins
+        out = self.model.encode(texts, truncate_dim=self.dim, normalize=True, **routed, **settings)
         out = np.asarray(out.detach().cpu() if hasattr(out, "detach") else out, dtype=np.float32)
         if out.shape != (len(texts), self.dim):
             raise ValueError(f"model.encode returned shape {out.shape}, expected {(len(texts), self.dim)}.")

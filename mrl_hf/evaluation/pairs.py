@@ -23,7 +23,8 @@ def pair_query_ranks(
     relevant: Sequence[int] | Sequence[Iterable[int]] | None = None,
 ) -> dict[int, torch.Tensor]:
     """``{m: (num_queries,) ranks}`` at every size ``m``: the 0-based rank of each query's best relevant candidate,
-    i.e. the number of candidates strictly more similar (``relevant`` as in ``pair_retrieval_metrics``)."""
+    ties counted against it, i.e. the number of other candidates at least as similar (``relevant`` as in
+    ``pair_retrieval_metrics``): a prefix that collapses every text to one point is not credited with a hit."""
     q = torch.as_tensor(np.asarray(query_embeddings), dtype=torch.float32)
     c = torch.as_tensor(np.asarray(candidate_embeddings), dtype=torch.float32)
     if q.ndim != 2 or c.ndim != 2 or q.shape[1] != c.shape[1]:
@@ -37,7 +38,7 @@ def pair_query_ranks(
         m = validate_dim(m, q.shape[1], name="dim")
         sims = truncate_embeddings(q, m, normalize=True) @ truncate_embeddings(c, m, normalize=True).T
         best_relevant = sims.masked_fill(~relevance, float("-inf")).max(1, keepdim=True).values
-        ranks[m] = (sims > best_relevant).sum(1)  # candidates strictly better than the best relevant one
+        ranks[m] = ((sims >= best_relevant) & ~relevance).sum(1)
     return ranks
 
 

@@ -118,6 +118,26 @@ def top_k_overlap(ids, reference_ids, k: int) -> float:
     return found / (k * max(ids.shape[0], 1))
 
 
+def tie_aware_overlap(ids, scores, reference_ids, reference_scores, k: int, metric: str = "cosine",
+                      tol: float = 1e-5) -> float:
+    """``top_k_overlap`` that counts a returned id whose exact score ties the reference's k-th (within ``tol``,
+    relative) as found, as ann-benchmarks does: among equal vectors, exact search and a plan may keep different
+    copies, and that is no lost recall. ``scores`` must be exact (re-ranked) scores; l2 scores are distances."""
+    ids, ref = _as_ids(ids), _as_ids(reference_ids, "reference_ids")
+    k = _check_k(ids, k)
+    _check_k(ref, k, "reference_ids")
+    scores, ref_scores = np.asarray(scores, np.float64)[:, :k], np.asarray(reference_scores, np.float64)
+    if ids.shape[0] != ref.shape[0] or scores.shape != ids[:, :k].shape or len(ref_scores) != len(ref):
+        raise ValueError(f"ids {ids.shape}, scores {scores.shape}, reference_ids {ref.shape} and reference_scores "
+                         f"{ref_scores.shape} must have one row per query.")
+    kth = ref_scores[:, k - 1:k]
+    margin = tol * np.maximum(1.0, np.abs(kth))
+    as_good = scores <= kth + margin if metric == "l2" else scores >= kth - margin
+    listed = (ids[:, :k, None] == ref[:, None, :k]).any(axis=2)
+    found = ((listed | as_good) & (ids[:, :k] >= 0)).sum(axis=1)
+    return float(np.minimum(found, k).sum() / (k * max(ids.shape[0], 1)))
+
+
 def nn_recall_at_k(ids, reference_ids, k: int) -> float:
     """Share of queries whose exact nearest neighbour (``reference_ids[:, 0]``) is among the first k ids
     (not IR recall, which counts every relevant item: hence the name)."""

@@ -26,6 +26,7 @@ class ResultsTable:
 
     def __init__(self, records: Iterable[dict] | None = None):
         self.records: list[dict] = []
+        self._keys: set[tuple] = set()
         for r in records or []:
             self.add(r["method"], r["metric"], r["dim"], r["value"])
 
@@ -42,10 +43,19 @@ class ResultsTable:
         return table
 
     def add(self, method: str, metric: str, dim: int, value: float) -> None:
-        self.records.append({"method": str(method), "metric": str(metric), "dim": int(dim), "value": float(value)})
+        """One result; a second value for the same (method, metric, dim) is refused (the table would show one and
+        the plot the other)."""
+        key = (str(method), str(metric), int(dim))
+        if key in self._keys:
+            raise ValueError(f"the table already has a result for method={key[0]!r}, metric={key[1]!r}, dim={key[2]}"
+                             f" ({self.get(*key)}); name the methods of different runs apart (e.g. "
+                             "ResultsTable.from_fractions(..., prefix='run 2: ')).")
+        self._keys.add(key)
+        self.records.append({"method": key[0], "metric": key[1], "dim": key[2], "value": float(value)})
 
     def extend(self, other: "ResultsTable") -> "ResultsTable":
-        self.records.extend(dict(r) for r in other.records)
+        for r in other.records:
+            self.add(r["method"], r["metric"], r["dim"], r["value"])
         return self
 
     def __add__(self, other: "ResultsTable") -> "ResultsTable":

@@ -1,7 +1,8 @@
 """Pick a search plan by measurement: try plans on the user's held-out queries, keep the cheapest that is accurate.
 
-Recall is top-k overlap with exact float32 search at the full dim over the same index (k-recall@k), so the
-queries should look like production queries (held out from the database). ``ms_per_query`` is the wall-clock
+Recall is top-k overlap with exact float32 search at the full dim over the same index (k-recall@k; a returned
+vector whose exact score ties the k-th counts as found, as ann-benchmarks counts it), so the queries should look
+like production queries (held out from the database). ``ms_per_query`` is the wall-clock
 of searching all the queries in one batch divided by their number (throughput, not single-query latency).
 RAM is what the plan keeps in memory per vector (codes + structure + cosine re-rank norms); the full float32
 vectors used by the re-rank are not counted, as they can stay on disk (``MatryoshkaIndex.load(..., mmap=True)``).
@@ -11,7 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from ..evaluation import top_k_overlap
+from ..evaluation import tie_aware_overlap
 from ..nesting import as_int
 from .codes import BYTES_PER_DIM, PRECISIONS, STRUCTURES
 from .plan import SearchPlan, check_plan
@@ -209,7 +210,8 @@ def tune(index, queries, target_recall: float = 0.99, objective: str = "ram", to
                 plan = SearchPlan(dim, precision, structure, c, **structure_of, **({knob: value} if knob else {}))
                 result = min((index.search_plan(q, top_k, plan) for _ in range(repeats)),
                              key=lambda r: r.cost.seconds)
-                recall = top_k_overlap(result.ids, reference.ids, top_k)
+                recall = tie_aware_overlap(result.ids, result.scores, reference.ids, reference.scores, top_k,
+                                           index.metric)
                 reports.append(PlanReport(plan, index.plan_memory(plan)["ram"], result.cost.ms_per_query, recall,
                                           recall >= target_recall))
                 if recall >= target_recall or recall <= previous + _PLATEAU:
