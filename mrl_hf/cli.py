@@ -10,11 +10,23 @@ from pathlib import Path
 DEFAULT_DEMO_DIR = "outputs/mrl-minilm-chatterbot"
 
 
+def _epochs(args: argparse.Namespace, default: float) -> float:
+    """``--epochs``: the default when not given; a number > 0 otherwise (0 is not read as 'the default')."""
+    if args.epochs is None:
+        return default
+    if not args.epochs > 0:
+        raise ValueError(f"--epochs {args.epochs:g} must be > 0.")
+    return args.epochs
+
+
 def _digits_demo(args: argparse.Namespace) -> int:
     from . import demo_digits
 
+    epochs = _epochs(args, 300)
+    if epochs != int(epochs):
+        raise ValueError(f"--epochs {epochs:g}: the digits demo runs whole full-batch steps; give a whole number.")
     start = time.time()
-    rows = demo_digits.run(epochs=args.epochs or 300, seed=args.seed)
+    rows = demo_digits.run(epochs=int(epochs), seed=args.seed)
     print("\nTop-1 accuracy (%) on held-out digits at each embedding size (first m features):")
     print(demo_digits.format_table(rows))
     print(f"\nMRL keeps accuracy at small sizes; the full-dim model, sliced, does not. ({time.time() - start:.0f} s)")
@@ -26,13 +38,13 @@ def _demo(args: argparse.Namespace) -> int:
         return _digits_demo(args)
     from . import demo_text
 
-    result = demo_text.run(output_dir=args.output_dir, model_path=args.model, epochs=args.epochs or 1.0,
+    result = demo_text.run(output_dir=args.output_dir, model_path=args.model, epochs=_epochs(args, 1.0),
                            seed=args.seed)
     table, adaptive = result["table"], result["adaptive"]
     print("\nHeld-out question -> answer retrieval (%) with embeddings cut to each size:")
     print(demo_text.format_comparison(table))
     print(f"\nSaved to {result['output_dir']}: model.safetensors, config.json (nesting_list, "
-          f"truncate_dim={demo_text.DEFAULT_DIM}), tokenizer, README.md (model card), mrl_accuracy_vs_dim.png")
+          f"truncate_dim={result['default_dim']}), tokenizer, README.md (model card), mrl_accuracy_vs_dim.png")
     print(f"Reloaded: encode() gives {adaptive['reloaded_shape']} (the saved default size).")
     print(f"Adaptive retrieval (shortlist {adaptive['shortlist_k']} at {adaptive['shortlist_dim']} dims, re-rank at "
           f"full size): hit@1 {adaptive['adaptive_hit@1']:.1f} vs {adaptive['full_hit@1']:.1f} for "
@@ -43,6 +55,11 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     if args.recipe == "digits":
+        ignored = [action.option_strings[0] for action in args.parser._actions if action.option_strings
+                   and action.dest not in ("help", "epochs", "seed") and getattr(args, action.dest) != action.default]
+        if ignored:
+            raise ValueError(f"train digits runs the small digits demo and saves nothing: it takes --epochs and "
+                             f"--seed only, not {ignored}.")
         return _digits_demo(args)
     from . import recipes
     from .data.text import load_chatterbot_pairs
@@ -51,13 +68,13 @@ def _train(args: argparse.Namespace) -> int:
 
     model_path = args.model or recipes.packaged_minilm()
     nesting = validate_nesting_list([int(x) for x in args.nesting_list.split(",")]) if args.nesting_list else None
-    train, test = recipes.split_pairs(load_chatterbot_pairs(), seed=args.seed)
-    nesting = nesting or recipes.NESTING
+    train, test = recipes.split_pairs(load_chatterbot_pairs(), seed=args.split_seed)
+    nesting = nesting or recipes.checkpoint_nesting_list(model_path)
     precisions = _precisions(args.precisions, args.precision_sizes, nesting)
     if precisions is None and (args.quantization_weight is not None or args.binary_surrogate is not None):
         raise ValueError("--quantization-weight and --binary-surrogate set the code terms of --precisions; name the "
                          "codes too (e.g. --precisions binary), or --precisions float32 for float-only training")
-    model, _ = recipes.finetune(model_path, train, nesting, epochs=args.epochs or 1.0, batch_size=args.batch_size,
+    model, _ = recipes.finetune(model_path, train, nesting, epochs=_epochs(args, 1.0), batch_size=args.batch_size,
                                 lr=args.lr, seed=args.seed, teacher_weight=args.teacher_weight,
                                 mini_batch_size=args.mini_batch_size,
                                 embed_duplicates_once=args.embed_duplicates_once,
@@ -124,9 +141,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     from .nesting import validate_dim
 
     if args.mteb:
-        if args.precisions:
-            raise ValueError("--precisions scores codes on --pairs (or the chatterbot split), not with --mteb; "
-                             "run them separately")
+        given = [flag for flag, value in (("--precisions", args.precisions), ("--pairs", args.pairs),
+                                          ("--baseline", args.baseline)) if value]
+        if given:
+            raise ValueError(f"{given} score --pairs (or the chatterbot split), not --mteb's tasks; run them "
+                             "separately (mrl-hf evaluate MODEL --mteb TASKS, one model at a time)")
         return _evaluate_mteb(args)
     if args.pairs:
         test = _read_pairs(args.pairs)
@@ -198,7 +217,11 @@ def _read_pairs(path: str) -> list[tuple[str, str]]:
         for n, line in enumerate(fh, 1):
             if not line.strip():
                 continue
-            row = json.loads(line)
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{n}: not a JSON object ({exc.msg}); each line must be "
+                                 '{"query": ..., "answer": ...}.') from None
             if not isinstance(row, dict) or not isinstance(row.get("query"), str) or not isinstance(
                     row.get("answer"), str):
                 raise ValueError(f"{path}:{n}: each line must be a JSON object with string 'query' and 'answer'.")
@@ -321,11 +344,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("recipe", choices=["text-embeddings", "digits"], help="which recipe")
     train.add_argument("--output-dir", default="outputs/mrl-text-embeddings", help="where to save the checkpoint")
     train.add_argument("--model", default=None, help="BERT checkpoint path or Hub id (default: the packaged MiniLM)")
-    train.add_argument("--nesting-list", default=None, help="comma-separated sizes (default 12,24,...,384)")
+    train.add_argument("--nesting-list", default=None,
+                       help="comma-separated sizes (default: the checkpoint's own, or the halving list of its width: "
+                            "12,24,...,384 for MiniLM)")
     train.add_argument("--epochs", type=float, default=None, help="epochs (default 1)")
     train.add_argument("--batch-size", type=int, default=32, help="batch size (default 32)")
     train.add_argument("--lr", type=float, default=5e-5, help="learning rate (default 5e-5)")
-    train.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    train.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
+    train.add_argument("--split-seed", type=int, default=0,
+                       help="seed of the held-out split, as mrl-hf evaluate --seed (default 0: the same split)")
     train.add_argument("--teacher-weight", type=float, default=0.0,
                        help="keep the full size close to the original model: MRLTrainer's teacher term with this "
                             "weight (default 0, off; docs/finetune.md measures what 10 buys)")
@@ -356,7 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--embed-duplicates-once", action="store_true",
                        help="embed a text that a batch repeats (one answer to several questions) once: the same "
                             "loss for less work, the copies sharing one dropout mask (default: every row)")
-    train.set_defaults(func=_train)
+    train.set_defaults(func=_train, parser=train)
 
     evaluate = commands.add_parser(
         "evaluate", help="per-size retrieval table (and plot) of a text embedding checkpoint",

@@ -16,15 +16,23 @@ from pathlib import Path
 
 import numpy as np
 
-from .recipes import BASE_MODEL_HUB_ID, NESTING, evaluate, finetune, packaged_minilm, results_table, split_pairs
+from .recipes import (
+    BASE_MODEL_HUB_ID,
+    checkpoint_nesting_list,
+    evaluate,
+    finetune,
+    packaged_minilm,
+    results_table,
+    split_pairs,
+)
 
-DEFAULT_DIM = 48  # the size the saved checkpoint gives by default (its truncate_dim)
+DEFAULT_DIM = 48  # the size the saved checkpoint gives by default (its truncate_dim), where the model has it
 RESULTS_METHODS = ("MRL fine-tuned (this model)", "original all-MiniLM-L6-v2, sliced")
 
 
 def format_comparison(table, metric: str = "hit@1") -> str:
     """A plain-text table a person can read: one row per size, the MRL model against the original sliced."""
-    mrl, base = RESULTS_METHODS
+    mrl, base = table.methods[:2]
     header = f"{'dim':>5}  {metric + ' MRL':>14}  {metric + ' original':>19}  {'MRR MRL':>8}  {'MRR original':>12}"
     lines = [header, "-" * len(header)]
     for dim in table.dims:
@@ -71,41 +79,49 @@ def run(output_dir: str = "outputs/mrl-minilm-chatterbot", model_path: str | Non
 
     torch.manual_seed(seed)
     start = time.time()
+    packaged = model_path is None
     model_path = model_path or packaged_minilm()
+    name = "all-MiniLM-L6-v2" if packaged else Path(model_path).name  # another --model: its own name and sizes
+    methods = RESULTS_METHODS if packaged else (RESULTS_METHODS[0], f"original {name}, sliced")
+    nesting = checkpoint_nesting_list(model_path)
+    default_dim = DEFAULT_DIM if DEFAULT_DIM in nesting else nesting[(len(nesting) - 1) // 2]
     train, test = split_pairs(load_chatterbot_pairs(), seed=seed)
     if limit_train is not None:
         train = train[:limit_train]
-    log(f"chatterbot-corpus: {len(train)} training pairs, {len(test)} held-out pairs; nesting_list={NESTING}")
+    log(f"chatterbot-corpus: {len(train)} training pairs, {len(test)} held-out pairs; nesting_list={nesting}")
 
     log("[1/4] scoring the original model, sliced, on held-out question -> answer retrieval ...")
-    original = MRLBertModel.from_pretrained(model_path, nesting_list=[NESTING[-1]]).eval()
-    per_model = {RESULTS_METHODS[1]: evaluate(original, test, NESTING)}
+    original = MRLBertModel.from_pretrained(model_path, nesting_list=[nesting[-1]]).eval()
+    per_model = {methods[1]: evaluate(original, test, nesting)}
     del original
 
-    log(f"[2/4] MRL fine-tuning ({epochs:g} epoch, nested InfoNCE at sizes {NESTING}) ...")
-    model, trainer = finetune(model_path, train, NESTING, epochs=epochs, seed=seed, progress=progress)
-    per_model = {RESULTS_METHODS[0]: evaluate(model, test, NESTING), **per_model}
+    log(f"[2/4] MRL fine-tuning ({epochs:g} epoch, nested InfoNCE at sizes {nesting}) ...")
+    model, trainer = finetune(model_path, train, nesting, epochs=epochs, seed=seed, progress=progress)
+    per_model = {methods[0]: evaluate(model, test, nesting), **per_model}
     table = results_table(per_model)
 
-    log(f"[3/4] saving the checkpoint (default size truncate_dim={DEFAULT_DIM}) with its model card and plot ...")
+    log(f"[3/4] saving the checkpoint (default size truncate_dim={default_dim}) with its model card and plot ...")
     steps = trainer.state.global_step
-    model.config.truncate_dim = DEFAULT_DIM  # what encode() and the other tools give unless asked for another size
+    model.config.truncate_dim = default_dim  # what encode() and the other tools give unless asked for another size
     out = save_for_hub(
         model, output_dir, repo_id=f"your-name/{Path(output_dir).name}", results=table,
-        model_method=RESULTS_METHODS[0], base_model=BASE_MODEL_HUB_ID, datasets=["chatterbot-corpus"],
+        model_method=methods[0], base_model=BASE_MODEL_HUB_ID if packaged else model_path,
+        datasets=["chatterbot-corpus"],
         eval_dataset={"name": "chatterbot-corpus (English, 20% of questions held out)", "type": "chatterbot-corpus",
                       "split": "held-out"},
         eval_description=("Held-out question -> answer retrieval (cosine similarity, each embedding cut to the size "
-                          "and L2-normalised after cutting), in %. The baseline is the original all-MiniLM-L6-v2 "
-                          "cut to the same size."),
+                          f"and L2-normalised after cutting), in %. The baseline is the original {name} cut to the "
+                          "same size."),
         model_name=Path(output_dir).name,
-        description=("all-MiniLM-L6-v2 fine-tuned with Matryoshka Representation Learning on chatterbot-corpus "
-                     "question -> answer pairs, so that its first 12, 24, 48, ... dims are embeddings on their own."),
+        description=(f"{name} fine-tuned with Matryoshka Representation Learning on chatterbot-corpus question -> "
+                     f"answer pairs, so that its first {', '.join(map(str, nesting[:3]))}, ... dims are embeddings "
+                     "on their own."),
         training=(f"`mrl-hf demo`: {len(train)} pairs, {epochs:g} epoch ({steps} steps), batch 32, lr 5e-5, "
                   f"nested InfoNCE with in-batch negatives, temperature {model.config.contrastive_temperature}, "
                   "all sizes weighted 1."),
     )
 
     log("[4/4] reloading it and running adaptive retrieval ...")
-    adaptive = adaptive_retrieval(str(out), test, shortlist_dim=NESTING[1])
-    return {"table": table, "adaptive": adaptive, "output_dir": out, "seconds": time.time() - start}
+    adaptive = adaptive_retrieval(str(out), test, shortlist_dim=nesting[1])
+    return {"table": table, "adaptive": adaptive, "output_dir": out, "seconds": time.time() - start,
+            "default_dim": default_dim}

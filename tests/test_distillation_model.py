@@ -74,6 +74,11 @@ def test_collator_and_trainer_reject_missing_teacher(tokenizer, tmp_path):
         add_teacher_embeddings(Dataset.from_dict({"text": ["a", "b"]}), np.zeros((3, 4)))
     with pytest.raises(ValueError, match="NaN"):
         add_teacher_embeddings(Dataset.from_dict({"text": ["a", "b"]}), np.full((2, 4), np.nan))
+    # an mrl_hf teacher gives its full vectors, whatever the size it encodes to by default
+    teacher = _tiny_model(tokenizer)
+    teacher.config.truncate_dim = 4
+    stored = add_teacher_embeddings(Dataset.from_dict({"text": ["a", "b"]}), teacher)["teacher_embedding"]
+    assert np.asarray(stored).shape == (2, 16)
     model = _tiny_model(tokenizer)
     args = TrainingArguments(str(tmp_path), report_to=[], use_cpu=True)
     with pytest.raises(ValueError, match="differs from the model's nesting_list"):

@@ -19,6 +19,18 @@ def test_read_corpus_from_text_json_lines_csv_and_a_datasets_folder(tmp_path):
 
     Dataset.from_dict({"text": ["p", "q"]}).save_to_disk(str(tmp_path / "d"))
     assert read_corpus(str(tmp_path / "d")) == ["p", "q"]
+    from datasets import DatasetDict  # save_to_disk of a dataset with splits: one split is read, several named
+
+    DatasetDict({"train": Dataset.from_dict({"text": ["r"]})}).save_to_disk(str(tmp_path / "one"))
+    assert read_corpus(str(tmp_path / "one")) == ["r"]
+    DatasetDict({"train": Dataset.from_dict({"text": ["r"]}), "test": Dataset.from_dict({"text": ["s"]})}
+                ).save_to_disk(str(tmp_path / "two"))
+    with pytest.raises(ValueError, match=r"holds the splits \['train', 'test'\]; pass the folder of the one"):
+        read_corpus(str(tmp_path / "two"))
+    assert read_corpus(str(tmp_path / "two" / "test")) == ["s"]
+    (tmp_path / "lists.jsonl").write_text(json.dumps({"text": ["alpha", "beta"]}) + "\n")
+    with pytest.raises(ValueError, match="holds lists"):
+        read_corpus(str(tmp_path / "lists.jsonl"))
     with pytest.raises(ValueError, match="no column 'text'"):
         read_corpus(str(tmp_path / "b.jsonl"))
     with pytest.raises(ValueError, match=r"give a \.txt file"):
@@ -62,6 +74,27 @@ def test_matryoshkafy_refits_the_saved_adaptor_on_every_text(tiny_checkpoint):
     everything = torch.from_numpy(vectors).double().mean(0).float()
     torch.testing.assert_close(runs[True][0].adaptor.mean, everything, rtol=0, atol=1e-5)
     assert (runs[False][0].adaptor.mean - everything).abs().max() > 1e-3  # fitted without the 50 held-out texts
+
+
+def test_the_scored_fit_sees_no_held_out_text_through_the_pairs(tiny_checkpoint, monkeypatch):
+    """Pairs whose query or answer is a held-out text are left out of the fit the report scores (the card says each
+    map is fitted without the held-out texts); the refit takes every pair."""
+    from mrl_hf import adaptor as adaptor_module
+    from mrl_hf.recipes import matryoshkafy_corpus
+
+    path, _ = tiny_checkpoint
+    texts = [f"text {i} about {w}" for i, w in enumerate(["cats", "rain", "music", "bread", "planets"] * 30)]
+    pairs = [(f"what about item {i}?", text) for i, text in enumerate(texts)]
+    seen, fit = [], adaptor_module.MatryoshkaAdaptor.fit
+
+    def spy(self, vectors, *args, pairs=None, **kwargs):
+        seen.append((len(vectors), None if pairs is None else len(pairs[0])))
+        return fit(self, vectors, *args, pairs=pairs, **kwargs)
+
+    monkeypatch.setattr(adaptor_module.MatryoshkaAdaptor, "fit", spy)
+    matryoshkafy_corpus(texts, str(path), epochs=1, pairs=pairs, log=lambda _: None)
+    (scored_texts, scored_pairs), (all_texts, all_pairs) = seen
+    assert scored_texts == scored_pairs == 100 and all_texts == all_pairs == 150  # 50 texts held out
 
 
 def test_matryoshkafy_with_queries_saves_an_asymmetric_adaptor_and_scores_queries(tiny_checkpoint, tmp_path, capsys):

@@ -90,6 +90,9 @@ def test_pair_collator_rejects_bad_pairs(tokenizer):
         collate([{"anchor": "a"}])
     with pytest.raises(TypeError, match="texts must be str"):
         collate([("a", 3)])
+    # a missing positive is not filled by the negative (it used to be: the negative became the positive)
+    with pytest.raises(ValueError, match="pair 0 has anchor 'q' and positive None; both must be texts"):
+        collate([{"anchor": "q", "positive": None, "negative": "wrong answer"}])
     with pytest.raises(ValueError, match="empty batch"):
         collate([])
     batch = collate([("a b", "c"), ("d", "e f g")])

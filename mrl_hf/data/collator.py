@@ -44,6 +44,9 @@ class PairCollator:
             if missing:
                 raise ValueError(f"pair {index} has keys {sorted(feature)}; it needs 'anchor' and 'positive' "
                                  "(and optionally 'negative').")
+            if any(feature[k] is None for k in ROLES[:2]):  # only the negative may be absent
+                raise ValueError(f"pair {index} has anchor {feature['anchor']!r:.50} and positive "
+                                 f"{feature['positive']!r:.50}; both must be texts.")
             row = tuple(feature[k] for k in ROLES if feature.get(k) is not None)
         else:
             row = tuple(feature)
