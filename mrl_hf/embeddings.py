@@ -75,8 +75,14 @@ def truncate_embeddings(embeddings, dim: int | None, normalize: bool = False, ep
         embeddings = embeddings[..., :dim]
     if not normalize:
         return embeddings
+    # half precision is normalised in float32: a float16 norm overflows past 65504 (a squared sum of a few hundred
+    # features of ~10) and the eps floor rounds to 0, so a zero prefix would give NaN
     if isinstance(embeddings, torch.Tensor):
+        if embeddings.dtype in (torch.float16, torch.bfloat16):
+            return torch.nn.functional.normalize(embeddings.float(), p=2, dim=-1, eps=eps).to(embeddings.dtype)
         return torch.nn.functional.normalize(embeddings, p=2, dim=-1, eps=eps)
+    if embeddings.dtype == np.float16:
+        return truncate_embeddings(embeddings.astype(np.float32), None, True, eps).astype(np.float16)
     norms = np.linalg.norm(embeddings, axis=-1, keepdims=True)
     return embeddings / np.maximum(norms, eps)
 

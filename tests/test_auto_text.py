@@ -283,6 +283,25 @@ def test_last_token_pooling_gives_the_same_embedding_for_left_and_right_padding(
                                atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_encode_with_a_left_padding_tokenizer_gives_the_unpadded_embeddings(family, plain_checkpoint, tokenizer):
+    """encode pads on the right whatever the tokenizer says: BERT counts left padding as positions (0.5 apart)."""
+    folder, _ = plain_checkpoint(family)
+    model = MRLModelForTextEmbedding.from_pretrained(folder, pooling=FAMILIES[family][1])
+    left_tok = copy.deepcopy(tokenizer)
+    left_tok.padding_side = "left"
+    one_by_one = torch.stack([model.encode(t, convert_to_tensor=True) for t in TEXTS])  # no padding at all
+    torch.testing.assert_close(model.encode(TEXTS, tokenizer=left_tok, convert_to_tensor=True), one_by_one,
+                               atol=1e-5, rtol=0)
+    if family == "bert":  # and MRLBertModel's own encode
+        from mrl_hf.modeling import MRLBertModel
+
+        bert = MRLBertModel.from_pretrained(folder)
+        torch.testing.assert_close(bert.encode(TEXTS, tokenizer=left_tok, convert_to_tensor=True),
+                                   torch.stack([bert.encode(t, convert_to_tensor=True) for t in TEXTS]),
+                                   atol=1e-5, rtol=0)
+
+
 # ---- training -------------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("family", list(FAMILIES))

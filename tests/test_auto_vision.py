@@ -331,3 +331,23 @@ def test_bad_input_raises_clear_errors(plain_checkpoint):
         model.get_image_features(good, truncate_dim=33)
     with pytest.raises(ValueError, match="pixel_values is required"):
         model(labels=torch.tensor([0, 1]))
+
+
+def test_auto_pooling_reads_the_pooler_the_family_classifier_reads(tmp_path):
+    """BEiT's classifier reads its pooling layer (a layer norm of the patch mean): pooling='auto' builds and reads it
+    too, with the checkpoint's weights (it used to take the raw [CLS] token, 2.8 apart)."""
+    from transformers import BeitForImageClassification
+
+    from mrl_hf.modeling import MRLModelForImageEmbedding
+
+    config = AutoConfig.for_model("beit", image_size=16, patch_size=8, hidden_size=16, num_hidden_layers=1,
+                                  num_attention_heads=2, intermediate_size=32, use_mean_pooling=True, num_labels=3)
+    torch.manual_seed(0)
+    classifier = BeitForImageClassification(config).eval()
+    with torch.no_grad():
+        classifier.beit.pooler.layernorm.weight.normal_()  # a trained norm, not the identity it starts as
+    classifier.save_pretrained(tmp_path)
+    model = MRLModelForImageEmbedding.from_pretrained(tmp_path, nesting_list=[4, 8, 16]).eval()
+    pixels = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(model(pixel_values=pixels).embeddings, classifier.beit(pixels).pooler_output)

@@ -166,6 +166,10 @@ def test_mrl_trainer_trains_every_size_and_keeps_the_decoder_tied(tmp_path):
 def test_bad_settings_are_refused_with_the_fix(tmp_path):
     with pytest.raises(ValueError, match="tie_word_embeddings=True"):
         MRLModelForMaskedLM(MRLMaskedLMConfig(backbone_config=plain_config("roberta", tie_word_embeddings=False)))
+    esm = AutoConfig.for_model("esm", vocab_size=33, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                               intermediate_size=32, max_position_embeddings=40, pad_token_id=1, mask_token_id=32)
+    with pytest.raises(ValueError, match=r"'esm' masked LM head adds a bias of its own after the decoder"):
+        MRLModelForMaskedLM(MRLMaskedLMConfig(backbone_config=esm, nesting_list=[4, 8, 16]))  # used to fail in forward
     with pytest.raises(ValueError, match="efficient=False"):
         MRLMaskedLMConfig(backbone_config=plain_config("roberta"), efficient=False)
     with pytest.raises(ValueError, match="precisions"):

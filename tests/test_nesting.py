@@ -73,6 +73,20 @@ def test_truncate_numpy_keeps_type_and_any_leading_shape():
     np.testing.assert_allclose(np.linalg.norm(out, axis=-1), 1.0, rtol=1e-5)
 
 
+def test_truncate_normalises_half_precision_without_overflow_or_nan():
+    """A float16 norm overflows past 65504 and its eps floor rounds to 0: half precision is normalised in float32
+    and given back in its own dtype; a zero prefix stays 0, not NaN."""
+    big = np.full((1, 64), 50, np.float16)
+    for x in (big, torch.from_numpy(big), torch.from_numpy(big).bfloat16()):
+        out = truncate_embeddings(x, 32, normalize=True)
+        assert out.dtype == x.dtype
+        values = out.float().numpy() if isinstance(out, torch.Tensor) else out.astype(np.float32)
+        np.testing.assert_allclose(values, 1 / np.sqrt(32), rtol=1e-2)
+    for zero in (np.zeros((1, 8), np.float16), torch.zeros(1, 8, dtype=torch.float16)):
+        out = truncate_embeddings(zero, 4, normalize=True)
+        assert not np.isnan(np.asarray(out, dtype=np.float32)).any()
+
+
 @pytest.mark.parametrize("dim, err", [(0, ValueError), (9, ValueError), (2.5, TypeError)])
 def test_truncate_rejects_bad_dims(dim, err):
     with pytest.raises(err, match="dim"):

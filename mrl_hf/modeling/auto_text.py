@@ -375,8 +375,9 @@ class MRLModelForTextEmbedding(MRLTextEmbeddingPreTrainedModel):
         ``calibration_embeddings`` set the int8 levels; by default the texts themselves calibrate them), so its
         search helpers and vector engines take them; a size / precision the model was not trained for
         (``config.matryoshka_precisions``) gives a warning naming it. ``max_length`` defaults to the
-        tokenizer's ``model_max_length`` capped at the backbone's ``max_position_embeddings``. The tokenizer pads on
-        its own ``padding_side``; every pooling mode reads the attention mask, so either side works.
+        tokenizer's ``model_max_length`` capped at the backbone's ``max_position_embeddings``. Texts are padded on
+        the right whatever the tokenizer's ``padding_side``: backbones with absolute positions (BERT, GPT-2) count
+        left padding as positions, and every pooling mode reads the attention mask.
         """
         single = isinstance(texts, str)
         texts = [texts] if single else texts
@@ -402,7 +403,8 @@ class MRLModelForTextEmbedding(MRLTextEmbeddingPreTrainedModel):
 
             for start in trange(0, len(texts), batch_size, desc="Batches", disable=not show_progress_bar):
                 batch = [texts[i] for i in order[start:start + batch_size]]
-                enc = tokenizer(batch, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+                enc = tokenizer(batch, padding=True, truncation=True, max_length=max_length, return_tensors="pt",
+                                padding_side="right")  # positions from 0 on every backbone (BERT, GPT-2 count pads)
                 enc = {k: v.to(self.device) for k, v in enc.items()
                        if k in ("input_ids", "attention_mask", "token_type_ids")}
                 chunks.append(self(**enc, truncate_dim=dim, normalize=normalize).truncated_embeddings)

@@ -18,6 +18,8 @@ Pooling (``config.pooling``):
   DINOv2    ``pooler_output``: the [CLS] token after the final layer norm
   ViT       the [CLS] token after the final layer norm (no pooler built)
   Swin      the mean over the tokens after the final layer norm
+  BEiT      ``pooler_output``: the layer norm of the patch mean (its pooling layer is built, as its classifier
+            builds it; also Data2VecVision and Hiera)
   ========  ==============================================================
 
 - ``"pooler"``: the backbone's ``pooler_output`` (ViT / Swin are then built with their pooling layer);
@@ -175,10 +177,23 @@ def pool_image(output, mode: str, num_prefix_tokens: int) -> torch.Tensor:
     return hidden[:, num_prefix_tokens:].mean(1)
 
 
+def classifier_reads_pooler(config: PretrainedConfig) -> bool:
+    """Whether the family's own ``...ForImageClassification`` builds its base model with the optional pooling layer
+    (BEiT, Data2VecVision, Hiera: a mean over the patches and a layer norm), so that ``pooling="auto"`` reads it too."""
+    from transformers import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING
+
+    try:
+        return "add_pooling_layer=True" in inspect.getsource(MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING[type(config)])
+    except (KeyError, OSError, TypeError):
+        return False
+
+
 def build_image_backbone(config: PretrainedConfig, pooling: str) -> PreTrainedModel:
     """``AutoModel.from_config(config)``; a backbone with an ``add_pooling_layer`` switch (ViT, Swin) gets its pooling
-    layer only for ``pooling="pooler"``: an unused one would hold parameters without gradients (which DDP rejects)."""
-    backbone = AutoModel.from_config(config, **without_pooler_kwargs(config, keep_pooler=pooling == "pooler"))
+    layer only for ``pooling="pooler"``, or ``"auto"`` where the family's classifier reads it: an unused one would
+    hold parameters without gradients (which DDP rejects)."""
+    keep = pooling == "pooler" or (pooling == "auto" and classifier_reads_pooler(config))
+    backbone = AutoModel.from_config(config, **without_pooler_kwargs(config, keep_pooler=keep))
     if "pixel_values" not in inspect.signature(backbone.forward).parameters:
         raise ValueError(f"{type(backbone).__name__} takes no pixel_values: it is not a vision model; for text use "
                          "MRLModelForTextEmbedding or MRLModelForSequenceClassification.")

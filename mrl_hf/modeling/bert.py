@@ -337,7 +337,8 @@ class MRLBertModel(MRLBertPreTrainedModel):
 
             for start in trange(0, len(texts), batch_size, desc="Batches", disable=not show_progress_bar):
                 batch = [texts[i] for i in order[start:start + batch_size]]
-                enc = tokenizer(batch, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+                enc = tokenizer(batch, padding=True, truncation=True, max_length=max_length, return_tensors="pt",
+                                padding_side="right")  # positions from 0 on every backbone (BERT, GPT-2 count pads)
                 enc = {k: v.to(self.device) for k, v in enc.items()}
                 chunks.append(self(**enc, truncate_dim=dim, normalize=normalize, task=task).truncated_embeddings)
         finally:

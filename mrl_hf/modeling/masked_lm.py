@@ -177,6 +177,16 @@ class MRLMaskedLMConfig(MatryoshkaConfigMixin, PretrainedConfig):
         super().validate_matryoshka()
 
 
+def _adds_own_bias(head: nn.Module) -> bool:
+    """Whether an LM head's forward adds ``self.bias`` after its decoder (ESM, LUKE, BridgeTower), instead of the
+    decoder carrying the (tied) bias as in BERT or RoBERTa."""
+    try:
+        source = inspect.getsource(type(head).forward)
+    except (OSError, TypeError):  # no source to read: the forward pass will tell
+        return False
+    return "self.bias" in source
+
+
 class MRLModelForMaskedLM(WrappedModelMixin, PreTrainedModel):
     """Masked LM whose prediction at every size ``m`` in ``nesting_list`` uses only the first ``m`` features of the
     decoder's input, on any masked-LM family with a tied decoder (see the module docstring).
@@ -214,6 +224,12 @@ class MRLModelForMaskedLM(WrappedModelMixin, PreTrainedModel):
             raise ValueError(f"the {family!r} masked LM has no linear decoder over its {config.matryoshka_embedding_dim}"
                              f"-wide word embeddings (found {type(plain_decoder).__name__}); MRLModelForMaskedLM nests "
                              "such a decoder only.")
+        head = next(m for m in self.mlm.modules() if any(c is plain_decoder for c in m.children()))
+        if _adds_own_bias(head):
+            raise ValueError(f"the {family!r} masked LM head adds a bias of its own after the decoder "
+                             f"({type(head).__name__}: decoder(x) + bias), which the nested decoder would replace "
+                             "wrongly; MRLModelForMaskedLM nests heads whose decoder carries the bias (BERT, RoBERTa, "
+                             "XLM-R, DeBERTa, ModernBERT and the like).")
         if not getattr(config.get_text_config(), "tie_word_embeddings", True):
             raise ValueError(f"the {family!r} config has tie_word_embeddings=False: MRL-E for masked LM nests a decoder "
                              "tied to the word embeddings; set tie_word_embeddings=True.")
