@@ -302,6 +302,16 @@ def test_encode_with_a_left_padding_tokenizer_gives_the_unpadded_embeddings(fami
                                    atol=1e-5, rtol=0)
 
 
+def test_a_tokenizer_without_a_length_limit_is_capped_at_the_positions_the_backbone_has(plain_checkpoint, tokenizer):
+    """XLM-R numbers positions from pad_token_id + 1: of its 80 positions 79 hold tokens. A long text through a
+    tokenizer that states no limit used to index past them (IndexError)."""
+    folder, _ = plain_checkpoint("xlm-roberta")
+    model = MRLModelForTextEmbedding.from_pretrained(folder)
+    unlimited = copy.deepcopy(tokenizer)
+    unlimited.model_max_length = int(1e30)
+    assert model.encode(["word " * 200], tokenizer=unlimited).shape == (1, model.config.matryoshka_embedding_dim)
+
+
 # ---- training -------------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("family", list(FAMILIES))

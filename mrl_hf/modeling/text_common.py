@@ -92,9 +92,19 @@ def try_load_tokenizer(path, kwargs):
         return None
 
 
+# families that number positions from pad_token_id + 1 (RoBERTa's scheme): that many fewer tokens fit
+_POSITIONS_AFTER_PADDING = frozenset({"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "data2vec-text",
+                                      "longformer", "mpnet", "roberta-prelayernorm", "ibert", "esm", "luke",
+                                      "markuplm"})
+
+
 def default_max_length(tokenizer, config) -> int:
-    """The tokenizer's ``model_max_length``, capped at the backbone's ``max_position_embeddings`` (when it has one)."""
-    positions = getattr(config.get_text_config(), "max_position_embeddings", None)
+    """The tokenizer's ``model_max_length``, capped at the tokens the backbone's ``max_position_embeddings`` can
+    place (when it has them; RoBERTa-style families lose ``pad_token_id + 1`` of them)."""
+    text = config.get_text_config()
+    positions = getattr(text, "max_position_embeddings", None)
+    if positions and getattr(text, "model_type", None) in _POSITIONS_AFTER_PADDING and text.pad_token_id is not None:
+        positions -= text.pad_token_id + 1
     limit = getattr(tokenizer, "model_max_length", None) or positions or 512
     return int(min(limit, positions)) if positions else int(limit)
 
