@@ -113,6 +113,10 @@ class MatryoshkaAdaptor(nn.Module):
         if not center and (queries is not None or self.asymmetric):
             raise ValueError("an asymmetric adaptor centres queries and documents on their own means, which "
                              "center=False turns off; pass center=True, or leave queries out of a new adaptor.")
+        if queries is None and self.asymmetric and not self.query_mean.any():  # MatryoshkaAdaptor(asymmetric=True)
+            raise ValueError("this adaptor is asymmetric but has no query mean yet (queries would not be centred "
+                             "while documents are): pass queries= (embeddings of unlabelled queries), or call "
+                             "set_query_mean(queries) first.")
         query_mean = None if queries is None else _mean_direction(queries, self.input_dim)
         mean, axes = principal_axes(x, center)
         self.mean.copy_(mean.float())

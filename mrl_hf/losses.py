@@ -368,6 +368,9 @@ class MatryoshkaContrastiveLoss(nn.Module):
         super().__init__()
         if not temperature > 0:
             raise ValueError(f"temperature={temperature} must be > 0.")
+        if 1.0 / temperature > max_logit_scale * (1 + 1e-6):  # the cap below would replace it silently
+            raise ValueError(f"temperature={temperature} is below 1 / max_logit_scale = {1.0 / max_logit_scale:g}, so "
+                             f"the cap would use {1.0 / max_logit_scale:g} instead; raise max_logit_scale.")
         self.nesting_list = validate_nesting_list(nesting_list)
         self.relative_importance = (None if relative_importance is None
                                     else validate_relative_importance(relative_importance, len(self.nesting_list)))

@@ -258,3 +258,18 @@ def test_the_supervised_term_embeds_the_pairs_queries_as_queries():
     pair_q, pair_p = QUERIES[:40], DOCS[:40]
     Recording(32, [8, 32], hidden_dim=8).fit(DOCS, epochs=1, batch_size=100, queries=QUERIES, pairs=(pair_q, pair_p))
     assert ("query" in {task for _, task in seen}) and seen.count((40, "query")) == seen.count((40, None)) == 3
+
+
+def test_a_new_asymmetric_adaptor_fitted_without_queries_is_refused():
+    """MatryoshkaAdaptor(asymmetric=True) starts with a zero query mean: fitted on documents alone, queries would not
+    be centred while documents are. Refused, naming queries= and set_query_mean; either one makes it work."""
+    rng = np.random.default_rng(0)
+    documents, queries = rng.normal(size=(60, 16)), rng.normal(size=(30, 16)) + 1.0
+    with pytest.raises(ValueError, match=r"asymmetric but has no query mean yet.*set_query_mean"):
+        MatryoshkaAdaptor(16, [4, 16], asymmetric=True).fit(documents, epochs=1)
+    fitted = MatryoshkaAdaptor(16, [4, 16], asymmetric=True).fit(documents, queries=queries, epochs=1)
+    assert fitted.query_mean.abs().sum() > 0
+    preset = MatryoshkaAdaptor(16, [4, 16], asymmetric=True)
+    preset.set_query_mean(queries)
+    preset.fit(documents, epochs=1)  # keeps the query mean it was given
+    torch.testing.assert_close(preset.query_mean, fitted.query_mean)

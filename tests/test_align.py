@@ -127,8 +127,10 @@ def test_temperature_fixed_or_learnable():
     ids, mask, pixels = batch()
     fixed(input_ids=ids, pixel_values=pixels).loss.backward()
     assert fixed.logit_scale.grad is None and float(fixed.temperature) == pytest.approx(0.1)
-    learn = tiny_model(temperature_init_value=0.001)  # capped: 1 / max_logit_scale
-    assert float(learn.temperature.detach()) == pytest.approx(0.01)
+    with pytest.raises(ValueError, match=r"temperature_init_value=0.001 is below 1 / max_logit_scale = 0.01"):
+        tiny_model(temperature_init_value=0.001)  # the cap used to replace it silently with 0.01
+    learn = tiny_model(temperature_init_value=0.001, max_logit_scale=1000.0)
+    assert float(learn.temperature.detach()) == pytest.approx(0.001)
 
 
 def test_features_truncate_and_normalize():
@@ -191,6 +193,16 @@ def test_save_load_bit_exact_with_processor(tmp_path):
     assert torch.equal(before.loss, after.loss) and torch.equal(before.logits_per_image, after.logits_per_image)
     assert loaded.get_text_features(again["input_ids"]).shape == (3, 4)
     assert isinstance(AutoProcessor.from_pretrained(tmp_path / "ckpt"), MRLAlignProcessor)
+    # where mrl_hf is not installed, the remote code builds the processor too (it used to give a bare tokenizer)
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['mrl_hf'] = None\n"
+            "from transformers import AutoProcessor\n"
+            f"print(type(AutoProcessor.from_pretrained({str(tmp_path / 'ckpt')!r}, trust_remote_code=True)).__name__)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+    assert done.stdout.strip().splitlines()[-1] == "MRLAlignProcessor", done.stdout + done.stderr[-2000:]
 
 
 def test_from_text_vision_pretrained_copies_plain_towers():

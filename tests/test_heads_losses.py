@@ -246,6 +246,11 @@ def test_learnable_temperature_gets_a_gradient():
     assert loss_fct.log_logit_scale.grad is not None
     fixed = MatryoshkaContrastiveLoss([4, 8], temperature=0.1)
     assert not any(p.requires_grad for p in fixed.parameters())
+    with pytest.raises(ValueError, match=r"temperature=0.005 is below 1 / max_logit_scale = 0.01"):
+        MatryoshkaContrastiveLoss([4, 8], temperature=0.005)  # the cap used to train with 0.01 instead
+    a, c = torch.randn(4, 8), torch.randn(4, 8)
+    sharp = MatryoshkaContrastiveLoss([4, 8], temperature=0.005, max_logit_scale=1000.0)
+    torch.testing.assert_close(sharp(a, c).loss, nested_contrastive_loss(a, c, [4, 8], 0.005).loss)
 
 
 def test_logits_at_one_dim():

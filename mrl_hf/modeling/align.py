@@ -111,6 +111,11 @@ class MRLAlignConfig(MatryoshkaConfigMixin, PretrainedConfig):
             raise ValueError(f"temperature_init_value={self.temperature_init_value} must be > 0 (e.g. 0.07).")
         if not self.max_logit_scale > 0:
             raise ValueError(f"max_logit_scale={self.max_logit_scale} must be > 0 (CLIP uses 100).")
+        if 1.0 / self.temperature_init_value > self.max_logit_scale * (1 + 1e-6):  # the cap would replace it
+            floor = 1.0 / self.max_logit_scale
+            raise ValueError(f"temperature_init_value={self.temperature_init_value} is below 1 / max_logit_scale = "
+                             f"{floor:g}, so the cap would train with {floor:g} instead; raise max_logit_scale or the "
+                             "temperature.")
         for name in ("text_config", "vision_config"):
             if not isinstance(getattr(self, name), PretrainedConfig):
                 raise TypeError(f"{name} must be a transformers config (or a dict with its model_type), got "
