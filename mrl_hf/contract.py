@@ -138,8 +138,8 @@ class _Files:
         return Path(path).read_text(encoding="utf8")
 
 
-def _looks_like_path(text: str) -> bool:
-    return os.path.isabs(text) or text.startswith((".", "~")) or text.count("/") != 1 or "\\" in text
+def _looks_like_path(text: str) -> bool:  # Hub ids are "name" or "owner/name"
+    return os.path.isabs(text) or text.startswith((".", "~")) or text.count("/") > 1 or "\\" in text
 
 
 def inspect_checkpoint(source: str | os.PathLike, revision: str | None = None, token=None) -> CheckpointReport:
@@ -266,10 +266,15 @@ def _precisions(config: dict, dims, problems: list[Problem]) -> dict[str, list[i
 def _default_dim(config: dict, st_config, dims, problems: list[Problem]) -> int | None:
     own = config.get("truncate_dim")
     st = st_config.get("truncate_dim") if st_config else None
-    if own is not None and st is not None and own != st:
+    full = dims[-1] if dims else None  # null or missing means the full size to either tool
+    # compared where config.json states a default (the contract writes the key, null included; a plain
+    # sentence-transformers folder leaves it out and is read by sentence-transformers alone)
+    if st_config is not None and "truncate_dim" in config and \
+            (own if own is not None else full) != (st if st is not None else full):
+        said = lambda value: "null (the full size)" if value is None else value  # noqa: E731
         problems.append(Problem(
-            f"the default size differs by tool: config.json says truncate_dim={own}, "
-            f"config_sentence_transformers.json says {st}.",
+            f"the default size differs by tool: config.json says truncate_dim={said(own)}, "
+            f"config_sentence_transformers.json says {said(st)}.",
             "write the same truncate_dim into both files."))
     default = st if st is not None else own
     for name, value in (("config.json", own), ("config_sentence_transformers.json", st)):

@@ -27,7 +27,7 @@ from transformers import BertConfig, BertModel
 
 from .contract import contract_keys, sentence_transformers_keys
 from .modeling.bert import MRLBertModel
-from .modeling.text_common import default_max_length
+from .modeling.text_common import default_max_length, right_padding
 from .saving import owned_files
 
 ADAPTOR_MODULE_FILE = "mrl_adaptor.py"
@@ -108,7 +108,7 @@ def export_sentence_transformers(model: MRLBertModel, path: str, tokenizer=None,
         missing, unexpected = plain.load_state_dict(model.bert.state_dict(), strict=False)
         assert not unexpected and all(k.startswith("pooler.") for k in missing), (missing, unexpected)
         plain.save_pretrained(bert_dir)
-        tokenizer.save_pretrained(bert_dir)
+        right_padding(tokenizer).save_pretrained(bert_dir)
 
         modules = [Transformer(bert_dir, max_seq_length=max_seq_length),
                    Pooling(config.hidden_size, pooling_mode=config.pooling)]

@@ -112,6 +112,12 @@ DENSE = {"idx": 3, "name": "3", "path": "3_Dense", "type": "sentence_transformer
       "config_sentence_transformers.json": {"truncate_dim": 100}}, "truncate_dim=100", "one of [64, 768]"),
     ({"config.json": {**BERT, "matryoshka_dimensions": [64, 768], "truncate_dim": 64}, "modules.json": ST_STACK,
       "config_sentence_transformers.json": {"truncate_dim": 768}}, "differs by tool", "same truncate_dim"),
+    # null means the full size to both tools: 64 against null differs (it was only compared when both were set)
+    ({"config.json": {**BERT, "matryoshka_dimensions": [64, 768], "truncate_dim": None}, "modules.json": ST_STACK,
+      "config_sentence_transformers.json": {"truncate_dim": 64}}, "truncate_dim=null (the full size)",
+     "same truncate_dim"),
+    ({"config.json": {**BERT, "matryoshka_dimensions": [64, 768], "truncate_dim": 64}, "modules.json": ST_STACK,
+      "config_sentence_transformers.json": {}}, "says null (the full size)", "same truncate_dim"),
     ({"config.json": {**BERT, "matryoshka_dimensions": [64, 768]}, "modules.json": ST_STACK + [NORMALIZE]},
      "not unit length (sizes [64])", "remove the last Normalize"),
     ({"config.json": {**BERT, "matryoshka_dimensions": [64, 768]}, "modules.json": ST_STACK + [NORMALIZE, DENSE]},
@@ -124,6 +130,13 @@ def test_inspect_names_each_problem_with_its_fix(tmp_path, files, message, fix):
     report = inspect_checkpoint(_write(tmp_path, files))
     assert not report.ok and len(report.problems) == 1, str(report)
     assert message in report.problems[0].message and fix in report.problems[0].fix, str(report)
+
+
+def test_single_name_hub_ids_are_not_taken_for_paths():
+    from mrl_hf.contract import _looks_like_path
+
+    assert not _looks_like_path("bert-base-uncased") and not _looks_like_path("BAAI/bge-small-en-v1.5")
+    assert _looks_like_path("outputs/run/model") and _looks_like_path("./model") and _looks_like_path("/abs/model")
 
 
 def test_inspect_reads_jina_and_vllm_style_configs(tmp_path):

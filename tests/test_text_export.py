@@ -119,3 +119,18 @@ def test_a_sentence_transformers_folder_loads_with_its_pooling_or_is_refused(tmp
                 MRLModelForTextEmbedding.from_pretrained(tmp_path / "other")
         else:
             assert MRLModelForTextEmbedding.from_pretrained(tmp_path / "other").config.pooling == mode
+
+
+def test_a_left_padding_tokenizer_is_saved_padding_on_the_right(tmp_path):
+    """encode pads on the right; sentence-transformers pads as the saved tokenizer says, and BERT counts left padding
+    as positions (0.26 apart). The saved folder and the export pad on the right; the model's tokenizer is left as
+    it was."""
+    model = MRLBertModel.from_pretrained(MINILM).eval()
+    model.tokenizer.padding_side = "left"
+    model.save_pretrained(tmp_path / "saved")
+    export_sentence_transformers(model, tmp_path / "st")
+    assert model.tokenizer.padding_side == "left"
+    ours = model.encode(TEXTS, normalize=True)
+    for folder in ("saved", "st"):
+        st = SentenceTransformer(str(tmp_path / folder), device="cpu")
+        np.testing.assert_allclose(st.encode(TEXTS, normalize_embeddings=True), ours, atol=1e-5)

@@ -150,4 +150,21 @@ def write_remote_code(model_class: type, folder: str | os.PathLike) -> dict[str,
     config["auto_map"] = auto_map
     # written in place: callers write into a staging folder that is committed as a whole (mrl_hf.saving)
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf8")
+    _map_processor(model_class, folder)
     return auto_map
+
+
+def _map_processor(model_class: type, folder: Path) -> None:
+    """A model with an mrl_hf processor (ALIGN's: tokenizer + image processor) gets ``auto_map`` in its
+    ``processor_config.json`` too, so that ``AutoProcessor.from_pretrained(..., trust_remote_code=True)`` builds it
+    where mrl_hf is not installed (else it falls back to a bare tokenizer)."""
+    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING
+
+    processor = PROCESSOR_MAPPING._extra_content.get(model_class.config_class)
+    path = folder / "processor_config.json"
+    if processor is None or not processor.__module__.startswith(PACKAGE + ".") or not path.is_file():
+        return
+    settings = json.loads(path.read_text(encoding="utf8"))
+    settings["auto_map"] = {"AutoProcessor": f"{flat_name(processor.__module__)}.{processor.__name__}"}
+    settings.setdefault("processor_class", processor.__name__)
+    path.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n", encoding="utf8")

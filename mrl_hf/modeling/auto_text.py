@@ -50,6 +50,7 @@ from .text_common import (
     pair_contrastive_loss,
     pool,
     sentence_transformers_files,
+    right_padding,
     sentence_transformers_pooling,
     try_load_tokenizer,
 )
@@ -217,7 +218,7 @@ class MRLTextEmbeddingPreTrainedModel(WrappedModelMixin, PreTrainedModel):
         tokenizer = getattr(self, "tokenizer", None)
         if tokenizer is None:
             return
-        tokenizer.save_pretrained(save_directory)
+        right_padding(tokenizer).save_pretrained(save_directory)
         files = sentence_transformers_files(self.config, default_max_length(tokenizer, self.config))
         for name, content in files.items():
             with open(os.path.join(save_directory, name), "w", encoding="utf8") as handle:

@@ -49,6 +49,7 @@ from .text_common import (
     pair_contrastive_loss,
     pool,
     sentence_transformers_files,
+    right_padding,
     sentence_transformers_pooling,
     try_load_tokenizer,
 )
@@ -155,7 +156,7 @@ class MRLBertPreTrainedModel(MatryoshkaPreTrainedMixin, BertPreTrainedModel):
     def _save_extra_files(self, save_directory):
         """``save_pretrained`` (atomic, see ``mrl_hf.saving``) also saves ``model.tokenizer`` when there is one."""
         if getattr(self, "tokenizer", None) is not None:
-            self.tokenizer.save_pretrained(save_directory)
+            right_padding(self.tokenizer).save_pretrained(save_directory)
 
 
 class MRLBertModel(MRLBertPreTrainedModel):

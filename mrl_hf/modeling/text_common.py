@@ -98,6 +98,18 @@ _POSITIONS_AFTER_PADDING = frozenset({"roberta", "xlm-roberta", "xlm-roberta-xl"
                                       "markuplm"})
 
 
+def right_padding(tokenizer):
+    """The tokenizer to save with a text model: padding on the right, as ``encode`` pads. sentence-transformers pads
+    as the saved tokenizer says, and backbones with absolute positions (BERT) count left padding as positions."""
+    if getattr(tokenizer, "padding_side", "right") == "right":
+        return tokenizer
+    import copy
+
+    saved = copy.deepcopy(tokenizer)
+    saved.padding_side = "right"
+    return saved
+
+
 def default_max_length(tokenizer, config) -> int:
     """The tokenizer's ``model_max_length``, capped at the tokens the backbone's ``max_position_embeddings`` can
     place (when it has them; RoBERTa-style families lose ``pad_token_id + 1`` of them)."""
