@@ -357,3 +357,47 @@ def test_indexes_saved_before_per_plan_graphs_still_load(data, tmp_path):
     assert set(loaded._codes) == {(64, "binary", "hnsw", None, 32, False), (64, "int8", "ivf", 16, None, False)}
     for plan, ids in zip(plans, before):
         np.testing.assert_array_equal(loaded.search_plan(queries, 10, plan).ids, ids)
+
+
+def test_plans_take_numpy_ints_and_save_them(tmp_path):
+    """Sizes and knobs that come out of numpy arrays (np.int64) reached FAISS's SWIG setters and json unconverted."""
+    rng = np.random.default_rng(0)
+    db, q = rng.standard_normal((300, 32)).astype(np.float32), rng.standard_normal((4, 32)).astype(np.float32)
+    index = MatryoshkaIndex(db)
+    plan = SearchPlan(np.int64(16), "int8", "hnsw", np.int64(50), ef_search=np.int64(80), hnsw_m=np.int64(16))
+    assert type(plan.dim) is int and type(plan.ef_search) is int and type(plan.hnsw_m) is int
+    index.plan = plan
+    assert index.search_plan(q, 5).ids.shape == (4, 5)
+    index.save(tmp_path / "ix")  # the plan goes into json
+    assert MatryoshkaIndex.load(tmp_path / "ix").plan == plan
+    ivf = SearchPlan(16, "int8", "ivf", 50, nprobe=np.int64(4))
+    assert index.search_plan(q, 5, ivf).ids.shape == (4, 5)
+    graph = MatryoshkaIndex(db, index_type="hnsw")
+    graph.ef_search = np.int64(8)  # set on the index after it was built
+    assert graph.search(q, 5, dim=32).ids.shape == (4, 5)
+
+
+def test_int8_codes_are_recalibrated_after_add():
+    """int8 levels come from the rows they were built on: rows added later outside those ranges were clipped (recall
+    at the full dim fell to 0.47). add() drops them, and the next search builds them on every row."""
+    rng = np.random.default_rng(0)
+    small, big = 0.1 * rng.standard_normal((200, 32)), rng.standard_normal((2000, 32))
+    queries = rng.standard_normal((20, 32)).astype(np.float32)
+    plan = SearchPlan(32, "int8", "flat", 20)
+    grown = MatryoshkaIndex(small.astype(np.float32), metric="ip")
+    grown.search_plan(queries, 10, plan)  # codes built on the small rows
+    grown.add(big.astype(np.float32))
+    whole = MatryoshkaIndex(np.concatenate([small, big]).astype(np.float32), metric="ip")
+    exact = whole.search(queries, 10, exact=True)
+    assert top_k_overlap(grown.search_plan(queries, 10, plan).ids, exact.ids, 10) == \
+        top_k_overlap(whole.search_plan(queries, 10, plan).ids, exact.ids, 10) > 0.95
+
+
+def test_fast_scan_codes_on_a_tiny_index_are_refused_and_the_tuner_skips_them():
+    rng = np.random.default_rng(0)
+    db = rng.standard_normal((12, 64)).astype(np.float32)
+    index = MatryoshkaIndex(db)
+    with pytest.raises(ValueError, match=r"holds 12 vectors \(fewer than 16\); use precision='binary' or 'int8'"):
+        index.search_plan(db[:2], 1, SearchPlan(16, "binary-asymmetric", "flat", 5))
+    result = index.tune(db[:4], target_recall=0.9, top_k=3, structures=("flat",), candidates=[12])
+    assert result.chosen.plan.precision not in ("pq4", "binary-asymmetric")

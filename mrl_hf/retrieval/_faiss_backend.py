@@ -82,6 +82,7 @@ class FaissLevel:
 
     def search(self, queries: np.ndarray, k: int, nprobe: int = 16, ef_search: int = 64):
         f = self.faiss
+        k, nprobe, ef_search = int(k), int(nprobe), int(ef_search)  # FAISS's SWIG setters take no np.int64
         if self.index_type == "hnsw":
             f.cvar.hnsw_stats.reset()
             scores, ids = self.index.search(queries, k, params=f.SearchParametersHNSW(efSearch=max(ef_search, k)))

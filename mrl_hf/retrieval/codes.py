@@ -50,6 +50,7 @@ PRECISIONS = ("float32", "float16", "int8", "int4", "pq4", "binary", "binary-asy
 BYTES_PER_DIM = {"float32": 4, "float16": 2, "int8": 1, "int4": 0.5, "pq4": 0.25, "binary": 0.125,
                  "binary-asymmetric": 0.125}
 FAST_SCAN = ("pq4", "binary-asymmetric")  # FAISS fast-scan codes: flat or IVF, no graph, no AdANNS
+FAST_SCAN_MIN_ROWS = 16  # FAISS trains their 16-centroid sub-quantizers on at least that many vectors
 STRUCTURES = ("flat", "hnsw", "ivf")
 _SQ_NAME = {"float32": "Flat", "float16": "SQfp16", "int8": "SQ8", "int4": "SQ4"}
 _TRAIN_ROWS = 65536  # rows sampled to calibrate int8 ranges / train IVF centroids
@@ -108,6 +109,10 @@ class CodeLevel:
             if self.nlist > n:
                 raise ValueError(f"nlist={self.nlist} inverted lists need at least that many vectors, but the index "
                                  f"holds {n}; lower nlist or use structure='flat'.")
+        if self.precision in FAST_SCAN and n < FAST_SCAN_MIN_ROWS:
+            raise ValueError(f"precision={self.precision!r} codes train 16-centroid codebooks on the index, which "
+                             f"holds {n} vectors (fewer than {FAST_SCAN_MIN_ROWS}); use precision='binary' or 'int8', or "
+                             "add more vectors first.")
         rows = np.arange(n) if n <= _TRAIN_ROWS else np.sort(
             np.random.default_rng(0).choice(n, _TRAIN_ROWS, replace=False))
         if self.cluster_dim is not None:

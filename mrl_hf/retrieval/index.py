@@ -216,7 +216,9 @@ class MatryoshkaIndex:
 
     # -- building -----------------------------------------------------------------------------------
     def add(self, embeddings) -> "MatryoshkaIndex":
-        """Append ``(n, dim)`` embeddings; their ids continue from ``ntotal``. Built structures are updated."""
+        """Append ``(n, dim)`` embeddings; their ids continue from ``ntotal``. Built structures are updated; int8 and
+        int4 plan codes are built again on their next use, calibrated on every row (their levels come from the rows
+        they were built on, and new rows outside those ranges would be clipped)."""
         x = as_float32_matrix(embeddings, "embeddings")
         if x.shape[1] != self.dim:
             raise ValueError(f"embeddings have {x.shape[1]} dims but the index holds {self.dim}-dim vectors; "
@@ -228,8 +230,11 @@ class MatryoshkaIndex:
             self._fill(level, x, level.dim)
         for d in self._norms:
             self._norms[d] = np.concatenate([self._norms[d], prefix_norms(x, d)])
-        for level in self._codes.values():
-            level.add(x)  # int8 ranges stay those calibrated at build time
+        for key, level in list(self._codes.items()):
+            if level.precision in ("int8", "int4"):
+                del self._codes[key]  # recalibrated on next use: stale ranges lost up to half the recall@10
+            else:
+                level.add(x)
         return self
 
     def build(self, dims=None) -> "MatryoshkaIndex":

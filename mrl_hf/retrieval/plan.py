@@ -68,8 +68,9 @@ class SearchPlan:
     spill: bool = False
 
     def __post_init__(self):
-        as_int(self.dim, "SearchPlan.dim", minimum=1)
-        as_int(self.candidates, "SearchPlan.candidates", minimum=1)
+        # numpy ints are kept as Python ints: FAISS and json take no np.int64
+        object.__setattr__(self, "dim", as_int(self.dim, "SearchPlan.dim", minimum=1))
+        object.__setattr__(self, "candidates", as_int(self.candidates, "SearchPlan.candidates", minimum=1))
         if self.precision not in PRECISIONS:
             raise ValueError(f"SearchPlan.precision={self.precision!r} is not supported; choose one of {PRECISIONS}.")
         if self.structure not in STRUCTURES:
@@ -91,9 +92,9 @@ class SearchPlan:
                                  f"IVF lists hold scalar or Hamming codes; use cluster_dim=None, or {graph}.")
         for name in ("ef_search", "nprobe", "cluster_dim"):
             if getattr(self, name) is not None:
-                as_int(getattr(self, name), f"SearchPlan.{name}", minimum=1)
+                object.__setattr__(self, name, as_int(getattr(self, name), f"SearchPlan.{name}", minimum=1))
         if self.hnsw_m is not None:
-            as_int(self.hnsw_m, "SearchPlan.hnsw_m", minimum=2)
+            object.__setattr__(self, "hnsw_m", as_int(self.hnsw_m, "SearchPlan.hnsw_m", minimum=2))
             if self.structure != "hnsw":
                 raise ValueError(f"SearchPlan(structure={self.structure!r}, hnsw_m={self.hnsw_m}): hnsw_m sets the "
                                  "links of an HNSW graph, so it needs structure='hnsw'; drop hnsw_m or use "

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from ..evaluation import tie_aware_overlap
 from ..nesting import as_int
-from .codes import BYTES_PER_DIM, PRECISIONS, STRUCTURES
+from .codes import BYTES_PER_DIM, FAST_SCAN, FAST_SCAN_MIN_ROWS, PRECISIONS, STRUCTURES
 from .plan import SearchPlan, check_plan
 
 OBJECTIVES = ("ram", "latency")
@@ -117,7 +117,7 @@ def _valid_plan(index, dim: int, precision: str, structure: str, cluster_dim: in
                    index.metric, 1)
     except ValueError:
         return False
-    return True
+    return precision not in FAST_SCAN or index.ntotal >= FAST_SCAN_MIN_ROWS  # their codebooks need that many rows
 
 
 def _grid(index, dims, precisions, structures, cluster_dims, hnsw_ms, spills) -> list[tuple]:
