@@ -60,7 +60,7 @@ class MRLTrainer(Trainer):
       ``"skip"`` drops the gradient of a batch whose loss is not finite; deciding that before the backward pass
       costs one host synchronisation per micro-batch.
 
-    With ``mrl_hf.data.PairCollator`` (raw text pairs tokenized per batch) the dataset columns must reach the
+    With ``mrl_hf.data.collator.PairCollator`` (raw text pairs tokenized per batch) the dataset columns must reach the
     collator, so ``remove_unused_columns`` is switched off for you.
 
     Fine-tuning that keeps what the model knew (embedding models): ``teacher_weight=w > 0`` adds ``w`` times the

@@ -232,7 +232,7 @@ class MRLModelForTextEmbedding(MRLTextEmbeddingPreTrainedModel):
 
     ``forward(input_ids, attention_mask)`` returns ``MRLTextEmbeddingOutput``. With ``positive_input_ids`` (and
     optionally ``negative_input_ids``) it also returns the nested InfoNCE loss with in-batch negatives (each prefix
-    L2-normalised on its own), so ``MRLTrainer`` fine-tunes it on batches from ``mrl_hf.data.PairCollator``.
+    L2-normalised on its own), so ``MRLTrainer`` fine-tunes it on batches from ``mrl_hf.data.collator.PairCollator``.
     ``encode(texts)`` works like sentence-transformers' ``encode``.
 
     Build one from a plain checkpoint with ``from_pretrained(path, nesting_list=[...], pooling=...)``, from a model

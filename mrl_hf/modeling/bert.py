@@ -165,7 +165,7 @@ class MRLBertModel(MRLBertPreTrainedModel):
     ``forward(input_ids, attention_mask)`` returns ``MRLBertEmbeddingOutput``. With ``positive_input_ids``
     (and optionally ``negative_input_ids``) it also returns the nested InfoNCE loss with in-batch negatives
     (each prefix L2-normalised on its own), so ``MRLTrainer`` fine-tunes on (anchor, positive[, negative])
-    batches from ``mrl_hf.data.PairCollator``. ``encode(texts)`` works like sentence-transformers' ``encode``.
+    batches from ``mrl_hf.data.collator.PairCollator``. ``encode(texts)`` works like sentence-transformers' ``encode``.
     """
 
     def __init__(self, config: MRLBertConfig):
