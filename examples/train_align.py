@@ -94,12 +94,18 @@ def build_model(args, nesting_list) -> MRLAlignModel:
         text = args.text_model
     model = MRLAlignModel.from_text_vision_pretrained(
         text, vision, projection_dim=args.projection_dim, nesting_list=nesting_list, text_pooling="mean")
-    image_size = model.config.vision_config.image_size if hasattr(model.config.vision_config, "image_size") else 28
+    size, channels = image_shape(model.config.vision_config)
     model.processor = MRLAlignProcessor(
-        ViTImageProcessor(size={"height": image_size, "width": image_size}, image_mean=[FASHION_MNIST_MEAN],
-                          image_std=[FASHION_MNIST_STD], do_convert_rgb=False),
+        ViTImageProcessor(size={"height": size or 28, "width": size or 28}, image_mean=[FASHION_MNIST_MEAN] * channels,
+                          image_std=[FASHION_MNIST_STD] * channels, do_convert_rgb=False),
         AutoTokenizer.from_pretrained(args.text_model))
     return model
+
+
+def image_shape(vision_config) -> tuple[int | None, int]:
+    """(side, channels) the vision tower takes: a ViT its ``image_size`` (a ResNet any size: None, the images' own
+    28) and every tower its ``num_channels``; the grey Fashion-MNIST images are resized and repeated to fit."""
+    return getattr(vision_config, "image_size", None), getattr(vision_config, "num_channels", 1)
 
 
 def train(model, dataset, args, output_dir: str):
@@ -147,11 +153,14 @@ def run(args) -> dict[str, dict[int, dict[str, float]]]:
     nesting_list = halving_nesting_list(args.projection_dim, min_dim=args.min_dim)
     train_x, train_y = load_fashion_mnist("train", limit=args.train_size)
     test_x, test_y = load_fashion_mnist("test", limit=args.test_size)
-    train_set = CaptionedImages(to_pixel_values(train_x), templated_captions(train_y, seed=args.seed))
-    test_pixels, test_captions = to_pixel_values(test_x), templated_captions(test_y, seed=args.seed + 1)
+    train_captions, test_captions = templated_captions(train_y, seed=args.seed), templated_captions(test_y,
+                                                                                                 seed=args.seed + 1)
     results = {}
     for name, nesting in (("MRL", nesting_list), ("non-MRL", [args.projection_dim])):
         model = build_model(args, nesting)
+        size, channels = image_shape(model.config.vision_config)  # --vision-model: the checkpoint's own shape
+        train_set = CaptionedImages(to_pixel_values(train_x, size, channels), train_captions)
+        test_pixels = to_pixel_values(test_x, size, channels)
         with tempfile.TemporaryDirectory() as tmp:
             trainer = train(model, train_set, args, tmp)
         results[name] = evaluate(model, test_pixels, test_y, test_captions, nesting_list)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -23,8 +24,9 @@ class MatryoshkaHead(nn.Module):
     def __init__(self, nesting_list: Sequence[int], num_classes: int, efficient: bool = False, bias: bool = True):
         super().__init__()
         self.nesting_list = validate_nesting_list(nesting_list)
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
             raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}.")
+        num_classes = int(num_classes)  # numpy ints too (e.g. labels.max() + 1)
         self.in_features = self.nesting_list[-1]
         self.efficient = bool(efficient)
         if self.efficient:

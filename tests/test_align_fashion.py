@@ -38,3 +38,22 @@ def test_mrl_beats_sliced_non_mrl_at_small_dims():
         assert mrl[m]["zero-shot"] > base[m]["zero-shot"] + 5, (m, mrl[m], base[m])
         assert mrl[m]["i2t_hit@1"] > base[m]["i2t_hit@1"] + 5, (m, mrl[m], base[m])
     assert mrl[32]["zero-shot"] > 40  # it learned something: chance is 10%
+
+
+def test_a_vision_checkpoint_of_another_shape_gets_images_of_its_shape(tmp_path):
+    """--vision-model takes any ViTModel: a 3-channel, 16-pixel tower gets the grey 28-pixel images resized and
+    repeated to its shape (they were always 1 x 28 x 28, which such a tower refuses)."""
+    from transformers import ViTConfig, ViTModel
+
+    example = load_example()
+    try:
+        images, labels = example.load_fashion_mnist("test", limit=16)
+    except FileNotFoundError:
+        pytest.skip("Fashion-MNIST not installed (apt-get install -y dataset-fashion-mnist)")
+    ViTModel(ViTConfig(image_size=16, patch_size=8, num_channels=3, hidden_size=16, num_hidden_layers=1,
+                       num_attention_heads=2, intermediate_size=32)).save_pretrained(tmp_path / "vit")
+    args = example.parse_args(["--text-from-scratch", "--vision-model", str(tmp_path / "vit"), "--train-size", "16",
+                               "--test-size", "8", "--epochs", "1", "--batch-size", "8", "--projection-dim", "16",
+                               "--output-dir", ""])
+    results = example.run(args)
+    assert set(results) == {"MRL", "non-MRL"} and set(results["MRL"]) == {2, 4, 8, 16}

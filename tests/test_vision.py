@@ -140,3 +140,29 @@ def test_bad_input_raises_clear_errors(kind):
         MRLResNetConfig(**RESNET, truncate_dim=0)
     with pytest.raises(ValueError, match="ends with 16, but the embedding dim is 32"):
         MRLResNetConfig(**RESNET, nesting_list=[8, 16], embedding_dim=32)
+
+
+def test_from_backbone_takes_settings_the_backbone_also_has():
+    """An mrl_hf model as the backbone (its config carries nesting_list, efficient) or a plain field given again
+    (hidden_dropout_prob) used to raise 'multiple values for keyword argument'; the given value wins."""
+    from transformers import ViTConfig, ViTModel
+
+    source = MRLResNetForImageClassification(MRLResNetConfig(**RESNET, num_labels=5, nesting_list=[4, 8, 16, 32]))
+    model = MRLResNetForImageClassification.from_backbone(source, num_labels=3, nesting_list=[8, 16, 32],
+                                                          efficient=True)
+    assert model.config.nesting_list == [8, 16, 32] and model.config.efficient and model.config.num_labels == 3
+    vit = MRLViTForImageClassification.from_backbone(ViTModel(ViTConfig(**VIT)), num_labels=4,
+                                                     hidden_dropout_prob=0.1)
+    assert vit.config.hidden_dropout_prob == 0.1 and vit.config.num_labels == 4
+
+
+def test_labels_must_be_class_ids_and_head_sizes_may_be_numpy_ints():
+    from mrl_hf.heads import MatryoshkaHead
+
+    with pytest.raises(ValueError, match=r"labels must be integer class ids, got dtype float64 \(e.g. 0.2\)"):
+        ImageClassificationDataset(torch.zeros(3, 1, 4, 4), np.array([0.2, 1.9, 2.0]))  # were truncated to 0, 1, 2
+    with pytest.raises(ValueError, match="map class names"):
+        ImageClassificationDataset(torch.zeros(2, 1, 4, 4), ["cat", "dog"])
+    assert ImageClassificationDataset(torch.zeros(2, 1, 4, 4), np.array([1.0, 2.0])).labels.tolist() == [1, 2]
+    head = MatryoshkaHead([4, 8], np.array([0, 3, 9]).max() + 1)  # a numpy int, e.g. labels.max() + 1
+    assert type(head.num_classes) is int and head.num_classes == 10

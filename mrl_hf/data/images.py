@@ -80,7 +80,13 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
     """``{"pixel_values", "labels"}`` items from tensors, the format ``transformers.Trainer`` feeds the models."""
 
     def __init__(self, pixel_values: torch.Tensor, labels):
-        labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+        values = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels)
+        if values.dtype == bool or not (np.issubdtype(values.dtype, np.integer) or (
+                np.issubdtype(values.dtype, np.floating) and np.array_equal(values, np.round(values)))):
+            raise ValueError(f"labels must be integer class ids, got dtype {values.dtype}"
+                             + (f" (e.g. {values.flat[0].item()!r})" if values.size else "")
+                             + "; map class names or fractional values to ids 0..num_labels-1 first.")
+        labels = torch.as_tensor(values.astype(np.int64))
         if len(pixel_values) != len(labels):
             raise ValueError(f"{len(pixel_values)} images but {len(labels)} labels; give one label per image.")
         self.pixel_values, self.labels = pixel_values, labels

@@ -26,7 +26,7 @@ from transformers.models.resnet.modeling_resnet import ResNetPreTrainedModel
 from transformers.models.vit.modeling_vit import ViTPreTrainedModel
 from transformers.utils import ModelOutput
 
-from ..config import MatryoshkaConfigMixin
+from ..config import MATRYOSHKA_KEYS, MatryoshkaConfigMixin
 from ..embeddings import truncate_embeddings
 from ..heads import MatryoshkaHead
 from ..losses import MatryoshkaCrossEntropyLoss
@@ -252,9 +252,12 @@ class _MRLImageClassifier(MatryoshkaPreTrainedMixin):
         if not isinstance(base, cls._backbone_class):
             raise TypeError(f"{cls.__name__}.from_backbone needs a {cls._backbone_class.__name__} checkpoint, "
                             f"got {type(base).__name__}.")
-        plain = {k: v for k, v in base.config.to_dict().items()
-                 if k not in ("model_type", "architectures", "transformers_version", "id2label", "label2id")}
-        config = cls.config_class(**plain, num_labels=num_labels, **mrl_kwargs)
+        # the backbone's own fields; an mrl_hf backbone's Matryoshka settings are not carried over (they are the new
+        # model's to choose), and mrl_kwargs may override any field (given twice, they used to raise a TypeError)
+        dropped = {"model_type", "architectures", "transformers_version", "id2label", "label2id", "num_labels",
+                   "embedding_dim", *MATRYOSHKA_KEYS}
+        plain = {k: v for k, v in base.config.to_dict().items() if k not in dropped}
+        config = cls.config_class(**{**plain, **mrl_kwargs, "num_labels": num_labels})
         model = cls(config)
         missing, unexpected = model.backbone.load_state_dict(base.state_dict(), strict=False)
         missing, unexpected = ([k for k in keys if not k.startswith("pooler.")] for keys in (missing, unexpected))
