@@ -33,12 +33,13 @@ def main(argv=None):
     rows = []
     for dtype in ("float32", "bfloat16"):
         plain = make_step("plain", args.tokens, "cuda", dtype)
-        base_m = peak_cuda_mib(plain)
+        base_m = peak_cuda_mib(make_step("plain", args.tokens, "cuda", dtype))  # fresh steps on both sides: a step
+        # that has run already holds its gradients, which its next peak would leave out
         for mib in BUFFERS_MIB:
             losses._CHUNK_BYTES["accelerator"] = mib * 2**20
             ours = make_step("ours", args.tokens, "cuda", dtype)
             t = time_interleaved({"plain": plain, "ours": ours}, device="cuda")
-            m = peak_cuda_mib(ours)
+            m = peak_cuda_mib(make_step("ours", args.tokens, "cuda", dtype))
             rows.append([dtype, mib, t["plain"] * 1000, t["ours"] * 1000, t["ours"] / t["plain"], m / base_m])
         losses._CHUNK_BYTES["accelerator"] = default
     print(f"# {args.tokens} tokens, Linear(768, 30522) + CE vs MatryoshkaHead MRL-E; {machine('cuda')}")

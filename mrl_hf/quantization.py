@@ -397,8 +397,9 @@ def quantized_retrieval_metrics(query_embeddings, candidate_embeddings, dims: Se
 
     At size ``m`` each side is cut to ``m`` features and L2-normalised, then coded: float32 ranks by cosine, binary
     by Hamming distance of the packed sign bits, int8 by the inner product of dequantised codes with ranges
-    calibrated on ``calibration_embeddings`` (default: the candidates). Ties rank by candidate order (as an exact
-    index returns them), so a short binary code is not credited with a tie. With ``rescore``, labels
+    calibrated on ``calibration_embeddings`` (default: the candidates). A non-relevant candidate with the same
+    score as the best relevant one ranks above it, so a short binary code is not credited with a tie (and the
+    candidates' order does not matter). With ``rescore``, labels
     ``"<precision>+rescore"`` are added: the ``rescore_k`` best by codes are re-ranked by float32 cosine at the full
     size; a relevant candidate outside that shortlist is a miss. With ``asymmetric``, each binary precision adds
     ``"<precision>-asymmetric"``: binary candidate codes scored with the float query (``asymmetric_binary_scores``).
@@ -458,11 +459,10 @@ def _rescored(code_scores: torch.Tensor, float_scores: torch.Tensor, k: int) -> 
 
 
 def _rank_metrics(scores: torch.Tensor, relevance: torch.Tensor, ks: Sequence[int]) -> dict[str, float]:
-    order = torch.sort(scores, dim=1, descending=True, stable=True).indices
-    position = torch.empty_like(order)
-    position.scatter_(1, order, torch.arange(order.shape[1]).expand_as(order))
     hit = relevance & torch.isfinite(scores)  # a relevant candidate cut from a re-scored shortlist is a miss
-    rank = position.masked_fill(~hit, order.shape[1] + 1).min(1).values.double()  # 0-based rank of the best
+    best = scores.masked_fill(~hit, -torch.inf).max(1, keepdim=True).values  # the best relevant candidate's score
+    # 0-based rank of the best relevant candidate, a tie counted against it (whatever the candidates' order)
+    rank = ((scores > best) | ((scores == best) & ~relevance)).sum(1).double()
     found = hit.any(1)
     row = {f"hit@{k}": float(((rank < k) & found).double().mean()) for k in ks}
     row["mrr"] = float(torch.where(found, 1.0 / (rank + 1), 0.0).mean())

@@ -338,10 +338,10 @@ def test_quantized_retrieval_metrics(tmp_path):
     for m in (8, 32):
         for metric, value in float_ref[m].items():
             assert res["float32"][m][metric] == pytest.approx(value)
-    # binary by brute force: rank = answers with fewer differing bits, plus equal ones earlier in the corpus
+    # binary by brute force: rank = the other answers with at most as many differing bits (ties count against)
     bits_q, bits_a = questions[:, :8] > 0, answers[:, :8] > 0
     ham = (bits_q[:, None, :] != bits_a[None, :, :]).sum(-1)
-    ranks = [(ham[i] < ham[i, i]).sum() + (ham[i, :i] == ham[i, i]).sum() for i in range(40)]
+    ranks = [(ham[i] <= ham[i, i]).sum() - 1 for i in range(40)]
     assert res["binary"][8]["hit@10"] == pytest.approx(np.mean(np.array(ranks) < 10))
     assert res["binary"][8]["mrr"] == pytest.approx(np.mean(1.0 / (np.array(ranks) + 1)))
     # re-scoring at the full size can only be as good as float32 at the full size
@@ -361,7 +361,15 @@ def test_quantized_retrieval_metrics(tmp_path):
 def test_identical_codes_are_not_credited_as_hits():
     same = np.ones((5, 8), dtype=np.float32)
     res = quantized_retrieval_metrics(same[:3], same, [8], ["binary"], ks=(1,))
-    assert res["binary"][8]["hit@1"] == pytest.approx(1 / 3)  # only query 0, whose answer comes first
+    # every candidate ties: none is credited, whatever the order (query 0, whose answer came first, used to be)
+    assert res["binary"][8]["hit@1"] == 0.0 and res["binary"][8]["mrr"] == pytest.approx(1 / 5)
+    rng = np.random.default_rng(0)  # and the order of the candidates changes nothing
+    q, c = rng.normal(size=(20, 16)).astype(np.float32), rng.normal(size=(30, 16)).astype(np.float32)
+    relevant = rng.integers(0, 30, 20)
+    flip = np.arange(30)[::-1]
+    forward = quantized_retrieval_metrics(q, c, [8, 16], ["binary"], relevant=relevant.tolist())
+    backward = quantized_retrieval_metrics(q, c[flip], [8, 16], ["binary"], relevant=flip.argsort()[relevant].tolist())
+    assert forward == backward
 
 
 # ---- metadata: config, save / load, contract, model card ---------------------------------------------------------
