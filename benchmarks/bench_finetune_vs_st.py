@@ -17,6 +17,11 @@ queries and seeds on both sides), which says whether a difference is larger than
     python benchmarks/bench_finetune_vs_st.py --embed-duplicates-once --mean-centering  # repeated texts embedded once
     python benchmarks/bench_finetune_vs_st.py --teacher-weights 0,10 --rotation-lr 1e-2  # + an output rotation
     python benchmarks/bench_finetune_vs_st.py --teacher-weights 10 --rotation-lr 1e-2 --freeze-bottom 1  # + frozen
+    python benchmarks/bench_finetune_vs_st.py --teacher-weights "" --st-symmetric  # the peer alone, both directions
+
+sentence-transformers' ``MultipleNegativesRankingLoss`` ranks the positives for each anchor only, as it ships;
+mrl_hf's nested InfoNCE is symmetric (it also ranks the anchors for each positive). ``--st-symmetric`` gives the peer
+the same objective (``directions=("query_to_doc", "doc_to_query"), partition_mode="per_direction"``).
 """
 from __future__ import annotations
 
@@ -42,7 +47,7 @@ EPOCHS, BATCH, LR, WARMUP, MAX_LENGTH = 1.0, 32, 5e-5, 0.1, 32
 EVAL_LENGTH = 256  # all-MiniLM-L6-v2's own max_seq_length: evaluation reads whole plots, not the training's 32 tokens
 
 
-def st_finetune(path, train, seed, output_dir):
+def st_finetune(path, train, seed, output_dir, symmetric=False):
     from datasets import Dataset
     from sentence_transformers import (SentenceTransformer, SentenceTransformerTrainer,
                                        SentenceTransformerTrainingArguments)
@@ -51,7 +56,11 @@ def st_finetune(path, train, seed, output_dir):
     torch.manual_seed(seed)
     model = SentenceTransformer(path, device="cpu")
     model.max_seq_length = MAX_LENGTH
-    loss = MatryoshkaLoss(model, MultipleNegativesRankingLoss(model, scale=20.0), matryoshka_dims=NESTING[::-1])
+    # as shipped, MultipleNegativesRankingLoss ranks positives for each anchor only; mrl_hf's nested InfoNCE also
+    # ranks anchors for each positive (symmetric). symmetric=True gives the peer that objective too.
+    directions = dict(directions=("query_to_doc", "doc_to_query"), partition_mode="per_direction") if symmetric else {}
+    loss = MatryoshkaLoss(model, MultipleNegativesRankingLoss(model, scale=20.0, **directions),
+                          matryoshka_dims=NESTING[::-1])
     args = SentenceTransformerTrainingArguments(
         output_dir=output_dir, num_train_epochs=EPOCHS, per_device_train_batch_size=BATCH, learning_rate=LR,
         warmup_steps=WARMUP, seed=seed, logging_steps=10, save_strategy="no", report_to=[], disable_tqdm=True,
@@ -137,10 +146,13 @@ def main(argv=None):
     parser.add_argument("--freeze-bottom", type=int, metavar="BLOCKS", help="mrl_hf runs keep the embedding layer "
                         "and the first BLOCKS transformer blocks frozen (mrl_hf.freeze_bottom; 0: the embedding "
                         "layer only)")
+    parser.add_argument("--st-symmetric", action="store_true", help="run sentence-transformers' loss in both "
+                        "directions (anchor->positive and positive->anchor), as mrl_hf's nested InfoNCE is; by "
+                        "default it runs as shipped, anchor->positive only")
     parser.add_argument("--json", help="also write every number here")
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
-    weights = [float(w) for w in args.teacher_weights.split(",")]
+    weights = [float(w) for w in args.teacher_weights.split(",") if w.strip()]  # "" runs the peer alone
     torch.set_num_threads(os.cpu_count() or 1)
 
     path = packaged_minilm()
@@ -160,7 +172,7 @@ def main(argv=None):
     if args.mean_centering:
         results["original + mean_centering"] = [score(original, sets, training_mean(original))[0]]
     seconds = {}
-    methods = [("sentence-transformers MatryoshkaLoss", None)] + [
+    methods = [("sentence-transformers MatryoshkaLoss" + (" (symmetric)" if args.st_symmetric else ""), None)] + [
         (f"mrl_hf MRLTrainer, teacher_weight={w:g}" + (" (all sizes)" if w and args.teacher_sizes == "all" else "")
          + (", embed_duplicates_once" if args.embed_duplicates_once else "")
          + (f", rotation lr {args.rotation_lr:g}" if args.rotation_lr else "")
@@ -169,7 +181,7 @@ def main(argv=None):
     for seed in seeds:
         for name, weight in methods:
             with tempfile.TemporaryDirectory() as tmp:
-                model, took = (st_finetune(path, train, seed, tmp) if weight is None
+                model, took = (st_finetune(path, train, seed, tmp, args.st_symmetric) if weight is None
                                else mrl_finetune(path, train, seed, tmp, weight, args.teacher_sizes,
                                                  args.embed_duplicates_once, args.rotation_lr, args.freeze_bottom))
             scored, per_query = score(model, sets)
