@@ -228,7 +228,7 @@ def add_quantized_terms(per_dim: torch.Tensor, nesting_list: Sequence[int], prec
 
 # ---- codes (sentence-transformers' conventions) -----------------------------------------------------------------
 
-def _float_array(x) -> np.ndarray:
+def _as_numpy(x) -> np.ndarray:
     """``x`` (a numpy array, a list or a torch tensor on any device, in any float dtype) as a numpy array."""
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu()
@@ -239,7 +239,7 @@ def _float_array(x) -> np.ndarray:
 def _code_bytes(codes, name: str) -> np.ndarray:
     """Packed binary codes as their uint8 bytes. Codes held in a wider integer type (a list, JSON, ``.long()``) are
     converted by value, not reinterpreted: a view of an int64 -3 would count its sign-extension bytes as bits."""
-    codes = _float_array(codes)
+    codes = _as_numpy(codes)
     if codes.dtype in (np.uint8, np.int8):
         return np.ascontiguousarray(codes).view(np.uint8)
     _check_integer_codes(codes, -128, 255, f"{name} (packed binary codes: int8 'binary' or uint8 'ubinary' bytes, "
@@ -256,7 +256,7 @@ def _check_integer_codes(codes: np.ndarray, low: int, high: int, what: str) -> N
 
 def quantization_ranges(calibration_embeddings) -> np.ndarray:
     """``(2, dim)``: the min and max of each feature over ``calibration_embeddings``, as sentence-transformers takes."""
-    x = _float_array(calibration_embeddings)
+    x = _as_numpy(calibration_embeddings)
     if x.ndim != 2 or x.shape[0] == 0:
         raise ValueError(f"calibration embeddings must be 2-D with at least one row, got shape {x.shape}.")
     return np.vstack((np.min(x, axis=0), np.max(x, axis=0)))
@@ -269,7 +269,7 @@ def quantize_embeddings(embeddings, precision: str, ranges=None, calibration_emb
     without either, they come from ``embeddings`` themselves (which needs more than one row).
     """
     check_code_precision(precision)
-    embeddings = _float_array(embeddings)
+    embeddings = _as_numpy(embeddings)
     if embeddings.dtype in (np.uint8, np.int8):
         raise ValueError(f"embeddings are already {embeddings.dtype} codes; quantise float embeddings.")
     if precision == "float32":
@@ -282,7 +282,7 @@ def quantize_embeddings(embeddings, precision: str, ranges=None, calibration_emb
                 raise ValueError(f"cannot calibrate {precision} ranges on a single embedding; pass ranges= (2, dim) or "
                                  "calibration_embeddings= (a representative set, e.g. the corpus).")
             ranges = quantization_ranges(embeddings if calibration_embeddings is None else calibration_embeddings)
-        ranges = _float_array(ranges).astype(np.float32, copy=False)
+        ranges = _as_numpy(ranges).astype(np.float32, copy=False)
         if ranges.shape != (2, embeddings.shape[-1]):
             raise ValueError(f"ranges has shape {ranges.shape}; expected (2, {embeddings.shape[-1]}): the min and max "
                              "of each feature, at the size being quantised.")
@@ -298,7 +298,7 @@ def quantize_embeddings(embeddings, precision: str, ranges=None, calibration_emb
 def dequantize_embeddings(codes, ranges, precision: str | None = None) -> np.ndarray:
     """int8 / uint8 codes back to floats (sentence-transformers' rescoring rule: ``level * step + min``). The codes'
     dtype says which they are; codes held in another integer type (a list, ``.long()``) need ``precision``."""
-    codes = _float_array(codes)
+    codes = _as_numpy(codes)
     if precision is None:
         if codes.dtype not in (np.int8, np.uint8):
             raise ValueError(f"codes are {codes.dtype}, so whether they are int8 (levels - 128) or uint8 codes is "
@@ -307,7 +307,7 @@ def dequantize_embeddings(codes, ranges, precision: str | None = None) -> np.nda
     if precision not in ("int8", "uint8"):
         raise ValueError(f"precision={precision!r}; dequantize_embeddings takes 'int8' or 'uint8' codes.")
     _check_integer_codes(codes, *((-128, 127) if precision == "int8" else (0, 255)), f"{precision} codes")
-    ranges = _float_array(ranges).astype(np.float32, copy=False)
+    ranges = _as_numpy(ranges).astype(np.float32, copy=False)
     steps = (ranges[1] - ranges[0]) / 255
     steps = np.where(steps == 0, 1, steps)
     levels = codes.astype(np.float64) + (128 if precision == "int8" else 0)
@@ -338,7 +338,7 @@ def asymmetric_binary_scores(queries, corpus_codes, precision: str = "ubinary") 
     binary quantization with a float query). ``queries`` are the same prefix as the codes (``dim`` features in
     ``ceil(dim / 8)`` bytes, as ``quantize_embeddings`` packs them), normalised or not (the ranking per query is the
     same)."""
-    q = _float_array(queries).astype(np.float64)
+    q = _as_numpy(queries).astype(np.float64)
     codes = _code_bytes(corpus_codes, "corpus codes")
     if precision == "binary":  # sentence-transformers' int8 "binary" codes are the packed bytes minus 128
         codes = codes ^ np.uint8(128)
@@ -361,7 +361,7 @@ def search_codes(query_codes, corpus_codes, precision: str, top_k: int = 10, ran
     ``sentence_transformers.quantization.semantic_search_faiss``.
     """
     check_code_precision(precision)
-    query_codes = _float_array(query_codes)
+    query_codes = _as_numpy(query_codes)
     if query_codes.ndim == 1:  # one query, as encode("a text", precision=...) gives it
         query_codes = query_codes[None, :]
     scores = _code_scores(query_codes, corpus_codes, precision, ranges)
@@ -371,7 +371,7 @@ def search_codes(query_codes, corpus_codes, precision: str, top_k: int = 10, ran
 
 
 def _code_scores(query_codes, corpus_codes, precision: str, ranges=None) -> torch.Tensor:
-    if precision in ("binary", "ubinary") and _float_array(query_codes).dtype.kind == "f":
+    if precision in ("binary", "ubinary") and _as_numpy(query_codes).dtype.kind == "f":
         return asymmetric_binary_scores(query_codes, corpus_codes, precision)
     if precision in ("binary", "ubinary"):
         return -hamming_distances(query_codes, corpus_codes).float()
@@ -381,8 +381,8 @@ def _code_scores(query_codes, corpus_codes, precision: str, ranges=None) -> torc
                              "quantised with (quantization_ranges(calibration_embeddings)).")
         query_codes = dequantize_embeddings(query_codes, ranges, precision)
         corpus_codes = dequantize_embeddings(corpus_codes, ranges, precision)
-    q = torch.as_tensor(_float_array(query_codes).astype(np.float64))
-    c = torch.as_tensor(_float_array(corpus_codes).astype(np.float64))
+    q = torch.as_tensor(_as_numpy(query_codes).astype(np.float64))
+    c = torch.as_tensor(_as_numpy(corpus_codes).astype(np.float64))
     return q @ c.T
 
 
@@ -406,7 +406,7 @@ def quantized_retrieval_metrics(query_embeddings, candidate_embeddings, dims: Se
     Values are fractions in [0, 1].
     """
     try:  # an evaluation tool: imported by absolute name, so the models' remote code does not copy it
-        from mrl_hf.evaluation.pairs import _relevance_mask
+        from mrl_hf.evaluation.pairs import _relevance_mask, rank_metrics
     except ImportError:
         raise ImportError("quantized_retrieval_metrics needs the mrl_hf package: pip install mrl-hf") from None
 
@@ -432,12 +432,12 @@ def quantized_retrieval_metrics(query_embeddings, candidate_embeddings, dims: Se
             else:
                 ranges = quantization_ranges(_normalized(calib[:, :m])) if p.endswith("int8") else None
                 scores = _code_scores(quantize_embeddings(qm, p, ranges), quantize_embeddings(cm, p, ranges), p, ranges)
-            results.setdefault(p, {})[int(m)] = _rank_metrics(scores, relevance, ks)
+            results.setdefault(p, {})[int(m)] = rank_metrics(scores, relevance, ks)
             if asymmetric and p.endswith("binary"):
-                results.setdefault(f"{p}-asymmetric", {})[int(m)] = _rank_metrics(
+                results.setdefault(f"{p}-asymmetric", {})[int(m)] = rank_metrics(
                     asymmetric_binary_scores(qm, quantize_embeddings(cm, p), p), relevance, ks)
             if rescore and p != FLOAT:
-                results.setdefault(f"{p}+rescore", {})[int(m)] = _rank_metrics(
+                results.setdefault(f"{p}+rescore", {})[int(m)] = rank_metrics(
                     _rescored(scores, full, rescore_k), relevance, ks)
     return results
 
@@ -456,17 +456,6 @@ def _rescored(code_scores: torch.Tensor, float_scores: torch.Tensor, k: int) -> 
     shortlist = torch.sort(code_scores, dim=1, descending=True, stable=True).indices[:, :k]
     out = torch.full_like(float_scores, float("-inf"))
     return out.scatter(1, shortlist, float_scores.gather(1, shortlist))
-
-
-def _rank_metrics(scores: torch.Tensor, relevance: torch.Tensor, ks: Sequence[int]) -> dict[str, float]:
-    hit = relevance & torch.isfinite(scores)  # a relevant candidate cut from a re-scored shortlist is a miss
-    best = scores.masked_fill(~hit, -torch.inf).max(1, keepdim=True).values  # the best relevant candidate's score
-    # 0-based rank of the best relevant candidate, a tie counted against it (whatever the candidates' order)
-    rank = ((scores > best) | ((scores == best) & ~relevance)).sum(1).double()
-    found = hit.any(1)
-    row = {f"hit@{k}": float(((rank < k) & found).double().mean()) for k in ks}
-    row["mrr"] = float(torch.where(found, 1.0 / (rank + 1), 0.0).mean())
-    return row
 
 
 def format_precision_table(results: Mapping[str, Mapping[int, Mapping[str, float]]],

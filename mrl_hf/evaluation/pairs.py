@@ -37,9 +37,26 @@ def pair_query_ranks(
     for m in dims:
         m = validate_dim(m, q.shape[1], name="dim")
         sims = truncate_embeddings(q, m, normalize=True) @ truncate_embeddings(c, m, normalize=True).T
-        best_relevant = sims.masked_fill(~relevance, float("-inf")).max(1, keepdim=True).values
-        ranks[m] = ((sims >= best_relevant) & ~relevance).sum(1)
+        ranks[m] = best_relevant_rank(sims, relevance)
     return ranks
+
+
+def rank_metrics(scores: torch.Tensor, relevance: torch.Tensor, ks: Sequence[int]) -> dict[str, float]:
+    """``{"hit@k": .., "mrr": ..}`` (fractions) of ``scores`` ``(num_queries, num_candidates)``; a relevant candidate
+    whose score is not finite (cut from a re-scored shortlist) is a miss."""
+    hit = relevance & torch.isfinite(scores)
+    rank = best_relevant_rank(scores, hit).double()
+    found = hit.any(1)
+    row = {f"hit@{k}": float(((rank < k) & found).double().mean()) for k in ks}
+    row["mrr"] = float(torch.where(found, 1.0 / (rank + 1), 0.0).mean())
+    return row
+
+
+def best_relevant_rank(scores: torch.Tensor, relevance: torch.Tensor) -> torch.Tensor:
+    """``(num_queries,)`` 0-based rank of each row's best relevant candidate in ``scores`` (higher is better), a tie
+    counted against it: the number of non-relevant candidates at least as good, whatever the candidates' order."""
+    best = scores.masked_fill(~relevance, float("-inf")).max(1, keepdim=True).values
+    return ((scores >= best) & ~relevance).sum(1)
 
 
 def pair_retrieval_metrics(

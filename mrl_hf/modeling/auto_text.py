@@ -198,9 +198,7 @@ class MRLTextEmbeddingPreTrainedModel(WrappedModelMixin, PreTrainedModel):
     def _plain_checkpoint_config(cls, path, kwargs):
         """A plain checkpoint that is a sentence-transformers model pools as its ``Pooling`` module says, unless
         ``pooling=`` is given (``text_common.sentence_transformers_pooling``)."""
-        hub = {k: kwargs[k] for k in cls._HUB_KWARGS if k in kwargs}
-        pooling = None if "pooling" in kwargs else sentence_transformers_pooling(path, hub, cls.__name__,
-                                                                                POOLING_MODES)
+        pooling = sentence_transformers_pooling(path, kwargs, cls.__name__, POOLING_MODES)
         plain = super()._plain_checkpoint_config(path, kwargs)
         if plain is not None and pooling is not None:
             plain[0].pooling = pooling

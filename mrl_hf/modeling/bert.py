@@ -183,9 +183,7 @@ class MRLBertModel(MRLBertPreTrainedModel):
     def _config_of_plain_checkpoint(cls, path, kwargs):
         """A plain checkpoint that is a sentence-transformers model pools as its ``Pooling`` module says, unless
         ``pooling=`` is given (``text_common.sentence_transformers_pooling``)."""
-        hub = {k: kwargs[k] for k in cls._HUB_KWARGS if k in kwargs}
-        pooling = None if "pooling" in kwargs else sentence_transformers_pooling(path, hub, cls.__name__,
-                                                                                POOLING_MODES)
+        pooling = sentence_transformers_pooling(path, kwargs, cls.__name__, POOLING_MODES)
         config = super()._config_of_plain_checkpoint(path, kwargs)
         if config is not None and pooling is not None:
             config.pooling = pooling

@@ -18,6 +18,11 @@ TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "vocab.txt", "voca
                    "spiece.model", "sentencepiece.bpe.model")
 
 
+def _hub_kwargs(kwargs: dict) -> dict:
+    """The ``from_pretrained`` arguments that say where a checkpoint's other files are read from."""
+    return {k: kwargs[k] for k in ("revision", "cache_dir", "token", "local_files_only", "subfolder") if k in kwargs}
+
+
 def _has_tokenizer_files(path, hub: dict) -> bool:
     from transformers.utils.hub import cached_file
 
@@ -40,13 +45,18 @@ _ST_LEGACY_FLAGS = {"pooling_mode_cls_token": "cls", "pooling_mode_mean_tokens":
 _ST_KEPT_MODULES = ("Transformer", "Pooling", "Normalize")  # what an mrl_hf embedding model computes itself
 
 
-def sentence_transformers_pooling(path, hub: dict, model_class: str, choices: Sequence[str]) -> str | None:
+def sentence_transformers_pooling(path, kwargs: dict, model_class: str, choices: Sequence[str]) -> str | None:
     """The pooling a plain checkpoint that is a sentence-transformers model (a ``modules.json``) uses, or None when it
-    is not one. Loading such a folder as ``model_class`` must embed as sentence-transformers does: a pooling with no
-    mrl_hf twin, or modules after the pooling (Dense, Router, an adaptor) that the model would drop, are refused."""
+    is not one or ``pooling=`` is among the ``from_pretrained`` ``kwargs``. Loading such a folder as ``model_class``
+    must embed as sentence-transformers does: a pooling with no mrl_hf twin, or modules after the pooling (Dense,
+    Router, an adaptor) that the model would drop, are refused."""
     import json
 
     from transformers.utils.hub import cached_file
+
+    if "pooling" in kwargs:
+        return None
+    hub = _hub_kwargs(kwargs)
 
     def read(name):
         found = cached_file(path, name, _raise_exceptions_for_missing_entries=False,
@@ -83,7 +93,7 @@ def sentence_transformers_pooling(path, hub: dict, model_class: str, choices: Se
 def try_load_tokenizer(path, kwargs):
     """The tokenizer saved with the checkpoint, or None. transformers 5 gives a folder without tokenizer files a
     tokenizer with only the special tokens (every word becomes [UNK]), so the files are looked for first."""
-    keep = {k: kwargs[k] for k in ("revision", "cache_dir", "token", "local_files_only", "subfolder") if k in kwargs}
+    keep = _hub_kwargs(kwargs)
     if not _has_tokenizer_files(path, keep):
         return None
     try:
