@@ -2,6 +2,7 @@
 import os
 import subprocess
 import sys
+import textwrap
 
 import pytest
 
@@ -35,6 +36,31 @@ def test_is_main_process_follows_the_launchers_rank(monkeypatch):
     assert is_main_process()
     monkeypatch.setenv("RANK", "1")
     assert not is_main_process()
+
+
+def test_is_main_process_reads_the_process_group_under_spawn(tmp_path):
+    """torch.multiprocessing.spawn sets no RANK: the initialised group's rank decides."""
+    script = tmp_path / "spawned.py"
+    script.write_text(textwrap.dedent(f"""
+        import os, sys
+        import torch.distributed as dist
+        import torch.multiprocessing as mp
+        from mrl_hf.distributed import end_distributed_run, is_main_process
+
+        def run(rank):
+            dist.init_process_group("gloo", init_method="file://{tmp_path / 'store'}", rank=rank, world_size=2)
+            with open(os.path.join({str(tmp_path)!r}, f"rank{{rank}}"), "w") as f:
+                f.write(str(is_main_process()))
+            end_distributed_run()
+
+        if __name__ == "__main__":
+            os.environ.pop("RANK", None)
+            mp.spawn(run, nprocs=2)
+    """))
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "rank0").read_text() == "True" and (tmp_path / "rank1").read_text() == "False"
 
 
 def test_end_distributed_run_destroys_the_group_and_is_a_no_op_without_one(tmp_path):
