@@ -190,7 +190,10 @@ def _full_dim(config: dict, modules, files: _Files) -> int | None:
         if isinstance(config.get(key), int):
             return config[key]
     sizes = config.get("hidden_sizes")
-    return sizes[-1] if isinstance(sizes, list) and sizes else None
+    if isinstance(sizes, list) and sizes:
+        return sizes[-1]
+    backbone = config.get("backbone_config")  # mrl_hf's MRLModelFor* keep the width in the backbone's config
+    return _full_dim(backbone, None, files) if isinstance(backbone, dict) else None
 
 
 def _valid_dims(name: str, value, full_dim: int | None, problems: list[Problem]) -> list[int] | None:

@@ -70,6 +70,35 @@ def test_every_way_out_writes_one_contract(tmp_path):
     assert "no auto_map" in problem.message and "--remote-code" in problem.fix
 
 
+def test_inspect_sizes_the_generic_classes_from_their_backbone_config(tmp_path):
+    """MRLModelFor* keep the backbone's width inside backbone_config; embedding_dim is null unless projected."""
+    from transformers import AutoConfig
+
+    from mrl_hf.modeling import (MRLImageConfig, MRLModelForImageClassification, MRLModelForTextEmbedding,
+                                 MRLTextEmbeddingConfig)
+
+    bert = AutoConfig.for_model("bert", vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                intermediate_size=32)
+    resnet = AutoConfig.for_model("resnet", embedding_size=8, hidden_sizes=[8, 24], depths=[1, 1])
+    cases = {
+        "text": (MRLModelForTextEmbedding(MRLTextEmbeddingConfig(backbone_config=bert, nesting_list=[4, 16])), 16),
+        "text_projected": (MRLModelForTextEmbedding(MRLTextEmbeddingConfig(
+            backbone_config=bert, embedding_dim=12, nesting_list=[4, 12])), 12),
+        "resnet": (MRLModelForImageClassification(MRLImageConfig(backbone_config=resnet, nesting_list=[4, 24],
+                                                                 num_labels=3)), 24),
+    }
+    for name, (model, width) in cases.items():
+        model.save_pretrained(tmp_path / name)
+        report = inspect_checkpoint(tmp_path / name)
+        assert report.full_dim == width, (name, str(report))
+        assert report.dims == model.config.nesting_list, name
+    # a nesting size above the backbone's width is now caught
+    config = read(tmp_path / "text" / "config.json")
+    config["nesting_list"] = config["matryoshka_dimensions"] = [4, 32]
+    (tmp_path / "text" / "config.json").write_text(json.dumps(config))
+    assert any("above the embedding size 16" in p.message for p in inspect_checkpoint(tmp_path / "text").problems)
+
+
 def test_sentence_transformers_reads_the_default_size_and_matches_at_every_size(tmp_path):
     model = MRLBertModel.from_pretrained(MINILM, nesting_list=[48, 96, 192, 384], truncate_dim=96).eval()
     path = export_sentence_transformers(model, tmp_path / "st")
