@@ -8,6 +8,18 @@ import tempfile
 
 BASE_MODEL_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
 NESTING = [12, 24, 48, 96, 192, 384]  # the halving list of MiniLM's 384 dims
+# Fine-tuning that keeps what a sentence encoder knew (docs/finetune.md): the original as a teacher at full size, an
+# output rotation for the prefixes, the embedding layer and first block frozen. Measured on all-MiniLM-L6-v2 against
+# sentence-transformers' MatryoshkaLoss; `mrl-hf train text-embeddings` turns it on for sentence-transformers models.
+KEEP_ORIGINAL = {"teacher_weight": 10.0, "rotation_learning_rate": 1e-2, "freeze_bottom": 1}
+
+
+def is_sentence_transformers_model(model_path: str) -> bool:
+    """Whether ``model_path`` (folder or Hub id) is a sentence-transformers model: a trained sentence encoder, as
+    opposed to a plain transformers checkpoint or an mrl_hf save. Reads its small JSON files only."""
+    from .contract import inspect_checkpoint
+
+    return inspect_checkpoint(model_path).kind == "sentence-transformers"
 
 
 def checkpoint_nesting_list(model_path: str) -> list[int]:
@@ -107,7 +119,7 @@ def finetune(model_path: str, train_pairs, nesting_list, *, epochs: float = 1.0,
         precisions=precisions, quantization_weight=quantization_weight, binary_surrogate=binary_surrogate)
     model = MRLBertModel.from_pretrained(model_path, nesting_list=nesting_list,
                                          embed_duplicates_once=embed_duplicates_once, **quantization)
-    if rotation_learning_rate is not None:
+    if rotation_learning_rate is not None and model.projection is None:  # a rotation it already has trains on
         add_output_rotation(model)
     if freeze_bottom is not None:
         freeze(model, freeze_bottom)

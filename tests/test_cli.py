@@ -187,6 +187,45 @@ def test_train_with_a_frozen_bottom(tiny_checkpoint, tmp_path, capsys):
     assert "blocks=2, but BertModel has only 1; give at most 1" in capsys.readouterr().err
 
 
+def test_train_keeps_the_original_by_default_for_a_sentence_transformers_model(tiny_checkpoint, tmp_path, capsys):
+    """`mrl-hf train` on a sentence-transformers folder turns --keep-original on (teacher 10, rotation 1e-2, bottom
+    block frozen); --no-keep-original and an mrl_hf checkpoint train everything with no rotation; its flags override
+    it one by one."""
+    from safetensors.torch import load_file
+
+    from mrl_hf.export import export_sentence_transformers
+
+    path, model = tiny_checkpoint
+    st_folder = export_sentence_transformers(model, tmp_path / "st")
+    out = tmp_path / "trained"
+    assert _train_cli(st_folder, out) == 0
+    said = capsys.readouterr().out
+    assert ("keep-original on (a sentence-transformers model; --no-keep-original turns it off): teacher weight 10, "
+            "rotation lr 0.01, frozen bottom blocks 1") in said
+    before, after = load_file(str(path / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    frozen = [k for k in before if ".embeddings." in k or ".layer.0." in k]
+    assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)  # the one block and the embeddings
+    w = after["projection.weight"]
+    torch.testing.assert_close(w @ w.T, torch.eye(32), rtol=0, atol=1e-5)
+    assert (w - torch.eye(32)).abs().max() > 1e-4  # the rotation trained
+
+    assert _train_cli(st_folder, out, "--no-keep-original") == 0
+    assert "keep-original off (--no-keep-original): teacher weight 0, rotation lr off, frozen bottom blocks none" \
+        in capsys.readouterr().out
+    after = load_file(str(out / "model.safetensors"))
+    assert "projection.weight" not in after and not torch.equal(before["bert.encoder.layer.0.output.dense.weight"],
+                                                                after["bert.encoder.layer.0.output.dense.weight"])
+    assert _train_cli(path, out) == 0  # an mrl_hf save: off unless asked
+    assert "keep-original off (not a sentence-transformers model; --keep-original turns it on)" in \
+        capsys.readouterr().out
+    assert _train_cli(path, out, "--keep-original", "--freeze-bottom", "0", "--teacher-weight", "2") == 0
+    assert "keep-original on (--keep-original): teacher weight 2, rotation lr 0.01, frozen bottom blocks 0" in \
+        capsys.readouterr().out
+    # fine-tuning that output again: its rotation trains on instead of a second one being refused
+    assert _train_cli(out, tmp_path / "again", "--keep-original", "--freeze-bottom", "0") == 0
+    assert load_file(str(tmp_path / "again" / "model.safetensors"))["projection.weight"].shape == (32, 32)
+
+
 def _train_cli(path, out, *flags):
     return main(["train", "text-embeddings", "--model", str(path), "--output-dir", str(out), "--epochs", "0.1",
                  "--nesting-list", "8,16,32", *flags])
