@@ -6,7 +6,8 @@ Sets (as bench_quantization_aware.py): in domain, the demo's held-out chatterbot
 1,083 plots, read at 256 tokens), maps fitted on the plots. No labels are used to fit anything.
 
 Maps, each scored in float32, as int8 codes (ranges calibrated on the corpus) and as binary codes (Hamming search),
-at every nested prefix, no rescoring (ties by corpus order; random rotations: binary only):
+at every nested prefix, no rescoring (a tie with the relevant answer counts against it; random rotations: binary
+only):
   raw                  the encoder's own coordinates;
   centred              ``mrl_hf.adaptor.mean_centering``;
   centred + random     and a random rotation inside each nesting block (features 0-11, 12-23, 24-47, ...), mean of 4;
