@@ -12,8 +12,8 @@ teacher 0.842 (on 1,000 reviews and 500 plots: 0.806 and 0.838). Asserted: the t
 them. (Review -> plot hit@10 at full size over 3 seeds and 41 steps, docs/finetune.md: original 18.5, fine-tuned 16.2,
 with the teacher 17.7.)
 
-The recipe docs/finetune.md measures closest to every target (teacher 10 + output rotation at lr 1e-2 + the embedding
-layer and first block frozen), same 25 steps: hit@10 72.5 at 32 dims and 89.3 at 384; it keeps 0.869 of the
+The recipe `mrl-hf train --keep-original` runs (recipes.KEEP_ORIGINAL: teacher 10 + output rotation at lr 1e-2 + the
+embedding layer and first block frozen), same 25 steps: hit@10 72.5 at 32 dims and 89.3 at 384; it keeps 0.869 of the
 out-of-domain neighbourhoods. Asserted: the same 32 / 384 bounds as MRL, and >= 3 points more neighbourhoods kept
 than MRL alone.
 """
@@ -37,7 +37,7 @@ def test_mrl_finetune_beats_sliced_original_at_32_keeps_full_dim_and_the_teacher
     ex = load_example()
     from mrl_hf.data.text import load_chatterbot_pairs, load_review_to_plot
     from mrl_hf.modeling import MRLBertModel
-    from mrl_hf.recipes import neighbourhood_overlap
+    from mrl_hf.recipes import KEEP_ORIGINAL, neighbourhood_overlap
 
     train, test = ex.split_pairs(load_chatterbot_pairs(), seed=0)
     path = ex.default_model()
@@ -53,9 +53,8 @@ def test_mrl_finetune_beats_sliced_original_at_32_keeps_full_dim_and_the_teacher
     assert mrl_r[384]["hit@10"] >= plain_r[384]["hit@10"] - 0.02, (mrl_r, plain_r)
 
     taught, _ = ex.finetune(path, train, nesting, output_dir=str(tmp_path / "teacher"), teacher_weight=10.0, **kw)
-    # the recipe docs/finetune.md measures closest to every target: teacher + output rotation + frozen bottom block
-    closest, _ = ex.finetune(path, train, nesting, output_dir=str(tmp_path / "closest"), teacher_weight=10.0,
-                             rotation_learning_rate=1e-2, freeze_bottom=1, **kw)
+    # what `mrl-hf train --keep-original` runs: teacher + output rotation + frozen bottom block
+    closest, _ = ex.finetune(path, train, nesting, output_dir=str(tmp_path / "closest"), **KEEP_ORIGINAL, **kw)
     closest_r = ex.evaluate(closest, test, dims)
     print(f"hit@10 teacher + rotation + frozen bottom {closest_r}")
     assert closest_r[32]["hit@10"] >= original[32]["hit@10"] + 0.06, (closest_r, original)
