@@ -438,7 +438,7 @@ def quantized_retrieval_metrics(query_embeddings, candidate_embeddings, dims: Se
                     asymmetric_binary_scores(qm, quantize_embeddings(cm, p), p), relevance, ks)
             if rescore and p != FLOAT:
                 results.setdefault(f"{p}+rescore", {})[int(m)] = rank_metrics(
-                    _rescored(scores, full, rescore_k), relevance, ks)
+                    _rescored(scores, full, rescore_k, relevance), relevance, ks)
     return results
 
 
@@ -450,10 +450,14 @@ def _cosine(q: np.ndarray, c: np.ndarray, m: int) -> torch.Tensor:
     return torch.as_tensor(_normalized(q[:, :m]) @ _normalized(c[:, :m]).T, dtype=torch.float64)
 
 
-def _rescored(code_scores: torch.Tensor, float_scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Float scores on each query's ``k`` best by code (ties by candidate order), -inf elsewhere."""
+def _rescored(code_scores: torch.Tensor, float_scores: torch.Tensor, k: int, relevance: torch.Tensor) -> torch.Tensor:
+    """Float scores on each query's ``k`` best by code, -inf elsewhere. A candidate tied by code with a relevant one
+    takes the shortlist's place first, so that, as in the codes' own ranks, a tie counts against the relevant one
+    and the candidates' order does not matter."""
     k = min(int(k), code_scores.shape[1])
-    shortlist = torch.sort(code_scores, dim=1, descending=True, stable=True).indices[:, :k]
+    relevant_last = torch.sort(relevance.to(torch.int8), dim=1, stable=True).indices
+    by_code = torch.sort(code_scores.gather(1, relevant_last), dim=1, descending=True, stable=True).indices[:, :k]
+    shortlist = relevant_last.gather(1, by_code)
     out = torch.full_like(float_scores, float("-inf"))
     return out.scatter(1, shortlist, float_scores.gather(1, shortlist))
 

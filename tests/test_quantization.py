@@ -367,9 +367,18 @@ def test_identical_codes_are_not_credited_as_hits():
     q, c = rng.normal(size=(20, 16)).astype(np.float32), rng.normal(size=(30, 16)).astype(np.float32)
     relevant = rng.integers(0, 30, 20)
     flip = np.arange(30)[::-1]
-    forward = quantized_retrieval_metrics(q, c, [8, 16], ["binary"], relevant=relevant.tolist())
-    backward = quantized_retrieval_metrics(q, c[flip], [8, 16], ["binary"], relevant=flip.argsort()[relevant].tolist())
+    kw = dict(rescore=True, rescore_k=3)  # the code shortlist of "+rescore" too
+    forward = quantized_retrieval_metrics(q, c, [8, 16], ["binary"], relevant=relevant.tolist(), **kw)
+    backward = quantized_retrieval_metrics(q, c[flip], [8, 16], ["binary"], relevant=flip.argsort()[relevant].tolist(),
+                                           **kw)
     assert forward == backward
+    # a relevant answer tied by code at the shortlist's edge does not get in ahead of the other
+    answer, other = np.ones(8, np.float32), np.array([5, 1, 1, 1, 1, 1, 1, 1], np.float32)  # the same sign bits
+    for relevant in (0, 1):
+        candidates = np.stack([answer, other] if relevant == 0 else [other, answer])
+        res = quantized_retrieval_metrics(np.ones((1, 8), np.float32), candidates, [8], ["binary"],
+                                          relevant=[relevant], ks=(1,), rescore=True, rescore_k=1)
+        assert res["binary+rescore"][8] == {"hit@1": 0.0, "mrr": 0.0}, relevant
 
 
 # ---- metadata: config, save / load, contract, model card ---------------------------------------------------------
