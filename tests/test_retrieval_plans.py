@@ -375,6 +375,14 @@ def test_plans_take_numpy_ints_and_save_them(tmp_path):
     graph = MatryoshkaIndex(db, index_type="hnsw")
     graph.ef_search = np.int64(8)  # set on the index after it was built
     assert graph.search(q, 5, dim=32).ids.shape == (4, 5)
+    index.plan, index.ef_search, index.nprobe = None, np.int64(32), np.int64(4)  # read by plans without their own
+    assert type(index.ef_search) is int and type(index.nprobe) is int
+    assert index.search_plan(q, 5, SearchPlan(16, "int8", "hnsw", 20)).ids.shape == (4, 5)
+    assert index.search_plan(q, 5, SearchPlan(16, "int8", "ivf", 20)).ids.shape == (4, 5)
+    index.save(tmp_path / "knobs")
+    assert MatryoshkaIndex.load(tmp_path / "knobs").nprobe == 4
+    with pytest.raises(ValueError, match="nprobe=0 is too small"):
+        index.nprobe = 0
 
 
 def test_int8_codes_are_recalibrated_after_add():

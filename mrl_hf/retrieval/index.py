@@ -145,8 +145,7 @@ class MatryoshkaIndex:
             "ef_construction": as_int(ef_construction, "ef_construction", minimum=1),
             "nlist": None if nlist is None else as_int(nlist, "nlist", minimum=1),
         }
-        self.ef_search = as_int(ef_search, "ef_search", minimum=1)
-        self.nprobe = as_int(nprobe, "nprobe", minimum=1)
+        self.ef_search, self.nprobe = ef_search, nprobe  # checked by their setters
         db = as_float32_matrix(embeddings, "embeddings")
         if copy and (isinstance(embeddings, torch.Tensor) or np.may_share_memory(db, embeddings)):
             db = db.copy()  # the index owns its data; later edits of the caller's array must not leak in
@@ -158,6 +157,24 @@ class MatryoshkaIndex:
         self.plan: SearchPlan | None = None  # the default of search_plan; set by tune, saved with the index
 
     # -- properties ---------------------------------------------------------------------------------
+    @property
+    def ef_search(self) -> int:
+        """HNSW's search depth; settable (checked and stored as a Python int, which FAISS and JSON need)."""
+        return self._ef_search
+
+    @ef_search.setter
+    def ef_search(self, value) -> None:
+        self._ef_search = as_int(value, "ef_search", minimum=1)
+
+    @property
+    def nprobe(self) -> int:
+        """Inverted lists probed per query; settable (checked and stored as a Python int)."""
+        return self._nprobe
+
+    @nprobe.setter
+    def nprobe(self, value) -> None:
+        self._nprobe = as_int(value, "nprobe", minimum=1)
+
     @property
     def dim(self) -> int:
         return self._db.shape[1]
