@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 DEFAULT_DEMO_DIR = "outputs/mrl-minilm-chatterbot"
+OFF = "off"  # --rotation-lr off / --freeze-bottom off: that piece of --keep-original is not used
 
 
 def _epochs(args: argparse.Namespace, default: float) -> float:
@@ -33,8 +34,18 @@ def _digits_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _refuse_ignored_flags(args: argparse.Namespace, command: str, kept=("epochs", "seed")) -> None:
+    """The digits demo saves nothing and takes no model: a flag it would ignore is refused."""
+    ignored = [action.option_strings[0] for action in args.parser._actions if action.option_strings
+               and action.dest not in ("help", "digits", *kept) and getattr(args, action.dest) != action.default]
+    if ignored:
+        raise ValueError(f"{command} runs the small digits demo and saves nothing: it takes --epochs and --seed only, "
+                         f"not {ignored}.")
+
+
 def _demo(args: argparse.Namespace) -> int:
     if args.digits:
+        _refuse_ignored_flags(args, "demo --digits")
         return _digits_demo(args)
     from . import demo_text
 
@@ -65,23 +76,28 @@ def _keep_original(args: argparse.Namespace, model_path: str) -> dict:
                                                       "freeze_bottom": None}
     given = {"teacher_weight": args.teacher_weight, "rotation_learning_rate": args.rotation_lr,
              "freeze_bottom": args.freeze_bottom}
-    chosen.update({k: v for k, v in given.items() if v is not None})
+    chosen.update({k: None if v is OFF else v for k, v in given.items() if v is not None})
     why = ("--keep-original" if args.keep_original else "a sentence-transformers model; --no-keep-original turns it off"
            ) if keep else ("--no-keep-original" if args.keep_original is False else
                            "not a sentence-transformers model; --keep-original turns it on")
+    rotation, frozen = chosen["rotation_learning_rate"], chosen["freeze_bottom"]
     print(f"keep-original {'on' if keep else 'off'} ({why}): teacher weight {chosen['teacher_weight']:g}, rotation "
-          f"lr {chosen['rotation_learning_rate'] or 'off'}, frozen bottom blocks "
-          f"{'none' if chosen['freeze_bottom'] is None else chosen['freeze_bottom']}")
+          f"lr {'off' if rotation is None else f'{rotation:g}'}, frozen bottom blocks "
+          f"{'none' if frozen is None else frozen}")
     return chosen
+
+
+def _or_off(kind):
+    """An argparse type: ``kind(text)``, or ``OFF`` for 'off' (a piece of --keep-original turned off)."""
+    def parse(text: str):
+        return OFF if text.strip().lower() == "off" else kind(text)
+    parse.__name__ = kind.__name__  # argparse names the type in its error message
+    return parse
 
 
 def _train(args: argparse.Namespace) -> int:
     if args.recipe == "digits":
-        ignored = [action.option_strings[0] for action in args.parser._actions if action.option_strings
-                   and action.dest not in ("help", "epochs", "seed") and getattr(args, action.dest) != action.default]
-        if ignored:
-            raise ValueError(f"train digits runs the small digits demo and saves nothing: it takes --epochs and "
-                             f"--seed only, not {ignored}.")
+        _refuse_ignored_flags(args, "train digits")
         return _digits_demo(args)
     from . import recipes
     from .data.text import load_chatterbot_pairs
@@ -356,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--epochs", type=float, default=None,
                       help="epochs (default 1 for the text demo; full-batch steps, default 300, with --digits)")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    demo.set_defaults(func=_demo)
+    demo.set_defaults(func=_demo, parser=demo)
 
     train = commands.add_parser(
         "train", help="run a training recipe and save the checkpoint with its model card",
@@ -376,18 +392,21 @@ def build_parser() -> argparse.ArgumentParser:
                        help="seed of the held-out split, as mrl-hf evaluate --seed (default 0: the same split)")
     train.add_argument("--keep-original", action=argparse.BooleanOptionalAction, default=None,
                        help="fine-tune without forgetting what the model knew: --teacher-weight 10 --rotation-lr 1e-2 "
-                            "--freeze-bottom 1, each overridable by its own flag (docs/finetune.md: level with or "
+                            "--freeze-bottom 1, each overridable by its own flag ('off' turns the rotation or the "
+                            "frozen bottom off; docs/finetune.md: level with or "
                             "ahead of sentence-transformers' MatryoshkaLoss in and out of domain, in 0.89x its time). "
                             "Default: on for a sentence-transformers model (the packaged MiniLM), off otherwise")
     train.add_argument("--teacher-weight", type=float, default=None,
                        help="keep the full size close to the original model: MRLTrainer's teacher term with this "
                             "weight (default: 10 with --keep-original, else 0, off)")
-    train.add_argument("--rotation-lr", type=float, default=None,
+    train.add_argument("--rotation-lr", type=_or_off(float), default=None,
                        help="also train an output rotation (orthogonal: the full-size similarities move only with "
-                            "the encoder) at this learning rate (default: 1e-2 with --keep-original, else off)")
-    train.add_argument("--freeze-bottom", type=int, default=None, metavar="BLOCKS",
+                            "the encoder) at this learning rate, or 'off' (default: 1e-2 with --keep-original, "
+                            "else off)")
+    train.add_argument("--freeze-bottom", type=_or_off(int), default=None, metavar="BLOCKS",
                        help="keep the embedding layer and the first BLOCKS transformer blocks as they are (0: the "
-                            "embedding layer only) (default: 1 with --keep-original, else everything trains)")
+                            "embedding layer only), or 'off' (default: 1 with --keep-original, else everything "
+                            "trains)")
     train.add_argument("--precisions", default=None, metavar="CODES",
                        help="also train the prefixes as these codes (comma-separated: binary, int8), saved in the "
                             "config (mrl_hf.quantization); float32 always trains, and alone turns the code terms of a "

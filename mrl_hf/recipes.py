@@ -23,15 +23,16 @@ def is_sentence_transformers_model(model_path: str) -> bool:
 
 
 def checkpoint_nesting_list(model_path: str) -> list[int]:
-    """The sizes a text recipe trains when none are given: the checkpoint's own ``nesting_list``, else the paper's
-    halving list of its width (``NESTING`` for all-MiniLM-L6-v2), as ``from_pretrained`` would choose."""
+    """The sizes a text recipe trains when none are given: the checkpoint's own ``nesting_list`` (or
+    ``matryoshka_dimensions``), else the paper's halving list of its width (``NESTING`` for all-MiniLM-L6-v2), as
+    ``from_pretrained`` would choose."""
     from transformers import AutoConfig
 
     from . import modeling  # noqa: F401  (registers the mrl_hf model types)
     from .nesting import halving_nesting_list
 
     config = AutoConfig.from_pretrained(model_path)
-    own = getattr(config, "nesting_list", None)
+    own = getattr(config, "nesting_list", None) or getattr(config, "matryoshka_dimensions", None)  # vLLM / Jina key
     if own:
         return list(own)
     width = getattr(config, "embedding_dim", None) or config.hidden_size
@@ -112,15 +113,23 @@ def finetune(model_path: str, train_pairs, nesting_list, *, epochs: float = 1.0,
     from .data.collator import PairCollator
     from .freezing import freeze_bottom as freeze
     from .modeling import MRLBertModel
-    from .rotation import add_output_rotation
+    from .rotation import add_output_rotation, check_rotation
     from .trainer import MRLTrainer
 
     quantization = {} if precisions is None else dict(  # None: what the checkpoint's config says
         precisions=precisions, quantization_weight=quantization_weight, binary_surrogate=binary_surrogate)
     model = MRLBertModel.from_pretrained(model_path, nesting_list=nesting_list,
                                          embed_duplicates_once=embed_duplicates_once, **quantization)
-    if rotation_learning_rate is not None and model.projection is None:  # a rotation it already has trains on
+    if rotation_learning_rate is not None and model.projection is None:
         add_output_rotation(model)
+    elif rotation_learning_rate is not None:  # a rotation the checkpoint already has trains on; another map cannot
+        try:
+            check_rotation(model)
+        except ValueError:
+            raise ValueError(f"{model_path!r} already has a projection ({model.projection.in_features} -> "
+                             f"{model.projection.out_features}) that is not a rotation, and an output rotation cannot "
+                             "follow it; train without one (rotation_learning_rate=None, mrl-hf train --rotation-lr "
+                             "off).") from None
     if freeze_bottom is not None:
         freeze(model, freeze_bottom)
     args = TrainingArguments(

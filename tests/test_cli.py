@@ -194,6 +194,7 @@ def test_train_keeps_the_original_by_default_for_a_sentence_transformers_model(t
     from safetensors.torch import load_file
 
     from mrl_hf.export import export_sentence_transformers
+    from mrl_hf.modeling import MRLBertConfig, MRLBertModel
 
     path, model = tiny_checkpoint
     st_folder = export_sentence_transformers(model, tmp_path / "st")
@@ -224,6 +225,21 @@ def test_train_keeps_the_original_by_default_for_a_sentence_transformers_model(t
     # fine-tuning that output again: its rotation trains on instead of a second one being refused
     assert _train_cli(out, tmp_path / "again", "--keep-original", "--freeze-bottom", "0") == 0
     assert load_file(str(tmp_path / "again" / "model.safetensors"))["projection.weight"].shape == (32, 32)
+    capsys.readouterr()
+    assert _train_cli(st_folder, out, "--rotation-lr", "off", "--freeze-bottom", "off") == 0  # pieces turned off
+    assert "keep-original on (a sentence-transformers model; --no-keep-original turns it off): teacher weight 10, " \
+        "rotation lr off, frozen bottom blocks none" in capsys.readouterr().out
+    assert "projection.weight" not in load_file(str(out / "model.safetensors"))
+    # a projection that is not a rotation: said, with the flag that trains without one
+    reduced = tmp_path / "reduced"
+    torch.manual_seed(0)
+    projected = MRLBertModel(MRLBertConfig(**{**model.config.to_dict(), "embedding_dim": 16,
+                                              "nesting_list": [8, 16]}))
+    projected.tokenizer = model.tokenizer
+    projected.save_pretrained(reduced)
+    assert _train_cli(reduced, out, "--keep-original", "--nesting-list", "8,16") == 2
+    assert "already has a projection (32 -> 16) that is not a rotation" in capsys.readouterr().err
+    assert _train_cli(reduced, out, "--keep-original", "--nesting-list", "8,16", "--rotation-lr", "off") == 0
 
 
 def _train_cli(path, out, *flags):
@@ -324,6 +340,8 @@ def test_flags_that_used_to_be_ignored_or_crash(tiny_checkpoint, tmp_path, capsy
     for argv, message in (
             (["train", "digits", "--epochs", "2.5"], "give a whole number"),
             (["train", "digits", "--model", str(path)], "takes --epochs and --seed only, not ['--model']"),
+            (["demo", "--digits", "--model", str(path), "--output-dir", "x"],
+             "takes --epochs and --seed only, not ['--output-dir', '--model']"),
             (["train", "text-embeddings", "--model", str(path), "--epochs", "0"], "--epochs 0 must be > 0"),
             (["evaluate", str(path), "--mteb", "chatterbot", "--pairs", "p.jsonl"], "['--pairs'] score --pairs")):
         assert main(argv) == 2, argv
@@ -335,3 +353,19 @@ def test_flags_that_used_to_be_ignored_or_crash(tiny_checkpoint, tmp_path, capsy
     out = tmp_path / "trained"
     assert main(["train", "text-embeddings", "--model", str(path), "--output-dir", str(out), "--epochs", "0.1"]) == 0
     assert json.loads((out / "config.json").read_text())["nesting_list"] == [8, 16, 32]  # the checkpoint's own
+
+
+def test_recipes_train_the_sizes_from_pretrained_reads(tmp_path):
+    """A checkpoint that lists its sizes as matryoshka_dimensions only (vLLM / Jina style): the recipes' default is
+    those sizes, as MRLBertModel.from_pretrained reads them, not the halving list of the width."""
+    from transformers import BertConfig, BertModel
+
+    from mrl_hf.modeling import MRLBertModel
+    from mrl_hf.recipes import checkpoint_nesting_list
+
+    BertModel(BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=37)).save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "matryoshka_dimensions": [4, 12, 32]}))
+    assert checkpoint_nesting_list(str(tmp_path)) == [4, 12, 32]
+    assert MRLBertModel.from_pretrained(str(tmp_path)).config.nesting_list == [4, 12, 32]
