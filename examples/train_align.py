@@ -71,7 +71,7 @@ class AlignCollator:
 
     def __call__(self, features):
         enc = self.tokenizer([f["caption"] for f in features], padding=True, truncation=True,
-                             max_length=self.max_length, return_tensors="pt")
+                             max_length=self.max_length, return_tensors="pt", padding_side="right")
         return {"pixel_values": torch.stack([f["pixel_values"] for f in features]),
                 "input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 

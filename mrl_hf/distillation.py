@@ -220,13 +220,15 @@ class DistillationCollator:
                 raise ValueError(f"the rows have no {key!r} (keys: {sorted(features[0])}); "
                                  "add teacher vectors with add_teacher_embeddings(dataset, teacher).")
         enc = self.tokenizer([f[self.text_column] for f in features], padding=True, truncation=True,
-                             max_length=self.max_length, return_tensors="pt", return_token_type_ids=False)
+                             max_length=self.max_length, return_tensors="pt", return_token_type_ids=False,
+                             padding_side="right")  # as encode pads: BERT counts left pads as positions
         batch = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
                  "teacher_embeddings": torch.as_tensor([f[self.teacher_column] for f in features],
                                                        dtype=torch.float32)}
         if self.positive_column is not None:
             pos = self.tokenizer([f[self.positive_column] for f in features], padding=True, truncation=True,
-                                 max_length=self.max_length, return_tensors="pt", return_token_type_ids=False)
+                                 max_length=self.max_length, return_tensors="pt", return_token_type_ids=False,
+                                 padding_side="right")  # as encode pads: BERT counts left pads as positions
             batch["positive_input_ids"], batch["positive_attention_mask"] = pos["input_ids"], pos["attention_mask"]
         return batch
 

@@ -134,3 +134,16 @@ def test_a_left_padding_tokenizer_is_saved_padding_on_the_right(tmp_path):
     for folder in ("saved", "st"):
         st = SentenceTransformer(str(tmp_path / folder), device="cpu")
         np.testing.assert_allclose(st.encode(TEXTS, normalize_embeddings=True), ours, atol=1e-5)
+    # training sees the vectors encode serves: the collators pad on the right too
+    import torch
+
+    from mrl_hf.data.collator import PairCollator
+    from mrl_hf.distillation import DistillationCollator
+
+    batch = PairCollator(model.tokenizer)([(TEXTS[0], TEXTS[1]), (TEXTS[2], TEXTS[0])])
+    assert (batch["attention_mask"][:, 0] == 1).all() and (batch["positive_attention_mask"][:, 0] == 1).all()
+    with torch.no_grad():
+        trained = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).embeddings
+    np.testing.assert_allclose(trained.numpy(), model.encode([TEXTS[0], TEXTS[2]], normalize=False), atol=1e-5)
+    rows = [{"text": t, "teacher_embedding": [0.0] * 4} for t in TEXTS]
+    assert (DistillationCollator(model.tokenizer)(rows)["attention_mask"][:, 0] == 1).all()

@@ -31,7 +31,8 @@ class PairCollator:
         batch = {}
         for j, role in enumerate(ROLES[: len(rows[0])]):
             enc = self.tokenizer([r[j] for r in rows], padding=True, truncation=True, max_length=self.max_length,
-                                 return_tensors="pt", return_token_type_ids=False)
+                                 return_tensors="pt", return_token_type_ids=False,
+                                 padding_side="right")  # as encode pads: BERT counts left pads as positions
             prefix = "" if role == "anchor" else f"{role}_"
             batch[f"{prefix}input_ids"] = enc["input_ids"]
             batch[f"{prefix}attention_mask"] = enc["attention_mask"]

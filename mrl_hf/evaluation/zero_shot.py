@@ -51,7 +51,7 @@ def embed_texts(model, texts: Sequence[str], tokenizer=None, batch_size: int = 2
         chunks = []
         for i in range(0, len(texts), batch_size):
             enc = tokenizer(list(texts[i:i + batch_size]), padding=True, truncation=True, max_length=max_length,
-                            return_tensors="pt")
+                            return_tensors="pt", padding_side="right")  # as encode pads (BERT counts left pads)
             enc = {k: v.to(model.device) for k, v in enc.items()}
             chunks.append(model.get_text_features(**enc, truncate_dim=model.config.projection_dim,
                                                   normalize=False).float().cpu())
