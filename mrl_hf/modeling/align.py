@@ -174,15 +174,12 @@ class MRLAlignPreTrainedModel(MatryoshkaPreTrainedMixin, PreTrainedModel):
         if isinstance(module, MRLAlignModel):
             init.constant_(module.logit_scale, math.log(1.0 / self.config.temperature_init_value))
 
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        """``PreTrainedModel.from_pretrained``, plus the ``MRLAlignProcessor`` saved next to the weights (if any)
-        as ``model.processor``. Matryoshka kwargs (``truncate_dim=64``) override the saved config."""
-        result = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-        model = result[0] if isinstance(result, tuple) else result
-        model.config.validate_matryoshka()
-        model.processor = _try_load_processor(pretrained_model_name_or_path, kwargs)
-        return result
+    def _load_extra_files(self, path, kwargs) -> None:
+        """``from_pretrained`` also loads the ``MRLAlignProcessor`` saved next to the weights (if any) as
+        ``model.processor``, under the weights' read lock. Matryoshka kwargs (``truncate_dim=64``) override the saved
+        config."""
+        self.config.validate_matryoshka()
+        self.processor = _try_load_processor(path, kwargs)
 
     def _save_extra_files(self, save_directory):
         """``save_pretrained`` (atomic, see ``mrl_hf.saving``) also saves ``model.processor`` when there is one."""
