@@ -310,6 +310,11 @@ def test_a_tokenizer_without_a_length_limit_is_capped_at_the_positions_the_backb
     unlimited = copy.deepcopy(tokenizer)
     unlimited.model_max_length = int(1e30)
     assert model.encode(["word " * 200], tokenizer=unlimited).shape == (1, model.config.matryoshka_embedding_dim)
+    # X-MOD numbers its positions the same way (AutoModel builds it; it was missing from the list)
+    xmod = AutoConfig.for_model("xmod", **{**COMMON, "max_position_embeddings": 40, "pad_token_id": 0},
+                                default_language="en_XX", languages=["en_XX"])
+    model = MRLModelForTextEmbedding(MRLTextEmbeddingConfig(backbone_config=xmod, nesting_list=[8, 32])).eval()
+    assert model.encode(["word " * 200], tokenizer=unlimited).shape == (1, 32)
 
 
 # ---- training -------------------------------------------------------------------------------------------------------

@@ -102,10 +102,12 @@ def try_load_tokenizer(path, kwargs):
         return None
 
 
-# families that number positions from pad_token_id + 1 (RoBERTa's scheme): that many fewer tokens fit
+# families that number positions from pad_token_id + 1 (RoBERTa's scheme): that many fewer tokens fit. The text
+# encoders whose transformers modeling code numbers positions with create_position_ids_from_input_ids(padding_idx).
 _POSITIONS_AFTER_PADDING = frozenset({"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "data2vec-text",
                                       "longformer", "mpnet", "roberta-prelayernorm", "ibert", "esm", "luke",
-                                      "markuplm"})
+                                      "markuplm", "xmod", "lilt", "clap_text_model", "altclip_text_model",
+                                      "bridgetower_text_model"})
 
 
 def right_padding(tokenizer):
