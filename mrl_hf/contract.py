@@ -171,6 +171,13 @@ def inspect_checkpoint(source: str | os.PathLike, revision: str | None = None, t
     default = _default_dim(config, st_config, dims, problems)
     normalization = _normalization(config, modules, kind, dims, full_dim, problems)
     precisions = _precisions(config, dims, problems)
+    missing_code = _missing_remote_code(config.get("auto_map"), files)
+    if missing_code:
+        problems.append(Problem(
+            f"config.json's auto_map names {missing_code}, which the folder does not have: trust_remote_code "
+            "loads fail.",
+            f"save it again with mrl_hf's save_pretrained (it writes the code), or `mrl-hf export {source} OUT "
+            "--remote-code`."))
     if kind == "mrl_hf" and not config.get("auto_map"):
         problems.append(Problem(
             f"model_type {model_type!r} opens only where mrl_hf is installed (config.json has no auto_map).",
@@ -178,6 +185,15 @@ def inspect_checkpoint(source: str | os.PathLike, revision: str | None = None, t
             "with mrl_hf (save_pretrained writes the remote code)."))
     return CheckpointReport(source=source, kind=kind, dims=dims, default_dim=default, full_dim=full_dim,
                             normalization=normalization, keys=keys, problems=problems, precisions=precisions)
+
+
+def _missing_remote_code(auto_map, files: _Files) -> list[str]:
+    """The code files a local folder's ``auto_map`` names but lacks (a "repo--module.Class" entry lives elsewhere)."""
+    if not files.local or not isinstance(auto_map, dict):
+        return []
+    refs = [r for v in auto_map.values() for r in (v if isinstance(v, list) else [v]) if isinstance(r, str)]
+    names = {r.rsplit(".", 1)[0] + ".py" for r in refs if "--" not in r and "." in r}
+    return sorted(n for n in names if not (Path(files.source) / n).is_file())
 
 
 def _full_dim(config: dict, modules, files: _Files) -> int | None:

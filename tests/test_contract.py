@@ -68,6 +68,16 @@ def test_every_way_out_writes_one_contract(tmp_path):
     model.save_pretrained(tmp_path / "bare", remote_code=False)
     (problem,) = inspect_checkpoint(tmp_path / "bare").problems
     assert "no auto_map" in problem.message and "--remote-code" in problem.fix
+    # also for a model loaded from a save with code: its config's auto_map is not written without the code
+    MRLBertModel.from_pretrained(outputs["save_pretrained"]).save_pretrained(tmp_path / "bare2", remote_code=False)
+    assert "auto_map" not in read(tmp_path / "bare2" / "config.json")
+    assert not list((tmp_path / "bare2").glob("*.py"))
+    assert [p.message for p in inspect_checkpoint(tmp_path / "bare2").problems] == [problem.message]
+    # an auto_map whose code is gone is reported
+    for code in outputs["save_pretrained"].glob("*.py"):
+        code.unlink()
+    (problem,) = inspect_checkpoint(outputs["save_pretrained"]).problems
+    assert "auto_map names ['mrl_hf_modeling_bert.py'" in problem.message and "--remote-code" in problem.fix
 
 
 def test_inspect_sizes_the_generic_classes_from_their_backbone_config(tmp_path):

@@ -80,9 +80,17 @@ class MatryoshkaPreTrainedMixin:
         """Write the checkpoint's files into ``directory`` as they are, without the commit of ``save_pretrained``
         (for writers that commit a larger set of files, such as ``save_for_hub``)."""
         self._sync_config()
-        super().save_pretrained(str(directory), *args, **kwargs)
+        own_code = type(self).__module__.startswith("mrl_hf.")  # a copy's own code is copied by transformers
+        auto_map = getattr(self.config, "auto_map", None)
+        if not remote_code and own_code and auto_map is not None:  # loaded from a save with code: no code, no map
+            del self.config.auto_map
+        try:
+            super().save_pretrained(str(directory), *args, **kwargs)
+        finally:
+            if auto_map is not None:
+                self.config.auto_map = auto_map
         self._save_extra_files(str(directory))
-        if remote_code and type(self).__module__.startswith("mrl_hf."):  # a copy's own code is copied by transformers
+        if remote_code and own_code:
             try:
                 from mrl_hf.hub.remote_code import write_remote_code
             except ImportError:
