@@ -67,9 +67,10 @@ def test_with_queries_of_their_own_the_adaptor_meets_the_targets_on_rotten_tomat
     """Rotten-tomatoes review -> plot: the training half's 518 plots are the corpus and its 2,269 reviews the
     unlabelled queries (`--queries`, no pairs); the held-out half is 2,000 reviews over 565 plots. Reviews and plots
     are different kinds of text: the symmetric adaptor reached 83% of the original's full-size hit@10 at 64 dims
-    here; the asymmetric one (fitted on the plots, reviews centred on their own mean) measured 20.6 / 23.6 at 64 / 128
-    dims against the original's 22.7 at full size (20.65 / 23.65 / 22.70: 91.0% / 104%; seed-1 split, scratch run:
-    about 91% / 102%)."""
+    here; the asymmetric one (fitted on the plots, reviews centred on their own mean) measured 20.6 / 23.5 at 64 / 128
+    dims against the original's 22.1 at full size (20.65 / 23.45 / 22.15: 93.2% / 106%), both read at the 256 tokens
+    all-MiniLM-L6-v2's sentence_bert_config.json states (at 512 tokens: 20.65 / 23.65 / 22.70, 91.0% / 104%; seed-1
+    split, scratch run: about 91% / 102%)."""
     from mrl_hf.evaluation.pairs import pair_retrieval_metrics
     from mrl_hf.modeling import MRLBertModel
     from mrl_hf.recipes import packaged_minilm
@@ -99,7 +100,7 @@ def test_with_queries_of_their_own_the_adaptor_meets_the_targets_on_rotten_tomat
     ours = hit10(adaptor.transform(q, task="query", normalize=False), adaptor.transform(c, normalize=False))
     plain = hit10(q, c)
     print(f"hit@10 asymmetric adaptor {ours}\noriginal {plain}")
-    # targets >= 90% at 64 dims and >= 97% at 128; measured 91.0% (4 reviews above it, 0.05 points each) and 104%:
-    # this guards 89.5% so that a thread-count change in the fit cannot turn CI red while a real regression does
-    assert ours[64] >= 0.895 * plain[384] and ours[128] >= 0.97 * plain[384], (ours, plain)
-    assert ours[64] > plain[64] + 3 and ours[384] > plain[384], (ours, plain)  # measured +5.0 and +3.2
+    # targets >= 90% at 64 dims and >= 97% at 128; measured 93.2% (14 reviews above it, 0.05 points each) and 106%:
+    # this guards 91% so that a thread-count change in the fit cannot turn CI red while a real regression does
+    assert ours[64] >= 0.91 * plain[384] and ours[128] >= 0.97 * plain[384], (ours, plain)
+    assert ours[64] > plain[64] + 3 and ours[384] > plain[384], (ours, plain)  # measured +5.3 and +3.7

@@ -121,6 +121,19 @@ def test_a_sentence_transformers_folder_loads_with_its_pooling_or_is_refused(tmp
             assert MRLModelForTextEmbedding.from_pretrained(tmp_path / "other").config.pooling == mode
 
 
+def test_a_sentence_transformers_folder_reads_as_many_tokens_as_sentence_transformers():
+    """all-MiniLM-L6-v2's sentence_bert_config.json says 256 tokens, its tokenizer 512: a long text embedded by the
+    loaded model must be sentence-transformers' vector (cosine 0.88 when it read 512)."""
+    from mrl_hf.modeling import MRLModelForTextEmbedding
+
+    long = " ".join(f"word{i}" for i in range(400))
+    reference = SentenceTransformer(MINILM, device="cpu").encode([long])
+    for loader in (MRLBertModel, MRLModelForTextEmbedding):
+        model = loader.from_pretrained(MINILM).eval()
+        assert model.tokenizer.model_max_length == 256, loader
+        np.testing.assert_allclose(model.encode([long], normalize=True), reference, atol=1e-5)
+
+
 def test_a_left_padding_tokenizer_is_saved_padding_on_the_right(tmp_path):
     """encode pads on the right; sentence-transformers pads as the saved tokenizer says, and BERT counts left padding
     as positions (0.26 apart). The saved folder and the export pad on the right; the model's tokenizer is left as
