@@ -289,8 +289,9 @@ def _export(args: argparse.Namespace) -> int:
         path = export_sentence_transformers(model, args.output, overwrite=args.overwrite)
     except FileExistsError as exc:
         raise FileExistsError(str(exc).replace("pass overwrite=True", "pass --overwrite")) from exc
+    trust = ", trust_remote_code=True" if (Path(path) / "mrl_adaptor.py").is_file() else ""  # the adaptor's MLP
     print(f"Wrote a sentence-transformers folder to {path}. Load it at any trained size "
-          f"{model.config.nesting_list}:\n  SentenceTransformer({str(path)!r}, truncate_dim={_mid(model)})")
+          f"{model.config.nesting_list}:\n  SentenceTransformer({str(path)!r}, truncate_dim={_mid(model)}{trust})")
     if model.adaptor is not None:
         print("Note: vLLM cannot serve this folder (it skips the adaptor's modules without an error); serve it with "
               "sentence-transformers or mrl_hf. `mrl-hf inspect` reports this.")

@@ -38,6 +38,18 @@ def test_export_sentence_transformers_then_load_with_truncate_dim(tiny_checkpoin
     np.testing.assert_allclose(got, expected, atol=1e-5)
     assert main(["export", str(path), str(out), "--sentence-transformers"]) == 2  # exists: refuses without --overwrite
     assert "overwrite" in capsys.readouterr().err
+    # an adaptor with its MLP is a module file in the folder: the printed line loads it as written
+    from mrl_hf.adaptor import MatryoshkaAdaptor, attach_adaptor
+    from mrl_hf.modeling import MRLBertModel
+
+    adapted = MRLBertModel.from_pretrained(path)
+    adaptor = MatryoshkaAdaptor(32, [8, 16, 32], 8)
+    adaptor.init_pca(np.random.default_rng(0).standard_normal((64, 32)).astype(np.float32))
+    attach_adaptor(adapted, adaptor).save_pretrained(tmp_path / "adapted")
+    assert main(["export", str(tmp_path / "adapted"), str(tmp_path / "st2"), "--sentence-transformers"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if "SentenceTransformer(" in x).strip()
+    assert line.endswith("trust_remote_code=True)")
+    assert eval(line, {"SentenceTransformer": SentenceTransformer}).encode(texts).shape == (2, 16)
 
 
 def test_evaluate_prints_a_per_dim_table_and_writes_results(tiny_checkpoint, tmp_path, capsys):
