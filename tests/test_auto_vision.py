@@ -351,3 +351,19 @@ def test_auto_pooling_reads_the_pooler_the_family_classifier_reads(tmp_path):
     pixels = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
         torch.testing.assert_close(model(pixel_values=pixels).embeddings, classifier.beit(pixels).pooler_output)
+    # an mrl_hf checkpoint saved before the pooler was read (no pooler weights, pooling 'auto') loads as it was
+    # trained, on the [CLS] token, instead of through a freshly initialised pooler (cosine 0.35 to its embeddings)
+    import json
+
+    earlier = MRLModelForImageEmbedding(MRLImageConfig(backbone_config=config, nesting_list=[4, 8, 16],
+                                                       pooling="cls")).eval()
+    assert earlier.backbone.pooler is None
+    earlier.save_pretrained(tmp_path / "earlier")
+    saved = json.loads((tmp_path / "earlier" / "config.json").read_text())
+    (tmp_path / "earlier" / "config.json").write_text(json.dumps({**saved, "pooling": "auto"}))
+    loaded = MRLModelForImageEmbedding.from_pretrained(tmp_path / "earlier").eval()
+    assert loaded.config.pooling == "cls" and loaded.backbone.pooler is None
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(pixel_values=pixels).embeddings, earlier(pixel_values=pixels).embeddings)
+    loaded.save_pretrained(tmp_path / "again")  # the pooling is written out now
+    assert json.loads((tmp_path / "again" / "config.json").read_text())["pooling"] == "cls"

@@ -49,7 +49,7 @@ from transformers import (
     PreTrainedModel,
 )
 from transformers.configuration_utils import SubConfigSpec
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, logging
 
 from ..config import MatryoshkaConfigMixin
 from ..embeddings import truncate_embeddings
@@ -64,6 +64,8 @@ from .auto_classification import (
 from .auto_text import BACKBONE_PREFIX
 from .vision import MatryoshkaImageClassifierOutput
 from .wrapped import WrappedModelMixin, without_pooler_kwargs
+
+logger = logging.get_logger(__name__)
 
 POOLING_MODES = ("auto", "pooler", "cls", "mean")
 
@@ -231,6 +233,22 @@ class MRLImagePreTrainedModel(WrappedModelMixin, PreTrainedModel):
             init_classifier_weights(module, getattr(self.config.backbone_config, "initializer_range", None) or 0.02)
 
     # ---- loading (plain checkpoints: see mrl_hf/modeling/wrapped.py) ---------------------------------------------
+    def _match_own_checkpoint(self, path, info) -> None:
+        """An mrl_hf before 2026-12-05 built BEiT / Data2VecVision / Hiera without their pooling layer, so that
+        ``pooling="auto"`` read the [CLS] token (or the patch mean); such a checkpoint has no pooler weights. It loads
+        as it was trained, with the pooling written out, instead of with a freshly initialised pooler."""
+        pooler = getattr(self.backbone, "pooler", None)
+        if self.config.pooling != "auto" or not isinstance(pooler, nn.Module):
+            return
+        keys = {f"{BACKBONE_PREFIX}.pooler.{name}" for name, _ in pooler.named_parameters()}
+        if not keys or not keys <= set((info or {}).get("missing_keys", ())):
+            return
+        self.backbone.pooler = None
+        self.config.pooling = "cls" if self._prefix_tokens else "mean"
+        logger.warning(f"{str(path)!r} was saved without the pooling layer of its {type(self.backbone).__name__} "
+                       f"(an earlier mrl_hf's pooling='auto'): it is loaded as trained, with "
+                       f"pooling={self.config.pooling!r}; save it again to record that.")
+
     _plain_settings = frozenset({"nesting_list", "truncate_dim", "relative_importance", "normalize_embeddings",
                                  "efficient", "pooling", "embedding_dim", "num_labels", "id2label", "label2id"})
     _auto_class_name = "AutoModelForImageClassification"

@@ -67,13 +67,14 @@ class WrappedModelMixin(MatryoshkaPreTrainedMixin):
             if mapping:
                 kwargs["key_mapping"] = {**(kwargs.get("key_mapping") or {}), **mapping}
         want_info = kwargs.get("output_loading_info", False)
-        if plain is not None:
-            kwargs["output_loading_info"] = True
+        kwargs["output_loading_info"] = True
         result = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         model, info = (result[0], result[1]) if isinstance(result, tuple) else (result, None)
         if plain is not None:
             model._forget_load_key_mapping(mapping)
             model._check_wrapped_model_loaded(pretrained_model_name_or_path, info)
+        else:
+            model._match_own_checkpoint(pretrained_model_name_or_path, info)
         model.config.validate_matryoshka()
         return (model, info) if want_info else model
 
@@ -119,6 +120,9 @@ class WrappedModelMixin(MatryoshkaPreTrainedMixin):
                 c for c in conversions
                 if (tuple(getattr(c, "source_patterns", []) or []), tuple(getattr(c, "target_patterns", []) or []))
                 not in {((s,), (t,)) for s, t in pairs}]
+
+    def _match_own_checkpoint(self, path, info) -> None:
+        """Adapt to a checkpoint of this class written by an earlier mrl_hf, from what it lacks (no-op here)."""
 
     def _check_wrapped_model_loaded(self, path, info) -> None:
         """Refuse a plain checkpoint none of whose weights landed in the wrapped model (keys under a prefix nobody
