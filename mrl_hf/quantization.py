@@ -406,6 +406,7 @@ def quantized_retrieval_metrics(query_embeddings, candidate_embeddings, dims: Se
     Values are fractions in [0, 1].
     """
     try:  # an evaluation tool: imported by absolute name, so the models' remote code does not copy it
+        from mrl_hf.embeddings import _check_finite
         from mrl_hf.evaluation.pairs import _relevance_mask, rank_metrics
     except ImportError:
         raise ImportError("quantized_retrieval_metrics needs the mrl_hf package: pip install mrl-hf") from None
@@ -416,6 +417,8 @@ def quantized_retrieval_metrics(query_embeddings, candidate_embeddings, dims: Se
         raise ValueError(f"query and candidate embeddings must be 2-D with the same size, got {q.shape} and {c.shape}.")
     if len(q) == 0 or len(c) == 0:
         raise ValueError("need at least one query and one candidate.")
+    _check_finite(torch.from_numpy(q), "query_embeddings")  # a NaN score would rank first and count as a hit
+    _check_finite(torch.from_numpy(c), "candidate_embeddings")
     for p in precisions:
         check_code_precision(p)
     relevance = _relevance_mask(relevant, len(q), len(c))

@@ -47,6 +47,14 @@ def test_knn_matches_brute_force_and_votes():
     assert knn_accuracy(db, [1, 0, 0, 1], np.array([[0.0]], np.float32), [0], [1], k=1, metric="l2")[1][0] == 0
 
 
+def test_knn_never_credits_a_class_the_database_does_not_hold():
+    """With 2 classes in the database, top-5 used to rank the query-only class 7 too and count it a hit."""
+    rng = np.random.default_rng(0)
+    db, q = rng.normal(size=(20, 4)).astype(np.float32), rng.normal(size=(5, 4)).astype(np.float32)
+    assert knn_accuracy(db, [0, 1] * 10, q, [7] * 5, [4], k=1) == {4: (0.0, 0.0)}
+    assert knn_accuracy(db, [0, 1] * 10, q, [0, 1, 7, 0, 1], [4], k=1)[4][1] == 80.0
+
+
 def test_knn_top5_ranks_classes_by_their_nearest_neighbour_however_far():
     """60 points of class 0 nearest the query, then one point of each class 1..7, in order: top-5 is classes 0-4
     (it used to look at the 50 nearest points only, and filled the top 5 with arbitrary far classes). Sparse class

@@ -18,3 +18,26 @@ def test_pair_query_ranks_count_the_candidates_above_the_best_relevant_one():
     import torch  # one relevant candidate per query, given as a tensor
     assert pair_query_ranks(queries, candidates, [2], relevant=torch.tensor([2, 1, 0]))[2].tolist() == \
         pair_query_ranks(queries, candidates, [2], relevant=[2, 1, 0])[2].tolist()
+
+
+def test_non_finite_embeddings_are_refused_not_scored():
+    """A NaN score ranked the relevant candidate first: NaN queries scored 100% hit@1; zero-shot and nearest-class-mean
+    took class 0 for NaN rows; quantized_retrieval_metrics ranked them too."""
+    import torch
+
+    from mrl_hf.evaluation.classification import nearest_class_mean_accuracy
+    from mrl_hf.evaluation.pairs import pair_retrieval_metrics
+    from mrl_hf.evaluation.zero_shot import zero_shot_accuracy
+    from mrl_hf.quantization import quantized_retrieval_metrics
+
+    rng = np.random.default_rng(0)
+    good, bad = rng.normal(size=(4, 8)).astype(np.float32), rng.normal(size=(4, 8)).astype(np.float32)
+    bad[2, 3] = np.nan
+    for call in (lambda: pair_retrieval_metrics(bad, good, [8]), lambda: pair_retrieval_metrics(good, bad, [8]),
+                 lambda: quantized_retrieval_metrics(bad, good, [8], ["binary"])):
+        with pytest.raises(ValueError, match=r"has NaN or inf values in row\(s\) 2"):
+            call()
+    with pytest.raises(ValueError, match=r"test_x has NaN or inf values in row\(s\) 2"):
+        nearest_class_mean_accuracy(good, [0, 1, 0, 1], bad, [0, 0, 0, 0], [8])
+    with pytest.raises(ValueError, match=r"NaN or inf values in row\(s\) 2"):
+        zero_shot_accuracy(torch.from_numpy(bad), [0, 0, 0, 0], torch.from_numpy(good[:2]), [8])

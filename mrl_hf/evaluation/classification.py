@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..embeddings import principal_axes
+from ..embeddings import _check_finite, principal_axes
 from ..nesting import validate_dims
 from .retrieval_metrics import as_labels
 from .table import ResultsTable
@@ -31,7 +31,9 @@ def _as_array(x, name: str) -> np.ndarray:
     x = np.asarray(x)
     if x.ndim != 2:
         raise ValueError(f"{name} must be a 2-D array (num_examples, dim), got shape {x.shape}.")
-    return x.astype(np.float32, copy=False)
+    x = x.astype(np.float32, copy=False)
+    _check_finite(torch.from_numpy(np.ascontiguousarray(x)), name)  # a NaN row would be classified, not refused
+    return x
 
 
 def _normalize(x: np.ndarray) -> np.ndarray:
@@ -101,6 +103,7 @@ def knn_accuracy(database_x, database_y, query_x, query_y, dims: Sequence[int], 
     _, compact = np.unique(np.concatenate([db_y, q_y]), return_inverse=True)
     num_classes = int(compact.max()) + 1
     db_labels, q_labels = torch.from_numpy(compact[:len(db_y)]), torch.from_numpy(compact[len(db_y):])
+    ranked = min(5, len(np.unique(db_y)))  # only classes the database holds are ranked: a query's other class misses
     out = {}
     for m in validate_dims(dims, db.shape[1]):
         a, b = db[:, :m], q[:, :m]
@@ -119,7 +122,7 @@ def knn_accuracy(database_x, database_y, query_x, query_y, dims: Sequence[int], 
                 1, db_labels.expand_as(score), score, reduce="amax")  # each class's nearest neighbour
             place = nearest.argsort(dim=1, descending=True, stable=True).argsort(dim=1)  # 0: the nearest class
             class_score = votes * (num_classes + 1) + (num_classes - place)
-            best = class_score.topk(min(5, num_classes), dim=1).indices
+            best = class_score.topk(ranked, dim=1).indices  # absent classes score 0 < every present class's
             target = q_labels[s:s + chunk_size, None]
             top1 += int((best[:, :1] == target).sum())
             top5 += int((best == target).any(1).sum())

@@ -12,7 +12,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from ..embeddings import truncate_embeddings
+from ..embeddings import _check_finite, truncate_embeddings
 from ..nesting import validate_dim
 
 
@@ -32,6 +32,8 @@ def pair_query_ranks(
                          f"and {tuple(c.shape)}.")
     if len(q) == 0 or len(c) == 0:
         raise ValueError("need at least one query and one candidate.")
+    _check_finite(q, "query_embeddings")  # a NaN score would rank first and count as a hit
+    _check_finite(c, "candidate_embeddings")
     relevance = _relevance_mask(relevant, len(q), len(c))
     ranks = {}
     for m in dims:

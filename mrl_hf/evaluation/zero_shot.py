@@ -11,7 +11,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..embeddings import truncate_embeddings
+from ..embeddings import _check_finite, truncate_embeddings
 from ..nesting import validate_dims
 from .pairs import pair_retrieval_metrics
 
@@ -25,7 +25,9 @@ def _as_float_tensor(x, name: str, ndim: Sequence[int] = (2,)) -> torch.Tensor:
         raise TypeError(f"{name} must be a torch.Tensor or numpy array, got {type(x).__name__}.")
     if x.dim() not in ndim:
         raise ValueError(f"{name} must have {' or '.join(map(str, ndim))} dims, got shape {tuple(x.shape)}.")
-    return x.detach().float().cpu()
+    x = x.detach().float().cpu()
+    _check_finite(x.reshape(len(x), -1), name)  # argmax of a NaN row would pick class 0
+    return x
 
 
 def _tokenizer_of(model, tokenizer):
