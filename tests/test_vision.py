@@ -166,3 +166,16 @@ def test_labels_must_be_class_ids_and_head_sizes_may_be_numpy_ints():
     assert ImageClassificationDataset(torch.zeros(2, 1, 4, 4), np.array([1.0, 2.0])).labels.tolist() == [1, 2]
     head = MatryoshkaHead([4, 8], np.array([0, 3, 9]).max() + 1)  # a numpy int, e.g. labels.max() + 1
     assert type(head.num_classes) is int and head.num_classes == 10
+
+
+def test_image_inputs_that_used_to_pass_silently_are_refused():
+    """to_pixel_values divided float images by 255 again (a near-constant image); load_fashion_mnist took limit=-1 as
+    a slice end (9,999 test images)."""
+    from mrl_hf.data.images import load_fashion_mnist
+
+    images = np.random.default_rng(0).integers(0, 256, (2, 8, 8)).astype(np.uint8)
+    with pytest.raises(TypeError, match=r"images must be uint8 .* got float32"):
+        to_pixel_values(images.astype(np.float32) / 255)
+    assert to_pixel_values(images).shape == (2, 1, 8, 8)
+    with pytest.raises(ValueError, match="limit=-1 must be an int >= 0"):
+        load_fashion_mnist("test", limit=-1)

@@ -25,6 +25,8 @@ def load_fashion_mnist(split: str = "train", source: str = "auto", path: str | N
     """
     if split not in _IDX_FILES:
         raise ValueError(f"split={split!r} must be 'train' or 'test'.")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+        raise ValueError(f"limit={limit!r} must be an int >= 0 (or None for every image).")
     if source not in ("auto", "idx", "hub"):
         raise ValueError(f"source={source!r} must be 'auto', 'idx' or 'hub'.")
     folder = path or FASHION_MNIST_DIR
@@ -69,6 +71,9 @@ def to_pixel_values(images: np.ndarray, size: int | None = None, channels: int =
     images = np.asarray(images)
     if images.ndim != 3:
         raise ValueError(f"images must have shape (N, height, width), got {images.shape}.")
+    if images.dtype != np.uint8:  # floats in [0, 1] would be divided by 255 again, into a near-constant image
+        raise TypeError(f"images must be uint8 (0-255), got {images.dtype}; for floats in [0, 1] pass "
+                        "(images * 255).round().astype(np.uint8).")
     x = torch.from_numpy(images.astype(np.float32) / 255.0).unsqueeze(1)
     if size is not None and tuple(x.shape[-2:]) != (size, size):
         x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
