@@ -356,18 +356,24 @@ def distinct_pair_batch(groups: tuple[Sequence[int], Sequence[int]], batch_size:
                         generator: torch.Generator) -> torch.Tensor:
     """Up to ``batch_size`` pair indices in random order, no two sharing a query group or a positive group
     (``groups``: each pair's query and positive group ids): in-batch InfoNCE would take a copy of a pair's own
-    positive (or query) for a negative."""
+    positive (or query) for a negative. A draw that leaves a single pair (its InfoNCE is 0, no gradient) is drawn
+    again, up to 8 times."""
     query_groups, positive_groups = groups
-    seen_q, seen_p, picked = set(), set(), []
-    for i in torch.randperm(len(query_groups), generator=generator).tolist():
-        if query_groups[i] in seen_q or positive_groups[i] in seen_p:
-            continue
-        seen_q.add(query_groups[i])
-        seen_p.add(positive_groups[i])
-        picked.append(i)
-        if len(picked) == batch_size:
+    best: list[int] = []
+    for _ in range(8):
+        seen_q, seen_p, picked = set(), set(), []
+        for i in torch.randperm(len(query_groups), generator=generator).tolist():
+            if query_groups[i] in seen_q or positive_groups[i] in seen_p:
+                continue
+            seen_q.add(query_groups[i])
+            seen_p.add(positive_groups[i])
+            picked.append(i)
+            if len(picked) == batch_size:
+                break
+        best = max(best, picked, key=len)
+        if len(best) >= 2:
             break
-    return torch.tensor(picked)
+    return torch.tensor(best)
 
 
 def _needs_mrl_hf(what: str, module: str):

@@ -198,6 +198,9 @@ def test_pair_batches_never_repeat_a_query_or_a_positive():
         sizes.add(len(batch))
     assert sizes == {6}  # one pair of positive groups 0, 1, 2, 3, 6, and one of 4 / 5 (their query is shared)
     assert len(distinct_pair_batch((query_groups.tolist(), positive_groups.tolist()), 3, g)) == 3
+    # (q0, p0), (q0, p1), (q1, p0): a draw that takes (q0, p0) first leaves one pair, whose InfoNCE is 0: drawn again
+    sizes = [len(distinct_pair_batch(([0, 0, 1], [0, 1, 0]), 8, torch.Generator().manual_seed(s))) for s in range(20)]
+    assert sizes == [2] * 20
 
 
 def test_fit_can_train_the_prefixes_as_the_codes_they_will_be_served_as():
