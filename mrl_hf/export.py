@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 
 import torch
 from torch import nn
@@ -99,6 +100,10 @@ def export_sentence_transformers(model: MRLBertModel, path: str, tokenizer=None,
     os.makedirs(parent, exist_ok=True)
     config = model.config
     max_seq_length = max_seq_length or default_max_length(tokenizer, config)
+    if config.normalize_embeddings:  # a Normalize module would run before sentence-transformers cuts the prefix
+        warnings.warn("the model normalises each prefix after cutting it (normalize_embeddings=True); the exported "
+                      "folder returns the raw prefix, as sentence-transformers cuts after its modules: pass "
+                      "normalize_embeddings=True to SentenceTransformer.encode for the same vectors.", stacklevel=2)
 
     with tempfile.TemporaryDirectory(dir=parent, prefix=".mrl_export_") as work, \
             owned_files(path, "sentence-transformers") as st_dir:

@@ -18,7 +18,8 @@ TEXTS = ["What is a matryoshka doll?", "Nested dolls of decreasing size placed o
 @pytest.mark.parametrize("extra", [{}, {"embedding_dim": 64, "pooling": "cls"}])
 def test_sentence_transformers_loads_export_with_truncate_dim(tmp_path, extra):
     model = MRLBertModel.from_pretrained(MINILM, normalize_embeddings=True, **extra)
-    path = export_sentence_transformers(model, tmp_path / "st")
+    with pytest.warns(UserWarning, match="pass normalize_embeddings=True to SentenceTransformer.encode"):
+        path = export_sentence_transformers(model, tmp_path / "st")  # the raw prefix below, unless asked
     config = json.loads((tmp_path / "st" / "config.json").read_text())
     assert config["model_type"] == "bert" and config["matryoshka_dimensions"] == model.config.nesting_list
     st = SentenceTransformer(path, truncate_dim=32, device="cpu")
@@ -28,7 +29,8 @@ def test_sentence_transformers_loads_export_with_truncate_dim(tmp_path, extra):
     np.testing.assert_allclose(st.encode(TEXTS), model.encode(TEXTS, truncate_dim=32, normalize=False), atol=1e-5)
     with pytest.raises(FileExistsError, match="overwrite=True"):
         export_sentence_transformers(model, path)
-    export_sentence_transformers(model, path, overwrite=True)
+    with pytest.warns(UserWarning, match="normalize_embeddings=True"):
+        export_sentence_transformers(model, path, overwrite=True)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".mrl_export_")]
 
 
