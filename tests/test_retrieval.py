@@ -141,6 +141,24 @@ def test_faiss_and_torch_backends_agree(data):
             np.testing.assert_allclose(sa, sb, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("backend", ["faiss", "torch"])
+def test_exact_l2_search_is_exact_on_vectors_with_a_large_common_part(backend):
+    """|q|^2 - 2 q.x + |x|^2 in float32 lost the digits of close vectors far from the origin: the torch backend's
+    recall@10 was 0.34 here. It now stores rows shifted by their mean (rows added later too)."""
+    rng = np.random.default_rng(0)
+    offset = 10 * rng.standard_normal(64)
+    db = (offset + 0.01 * rng.standard_normal((2000, 64))).astype(np.float32)
+    q = (offset + 0.01 * rng.standard_normal((20, 64))).astype(np.float32)
+    index = MatryoshkaIndex(db[:1000], metric="l2", backend=backend)
+    index.build(64)
+    index.add(db[1000:])
+    found = index.search(q, 10, dim=64)
+    exact = ((q[:, None, :].astype(np.float64) - db[None].astype(np.float64)) ** 2).sum(-1)
+    expected = np.argsort(exact, 1)[:, :10]
+    assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found.ids, expected)]) == 1.0
+    np.testing.assert_allclose(found.scores, np.take_along_axis(exact, expected, 1), rtol=1e-3, atol=1e-6)
+
+
 def test_approximate_indexes_match_exact_when_searched_exhaustively(data):
     pytest.importorskip("faiss")
     db, queries = data

@@ -12,7 +12,9 @@ class TorchFlatLevel:
     """Exhaustive top-k over prepared vectors (prefixes, already normalised for cosine) in blocks.
 
     Scores are inner products (``cosine``/``ip``) or squared L2 distances (``l2``); memory stays bounded
-    by scoring the database in blocks and merging per-block top-k.
+    by scoring the database in blocks and merging per-block top-k. For ``l2`` the vectors are stored shifted by the
+    mean of the first rows added (distances do not change): ``|q|^2 - 2 q.x + |x|^2`` in float32 loses the digits of
+    nearby vectors that share a large common part (recall@10 0.34 on such data), and the shift removes that part.
     """
 
     index_type = "flat"
@@ -23,6 +25,7 @@ class TorchFlatLevel:
         self.metric = metric
         self._data = torch.empty((0, dim), dtype=torch.float32)
         self._sqnorms = torch.empty((0,), dtype=torch.float32)
+        self._offset = torch.zeros(dim, dtype=torch.float32)  # l2: subtracted from stored rows and queries
 
     @property
     def ntotal(self) -> int:
@@ -34,12 +37,17 @@ class TorchFlatLevel:
 
     def add(self, x: np.ndarray) -> None:
         new = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-        self._data = new.clone() if self.ntotal == 0 else torch.cat([self._data, new])
         if self.metric == "l2":
+            if self.ntotal == 0 and len(new):
+                self._offset = new.double().mean(0).float()
+            new = new - self._offset
             self._sqnorms = torch.cat([self._sqnorms, new.square().sum(1)])
+        self._data = new.clone() if self.ntotal == 0 else torch.cat([self._data, new])
 
     def search(self, queries: np.ndarray, k: int, **_ignored) -> tuple[np.ndarray, np.ndarray, float]:
         q = torch.from_numpy(queries)
+        if self.metric == "l2":
+            q = q - self._offset
         largest = self.metric != "l2"
         n = self.ntotal
         block = max(1024, _SCORE_BLOCK // _QUERY_CHUNK)
