@@ -79,6 +79,10 @@ def test_overlap_and_recall_against_a_reference():
     assert top_k_overlap(torch.from_numpy(ref), ref, 4) == 1.0
     # an empty slot (-1, from an approximate index) is not a neighbour, even where the reference's is empty too
     assert nn_recall_at_k(np.array([[-1, 2]]), np.array([[-1, 5]]), 2) == 0.0
+    # a repeated id (from an outside tool) is one neighbour, not one per repeat
+    assert top_k_overlap(np.array([[7, 7, 7, 7]]), np.array([[7, 1, 2, 3]]), 4) == 0.25
+    assert tie_aware_overlap(np.array([[7, 7, 7, 7]]), [[0.9] * 4], np.array([[7, 1, 2, 3]]), [[0.9, 0.8, 0.7, 0.6]],
+                             4) == 0.25
 
 
 def test_tie_aware_overlap_counts_a_tie_at_the_kth_score_and_nothing_worse():
@@ -92,6 +96,13 @@ def test_tie_aware_overlap_counts_a_tie_at_the_kth_score_and_nothing_worse():
     assert tie_aware_overlap(np.array([[1, 2, 7]]), [[0.1, 0.2, 0.3]], ref, [[0.1, 0.2, 0.3]], 3, metric="l2") == 1.0
     assert tie_aware_overlap(np.array([[1, 2, 7]]), [[0.1, 0.2, 0.4]], ref, [[0.1, 0.2, 0.3]], 3, metric="l2") == \
         pytest.approx(2 / 3)
+
+
+def test_per_dim_evaluation_of_a_database_under_8_dims_scores_its_full_dim():
+    rng = np.random.default_rng(0)
+    db, q = rng.standard_normal((100, 4)).astype(np.float32), rng.standard_normal((5, 4)).astype(np.float32)
+    assert list(evaluate_retrieval_per_dim(db, q, ks=(5,))) == [4]  # it returned {}
+    assert list(evaluate_retrieval_per_dim(np.hstack([db] * 5), q.repeat(5, 1), ks=(5,))) == [10, 20]
 
 
 def test_retrieval_metrics_names_every_value():

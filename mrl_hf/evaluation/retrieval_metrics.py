@@ -104,8 +104,15 @@ def mean_average_precision_at_k(ids, query_labels, database_labels, k: int) -> f
     return float(average_precision_at_k(ids, query_labels, database_labels, k).mean())
 
 
+def _repeats(ids: np.ndarray) -> np.ndarray:
+    """Where a row repeats an id it already holds in an earlier slot (a set counts it once)."""
+    same = ids[:, :, None] == ids[:, None, :]
+    return (same & np.tril(np.ones(same.shape[1:], dtype=bool), -1)).any(axis=2)
+
+
 def top_k_overlap(ids, reference_ids, k: int) -> float:
-    """|first k of ids ∩ first k of reference_ids| / k, averaged over queries (k-recall@k of ANN papers)."""
+    """|first k of ids ∩ first k of reference_ids| / k, averaged over queries (k-recall@k of ANN papers); an id
+    repeated in a row counts once."""
     ids, ref = _as_ids(ids), _as_ids(reference_ids, "reference_ids")
     k = _check_k(ids, k)
     _check_k(ref, k, "reference_ids")
@@ -114,7 +121,8 @@ def top_k_overlap(ids, reference_ids, k: int) -> float:
     found = 0
     for s in range(0, ids.shape[0], 1024):  # chunks bound the (chunk, k, k) comparison
         a, b = ids[s:s + 1024, :k], ref[s:s + 1024, :k]
-        found += int(((a[:, :, None] == b[:, None, :]) & (a[:, :, None] >= 0)).any(axis=2).sum())
+        hit = ((a[:, :, None] == b[:, None, :]) & (a[:, :, None] >= 0)).any(axis=2)
+        found += int((hit & ~_repeats(a)).sum())
     return found / (k * max(ids.shape[0], 1))
 
 
@@ -134,7 +142,7 @@ def tie_aware_overlap(ids, scores, reference_ids, reference_scores, k: int, metr
     margin = tol * np.maximum(1.0, np.abs(kth))
     as_good = scores <= kth + margin if metric == "l2" else scores >= kth - margin
     listed = (ids[:, :k, None] == ref[:, None, :k]).any(axis=2)
-    found = ((listed | as_good) & (ids[:, :k] >= 0)).sum(axis=1)
+    found = ((listed | as_good) & (ids[:, :k] >= 0) & ~_repeats(ids[:, :k])).sum(axis=1)
     return float(np.minimum(found, k).sum() / (k * max(ids.shape[0], 1)))
 
 
@@ -184,8 +192,8 @@ def evaluate_retrieval_per_dim(database, queries, query_labels=None, database_la
 
     index = database if isinstance(database, MatryoshkaIndex) else MatryoshkaIndex(database, metric=metric,
                                                                                   backend=backend)
-    if dims is None:
-        dims, d = [], index.dim
+    if dims is None:  # the full dim, then halves down to 8
+        dims, d = [index.dim], index.dim // 2
         while d >= 8:
             dims.append(d)
             d //= 2

@@ -12,8 +12,8 @@ then quantised:
   trained on the data: 2 bits per feature, a quarter of a byte (FAISS ``PQ<dim/2>x4fs``); float queries are
   scored through per-query lookup tables held in SIMD registers ("fast-scan": a flat scan of 185k ``pq4@256``
   codes took 0.27 ms/query on 2 cores where FAISS's ``int4`` scan of the same prefix took 3.4). Flat or IVF only
-  (FAISS has no fast-scan graph); IVF lists hold the codes of each vector's residual from its list centroid
-  (FAISS's IVF-PQ default). ``dim`` must be even;
+  (FAISS has no fast-scan graph); IVF lists hold the codes of the vectors themselves, not of their residuals from
+  the list centroids (FAISS's factory builds ``IVF..,PQ..x4fs`` with ``by_residual=False``). ``dim`` must be even;
 - ``binary``: one sign bit per feature, searched by Hamming distance (``IndexBinaryFlat``/``HNSW``/``IVF``);
   the query is binarised too. ``dim`` must be a multiple of 8.
 - ``binary-asymmetric``: the same sign bits, scored with the float query: the inner product of the query's prefix
