@@ -45,6 +45,12 @@ def checkpoint_problem(folder: Path, world_size: int = 1, random_states: bool = 
     return None
 
 
+def has_optimizer_state(folder: Path) -> bool:
+    """Whether a checkpoint holds the optimizer's state (``optimizer.pt``; FSDP's ``optimizer*``, DeepSpeed's
+    ``global_step*``): ``save_only_model`` checkpoints hold weights only."""
+    return any(folder.glob("optimizer*")) or any(p.is_dir() for p in folder.glob("global_step*"))
+
+
 def set_aside(folder: Path) -> Path:
     """Rename an incomplete ``checkpoint-N`` to ``incomplete-checkpoint-N`` (``-2``, ``-3``, ... if taken), out of
     the Trainer's way (it writes ``checkpoint-N`` again and rotates only ``checkpoint-*``) with nothing deleted."""

@@ -22,7 +22,8 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 
 from .nesting import validate_nesting_list
-from .resumption import COLLATOR_STATE_FILE, RecordingCollator, checkpoint_problem, fsync_tree, set_aside
+from .resumption import (COLLATOR_STATE_FILE, RecordingCollator, checkpoint_problem, fsync_tree,
+                         has_optimizer_state, set_aside)
 
 logger = logging.get_logger(__name__)
 
@@ -58,7 +59,9 @@ class MRLTrainer(Trainer):
       and the step where it first appeared. The check runs where the Trainer reads values back anyway (each log,
       each checkpoint save, the end of training), so no checkpoint with non-finite weights is written.
       ``"skip"`` drops the gradient of a batch whose loss is not finite; deciding that before the backward pass
-      costs one host synchronisation per micro-batch.
+      costs one host synchronisation per micro-batch. The optimizer step still runs (on the other micro-batches'
+      gradient, or none): momentum and weight decay still move the weights and the learning-rate schedule
+      advances, as with a batch whose gradient happens to be zero.
 
     With ``mrl_hf.data.collator.PairCollator`` (raw text pairs tokenized per batch) the dataset columns must reach the
     collator, so ``remove_unused_columns`` is switched off for you.
@@ -211,6 +214,11 @@ class MRLTrainer(Trainer):
         model = self._require_pair_loss(f"teacher_weight={self.teacher_weight}", "the teacher term keeps an embedding "
                                         "model close to its teacher", "teacher_weight=0")
         config = model.config
+        coefs = getattr(config, "relative_importance", None)
+        if self.teacher_sizes == "full" and coefs and not coefs[-1] > 0:  # its log share is divided by that weight
+            raise ValueError(f"teacher_sizes='full' logs the teacher term under the full size, whose "
+                             f"relative_importance is {coefs[-1]}; give the full size a weight > 0, or use "
+                             "teacher_sizes='all'.")
         if isinstance(teacher, str):
             if teacher != "original":
                 raise ValueError(f"teacher={teacher!r}; pass 'original' (a frozen copy of the model as it is now) or a "
@@ -391,7 +399,8 @@ class MRLTrainer(Trainer):
         names = self._dim_names(len(bad))
         which = [n for n, b in zip(names, bad.tolist()) if b]
         logger.warning(f"non-finite loss at nesting dim(s) {which} in step {self.state.global_step}; skipping this "
-                       "batch (nonfinite_loss='skip').")
+                       "batch's gradient (nonfinite_loss='skip'; the optimizer step still runs, so momentum and weight "
+                       "decay still move the weights).")
         touched = torch.stack([p.sum() for p in model.parameters() if p.requires_grad])
         return torch.nan_to_num(touched * 0.0, 0.0, 0.0, 0.0).sum().to(loss.dtype)
 
@@ -411,6 +420,12 @@ class MRLTrainer(Trainer):
         (``DataCollatorForLanguageModeling``) resumes exactly."""
         if resume_from_checkpoint is True:
             resume_from_checkpoint = self._last_complete_checkpoint()
+        if isinstance(resume_from_checkpoint, (str, os.PathLike)) and Path(resume_from_checkpoint).is_dir() \
+                and not has_optimizer_state(Path(resume_from_checkpoint)):
+            raise ValueError(f"{resume_from_checkpoint} holds the weights only (saved with save_only_model=True): "
+                             "resuming from it would restart the optimizer's moments and the learning-rate schedule. "
+                             "Load its weights with from_pretrained and start a new run (resume_from_checkpoint="
+                             "None), or save full checkpoints.")
         self._resuming = resume_from_checkpoint if isinstance(resume_from_checkpoint, (str, os.PathLike)) else None
         self._rng_replayed = False
         try:

@@ -112,6 +112,21 @@ def test_checkpoints_without_random_states_or_with_sharded_weights_are_complete(
     assert checkpoint_problem(folder, 2) is None
 
 
+def test_a_weights_only_checkpoint_is_not_resumed_from(uninterrupted, tmp_path):
+    """A save_only_model checkpoint has no optimizer or scheduler state: resuming from it restarted AdamW's moments
+    and the learning-rate schedule without a word (final weights 3e-3 apart). It is refused, naming the fix."""
+    import shutil
+
+    out, _ = uninterrupted
+    shutil.copytree(out / "checkpoint-2", tmp_path / "checkpoint-2")
+    for name in ("optimizer.pt", "scheduler.pt"):
+        (tmp_path / "checkpoint-2" / name).unlink()
+    for resume in (True, str(tmp_path / "checkpoint-2")):
+        with pytest.raises(ValueError, match="holds the weights only .*from_pretrained"):
+            run(tmp_path, resume=resume)
+    assert (tmp_path / "checkpoint-2").is_dir()  # refused, not moved
+
+
 def test_the_recording_collator_pickles_for_spawned_dataloader_workers():
     import pickle
 

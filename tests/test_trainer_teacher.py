@@ -95,6 +95,11 @@ def test_teacher_settings_that_cannot_work_are_refused(tmp_path):
         trainer(tiny(), rows(), tmp_path, teacher_weight=1.0, teacher_sizes="some")
     with pytest.raises(ValueError, match="teacher='student'"):
         trainer(tiny(), rows(), tmp_path, teacher_weight=1.0, teacher="student")
+    # the full size weighted 0: its log share was divided by 0 (a false non-finite loss, or every batch skipped)
+    unweighted = MRLBertModel(MRLBertConfig(**TINY, nesting_list=NESTING, relative_importance=[1.0, 1.0, 0.0]))
+    with pytest.raises(ValueError, match="relative_importance is 0.0; give the full size a weight > 0"):
+        trainer(unweighted, rows(), tmp_path, teacher_weight=1.0)
+    trainer(unweighted, rows(), tmp_path, teacher_weight=1.0, teacher_sizes="all").train()
     torch.manual_seed(0)
     classifier = MRLModelForSequenceClassification(MRLTextClassificationConfig(
         backbone_config=MRLBertConfig(**TINY).to_dict() | {"model_type": "bert"}, nesting_list=NESTING, num_labels=3))
