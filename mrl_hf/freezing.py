@@ -21,7 +21,9 @@ def freeze_bottom(model: nn.Module, blocks: int = 0) -> list[str]:
     embeddings and freezes with them."""
     if isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < 0:
         raise ValueError(f"blocks={blocks!r} must be a whole number >= 0 (0 freezes the embedding layer only).")
-    base = getattr(model, "base_model", model)
+    base = model  # down to the encoder: MRLModelForMaskedLM's base_model is a ...ForMaskedLM whose own is the encoder
+    while getattr(base, "base_model", base) is not base:
+        base = base.base_model
     embeddings = getattr(base, "embeddings", None)
     if not isinstance(embeddings, nn.Module):
         try:

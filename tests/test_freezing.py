@@ -43,6 +43,22 @@ def test_it_finds_the_embeddings_and_blocks_of_a_decoder_backbone():
     assert any(n.startswith("backbone.layers.0.") for n in names)
 
 
+def test_it_freezes_the_whole_embedding_layer_of_the_masked_lm_of_any_backbone():
+    """MRLModelForMaskedLM's base_model is a BertForMaskedLM, whose own is the encoder: only the word embeddings used
+    to be frozen, and the position / token-type embeddings and their norm trained on."""
+    from transformers import BertConfig
+
+    from mrl_hf.modeling import MRLMaskedLMConfig, MRLModelForMaskedLM
+
+    torch.manual_seed(0)
+    model = MRLModelForMaskedLM(MRLMaskedLMConfig(backbone_config=BertConfig(**{**tm.TINY_BERT, "num_hidden_layers": 2}),
+                                                  nesting_list=tm.NESTING))
+    names = freeze_bottom(model, blocks=1)
+    expected = [n for n, _ in model.named_parameters() if ".bert.embeddings." in n or ".bert.encoder.layer.0." in n]
+    assert names == expected and any(".position_embeddings." in n for n in names)
+    assert any("embeddings.LayerNorm" in n for n in names)
+
+
 def test_the_trainer_trains_the_rest_as_a_reference_loop(tmp_path):
     model, data = two_block_bert()
     frozen = set(freeze_bottom(model, blocks=1))
