@@ -96,7 +96,7 @@ def test_plain_checkpoint_loads_whole_and_nests_the_tied_decoder(plain_folder, t
         assert torch.equal(again(**x).per_dim_losses, out.per_dim_losses)
 
 
-@pytest.mark.parametrize("family", ["roberta", "modernbert"])
+@pytest.mark.parametrize("family", ["roberta", "modernbert", "bert", "deberta-v2"])  # bert, deberta-v2: bias on meta
 def test_bare_base_model_gets_a_new_initialised_head(family, tmp_path):
     torch.manual_seed(0)
     base = AutoModel.from_config(plain_config(family))
@@ -115,6 +115,18 @@ def test_bare_base_model_gets_a_new_initialised_head(family, tmp_path):
     assert decoder.weight is model.get_input_embeddings().weight
     with torch.no_grad():
         assert torch.isfinite(model(**batch()).loss)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_a_new_model_starts_with_a_zero_decoder_bias(family):
+    """The families' own masked LMs start their decoder bias at zero; on BERT and DeBERTa-v2 the MRL-E head's uniform
+    init overwrote it (0.25 at most)."""
+    torch.manual_seed(0)
+    model = MRLModelForMaskedLM(MRLMaskedLMConfig(backbone_config=plain_config(family), nesting_list=NESTING[family]))
+    bias = model.get_output_embeddings().bias
+    assert bias is None or torch.equal(bias, torch.zeros_like(bias))
+    embeddings = model.get_input_embeddings().weight
+    assert model.get_output_embeddings().weight is embeddings
 
 
 def test_a_plain_checkpoint_keeps_its_own_decoder_bias(tmp_path):

@@ -233,8 +233,12 @@ class MRLModelForMaskedLM(WrappedModelMixin, PreTrainedModel):
         if not getattr(config.get_text_config(), "tie_word_embeddings", True):
             raise ValueError(f"the {family!r} config has tie_word_embeddings=False: MRL-E for masked LM nests a decoder "
                              "tied to the word embeddings; set tie_word_embeddings=True.")
-        self.mlm.set_output_embeddings(NestedTiedDecoder(config.nesting_list, plain_decoder.out_features,
-                                                         efficient=True, bias=plain_decoder.bias is not None))
+        decoder = NestedTiedDecoder(config.nesting_list, plain_decoder.out_features, efficient=True,
+                                    bias=plain_decoder.bias is not None)
+        if decoder.bias is not None:  # zero, like the families' own MLM biases (the family's model was initialised
+            with torch.no_grad():     # before this decoder existed, and its initialisation does not run again)
+                decoder.bias.zero_()
+        self.mlm.set_output_embeddings(decoder)
         forward_args = inspect.signature(self.mlm.forward).parameters
         self._takes_token_type_ids = "token_type_ids" in forward_args
         self.tokenizer = None
@@ -269,7 +273,16 @@ class MRLModelForMaskedLM(WrappedModelMixin, PreTrainedModel):
         # not know the nested decoder, so it would stay uninitialised memory.
         decoder = self.get_output_embeddings()
         name = next(n for n, m in self.named_modules() if m is decoder)
-        if decoder.bias is not None and f"{name}.bias" in set((info or {}).get("missing_keys", ())):
+        if decoder.bias is None:
+            return
+        if decoder.bias.is_meta:  # BERT / DeBERTa-v2 from a bare base model: never materialised, nor reported missing
+            old = decoder.bias
+            new = nn.Parameter(torch.zeros(old.shape, device=decoder.weight.device, dtype=decoder.weight.dtype))
+            for module in self.modules():  # the family's own name for it (cls.predictions.bias) too
+                for key, value in module._parameters.items():
+                    if value is old:
+                        module._parameters[key] = new
+        elif f"{name}.bias" in set((info or {}).get("missing_keys", ())):
             with torch.no_grad():
                 decoder.bias.zero_()
 
