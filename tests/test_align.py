@@ -122,11 +122,13 @@ def test_per_dim_logits_are_scaled_cosines_of_each_prefix():
     torch.testing.assert_close(out.logits_per_image, out.nested_logits_per_image[-1])
 
 
-def test_temperature_fixed_or_learnable():
+def test_temperature_fixed_or_learnable(tmp_path):
     fixed = tiny_model(learnable_temperature=False, temperature_init_value=0.1)
     ids, mask, pixels = batch()
     fixed(input_ids=ids, pixel_values=pixels).loss.backward()
     assert fixed.logit_scale.grad is None and float(fixed.temperature) == pytest.approx(0.1)
+    fixed.save_pretrained(tmp_path / "fixed")  # loading replaces the parameter: it stays out of the optimizer
+    assert not MRLAlignModel.from_pretrained(tmp_path / "fixed").logit_scale.requires_grad
     with pytest.raises(ValueError, match=r"temperature_init_value=0.001 is below 1 / max_logit_scale = 0.01"):
         tiny_model(temperature_init_value=0.001)  # the cap used to replace it silently with 0.01
     learn = tiny_model(temperature_init_value=0.001, max_logit_scale=1000.0)

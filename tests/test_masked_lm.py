@@ -191,6 +191,8 @@ def test_bad_settings_are_refused_with_the_fix(tmp_path):
     model = MRLModelForMaskedLM(MRLMaskedLMConfig(backbone_config=plain_config("roberta"), nesting_list=[4, 16]))
     with pytest.raises(ValueError, match="truncate_dim"):
         model(**batch(), truncate_dim=17)
+    with pytest.raises(ValueError, match="truncate_dim=17"):  # the BERT class named it dim, after the encoder ran
+        MRLBertForMaskedLM(MRLBertConfig(**TINY, nesting_list=[4, 16]))(**batch(), truncate_dim=17)
     MRLBertForMaskedLM(MRLBertConfig(**TINY, nesting_list=[4, 16])).save_pretrained(tmp_path / "bert")
     with pytest.raises(ValueError, match="AutoModelForMaskedLM.from_pretrained"):
         MRLModelForMaskedLM.from_pretrained(tmp_path / "bert")

@@ -179,6 +179,7 @@ class MRLAlignPreTrainedModel(MatryoshkaPreTrainedMixin, PreTrainedModel):
         ``model.processor``, under the weights' read lock. Matryoshka kwargs (``truncate_dim=64``) override the saved
         config."""
         self.config.validate_matryoshka()
+        self.logit_scale.requires_grad_(self.config.learnable_temperature)  # loading replaced the parameter
         self.processor = _try_load_processor(path, kwargs)
 
     def _save_extra_files(self, save_directory):

@@ -450,6 +450,9 @@ class MRLBertForMaskedLM(MRLBertPreTrainedModel):
         ``num_items_in_batch``: see the class docstring."""
         check_nonempty(input_ids if input_ids is not None else inputs_embeds)
         kwargs.pop("return_dict", None)
+        dim = truncate_dim if truncate_dim is not None else self.config.truncate_dim
+        if dim is not None:  # fail before running the model, naming the argument
+            validate_dim(dim, self.config.matryoshka_embedding_dim, name="truncate_dim")
         out = self.bert(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
                         position_ids=position_ids, inputs_embeds=inputs_embeds, return_dict=True, **kwargs)
         loss, per_dim, logits, predictions = nested_masked_lm(
