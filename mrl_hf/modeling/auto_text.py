@@ -77,8 +77,9 @@ class MRLTextEmbeddingConfig(MatryoshkaConfigMixin, PretrainedConfig):
     backbone_config: the config of any text model ``AutoModel`` can build (a ``PretrainedConfig`` or a dict with its
         ``model_type``; re-created with the backbone's own config class on load). Default: BERT-base.
     pooling: ``"mean"`` (masked mean of the last hidden states), ``"cls"`` (the first attended token) or
-        ``"last_token"`` (the last attended token, for decoders such as Qwen3 / Llama; correct for left and right
-        padding).
+        ``"last_token"`` (the last attended token, for decoders such as Qwen3 / Llama). Each finds its tokens from the
+        mask, whatever the padding side; a backbone with absolute positions (BERT, GPT-2) counts left padding as
+        positions, so ``encode`` pads on the right, and so should batches passed to ``forward``.
     embedding_dim: size of an optional linear projection after pooling; ``None`` keeps the backbone's hidden size.
     contrastive_temperature: temperature of the nested InfoNCE loss used when (anchor, positive) pairs are given.
     gather_across_processes: in a multi-process run, contrast against the global batch's candidates.

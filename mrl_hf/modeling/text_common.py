@@ -205,7 +205,8 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, mode: str) -> torch
 
     ``"mean"``: masked mean (padded positions are excluded even where the backbone left NaN or garbage there);
     ``"cls"``: the first attended token; ``"last_token"``: the last attended token. Both token modes find the token
-    from the mask, so left and right padding give the same result."""
+    from the mask, so the pooling itself does not depend on the padding side. The hidden states may: a backbone
+    with absolute positions (BERT, GPT-2) counts left padding as positions (``encode`` pads on the right)."""
     mask = attention_mask.to(torch.bool)
     if mode == "mean":
         summed = hidden.masked_fill(~mask.unsqueeze(-1), 0.0).sum(1)
