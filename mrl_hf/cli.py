@@ -194,14 +194,29 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.baseline:
         models[f"{args.baseline} (sliced)"] = MRLBertModel.from_pretrained(args.baseline).eval()
     first = next(iter(models.values()))
-    dims = ([validate_dim(int(d), first.config.matryoshka_embedding_dim, name="dims") for d in args.dims.split(",")]
-            if args.dims else first.config.nesting_list)
+    width = first.config.matryoshka_embedding_dim
+    dims = ([validate_dim(d, width, name="--dims") for d in _int_list(args.dims, "--dims")] if args.dims
+            else first.config.nesting_list)
     if args.precisions:
         return _evaluate_codes(models, test, dims, args)
     table = recipes.results_table({name: recipes.evaluate(m, test, dims) for name, m in models.items()})
     print(table.to_markdown())
-    _write_results(table, args.output, "hit@1")
+    _write_results(table, args.output, "hit@1", _pairs_dataset(args))
     return 0
+
+
+def _pairs_dataset(args: argparse.Namespace) -> dict:
+    """The model card's name for what ``evaluate`` scored."""
+    if args.pairs:
+        return {"name": Path(args.pairs).name, "type": "custom"}
+    return {"name": "chatterbot-corpus (held-out questions)", "type": "chatterbot-corpus"}
+
+
+def _int_list(text: str, flag: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",")]
+    except ValueError:
+        raise ValueError(f"{flag} {text!r} must be comma-separated whole numbers, e.g. 8,16,32") from None
 
 
 def _evaluate_codes(models: dict, test, dims: list[int], args: argparse.Namespace) -> int:
@@ -217,7 +232,7 @@ def _evaluate_codes(models: dict, test, dims: list[int], args: argparse.Namespac
         print(format_precision_table(scores))
         part = recipes.results_table({f"{name}, {p}": scores[p] for p in precisions})
         table = part if table is None else table + part
-    _write_results(table, args.output, "hit@10")
+    _write_results(table, args.output, "hit@10", _pairs_dataset(args))
     return 0
 
 
@@ -228,19 +243,28 @@ def _evaluate_mteb(args: argparse.Namespace) -> int:
     tasks = [chatterbot_retrieval_task(seed=args.seed) if name == "chatterbot" else name
              for name in args.mteb.split(",")]
     model = MRLBertModel.from_pretrained(args.model).eval()
-    dims = [int(d) for d in args.dims.split(",")] if args.dims else None
+    dims = _int_list(args.dims, "--dims") if args.dims else None
     table = evaluate_mteb(model, tasks, dims=dims, output_folder=args.output)
     print(table.to_markdown())
-    _write_results(table, args.output, table.metrics[0])
+    _write_results(table, args.output, table.metrics[0], {"name": args.mteb, "type": "mteb"})
     return 0
 
 
-def _write_results(table, output: str | None, metric: str) -> None:
-    """``mrl_results.json`` (what ``mrl-hf push --regenerate-card`` puts into the card) and the plot."""
+def _write_results(table, output: str | None, metric: str, eval_dataset: dict) -> None:
+    """``mrl_results.json`` (what ``mrl-hf push --regenerate-card`` puts into the card) and the plot; the card
+    settings file says what the results were measured on and which row is the model."""
     if output:
+        import json
+
+        from .hub.push import CARD_SETTINGS_FILE
+
         out = Path(output)
         out.mkdir(parents=True, exist_ok=True)
         table.to_json(str(out / "mrl_results.json"))
+        settings_path = out / CARD_SETTINGS_FILE
+        settings = json.loads(settings_path.read_text()) if settings_path.exists() else {}
+        settings.update(eval_dataset=eval_dataset, model_method=table.methods[0])
+        settings_path.write_text(json.dumps(settings, indent=1) + "\n")
         try:
             table.plot(metric, path=str(out / "mrl_accuracy_vs_dim.png"))
             print(f"\nWrote {out / 'mrl_results.json'} and {out / 'mrl_accuracy_vs_dim.png'}")

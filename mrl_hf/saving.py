@@ -348,7 +348,8 @@ WEIGHT_PREFIXES = ("model", "pytorch_model", "tf_model", "flax_model", "adapter_
 
 def is_weight_file(name: str) -> bool:
     """A weights file or shard index of any transformers layout (what a new model save makes stale)."""
-    return name.startswith(WEIGHT_PREFIXES) and (".safetensors" in name or name.endswith((".bin", ".h5", ".msgpack")))
+    return name.startswith(WEIGHT_PREFIXES) and (".safetensors" in name or name.endswith(
+        (".bin", ".h5", ".msgpack", ".bin.index.json", ".h5.index.json", ".msgpack.index.json")))
 
 
 def missing_checkpoint_error(path) -> FileNotFoundError | None:

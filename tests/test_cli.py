@@ -381,3 +381,25 @@ def test_recipes_train_the_sizes_from_pretrained_reads(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({**config, "matryoshka_dimensions": [4, 12, 32]}))
     assert checkpoint_nesting_list(str(tmp_path)) == [4, 12, 32]
     assert MRLBertModel.from_pretrained(str(tmp_path)).config.nesting_list == [4, 12, 32]
+
+
+def test_evaluate_then_push_regenerate_card_puts_the_results_in_the_card(tiny_checkpoint, tmp_path, capsys,
+                                                                        monkeypatch):
+    """The documented flow `evaluate --output FOLDER`, then `push FOLDER REPO --regenerate-card`, failed: a
+    save_pretrained folder has no eval_dataset for the card, and push has no flag for one. evaluate now writes it
+    next to the results. The upload is replaced by a recorder; --dims that are not numbers say so."""
+    import mrl_hf.hub.push as push
+
+    folder = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint[0], folder)
+    pairs = tmp_path / "p.jsonl"
+    pairs.write_text("".join(json.dumps({"query": f"question {i}?", "answer": f"answer {i}."}) + "\n"
+                             for i in range(12)))
+    assert main(["evaluate", str(folder), "--pairs", str(pairs), "--output", str(folder)]) == 0
+    pushed = {}
+    monkeypatch.setattr(push, "_upload", lambda staged, repo_id, *a, **k: pushed.update(
+        {p.name: p.read_text(errors="replace") for p in staged.iterdir() if p.is_file()}) or "url")
+    assert main(["push", str(folder), "me/x", "--regenerate-card", "--token", "hf_test"]) == 0, capsys.readouterr().err
+    assert "p.jsonl" in pushed["README.md"] and "me/x" in pushed["README.md"]
+    assert main(["evaluate", str(folder), "--pairs", str(pairs), "--dims", "8,x"]) == 2
+    assert "--dims '8,x' must be comma-separated whole numbers" in capsys.readouterr().err

@@ -405,3 +405,56 @@ def test_push_to_hub_in_save_pretrained_keeps_remote_code_false(tmp_path, monkey
     assert not [p for p in (tmp_path / "ckpt").iterdir() if p.suffix == ".py"]
     model(0).save_pretrained(tmp_path / "ckpt2", push_to_hub=True, repo_id="me/y", token="hf_test")
     assert [name for name in pushed if name.endswith(".py")]  # remote code by default, both places
+
+
+def test_pushing_a_folder_renders_mrl_hfs_card_for_what_is_pushed(tmp_path, monkeypatch):
+    """A folder pushed as it was saved kept a card naming another repo (your-name/<folder>), or telling users to
+    import mrl_hf where the push added the code; --no-remote-code left the code in; results and card settings were
+    dropped without a word when the folder had a README. The upload itself is replaced by a recorder."""
+    import json
+
+    import mrl_hf.hub.push as push
+    from mrl_hf.evaluation.table import ResultsTable
+    from mrl_hf.hub import save_for_hub
+
+    pushed = {}
+
+    def record(staged, repo_id, *args, **kwargs):
+        pushed.clear()
+        pushed.update({p.name: p.read_bytes() for p in staged.rglob("*") if p.is_file()})
+        return f"https://hub/{repo_id}/commit/0"
+
+    monkeypatch.setattr(push, "_upload", record)
+    save_for_hub(model(0), tmp_path / "ckpt")  # no repo_id: the card says your-name/ckpt
+    push.push_to_hub(str(tmp_path / "ckpt"), "tester/real", token="hf_test")
+    card = pushed["README.md"].decode()
+    assert "tester/real" in card and "your-name/ckpt" not in card and "trust_remote_code=True" in card
+    push.push_to_hub(str(tmp_path / "ckpt"), "tester/real", token="hf_test", remote_code=False)
+    assert not [name for name in pushed if name.endswith(".py")]
+    assert "auto_map" not in json.loads(pushed["config.json"]) and b"trust_remote_code" not in pushed["README.md"]
+    table = ResultsTable.from_fractions({"MRL": {4: {"hit@1": 0.5}, 16: {"hit@1": 0.75}}})
+    push.push_to_hub(str(tmp_path / "ckpt"), "tester/real", token="hf_test", results=table,
+                     eval_dataset={"name": "d", "type": "d"})
+    assert "mrl_results.json" in pushed and "75.0" in pushed["README.md"].decode()
+    with pytest.raises(TypeError, match="unknown model card setting"):
+        push.push_to_hub(str(tmp_path / "ckpt"), "tester/real", token="hf_test", licence_typo="mit")
+    with pytest.raises(ValueError, match="regenerate_card"):
+        push.push_to_hub(str(tmp_path / "ckpt"), "tester/real", token="hf_test", results=table, regenerate_card=False)
+    # a copy that gains its code says how to open it
+    save_for_hub(model(0), tmp_path / "nocode", repo_id="me/nocode", remote_code=False)
+    assert "trust_remote_code=True" not in (tmp_path / "nocode" / "README.md").read_text()
+    push.export_remote_code(tmp_path / "nocode", tmp_path / "withcode")
+    assert "trust_remote_code=True" in (tmp_path / "withcode" / "README.md").read_text()
+    with pytest.raises(FileExistsError, match="is a file; choose a folder path"):
+        push.export_remote_code(tmp_path / "nocode", tmp_path / "withcode" / "config.json", overwrite=True)
+
+
+def test_a_save_removes_the_shard_index_of_the_bin_shards_it_replaces(tmp_path):
+    """A plain transformers save's .bin shards were removed by the next save, their index left pointing at them."""
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    for name in ("pytorch_model-00001-of-00002.bin", "pytorch_model-00002-of-00002.bin", "pytorch_model.bin.index.json"):
+        (folder / name).write_bytes(b"x")
+    model(0).save_pretrained(folder)
+    weights = [p.name for p in folder.iterdir() if p.name.startswith(("model", "pytorch_model"))]
+    assert weights == ["model.safetensors"]

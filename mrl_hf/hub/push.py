@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..saving import is_weight_file, owned_files, reading
 from .card import PLOT_FILE, render_model_card
-from .remote_code import write_remote_code
+from .remote_code import strip_remote_code, write_remote_code
 
 CARD_SETTINGS_FILE = "mrl_card.json"    # what the card was rendered from, so a later push can re-render it
 RESULTS_FILE = "mrl_results.json"       # ResultsTable records (method, metric, dim, value)
@@ -198,7 +198,9 @@ def export_remote_code(checkpoint, output, overwrite: bool = False) -> Path:
     folder = Path(checkpoint)
     config = _load_folder_config(folder)
     target = Path(output).absolute()
-    if target.is_file() or (target.is_dir() and any(target.iterdir()) and not overwrite):
+    if target.is_file():
+        raise FileExistsError(f"{target} is a file; choose a folder path for the copy.")
+    if target.is_dir() and any(target.iterdir()) and not overwrite:
         raise FileExistsError(f"{target} exists and is not empty; choose a new folder or pass overwrite=True.")
     with tempfile.TemporaryDirectory(prefix="mrl_hf_remote_code_") as tmp:
         staged = Path(tmp) / "copy"
@@ -210,7 +212,22 @@ def export_remote_code(checkpoint, output, overwrite: bool = False) -> Path:
                     (commit / path.relative_to(staged)).parent.mkdir(parents=True, exist_ok=True)
                     shutil.copy2(path, commit / path.relative_to(staged))
             write_remote_code(_model_class(config), commit)
+            _rerender_own_card(commit, config, f"your-name/{target.name}")
     return target
+
+
+def _rerender_own_card(folder: Path, config, default_repo_id: str) -> None:
+    """Render mrl_hf's own card again (its settings file is there) after the folder gained its code: the card says
+    how to open it (``trust_remote_code=True``)."""
+    from ..evaluation.table import ResultsTable
+
+    settings_path = folder / CARD_SETTINGS_FILE
+    if not settings_path.exists():
+        return
+    settings = json.loads(settings_path.read_text())
+    repo_id = settings.pop("repo_id", None) or default_repo_id
+    results = ResultsTable.from_json(str(folder / RESULTS_FILE)) if (folder / RESULTS_FILE).exists() else None
+    write_card(folder, config, repo_id, results=results, remote_code=True, **settings)
 
 
 def _stage_folder(folder: Path, staged: Path, config, repo_id, results, remote_code, regenerate_card, card_kwargs):
@@ -218,11 +235,22 @@ def _stage_folder(folder: Path, staged: Path, config, repo_id, results, remote_c
 
     with reading(folder):  # never a mix of two saves' files
         shutil.copytree(folder, staged, ignore=shutil.ignore_patterns(".*", "__pycache__", "checkpoint-*", "runs"))
-    if remote_code and not getattr(config, "auto_map", None):  # a folder saved with its code keeps it
+    had_code = bool(getattr(config, "auto_map", None))
+    if remote_code and not had_code:
         write_remote_code(_model_class(config), staged)
-    if regenerate_card or (regenerate_card is None and not (staged / "README.md").exists()):
-        settings_path = staged / CARD_SETTINGS_FILE
-        settings = json.loads(settings_path.read_text()) if settings_path.exists() else {}
+    elif not remote_code and had_code:
+        strip_remote_code(staged)
+    settings_path = staged / CARD_SETTINGS_FILE
+    settings = json.loads(settings_path.read_text()) if settings_path.exists() else None
+    asked = results is not None or bool(card_kwargs)
+    if regenerate_card is False and asked:
+        raise ValueError("results / card settings go into a card rendered again; leave regenerate_card unset (or "
+                         "True) to use them, or drop them to push the folder's README as it is.")
+    # mrl_hf's own card (its settings file is there) is rendered again when it names another repo, or another
+    # answer to "does it need trust_remote_code"; a README of the user's own is kept unless asked
+    stale = settings is not None and (settings.get("repo_id") != repo_id or had_code != bool(remote_code))
+    if regenerate_card or (regenerate_card is None and (not (staged / "README.md").exists() or stale or asked)):
+        settings = dict(settings or {})
         settings.pop("repo_id", None)
         settings.update(card_kwargs)
         if results is None and (staged / RESULTS_FILE).exists():

@@ -154,6 +154,20 @@ def write_remote_code(model_class: type, folder: str | os.PathLike) -> dict[str,
     return auto_map
 
 
+def strip_remote_code(folder: str | os.PathLike) -> None:
+    """Undo ``write_remote_code`` in a staging ``folder``: remove mrl_hf's flat code files and the ``auto_map`` of
+    ``config.json`` and ``processor_config.json`` (a checkpoint that opens only where mrl_hf is installed)."""
+    folder = Path(folder)
+    for path in folder.glob(f"{PACKAGE}_*.py"):
+        path.unlink()
+    for name in ("config.json", "processor_config.json"):
+        path = folder / name
+        if path.is_file():
+            settings = json.loads(path.read_text(encoding="utf8"))
+            if settings.pop("auto_map", None) is not None:
+                path.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n", encoding="utf8")
+
+
 def _map_processor(model_class: type, folder: Path) -> None:
     """A model with an mrl_hf processor (ALIGN's: tokenizer + image processor) gets ``auto_map`` in its
     ``processor_config.json`` too, so that ``AutoProcessor.from_pretrained(..., trust_remote_code=True)`` builds it
