@@ -12,8 +12,9 @@ Held-out retrieval at every size on two sets: in domain, the demo's held-out 149
 domain, rotten-tomatoes review -> plot of the same movie (2,000 reviews over 1,083 plots, text no run trains on;
 read at 256 tokens). Precisions: float32 prefixes (cosine), binary codes (Hamming distance of the packed sign bits,
 no rescoring; an answer tied with the relevant one ranks above it) and int8 codes (ranges calibrated on the
-answers), plus the codes' top-100 re-scored in float32 at the full size, and the binary codes of the answers scored with the float query
-(``binary-asymmetric``: the stored codes are the same bits; the query is not binarised). Step time: the median over
+answers), plus the codes' top-100 re-scored in float32 at the full size, and the binary codes of the answers scored
+with the float query (``binary-asymmetric``: the stored codes are the same bits; the query is not binarised). Step
+time: the median over
 the training steps of each run, and the forward+backward of one demo batch of each loss timed round-robin in one
 process (robust to load from other jobs, see _measure.py).
 

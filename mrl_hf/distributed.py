@@ -18,7 +18,8 @@ def distributed_world_size() -> int:
 def is_main_process() -> bool:
     """False in every process but rank 0 of a multi-process run: the one that should write files. The rank of the
     initialised process group where there is one (``torch.multiprocessing.spawn`` sets no ``RANK``), else the
-    launcher's ``RANK``, so that it holds under ``torchrun`` / ``accelerate launch`` before any group or Trainer exists."""
+    launcher's ``RANK``, so that it holds under ``torchrun`` / ``accelerate launch`` before any group or Trainer
+    exists."""
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank() == 0
     return int(os.environ.get("RANK", "0")) == 0

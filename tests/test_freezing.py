@@ -51,8 +51,8 @@ def test_it_freezes_the_whole_embedding_layer_of_the_masked_lm_of_any_backbone()
     from mrl_hf.modeling import MRLMaskedLMConfig, MRLModelForMaskedLM
 
     torch.manual_seed(0)
-    model = MRLModelForMaskedLM(MRLMaskedLMConfig(backbone_config=BertConfig(**{**tm.TINY_BERT, "num_hidden_layers": 2}),
-                                                  nesting_list=tm.NESTING))
+    backbone = BertConfig(**{**tm.TINY_BERT, "num_hidden_layers": 2})
+    model = MRLModelForMaskedLM(MRLMaskedLMConfig(backbone_config=backbone, nesting_list=tm.NESTING))
     names = freeze_bottom(model, blocks=1)
     expected = [n for n, _ in model.named_parameters() if ".bert.embeddings." in n or ".bert.encoder.layer.0." in n]
     assert names == expected and any(".position_embeddings." in n for n in names)

@@ -453,7 +453,8 @@ def test_a_save_removes_the_shard_index_of_the_bin_shards_it_replaces(tmp_path):
     """A plain transformers save's .bin shards were removed by the next save, their index left pointing at them."""
     folder = tmp_path / "ckpt"
     folder.mkdir()
-    for name in ("pytorch_model-00001-of-00002.bin", "pytorch_model-00002-of-00002.bin", "pytorch_model.bin.index.json"):
+    for name in ("pytorch_model-00001-of-00002.bin", "pytorch_model-00002-of-00002.bin",
+                 "pytorch_model.bin.index.json"):
         (folder / name).write_bytes(b"x")
     model(0).save_pretrained(folder)
     weights = [p.name for p in folder.iterdir() if p.name.startswith(("model", "pytorch_model"))]
