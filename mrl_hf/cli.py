@@ -77,9 +77,11 @@ def _keep_original(args: argparse.Namespace, model_path: str) -> dict:
     given = {"teacher_weight": args.teacher_weight, "rotation_learning_rate": args.rotation_lr,
              "freeze_bottom": args.freeze_bottom}
     chosen.update({k: None if v is OFF else v for k, v in given.items() if v is not None})
-    why = ("--keep-original" if args.keep_original else "a sentence-transformers model; --no-keep-original turns it off"
-           ) if keep else ("--no-keep-original" if args.keep_original is False else
-                           "not a sentence-transformers model; --keep-original turns it on")
+    if args.keep_original is not None:
+        why = "--keep-original" if keep else "--no-keep-original"
+    else:
+        why = ("a sentence-transformers model; --no-keep-original turns it off" if keep
+               else "not a sentence-transformers model; --keep-original turns it on")
     rotation, frozen = chosen["rotation_learning_rate"], chosen["freeze_bottom"]
     print(f"keep-original {'on' if keep else 'off'} ({why}): teacher weight {chosen['teacher_weight']:g}, rotation "
           f"lr {'off' if rotation is None else f'{rotation:g}'}, frozen bottom blocks "

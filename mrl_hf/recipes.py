@@ -120,16 +120,17 @@ def finetune(model_path: str, train_pairs, nesting_list, *, epochs: float = 1.0,
         precisions=precisions, quantization_weight=quantization_weight, binary_surrogate=binary_surrogate)
     model = MRLBertModel.from_pretrained(model_path, nesting_list=nesting_list,
                                          embed_duplicates_once=embed_duplicates_once, **quantization)
-    if rotation_learning_rate is not None and model.projection is None:
-        add_output_rotation(model)
-    elif rotation_learning_rate is not None:  # a rotation the checkpoint already has trains on; another map cannot
-        try:
-            check_rotation(model)
-        except ValueError:
-            raise ValueError(f"{model_path!r} already has a projection ({model.projection.in_features} -> "
-                             f"{model.projection.out_features}) that is not a rotation, and an output rotation cannot "
-                             "follow it; train without one (rotation_learning_rate=None, mrl-hf train --rotation-lr "
-                             "off).") from None
+    if rotation_learning_rate is not None:
+        if model.projection is None:
+            add_output_rotation(model)
+        else:  # a rotation the checkpoint already has trains on; another map cannot
+            try:
+                check_rotation(model)
+            except ValueError:
+                raise ValueError(f"{model_path!r} already has a projection ({model.projection.in_features} -> "
+                                 f"{model.projection.out_features}) that is not a rotation, and an output rotation "
+                                 "cannot follow it; train without one (rotation_learning_rate=None, mrl-hf train "
+                                 "--rotation-lr off).") from None
     if freeze_bottom is not None:
         freeze(model, freeze_bottom)
     args = TrainingArguments(

@@ -420,13 +420,13 @@ class MRLTrainer(Trainer):
         (``DataCollatorForLanguageModeling``) resumes exactly."""
         if resume_from_checkpoint is True:
             resume_from_checkpoint = self._last_complete_checkpoint()
-        if isinstance(resume_from_checkpoint, (str, os.PathLike)) and Path(resume_from_checkpoint).is_dir() \
-                and not has_optimizer_state(Path(resume_from_checkpoint)):
-            raise ValueError(f"{resume_from_checkpoint} holds the weights only (saved with save_only_model=True): "
-                             "resuming from it would restart the optimizer's moments and the learning-rate schedule. "
-                             "Load its weights with from_pretrained and start a new run (resume_from_checkpoint="
-                             "None), or save full checkpoints.")
-        self._resuming = resume_from_checkpoint if isinstance(resume_from_checkpoint, (str, os.PathLike)) else None
+        resuming = resume_from_checkpoint if isinstance(resume_from_checkpoint, (str, os.PathLike)) else None
+        if resuming is not None and Path(resuming).is_dir() and not has_optimizer_state(Path(resuming)):
+            raise ValueError(f"{resuming} holds the weights only (saved with save_only_model=True): resuming from it "
+                             "would restart the optimizer's moments and the learning-rate schedule. Load its weights "
+                             "with from_pretrained and start a new run (resume_from_checkpoint=None), or save full "
+                             "checkpoints.")
+        self._resuming = resuming
         self._rng_replayed = False
         try:
             output = super().train(resume_from_checkpoint, *args, **kwargs)

@@ -122,7 +122,7 @@ def knn_accuracy(database_x, database_y, query_x, query_y, dims: Sequence[int], 
                 1, db_labels.expand_as(score), score, reduce="amax")  # each class's nearest neighbour
             place = nearest.argsort(dim=1, descending=True, stable=True).argsort(dim=1)  # 0: the nearest class
             class_score = votes * (num_classes + 1) + (num_classes - place)
-            best = class_score.topk(ranked, dim=1).indices  # absent classes score 0 < every present class's
+            best = class_score.topk(ranked, dim=1).indices  # absent classes (no votes, placed last) rank below
             target = q_labels[s:s + chunk_size, None]
             top1 += int((best[:, :1] == target).sum())
             top5 += int((best == target).any(1).sum())

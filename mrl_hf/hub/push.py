@@ -212,27 +212,28 @@ def export_remote_code(checkpoint, output, overwrite: bool = False) -> Path:
                     (commit / path.relative_to(staged)).parent.mkdir(parents=True, exist_ok=True)
                     shutil.copy2(path, commit / path.relative_to(staged))
             write_remote_code(_model_class(config), commit)
-            _rerender_own_card(commit, config, f"your-name/{target.name}")
+            if (commit / CARD_SETTINGS_FILE).exists():  # mrl_hf's own card now says trust_remote_code=True
+                _render_card_again(commit, config)
     return target
 
 
-def _rerender_own_card(folder: Path, config, default_repo_id: str) -> None:
-    """Render mrl_hf's own card again (its settings file is there) after the folder gained its code: the card says
-    how to open it (``trust_remote_code=True``)."""
+def _render_card_again(folder: Path, config, repo_id: str | None = None, results=None, card_kwargs=None) -> None:
+    """Render the card of ``folder`` from its settings file and ``mrl_results.json`` (``repo_id``, ``results`` and
+    ``card_kwargs`` replace theirs), for the code the folder holds now."""
     from ..evaluation.table import ResultsTable
 
     settings_path = folder / CARD_SETTINGS_FILE
-    if not settings_path.exists():
-        return
-    settings = json.loads(settings_path.read_text())
-    repo_id = settings.pop("repo_id", None) or default_repo_id
-    results = ResultsTable.from_json(str(folder / RESULTS_FILE)) if (folder / RESULTS_FILE).exists() else None
-    write_card(folder, config, repo_id, results=results, remote_code=True, **settings)
+    settings = json.loads(settings_path.read_text()) if settings_path.exists() else {}
+    own_repo_id = settings.pop("repo_id", None)
+    settings.update(card_kwargs or {})
+    if results is None and (folder / RESULTS_FILE).exists():
+        results = ResultsTable.from_json(str(folder / RESULTS_FILE))
+    has_code = bool(json.loads((folder / "config.json").read_text()).get("auto_map"))
+    write_card(folder, config, repo_id or own_repo_id or f"your-name/{folder.name}", results=results,
+               remote_code=has_code, **settings)
 
 
 def _stage_folder(folder: Path, staged: Path, config, repo_id, results, remote_code, regenerate_card, card_kwargs):
-    from ..evaluation.table import ResultsTable
-
     with reading(folder):  # never a mix of two saves' files
         shutil.copytree(folder, staged, ignore=shutil.ignore_patterns(".*", "__pycache__", "checkpoint-*", "runs"))
     had_code = bool(getattr(config, "auto_map", None))
@@ -250,13 +251,7 @@ def _stage_folder(folder: Path, staged: Path, config, repo_id, results, remote_c
     # answer to "does it need trust_remote_code"; a README of the user's own is kept unless asked
     stale = settings is not None and (settings.get("repo_id") != repo_id or had_code != bool(remote_code))
     if regenerate_card or (regenerate_card is None and (not (staged / "README.md").exists() or stale or asked)):
-        settings = dict(settings or {})
-        settings.pop("repo_id", None)
-        settings.update(card_kwargs)
-        if results is None and (staged / RESULTS_FILE).exists():
-            results = ResultsTable.from_json(str(staged / RESULTS_FILE))
-        has_code = bool(json.loads((staged / "config.json").read_text()).get("auto_map"))
-        write_card(staged, config, repo_id, results=results, remote_code=has_code, **settings)
+        _render_card_again(staged, config, repo_id, results, card_kwargs)
 
 
 def _upload(staged: Path, repo_id: str, token: str, private, revision, commit_message: str,

@@ -51,7 +51,7 @@ from .text_common import (
     pool,
     sentence_transformers_files,
     right_padding,
-    sentence_transformers_settings,
+    sentence_transformers_pooling,
     try_load_tokenizer,
 )
 from .wrapped import WrappedModelMixin, without_pooler_kwargs
@@ -198,11 +198,11 @@ class MRLTextEmbeddingPreTrainedModel(WrappedModelMixin, PreTrainedModel):
     @classmethod
     def _plain_checkpoint_config(cls, path, kwargs):
         """A plain checkpoint that is a sentence-transformers model pools as its ``Pooling`` module says, unless
-        ``pooling=`` is given (``text_common.sentence_transformers_settings``)."""
-        settings = sentence_transformers_settings(path, kwargs, cls.__name__, POOLING_MODES)
+        ``pooling=`` is given (``text_common.sentence_transformers_pooling``)."""
+        pooling = sentence_transformers_pooling(path, kwargs, cls.__name__, POOLING_MODES)
         plain = super()._plain_checkpoint_config(path, kwargs)
-        for key, value in settings.items() if plain is not None else ():
-            setattr(plain[0], key, value)
+        if plain is not None and pooling is not None:
+            plain[0].pooling = pooling
         return plain
 
     def _load_extra_files(self, path, kwargs) -> None:

@@ -50,7 +50,7 @@ from .text_common import (
     pool,
     sentence_transformers_files,
     right_padding,
-    sentence_transformers_settings,
+    sentence_transformers_pooling,
     try_load_tokenizer,
 )
 
@@ -182,11 +182,11 @@ class MRLBertModel(MRLBertPreTrainedModel):
     @classmethod
     def _config_of_plain_checkpoint(cls, path, kwargs):
         """A plain checkpoint that is a sentence-transformers model pools as its ``Pooling`` module says, unless
-        ``pooling=`` is given (``text_common.sentence_transformers_settings``)."""
-        settings = sentence_transformers_settings(path, kwargs, cls.__name__, POOLING_MODES)
+        ``pooling=`` is given (``text_common.sentence_transformers_pooling``)."""
+        pooling = sentence_transformers_pooling(path, kwargs, cls.__name__, POOLING_MODES)
         config = super()._config_of_plain_checkpoint(path, kwargs)
-        for key, value in settings.items() if config is not None else ():
-            setattr(config, key, value)
+        if config is not None and pooling is not None:
+            config.pooling = pooling
         return config
 
     def get_input_embeddings(self):

@@ -45,32 +45,33 @@ _ST_LEGACY_FLAGS = {"pooling_mode_cls_token": "cls", "pooling_mode_mean_tokens":
 _ST_KEPT_MODULES = ("Transformer", "Pooling", "Normalize")  # what an mrl_hf embedding model computes itself
 
 
-def sentence_transformers_settings(path, kwargs: dict, model_class: str, choices: Sequence[str]) -> dict:
-    """The config settings under which ``model_class`` embeds a plain checkpoint that is a sentence-transformers model
-    (a ``modules.json``) as sentence-transformers does: ``pooling`` as its ``Pooling`` module says. Empty when it is
-    not one or ``pooling=`` is among the ``from_pretrained`` ``kwargs``. A pooling with no mrl_hf twin, or modules
-    after the pooling (Dense, Router, an adaptor) that the model would drop, are refused. A ``Normalize`` module is
-    not copied into ``normalize_embeddings``: mrl_hf normalises each prefix after cutting it, when asked
-    (``encode(normalize=True)``), so vectors keep their direction and only the full size's norm differs."""
+def _read_json(path, name: str, hub: dict):
+    """The JSON file ``name`` of a checkpoint folder or Hub repo, or None when it has none."""
     import json
 
     from transformers.utils.hub import cached_file
 
-    hub = _hub_kwargs(kwargs)
+    found = cached_file(path, name, _raise_exceptions_for_missing_entries=False,
+                        _raise_exceptions_for_connection_errors=False, **hub)
+    if found is None:
+        return None
+    with open(found, encoding="utf8") as handle:
+        return json.load(handle)
 
-    def read(name):
-        found = cached_file(path, name, _raise_exceptions_for_missing_entries=False,
-                            _raise_exceptions_for_connection_errors=False, **hub)
-        if found is None:
-            return None
-        with open(found, encoding="utf8") as handle:
-            return json.load(handle)
 
+def sentence_transformers_pooling(path, kwargs: dict, model_class: str, choices: Sequence[str]) -> str | None:
+    """The pooling a plain checkpoint that is a sentence-transformers model (a ``modules.json``) uses, or None when it
+    is not one or ``pooling=`` is among the ``from_pretrained`` ``kwargs``. Loading such a folder as ``model_class``
+    must embed as sentence-transformers does: a pooling with no mrl_hf twin, or modules after the pooling (Dense,
+    Router, an adaptor) that the model would drop, are refused. A ``Normalize`` module is not copied into
+    ``normalize_embeddings``: mrl_hf normalises each prefix after cutting it, when asked (``encode(normalize=True)``),
+    so vectors keep their direction and only the full size's norm differs."""
     if "pooling" in kwargs:
-        return {}
-    modules = read("modules.json")
+        return None
+    hub = _hub_kwargs(kwargs)
+    modules = _read_json(path, "modules.json", hub)
     if not isinstance(modules, list):
-        return {}
+        return None
     fix = (f"load it with sentence_transformers.SentenceTransformer, or pass pooling= (one of {list(choices)}) to "
            f"load the encoder alone as {model_class}")
     kinds = [str(m.get("type", "")).rsplit(".", 1)[-1] for m in modules]
@@ -79,17 +80,17 @@ def sentence_transformers_settings(path, kwargs: dict, model_class: str, choices
         raise ValueError(f"{str(path)!r} is a sentence-transformers model with {extra} after its encoder, which "
                          f"{model_class} would leave out (its embeddings would differ); {fix}.")
     if "Pooling" not in kinds:
-        return {}
-    pooling = read(f"{modules[kinds.index('Pooling')].get('path', '')}/config.json".lstrip("/")) or {}
-    modes = pooling.get("pooling_mode")
+        return None
+    settings = _read_json(path, f"{modules[kinds.index('Pooling')].get('path', '')}/config.json".lstrip("/"), hub) or {}
+    modes = settings.get("pooling_mode")
     if modes is None:  # sentence-transformers < 6 wrote one boolean per mode; none set means its default, mean
-        modes = [mode for flag, mode in _ST_LEGACY_FLAGS.items() if pooling.get(flag) is True] or ["mean"]
+        modes = [mode for flag, mode in _ST_LEGACY_FLAGS.items() if settings.get(flag) is True] or ["mean"]
     modes = [modes] if isinstance(modes, str) else list(modes)
     ours = _ST_POOLING.get(modes[0]) if len(modes) == 1 else None
     if ours not in choices:
         raise ValueError(f"{str(path)!r} is a sentence-transformers model whose Pooling uses {modes}; {model_class} "
                          f"pools with one of {list(choices)}; {fix}.")
-    return {"pooling": ours}
+    return ours
 
 
 def try_load_tokenizer(path, kwargs):
@@ -110,17 +111,8 @@ def try_load_tokenizer(path, kwargs):
 
 def _sentence_transformers_max_length(path, hub: dict) -> int | None:
     """``max_seq_length`` of a sentence-transformers folder's ``sentence_bert_config.json``, or None."""
-    import json
-
-    from transformers.utils.hub import cached_file
-
     try:
-        found = cached_file(path, "sentence_bert_config.json", _raise_exceptions_for_missing_entries=False,
-                            _raise_exceptions_for_connection_errors=False, **hub)
-        if found is None:
-            return None
-        with open(found, encoding="utf8") as handle:
-            value = json.load(handle).get("max_seq_length")
+        value = (_read_json(path, "sentence_bert_config.json", hub) or {}).get("max_seq_length")
     except (OSError, ValueError, AttributeError):
         return None
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 1 else None
