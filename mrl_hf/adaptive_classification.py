@@ -1,8 +1,9 @@
 """Adaptive classification with a Matryoshka model: the paper's cascade of nested classifiers (Appendix D.1).
 
 An input is classified at the smallest dim whose max-softmax confidence reaches that dim's threshold; the
-largest dim always answers. Thresholds are learned on held-out data by a grid search over [0, 1], keeping
-the smallest threshold that gives the best accuracy.
+largest dim always answers. Thresholds are learned on held-out data by a grid search over [0, 1] and ``inf``
+(never answer at that dim: a head that is sure and wrong can reach a confidence of exactly 1), keeping the
+smallest threshold that gives the best accuracy.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .embeddings import _check_finite
 from .evaluation.retrieval_metrics import as_labels
 from .nesting import validate_nesting_list
 
@@ -48,7 +50,7 @@ class AdaptiveClassifier:
         self.efficient = bool(efficient)
         if isinstance(num_thresholds, bool) or not isinstance(num_thresholds, int) or num_thresholds < 2:
             raise ValueError(f"num_thresholds={num_thresholds!r} must be an int >= 2 (grid points over [0, 1]).")
-        self.grid = np.linspace(0.0, 1.0, num_thresholds)
+        self.grid = np.append(np.linspace(0.0, 1.0, num_thresholds), np.inf)  # inf: skip this dim
         self.thresholds: np.ndarray | None = None  # one per dim; the last is 0 (always answers)
 
     @classmethod
@@ -59,10 +61,11 @@ class AdaptiveClassifier:
         """(|M|, N) max-softmax probabilities and argmax predictions."""
         if isinstance(nested_logits, (list, tuple)):
             nested_logits = torch.stack([torch.as_tensor(x) for x in nested_logits])
-        logits = torch.as_tensor(nested_logits).detach().float().cpu()
+        logits = torch.as_tensor(nested_logits).detach().double().cpu()  # float64: fewer confidences round to 1
         if logits.dim() != 3 or logits.shape[0] != len(self.nesting_list):
             raise ValueError(f"nested_logits must have shape (|M|={len(self.nesting_list)}, N, num_classes) "
                              f"(or be a tuple of |M| (N, num_classes) tensors), got {tuple(logits.shape)}.")
+        _check_finite(logits.transpose(0, 1).reshape(logits.shape[1], -1), "nested_logits (rows: inputs)")
         conf, pred = logits.softmax(-1).max(-1)
         return conf.numpy(), pred.numpy()
 

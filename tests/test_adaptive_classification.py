@@ -49,3 +49,32 @@ def test_bad_input():
         AdaptiveClassifier([4, 16]).fit(logits, [f"class {y}" for y in labels])
     with pytest.raises(ValueError, match="num_thresholds=1 must be an int >= 2"):
         AdaptiveClassifier([4, 16], num_thresholds=1)
+
+
+def test_a_small_head_that_is_sure_and_wrong_can_be_skipped():
+    # float32 softmax of a 20-logit lead is exactly 1.0: no threshold in [0, 1] stops such inputs at dim 4,
+    # so the cascade needs "never answer here" (inf) to reach the largest head's accuracy
+    n = 100
+    labels = np.zeros(n, dtype=int)
+    logits = np.zeros((2, n, 3), np.float32)
+    logits[0, :50, 0] = 20.0  # sure and right
+    logits[0, 50:, 1] = 40.0  # surer and wrong
+    logits[1, :, 0] = 3.0  # always right
+    clf = AdaptiveClassifier([4, 16]).fit(logits, labels)
+    assert clf.thresholds[0] == np.inf
+    result = clf.evaluate(logits, labels)
+    assert result.accuracy == 100.0 and result.dim_fractions == {4: 0.0, 16: 1.0}
+
+
+def test_nonfinite_logits_are_refused_not_scored():
+    from mrl_hf.evaluation.classification import oracle_accuracy, per_dim_accuracy
+
+    labels = np.zeros(4, dtype=int)
+    logits = np.zeros((2, 4, 3), np.float32)
+    logits[:, :, 1] = 5.0
+    logits[:, 2, 0] = np.nan  # argmax would pick class 0: "right"
+    with pytest.raises(ValueError, match=r"nested_logits \(rows: inputs\) has NaN or inf values in row\(s\) 2"):
+        AdaptiveClassifier([4, 8]).fit(logits, labels)
+    for metric in (per_dim_accuracy, oracle_accuracy):
+        with pytest.raises(ValueError, match=r"row\(s\) 2 "):
+            metric(logits, labels, [4, 8])

@@ -286,6 +286,9 @@ def test_zero_shot_accuracy_per_dim_uses_prefixes():
     assert zero_shot_accuracy(images, [0, 1, 1], templated, dims=[4])[4] == pytest.approx(100 / 3)
     with pytest.raises(ValueError, match="labels must be in 0..1"):
         zero_shot_accuracy(images, [0, 1, 2], classes, dims=[4])
+    with pytest.raises(ValueError, match="labels must be 3 integer class ids"):  # was read as [0, 1, 0]
+        zero_shot_accuracy(images, [0.7, 1.2, 0.1], classes, dims=[4])
+    assert zero_shot_accuracy(images, [0, 1, 1], classes, dims=np.array([2, 4])) == acc  # sizes as an array
 
 
 def test_image_text_retrieval_pairs_and_labels():
@@ -302,6 +305,9 @@ def test_image_text_retrieval_pairs_and_labels():
     assert by_label[8]["i2t_hit@1"] == 100.0
     with pytest.raises(ValueError, match="20 images but 19 texts"):
         image_text_retrieval(images, texts[:19], dims=[8])
+    with pytest.raises(ValueError, match="image 3's label 7 has no text"):
+        image_text_retrieval(images, texts, dims=[8], image_labels=np.where(np.arange(20) == 3, 7, labels),
+                             text_labels=labels)
 
 
 def test_zero_shot_classification_end_to_end(tmp_path):
@@ -310,6 +316,9 @@ def test_zero_shot_classification_end_to_end(tmp_path):
     _, _, pixels = batch(n=5)
     acc = zero_shot_classification_per_dim(model, pixels, [0, 1, 0, 1, 0], ["shoe", "bag"])
     assert set(acc) == set(NESTING) and all(0 <= a <= 100 for a in acc.values())
+    some = zero_shot_classification_per_dim(model, pixels, [0, 1, 0, 1, 0], ["shoe", "bag"],
+                                            dims=torch.tensor(NESTING[:2]))  # `dims or ...` raised on a tensor
+    assert some == {m: acc[m] for m in NESTING[:2]}
 
 
 def test_attention_implementations_like_clip(tmp_path):

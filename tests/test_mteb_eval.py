@@ -208,6 +208,8 @@ def test_local_task_rejects_bad_judgements():
         local_retrieval_task({"q": "a"}, {"d": "b"}, {}, name="T")
     with pytest.raises(ValueError, match="not in the corpus"):
         local_retrieval_task({"q": "a"}, {"d": "b"}, {"q": ["e"]}, name="T")
+    corpus = {str(i): f"answer {i}" for i in range(12)}  # one id as a string is one id, not its characters
+    assert local_retrieval_task({"q": "a"}, corpus, {"q": "10"}, name="T").local_relevant_docs == {"q": {"10": 1}}
 
 
 def test_metric_labels():
@@ -228,3 +230,11 @@ def test_cli_evaluates_at_every_size_with_mteb_and_writes_the_results_for_the_ca
     for dim in (8, 32):  # the same numbers as the library call
         assert table.get("MRL", f"{TASK} nDCG@10", dim) == pytest.approx(run["table"].get("MRL", f"{TASK} nDCG@10",
                                                                                           dim), abs=1e-9)
+
+
+def test_sizes_may_be_numpy_ints():
+    from types import SimpleNamespace
+
+    model = SimpleNamespace(config=SimpleNamespace(matryoshka_embedding_dim=32, nesting_list=[8, 16, 32]))
+    assert mteb_eval._dims(model, np.int64(16)) == [16]  # raised "not iterable"
+    assert mteb_eval._dims(model, np.array([32, 8])) == [8, 32]

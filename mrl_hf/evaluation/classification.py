@@ -142,6 +142,8 @@ def nearest_class_mean_accuracy(train_x, train_y, test_x, test_y, dims: Sequence
     smallest = min(int((train_y == c).sum()) for c in classes)
     if isinstance(shots, bool) or not isinstance(shots, int) or not 1 <= shots <= smallest:
         raise ValueError(f"shots={shots!r} must be an int in 1..{smallest} (the rarest class has {smallest} examples).")
+    if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
+        raise ValueError(f"episodes={episodes!r} must be an int >= 1 (the result is the mean over episodes).")
     rng = np.random.default_rng(seed)
     supports = [np.concatenate([rng.choice(np.flatnonzero(train_y == c), shots, replace=False) for c in classes])
                 for _ in range(episodes)]
@@ -191,6 +193,9 @@ def _nested_logits(nested_logits, labels, nesting_list):
     if logits.ndim != 3 or logits.shape[0] != len(nesting_list):
         raise ValueError(f"nested_logits must have shape (|M|={len(nesting_list)}, N, num_classes), "
                          f"got {logits.shape}.")
+    # argmax of a NaN row would pick its NaN, a class
+    _check_finite(torch.from_numpy(np.ascontiguousarray(logits.swapaxes(0, 1).reshape(logits.shape[1], -1))),
+                  "nested_logits (rows: inputs)")
     return logits, as_labels(labels, "labels", n=logits.shape[1], class_ids=True)
 
 

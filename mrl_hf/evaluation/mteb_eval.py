@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import numbers
 import os
 import re
 import shutil
@@ -241,6 +242,8 @@ def local_retrieval_task(queries: Mapping[str, str], corpus: Mapping[str, str],
         raise ValueError("a retrieval task needs at least one query and one document.")
     qrels: dict[str, dict[str, int]] = {}
     for qid, docs in relevant_docs.items():
+        if isinstance(docs, (str, int)):  # one id; a string is not iterated into characters
+            docs = [docs]
         docs = dict(docs) if isinstance(docs, Mapping) else dict.fromkeys(docs, 1)
         qrels[str(qid)] = {str(d): int(g) for d, g in docs.items()}
     for qid in queries:
@@ -349,7 +352,10 @@ def _resolve_tasks(tasks) -> list:
 
 def _dims(model, dims) -> list[int]:
     full = _full_dim(model)
-    dims = list(model.config.nesting_list) if dims is None else ([dims] if isinstance(dims, int) else list(dims))
+    if dims is None:
+        dims = list(model.config.nesting_list)
+    else:
+        dims = [dims] if isinstance(dims, numbers.Integral) else list(dims)
     if not dims:
         raise ValueError("dims is empty.")
     return sorted({validate_dim(d, full, name="dim") for d in dims})

@@ -14,6 +14,7 @@ import torch
 from ..embeddings import _check_finite, truncate_embeddings
 from ..nesting import validate_dims
 from .pairs import pair_retrieval_metrics
+from .retrieval_metrics import as_labels
 
 DEFAULT_TEMPLATES = ("a photo of a {}.", "a picture of a {}.", "an image of a {}.", "a photo of the {}.")
 
@@ -104,9 +105,7 @@ def zero_shot_accuracy(image_embeds, labels, class_embeds, dims: Sequence[int]) 
     if classes.shape[-1] != images.shape[1]:
         raise ValueError(f"class_embeds have size {classes.shape[-1]} but image_embeds {images.shape[1]}; "
                          "embed both with the same model.")
-    labels = torch.as_tensor(np.asarray(labels)).long().reshape(-1)
-    if labels.numel() != images.shape[0]:
-        raise ValueError(f"got {labels.numel()} labels for {images.shape[0]} images.")
+    labels = torch.from_numpy(as_labels(labels, "labels", n=images.shape[0], class_ids=True))  # 0.7 is no class
     if labels.numel() and (labels.min() < 0 or labels.max() >= classes.shape[0]):
         raise ValueError(f"labels must be in 0..{classes.shape[0] - 1} (one class embedding per class), "
                          f"got {int(labels.min())}..{int(labels.max())}.")
@@ -143,6 +142,12 @@ def image_text_retrieval(image_embeds, text_embeds, dims: Sequence[int], ks: Seq
                              f"{len(text_labels)} text labels for {texts.shape[0]} texts; give one label per row.")
         i2t_relevant = [np.flatnonzero(text_labels == y) for y in image_labels]
         t2i_relevant = [np.flatnonzero(image_labels == y) for y in text_labels]
+        for side, relevant, labels, other in (("image", i2t_relevant, image_labels, "text"),
+                                              ("text", t2i_relevant, text_labels, "image")):
+            alone = [i for i, r in enumerate(relevant) if len(r) == 0]
+            if alone:
+                raise ValueError(f"{side} {alone[0]}'s label {labels[alone[0]].item()!r} has no {other} ({len(alone)} "
+                                 f"{side}(s) in all); every label needs at least one {other}, or drop those rows.")
     dims = validate_dims(dims, images.shape[1])
     i2t = pair_retrieval_metrics(images, texts, dims, i2t_relevant, ks)
     t2i = pair_retrieval_metrics(texts, images, dims, t2i_relevant, ks)
@@ -157,4 +162,4 @@ def zero_shot_classification_per_dim(model, pixel_values: torch.Tensor, labels, 
     (default dims: ``model.config.nesting_list``)."""
     class_embeds = class_prompt_embeddings(model, class_names, tokenizer, templates, batch_size)
     image_embeds = embed_images(model, pixel_values, batch_size)
-    return zero_shot_accuracy(image_embeds, labels, class_embeds, dims or model.config.nesting_list)
+    return zero_shot_accuracy(image_embeds, labels, class_embeds, dims if dims is not None else model.config.nesting_list)
