@@ -73,7 +73,7 @@ def rss_child(kind: str, folder: str, queries_file: str) -> None:
         shard = qdrant_edge.EdgeShard.load(folder)
         opened = resident_kb()
         for plan in PLANS:
-            qdrant_edge_search(shard, queries, plan, 10)
+            qdrant_edge_search(shard, queries, plan, 10, metric="cosine")
     after = resident_kb()
     print(json.dumps({"open": {k: opened[k] - before[k] for k in before},
                       "searched": {k: after[k] - before[k] for k in before}}))
@@ -120,7 +120,7 @@ def main():
               f"shard on disk {folder_bytes(tmp + '/shard') / len(db):,.0f} B/vector")
         for plan in PLANS:
             ours, ours_s = best_of(lambda: index.search_plan(queries, 10, plan).ids)
-            (_, edge), edge_s = best_of(lambda: qdrant_edge_search(shard, queries, plan, 10))
+            (_, edge), edge_s = best_of(lambda: qdrant_edge_search(shard, queries, plan, 10, metric=index.metric))
             rows.append([plan.describe(), f"{1e3 * ours_s / len(queries):.3f}", f"{top_k_overlap(ours, exact, 10):.4f}",
                          f"{1e3 * edge_s / len(queries):.3f}", f"{top_k_overlap(edge, exact, 10):.4f}",
                          f"{top_k_overlap(edge, ours, 10):.4f}", f"{(edge == ours).all(axis=1).mean():.3f}"])

@@ -63,6 +63,11 @@ def cached_pair_loss(model, config, inputs: dict, mini_batch_size: int, extra_te
     """
     from .modeling.text_common import pair_contrastive_loss
 
+    missing = [key for key in ("input_ids", "positive_input_ids") if inputs.get(key) is None]
+    if missing:
+        raise ValueError(f"mini_batch_size={mini_batch_size} (the cached contrastive loss) needs (anchor, positive) "
+                         f"pairs, but the batch has no {' / '.join(missing)} (keys: {sorted(inputs)}); collate pairs "
+                         "with mrl_hf.data.collator.PairCollator, or leave mini_batch_size=None.")
     per_part = _mini_batches(inputs, mini_batch_size)
     chunks = [chunk for part in per_part for chunk in part]
     states = []

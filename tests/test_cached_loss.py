@@ -148,6 +148,9 @@ def test_bad_mini_batch_settings_are_refused(tmp_path):
     deduplicating.config.embed_duplicates_once = True  # the cached loss embeds every row: refused, not ignored
     with pytest.raises(ValueError, match=r"embed_duplicates_once=True: the cached loss embeds every row"):
         train(deduplicating, rows(), tmp_path, mini_batch_size=4)
+    anchors_only = [{"input_ids": row["input_ids"]} for row in rows()]  # failed inside torch.cat
+    with pytest.raises(ValueError, match=r"needs \(anchor, positive\) pairs, but the batch has no positive_input_ids"):
+        train(model_with(), anchors_only, tmp_path, mini_batch_size=4)
 
 
 @pytest.mark.parametrize("setting,tol", [("bf16", 1e-4), ("activation_checkpointing", 1e-5)])

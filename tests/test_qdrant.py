@@ -118,3 +118,18 @@ def test_other_metrics_give_our_ids_and_scores_in_our_units(metric):
     scores, ids = qdrant_search(client, "m", queries[:1], plan, 5, metric=metric)
     assert (ids[0, 3:] == -1).all() and np.isinf(scores[0, 3:]).all()
     assert (scores[0, 3:] > 0).all() == (metric == "l2")
+
+
+def test_the_metric_comes_from_the_collection_and_unexportable_plans_are_refused():
+    """Without metric=, cosine was assumed: an l2 collection was searched with normalised queries (other ids)."""
+    db, queries = clustered(3, 300, 5, 32)
+    index = MatryoshkaIndex(db, metric="l2")
+    client = qdrant_client.QdrantClient(":memory:")
+    plan = SearchPlan(16, "float32", "flat", 400)
+    export_to_qdrant(index, client, "m", [plan])
+    np.testing.assert_array_equal(qdrant_search(client, "m", queries, plan, 10)[1], index.search_plan(
+        queries, 10, plan).ids)
+    with pytest.raises(ValueError, match="metric='cosine', but Qdrant collection 'm' was exported with metric 'l2'"):
+        qdrant_search(client, "m", queries, plan, 10, metric="cosine")
+    with pytest.raises(ValueError, match="Qdrant has no IVF structure"):  # ran on the flat vector of the same name
+        qdrant_search(client, "m", queries, SearchPlan(16, "float32", "ivf", 400, nprobe=2), 10)

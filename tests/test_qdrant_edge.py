@@ -38,7 +38,7 @@ def _normalised(x, d):
 
 def test_a_float32_plan_gives_our_ids_and_scores(setup):
     index, queries, shard, _ = setup
-    scores, ids = qdrant_edge_search(shard, queries, PLANS[0], 10)
+    scores, ids = qdrant_edge_search(shard, queries, PLANS[0], 10, metric="cosine")
     ours = index.search_plan(queries, 10, PLANS[0])
     assert (ids == ours.ids).mean() > 0.99
     np.testing.assert_allclose(scores, ours.scores, atol=1e-5)
@@ -47,7 +47,7 @@ def test_a_float32_plan_gives_our_ids_and_scores(setup):
 def test_a_binary_flat_plan_differs_from_ours_only_at_hamming_ties(setup):
     index, queries, shard, _ = setup
     plan = PLANS[1]
-    _, ids = qdrant_edge_search(shard, queries, plan, 10)
+    _, ids = qdrant_edge_search(shard, queries, plan, 10, metric="cosine")
     ours = index.search_plan(queries, 10, plan)
     db_bits = np.unpackbits(sign_bits(_normalised(index.embeddings, plan.dim)), axis=1)
     q_bits = np.unpackbits(sign_bits(_normalised(queries, plan.dim)), axis=1)
@@ -70,7 +70,7 @@ def test_a_binary_flat_plan_differs_from_ours_only_at_hamming_ties(setup):
 def test_int8_and_hnsw_plans_agree_with_ours(setup, plan, least):
     """Measured top-10 overlap: 0.97 (int8: quantile vs min/max ranges), 0.90 (binary HNSW: two graphs, many ties)."""
     index, queries, shard, _ = setup
-    _, ids = qdrant_edge_search(shard, queries, plan, 10)
+    _, ids = qdrant_edge_search(shard, queries, plan, 10, metric="cosine")
     ours = index.search_plan(queries, 10, plan)
     overlap = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, ours.ids)])
     assert overlap >= least, overlap
@@ -94,11 +94,12 @@ def test_bad_input_names_the_fix(setup, tmp_path):
 def test_the_shard_reopens_from_its_folder_with_the_same_results(setup):
     """Last in this file: it closes the fixture's shard."""
     _, queries, shard, path = setup
-    before = qdrant_edge_search(shard, queries, PLANS[1], 10)[1]
+    before = qdrant_edge_search(shard, queries, PLANS[1], 10, metric="cosine")[1]
     shard.close()
     reopened = qdrant_edge.EdgeShard.load(str(path))
     try:
-        np.testing.assert_array_equal(qdrant_edge_search(reopened, queries, PLANS[1], 10)[1], before)
+        np.testing.assert_array_equal(qdrant_edge_search(reopened, queries, PLANS[1], 10, metric="cosine")[1],
+                                      before)
     finally:
         reopened.close()
 
@@ -114,3 +115,24 @@ def test_other_metrics_give_our_ids_and_scores_in_our_units(metric, tmp_path):
     ours = index.search_plan(queries, 10, plan)
     np.testing.assert_array_equal(ids, ours.ids)
     np.testing.assert_allclose(scores, ours.scores, rtol=1e-5, atol=1e-5)
+
+
+def test_a_plan_without_ef_search_runs_with_the_index_beam_and_metric_is_required(tmp_path):
+    """A plan whose ef_search is None runs in MatryoshkaIndex with index.ef_search; in Qdrant it ran with the
+    export's ef_construct (the index's ef_construction, here 16). Small graphs (M=4) make the beam matter."""
+    db, queries = clustered(4, N, 200, 32)
+    index = MatryoshkaIndex(db, metric="cosine", ef_construction=16, ef_search=200)
+    plan = SearchPlan(32, "int8", "hnsw", 10, hnsw_m=4)
+    shard = export_to_qdrant_edge(index, tmp_path / "shard", [plan])
+    try:
+        def ids(p, **kwargs):
+            return qdrant_edge_search(shard, queries, p, 10, metric="cosine", **kwargs)[1]
+
+        np.testing.assert_array_equal(ids(plan), ids(dataclasses.replace(plan, ef_search=64)))  # the default
+        as_tuned = ids(plan, ef_search=index.ef_search)
+        np.testing.assert_array_equal(as_tuned, ids(dataclasses.replace(plan, ef_search=200)))
+        assert (as_tuned != ids(dataclasses.replace(plan, ef_search=16))).any(1).sum() > 10  # what it ran before
+        with pytest.raises(ValueError, match=r"needs metric=.*index.metric"):
+            qdrant_edge_search(shard, queries, plan, 10)
+    finally:
+        shard.close()

@@ -48,6 +48,23 @@ def _distance(metric: str):
     return {"cosine": m.Distance.COSINE, "ip": m.Distance.DOT, "l2": m.Distance.EUCLID}[metric]
 
 
+def _collection_metric(client, collection: str, metric: str | None) -> str:
+    """The metric ``collection`` was exported with (its ``"full"`` vector's distance); a different ``metric`` is
+    refused: normalising the queries for the wrong one changes the ranking without an error."""
+    distance = client.get_collection(collection).config.params.vectors[FULL].distance
+    stored = {_distance(k): k for k in ("cosine", "ip", "l2")}[distance]
+    if metric is not None and metric != stored:
+        raise ValueError(f"metric={metric!r}, but Qdrant collection {collection!r} was exported with metric "
+                         f"{stored!r} (distance {distance}); leave metric=None to use the collection's.")
+    return stored
+
+
+def beam(plan: SearchPlan, ef_search) -> int | None:
+    """``hnsw_ef`` for Qdrant: the plan's ``ef_search``, else ``ef_search`` (the index's), not Qdrant's default
+    (its ``ef_construct``), so a plan runs with the beam it was tuned with."""
+    return plan.ef_search if plan.ef_search is not None else as_int(ef_search, "ef_search", minimum=1)
+
+
 def check_exportable(plan: SearchPlan) -> None:
     """Qdrant (server, local mode or Edge) has flat and HNSW search, no IVF, and no 4-bit scalar or PQ codes."""
     if plan.precision == "int4":
@@ -127,16 +144,22 @@ def export_to_qdrant(index, client, collection: str, plans) -> list[str]:
     return [FULL, *names]
 
 
-def qdrant_search(client, collection: str, queries, plan: SearchPlan, top_k: int, metric: str = "cosine",
-                  batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
+def qdrant_search(client, collection: str, queries, plan: SearchPlan, top_k: int, metric: str | None = None,
+                  batch: int = 64, ef_search: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """Run ``plan`` as prefetch -> rescore in Qdrant. Returns ``(scores, ids)`` of shape ``(n, top_k)``, best
-    first; missing slots hold id -1. ``queries`` are full size, as for ``MatryoshkaIndex.search_plan``."""
+    first; missing slots hold id -1. ``queries`` are full size, as for ``MatryoshkaIndex.search_plan``.
+
+    ``metric``: ``None`` reads the collection's (the index's at export); another is refused. ``ef_search``: the HNSW
+    beam of a plan whose own ``ef_search`` is ``None``, as ``MatryoshkaIndex`` runs it with ``index.ef_search``
+    (64 by default; pass yours if you changed it)."""
     m = _models()
     top_k = as_int(top_k, "top_k", minimum=1)
     queries = np.asarray(queries, np.float32)
     queries = queries[None] if queries.ndim == 1 else queries
+    metric = _collection_metric(client, collection, metric)
     plan = check_plan(plan, queries.shape[1], metric, top_k)
-    params = m.SearchParams(hnsw_ef=plan.ef_search,
+    check_exportable(plan)  # an IVF plan would run on the same-named flat vector, an int4 one on none
+    params = m.SearchParams(hnsw_ef=beam(plan, ef_search),
                             quantization=m.QuantizationSearchParams(rescore=False)
                             if plan.precision in ("binary", "int8") else None)
     requests = [m.QueryRequest(prefetch=m.Prefetch(query=prefix(q[None], plan.dim, metric)[0].tolist(),

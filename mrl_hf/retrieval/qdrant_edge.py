@@ -19,7 +19,7 @@ from ..nesting import as_int
 from ._inputs import prefix
 from ._rerank import worst_score
 from .plan import SearchPlan, check_plan
-from .qdrant import FULL, check_exportable, named_plans, vector_name
+from .qdrant import FULL, beam, check_exportable, named_plans, vector_name
 
 _UPLOAD_ROWS = 1024
 
@@ -68,8 +68,8 @@ def export_to_qdrant_edge(index, path, plans):
         raise ValueError(f"{path!r} is not empty; export the shard to a new folder (or remove this one first).")
     vectors = {FULL: qe.EdgeVectorParams(size=index.dim, distance=_distance(index.metric), memory=qe.Memory.Cold)}
     vectors.update({name: _vector_params(index, p) for name, p in named_plans(index, plans).items()})
-    # indexing_threshold=1 KB: every segment gets its codes and graphs, however small (Qdrant's default, 20 MB, leaves
-    # small segments unindexed: exact float32 search whatever the plan says)
+    # indexing_threshold=1 KB: every segment gets its HNSW graphs, however small (Qdrant's default, 20 MB, leaves
+    # small segments without them: an HNSW plan would scan its codes in full)
     shard = qe.EdgeShard.create(path, qe.EdgeConfig(vectors=vectors,
                                                     optimizers=qe.EdgeOptimizersConfig(indexing_threshold=1)))
     db = index.embeddings
@@ -84,17 +84,23 @@ def export_to_qdrant_edge(index, path, plans):
     return shard
 
 
-def qdrant_edge_search(shard, queries, plan: SearchPlan, top_k: int, metric: str = "cosine",
-                       batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
+def qdrant_edge_search(shard, queries, plan: SearchPlan, top_k: int, metric: str | None = None,
+                       batch: int = 64, ef_search: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """Run ``plan`` as prefetch -> rescore in a Qdrant Edge shard. Returns ``(scores, ids)`` of shape
-    ``(n, top_k)``, best first; missing slots hold id -1. ``queries`` are full size."""
+    ``(n, top_k)``, best first; missing slots hold id -1. ``queries`` are full size.
+
+    ``metric`` is required: the index's (``index.metric``); a shard does not report its distance, and queries
+    normalised for another metric rank differently. ``ef_search``: as in ``qdrant_search``."""
     qe = _edge()
+    if metric is None:
+        raise ValueError("qdrant_edge_search needs metric=, the metric of the index the shard was exported from "
+                         "(index.metric: 'cosine', 'ip' or 'l2'); an Edge shard does not report its distance.")
     top_k = as_int(top_k, "top_k", minimum=1)
     queries = np.asarray(queries, np.float32)
     queries = queries[None] if queries.ndim == 1 else queries
     plan = check_plan(plan, queries.shape[1], metric, top_k)
     check_exportable(plan)
-    params = qe.SearchParams(hnsw_ef=plan.ef_search, quantization=qe.QuantizationSearchParams(rescore=False)
+    params = qe.SearchParams(hnsw_ef=beam(plan, ef_search), quantization=qe.QuantizationSearchParams(rescore=False)
                              if plan.precision in ("binary", "int8") else None)
     short, full = prefix(queries, plan.dim, metric), prefix(queries, queries.shape[1], metric)
     requests = [qe.QueryRequest(limit=top_k, query=qe.Query.Nearest(full[i].tolist(), using=FULL),
