@@ -36,12 +36,16 @@ _SAVE_KEYS = {"model_type", "architectures", "auto_map", "transformers_version"}
 
 
 def plain_bert_config(config) -> BertConfig:
-    """The ``BertConfig`` of an ``MRLBertConfig``: every field mrl_hf adds is dropped, the sizes kept for readers."""
+    """The ``BertConfig`` of an ``MRLBertConfig``: the fields mrl_hf adds are dropped, the sizes (and the trained
+    codes' settings) kept for readers."""
     own = {f.name for f in dataclasses.fields(type(config))} - {f.name for f in dataclasses.fields(BertConfig)}
     values = {k: v for k, v in config.to_dict().items() if k not in own | _SAVE_KEYS}
     plain = BertConfig(**values)
     for key, value in contract_keys(config).items():  # the sizes and default size, for vLLM and other readers
         setattr(plain, key, value)
+    if config.precisions is not None:  # so that MRLBertModel.from_pretrained(export) knows its trained codes
+        for key in ("precisions", "quantization_weight", "binary_surrogate"):
+            setattr(plain, key, getattr(config, key))
     return plain
 
 

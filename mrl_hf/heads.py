@@ -140,3 +140,12 @@ class MatryoshkaHead(nn.Module):
             preds = torch.stack([x.detach().reshape(-1, self.num_classes).argmax(-1) for x in logits])
             out = out._replace(predictions=preds)
         return out
+
+
+def refuse_precisions(config) -> None:
+    """A classifier trains logits with the nested cross-entropy: a ``precisions`` setting would be recorded as trained
+    codes that nothing trained."""
+    if config.precisions is not None:
+        raise ValueError(f"precisions={config.precisions!r}: quantisation-aware training is for embedding models (the "
+                         "nested InfoNCE and the distillation losses); a classifier is trained on its logits only. "
+                         "Leave precisions unset.")

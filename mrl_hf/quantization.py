@@ -119,9 +119,12 @@ def warn_if_untrained(trained: Mapping[str, Sequence[int]] | None, dim: int, pre
     if family == FLOAT or trained is None or dim in trained.get(family, ()):
         return False
     pairs = "; ".join(f"{name} at {list(sizes)}" for name, sizes in trained.items())
+    if dim in trained.get(FLOAT, ()):
+        fix = f"train with precisions={{'{family}': [{dim}]}} (mrl_hf.quantization)"
+    else:  # codes are trained at nesting sizes only
+        fix = f"add {dim} to nesting_list and train with precisions={{'{family}': [{dim}]}}, or cut to a trained size"
     warnings.warn(f"{precision} codes at size {dim} were not trained (the model was trained for {pairs}); expect "
-                  f"lower quality than float32, or train with precisions={{'{family}': [{dim}]}} "
-                  "(mrl_hf.quantization).", UserWarning, stacklevel=4)
+                  f"lower quality than float32, or {fix}.", UserWarning, stacklevel=4)
     return True
 
 
@@ -229,10 +232,13 @@ def add_quantized_terms(per_dim: torch.Tensor, nesting_list: Sequence[int], prec
 # ---- codes (sentence-transformers' conventions) -----------------------------------------------------------------
 
 def _as_numpy(x) -> np.ndarray:
-    """``x`` (a numpy array, a list or a torch tensor on any device, in any float dtype) as a numpy array."""
+    """``x`` (a numpy array, a list or a torch tensor on any device, in any dtype) as a numpy array in the same dtype;
+    bfloat16, which numpy lacks, becomes float32 (as in sentence-transformers: float64 keeps its precision)."""
+    if isinstance(x, (list, tuple)) and x and all(isinstance(row, torch.Tensor) for row in x):
+        x = torch.stack([row.detach().cpu() for row in x])
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu()
-        return (x.float() if x.is_floating_point() else x).numpy()
+        return (x.float() if x.dtype == torch.bfloat16 else x).numpy()
     return np.asarray(x)
 
 

@@ -108,6 +108,24 @@ def test_nested_loss_and_gradients_match_reference_loop(vision):
     assert len(grads) == sum(p.grad is not None for p in model.parameters())
 
 
+def test_precisions_train_the_codes_of_both_towers():
+    """precisions were recorded as trained (config, card) but the loss never read them."""
+    from mrl_hf.losses import nested_contrastive_loss
+
+    ids, mask, pixels = batch()
+    plain = tiny_model().double()(input_ids=ids, attention_mask=mask, pixel_values=pixels.double())
+    model = tiny_model(precisions={"binary": [8, 16]}, quantization_weight=3.0).double()
+    out = model(input_ids=ids, attention_mask=mask, pixel_values=pixels.double())
+    assert model.config.matryoshka_precisions == {"float32": NESTING, "binary": [8, 16]}
+    assert out.loss > plain.loss
+    images = model.get_image_features(pixels.double(), normalize=False)
+    texts = model.get_text_features(ids, attention_mask=mask, normalize=False)
+    ref = nested_contrastive_loss(images, texts, NESTING, 1.0 / model.logit_scale.exp(), symmetric=True,
+                                  precisions={"binary": [8, 16]}, quantization_weight=3.0)
+    torch.testing.assert_close(out.loss, ref.loss)
+    torch.testing.assert_close(out.per_dim_losses, ref.per_dim_losses)
+
+
 def test_per_dim_logits_are_scaled_cosines_of_each_prefix():
     model = tiny_model()
     ids, mask, pixels = batch(n=4)

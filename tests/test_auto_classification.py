@@ -103,6 +103,10 @@ def test_config_and_registration():
     with pytest.raises(ValueError, match="problem_type='regression' is not supported"):
         MRLModelForSequenceClassification(MRLTextClassificationConfig(backbone_config=tiny_config("bert"),
                                                                       problem_type="regression"))
+    # a classifier trains logits: precisions would be recorded as trained codes that nothing trained
+    with pytest.raises(ValueError, match=r"precisions=\['binary'\]: quantisation-aware training is for embedding"):
+        MRLModelForSequenceClassification(MRLTextClassificationConfig(backbone_config=tiny_config("bert"),
+                                                                      precisions=["binary"]))
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))

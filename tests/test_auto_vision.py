@@ -138,6 +138,8 @@ def test_config_defaults_validation_and_registration(tmp_path):
         MRLModelForImageEmbedding(MRLImageConfig(backbone_config=tiny_config("resnet"), pooling="cls"))
     with pytest.raises(ValueError, match=r"truncate_dim=12 has no classifier in this MRL head; choose one of \[8, "):
         MRLModelForImageClassification(MRLImageConfig(backbone_config=vit, truncate_dim=12))
+    with pytest.raises(ValueError, match=r"precisions=\['binary'\]: .*a classifier is trained on its logits only"):
+        MRLModelForImageClassification(MRLImageConfig(backbone_config=vit, precisions=["binary"]))
 
 
 # ---- plain checkpoints of five families -----------------------------------------------------------------------------

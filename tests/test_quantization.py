@@ -245,6 +245,13 @@ def test_codes_equal_sentence_transformers(precision):
     assert np.array_equal(quantize_embeddings(x, precision, ranges=ranges), st_quantize(x, precision, ranges=ranges))
     if precision == "ubinary":  # the codes mrl_hf's SearchPlan(precision="binary") and FAISS IndexBinaryFlat search
         assert np.array_equal(ours, sign_bits(x))
+    # tensors keep their precision as in sentence-transformers (float64 was rounded to float32: other int8 levels);
+    # bfloat16, which numpy lacks, is read as float32, alone or as a list of rows
+    x64 = torch.from_numpy(rng.normal(size=(300, 12)))
+    for tensor in (x64, [row for row in x64.bfloat16()], x64.bfloat16()):
+        assert np.array_equal(quantize_embeddings(tensor, precision), st_quantize(tensor, precision))
+        assert np.array_equal(quantize_embeddings(tensor, precision, calibration_embeddings=calib),
+                              st_quantize(tensor, precision, calibration_embeddings=calib))
 
 
 @pytest.mark.parametrize("model_class", ["bert", "auto_text"])
@@ -427,6 +434,8 @@ def test_untrained_pairs_warn_naming_them(tokenizer):
         model.encode(TEXTS, truncate_dim=16, precision="binary")
     with pytest.warns(UserWarning, match="uint8 codes at size 32 were not trained"):
         model.encode(TEXTS, precision="uint8")  # the full size by default
+    with pytest.warns(UserWarning, match=r"add 24 to nesting_list and train with precisions=\{'binary': \[24\]\}"):
+        model.encode(TEXTS, truncate_dim=24, precision="binary")  # precisions={'binary': [24]} alone would raise
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*were not trained")
         model.encode(TEXTS, truncate_dim=8, precision="ubinary")  # trained as binary

@@ -162,3 +162,19 @@ def test_a_left_padding_tokenizer_is_saved_padding_on_the_right(tmp_path):
     np.testing.assert_allclose(trained.numpy(), model.encode([TEXTS[0], TEXTS[2]], normalize=False), atol=1e-5)
     rows = [{"text": t, "teacher_embedding": [0.0] * 4} for t in TEXTS]
     assert (DistillationCollator(model.tokenizer)(rows)["attention_mask"][:, 0] == 1).all()
+
+
+def test_the_trained_codes_survive_an_export_loaded_back(tmp_path):
+    """The plain export kept matryoshka_precisions but not precisions: loaded back into MRLBertModel, the trained
+    pairs were float32 only, and encode warned that the trained binary codes were not trained."""
+    import warnings
+
+    model = MRLBertModel.from_pretrained(MINILM, nesting_list=[16, 32, 384], precisions={"binary": [16]},
+                                         quantization_weight=3.0, binary_surrogate="ste-centred")
+    export_sentence_transformers(model, tmp_path / "st")
+    loaded = MRLBertModel.from_pretrained(tmp_path / "st")
+    assert loaded.config.matryoshka_precisions == {"float32": [16, 32, 384], "binary": [16]}
+    assert (loaded.config.quantization_weight, loaded.config.binary_surrogate) == (3.0, "ste-centred")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*were not trained")
+        loaded.encode(TEXTS, truncate_dim=16, precision="ubinary")

@@ -136,6 +136,8 @@ def test_bad_input_raises_clear_errors(kind):
     if kind == "vit":
         with pytest.raises(ValueError, match=r"built for config.image_size=\(16, 16\); resize"):
             model(pixel_values=torch.randn(2, 1, 28, 28))
+    with pytest.raises(ValueError, match=r"precisions=\['binary'\]: .*a classifier is trained on its logits only"):
+        type(model)(type(model.config)(**{**model.config.to_dict(), "precisions": ["binary"]}))
     with pytest.raises(ValueError, match="truncate_dim=0 is out of range"):
         MRLResNetConfig(**RESNET, truncate_dim=0)
     with pytest.raises(ValueError, match="ends with 16, but the embedding dim is 32"):

@@ -320,8 +320,10 @@ class MRLAlignModel(MRLAlignPreTrainedModel):
             images, texts = image_embeds, text_embeds
             if self.config.gather_across_processes:
                 images, texts = all_gather_with_grad(images), all_gather_with_grad(texts)
-            loss, per_dim, _ = nested_contrastive_loss(images, texts, self.config.nesting_list, self.temperature,
-                                                       self.config.relative_importance, symmetric=True)
+            loss, per_dim, _ = nested_contrastive_loss(
+                images, texts, self.config.nesting_list, self.temperature, self.config.relative_importance,
+                symmetric=True, precisions=self.config.matryoshka_precisions,
+                quantization_weight=self.config.quantization_weight, binary_surrogate=self.config.binary_surrogate)
         nested_i2t = nested_t2i = None
         if image_embeds is not None and text_embeds is not None:
             sims = nested_cosine_similarities(image_embeds, text_embeds, self.config.nesting_list) / self.temperature

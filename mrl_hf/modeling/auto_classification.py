@@ -26,7 +26,7 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from ..embeddings import truncate_embeddings
-from ..heads import MatryoshkaHead
+from ..heads import MatryoshkaHead, refuse_precisions
 from ..losses import MatryoshkaCrossEntropyLoss
 from ..nesting import validate_dim
 from .auto_text import (
@@ -48,6 +48,7 @@ def build_head(config) -> MatryoshkaHead:
     if getattr(config, "problem_type", None) not in (None, "single_label_classification"):
         raise ValueError(f"problem_type={config.problem_type!r} is not supported: the Matryoshka classifiers are "
                          "trained with the nested cross-entropy over class ids; use problem_type=None.")
+    refuse_precisions(config)
     head = MatryoshkaHead(config.nesting_list, config.num_labels, efficient=config.efficient)
     check_logits_dim(config.truncate_dim, config, name="config.truncate_dim")
     return head

@@ -28,7 +28,7 @@ from transformers.utils import ModelOutput
 
 from ..config import MATRYOSHKA_KEYS, MatryoshkaConfigMixin
 from ..embeddings import truncate_embeddings
-from ..heads import MatryoshkaHead
+from ..heads import MatryoshkaHead, refuse_precisions
 from ..losses import MatryoshkaCrossEntropyLoss
 from .base import MatryoshkaPreTrainedMixin
 
@@ -117,6 +117,7 @@ class _MRLImageClassifier(MatryoshkaPreTrainedMixin):
         config.validate_matryoshka()
         if isinstance(config.num_labels, bool) or config.num_labels < 1:
             raise ValueError(f"num_labels={config.num_labels} must be >= 1; pass num_labels=<number of classes>.")
+        refuse_precisions(config)
         self.projection = (nn.Identity() if config.embedding_dim == backbone_width
                            else nn.Linear(backbone_width, config.embedding_dim))
         self.head = MatryoshkaHead(config.nesting_list, config.num_labels, efficient=config.efficient)
