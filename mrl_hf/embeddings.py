@@ -2,6 +2,8 @@
 embedding matrix that the index, the metrics and the adaptor share."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 
@@ -25,7 +27,7 @@ def as_float32_matrix(x, name: str, allow_1d: bool = False, as_tensor: bool = Fa
         if x.dtype.kind != "f":
             raise TypeError(f"{name} must hold floats, got a numpy array of {x.dtype}; "
                             f"convert with {name}.astype(np.float32).")
-        tensor = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        tensor = numpy_view(np.ascontiguousarray(x, dtype=np.float32))
     else:
         raise TypeError(f"{name} must be a numpy array or torch tensor of float32, got {type(x).__name__}; "
                         "convert with np.asarray(..., dtype=np.float32).")
@@ -39,6 +41,14 @@ def as_float32_matrix(x, name: str, allow_1d: bool = False, as_tensor: bool = Fa
         raise ValueError(f"{name} has shape {tuple(tensor.shape)}: embeddings need at least one dimension.")
     _check_finite(tensor, name)
     return tensor if as_tensor else np.ascontiguousarray(tensor.cpu().numpy())
+
+
+def numpy_view(array: np.ndarray) -> torch.Tensor:
+    """``torch.from_numpy(array)`` without torch's warning for a read-only array (a memory map, an index's
+    embeddings): the tensor is only read, so no copy is needed."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(array)
 
 
 def _check_finite(x: torch.Tensor, name: str) -> None:

@@ -252,6 +252,23 @@ def test_tuner_names_the_closest_plan_when_none_meets_the_target(index, data):
     assert isinstance(err.value, ValueError)
 
 
+def test_tuner_grows_an_hnsw_shortlist_past_ef_search():
+    """Candidates 20 and 50 both search the graph with a beam of ef_search=64, so their recalls are equal; the plateau
+    rule stopped there and reported no plan, though 100+ candidates widen the beam and reach the target."""
+    rng = np.random.default_rng(0)
+    index = MatryoshkaIndex(rng.normal(size=(5000, 128)).astype(np.float32))  # ef_search=64
+    queries = rng.normal(size=(200, 128)).astype(np.float32)
+    result = index.tune(queries, np.float32(0.99), precisions="float32", structures="hnsw", dims=128)
+    tried = [r.plan.candidates for r in result.reports]
+    assert tried[:2] == [20, 50] and result.reports[0].recall == result.reports[1].recall  # the same beam
+    assert result.plan.candidates > 64 and result.reports[-1].recall >= 0.99
+    with pytest.raises(NoPlanMeetsTarget) as err:  # one probed list bounds recall: the counts stop early
+        index.tune(queries, 1.0, precisions=("float32",), structures=("ivf",), dims=[128], nprobe=1,
+                   candidates=(20, 50, 100, 200, 1000))
+    largest = max(r.plan.candidates for r in err.value.reports)
+    assert largest < 1000 and f"largest tried: {largest})" in str(err.value)  # was the grid's 1000
+
+
 def test_plan_and_codes_survive_save_and_mmap_load(index, data, tmp_path):
     plan = SearchPlan(64, "binary", "hnsw", 200, ef_search=128)
     index.plan = plan
@@ -409,3 +426,18 @@ def test_fast_scan_codes_on_a_tiny_index_are_refused_and_the_tuner_skips_them():
         index.search_plan(db[:2], 1, SearchPlan(16, "binary-asymmetric", "flat", 5))
     result = index.tune(db[:4], target_recall=0.9, top_k=3, structures=("flat",), candidates=[12])
     assert result.chosen.plan.precision not in ("pq4", "binary-asymmetric")
+
+
+def test_short_queries_to_a_plan_are_told_to_pass_full_size_ones(index, data):
+    with pytest.raises(ValueError, match=rf"pass full-size \({index.dim}-dim\) queries: plans re-rank at the full"):
+        index.search_plan(data[1][:, :32], 10, SearchPlan(32, "int8", "flat", 50))
+
+
+def test_the_torch_backend_searches_read_only_queries_quietly():
+    import warnings
+
+    rng = np.random.default_rng(0)
+    index = MatryoshkaIndex(rng.normal(size=(50, 16)).astype(np.float32), metric="ip", backend="torch")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch.from_numpy warned "The given NumPy array is not writable"
+        assert index.search(index.embeddings[:5], 3).ids.shape == (5, 3)

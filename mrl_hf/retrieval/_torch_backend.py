@@ -4,6 +4,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..embeddings import numpy_view
+
 _QUERY_CHUNK = 256
 _SCORE_BLOCK = 2**24  # floats per (query chunk x database block) score matrix: 64 MiB
 
@@ -36,7 +38,7 @@ class TorchFlatLevel:
         return self._data.numel() * 4 + (self._sqnorms.numel() * 4 if self.metric == "l2" else 0)
 
     def add(self, x: np.ndarray) -> None:
-        new = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        new = numpy_view(np.ascontiguousarray(x, dtype=np.float32))
         if self.metric == "l2":
             if self.ntotal == 0 and len(new):
                 self._offset = new.double().mean(0).float()
@@ -45,7 +47,7 @@ class TorchFlatLevel:
         self._data = new.clone() if self.ntotal == 0 else torch.cat([self._data, new])
 
     def search(self, queries: np.ndarray, k: int, **_ignored) -> tuple[np.ndarray, np.ndarray, float]:
-        q = torch.from_numpy(queries)
+        q = numpy_view(queries)
         if self.metric == "l2":
             q = q - self._offset
         largest = self.metric != "l2"

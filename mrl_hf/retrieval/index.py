@@ -373,8 +373,9 @@ class MatryoshkaIndex:
             raise ValueError(f"queries have {q.shape[1]} dims but the database holds {self.dim}-dim vectors; embed "
                              f"queries with the same model as the database (or slice them to {self.dim} dims).")
         if q.shape[1] < needed_dim:
-            raise ValueError(f"queries have {q.shape[1]} dims but this search scores at dim {needed_dim}; pass "
-                             f"longer queries or search at dims <= {q.shape[1]}.")
+            fix = (f"pass full-size ({self.dim}-dim) queries: plans re-rank at the full size" if needed_dim == self.dim
+                   else f"pass longer queries or search at dims <= {q.shape[1]}")
+            raise ValueError(f"queries have {q.shape[1]} dims but this search scores at dim {needed_dim}; {fix}.")
         return q
 
     def _run(self, queries, steps: list[tuple[int, int]], top_k, exact: bool) -> SearchResult:

@@ -9,8 +9,11 @@ vectors used by the re-rank are not counted, as they can stay on disk (``Matryos
 """
 from __future__ import annotations
 
+import numbers
 import time
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from ..evaluation import tie_aware_overlap
 from ..nesting import as_int
@@ -137,8 +140,9 @@ def _grid(index, dims, precisions, structures, cluster_dims, hnsw_ms, spills) ->
     if isinstance(spills, bool):
         raise TypeError(f"spill={spills!r} must list the settings to try, e.g. spill=(False, True).")
     for v in spills:
-        if not isinstance(v, bool):
+        if not isinstance(v, (bool, np.bool_)):
             raise TypeError(f"spill entries must be True or False, got {v!r}; e.g. spill=(False, True).")
+    spills = [bool(v) for v in spills]
     keys = [(d, p, s, c, m, v) for d in dims for p in precisions for s in structures
             for c in (cluster_dims if s == "ivf" else [None]) for m in (hnsw_ms if s == "hnsw" else [None])
             for v in (sorted(set(spills)) if s == "ivf" else [False])
@@ -161,7 +165,8 @@ def tune(index, queries, target_recall: float = 0.99, objective: str = "ram", to
 
     For each code structure the candidates are tried in increasing order and stop at the first count that
     reaches ``target_recall`` (more only costs more) or that gains less than 0.001 recall over the previous
-    count (then the structure's nprobe/ef_search, not the shortlist, bounds recall). ``budget_s`` bounds the tuning time: once spent, no new
+    count (then the structure's nprobe/ef_search, not the shortlist, bounds recall), unless the next count exceeds
+    an HNSW plan's ef_search: the graph is searched with a beam of max(ef_search, candidates), so it widens there. ``budget_s`` bounds the tuning time: once spent, no new
     code structure is built (they are tried smallest codes first). ``objective="ram"`` keeps the plan with
     the least RAM per vector (ties: fastest), ``"latency"`` the fastest (ties: least RAM). ``repeats`` timed
     runs per plan, the fastest kept.
@@ -173,12 +178,19 @@ def tune(index, queries, target_recall: float = 0.99, objective: str = "ram", to
     """
     if objective not in OBJECTIVES:
         raise ValueError(f"objective={objective!r} is not supported; choose one of {OBJECTIVES}.")
-    if isinstance(target_recall, bool) or not isinstance(target_recall, (int, float)) or not 0 < target_recall <= 1:
+    # one value where the grid takes several: precisions="int8" is ("int8",), not its letters
+    dims, precisions, structures, candidates, ef_search, nprobe, cluster_dims, hnsw_m = (
+        (v,) if isinstance(v, (str, numbers.Integral)) or v is None else v
+        for v in (dims, precisions, structures, candidates, ef_search, nprobe, cluster_dims, hnsw_m))
+    if dims == (None,):
+        dims = None
+    if isinstance(target_recall, (bool, np.bool_)) or not isinstance(target_recall, numbers.Real) or \
+            not 0 < target_recall <= 1:
         raise ValueError(f"target_recall={target_recall!r} must be a number in (0, 1], e.g. 0.99.")
     top_k = as_int(top_k, "top_k", minimum=1)
     repeats = as_int(repeats, "repeats", minimum=1)
-    if max_ram_bytes_per_vector is not None and (isinstance(max_ram_bytes_per_vector, bool) or not isinstance(
-            max_ram_bytes_per_vector, (int, float)) or not max_ram_bytes_per_vector > 0):
+    if max_ram_bytes_per_vector is not None and (isinstance(max_ram_bytes_per_vector, (bool, np.bool_)) or not isinstance(
+            max_ram_bytes_per_vector, numbers.Real) or not max_ram_bytes_per_vector > 0):
         raise ValueError(f"max_ram_bytes_per_vector={max_ram_bytes_per_vector!r} must be a number of bytes > 0 "
                          "(or None for no RAM budget), e.g. 64.")
     counts = sorted({as_int(c, "candidates entry", minimum=1) for c in candidates})
@@ -189,6 +201,7 @@ def tune(index, queries, target_recall: float = 0.99, objective: str = "ram", to
     start = time.perf_counter()
     reference = index.search(q, top_k, exact=True)
     reports, skipped, over_budget = [], [], []
+    largest_tried = 0
     for key in _grid(index, dims, precisions, structures, cluster_dims, hnsw_m, spill):
         dim, precision, structure, cluster_dim, m, spilled = key
         structure_of = dict(cluster_dim=cluster_dim, hnsw_m=None if m == index._build_params["hnsw_m"] else m,
@@ -206,7 +219,9 @@ def tune(index, queries, target_recall: float = 0.99, objective: str = "ram", to
                  "flat": [(None, None)]}[structure]
         for knob, value in knobs:
             previous = -1.0
-            for c in counts:
+            # an HNSW search runs with a beam of max(ef_search, candidates): past the beam, more candidates widen it
+            beam = (value or index.ef_search) if structure == "hnsw" else None
+            for i, c in enumerate(counts):
                 plan = SearchPlan(dim, precision, structure, c, **structure_of, **({knob: value} if knob else {}))
                 result = min((index.search_plan(q, top_k, plan) for _ in range(repeats)),
                              key=lambda r: r.cost.seconds)
@@ -214,7 +229,9 @@ def tune(index, queries, target_recall: float = 0.99, objective: str = "ram", to
                                            index.metric)
                 reports.append(PlanReport(plan, index.plan_memory(plan)["ram"], result.cost.ms_per_query, recall,
                                           recall >= target_recall))
-                if recall >= target_recall or recall <= previous + _PLATEAU:
+                largest_tried = max(largest_tried, c)
+                widens_beam = beam is not None and i + 1 < len(counts) and counts[i + 1] > beam
+                if recall >= target_recall or (recall <= previous + _PLATEAU and not widens_beam):
                     break  # met, or more candidates stopped helping (the structure's probes/ef bound recall)
                 previous = recall
     if not reports:
@@ -232,7 +249,7 @@ def tune(index, queries, target_recall: float = 0.99, objective: str = "ram", to
             f"{f', {len(skipped)} structures skipped by budget_s' if skipped else ''}"
             f"{f', {len(over_budget)} over the RAM budget' if over_budget else ''}). Closest: "
             f"{closest.plan.describe()} with recall {closest.recall:.4f} ({closest.ram_bytes_per_vector:.1f} B/vector, "
-            f"{closest.ms_per_query:.3f} ms/query). Allow more candidates (largest tried: {counts[-1]}), larger dims "
+            f"{closest.ms_per_query:.3f} ms/query). Allow more candidates (largest tried: {largest_tried}), larger dims "
             f"or higher precisions, a larger ef_search/nprobe, or lower target_recall.", reports, closest)
     best = min(meeting, key=order)
     return TuneResult(best.plan, objective, float(target_recall), top_k, reports, reference.cost.ms_per_query,
