@@ -54,6 +54,19 @@ def teacher_similarities(teacher: torch.Tensor, eps: float = 1e-12) -> torch.Ten
         return t @ t.T
 
 
+def _check_terms(pairwise_weight, topk_weight, top_k, listwise_weight, listwise_temperature) -> None:
+    for name, w in (("pairwise_weight", pairwise_weight), ("topk_weight", topk_weight),
+                    ("listwise_weight", listwise_weight)):
+        if not w >= 0:
+            raise ValueError(f"{name}={w} must be >= 0.")
+    if pairwise_weight == topk_weight == listwise_weight == 0:
+        raise ValueError("pairwise_weight, topk_weight and listwise_weight are all 0; set at least one > 0.")
+    if not listwise_temperature > 0:
+        raise ValueError(f"listwise_temperature={listwise_temperature} must be > 0.")
+    if topk_weight and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"top_k={top_k!r} must be an int >= 1.")
+
+
 def similarity_distillation_loss(
     student: torch.Tensor,
     teacher: torch.Tensor,
@@ -80,16 +93,7 @@ def similarity_distillation_loss(
     _check_pair(student, teacher)
     dims = validate_nesting_list(nesting_list, dim=student.shape[1])
     coefs = validate_relative_importance(relative_importance, len(dims))
-    for name, w in (("pairwise_weight", pairwise_weight), ("topk_weight", topk_weight),
-                    ("listwise_weight", listwise_weight)):
-        if not w >= 0:
-            raise ValueError(f"{name}={w} must be >= 0.")
-    if pairwise_weight == topk_weight == listwise_weight == 0:
-        raise ValueError("pairwise_weight, topk_weight and listwise_weight are all 0; set at least one > 0.")
-    if not listwise_temperature > 0:
-        raise ValueError(f"listwise_temperature={listwise_temperature} must be > 0.")
-    if topk_weight and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-        raise ValueError(f"top_k={top_k!r} must be an int >= 1.")
+    _check_terms(pairwise_weight, topk_weight, top_k, listwise_weight, listwise_temperature)
     target = teacher_similarities(teacher).to(student.dtype)
 
     def terms(sims: torch.Tensor) -> torch.Tensor:  # (|sizes|, N, N) student similarities -> one loss per size
@@ -140,6 +144,7 @@ class MatryoshkaDistillationLoss(nn.Module):
             raise ValueError(f"contrastive_weight={contrastive_weight} must be >= 0.")
         if not temperature > 0:
             raise ValueError(f"temperature={temperature} must be > 0.")
+        _check_terms(pairwise_weight, topk_weight, top_k, listwise_weight, listwise_temperature)  # now, not at step 1
         self.pairwise_weight, self.topk_weight, self.top_k = pairwise_weight, topk_weight, top_k
         self.listwise_weight, self.listwise_temperature = listwise_weight, listwise_temperature
         self.contrastive_weight, self.temperature = contrastive_weight, temperature
@@ -188,6 +193,8 @@ def add_teacher_embeddings(dataset, teacher, text_column: str = "text", batch_si
         vectors = teacher.encode(list(dataset[text_column]), batch_size=batch_size, **size)
     else:
         vectors = teacher
+    if isinstance(vectors, torch.Tensor):  # bfloat16 (numpy has none) or a tensor that requires grad
+        vectors = vectors.detach().float().cpu().numpy()
     vectors = np.asarray(vectors.cpu() if hasattr(vectors, "cpu") else vectors, dtype=np.float32)
     if vectors.ndim != 2 or len(vectors) != len(dataset):
         raise ValueError(f"teacher embeddings have shape {vectors.shape}; expected ({len(dataset)}, dim).")
@@ -213,8 +220,9 @@ class DistillationCollator:
     def __call__(self, features) -> dict:
         if len(features) < 2:
             raise ValueError(f"a batch of {len(features)} row(s); similarity distillation needs at least 2 "
-                             "(use a larger per_device_train_batch_size, e.g. 64, and, when the dataset's size "
-                             "leaves one row over, TrainingArguments(dataloader_drop_last=True)).")
+                             "(use a larger per_device_train_batch_size / per_device_eval_batch_size, e.g. 64, and, "
+                             "when the dataset's size leaves one row over, "
+                             "TrainingArguments(dataloader_drop_last=True)).")
         for key in (self.text_column, self.teacher_column):
             if key not in features[0]:
                 raise ValueError(f"the rows have no {key!r} (keys: {sorted(features[0])}); "
@@ -253,12 +261,25 @@ class MatryoshkaDistillationTrainer(MRLTrainer):
             raise ValueError(f"distillation_loss.nesting_list={self.distillation_loss.nesting_list} differs "
                              f"from the model's nesting_list={config.nesting_list}; build the loss from it.")
         self.args.remove_unused_columns = False  # the collator needs the text and teacher columns
-        rows = len(self.train_dataset) if hasattr(self.train_dataset, "__len__") else None
-        batch = self.args.per_device_train_batch_size
+        self._check_last_batch(self.train_dataset, "training", "per_device_train_batch_size")
+        evals = self.eval_dataset if isinstance(self.eval_dataset, dict) else {"": self.eval_dataset}
+        for name, dataset in evals.items():  # before training: with eval_strategy="epoch" it failed after one
+            self._check_last_batch(dataset, f"evaluation{f' ({name!r})' if name else ''}",
+                                   "per_device_eval_batch_size")
+
+    def _check_last_batch(self, dataset, what: str, batch_setting: str) -> None:
+        rows = len(dataset) if hasattr(dataset, "__len__") else None
+        batch = getattr(self.args, batch_setting)
         if rows and self.args.world_size == 1 and not self.args.dataloader_drop_last and rows % batch == 1:
-            raise ValueError(f"{rows} training rows in batches of {batch} leave a last batch of one row, which has no "
-                             "similarities to distill (the run would fail at the end of the epoch); set "
-                             "TrainingArguments(dataloader_drop_last=True) or change per_device_train_batch_size.")
+            raise ValueError(f"{rows} {what} rows in batches of {batch} leave a last batch of one row, which has no "
+                             f"similarities to distill (the run would fail there); set "
+                             f"TrainingArguments(dataloader_drop_last=True) or change {batch_setting}.")
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        dataset = self.eval_dataset[eval_dataset] if isinstance(eval_dataset, str) else (
+            eval_dataset if eval_dataset is not None else self.eval_dataset)
+        self._check_last_batch(dataset, "evaluation", "per_device_eval_batch_size")
+        return super().get_eval_dataloader(eval_dataset)
 
     def compute_nested_loss(self, model, inputs, num_items_in_batch=None):
         inputs = dict(inputs)

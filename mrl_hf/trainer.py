@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import inspect
 import os
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -121,6 +122,8 @@ class MRLTrainer(Trainer):
                              "symmetric adaptor (fitted without queries=).")
         self.rotation_learning_rate = rotation_learning_rate
         self._rotation = self._setup_rotation() if rotation_learning_rate is not None else None
+        if rotation_learning_rate is None:
+            self._warn_if_rotation_trains_freely()
         self.teacher_weight, self.teacher_sizes = float(teacher_weight), teacher_sizes
         self.teacher, self.teacher_loss = self._build_teacher(teacher) if self.teacher_weight else (None, None)
         self._teacher_cache = {}
@@ -146,6 +149,22 @@ class MRLTrainer(Trainer):
             logger.warning("accelerate launch asked for FSDP, but this Trainer runs without it: with use_cpu=True (a "
                            "machine without a GPU) transformers does not enable FSDP, and the processes train with DDP.")
 
+    def _warn_if_rotation_trains_freely(self) -> None:
+        from .rotation import check_rotation
+
+        model = self.accelerator.unwrap_model(self.model)
+        projection = getattr(model, "projection", None)
+        if projection is None or not getattr(projection.weight, "requires_grad", False):
+            return
+        try:
+            check_rotation(model)
+        except ValueError:
+            return  # not a rotation: a projection that trains as any layer does
+        warnings.warn("the model's projection is an output rotation (orthogonal, zero bias), and without "
+                      "rotation_learning_rate it trains as a free linear map, bias included, and stops being one; "
+                      "pass rotation_learning_rate (mrl-hf train --rotation-lr 1e-2) to keep it a rotation.",
+                      UserWarning, stacklevel=3)
+
     def _setup_rotation(self):
         from .rotation import check_rotation, make_orthogonal
 
@@ -163,8 +182,14 @@ class MRLTrainer(Trainer):
         if not rotation.weight.requires_grad:
             raise ValueError("the output rotation's weight is frozen (requires_grad=False); nothing would train it.")
 
+        trainer = self
+
         class _Orthogonal(TrainerCallback):
             def on_step_end(self, args, state, control, **kwargs):
+                if not torch.isfinite(rotation.weight).all():  # the SVD would fail with a LinAlgError
+                    trainer._raise_if_nonfinite()
+                    raise FloatingPointError(f"the output rotation holds NaN or inf after step {state.global_step}; "
+                                             "lower rotation_learning_rate or the learning rate.")
                 make_orthogonal(rotation)
 
         self.add_callback(_Orthogonal())

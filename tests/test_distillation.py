@@ -124,3 +124,11 @@ def test_numpy_input_is_a_type_error():
 
     with pytest.raises(TypeError, match="torch.Tensor"):
         similarity_distillation_loss(np.zeros((4, 8)), torch.zeros(4, 8), [4, 8])
+
+
+@pytest.mark.parametrize("kwargs, match", [(dict(top_k=0), "top_k=0"), (dict(pairwise_weight=-1), "pairwise_weight=-1"),
+                                           (dict(listwise_temperature=0), "listwise_temperature=0"),
+                                           (dict(pairwise_weight=0, topk_weight=0, listwise_weight=0), "all 0")])
+def test_the_loss_module_checks_its_terms_when_built(kwargs, match):
+    with pytest.raises(ValueError, match=match):  # not at the first training step
+        MatryoshkaDistillationLoss([4, 8], **kwargs)

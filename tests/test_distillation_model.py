@@ -92,6 +92,19 @@ def test_collator_and_trainer_reject_missing_teacher(tokenizer, tmp_path):
     args = TrainingArguments(str(tmp_path), per_device_train_batch_size=8, report_to=[], use_cpu=True,
                              dataloader_drop_last=True)
     MatryoshkaDistillationTrainer(model=model, args=args, train_dataset=nine)
+    # the same for evaluation sets, named, at the eval batch size (evaluate() failed naming the training batch size)
+    ten = add_teacher_embeddings(Dataset.from_dict({"text": TEXTS[:10]}), np.ones((10, 4)))
+    args = TrainingArguments(str(tmp_path), per_device_train_batch_size=5, per_device_eval_batch_size=8,
+                             report_to=[], use_cpu=True)
+    with pytest.raises(ValueError, match=r"9 evaluation \('held'\) rows in batches of 8 .*per_device_eval_batch_size"):
+        MatryoshkaDistillationTrainer(model=model, args=args, train_dataset=ten, eval_dataset={"held": nine})
+    trainer = MatryoshkaDistillationTrainer(model=model, args=args, train_dataset=ten, eval_dataset=ten)
+    with pytest.raises(ValueError, match=r"9 evaluation rows in batches of 8"):
+        trainer.evaluate(eval_dataset=nine)
+    # teacher vectors as tensors: bfloat16 and ones that require grad
+    for vectors in (torch.ones(2, 4, dtype=torch.bfloat16), torch.ones(2, 4, requires_grad=True) * 2):
+        stored = add_teacher_embeddings(Dataset.from_dict({"text": ["a", "b"]}), vectors)["teacher_embedding"]
+        assert np.asarray(stored).shape == (2, 4)
 
 
 def test_supervised_pairs_mix_into_the_trainer_loss(tokenizer, tmp_path):

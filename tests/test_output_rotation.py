@@ -110,3 +110,38 @@ def test_bad_settings_are_refused_with_the_fix(tmp_path):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(ValueError, match="build the optimizer"):
         train(model, data, tmp_path, optimizers=(optimizer, None))
+
+
+def test_a_rotation_kept_in_half_precision_is_still_a_rotation():
+    from mrl_hf.rotation import check_rotation
+
+    for dtype in (torch.bfloat16, torch.float16):  # make_orthogonal leaves about 4e-3 of bf16 rounding
+        model, _ = rotated_model()
+        model.to(dtype)
+        make_orthogonal(model.projection)
+        assert check_rotation(model) is model.projection
+        with torch.no_grad():
+            model.projection.weight.mul_(1.1)
+        with pytest.raises(ValueError, match="not a rotation"):
+            check_rotation(model)
+
+
+def test_a_diverged_run_with_a_rotation_names_the_loss_not_the_svd(tmp_path):
+    model, data = rotated_model()
+    with torch.no_grad():
+        model.bert.embeddings.word_embeddings.weight[data[0]["input_ids"][1]] = float("inf")  # a diverged row
+    with pytest.raises(FloatingPointError, match="non-finite loss at nesting dim"):  # was torch's LinAlgError
+        train(model, data, tmp_path)
+
+
+def test_training_a_rotation_without_its_rate_warns_that_it_stops_being_one(tmp_path):
+    import warnings
+
+    model, data = rotated_model()
+    args = TrainingArguments(str(tmp_path), report_to=[], use_cpu=True)
+    with pytest.warns(UserWarning, match=r"projection is an output rotation .* pass rotation_learning_rate"):
+        MRLTrainer(model=model, args=args, train_dataset=data)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*output rotation")
+        MRLTrainer(model=model, args=args, train_dataset=data, rotation_learning_rate=ROTATION_LR)
+        MRLTrainer(model=tm.build("embed")[0], args=args, train_dataset=data)  # no projection
