@@ -162,4 +162,5 @@ def zero_shot_classification_per_dim(model, pixel_values: torch.Tensor, labels, 
     (default dims: ``model.config.nesting_list``)."""
     class_embeds = class_prompt_embeddings(model, class_names, tokenizer, templates, batch_size)
     image_embeds = embed_images(model, pixel_values, batch_size)
-    return zero_shot_accuracy(image_embeds, labels, class_embeds, dims if dims is not None else model.config.nesting_list)
+    dims = dims if dims is not None else model.config.nesting_list
+    return zero_shot_accuracy(image_embeds, labels, class_embeds, dims)

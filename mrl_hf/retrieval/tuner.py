@@ -166,7 +166,8 @@ def tune(index, queries, target_recall: float = 0.99, objective: str = "ram", to
     For each code structure the candidates are tried in increasing order and stop at the first count that
     reaches ``target_recall`` (more only costs more) or that gains less than 0.001 recall over the previous
     count (then the structure's nprobe/ef_search, not the shortlist, bounds recall), unless the next count exceeds
-    an HNSW plan's ef_search: the graph is searched with a beam of max(ef_search, candidates), so it widens there. ``budget_s`` bounds the tuning time: once spent, no new
+    an HNSW plan's ef_search: the graph is searched with a beam of max(ef_search, candidates), so it widens there.
+    ``budget_s`` bounds the tuning time: once spent, no new
     code structure is built (they are tried smallest codes first). ``objective="ram"`` keeps the plan with
     the least RAM per vector (ties: fastest), ``"latency"`` the fastest (ties: least RAM). ``repeats`` timed
     runs per plan, the fastest kept.
@@ -189,8 +190,9 @@ def tune(index, queries, target_recall: float = 0.99, objective: str = "ram", to
         raise ValueError(f"target_recall={target_recall!r} must be a number in (0, 1], e.g. 0.99.")
     top_k = as_int(top_k, "top_k", minimum=1)
     repeats = as_int(repeats, "repeats", minimum=1)
-    if max_ram_bytes_per_vector is not None and (isinstance(max_ram_bytes_per_vector, (bool, np.bool_)) or not isinstance(
-            max_ram_bytes_per_vector, numbers.Real) or not max_ram_bytes_per_vector > 0):
+    budget = max_ram_bytes_per_vector
+    if budget is not None and (isinstance(budget, (bool, np.bool_)) or not isinstance(budget, numbers.Real)
+                               or not budget > 0):
         raise ValueError(f"max_ram_bytes_per_vector={max_ram_bytes_per_vector!r} must be a number of bytes > 0 "
                          "(or None for no RAM budget), e.g. 64.")
     counts = sorted({as_int(c, "candidates entry", minimum=1) for c in candidates})
@@ -249,8 +251,8 @@ def tune(index, queries, target_recall: float = 0.99, objective: str = "ram", to
             f"{f', {len(skipped)} structures skipped by budget_s' if skipped else ''}"
             f"{f', {len(over_budget)} over the RAM budget' if over_budget else ''}). Closest: "
             f"{closest.plan.describe()} with recall {closest.recall:.4f} ({closest.ram_bytes_per_vector:.1f} B/vector, "
-            f"{closest.ms_per_query:.3f} ms/query). Allow more candidates (largest tried: {largest_tried}), larger dims "
-            f"or higher precisions, a larger ef_search/nprobe, or lower target_recall.", reports, closest)
+            f"{closest.ms_per_query:.3f} ms/query). Allow more candidates (largest tried: {largest_tried}), larger "
+            "dims or higher precisions, a larger ef_search/nprobe, or lower target_recall.", reports, closest)
     best = min(meeting, key=order)
     return TuneResult(best.plan, objective, float(target_recall), top_k, reports, reference.cost.ms_per_query,
                       skipped, over_budget)
