@@ -52,12 +52,14 @@ def numpy_view(array: np.ndarray) -> torch.Tensor:
 
 
 def _check_finite(x: torch.Tensor, name: str) -> None:
-    # One float64 sum is cheap and cannot overflow from float32 inputs; only if it is not finite are the bad rows
-    # located.
+    # One float64 sum is cheap and cannot overflow from float32 inputs (float64 ones near its maximum can: then the
+    # rows are searched and none is bad); only if it is not finite are the bad rows located.
     if x.numel() == 0 or torch.isfinite(x.sum(dtype=torch.float64)):
         return
     bad = torch.cat([start + (~torch.isfinite(block).all(1)).nonzero().flatten()
                      for start, block in zip(range(0, x.shape[0], _FINITE_CHECK_ROWS), x.split(_FINITE_CHECK_ROWS))])
+    if len(bad) == 0:  # float64 values near its maximum overflowed the sum; every value is finite
+        return
     shown = ", ".join(str(i) for i in bad[:5].tolist())
     raise ValueError(f"{name} has NaN or inf values in row(s) {shown}{' ...' if len(bad) > 5 else ''} ({len(bad)} "
                      f"row(s) in all, first at row {bad[0].item()}); remove, repair or re-encode those vectors.")

@@ -6,6 +6,7 @@ gradient; ``per_dim_losses`` holds the unweighted ``L_m`` (detached, one per nes
 from __future__ import annotations
 
 import math
+import numbers
 from typing import NamedTuple, Sequence
 
 import torch
@@ -327,7 +328,10 @@ def nested_contrastive_loss(
                          "anchor (candidates[:N]) or pass labels.")
     if labels is None:
         labels = torch.arange(n, device=anchors.device)
-    if isinstance(temperature, (int, float)) and not temperature > 0:
+    if isinstance(temperature, numbers.Real) and not temperature > 0:  # numpy floats too
+        raise ValueError(f"temperature={temperature} must be > 0.")
+    if isinstance(temperature, torch.Tensor) and temperature.device.type == "cpu" and not temperature.requires_grad \
+            and not bool((temperature > 0).all()):  # a learnt or GPU temperature is not read back (no sync)
         raise ValueError(f"temperature={temperature} must be > 0.")
     sims = nested_cosine_similarities(anchors, candidates, nesting_list) / temperature
     per_dim = _info_nce(sims, labels, symmetric)

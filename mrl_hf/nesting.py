@@ -13,8 +13,7 @@ def halving_nesting_list(dim: int, min_dim: int = 8) -> list[int]:
     >>> halving_nesting_list(768)
     [12, 24, 48, 96, 192, 384, 768]
     """
-    _check_positive_int(dim, "dim")
-    _check_positive_int(min_dim, "min_dim")
+    dim, min_dim = _check_positive_int(dim, "dim"), _check_positive_int(min_dim, "min_dim")
     if min_dim > dim:
         raise ValueError(f"min_dim={min_dim} is larger than dim={dim}; choose min_dim in 1..{dim}.")
     dims = []
@@ -31,9 +30,8 @@ def uniform_nesting_list(dim: int, min_dim: int = 8, num: int = 11) -> list[int]
     >>> uniform_nesting_list(2048)
     [8, 212, 416, 620, 824, 1028, 1232, 1436, 1640, 1844, 2048]
     """
-    _check_positive_int(dim, "dim")
-    _check_positive_int(min_dim, "min_dim")
-    _check_positive_int(num, "num")
+    dim, min_dim = _check_positive_int(dim, "dim"), _check_positive_int(min_dim, "min_dim")
+    num = _check_positive_int(num, "num")
     if min_dim > dim:
         raise ValueError(f"min_dim={min_dim} is larger than dim={dim}; choose min_dim in 1..{dim}.")
     if num == 1:
@@ -113,10 +111,12 @@ def as_int(value, name: str, minimum: int | None = None, maximum: int | None = N
     return value
 
 
-def _check_positive_int(value, name: str) -> None:
-    as_int(value, name)
+def _check_positive_int(value, name: str) -> int:
+    """``value`` as a Python int (a tensor or numpy scalar would be changed in place by ``//=``), checked >= 1."""
+    value = as_int(value, name)
     if value < 1:
         raise ValueError(f"{name}={value} must be >= 1.")
+    return value
 
 
 def validate_relative_importance(values, num_dims: int) -> list[float]:

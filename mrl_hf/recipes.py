@@ -3,6 +3,7 @@ all-MiniLM-L6-v2, the chatterbot question -> answer split, an MRL fine-tune thro
 at every size, and the results table for the model card. Needs the ``demo`` extra (nothing is downloaded)."""
 from __future__ import annotations
 
+import numbers
 import random
 import tempfile
 
@@ -50,9 +51,14 @@ def packaged_minilm() -> str:
 
 def split_pairs(pairs, held_out: float = 0.2, seed: int = 0):
     """Train dicts ``{"anchor", "positive"}`` and held-out ``(question, answer)``, split by question."""
+    if isinstance(held_out, bool) or not isinstance(held_out, numbers.Real) or not 0 < held_out < 1:
+        raise ValueError(f"held_out={held_out!r} must be a fraction in (0, 1), e.g. 0.2.")
     questions = sorted({q for q, *_ in pairs})
     random.Random(seed).shuffle(questions)
     test_q = set(questions[: int(len(questions) * held_out)])
+    if not test_q or len(test_q) == len(questions):
+        raise ValueError(f"held_out={held_out} of {len(questions)} distinct questions leaves "
+                         f"{'no held-out' if not test_q else 'no training'} question; choose another fraction.")
     train = [{"anchor": q, "positive": a} for q, a, *_ in pairs if q not in test_q]
     test = [(q, a) for q, a, *_ in pairs if q in test_q]
     return train, test
@@ -113,6 +119,7 @@ def finetune(model_path: str, train_pairs, nesting_list, *, epochs: float = 1.0,
     from .data.collator import PairCollator
     from .freezing import freeze_bottom as freeze
     from .modeling import MRLBertModel
+    from .modeling.text_common import default_max_length
     from .rotation import add_output_rotation, check_rotation
     from .trainer import MRLTrainer
 
@@ -140,7 +147,9 @@ def finetune(model_path: str, train_pairs, nesting_list, *, epochs: float = 1.0,
     )
     trainer = MRLTrainer(model=model, args=args, train_dataset=train_pairs, teacher_weight=teacher_weight,
                          mini_batch_size=mini_batch_size, rotation_learning_rate=rotation_learning_rate,
-                         data_collator=PairCollator(model.tokenizer, max_length=max_length))
+                         data_collator=PairCollator(model.tokenizer,  # no longer than the model holds, as encode
+                                                    max_length=min(max_length, default_max_length(model.tokenizer,
+                                                                                                  model.config))))
     trainer.train()
     return model.eval(), trainer
 

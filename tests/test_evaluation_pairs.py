@@ -41,3 +41,14 @@ def test_non_finite_embeddings_are_refused_not_scored():
         nearest_class_mean_accuracy(good, [0, 1, 0, 1], bad, [0, 0, 0, 0], [8])
     with pytest.raises(ValueError, match=r"NaN or inf values in row\(s\) 2"):
         zero_shot_accuracy(torch.from_numpy(bad), [0, 0, 0, 0], torch.from_numpy(good[:2]), [8])
+
+
+def test_huge_finite_float64_values_are_not_taken_for_inf():
+    """The float64 sum of finite values near its maximum overflows: the bad-row search found none and crashed."""
+    import torch
+
+    from mrl_hf.embeddings import _check_finite
+    from mrl_hf.evaluation.classification import per_dim_accuracy
+
+    _check_finite(torch.tensor([[1e308, 1e308], [0.0, 1.0]], dtype=torch.float64), "x")
+    assert per_dim_accuracy(np.array([[[1e308, 1e307], [0.0, 1.0]]]), np.array([0, 1]), [2]) == {2: 100.0}

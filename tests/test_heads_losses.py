@@ -251,6 +251,13 @@ def test_learnable_temperature_gets_a_gradient():
     a, c = torch.randn(4, 8), torch.randn(4, 8)
     sharp = MatryoshkaContrastiveLoss([4, 8], temperature=0.005, max_logit_scale=1000.0)
     torch.testing.assert_close(sharp(a, c).loss, nested_contrastive_loss(a, c, [4, 8], 0.005).loss)
+    import numpy as np
+
+    for bad in (np.float32(0.0), np.float32(-0.05), torch.tensor(0.0), torch.tensor(-0.05)):  # NaN / reversed loss
+        with pytest.raises(ValueError, match="must be > 0"):
+            nested_contrastive_loss(a, c, [4, 8], bad)
+    torch.testing.assert_close(nested_contrastive_loss(a, c, [4, 8], np.float32(0.1)).loss,
+                               nested_contrastive_loss(a, c, [4, 8], 0.1).loss)
 
 
 def test_logits_at_one_dim():

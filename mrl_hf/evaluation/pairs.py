@@ -7,7 +7,7 @@ Embeddings are sliced to each size and L2-normalised after slicing (Matryoshka o
 """
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -105,10 +105,15 @@ def _relevance_mask(relevant, num_queries: int, num_candidates: int) -> torch.Te
 
 def group_pairs(pairs: Sequence[tuple[str, str]]) -> tuple[list[str], list[str], list[list[int]]]:
     """Unique queries, unique answers, and for each query the indices of all its answers: the input of
-    ``pair_retrieval_metrics`` for (question, answer) data where questions and answers repeat."""
+    ``pair_retrieval_metrics`` for (question, answer) data where questions and answers repeat. Pairs are
+    ``(query, answer)`` tuples or ``{"anchor", "positive"}`` dicts (``split_pairs``' training pairs)."""
     queries, answers, relevant = [], [], []
     q_index, a_index = {}, {}
-    for query, answer, *_ in pairs:
+    for pair in pairs:
+        if isinstance(pair, Mapping):  # unpacking a dict would give its keys: one query "anchor"
+            query, answer = pair["anchor"], pair["positive"]
+        else:
+            query, answer, *_ = pair
         if answer not in a_index:
             a_index[answer] = len(answers)
             answers.append(answer)
