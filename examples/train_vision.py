@@ -78,7 +78,8 @@ def run_arch(arch: str, data, args) -> tuple[ResultsTable, dict]:
         half = len(test_y) // 2  # thresholds learned on one half of the test set, evaluated on the other
         cascade = AdaptiveClassifier(NESTING, efficient=variant == "MRL-E").fit(logits[:, :half], test_y[:half])
         summary[variant] = {"adaptive": vars(cascade.evaluate(logits[:, half:], test_y[half:])),
-                            "thresholds": cascade.thresholds.tolist(),
+                            # inf ("never answer at this dim") as null: strict JSON has no Infinity
+                            "thresholds": [None if t == float("inf") else t for t in cascade.thresholds.tolist()],
                             "oracle": oracle_accuracy(logits, test_y, NESTING)}
     for k in NESTING if args.ff else NESTING[-1:]:
         model = train(arch, f"FF-{k}", [k], train_set, args)

@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .embeddings import _check_finite
+from .embeddings import _check_finite_nested_logits
 from .evaluation.retrieval_metrics import as_labels
 from .nesting import validate_nesting_list
 
@@ -61,13 +61,17 @@ class AdaptiveClassifier:
         """(|M|, N) max-softmax probabilities and argmax predictions."""
         if isinstance(nested_logits, (list, tuple)):
             nested_logits = torch.stack([torch.as_tensor(x) for x in nested_logits])
-        logits = torch.as_tensor(nested_logits).detach().double().cpu()  # float64: fewer confidences round to 1
+        logits = torch.as_tensor(nested_logits).detach().cpu()
         if logits.dim() != 3 or logits.shape[0] != len(self.nesting_list):
             raise ValueError(f"nested_logits must have shape (|M|={len(self.nesting_list)}, N, num_classes) "
                              f"(or be a tuple of |M| (N, num_classes) tensors), got {tuple(logits.shape)}.")
-        _check_finite(logits.transpose(0, 1).reshape(logits.shape[1], -1), "nested_logits (rows: inputs)")
-        conf, pred = logits.softmax(-1).max(-1)
-        return conf.numpy(), pred.numpy()
+        _check_finite_nested_logits(logits)
+        conf, pred = [], []
+        for dim_logits in logits:  # one size at a time in float64: fewer confidences round to 1, bounded memory
+            x = dim_logits.double()
+            conf.append(1.0 / (x - x.max(-1, keepdim=True).values).exp().sum(-1))  # the max softmax probability
+            pred.append(x.argmax(-1))
+        return torch.stack(conf).numpy(), torch.stack(pred).numpy()
 
     def _labels(self, labels, n: int) -> np.ndarray:
         return as_labels(labels, "labels", n=n, class_ids=True)  # class indices: string labels never match a class

@@ -65,6 +65,20 @@ def _check_finite(x: torch.Tensor, name: str) -> None:
                      f"row(s) in all, first at row {bad[0].item()}); remove, repair or re-encode those vectors.")
 
 
+def _check_finite_nested_logits(logits: torch.Tensor, name: str = "nested_logits") -> None:
+    """``_check_finite`` for ``(|M|, N, C)`` logits, naming the inputs (axis 1), without copying them."""
+    if logits.shape[1] == 0:
+        raise ValueError(f"{name} holds no inputs (shape {tuple(logits.shape)}); give at least one row.")
+    if logits.numel() == 0 or torch.isfinite(logits.sum(dtype=torch.float64)):
+        return
+    bad = (~torch.isfinite(logits)).any(-1).any(0).nonzero().flatten()
+    if len(bad) == 0:  # float64 values near its maximum overflowed the sum
+        return
+    shown = ", ".join(str(i) for i in bad[:5].tolist())
+    raise ValueError(f"{name} has NaN or inf values for input(s) {shown}{' ...' if len(bad) > 5 else ''} ({len(bad)} "
+                     f"in all); remove or repair those inputs (a NaN logit would be taken for a class).")
+
+
 def truncate_embeddings(embeddings, dim: int | None, normalize: bool = False, eps: float = 1e-12):
     """Keep the first ``dim`` features of each embedding, then optionally L2-normalise the prefix.
 

@@ -15,9 +15,9 @@ When the block ends without an error the files are committed:
    records this save's files;
 4. the journal and the staging folder are removed.
 
-An error inside the block removes the staging folder (and the folder, when this save created it) and changes
-nothing else. A crash before the commit point
-leaves the old files as they were (the staging folder is debris, which the next save or load removes); a crash after
+An error inside the block removes the staging folder and changes nothing else (a folder the save created stays,
+holding the lock file: removing it could pull it from under another save waiting on that lock). A crash before the
+commit point leaves the old files as they were (the staging folder is debris, which the next save or load removes); a crash after
 it leaves the journal, which the next save or load of the folder finishes (roll forward). Only the files a save
 names, or that the owner's previous save named, are ever replaced or deleted: other files (a Trainer's
 ``checkpoint-*`` folders, optimizer state, notes, the files of another owner) are left alone, and so is the folder
@@ -289,24 +289,12 @@ def owned_files(folder: str | os.PathLike, owner: str, *,
             _fsync(folder, directory=True)
         except BaseException as exc:
             shutil.rmtree(staging, ignore_errors=True)
-            if not existed:  # this save made the folder: leave no folder (holding only the lock file) behind
-                _remove_new_folder(folder)
             if isinstance(exc, OSError) and exc.errno is not None and not isinstance(exc, SaveError):
                 raise SaveError(exc.errno, f"saving the {owner} into {str(folder)!r} failed ({exc}); the files "
                                            "that were there are unchanged. Free disk space or fix the path and save "
                                            "again") from exc
             raise
         _finish_commit(folder)  # after the commit point: the same code a later recovery runs
-
-
-def _remove_new_folder(folder: Path) -> None:
-    """Remove ``folder`` if it holds nothing but the lock file (the lock is released with its file descriptor)."""
-    try:
-        if {p.name for p in folder.iterdir()} <= {LOCK_FILE}:
-            (folder / LOCK_FILE).unlink(missing_ok=True)
-            folder.rmdir()
-    except OSError:
-        pass  # another process may be using it now: leaving an empty folder loses nothing
 
 
 def _check_names(folder: Path, owner: str, files: list[str]) -> None:

@@ -154,14 +154,15 @@ class MRLTrainer(Trainer):
 
         model = self.accelerator.unwrap_model(self.model)
         projection = getattr(model, "projection", None)
-        if projection is None or not getattr(projection.weight, "requires_grad", False):
+        if not isinstance(projection, torch.nn.Linear) or not projection.weight.requires_grad \
+                or projection.weight.numel() != projection.in_features * projection.out_features:  # ZeRO-3 shard
             return
         try:
             check_rotation(model)
         except ValueError:
             return  # not a rotation: a projection that trains as any layer does
         warnings.warn("the model's projection is an output rotation (orthogonal, zero bias), and without "
-                      "rotation_learning_rate it trains as a free linear map, bias included, and stops being one; "
+                      "rotation_learning_rate it trains as a free linear map and stops being one; "
                       "pass rotation_learning_rate (mrl-hf train --rotation-lr 1e-2) to keep it a rotation.",
                       UserWarning, stacklevel=3)
 

@@ -73,8 +73,15 @@ def test_nonfinite_logits_are_refused_not_scored():
     logits = np.zeros((2, 4, 3), np.float32)
     logits[:, :, 1] = 5.0
     logits[:, 2, 0] = np.nan  # argmax would pick class 0: "right"
-    with pytest.raises(ValueError, match=r"nested_logits \(rows: inputs\) has NaN or inf values in row\(s\) 2"):
+    with pytest.raises(ValueError, match=r"nested_logits has NaN or inf values for input\(s\) 2 "):
         AdaptiveClassifier([4, 8]).fit(logits, labels)
     for metric in (per_dim_accuracy, oracle_accuracy):
-        with pytest.raises(ValueError, match=r"row\(s\) 2 "):
+        with pytest.raises(ValueError, match=r"input\(s\) 2 "):
             metric(logits, labels, [4, 8])
+        with pytest.raises(ValueError, match=r"holds no inputs"):  # was a numpy reshape error
+            metric(logits[:, :0], labels[:0], [4, 8])
+    with pytest.raises(ValueError, match=r"holds no inputs"):
+        AdaptiveClassifier([4, 8]).fit(logits[:, :0], labels[:0])
+    huge = np.zeros((2, 2, 3))
+    huge[:, :, 0] = 1e308  # finite; their float64 sum is not
+    assert AdaptiveClassifier([4, 8]).fit(huge, [0, 0]).evaluate(huge, [0, 0]).accuracy == 100.0

@@ -18,6 +18,7 @@ from mrl_hf import MRLTrainer
 from mrl_hf.modeling import (
     MRLBertConfig,
     MRLBertForMaskedLM,
+    MRLBertModel,
     MRLMaskedLMConfig,
     MRLModelForMaskedLM,
     masked_lm_accuracy,
@@ -197,3 +198,13 @@ def test_bad_settings_are_refused_with_the_fix(tmp_path):
     with pytest.raises(ValueError, match="AutoModelForMaskedLM.from_pretrained"):
         MRLModelForMaskedLM.from_pretrained(tmp_path / "bert")
     assert type(AutoModelForMaskedLM.from_pretrained(tmp_path / "bert")) is MRLBertForMaskedLM
+    # a quantisation-aware embedding model's folder: its codes are not what a masked LM trains
+    MRLBertModel(MRLBertConfig(**TINY, nesting_list=[4, 16], precisions={"binary": [4]})).save_pretrained(
+        tmp_path / "qat")
+    with pytest.raises(ValueError, match=r"precisions=\{'binary': \[4\]\}: .*from_pretrained\(\.\.\., "
+                                         r"precisions=None\)"):
+        MRLBertForMaskedLM.from_pretrained(tmp_path / "qat")
+    assert MRLBertForMaskedLM.from_pretrained(tmp_path / "qat", precisions=None).config.matryoshka_precisions == {
+        "float32": [4, 16]}
+    with pytest.raises(ValueError, match=r"another nesting_list: pass precisions=None"):
+        MRLBertModel.from_pretrained(tmp_path / "qat", nesting_list=[16])

@@ -145,3 +145,9 @@ def test_training_a_rotation_without_its_rate_warns_that_it_stops_being_one(tmp_
         warnings.filterwarnings("error", message=".*output rotation")
         MRLTrainer(model=model, args=args, train_dataset=data, rotation_learning_rate=ROTATION_LR)
         MRLTrainer(model=tm.build("embed")[0], args=args, train_dataset=data)  # no projection
+    from mrl_hf.modeling import MRLResNetConfig, MRLResNetForImageClassification
+
+    classifier = MRLResNetForImageClassification(MRLResNetConfig(num_channels=1, embedding_size=8, hidden_sizes=[8, 16],
+                                                                 depths=[1, 1], num_labels=3))
+    assert isinstance(classifier.projection, torch.nn.Identity)  # embedding_dim == width: crashed the check
+    MRLTrainer(model=classifier, args=args)

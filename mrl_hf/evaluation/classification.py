@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..embeddings import _check_finite, principal_axes
+from ..embeddings import _check_finite, _check_finite_nested_logits, principal_axes
 from ..nesting import validate_dims
 from .retrieval_metrics import as_labels
 from .table import ResultsTable
@@ -193,9 +193,9 @@ def _nested_logits(nested_logits, labels, nesting_list):
     if logits.ndim != 3 or logits.shape[0] != len(nesting_list):
         raise ValueError(f"nested_logits must have shape (|M|={len(nesting_list)}, N, num_classes), "
                          f"got {logits.shape}.")
-    # argmax of a NaN row would pick its NaN, a class
-    _check_finite(torch.from_numpy(np.ascontiguousarray(logits.swapaxes(0, 1).reshape(logits.shape[1], -1))),
-                  "nested_logits (rows: inputs)")
+    if logits.dtype.kind not in "biuf":
+        raise TypeError(f"nested_logits must hold numbers, got dtype {logits.dtype}.")
+    _check_finite_nested_logits(torch.from_numpy(np.ascontiguousarray(logits)))  # argmax would pick a NaN's class
     return logits, as_labels(labels, "labels", n=logits.shape[1], class_ids=True)
 
 

@@ -407,6 +407,10 @@ class MRLBertForMaskedLM(MRLBertPreTrainedModel):
                 f"MRLBertForMaskedLM nests the hidden size ({config.hidden_size}), so embedding_dim must be None "
                 f"(got {config.embedding_dim}); use MRLBertModel for a projected embedding."
             )
+        if config.precisions is not None:  # as MRLModelForMaskedLM: the loss trains token predictions, no codes
+            raise ValueError(f"precisions={config.precisions!r}: quantisation-aware training is for embeddings; a "
+                             "masked LM is trained on token predictions only. Leave precisions unset (loading a "
+                             "quantisation-aware checkpoint: from_pretrained(..., precisions=None)).")
         self.bert = BertModel(config, add_pooling_layer=False)
         self.cls = MRLBertOnlyMLMHead(config)
         self.tokenizer = None
