@@ -86,12 +86,18 @@ def cached_pair_loss(model, config, inputs: dict, mini_batch_size: int, extra_te
             loss, outputs = extra_term(loss, outputs)
         grads = torch.autograd.grad(loss, leaves)
 
+    no_sync = getattr(model, "no_sync", None)  # DDP
+
     def backward_through_encoder(grad_output):
         with torch.enable_grad():
-            for chunk, state, grad in zip(chunks, states, grads):
-                with state.replay():
-                    embeddings = model(**chunk, return_loss=False).embeddings
-                (embeddings * (grad * grad_output).to(embeddings.dtype)).sum().backward()
+            for i, (chunk, state, grad) in enumerate(zip(chunks, states, grads)):
+                # one gradient all-reduce per step, at the last mini-batch: processes holding different numbers of
+                # rows (even_batches=False) would otherwise make different numbers of collective calls and hang
+                last = i == len(chunks) - 1
+                with contextlib.nullcontext() if no_sync is None or last else no_sync():
+                    with state.replay():
+                        embeddings = model(**chunk, return_loss=False).embeddings
+                    (embeddings * (grad * grad_output).to(embeddings.dtype)).sum().backward()
 
     cached = loss.detach().requires_grad_()
     cached.register_hook(backward_through_encoder)

@@ -345,9 +345,13 @@ class MRLTrainer(Trainer):
             loss = self._record_train_step(model, loss, per_dim, num_items_in_batch)
         elif per_dim is not None:
             rows = find_batch_size(inputs) or 1  # eval_loss is the mean over rows of per-batch losses
-            per_dim = per_dim * (rows * self._items_factor(num_items_in_batch))
-            self._eval_dims = per_dim if self._eval_dims is None else self._eval_dims + per_dim
-            self._eval_rows = rows + (self._eval_rows or 0)
+            per_row = (per_dim * self._items_factor(num_items_in_batch)).expand(rows, -1)
+            if self.accelerator.num_processes > 1:
+                # as the Trainer gathers eval_loss: gather_for_metrics drops the rows accelerate repeats to even out
+                # the last batch, which a sum over processes would count
+                per_row = self.gather_function(per_row.contiguous())
+            self._eval_dims = per_row.sum(0) if self._eval_dims is None else self._eval_dims + per_row.sum(0)
+            self._eval_rows = per_row.shape[0] + (self._eval_rows or 0)
         return (loss, outputs) if return_outputs else loss
 
     def _items_factor(self, num_items_in_batch) -> float:
@@ -559,12 +563,8 @@ class MRLTrainer(Trainer):
         output = super().evaluation_loop(*args, **kwargs)
         prefix = kwargs.get("metric_key_prefix", args[4] if len(args) > 4 else "eval")
         sums = self._eval_dims
-        if sums is not None:
-            rows = torch.tensor([float(self._eval_rows)], device=sums.device)
-            if self.accelerator.num_processes > 1:  # every process evaluated its share; the metric is over all rows
-                sums = self.accelerator.reduce(sums, reduction="sum")
-                rows = self.accelerator.reduce(rows, reduction="sum")
-            for name, value in zip(self._dim_names(len(sums)), (sums / rows).tolist()):
+        if sums is not None:  # gathered batch by batch: the sums over every process's rows
+            for name, value in zip(self._dim_names(len(sums)), (sums / self._eval_rows).tolist()):
                 output.metrics[f"{prefix}_loss_dim_{name}"] = value
         self._eval_dims, self._eval_rows = None, None
         return output

@@ -162,3 +162,26 @@ def test_cached_loss_under_bf16_and_activation_checkpointing(tmp_path, setting, 
     reference = train(model_with(dtype=torch.float32), data, tmp_path / "ref", **args)
     cached = train(model_with(dtype=torch.float32), data, tmp_path / "cached", mini_batch_size=3, **args)
     assert_same_training(cached, reference, rtol=tol)
+
+
+def test_two_processes_with_unequal_last_batches_train_like_the_uncached_loss(tmp_path):
+    """Every mini-batch's backward all-reduced the gradients under DDP, so a process with more rows made more
+    collective calls than the other and the run hung at the last step; now it syncs once, at the last mini-batch."""
+    import os
+    import subprocess
+    import sys
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": here + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    port = str(27500 + os.getpid() % 1000)
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                           port, os.path.join(here, "cached_uneven_ddp.py"), str(tmp_path)],
+                          env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    runs = torch.load(tmp_path / "runs.pt")
+    assert runs["plain"]["steps"] == runs["cached"]["steps"] == 4
+    for name, value in runs["plain"]["params"].items():
+        torch.testing.assert_close(runs["cached"]["params"][name], value, rtol=1e-9, atol=1e-9, msg=name)
+    assert [log["loss"] for log in runs["cached"]["logs"]] == pytest.approx(
+        [log["loss"] for log in runs["plain"]["logs"]], rel=1e-9)

@@ -183,8 +183,14 @@ def parameters(model):
 
 
 def evaluation(trainer, rows=16):
-    """``eval_loss`` and ``eval_loss_dim_*`` over the first ``rows`` rows (each process evaluates its share)."""
-    metrics = trainer.evaluate(eval_dataset=build(trainer.kind)[1][:rows])
+    """``eval_loss`` and ``eval_loss_dim_*`` over the first ``rows`` rows (each process evaluates its share). The
+    training runs drop their last incomplete batch; evaluation keeps it (dataloader_drop_last applies to both), so
+    an uneven ``rows`` really ends on a batch that accelerate evens out with repeated rows."""
+    drop_last, trainer.args.dataloader_drop_last = trainer.args.dataloader_drop_last, False
+    try:
+        metrics = trainer.evaluate(eval_dataset=build(trainer.kind)[1][:rows])
+    finally:
+        trainer.args.dataloader_drop_last = drop_last
     return {"loss": metrics["eval_loss"], "dims": [metrics[f"eval_loss_dim_{m}"] for m in NESTING]}
 
 
