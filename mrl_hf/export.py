@@ -98,7 +98,9 @@ def export_sentence_transformers(model: MRLBertModel, path: str, tokenizer=None,
     if tokenizer is None:
         raise ValueError("model has no tokenizer; pass tokenizer= (the folder needs one to be loadable).")
     path = os.path.abspath(os.fspath(path))
-    if os.path.isfile(path) or (os.path.isdir(path) and os.listdir(path) and not overwrite):
+    if os.path.isfile(path):
+        raise FileExistsError(f"{path} is a file; choose a folder path.")
+    if os.path.isdir(path) and os.listdir(path) and not overwrite:
         raise FileExistsError(f"{path} exists and is not empty; choose a new path or pass overwrite=True.")
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)

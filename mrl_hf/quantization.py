@@ -75,7 +75,8 @@ def resolve_precisions(precisions, nesting_list: Sequence[int]) -> dict[str, lis
                 raise ValueError(f"precisions[{name!r}] lists the size {bad[0]!r}, which is not in "
                                  f"nesting_list={dims}; a precision can only be trained at a nesting size (loading a "
                                  "checkpoint with another nesting_list: pass precisions=None or sizes from the new "
-                                 "list).")
+                                 "list; mrl-hf train: --precisions float32, or --precision-sizes from "
+                                 "--nesting-list).")
             chosen[name] = sorted({int(m) for m in sizes})
         if FLOAT in chosen and chosen[FLOAT] != dims:
             raise ValueError(f"precisions[{FLOAT!r}]={chosen[FLOAT]}, but the float32 nested loss trains every size of "

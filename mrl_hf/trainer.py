@@ -218,7 +218,8 @@ class MRLTrainer(Trainer):
             raise ValueError(f"mini_batch_size={mini_batch_size} with config.embed_duplicates_once=True: the cached "
                              "loss embeds every row (a repeated text gets its own dropout mask and costs a forward "
                              "pass), so it would train otherwise than the uncached loss that setting asks for. Set "
-                             "model.config.embed_duplicates_once = False, or mini_batch_size=None.")
+                             "model.config.embed_duplicates_once = False, or mini_batch_size=None (mrl-hf "
+                             "train: drop --embed-duplicates-once or --mini-batch-size).")
         return mini_batch_size
 
     def _require_pair_loss(self, setting: str, purpose: str, off: str):

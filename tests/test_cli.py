@@ -354,7 +354,8 @@ def test_flags_that_used_to_be_ignored_or_crash(tiny_checkpoint, tmp_path, capsy
             (["train", "digits", "--model", str(path)], "takes --epochs and --seed only, not ['--model']"),
             (["demo", "--digits", "--model", str(path), "--output-dir", "x"],
              "takes --epochs and --seed only, not ['--output-dir', '--model']"),
-            (["train", "text-embeddings", "--model", str(path), "--epochs", "0"], "--epochs 0 must be > 0"),
+            (["train", "text-embeddings", "--model", str(path), "--epochs", "0"],
+             "--epochs 0 must be a finite number > 0"),
             (["evaluate", str(path), "--mteb", "chatterbot", "--pairs", "p.jsonl"], "['--pairs'] score --pairs")):
         assert main(argv) == 2, argv
         assert message in capsys.readouterr().err, argv
@@ -403,3 +404,62 @@ def test_evaluate_then_push_regenerate_card_puts_the_results_in_the_card(tiny_ch
     assert "p.jsonl" in pushed["README.md"] and "me/x" in pushed["README.md"]
     assert main(["evaluate", str(folder), "--pairs", str(pairs), "--dims", "8,x"]) == 2
     assert "--dims '8,x' must be comma-separated whole numbers" in capsys.readouterr().err
+
+
+def test_what_would_fail_after_training_is_refused_before(tiny_checkpoint, tmp_path, capsys):
+    """A file as --output-dir, --mean-centering on a model with an adaptor, a missing local --model (named as a bad
+    Hub id), --epochs inf and a bad --nesting-list used to fail after training, with a traceback or an unnamed flag;
+    --pair-weight without --pairs was ignored; an unknown mteb task raised a KeyError traceback."""
+    import torch
+
+    from mrl_hf.adaptor import attach_adaptor, mean_centering
+    from mrl_hf.modeling import MRLBertModel
+
+    path, model = tiny_checkpoint
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    adapted = tmp_path / "adapted"
+    with_adaptor = MRLBertModel.from_pretrained(path)
+    attach_adaptor(with_adaptor, mean_centering(torch.randn(40, 32).numpy(), [8, 16, 32]))
+    with_adaptor.save_pretrained(adapted)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(f"text number {i}" for i in range(60)))
+    for argv, message in (
+            (["train", "text-embeddings", "--model", str(path), "--output-dir", str(afile)], "is a file"),
+            (["train", "text-embeddings", "--model", str(adapted), "--output-dir", str(tmp_path / "o"),
+              "--mean-centering"], "already has one"),
+            (["train", "text-embeddings", "--model", "./nodir", "--output-dir", str(tmp_path / "o")],
+             "'./nodir' does not exist"),
+            (["demo", "--model", "./nodir", "--output-dir", str(tmp_path / "o")], "'./nodir' does not exist"),
+            (["train", "text-embeddings", "--model", str(path), "--epochs", "inf"], "must be a finite number"),
+            (["train", "text-embeddings", "--model", str(path), "--nesting-list", "abc"], "--nesting-list 'abc'"),
+            (["matryoshkafy", "--corpus", str(corpus), "--model", str(path), "--output-dir", str(afile)],
+             "is a file"),
+            (["matryoshkafy", "--corpus", str(corpus), "--model", str(path), "--pair-weight", "5"],
+             "--pair-weight weighs the supervised term of --pairs"),
+            (["export", str(path), str(afile), "--sentence-transformers", "--overwrite"], "is a file; choose a folder"),
+            (["evaluate", str(path), "--mteb", "NoSuchTask"], "unknown mteb task")):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        last = err.strip().splitlines()[-1]  # after any weight-loading progress bar
+        assert message in last and last.startswith("mrl-hf ") and "Traceback" not in err, (argv, err)
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_new_nesting_list_without_the_default_size_serves_the_full_size(tiny_checkpoint, tmp_path, capsys):
+    from mrl_hf.modeling import MRLBertModel
+
+    path, _ = tiny_checkpoint
+    default16 = tmp_path / "d16"
+    MRLBertModel.from_pretrained(path, truncate_dim=16).save_pretrained(default16)
+    with pytest.warns(UserWarning, match=r"truncate_dim=16 is not in nesting_list=\[8, 32\]"):
+        assert _train_cli(default16, tmp_path / "out", "--nesting-list", "8,32") == 0
+    saved = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert saved["nesting_list"] == [8, 32] and saved["truncate_dim"] is None  # inspect flagged the old save
+    assert main(["inspect", str(tmp_path / "out")]) == 0
+    narrow = tmp_path / "narrow"  # a 16-wide baseline for the 32-wide model's sizes: the flag is named
+    MRLBertModel.from_pretrained(path, embedding_dim=16, nesting_list=[8, 16]).save_pretrained(narrow)
+    capsys.readouterr()
+    assert main(["evaluate", str(path), "--baseline", str(narrow)]) == 2
+    err = capsys.readouterr().err
+    assert f"--baseline {narrow} (sliced) is 16 wide" in err and "--dims with sizes up to 16" in err, err

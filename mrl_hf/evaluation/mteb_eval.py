@@ -335,7 +335,10 @@ def _resolve_tasks(tasks) -> list:
     if not tasks:
         raise ValueError("no tasks to evaluate.")
     names = [t for t in tasks if isinstance(t, str)]
-    by_name = {t.metadata.name: t for t in mteb.get_tasks(tasks=names)} if names else {}
+    try:
+        by_name = {t.metadata.name: t for t in mteb.get_tasks(tasks=names)} if names else {}
+    except KeyError as exc:  # mteb's message for an unknown name
+        raise ValueError(f"unknown mteb task in {names}: {exc.args[0] if exc.args else exc}") from None
     out = []
     for t in tasks:
         if isinstance(t, str):

@@ -57,8 +57,8 @@ def resolve_token(token):
 
     token = get_token() if token is None or token is True else token
     if not token:
-        raise ValueError("pushing needs a Hugging Face write token: pass token=..., set HF_TOKEN, or run "
-                         "`hf auth login`; nothing was uploaded.")
+        raise ValueError("pushing needs a Hugging Face write token: pass token=... (mrl-hf push --token), set "
+                         "HF_TOKEN, or run `hf auth login`; nothing was uploaded.")
     return token
 
 
