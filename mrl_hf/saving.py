@@ -17,8 +17,8 @@ When the block ends without an error the files are committed:
 
 An error inside the block removes the staging folder and changes nothing else (a folder the save created stays,
 holding the lock file: removing it could pull it from under another save waiting on that lock). A crash before the
-commit point leaves the old files as they were (the staging folder is debris, which the next save or load removes); a crash after
-it leaves the journal, which the next save or load of the folder finishes (roll forward). Only the files a save
+commit point leaves the old files as they were (the staging folder is debris, which the next save or load removes);
+a crash after it leaves the journal, which the next save or load of the folder finishes (roll forward). Only the files a save
 names, or that the owner's previous save named, are ever replaced or deleted: other files (a Trainer's
 ``checkpoint-*`` folders, optimizer state, notes, the files of another owner) are left alone, and so is the folder
 itself, so a mount point, a symlink or a read-only folder behaves as it does for ``open``.
