@@ -86,7 +86,8 @@ def cached_pair_loss(model, config, inputs: dict, mini_batch_size: int, extra_te
             loss, outputs = extra_term(loss, outputs)
         grads = torch.autograd.grad(loss, leaves)
 
-    no_sync = getattr(model, "no_sync", None)  # DDP
+    # DDP only: DeepSpeed's engine refuses no_sync under ZeRO-2/3 (and partitions the gradients itself)
+    no_sync = model.no_sync if isinstance(model, torch.nn.parallel.DistributedDataParallel) else None
 
     def backward_through_encoder(grad_output):
         with torch.enable_grad():

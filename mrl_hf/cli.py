@@ -52,6 +52,8 @@ def _demo(args: argparse.Namespace) -> int:
 
     if args.model:
         _check_before_training(args.model, args.output_dir)
+    elif Path(args.output_dir).is_file():
+        raise ValueError(f"--output-dir {args.output_dir} is a file; choose a folder path.")
     result = demo_text.run(output_dir=args.output_dir, model_path=args.model, epochs=_epochs(args, 1.0),
                            seed=args.seed)
     table, adaptive = result["table"], result["adaptive"]

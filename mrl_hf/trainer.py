@@ -347,12 +347,16 @@ class MRLTrainer(Trainer):
         elif per_dim is not None:
             rows = find_batch_size(inputs) or 1  # eval_loss is the mean over rows of per-batch losses
             per_row = (per_dim * self._items_factor(num_items_in_batch)).expand(rows, -1)
+            counted = torch.cat([per_row, per_row.new_ones(rows, 1)], 1)  # last column: 1 for a real row
             if self.accelerator.num_processes > 1:
                 # as the Trainer gathers eval_loss: gather_for_metrics drops the rows accelerate repeats to even out
-                # the last batch, which a sum over processes would count
-                per_row = self.gather_function(per_row.contiguous())
-            self._eval_dims = per_row.sum(0) if self._eval_dims is None else self._eval_dims + per_row.sum(0)
-            self._eval_rows = per_row.shape[0] + (self._eval_rows or 0)
+                # the last batch, which a sum over processes would count; padded to one shape first, since with
+                # even_batches=False the processes' last batches differ (padding rows count 0)
+                counted = self.accelerator.pad_across_processes(counted.contiguous(), dim=0)
+                counted = self.accelerator.gather_for_metrics(counted, use_gather_object=False)
+            sums = counted.sum(0)
+            self._eval_dims = sums[:-1] if self._eval_dims is None else self._eval_dims + sums[:-1]
+            self._eval_rows = float(sums[-1]) + (self._eval_rows or 0)
         return (loss, outputs) if return_outputs else loss
 
     def _items_factor(self, num_items_in_batch) -> float:

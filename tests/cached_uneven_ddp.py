@@ -1,5 +1,6 @@
 """Two processes whose last batches hold different numbers of rows (even_batches=False: rank 0 four, rank 1 two):
-the plain and the cached (mini_batch_size=3) contrastive loss, one after the other; rank 0 saves both runs.
+the plain and the cached (mini_batch_size=3) contrastive loss, one after the other, then an evaluation of 14 rows in
+batches of 4 per process (uneven again), also with eval_use_gather_object=True; rank 0 saves everything.
 Launched by tests/test_cached_loss.py with torch.distributed.run."""
 import os
 import sys
@@ -28,7 +29,14 @@ if __name__ == "__main__":
     out = sys.argv[1]
     runs = {name: run(os.path.join(out, name), **kwargs)
             for name, kwargs in (("plain", {}), ("cached", {"mini_batch_size": 3}))}
-    if runs["plain"].is_world_process_zero():
-        torch.save({name: {"params": tm.parameters(t.accelerator.unwrap_model(t.model)), "logs": tm.trainer_logs(t),
-                           "steps": t.state.global_step} for name, t in runs.items()}, os.path.join(out, "runs.pt"))
+    trainer = runs["plain"]
+    evaluations = []
+    for gather_object in (False, True):
+        trainer.args.eval_use_gather_object = gather_object
+        metrics = trainer.evaluate(eval_dataset=tm.build("embed")[1][:14])
+        evaluations.append({"loss": metrics["eval_loss"], "dims": [metrics[f"eval_loss_dim_{m}"] for m in tm.NESTING]})
+    if trainer.is_world_process_zero():
+        saved = {name: {"params": tm.parameters(t.accelerator.unwrap_model(t.model)), "logs": tm.trainer_logs(t),
+                        "steps": t.state.global_step} for name, t in runs.items()}
+        torch.save({**saved, "evaluations": evaluations}, os.path.join(out, "runs.pt"))
     end_distributed_run()

@@ -166,7 +166,8 @@ def test_cached_loss_under_bf16_and_activation_checkpointing(tmp_path, setting, 
 
 def test_two_processes_with_unequal_last_batches_train_like_the_uncached_loss(tmp_path):
     """Every mini-batch's backward all-reduced the gradients under DDP, so a process with more rows made more
-    collective calls than the other and the run hung at the last step; now it syncs once, at the last mini-batch."""
+    collective calls than the other and the run hung at the last step; now it syncs once, at the last mini-batch.
+    Evaluating with unequal batches, the per-size losses are gathered padded to one shape."""
     import os
     import subprocess
     import sys
@@ -185,3 +186,5 @@ def test_two_processes_with_unequal_last_batches_train_like_the_uncached_loss(tm
         torch.testing.assert_close(runs["cached"]["params"][name], value, rtol=1e-9, atol=1e-9, msg=name)
     assert [log["loss"] for log in runs["cached"]["logs"]] == pytest.approx(
         [log["loss"] for log in runs["plain"]["logs"]], rel=1e-9)
+    for evaluation in runs["evaluations"]:  # unequal eval batches too: the per-size gather crashed on the shapes
+        assert evaluation["loss"] == pytest.approx(sum(evaluation["dims"]), rel=1e-6)

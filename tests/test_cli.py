@@ -431,6 +431,7 @@ def test_what_would_fail_after_training_is_refused_before(tiny_checkpoint, tmp_p
             (["train", "text-embeddings", "--model", "./nodir", "--output-dir", str(tmp_path / "o")],
              "'./nodir' does not exist"),
             (["demo", "--model", "./nodir", "--output-dir", str(tmp_path / "o")], "'./nodir' does not exist"),
+            (["demo", "--output-dir", str(afile)], "is a file"),
             (["train", "text-embeddings", "--model", str(path), "--epochs", "inf"], "must be a finite number"),
             (["train", "text-embeddings", "--model", str(path), "--nesting-list", "abc"], "--nesting-list 'abc'"),
             (["matryoshkafy", "--corpus", str(corpus), "--model", str(path), "--output-dir", str(afile)],
