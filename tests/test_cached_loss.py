@@ -168,18 +168,9 @@ def test_two_processes_with_unequal_last_batches_train_like_the_uncached_loss(tm
     """Every mini-batch's backward all-reduced the gradients under DDP, so a process with more rows made more
     collective calls than the other and the run hung at the last step; now it syncs once, at the last mini-batch.
     Evaluating with unequal batches, the per-size losses are gathered padded to one shape."""
-    import os
-    import subprocess
-    import sys
+    import training_matrix as tm
 
-    here = os.path.dirname(os.path.abspath(__file__))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": here + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    port = str(27500 + os.getpid() % 1000)
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                           port, os.path.join(here, "cached_uneven_ddp.py"), str(tmp_path)],
-                          env=env, capture_output=True, text=True, timeout=240)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    tm.run_two_processes("cached_uneven_ddp.py", str(tmp_path), port_base=27500, timeout=240)
     runs = torch.load(tmp_path / "runs.pt")
     assert runs["plain"]["steps"] == runs["cached"]["steps"] == 4
     for name, value in runs["plain"]["params"].items():

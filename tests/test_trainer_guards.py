@@ -112,18 +112,7 @@ def test_no_value_is_read_back_to_the_host_per_step(tmp_path, monkeypatch):
 def test_a_batch_nonfinite_on_one_process_is_skipped_on_every_process(tmp_path):
     """Two processes (gloo); process 1's first batch is NaN, process 0's is not. With nonfinite_loss='skip' both
     skip that step (else their collectives part and the run hangs or dies) and train the second one together."""
-    import os
-    import subprocess
-    import sys
-
-    here = os.path.dirname(__file__)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": here + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    port = str(28500 + os.getpid() % 1000)
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                           port, os.path.join(here, "nonfinite_skip_ddp.py"), str(tmp_path)],
-                          env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    tm.run_two_processes("nonfinite_skip_ddp.py", str(tmp_path), port_base=28500, timeout=300)
     runs = [torch.load(tmp_path / f"rank{rank}.pt") for rank in (0, 1)]
     assert [run["skipped"] for run in runs] == [1, 1]
     for name, value in runs[0]["after"].items():  # one step trained, the same on both processes

@@ -14,7 +14,6 @@ different order, which moves the last few bits). Logged losses rel 2e-6: the Tra
 float32 tensor. A gradient scaled by 2 (the bugs this matrix was built to catch) is off by 100%.
 """
 import os
-import subprocess
 import sys
 
 import pytest
@@ -66,13 +65,7 @@ def assert_same_training(params, logs, kind, setting):
 @pytest.fixture(scope="module")
 def two_process_runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": HERE + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    port = str(29500 + os.getpid() % 1000)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
-           os.path.join(HERE, "training_matrix.py"), ",".join(tm.KINDS), str(out)]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    tm.run_two_processes("training_matrix.py", ",".join(tm.KINDS), str(out), port_base=29500, timeout=600)
     return {kind: torch.load(out / f"{kind}.pt") for kind in tm.KINDS}
 
 

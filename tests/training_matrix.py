@@ -203,6 +203,21 @@ def trainer_logs(trainer):
     return logs
 
 
+def run_two_processes(script: str, *args: str, port_base: int, timeout: int) -> None:
+    """``python -m torch.distributed.run --nproc_per_node 2 tests/<script> ARGS`` on CPU (gloo), offline, one thread per
+    process; fails the test with the processes' output if they do not finish cleanly within ``timeout`` seconds."""
+    import subprocess
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": here + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    port = str(port_base + os.getpid() % 1000)  # one port range per caller: xdist workers run them at once
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                           port, os.path.join(here, script), *args], env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+
 def main():
     torch.set_num_threads(1)
     out = sys.argv[2]
