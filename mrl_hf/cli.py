@@ -50,10 +50,7 @@ def _demo(args: argparse.Namespace) -> int:
         return _digits_demo(args)
     from . import demo_text
 
-    if args.model:
-        _check_before_training(args.model, args.output_dir)
-    elif Path(args.output_dir).is_file():
-        raise ValueError(f"--output-dir {args.output_dir} is a file; choose a folder path.")
+    _check_before_training(args.model, args.output_dir)
     result = demo_text.run(output_dir=args.output_dir, model_path=args.model, epochs=_epochs(args, 1.0),
                            seed=args.seed)
     table, adaptive = result["table"], result["adaptive"]
@@ -94,16 +91,19 @@ def _keep_original(args: argparse.Namespace, model_path: str) -> dict:
     return chosen
 
 
-def _check_before_training(model_path: str, output_dir: str, mean_centering: bool = False) -> None:
+def _check_before_training(model_path: str | None, output_dir: str, mean_centering: bool = False) -> None:
     """What would otherwise fail only after the training: a missing local --model, an --output-dir that is a file,
-    --mean-centering on a model that already has an adaptor."""
+    --mean-centering on a model that already has an adaptor. ``model_path=None``: the packaged model, nothing to
+    check."""
     from .saving import missing_checkpoint_error
 
+    if Path(output_dir).is_file():
+        raise ValueError(f"--output-dir {output_dir} is a file; choose a folder path.")
+    if model_path is None:
+        return
     missing = missing_checkpoint_error(model_path)
     if missing is not None:
         raise missing
-    if Path(output_dir).is_file():
-        raise ValueError(f"--output-dir {output_dir} is a file; choose a folder path.")
     config = Path(model_path) / "config.json"
     if mean_centering and config.is_file() and json.loads(config.read_text()).get("adaptor"):
         raise ValueError(f"--mean-centering attaches an adaptor, but {model_path} already has one; train from the "
@@ -379,10 +379,7 @@ def _matryoshkafy(args: argparse.Namespace) -> int:
     from .hub import save_for_hub
     from .nesting import validate_nesting_list
 
-    if args.model:
-        _check_before_training(args.model, args.output_dir)
-    elif Path(args.output_dir).is_file():
-        raise ValueError(f"--output-dir {args.output_dir} is a file; choose a folder path.")
+    _check_before_training(args.model, args.output_dir)
     if args.pair_weight is not None and not args.pairs:
         raise ValueError("--pair-weight weighs the supervised term of --pairs; give --pairs too, or leave it out.")
     texts = recipes.read_corpus(args.corpus, args.column)
