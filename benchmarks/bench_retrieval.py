@@ -3,7 +3,7 @@
 Prints two tables, every ratio measured within this one run:
 
 1. Speed on a synthetic database (default 1,000,000 x 768 float32, 1,000 queries, 2 threads). The vectors
-   are a mixture of Gaussian clusters whose variance decays over dims as 1/sqrt(j), so low dims carry more
+   are a mixture of Gaussian clusters whose standard deviation decays over dims as 1/sqrt(j), so low dims carry more
    signal, then L2-normalised. They are NOT trained Matryoshka embeddings: the top-10 overlap column of
    this table shows how much a low-dim shortlist loses on such data, not on real embeddings.
 2. Quality of the same configurations on real Matryoshka embeddings (see ``quality_sets``): mAP@10, P@10
