@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .evaluation.pairs import group_pairs
 from .recipes import (
     BASE_MODEL_HUB_ID,
     checkpoint_nesting_list,
@@ -48,7 +49,6 @@ def adaptive_retrieval(model_dir: str, test_pairs, shortlist_dim: int, shortlist
 
     Returns a dict with the reloaded embedding shape, hit@1 of adaptive and of full-size exact search,
     and MFLOPs per query of both."""
-    from .evaluation.pairs import group_pairs
     from .modeling import MRLBertModel
     from .retrieval import MatryoshkaIndex
 
@@ -89,7 +89,9 @@ def run(output_dir: str = "outputs/mrl-minilm-chatterbot", model_path: str | Non
     train, test = split_pairs(load_chatterbot_pairs(), seed=seed)
     if limit_train is not None:  # a seeded sample: the first pairs come from three of the 21 topic files
         train = random.Random(seed).sample(train, min(limit_train, len(train)))
-    log(f"chatterbot-corpus: {len(train)} training pairs, {len(test)} held-out pairs; nesting_list={nesting}")
+    questions, answers, _ = group_pairs(test)
+    log(f"chatterbot-corpus: {len(train)} training pairs, {len(test)} held-out pairs ({len(questions)} questions "
+        f"over {len(answers)} answers); nesting_list={nesting}")
 
     log("[1/4] scoring the original model, sliced, on held-out question -> answer retrieval ...")
     original = MRLBertModel.from_pretrained(model_path, nesting_list=[nesting[-1]]).eval()
