@@ -1,6 +1,7 @@
 """The Matryoshka fields every mrl_hf config carries (docs/contract.md says what each tool reads)."""
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 from huggingface_hub.dataclasses import strict
@@ -23,6 +24,18 @@ MATRYOSHKA_KEYS = (
     "binary_surrogate",
     "matryoshka_precisions",
 )
+
+
+def _with_full_size(sizes, full: int) -> list:
+    """vLLM and Jina list the sizes a request may ask for; the full size needs no listing there, but ends a
+    ``nesting_list``. It is added, with a warning, since the list's sizes then describe what mrl_hf trains."""
+    sizes = list(sizes)
+    numbers = [m for m in sizes if isinstance(m, int) and not isinstance(m, bool)]
+    if len(numbers) == len(sizes) and numbers and max(numbers) < full:
+        warnings.warn(f"matryoshka_dimensions={sizes} does not list the embedding size {full}; loading with "
+                      f"nesting_list={sizes + [full]}. Pass nesting_list= to choose the sizes yourself.", stacklevel=4)
+        sizes.append(full)
+    return sizes
 
 
 @dataclass(kw_only=True, repr=False)
@@ -64,7 +77,7 @@ class MatryoshkaConfigMixin:
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
         if self.nesting_list is None and self.matryoshka_dimensions:  # a checkpoint with only the vLLM / Jina key
-            self.nesting_list = list(self.matryoshka_dimensions)
+            self.nesting_list = _with_full_size(self.matryoshka_dimensions, self.matryoshka_embedding_dim)
         if self.nesting_list is None:
             dim = self.matryoshka_embedding_dim
             self.nesting_list = halving_nesting_list(dim, min_dim=min(8, dim))

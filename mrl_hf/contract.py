@@ -168,7 +168,7 @@ def inspect_checkpoint(source: str | os.PathLike, revision: str | None = None, t
     problems: list[Problem] = []
     full_dim = _full_dim(config, modules, files)
     dims = _dims(config, full_dim, problems)
-    default = _default_dim(config, st_config, dims, problems)
+    default = _default_dim(config, st_config, dims, full_dim or (dims[-1] if dims else None), problems)
     normalization = _normalization(config, modules, kind, dims, full_dim, problems)
     precisions = _precisions(config, dims, problems)
     missing_code = _missing_remote_code(config.get("auto_map"), files)
@@ -212,10 +212,14 @@ def _full_dim(config: dict, modules, files: _Files) -> int | None:
     return _full_dim(backbone, None, files) if isinstance(backbone, dict) else None
 
 
+def _is_size(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
 def _valid_dims(name: str, value, full_dim: int | None, problems: list[Problem]) -> list[int] | None:
     if value is None:
         return None
-    if not isinstance(value, list) or not value or not all(isinstance(d, int) and d >= 1 for d in value):
+    if not isinstance(value, list) or not value or not all(_is_size(d) for d in value):
         problems.append(Problem(f"{name}={value!r} is not a list of positive integers.",
                                 "write the trained sizes as a list of integers, e.g. [64, 128, 256, 768]."))
         return None
@@ -266,7 +270,7 @@ def _precisions(config: dict, dims, problems: list[Problem]) -> dict[str, list[i
         return None
     known = ("float32", "int8", "binary")
     if not isinstance(value, dict) or not all(
-            isinstance(sizes, list) and all(isinstance(m, int) for m in sizes) for sizes in value.values()):
+            isinstance(sizes, list) and all(_is_size(m) for m in sizes) for sizes in value.values()):
         problems.append(Problem(f"matryoshka_precisions={value!r} is not a mapping of precision to a list of sizes.",
                                 'write it as {"float32": [sizes...], "binary": [sizes...]} (mrl_hf\'s save_pretrained '
                                 "does)."))
@@ -282,10 +286,10 @@ def _precisions(config: dict, dims, problems: list[Problem]) -> dict[str, list[i
     return {name: list(sizes) for name, sizes in value.items()}
 
 
-def _default_dim(config: dict, st_config, dims, problems: list[Problem]) -> int | None:
+def _default_dim(config: dict, st_config, dims, full: int | None, problems: list[Problem]) -> int | None:
+    """``full``: the embedding size, which a null or missing ``truncate_dim`` means to either tool."""
     own = config.get("truncate_dim")
     st = st_config.get("truncate_dim") if st_config else None
-    full = dims[-1] if dims else None  # null or missing means the full size to either tool
     # compared where config.json states a default (the contract writes the key, null included; a plain
     # sentence-transformers folder leaves it out and is read by sentence-transformers alone)
     if st_config is not None and "truncate_dim" in config and \
@@ -299,10 +303,10 @@ def _default_dim(config: dict, st_config, dims, problems: list[Problem]) -> int 
     for name, value in (("config.json", own), ("config_sentence_transformers.json", st)):
         if value is None:
             continue
-        if not isinstance(value, int) or value < 1:
+        if not _is_size(value):
             problems.append(Problem(f"{name} has truncate_dim={value!r}, which is not a positive integer.",
                                     "write one of the trained sizes, or null for the full size."))
-        elif dims is not None and value not in dims:
+        elif dims is not None and value not in dims and value != full:  # the full size needs no listing (vLLM)
             problems.append(Problem(
                 f"the default size truncate_dim={value} ({name}) is not one of the trained sizes {dims}: vLLM refuses "
                 "it and other tools serve a size the model was not trained at.",

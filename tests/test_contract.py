@@ -157,6 +157,9 @@ DENSE = {"idx": 3, "name": "3", "path": "3_Dense", "type": "sentence_transformer
      "same truncate_dim"),
     ({"config.json": {**BERT, "matryoshka_dimensions": [64, 768], "truncate_dim": 64}, "modules.json": ST_STACK,
       "config_sentence_transformers.json": {}}, "says null (the full size)", "same truncate_dim"),
+    # the sizes a vLLM-style list leaves out the full size: null still means 768, not the largest listed size
+    ({"config.json": {**BERT, "matryoshka_dimensions": [128, 512], "truncate_dim": 512}, "modules.json": ST_STACK,
+      "config_sentence_transformers.json": {}}, "says null (the full size)", "same truncate_dim"),
     ({"config.json": {**BERT, "matryoshka_dimensions": [64, 768]}, "modules.json": ST_STACK + [NORMALIZE]},
      "not unit length (sizes [64])", "remove the last Normalize"),
     ({"config.json": {**BERT, "matryoshka_dimensions": [64, 768]}, "modules.json": ST_STACK + [NORMALIZE, DENSE]},
@@ -190,6 +193,36 @@ def test_inspect_reads_jina_and_vllm_style_configs(tmp_path):
         "modules.json": ST_STACK, "config_sentence_transformers.json": {"truncate_dim": 128}}))
     assert st.ok and st.kind == "sentence-transformers" and st.default_dim == 128
     assert "normalize_embeddings=True" in st.normalization
+
+
+def test_a_vllm_style_list_without_the_full_size(tmp_path):
+    """vLLM and Jina list the sizes a request may ask for; the full size needs no listing there. inspect takes null and
+    the full size as agreeing, and MRLBertModel loads with the full size added (warning), or the sizes passed."""
+    files = {"config.json": {**BERT, "matryoshka_dimensions": [128, 512], "truncate_dim": None},
+             "modules.json": ST_STACK, "config_sentence_transformers.json": {"truncate_dim": 768}}
+    assert inspect_checkpoint(_write(tmp_path / "st", files)).ok
+    booleans = inspect_checkpoint(_write(tmp_path / "bool", {"config.json": {**BERT,
+                                                                             "matryoshka_dimensions": [True, 768]}}))
+    assert "[True, 768] is not a list of positive integers" in booleans.problems[0].message
+    model = tiny_text_model()
+    folder = tmp_path / "vllm"
+    model.save_pretrained(folder)
+    config = read(folder / "config.json")
+    config.pop("nesting_list")
+    config["matryoshka_dimensions"] = [8, 16]
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.warns(UserWarning, match=r"does not list the embedding size 32; loading with nesting_list=\[8, 16,"):
+        assert MRLBertModel.from_pretrained(folder).config.nesting_list == [8, 16, 32]
+    assert MRLBertModel.from_pretrained(folder, nesting_list=[4, 32]).config.nesting_list == [4, 32]
+
+
+def test_an_export_with_a_projection_says_how_to_load_its_encoder(tmp_path):
+    model = tiny_text_model(embedding_dim=24, nesting_list=[6, 12, 24], truncate_dim=None)
+    export_sentence_transformers(model, tmp_path / "st")
+    with pytest.raises(ValueError, match="nesting_list= ending at the encoder's own width"):
+        MRLBertModel.from_pretrained(tmp_path / "st")
+    assert MRLBertModel.from_pretrained(tmp_path / "st", pooling="mean",
+                                        nesting_list=[8, 16, 32]).config.nesting_list == [8, 16, 32]
 
 
 def test_inspect_cli_exit_status_and_json(tmp_path, capsys):

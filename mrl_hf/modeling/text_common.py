@@ -77,8 +77,10 @@ def sentence_transformers_pooling(path, kwargs: dict, model_class: str, choices:
     kinds = [str(m.get("type", "")).rsplit(".", 1)[-1] for m in modules]
     extra = [kind for kind in kinds if kind not in _ST_KEPT_MODULES]
     if extra:
+        sizes = (" and nesting_list= ending at the encoder's own width (the folder's sizes are those of the Dense "
+                 "output)") if "Dense" in extra else ""
         raise ValueError(f"{str(path)!r} is a sentence-transformers model with {extra} after its encoder, which "
-                         f"{model_class} would leave out (its embeddings would differ); {fix}.")
+                         f"{model_class} would leave out (its embeddings would differ); {fix}{sizes}.")
     if "Pooling" not in kinds:
         return None
     settings = _read_json(path, f"{modules[kinds.index('Pooling')].get('path', '')}/config.json".lstrip("/"), hub) or {}
