@@ -342,9 +342,11 @@ def has_asymmetric_adaptor(model) -> bool:
 
 
 def task_kwargs(model, task: str) -> dict:
-    """``{"task": task}`` for ``model.encode`` when the model's adaptor is asymmetric, else ``{}`` (so any model with an
-    ``encode`` works): evaluation code embeds queries with ``task="query"`` and documents with ``"document"``."""
-    return {"task": check_task(task)} if has_asymmetric_adaptor(model) else {}
+    """``{"task": task}`` for ``model.encode`` when the model's adaptor is asymmetric or it has prompts
+    (``config.prompts``), else ``{}`` (so any model with an ``encode`` works): evaluation code embeds queries with
+    ``task="query"`` and documents with ``"document"``."""
+    routed = has_asymmetric_adaptor(model) or bool(getattr(getattr(model, "config", None), "prompts", None))
+    return {"task": check_task(task)} if routed else {}
 
 
 def _row_groups(rows: torch.Tensor) -> list[int]:

@@ -133,7 +133,9 @@ def export_sentence_transformers(model: MRLBertModel, path: str, tokenizer=None,
             adaptor_modules, custom = _adaptor_modules(model.adaptor)
             modules += adaptor_modules
         with torch.no_grad():
-            SentenceTransformer(modules=modules, device="cpu", **sentence_transformers_keys(config)).save(str(st_dir))
+            SentenceTransformer(modules=modules, device="cpu", prompts=config.prompts,
+                                default_prompt_name=config.default_prompt_name,
+                                **sentence_transformers_keys(config)).save(str(st_dir))
         if custom:  # the module's class is in a file of the folder, so loading needs no mrl_hf
             from . import st_adaptor
 

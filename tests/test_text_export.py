@@ -178,3 +178,73 @@ def test_the_trained_codes_survive_an_export_loaded_back(tmp_path):
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*were not trained")
         loaded.encode(TEXTS, truncate_dim=16, precision="ubinary")
+
+
+def _e5_style(tmp_path, pooling=None):
+    """The packaged MiniLM as an e5-style sentence-transformers folder: prompts for queries and passages."""
+    import shutil
+
+    folder = tmp_path / "e5_style"
+    shutil.copytree(MINILM, folder, ignore=shutil.ignore_patterns(".mrl-*"))
+    settings = json.loads((folder / "config_sentence_transformers.json").read_text())
+    settings["prompts"] = {"query": "query: ", "passage": "passage: ", "other": "other: "}
+    (folder / "config_sentence_transformers.json").write_text(json.dumps(settings))
+    if pooling is not None:
+        (folder / "1_Pooling/config.json").write_text(json.dumps(pooling))
+    return folder
+
+
+@pytest.mark.parametrize("cls_name", ["MRLBertModel", "MRLModelForTextEmbedding"])
+def test_prompts_of_a_sentence_transformers_folder_are_kept(tmp_path, cls_name):
+    """e5 / bge / nomic folders put prompts before queries and passages: loading, saving and exporting keep them, so
+    encode_query / encode_document give sentence-transformers' vectors (they were dropped, silently)."""
+    from mrl_hf import modeling
+
+    cls = getattr(modeling, cls_name)
+    source = _e5_style(tmp_path)
+    reference = SentenceTransformer(str(source), device="cpu")
+    texts = ["how do cats sleep", "dogs bark loudly"]
+    model = cls.from_pretrained(source)
+    assert model.config.prompts["query"] == "query: "
+    for ours, theirs in ((model.encode_query, reference.encode_query),
+                         (model.encode_document, reference.encode_document),  # no "document" prompt: none
+                         (model.encode, reference.encode)):
+        np.testing.assert_allclose(ours(texts, normalize=True), theirs(texts, normalize_embeddings=True), atol=1e-6)
+    plain = SentenceTransformer(MINILM, device="cpu").encode(texts, normalize_embeddings=True)
+    assert np.abs(model.encode_query(texts, normalize=True) - plain).max() > 1e-2  # the prompt changes the vectors
+    np.testing.assert_allclose(model.encode(texts, prompt_name="other", normalize=True),
+                               reference.encode(texts, prompt_name="other", normalize_embeddings=True), atol=1e-6)
+    np.testing.assert_allclose(model.encode(texts, prompt="x: "), model.encode(["x: " + t for t in texts]))
+    with pytest.raises(ValueError, match=r"prompt_name='missing' is not one of the model's prompts \['other'"):
+        model.encode(texts, prompt_name="missing")
+    model.save_pretrained(tmp_path / "saved")
+    for folder in [tmp_path / "saved"] + ([export_sentence_transformers(model, tmp_path / "st")]
+                                          if cls_name == "MRLBertModel" else []):
+        again = SentenceTransformer(str(folder), device="cpu", trust_remote_code=True)
+        np.testing.assert_allclose(again.encode_query(texts, normalize_embeddings=True),
+                                   reference.encode_query(texts, normalize_embeddings=True), atol=1e-6)
+    assert cls.from_pretrained(tmp_path / "saved").config.prompts == model.config.prompts
+
+
+def test_prompts_are_checked_and_a_pooling_without_them_is_refused(tmp_path):
+    from mrl_hf.adaptor import task_kwargs
+
+    with pytest.raises(ValueError, match="default_prompt_name='query' is not one of the prompts"):
+        MRLBertModel.from_pretrained(MINILM, prompts={"q": "q: "}, default_prompt_name="query")
+    with pytest.raises(ValueError, match="must be a dict of prompt names to strings"):
+        MRLBertModel.from_pretrained(MINILM, prompts={"query": 1})
+    source = _e5_style(tmp_path, pooling={"embedding_dimension": 384, "pooling_mode": "mean",
+                                          "include_prompt": False})
+    with pytest.raises(ValueError, match="include_prompt=False"):
+        MRLBertModel.from_pretrained(source)
+    # evaluation code routes queries and documents to a model with prompts, as to an asymmetric adaptor
+    assert task_kwargs(MRLBertModel.from_pretrained(MINILM, prompts={"query": "q: "}), "query") == {"task": "query"}
+    assert task_kwargs(MRLBertModel.from_pretrained(MINILM), "query") == {}
+
+
+def test_mteb_encoder_refuses_prompts_on_top_of_the_models_own():
+    from mrl_hf.evaluation.mteb_eval import MRLMtebEncoder
+
+    model = MRLBertModel.from_pretrained(MINILM, prompts={"query": "query: "})
+    with pytest.raises(ValueError, match="puts its own prompts"):
+        MRLMtebEncoder(model, 384, prompts={"query": "q: "})

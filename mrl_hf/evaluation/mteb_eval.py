@@ -146,13 +146,17 @@ class MRLMtebEncoder:
         self.model = model
         self.dim = validate_dim(dim, _full_dim(model), name="dim")
         self.prompts = dict(prompts or {})
+        own = getattr(model.config, "prompts", None)
+        if self.prompts and own:
+            raise ValueError(f"the model puts its own prompts {own} before the texts (config.prompts); leave "
+                             "prompts= out, or set model.config.prompts = None to use these instead.")
         self.encode_kwargs = dict(encode_kwargs or {})
         fixed = sorted({"truncate_dim", "normalize", "task"} & set(self.encode_kwargs))
         if fixed:
             raise ValueError(f"encode_kwargs sets {fixed}, which the encoder decides (the size is dim={self.dim}, "
                              "prefixes are normalised, the task follows mteb's prompt type); leave them out.")
         self.mteb_model_meta = mteb_model_meta(model, self.dim, model_name, revision,
-                                               use_instructions=bool(self.prompts))
+                                               use_instructions=bool(self.prompts or own))
 
     def __repr__(self) -> str:
         return f"MRLMtebEncoder({self.mteb_model_meta.name!r}, dim={self.dim})"

@@ -37,6 +37,7 @@ from transformers import initialization as init
 from transformers.configuration_utils import SubConfigSpec
 from transformers.utils import ModelOutput
 
+from ..adaptor import check_task
 from ..config import MatryoshkaConfigMixin
 from ..embeddings import truncate_embeddings
 from ..nesting import validate_dim
@@ -44,14 +45,17 @@ from ..quantization import check_code_precision, quantize_embeddings, warn_if_un
 from .text_common import (
     POOLING_MODES,
     check_nonempty,
+    check_prompts,
     check_texts,
     default_max_length,
     embed_each_text_once,
     pair_contrastive_loss,
     pool,
+    resolve_prompt,
     sentence_transformers_files,
     right_padding,
     sentence_transformers_pooling,
+    sentence_transformers_prompts,
     try_load_tokenizer,
 )
 from .wrapped import WrappedModelMixin, without_pooler_kwargs
@@ -86,6 +90,11 @@ class MRLTextEmbeddingConfig(MatryoshkaConfigMixin, PretrainedConfig):
     embed_duplicates_once: ``True`` embeds each distinct text of a batch of pairs once and reuses its embedding for
         every copy: the same loss and gradients for less work when batches repeat texts (several queries with one
         answer), except that in training the copies share one dropout mask. ``False`` (default) embeds every row.
+    prompts / default_prompt_name: texts put before the inputs, as in sentence-transformers (e5-style
+        ``{"query": "query: ", "document": "passage: "}``): ``encode_query`` uses ``"query"``, ``encode_document``
+        ``"document"`` (as sentence-transformers loads them), ``encode`` the ``default_prompt_name``'s (none when
+        None); read from a sentence-transformers folder on load and written back on save. Training batches carry
+        the texts as given (add the prompts to them where the model expects them).
     """
 
     model_type = "mrl_text_embedding"
@@ -99,6 +108,8 @@ class MRLTextEmbeddingConfig(MatryoshkaConfigMixin, PretrainedConfig):
     contrastive_temperature: float = 0.05
     gather_across_processes: bool = True
     embed_duplicates_once: bool = False
+    prompts: dict[str, str] | None = None
+    default_prompt_name: str | None = None
 
     def __post_init__(self, **kwargs):
         if isinstance(self.backbone_config, dict) and not self.backbone_config.get("model_type"):
@@ -140,6 +151,7 @@ class MRLTextEmbeddingConfig(MatryoshkaConfigMixin, PretrainedConfig):
         if getattr(self.backbone_config, "is_encoder_decoder", False):
             raise ValueError(f"the {self.backbone_config.model_type!r} backbone is an encoder-decoder model; "
                              "MRLModelForTextEmbedding pools the hidden states of an encoder or a decoder alone.")
+        check_prompts(self.prompts, self.default_prompt_name)
         super().validate_matryoshka()
 
 
@@ -200,9 +212,12 @@ class MRLTextEmbeddingPreTrainedModel(WrappedModelMixin, PreTrainedModel):
         """A plain checkpoint that is a sentence-transformers model pools as its ``Pooling`` module says, unless
         ``pooling=`` is given (``text_common.sentence_transformers_pooling``)."""
         pooling = sentence_transformers_pooling(path, kwargs, cls.__name__, POOLING_MODES)
+        prompts = sentence_transformers_prompts(path, kwargs)
         plain = super()._plain_checkpoint_config(path, kwargs)
         if plain is not None and pooling is not None:
             plain[0].pooling = pooling
+        if plain is not None and prompts is not None:
+            plain[0].prompts, plain[0].default_prompt_name = prompts["prompts"], prompts["default_prompt_name"]
         return plain
 
     def _load_extra_files(self, path, kwargs) -> None:
@@ -363,6 +378,9 @@ class MRLModelForTextEmbedding(MRLTextEmbeddingPreTrainedModel):
         precision: str = "float32",
         ranges=None,
         calibration_embeddings=None,
+        task: str | None = None,
+        prompt_name: str | None = None,
+        prompt: str | None = None,
     ):
         """Embed ``texts`` like ``SentenceTransformer.encode``: returns ``(len(texts), dim)`` (or ``(dim,)`` for
         one string) as numpy, or a tensor with ``convert_to_tensor=True`` / ``convert_to_numpy=False``.
@@ -378,10 +396,15 @@ class MRLModelForTextEmbedding(MRLTextEmbeddingPreTrainedModel):
         tokenizer's ``model_max_length`` capped at the backbone's ``max_position_embeddings``. Texts are padded on
         the right whatever the tokenizer's ``padding_side``: backbones with absolute positions (BERT, GPT-2) count
         left padding as positions, and every pooling mode reads the attention mask.
+
+        ``task`` (``"query"`` / ``"document"``, as ``encode_query`` / ``encode_document``), ``prompt_name`` and
+        ``prompt`` choose the text put before each input as sentence-transformers does (``config.prompts``).
         """
         single = isinstance(texts, str)
         texts = [texts] if single else texts
         check_texts(texts)
+        prefix = resolve_prompt(self.config, check_task(task), prompt_name, prompt)
+        texts = [prefix + text for text in texts] if prefix else texts
         tokenizer = tokenizer if tokenizer is not None else self.tokenizer
         if tokenizer is None:
             raise ValueError("This model has no tokenizer: load it with from_pretrained from a folder that has one, "
@@ -419,6 +442,14 @@ class MRLModelForTextEmbedding(MRLTextEmbeddingPreTrainedModel):
         if convert_to_tensor or not convert_to_numpy:
             return out
         return (out.float() if out.is_floating_point() else out).cpu().numpy()
+
+    def encode_query(self, texts, **kwargs):
+        """``encode(texts, task="query", ...)``, as sentence-transformers' ``encode_query``."""
+        return self.encode(texts, task="query", **kwargs)
+
+    def encode_document(self, texts, **kwargs):
+        """``encode(texts, task="document", ...)``, as sentence-transformers' ``encode_document``."""
+        return self.encode(texts, task="document", **kwargs)
 
 
 AutoConfig.register(MRLTextEmbeddingConfig.model_type, MRLTextEmbeddingConfig, exist_ok=True)

@@ -43,14 +43,17 @@ from .base import MatryoshkaPreTrainedMixin
 from .masked_lm import MRLMaskedLMOutput, masked_lm_accuracy, nested_masked_lm  # noqa: F401  (re-exported)
 from .text_common import (
     check_nonempty,
+    check_prompts,
     check_texts,
     default_max_length,
     embed_each_text_once,
     pair_contrastive_loss,
     pool,
+    resolve_prompt,
     sentence_transformers_files,
     right_padding,
     sentence_transformers_pooling,
+    sentence_transformers_prompts,
     try_load_tokenizer,
 )
 
@@ -70,6 +73,11 @@ class MRLBertConfig(MatryoshkaConfigMixin, BertConfig):
     embed_duplicates_once: ``True`` embeds each distinct text of a batch of pairs once and reuses its embedding for
         every copy: the same loss and gradients for less work when batches repeat texts (several queries with one
         answer), except that in training the copies share one dropout mask. ``False`` (default) embeds every row.
+    prompts / default_prompt_name: texts put before the inputs, as in sentence-transformers (e5-style
+        ``{"query": "query: ", "document": "passage: "}``): ``encode_query`` uses ``"query"``, ``encode_document``
+        ``"document"`` (as sentence-transformers loads them), ``encode`` the ``default_prompt_name``'s (none when
+        None); read from a sentence-transformers folder on load and written back on save. Training batches carry
+        the texts as given (add the prompts to them where the model expects them).
     """
 
     model_type = "mrl_bert"
@@ -82,6 +90,8 @@ class MRLBertConfig(MatryoshkaConfigMixin, BertConfig):
     adaptor: dict | None = None
     gather_across_processes: bool = True
     embed_duplicates_once: bool = False
+    prompts: dict[str, str] | None = None
+    default_prompt_name: str | None = None
 
     @property
     def matryoshka_embedding_dim(self) -> int:
@@ -109,6 +119,7 @@ class MRLBertConfig(MatryoshkaConfigMixin, BertConfig):
             raise ValueError(f"embedding_dim={self.embedding_dim!r} must be an int >= 1 (or None for hidden_size).")
         if not self.contrastive_temperature > 0:
             raise ValueError(f"contrastive_temperature={self.contrastive_temperature} must be > 0.")
+        check_prompts(self.prompts, self.default_prompt_name)
         super().validate_matryoshka()
 
 
@@ -184,9 +195,12 @@ class MRLBertModel(MRLBertPreTrainedModel):
         """A plain checkpoint that is a sentence-transformers model pools as its ``Pooling`` module says, unless
         ``pooling=`` is given (``text_common.sentence_transformers_pooling``)."""
         pooling = sentence_transformers_pooling(path, kwargs, cls.__name__, POOLING_MODES)
+        prompts = sentence_transformers_prompts(path, kwargs)
         config = super()._config_of_plain_checkpoint(path, kwargs)
         if config is not None and pooling is not None:
             config.pooling = pooling
+        if config is not None and prompts is not None:
+            config.prompts, config.default_prompt_name = prompts["prompts"], prompts["default_prompt_name"]
         return config
 
     def get_input_embeddings(self):
@@ -294,6 +308,8 @@ class MRLBertModel(MRLBertPreTrainedModel):
         ranges=None,
         calibration_embeddings=None,
         task: str | None = None,
+        prompt_name: str | None = None,
+        prompt: str | None = None,
     ):
         """Embed ``texts`` like ``SentenceTransformer.encode``: returns ``(len(texts), dim)`` (or ``(dim,)`` for
         one string) as numpy, or a tensor with ``convert_to_tensor=True`` / ``convert_to_numpy=False``.
@@ -302,7 +318,9 @@ class MRLBertModel(MRLBertPreTrainedModel):
         ``config.normalize_embeddings``; normalisation happens after truncation.
 
         ``task="query"`` embeds queries (as ``encode_query``) for a model whose adaptor is asymmetric (fitted with
-        queries of their own); ``None`` and ``"document"`` embed documents. Other models embed both alike.
+        queries of their own); ``None`` and ``"document"`` embed documents. Other models embed both alike, except
+        for their prompts: ``task``, ``prompt_name`` and ``prompt`` choose the text put before each input as
+        sentence-transformers does (``config.prompts``).
 
         ``precision`` ``"int8"``, ``"uint8"``, ``"binary"`` or ``"ubinary"`` returns the codes of the (truncated,
         normalised) embeddings exactly as sentence-transformers' ``quantize_embeddings`` makes them (``ranges`` /
@@ -314,6 +332,8 @@ class MRLBertModel(MRLBertPreTrainedModel):
         single = isinstance(texts, str)
         texts = [texts] if single else texts
         check_texts(texts)
+        prefix = resolve_prompt(self.config, check_task(task), prompt_name, prompt)
+        texts = [prefix + text for text in texts] if prefix else texts
         tokenizer = tokenizer if tokenizer is not None else self.tokenizer
         if tokenizer is None:
             raise ValueError("This model has no tokenizer: load it with from_pretrained from a folder that has one, "

@@ -84,6 +84,9 @@ def sentence_transformers_pooling(path, kwargs: dict, model_class: str, choices:
     if "Pooling" not in kinds:
         return None
     settings = _read_json(path, f"{modules[kinds.index('Pooling')].get('path', '')}/config.json".lstrip("/"), hub) or {}
+    if settings.get("include_prompt") is False:
+        raise ValueError(f"{str(path)!r} is a sentence-transformers model whose Pooling leaves the prompt's tokens out "
+                         f"(include_prompt=False), which {model_class} does not do; {fix}.")
     modes = settings.get("pooling_mode")
     if modes is None:  # sentence-transformers < 6 wrote one boolean per mode; none set means its default, mean
         modes = [mode for flag, mode in _ST_LEGACY_FLAGS.items() if settings.get(flag) is True] or ["mean"]
@@ -93,6 +96,54 @@ def sentence_transformers_pooling(path, kwargs: dict, model_class: str, choices:
         raise ValueError(f"{str(path)!r} is a sentence-transformers model whose Pooling uses {modes}; {model_class} "
                          f"pools with one of {list(choices)}; {fix}.")
     return ours
+
+
+def sentence_transformers_prompts(path, kwargs: dict) -> dict | None:
+    """``{"prompts": ..., "default_prompt_name": ...}`` of a sentence-transformers folder whose prompts are not all
+    empty (e5 / bge / nomic: ``{"query": "query: ", ...}``), so that ``encode_query`` / ``encode_document`` put them
+    before the texts as sentence-transformers does; None otherwise or when ``prompts=`` is among ``kwargs``."""
+    if "prompts" in kwargs:
+        return None
+    hub = _hub_kwargs(kwargs)
+    if not isinstance(_read_json(path, "modules.json", hub), list):
+        return None
+    settings = _read_json(path, "config_sentence_transformers.json", hub) or {}
+    prompts, default = settings.get("prompts") or {}, settings.get("default_prompt_name")
+    if not any(prompts.values()) and default is None:
+        return None
+    return {"prompts": dict(prompts), "default_prompt_name": default}
+
+
+def check_prompts(prompts, default_prompt_name) -> None:
+    """``prompts``: None or a mapping of names to strings; ``default_prompt_name``: None or one of its names."""
+    if prompts is not None and (not isinstance(prompts, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in prompts.items())):
+        raise ValueError(f"prompts={prompts!r} must be a dict of prompt names to strings, e.g. "
+                         "{'query': 'query: ', 'document': 'passage: '}, or None.")
+    if default_prompt_name is not None and default_prompt_name not in (prompts or {}):
+        raise ValueError(f"default_prompt_name={default_prompt_name!r} is not one of the prompts "
+                         f"{sorted(prompts or {})}; add it to prompts or set it to None.")
+
+
+def resolve_prompt(config, task: str | None = None, prompt_name: str | None = None, prompt: str | None = None) -> str:
+    """The text put before every input, chosen as sentence-transformers (>= 5) chooses it: ``prompt``; else
+    ``config.prompts[prompt_name]``; else, for ``task="query"`` / ``"document"``, the prompt of that name (none when
+    the model has none: sentence-transformers' own defaults are empty ``"query"`` and ``"document"`` prompts, so a
+    ``"passage"`` prompt is not used for documents); else the ``default_prompt_name``'s."""
+    prompts = getattr(config, "prompts", None) or {}
+    if prompt is not None:
+        if not isinstance(prompt, str):
+            raise TypeError(f"prompt={prompt!r} must be a str.")
+        return prompt
+    if prompt_name is not None:
+        if prompt_name not in prompts:
+            raise ValueError(f"prompt_name={prompt_name!r} is not one of the model's prompts {sorted(prompts)}; "
+                             "pass prompt= with the text itself, or set config.prompts.")
+        return prompts[prompt_name]
+    if task is not None:
+        return prompts.get(task) or ""
+    default = getattr(config, "default_prompt_name", None)
+    return prompts.get(default, "") if default is not None else ""
 
 
 def try_load_tokenizer(path, kwargs):
@@ -170,8 +221,8 @@ def sentence_transformers_files(config, max_seq_length: int) -> dict[str, object
             "modality_config": {"text": {"method": "forward", "method_output_name": "embeddings"}},
             "module_output_name": "sentence_embedding", "max_seq_length": max_seq_length},
         "config_sentence_transformers.json": {
-            "model_type": "SentenceTransformer", "prompts": {"query": "", "document": ""},
-            "default_prompt_name": None, **sentence_transformers_keys(config)},
+            "model_type": "SentenceTransformer", "prompts": config.prompts or {"query": "", "document": ""},
+            "default_prompt_name": config.default_prompt_name, **sentence_transformers_keys(config)},
     }
 
 
