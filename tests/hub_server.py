@@ -9,7 +9,9 @@ Writes need ``Authorization: Bearer <token>`` with a token from ``tokens``. Set 
 every commit answer HTTP 500 without applying it (a push that fails half-way: repo created, files
 pre-uploaded, commit refused). ``requests`` records ``(method, path)`` of every request, ``commit_log`` the header
 of every commit. Pull requests: a commit with ``create_pr``, or to ``refs/pr/<n>`` of one opened through
-``discussions``, lands in ``pull_requests[n]``, not on main.
+``discussions``, lands in ``pull_requests[n]``, not on main. Branches: ``POST /api/models/<repo>/branch/<name>``
+creates one from main (``branches[name]``); a commit or file list at a branch that does not exist answers 404
+RevisionNotFound, as the Hub does. Downloads (``resolve``) read main only.
 Not covered: LFS/Xet uploads, branches, merging pull requests.
 
     with HubServer() as hub:            # then set HF_ENDPOINT=hub.url in a subprocess and push / pull
@@ -32,6 +34,7 @@ USER = "tester"
 
 _RESOLVE = re.compile(r"^/(?P<repo>[^/]+(?:/[^/]+)?)/resolve/(?P<rev>[^/]+)/(?P<path>.+)$")
 _DISCUSSIONS = re.compile(r"^/api/models/(?P<repo>[^/]+/[^/]+)/discussions(?:/(?P<num>\d+))?$")
+_BRANCH = re.compile(r"^/api/models/(?P<repo>[^/]+/[^/]+)/branch/(?P<branch>[^/]+)$")
 _API = re.compile(r"^/api/models/(?P<repo>[^/]+/[^/]+|[^/]+)(?:/(?P<action>revision|preupload|commit|tree|paths-info)"
                   r"(?:/(?P<rev>[^/]+))?(?P<rest>/.*)?)?$")
 
@@ -73,6 +76,7 @@ class _Repo:
         self.files: dict[str, bytes] = {}
         self.sha = hashlib.sha1(b"initial").hexdigest()
         self.pull_requests: dict[int, dict[str, bytes]] = {}  # number -> the files on refs/pr/<number>
+        self.branches: dict[str, dict[str, bytes]] = {}  # name -> the files on that branch
 
 
 class HubServer:
@@ -107,10 +111,12 @@ class HubServer:
         """Requests that could change state (everything but GET/HEAD and YAML validation)."""
         return [r for r in self.requests if r[0] == "POST" and not r[1].startswith("/api/validate-yaml")]
 
-    def commit(self, repo_id: str, lines: list[dict], create_pr: bool = False, pull_request: int | None = None) -> str:
+    def commit(self, repo_id: str, lines: list[dict], create_pr: bool = False, pull_request: int | None = None,
+               branch: str | None = None) -> str:
         with self._lock:
             repo = self.repos[repo_id]
-            files = dict(repo.files if pull_request is None else repo.pull_requests[pull_request])
+            files = dict(repo.files if pull_request is None and branch is None else
+                         repo.pull_requests[pull_request] if branch is None else repo.branches[branch])
             summary = ""
             for line in lines:
                 value = line.get("value", {})
@@ -126,8 +132,11 @@ class HubServer:
                     files.pop(value["path"], None)
                 elif line.get("key") == "lfsFile":
                     raise ValueError("this test server takes regular uploads only")
-            if pull_request is not None:
-                repo.pull_requests[pull_request] = files
+            if pull_request is not None or branch is not None:
+                if branch is None:
+                    repo.pull_requests[pull_request] = files
+                else:
+                    repo.branches[branch] = files
                 return hashlib.sha1(str(sorted(files)).encode()).hexdigest()
             repo.files = files
             repo.sha = hashlib.sha1((repo.sha + summary + str(sorted(files))).encode()
@@ -194,10 +203,20 @@ def _handler_for(server: HubServer):
             if path == "/api/repos/create":
                 payload = json.loads(body)
                 repo_id = f"{payload['organization'] or USER}/{payload['name']}"
-                if repo_id in server.repos:
-                    return self._error(409, "You already created this model repo")
+                if repo_id in server.repos:  # the Hub names the existing repo's url, which create_repo reads
+                    return self._json(409, {"error": "You already created this model repo",
+                                             "url": f"{server.url}/{repo_id}"})
                 server.repos[repo_id] = _Repo()
                 return self._json(200, {"url": f"{server.url}/{repo_id}", "name": repo_id})
+            b = _BRANCH.match(path)
+            if b:
+                repo = server.repos.get(b["repo"])
+                if repo is None:
+                    return self._error(404, "Repository not found", "RepoNotFound")
+                if b["branch"] in repo.branches:
+                    return self._error(409, "Reference already exists")
+                repo.branches[b["branch"]] = dict(repo.files)
+                return self._json(200, {})
             d = _DISCUSSIONS.match(path)
             if d and d["repo"] in server.repos and d["num"] is None and json.loads(body).get("pullRequest"):
                 repo = server.repos[d["repo"]]
@@ -207,6 +226,9 @@ def _handler_for(server: HubServer):
             m = _API.match(path)
             if not m or m["repo"] not in server.repos:
                 return self._error(404, "Repository not found", "RepoNotFound")
+            branch = _branch(server.repos[m["repo"]], m)
+            if branch is False:
+                return self._error(404, f"Invalid rev id: {m['rev']}", "RevisionNotFound")
             if m["action"] == "preupload":
                 files = json.loads(body)["files"]
                 return self._json(200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False,
@@ -225,7 +247,7 @@ def _handler_for(server: HubServer):
                     repo.pull_requests[pr] = dict(repo.files)
                 if pr is not None and pr not in server.repos[m["repo"]].pull_requests:
                     return self._error(404, f"Invalid rev id: {ref}", "RevisionNotFound")
-                sha = server.commit(m["repo"], lines, create_pr or pr is not None, pr)
+                sha = server.commit(m["repo"], lines, create_pr or pr is not None, pr, branch if pr is None else None)
                 answer = {"success": True, "commitOid": sha, "commitUrl": f"{server.url}/{m['repo']}/commit/{sha}"}
                 if pr is not None:
                     answer["pullRequestUrl"] = f"{server.url}/{m['repo']}/discussions/{pr}"
@@ -264,11 +286,15 @@ def _handler_for(server: HubServer):
                 repo = server.repos.get(m["repo"])
                 if repo is None:
                     return self._error(404, "Repository not found", "RepoNotFound")
+                branch = _branch(repo, m)
+                if branch is False:
+                    return self._error(404, f"Invalid rev id: {m['rev']}", "RevisionNotFound")
+                files = repo.files if branch is None else repo.branches[branch]
                 if m["action"] == "tree":
                     return self._json(200, [{"type": "file", "path": p, "size": len(c), "oid": _git_oid(c)}
-                                            for p, c in sorted(repo.files.items())])
+                                            for p, c in sorted(files.items())])
                 return self._json(200, {"id": m["repo"], "modelId": m["repo"], "sha": repo.sha, "private": False,
-                                        "siblings": [{"rfilename": p} for p in sorted(repo.files)]})
+                                        "siblings": [{"rfilename": p} for p in sorted(files)]})
             m = _RESOLVE.match(path)
             if m:
                 repo = server.repos.get(m["repo"])
@@ -286,6 +312,14 @@ def _handler_for(server: HubServer):
             return self._error(404, f"unknown endpoint {path}")
 
     return Handler
+
+
+def _branch(repo: _Repo, match):
+    """The branch a request's revision names: None for main, a sha or a pull request; False when it does not exist."""
+    rev = match["rev"]
+    if rev is None or rev in ("main", repo.sha, "refs"):  # "refs": refs/pr/<n>, unquoted
+        return None
+    return rev if rev in repo.branches else False
 
 
 def _git_oid(content: bytes) -> str:

@@ -238,3 +238,31 @@ print(json.dumps({"bad_token": error_of(lambda: push_to_hub(model, "tester/x", t
     unreachable = run_client(HubServer.__new__(HubServer), code.replace('token="hf_wrong_token"', 'token="hf_x"'),
                              tmp_path, endpoint=closed)["bad_token"]
     assert "failed before the Hub answered (ConnectError" in unreachable and "unchanged" in unreachable
+
+
+def test_a_second_push_replaces_the_weights_and_a_branch_is_made(hub, tmp_path):
+    """A repo that holds one model.safetensors, pushed again as shards (or the reverse), must load the new weights:
+    the commit removes the old weight files, as a local save does (the old file was kept, and loaded). A push to a
+    new branch (revision=) makes it, as transformers' push_to_hub does (it failed with HTTP 404). The test server
+    does not cover LFS/Xet uploads: every file goes inline in the commit."""
+    result = run_client(hub, TINY_MODEL + """
+import json
+from mrl_hf.hub import push_to_hub
+push_to_hub(model, "tester/repush")
+torch.manual_seed(1)
+second = MRLBertModel(config).eval()
+second.tokenizer = tokenizer
+second.push_to_hub("tester/repush", max_shard_size="500KB")
+pulled = MRLBertModel.from_pretrained("tester/repush").eval()
+new = torch.equal(pulled(**batch).embeddings, second(**batch).embeddings)
+third = MRLBertModel(config).eval()
+third.tokenizer = tokenizer
+third.push_to_hub("tester/repush", revision="dev")
+print(json.dumps({"new": new}))
+""", tmp_path)
+    assert result["new"]
+    repo = hub.repos["tester/repush"]
+    weights = sorted(name for name in repo.files if "safetensors" in name)
+    assert weights and "model.safetensors" not in weights and "model.safetensors.index.json" in weights, weights
+    assert "model.safetensors" in repo.branches["dev"] and "model.safetensors.index.json" not in repo.branches["dev"]
+    assert sorted(n for n in repo.files if "safetensors" in n) == weights  # main untouched by the branch push

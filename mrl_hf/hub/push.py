@@ -254,9 +254,17 @@ def _stage_folder(folder: Path, staged: Path, config, repo_id, results, remote_c
         _render_card_again(staged, config, repo_id, results, card_kwargs)
 
 
+def _reason(exc) -> str:
+    """The Hub's own words for a refused request (``X-Error-Message``, e.g. "Invalid rev id: dev"), else the first
+    line of the error."""
+    said = getattr(getattr(exc, "response", None), "headers", {}).get("X-Error-Message")
+    first = str(exc).splitlines()[0]
+    return f"{first} ({said})" if said and said not in first else first
+
+
 def _upload(staged: Path, repo_id: str, token: str, private, revision, commit_message: str,
             commit_description: str | None = None, create_pr: bool = False) -> str:
-    from huggingface_hub import CommitOperationAdd, HfApi
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
     from huggingface_hub.errors import HfHubHTTPError
 
     api = HfApi(token=token)
@@ -268,6 +276,14 @@ def _upload(staged: Path, repo_id: str, token: str, private, revision, commit_me
                   if path.is_file() and not any(part.startswith(".") for part in path.relative_to(staged).parts)]
     try:
         repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+        if revision is not None and not revision.startswith("refs/"):  # a new branch is made, as transformers does
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+        # Weights the repo holds but this checkpoint does not (a single file replaced by shards, or the reverse)
+        # would be loaded instead of the new ones: the commit removes them, as a local save does.
+        pushed = {op.path_in_repo for op in operations}
+        operations += [CommitOperationDelete(path_in_repo=name)
+                       for name in api.list_repo_files(repo_id, revision=None if create_pr else revision)
+                       if "/" not in name and is_weight_file(name) and name not in pushed]
         info = api.create_commit(repo_id, operations, commit_message=commit_message,
                                  commit_description=commit_description, revision=revision, create_pr=create_pr)
     except HfHubHTTPError as exc:
@@ -275,7 +291,7 @@ def _upload(staged: Path, repo_id: str, token: str, private, revision, commit_me
         fix = ("the token was refused: check it (write access to the repo) or log in again with `hf auth login`"
                if status in (401, 403) else "retry the push")
         raise HubPushError(
-            f"pushing to {repo_id} failed (HTTP {status}): {str(exc).splitlines()[0]}. Nothing was committed (a "
+            f"pushing to {repo_id} failed (HTTP {status}): {_reason(exc)}. Nothing was committed (a "
             f"commit is applied all or nothing) and your local files are unchanged; {fix}."
         ) from exc
     except Exception as exc:  # no answer at all: refused connection, timeout, offline mode
