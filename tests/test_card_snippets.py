@@ -7,6 +7,8 @@ from transformers import AutoConfig, AutoTokenizer, BertConfig, ConvNextConfig
 
 from mrl_hf.hub.card import _KINDS, usage_snippets
 from mrl_hf.modeling import (
+    MRLAlignConfig,
+    MRLAlignModel,
     MRLBertConfig,
     MRLBertForMaskedLM,
     MRLBertModel,
@@ -54,6 +56,10 @@ def tiny(architecture):
             backbone_config=vision, nesting_list=NESTING, num_labels=3)),
         "MRLModelForImageEmbedding": lambda: MRLModelForImageEmbedding(MRLImageConfig(backbone_config=vision,
                                                                                       nesting_list=NESTING)),
+        "MRLAlignModel": lambda: MRLAlignModel(MRLAlignConfig(
+            text_config=BertConfig(**bert), vision_config=AutoConfig.for_model(
+                "vit", image_size=16, patch_size=8, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                intermediate_size=32), nesting_list=NESTING)),
     }[architecture]
     torch.manual_seed(0)
     model = build()
@@ -94,3 +100,46 @@ def test_card_snippets_run_as_written(architecture, tmp_path, monkeypatch):
                 assert value.shape[-1] == model.config.get_text_config().vocab_size, (name, key)
             else:
                 assert value.shape[-1] == 3, (name, key)  # classes
+
+
+def test_card_settings_given_as_one_string_and_a_default_size_outside_the_heads(tmp_path):
+    from mrl_hf.hub.card import render_model_card
+    from mrl_hf.hub.push import check_config
+
+    card = render_model_card(tiny("MRLBertModel"), "me/x", datasets="squad", tags="legal")
+    assert "legal" in card.data.tags and "l" not in card.data.tags and card.data.datasets == ["squad"]
+    assert "| s, q, u" not in card.text
+    # a ResNet's truncate_dim sizes its embeddings only: the classifier snippet indexes a trained head
+    resnet = MRLResNetForImageClassification(MRLResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1],
+                                                             num_labels=3, nesting_list=NESTING, truncate_dim=12))
+    resnet.save_pretrained(tmp_path / "resnet")
+    snippet = render_model_card(resnet, str(tmp_path / "resnet")).text
+    assert "nesting_list.index(8)" in snippet and "index(12)" not in snippet
+    # the generic classifiers' truncate_dim picks a head: an edit to a size without one is refused before a push
+    classifier = tiny("MRLModelForSequenceClassification")
+    classifier.config.truncate_dim = 12
+    with pytest.raises(ValueError, match="refusing to push.*truncate_dim=12 has no classifier"):
+        check_config(classifier)
+
+
+def test_the_sentence_transformers_snippet_of_a_model_with_an_adaptor_mlp_runs(tmp_path, monkeypatch):
+    import re
+
+    import numpy as np
+
+    from mrl_hf.adaptor import MatryoshkaAdaptor, attach_adaptor
+    from mrl_hf.export import export_sentence_transformers
+    from mrl_hf.hub.card import render_model_card
+
+    vectors = np.random.default_rng(0).normal(size=(64, 16)).astype(np.float32)
+    model = attach_adaptor(tiny("MRLBertModel").eval(), MatryoshkaAdaptor(16, NESTING, hidden_dim=8).fit(vectors,
+                                                                                                          epochs=1))
+    model.save_pretrained(tmp_path / "model")
+    export_sentence_transformers(MRLBertModel.from_pretrained(tmp_path / "model"), str(tmp_path / "st-model"))
+    card = render_model_card(model, str(tmp_path / "model")).text
+    snippet = re.search(r"### sentence-transformers\n\n.*?```python\n(.*?)```", card, re.S).group(1)
+    assert "trust_remote_code=True" in snippet  # the export holds the adaptor's module file
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    exec(snippet, namespace)  # noqa: S102
+    assert namespace["embeddings"].shape == (1, 8)

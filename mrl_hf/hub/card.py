@@ -28,6 +28,8 @@ _KINDS = {
                                  ["sentence-similarity", "text-embeddings"]),
     "MRLModelForSequenceClassification": ("text-classification", "text feature", "a classifier input",
                                           ["text-classification"]),
+    "MRLAlignModel": ("zero-shot-image-classification", "image and text embedding", "an embedding",
+                      ["vision", "multimodal"]),
 }
 
 
@@ -40,16 +42,18 @@ def _architecture(config) -> str:
 
 
 def _sample_dim(config) -> int:
-    if config.truncate_dim is not None:
+    """The size the snippets use: the default size where it is a trained one, else a middle trained size."""
+    if config.truncate_dim in config.nesting_list:
         return config.truncate_dim
     dims = config.nesting_list
     return dims[(len(dims) - 1) // 2]
 
 
 def usage_snippets(architecture: str, repo_id: str, dim: int, remote_code: bool,
-                   asymmetric: bool = False) -> dict[str, str | None]:
+                   asymmetric: bool = False, adaptor_module: bool = False) -> dict[str, str | None]:
     """Code for the card: ``mrl_hf_snippet``, ``transformers_snippet`` and ``st_snippet`` (None if not a text
-    embedding model). ``asymmetric``: the model's adaptor embeds queries on their own (``encode_query``)."""
+    embedding model). ``asymmetric``: the model's adaptor embeds queries on their own (``encode_query``).
+    ``adaptor_module``: its adaptor has an MLP, which the sentence-transformers export writes as a module file."""
     trust = ", trust_remote_code=True" if remote_code else ""
     register = "" if remote_code else "import mrl_hf.modeling  # registers the mrl_hf model types\n"
     if architecture in ("MRLBertModel", "MRLModelForTextEmbedding"):
@@ -60,12 +64,14 @@ def usage_snippets(architecture: str, repo_id: str, dim: int, remote_code: bool,
                    f"print(queries.shape, documents.shape)  # (1, {dim}) (1, {dim})") if asymmetric else
                   ('embeddings = model.encode(["How do I reset my password?", "Where is my order?"], normalize=True)\n'
                    f"print(embeddings.shape)  # (2, {dim})"))
-        # MRLBertModel exports to a plain-BERT folder (no remote code: what vLLM serves); the model for any backbone
-        # has no such export (mrl-hf export refuses it), and its checkpoint loads in sentence-transformers as it is
+        # MRLBertModel exports to a plain-BERT folder (no remote code, but for an adaptor's MLP module: what vLLM
+        # serves); the model for any backbone has no such export (mrl-hf export refuses it), and its checkpoint loads
+        # in sentence-transformers as it is
         if architecture == "MRLBertModel":
             st_intro = (f"Export a sentence-transformers folder once (`mrl-hf export --sentence-transformers {repo_id} "
                         "./st-model`), then load it with the size you want")
-            st_register, st_source = "", '"./st-model"'
+            st_register = ""
+            st_source = '"./st-model"' + (", trust_remote_code=True" if adaptor_module else "")
         else:
             st_intro = "The checkpoint loads in sentence-transformers as it is, with the size you want"
             st_register, st_source = register, f'"{repo_id}"{trust}'
@@ -111,6 +117,21 @@ def usage_snippets(architecture: str, repo_id: str, dim: int, remote_code: bool,
             "transformers_snippet": (
                 f"{register}from transformers import AutoModelForSequenceClassification\n\n"
                 f'model = AutoModelForSequenceClassification.from_pretrained("{repo_id}"{trust}, truncate_dim={dim})'),
+            "st_snippet": None,
+        }
+    if architecture == "MRLAlignModel":
+        return {
+            "mrl_hf_snippet": (
+                f"from mrl_hf.modeling import {architecture}\n\n"
+                f'model = {architecture}.from_pretrained("{repo_id}")\n'
+                f"embeddings = model.get_image_features(pixel_values, truncate_dim={dim}, normalize=True)"
+                f"  # (batch, {dim})\n"
+                f"# texts, in the same space: model.get_text_features(input_ids, attention_mask, truncate_dim={dim}, "
+                "normalize=True)"),
+            "transformers_snippet": (
+                f"{register}from transformers import AutoModel\n\n"
+                f'model = AutoModel.from_pretrained("{repo_id}"{trust}, truncate_dim={dim})\n'
+                f"embeddings = model.get_image_features(pixel_values, normalize=True)  # (batch, {dim})"),
             "st_snippet": None,
         }
     if architecture == "MRLModelForImageEmbedding":
@@ -236,6 +257,7 @@ def render_model_card(
     if base_model is not None and (Path(base_model).exists() or base_model.count("/") != 1):
         base_model = None  # the Hub only accepts repo ids here
     model_name = model_name or repo_id.split("/")[-1]
+    tags, datasets = ([value] if isinstance(value, str) else value for value in (tags, datasets))  # one name
     all_tags = ["mrl_hf", "matryoshka", "matryoshka-representation-learning", *kind_tags, *(tags or [])]
 
     eval_list, eval_table = None, ""
@@ -271,7 +293,8 @@ def render_model_card(
         plot_file=plot_file if eval_table else None, plot_metric=results.metrics[0] if eval_table else None,
         training=training, remote_code=remote_code, precisions=precision_summary(config),
         codes_snippet=codes_snippet(architecture, repo_id, config),
-        **usage_snippets(architecture, repo_id, _sample_dim(config), remote_code, asymmetric=_asymmetric(config)),
+        **usage_snippets(architecture, repo_id, _sample_dim(config), remote_code, asymmetric=_asymmetric(config),
+                         adaptor_module=bool((getattr(config, "adaptor", None) or {}).get("hidden_dim"))),
     )
 
 

@@ -26,6 +26,15 @@ class HubPushError(RuntimeError):
     """A push that the Hub refused or that failed on the way; nothing was committed."""
 
 
+_HEAD_SIZED = ("MRLModelForImageClassification", "MRLModelForSequenceClassification")
+
+
+def _architecture_of(model_or_config) -> str:
+    if hasattr(model_or_config, "config"):
+        return type(model_or_config).__name__
+    return (getattr(model_or_config, "architectures", None) or [""])[0]
+
+
 def check_config(model_or_config) -> None:
     """Re-validate the Matryoshka fields (they may have been edited after construction)."""
     config = getattr(model_or_config, "config", model_or_config)
@@ -34,6 +43,10 @@ def check_config(model_or_config) -> None:
                         "push mrl_hf models, or use model.push_to_hub from transformers for others.")
     try:
         config.validate_matryoshka()
+        if _architecture_of(model_or_config) in _HEAD_SIZED:  # their config.truncate_dim picks a classifier
+            from ..modeling.auto_classification import check_logits_dim
+
+            check_logits_dim(config.truncate_dim, config, name="config.truncate_dim")
     except (ValueError, TypeError) as exc:
         raise ValueError(f"refusing to push: the model's config fails validation ({exc}). Fix the config and retry; "
                          "nothing was uploaded.") from exc
