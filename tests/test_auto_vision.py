@@ -369,3 +369,50 @@ def test_auto_pooling_reads_the_pooler_the_family_classifier_reads(tmp_path):
         torch.testing.assert_close(loaded(pixel_values=pixels).embeddings, earlier(pixel_values=pixels).embeddings)
     loaded.save_pretrained(tmp_path / "again")  # the pooling is written out now
     assert json.loads((tmp_path / "again" / "config.json").read_text())["pooling"] == "cls"
+
+
+@pytest.mark.parametrize("family, settings, width", [
+    # MobileViT's last 1x1 convolution is wider than its last stage (hidden_sizes[-1] = 24 was read: refused)
+    ("mobilevit", dict(image_size=32, hidden_sizes=[8, 16, 24], neck_hidden_sizes=[8, 8, 8, 8, 16, 16, 40],
+                       num_attention_heads=2), 40),
+    # EfficientNet's top convolution: 1280 channels times width_coefficient, which hidden_dim states
+    ("efficientnet", dict(image_size=32, hidden_dim=128, width_coefficient=0.1, depth_coefficient=0.1), 128),
+    ("cvt", dict(embed_dim=[8, 16, 24], num_heads=[1, 2, 2], depth=[1, 2, 3]), 24),  # (transformers needs depth > i)
+])
+def test_families_that_state_their_width_under_other_names(family, settings, width):
+    from transformers import AutoConfig
+
+    model = MRLModelForImageClassification(MRLImageConfig(backbone_config=AutoConfig.for_model(family, **settings),
+                                                          num_labels=3)).eval()
+    assert model.config.backbone_width == width
+    with torch.no_grad():
+        assert model(pixel_values=torch.randn(2, 3, 32, 32)).logits.shape == (2, 3)
+
+
+def test_a_family_without_a_width_is_refused_by_name():
+    from transformers import AutoConfig
+
+    with pytest.raises(ValueError, match="'mobilenet_v1' backbone from its config.*not supported yet"):
+        MRLImageConfig(backbone_config=AutoConfig.for_model("mobilenet_v1"), num_labels=3)
+
+
+def test_vit_mae_encodes_every_patch_and_clip_mean_pooling_skips_its_class_token(tmp_path):
+    from transformers import AutoConfig, ViTMAEConfig, ViTMAEModel
+
+    from mrl_hf.modeling.auto_vision import MRLModelForImageEmbedding
+
+    ViTMAEModel(ViTMAEConfig(image_size=32, patch_size=8, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                             intermediate_size=32)).save_pretrained(tmp_path / "mae")
+    mae = MRLModelForImageClassification.from_pretrained(tmp_path / "mae", num_labels=3, nesting_list=[4, 8, 16])
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():  # MAE's pre-training mask (75% of the patches at random, every call) is off
+        first, second = mae.eval()(pixel_values=x).logits, mae(pixel_values=x).logits
+        assert mae.backbone(pixel_values=x).last_hidden_state.shape[1] == 1 + 16
+    torch.testing.assert_close(first, second, atol=1e-6, rtol=0)  # the patch order still varies: rounding only
+    clip = AutoConfig.for_model("clip_vision_model", image_size=32, patch_size=8, hidden_size=16, num_hidden_layers=1,
+                                num_attention_heads=2, intermediate_size=32)
+    model = MRLModelForImageEmbedding(MRLImageConfig(backbone_config=clip, pooling="mean")).eval()
+    with torch.no_grad():
+        hidden = model.backbone(pixel_values=x).last_hidden_state
+        torch.testing.assert_close(model(pixel_values=x).embeddings, hidden[:, 1:].mean(1))
+    MRLModelForImageEmbedding(MRLImageConfig(backbone_config=clip, pooling="cls"))  # CLIP has a class token

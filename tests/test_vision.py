@@ -185,3 +185,14 @@ def test_image_inputs_that_used_to_pass_silently_are_refused():
         load_fashion_mnist("test", limit=np.int64(-1))
     with pytest.raises(ValueError, match="limit=2.0 must be an int"):
         load_fashion_mnist("test", limit=2.0)
+
+
+def test_resnet_refuses_keyword_arguments_it_would_drop():
+    from mrl_hf.modeling import MRLResNetConfig, MRLResNetForImageClassification
+
+    model = MRLResNetForImageClassification(MRLResNetConfig(num_channels=1, embedding_size=8, hidden_sizes=[8, 16],
+                                                            depths=[1, 1], num_labels=5, nesting_list=[4, 8, 16]))
+    x, y = torch.randn(4, 1, 16, 16), torch.tensor([0, 1, 2, 3])
+    with pytest.raises(TypeError, match=r"unexpected keyword arguments \['label_smoothing'\].*smoothing="):
+        model(pixel_values=x, labels=y, label_smoothing=0.5)
+    assert model(pixel_values=x, labels=y, smoothing=0.5).loss.item() != model(pixel_values=x, labels=y).loss.item()

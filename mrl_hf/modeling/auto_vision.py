@@ -70,15 +70,26 @@ logger = logging.get_logger(__name__)
 POOLING_MODES = ("auto", "pooler", "cls", "mean")
 
 
+# where a vision config states the width of its last feature map, first match wins: per-stage lists (their last
+# entry; MobileViT's last stage is followed by a wider 1x1 convolution, neck_hidden_sizes[-1]), then single widths
+# (Swin's int embed_dim is its first stage's: not read; EfficientNet's top convolution is hidden_dim wide)
+_STAGE_WIDTH_KEYS = ("neck_hidden_sizes", "hidden_sizes", "embed_dim")
+_WIDTH_KEYS = _STAGE_WIDTH_KEYS + ("hidden_size", "hidden_dim")
+
+
 def image_width(config: PretrainedConfig) -> int:
-    """The width of a vision model's pooled vector: ``hidden_sizes[-1]`` (ResNet, ConvNeXt) or ``hidden_size`` (ViT,
-    Swin, DINOv2)."""
-    sizes = getattr(config, "hidden_sizes", None)
-    width = sizes[-1] if isinstance(sizes, (list, tuple)) and sizes else getattr(config, "hidden_size", None)
-    if isinstance(width, int) and not isinstance(width, bool):
-        return width
-    raise ValueError(f"cannot tell the feature width of the {config.model_type!r} backbone (its config has no "
-                     "hidden_sizes / hidden_size); it is not a vision model that can be pooled.")
+    """The width of a vision model's pooled vector: ``hidden_sizes[-1]`` (ResNet, ConvNeXt), ``hidden_size`` (ViT,
+    Swin, DINOv2), ``neck_hidden_sizes[-1]`` (MobileViT), ``embed_dim[-1]`` (CvT), ``hidden_dim`` (EfficientNet)."""
+    for key in _WIDTH_KEYS:
+        value = getattr(config, key, None)
+        if key in _STAGE_WIDTH_KEYS:
+            value = value[-1] if isinstance(value, (list, tuple)) and value else None
+        width = value
+        if isinstance(width, int) and not isinstance(width, bool):
+            return width
+    raise ValueError(f"mrl_hf cannot tell the feature width of the {config.model_type!r} backbone from its config "
+                     f"(none of {list(_WIDTH_KEYS)}); this family is not supported yet (MobileNet V1/V2 and "
+                     "MobileViTV2 state only a width multiplier).")
 
 
 @strict
@@ -152,8 +163,10 @@ class MRLImageEmbeddingOutput(ModelOutput):
 def prefix_tokens(backbone: nn.Module) -> int:
     """How many tokens come before the patch tokens: [CLS], a distillation token (DeiT), register tokens (DINOv2 with
     registers)."""
-    embeddings = getattr(backbone, "embeddings", None)
-    count = sum(isinstance(getattr(embeddings, name, None), torch.Tensor) for name in ("cls_token", "distillation_token"))
+    embeddings = getattr(backbone, "embeddings", None) or getattr(getattr(backbone, "vision_model", None),
+                                                                  "embeddings", None)  # CLIP's vision tower
+    count = sum(isinstance(getattr(embeddings, name, None), torch.Tensor)
+                for name in ("cls_token", "class_embedding", "distillation_token"))
     registers = getattr(embeddings, "register_tokens", None)
     return count + (registers.shape[1] if isinstance(registers, torch.Tensor) else 0)
 
@@ -194,6 +207,8 @@ def build_image_backbone(config: PretrainedConfig, pooling: str) -> PreTrainedMo
     """``AutoModel.from_config(config)``; a backbone with an ``add_pooling_layer`` switch (ViT, Swin) gets its pooling
     layer only for ``pooling="pooler"``, or ``"auto"`` where the family's classifier reads it: an unused one would
     hold parameters without gradients (which DDP rejects)."""
+    if getattr(config, "mask_ratio", None) and config.model_type == "vit_mae":
+        config.mask_ratio = 0.0  # MAE pre-training hides 75% of the patches at random, at every call; encode them all
     keep = pooling == "pooler" or (pooling == "auto" and classifier_reads_pooler(config))
     backbone = AutoModel.from_config(config, **without_pooler_kwargs(config, keep_pooler=keep))
     if "pixel_values" not in inspect.signature(backbone.forward).parameters:
@@ -283,9 +298,11 @@ class MRLImagePreTrainedModel(WrappedModelMixin, PreTrainedModel):
         out = self.backbone(pixel_values, return_dict=True, **kwargs)
         pooled = pool_image(out, self.config.pooling, self._prefix_tokens)
         if pooled.shape[-1] != self.config.backbone_width:
-            raise ValueError(f"pooling={self.config.pooling!r} gave {pooled.shape[-1]} features per image, but the "
-                             f"{type(self.backbone).__name__} config says {self.config.backbone_width}; choose "
-                             "another pooling (e.g. 'mean').")
+            other = [mode for mode in POOLING_MODES if mode != self.config.pooling]
+            raise ValueError(f"pooling={self.config.pooling!r} gave {pooled.shape[-1]} features per image, but mrl_hf "
+                             f"reads the width {self.config.backbone_width} from the {type(self.backbone).__name__} "
+                             f"config; another pooling ({other}) may give that width, else this family is not "
+                             "supported yet.")
         return (self.projection(pooled) if self.projection is not None else pooled), out
 
     @torch.no_grad()

@@ -292,6 +292,9 @@ class MRLResNetForImageClassification(_MRLImageClassifier, ResNetPreTrainedModel
         return self.resnet
 
     def _pooled_features(self, pixel_values, output_hidden_states, **kwargs):
+        if kwargs:  # ResNetModel takes none and would drop them silently (label_smoothing= instead of smoothing=)
+            raise TypeError(f"{type(self).__name__} got unexpected keyword arguments {sorted(kwargs)}; its backbone "
+                            "takes none (label smoothing is smoothing=, the loss weights config.relative_importance).")
         if not (self.gradient_checkpointing and self.training):
             out = self.resnet(pixel_values, output_hidden_states=output_hidden_states, return_dict=True)
             return out.pooler_output.flatten(1), out.hidden_states
