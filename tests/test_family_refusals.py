@@ -32,3 +32,47 @@ def test_a_checkpoint_of_another_family_is_refused_naming_the_class_that_runs_it
     for cls, folder in ((MRLBertModel, "base"), (MRLBertForMaskedLM, "mlm")):
         with pytest.raises(ValueError, match=f"'{family}' checkpoint.*MRLModelForTextEmbedding.*MRLModelForMaskedLM"):
             cls.from_pretrained(tmp_path / folder)
+
+
+def test_families_the_generic_text_classes_cannot_run_are_refused_by_name(tmp_path):
+    """A T5 encoder checkpoint (sentence-T5 / GTR layout) says is_encoder_decoder: false, and AutoModel built the whole
+    T5 with a random decoder, which crashed in encode; CLIP passed the input_ids check and crashed in its image tower;
+    MobileBERT's masked LM head never calls its decoder and failed with a size error."""
+    from transformers import CLIPConfig, T5Config, T5EncoderModel
+
+    from mrl_hf.modeling import (
+        MRLMaskedLMConfig,
+        MRLModelForMaskedLM,
+        MRLModelForTextEmbedding,
+        MRLTextEmbeddingConfig,
+    )
+
+    T5EncoderModel(T5Config(vocab_size=64, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2)).save_pretrained(
+        tmp_path / "t5")
+    with pytest.raises(ValueError, match="'t5' backbone is an encoder-decoder model"):
+        MRLModelForTextEmbedding.from_pretrained(tmp_path / "t5", nesting_list=[8, 16])
+    text = dict(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    clip = CLIPConfig(text_config=text, vision_config=dict(text, image_size=16, patch_size=8))
+    with pytest.raises(ValueError, match="CLIPModel is a text-and-image model.*text_config"):
+        MRLModelForTextEmbedding(MRLTextEmbeddingConfig(backbone_config=clip, nesting_list=[8, 16]))
+    mobilebert = AutoConfig.for_model("mobilebert", vocab_size=64, hidden_size=16, num_hidden_layers=1,
+                                      num_attention_heads=2, intermediate_size=32, embedding_size=8,
+                                      intra_bottleneck_size=16, true_hidden_size=16, num_feedforward_networks=1)
+    with pytest.raises(ValueError, match="'mobilebert' masked LM head does not apply its decoder"):
+        MRLModelForMaskedLM(MRLMaskedLMConfig(backbone_config=mobilebert))
+
+
+def test_default_length_without_a_stated_limit():
+    """XLNet states max_position_embeddings=-1 and a tokenizer may state int(1e30): encode crashed on either."""
+    from types import SimpleNamespace
+
+    from mrl_hf.modeling.text_common import default_max_length
+
+    def config(**text):
+        settings = SimpleNamespace(model_type="x", pad_token_id=0, **text)
+        return SimpleNamespace(get_text_config=lambda: settings)
+
+    assert default_max_length(SimpleNamespace(model_max_length=int(1e30)), config(max_position_embeddings=-1)) == 512
+    assert default_max_length(SimpleNamespace(model_max_length=int(1e30)), config()) == 512
+    assert default_max_length(SimpleNamespace(model_max_length=128), config(max_position_embeddings=-1)) == 128
+    assert default_max_length(SimpleNamespace(model_max_length=int(1e30)), config(max_position_embeddings=64)) == 64

@@ -148,7 +148,7 @@ class MRLTextEmbeddingConfig(MatryoshkaConfigMixin, PretrainedConfig):
         if not isinstance(self.backbone_config, PretrainedConfig):
             raise TypeError(f"backbone_config must be a transformers config (or a dict with its model_type), got "
                             f"{type(self.backbone_config).__name__}.")
-        if getattr(self.backbone_config, "is_encoder_decoder", False):
+        if getattr(self.backbone_config, "is_encoder_decoder", False) or _is_seq2seq_family(self.backbone_config):
             raise ValueError(f"the {self.backbone_config.model_type!r} backbone is an encoder-decoder model; "
                              "MRLModelForTextEmbedding pools the hidden states of an encoder or a decoder alone.")
         check_prompts(self.prompts, self.default_prompt_name)
@@ -169,6 +169,14 @@ class MRLTextEmbeddingOutput(ModelOutput):
     last_hidden_state: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+def _is_seq2seq_family(config: PretrainedConfig) -> bool:
+    """A family whose AutoModel is an encoder-decoder, even where the config says otherwise (T5EncoderModel saves
+    ``is_encoder_decoder: false``, and AutoModel would still build the whole T5 with a random decoder)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES
+
+    return config.model_type in MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES
 
 
 def build_backbone(config: PretrainedConfig) -> PreTrainedModel:
@@ -264,6 +272,10 @@ class MRLModelForTextEmbedding(MRLTextEmbeddingPreTrainedModel):
         if "input_ids" not in forward_args:
             raise ValueError(f"{type(self.backbone).__name__} takes no input_ids: it is not a text model "
                              "(vision and audio backbones are not supported yet).")
+        if "pixel_values" in forward_args:
+            raise ValueError(f"{type(self.backbone).__name__} is a text-and-image model; MRLModelForTextEmbedding "
+                             "takes a text model (use its text tower's config, e.g. config.text_config), and "
+                             "MRLAlignModel trains a text and an image tower together.")
         self._backbone_takes = {name for name in ("token_type_ids", "use_cache") if name in forward_args}
         self.post_init()
 

@@ -224,6 +224,9 @@ class MRLModelForMaskedLM(WrappedModelMixin, PreTrainedModel):
             raise ValueError(f"the {family!r} masked LM has no linear decoder over its {config.matryoshka_embedding_dim}"
                              f"-wide word embeddings (found {type(plain_decoder).__name__}); MRLModelForMaskedLM nests "
                              "such a decoder only.")
+        if family == "mobilebert":  # its head multiplies by [decoder.weight.T, dense.weight] and never calls it
+            raise ValueError("the 'mobilebert' masked LM head does not apply its decoder as a layer (it multiplies by "
+                             "the decoder's weight joined to another matrix), so MRLModelForMaskedLM cannot nest it.")
         head = next(m for m in self.mlm.modules() if any(c is plain_decoder for c in m.children()))
         if _adds_own_bias(head):
             raise ValueError(f"the {family!r} masked LM head adds a bias of its own after the decoder "

@@ -191,15 +191,23 @@ def right_padding(tokenizer):
     return saved
 
 
+_NO_STATED_LIMIT = 1_000_000
+
+
 def default_max_length(tokenizer, config) -> int:
     """The tokenizer's ``model_max_length``, capped at the tokens the backbone's ``max_position_embeddings`` can
-    place (when it has them; RoBERTa-style families lose ``pad_token_id + 1`` of them)."""
+    place (when it has them; RoBERTa-style families lose ``pad_token_id + 1`` of them); 512 where neither states a
+    limit (XLNet, Mamba with a tokenizer of no stated length)."""
     text = config.get_text_config()
     positions = getattr(text, "max_position_embeddings", None)
-    if positions and getattr(text, "model_type", None) in _POSITIONS_AFTER_PADDING and text.pad_token_id is not None:
+    if not isinstance(positions, int) or positions < 1:  # XLNet states -1: no limit
+        positions = None
+    elif getattr(text, "model_type", None) in _POSITIONS_AFTER_PADDING and text.pad_token_id is not None:
         positions -= text.pad_token_id + 1
-    limit = getattr(tokenizer, "model_max_length", None) or positions or 512
-    return int(min(limit, positions)) if positions else int(limit)
+    limit = getattr(tokenizer, "model_max_length", None)
+    if not limit or limit > _NO_STATED_LIMIT:  # transformers' int(1e30) for a tokenizer that states none
+        limit = None
+    return int(min(limit, positions) if limit and positions else limit or positions or 512)
 
 
 def config_has_asymmetric_adaptor(config) -> bool:
