@@ -143,10 +143,19 @@ def _train(args: argparse.Namespace) -> int:
                                 precisions=precisions, quantization_weight=_or(args.quantization_weight, 1.0),
                                 binary_surrogate=_or(args.binary_surrogate, "ste"))
     if args.mean_centering:
-        from .adaptor import attach_adaptor, mean_centering
+        import numpy as np
 
-        texts = sorted({text for pair in train for text in (pair["anchor"], pair["positive"])})
-        vectors = model.encode(texts, truncate_dim=model.config.matryoshka_embedding_dim, normalize=False)
+        from .adaptor import attach_adaptor, mean_centering, task_kwargs
+
+        full = model.config.matryoshka_embedding_dim
+        if task_kwargs(model, "query"):  # a model with prompts: each text as it will be served
+            anchors, positives = (sorted({pair[side] for pair in train}) for side in ("anchor", "positive"))
+            vectors = np.concatenate([
+                model.encode(anchors, truncate_dim=full, normalize=False, task="query"),
+                model.encode(positives, truncate_dim=full, normalize=False, task="document")])
+        else:
+            texts = sorted({text for pair in train for text in (pair["anchor"], pair["positive"])})
+            vectors = model.encode(texts, truncate_dim=full, normalize=False)
         attach_adaptor(model, mean_centering(vectors, nesting))
     embedded = recipes.embed_test_pairs(model, test)  # once, for the float table and the codes
     table = recipes.results_table({"MRL fine-tuned": recipes.evaluate(model, test, nesting, embedded=embedded)})

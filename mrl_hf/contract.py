@@ -205,9 +205,12 @@ def _full_dim(config: dict, modules, files: _Files) -> int | None:
     for key in ("embedding_dim", "projection_dim", "hidden_size", "d_model"):
         if isinstance(config.get(key), int):
             return config[key]
-    sizes = config.get("hidden_sizes")
-    if isinstance(sizes, list) and sizes:
-        return sizes[-1]
+    for key in ("neck_hidden_sizes", "hidden_sizes", "embed_dim"):  # per stage, the last one pooled (MobileViT: neck)
+        sizes = config.get(key)
+        if isinstance(sizes, list) and sizes:
+            return sizes[-1]
+    if config.get("model_type") == "efficientnet" and isinstance(config.get("hidden_dim"), int):
+        return config["hidden_dim"]  # the top convolution's width (elsewhere hidden_dim can be a feed-forward width)
     backbone = config.get("backbone_config")  # mrl_hf's MRLModelFor* keep the width in the backbone's config
     return _full_dim(backbone, None, files) if isinstance(backbone, dict) else None
 

@@ -263,7 +263,7 @@ def matryoshkafy_corpus(texts, model_path: str | None = None, nesting_list=None,
 
     import numpy as np
 
-    from .adaptor import MatryoshkaAdaptor, attach_adaptor, pca_rotation
+    from .adaptor import MatryoshkaAdaptor, attach_adaptor, pca_rotation, task_kwargs
     from .evaluation.table import ResultsTable
     from .modeling import MRLBertModel
 
@@ -284,8 +284,8 @@ def matryoshkafy_corpus(texts, model_path: str | None = None, nesting_list=None,
     dims = list(model.config.nesting_list)
     full = model.config.matryoshka_embedding_dim
 
-    def encode(strings):
-        return model.encode(list(strings), truncate_dim=full, normalize=False)
+    def encode(strings, task="document"):  # as the model will serve them (its prompts, if any)
+        return model.encode(list(strings), truncate_dim=full, normalize=False, **task_kwargs(model, task))
 
     random.Random(seed).shuffle(texts)
     n_held = min(2000, max(50, int(len(texts) * held_out)))
@@ -297,11 +297,11 @@ def matryoshkafy_corpus(texts, model_path: str | None = None, nesting_list=None,
         random.Random(seed).shuffle(queries)
         n_held_q = min(2000, max(10, int(len(queries) * held_out)))
         log(f"encoding {len(queries)} queries ({len(queries) - n_held_q} for their mean, {n_held_q} held out) ...")
-        fit_q, held_q = encode(queries[n_held_q:]), encode(queries[:n_held_q])
+        fit_q, held_q = encode(queries[n_held_q:], "query"), encode(queries[:n_held_q], "query")
     pair_vectors = scored_pairs = None
     if pairs:
         pair_queries, positives = zip(*pairs)
-        pair_vectors = (encode(pair_queries), encode(positives))
+        pair_vectors = (encode(pair_queries, "query"), encode(positives))
         # the scored fit sees no held-out text, through the pairs either; the refit below takes every pair
         held_out = set(eval_texts) | set(queries[:n_held_q] if queries is not None else ())
         keep = [i for i, (q, p) in enumerate(pairs) if q not in held_out and p not in held_out]

@@ -286,10 +286,9 @@ def _handler_for(server: HubServer):
                 repo = server.repos.get(m["repo"])
                 if repo is None:
                     return self._error(404, "Repository not found", "RepoNotFound")
-                branch = _branch(repo, m)
-                if branch is False:
-                    return self._error(404, f"Invalid rev id: {m['rev']}", "RevisionNotFound")
-                files = repo.files if branch is None else repo.branches[branch]
+                files = _files_at(repo, m)
+                if files is None:
+                    return self._error(404, f"Invalid rev id: {m['rev']}{m['rest'] or ''}", "RevisionNotFound")
                 if m["action"] == "tree":
                     return self._json(200, [{"type": "file", "path": p, "size": len(c), "oid": _git_oid(c)}
                                             for p, c in sorted(files.items())])
@@ -320,6 +319,17 @@ def _branch(repo: _Repo, match):
     if rev is None or rev in ("main", repo.sha, "refs"):  # "refs": refs/pr/<n>, unquoted
         return None
     return rev if rev in repo.branches else False
+
+
+def _files_at(repo: _Repo, match) -> dict[str, bytes] | None:
+    """The files at a request's revision (main, a branch or refs/pr/<n>); None when it does not exist."""
+    branch = _branch(repo, match)
+    if branch is False:
+        return None
+    if match["rev"] == "refs":
+        pr = re.match(r"^/pr/(\d+)", match["rest"] or "")
+        return repo.pull_requests.get(int(pr[1])) if pr else None
+    return repo.files if branch is None else repo.branches[branch]
 
 
 def _git_oid(content: bytes) -> str:

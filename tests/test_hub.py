@@ -258,6 +258,7 @@ new = torch.equal(pulled(**batch).embeddings, second(**batch).embeddings)
 third = MRLBertModel(config).eval()
 third.tokenizer = tokenizer
 third.push_to_hub("tester/repush", revision="dev")
+third.push_to_hub("tester/repush", create_pr=True)  # a pull request against main's shards
 print(json.dumps({"new": new}))
 """, tmp_path)
     assert result["new"]
@@ -266,3 +267,5 @@ print(json.dumps({"new": new}))
     assert weights and "model.safetensors" not in weights and "model.safetensors.index.json" in weights, weights
     assert "model.safetensors" in repo.branches["dev"] and "model.safetensors.index.json" not in repo.branches["dev"]
     assert sorted(n for n in repo.files if "safetensors" in n) == weights  # main untouched by the branch push
+    proposed = repo.pull_requests[1]
+    assert "model.safetensors" in proposed and "model.safetensors.index.json" not in proposed, sorted(proposed)

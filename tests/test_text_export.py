@@ -248,3 +248,36 @@ def test_mteb_encoder_refuses_prompts_on_top_of_the_models_own():
     model = MRLBertModel.from_pretrained(MINILM, prompts={"query": "query: "})
     with pytest.raises(ValueError, match="puts its own prompts"):
         MRLMtebEncoder(model, 384, prompts={"query": "q: "})
+
+
+def test_prompts_passed_at_load_merge_with_the_folders_as_in_sentence_transformers(tmp_path):
+    from mrl_hf.modeling import MRLModelForTextEmbedding
+
+    source = _e5_style(tmp_path)
+    texts = ["how do cats sleep"]
+    model = MRLBertModel.from_pretrained(source, default_prompt_name="query", prompts={"query": "q: "})
+    reference = SentenceTransformer(str(source), device="cpu", default_prompt_name="query", prompts={"query": "q: "})
+    assert model.config.prompts["passage"] == "passage: " and model.config.prompts["query"] == "q: "
+    for name in (None, "query", "document", "passage"):  # "document": none in the folder, an empty prompt
+        np.testing.assert_allclose(model.encode(texts, prompt_name=name, normalize=True),
+                                   reference.encode(texts, prompt_name=name, normalize_embeddings=True), atol=1e-6)
+    plain = MRLModelForTextEmbedding.from_pretrained(MINILM, prompts={"query": "q: "})
+    np.testing.assert_allclose(plain.encode_query(texts), plain.encode(["q: " + t for t in texts]))
+    assert np.abs(plain.encode(texts, prompt_name="query") - plain.encode(texts)).max() > 1e-3
+    np.testing.assert_allclose(MRLBertModel.from_pretrained(MINILM).encode(texts, prompt_name="query"),
+                               MRLBertModel.from_pretrained(MINILM).encode(texts))  # sentence-transformers' default
+
+
+def test_an_adaptor_fitted_for_a_model_with_prompts_sees_queries_as_served(tmp_path):
+    """matryoshkafy fits the query mean on the queries as encode_query embeds them (with the "query: " prompt)."""
+    import torch
+
+    from mrl_hf.recipes import matryoshkafy_corpus
+
+    source = _e5_style(tmp_path)
+    texts = [f"document number {i} is about topic {i % 7}" for i in range(120)]
+    queries = [f"which document is about topic {i}?" for i in range(24)]
+    model, _ = matryoshkafy_corpus(texts, model_path=str(source), epochs=1, queries=queries, log=lambda *a: None)
+    served = torch.nn.functional.normalize(torch.as_tensor(MRLBertModel.from_pretrained(source).encode_query(queries)),
+                                           dim=-1).double().mean(0).float()
+    torch.testing.assert_close(model.adaptor.query_mean, served, atol=1e-5, rtol=0)

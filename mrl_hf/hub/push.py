@@ -295,7 +295,7 @@ def _upload(staged: Path, repo_id: str, token: str, private, revision, commit_me
         # would be loaded instead of the new ones: the commit removes them, as a local save does.
         pushed = {op.path_in_repo for op in operations}
         operations += [CommitOperationDelete(path_in_repo=name)
-                       for name in api.list_repo_files(repo_id, revision=None if create_pr else revision)
+                       for name in api.list_repo_files(repo_id, revision=revision)  # a pull request's base
                        if "/" not in name and is_weight_file(name) and name not in pushed]
         info = api.create_commit(repo_id, operations, commit_message=commit_message,
                                  commit_description=commit_description, revision=revision, create_pr=create_pr)

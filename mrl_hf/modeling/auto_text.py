@@ -44,6 +44,7 @@ from ..nesting import validate_dim
 from ..quantization import check_code_precision, quantize_embeddings, warn_if_untrained
 from .text_common import (
     POOLING_MODES,
+    add_sentence_transformers_prompts,
     check_nonempty,
     check_prompts,
     check_texts,
@@ -55,7 +56,6 @@ from .text_common import (
     sentence_transformers_files,
     right_padding,
     sentence_transformers_pooling,
-    sentence_transformers_prompts,
     try_load_tokenizer,
 )
 from .wrapped import WrappedModelMixin, without_pooler_kwargs
@@ -172,11 +172,12 @@ class MRLTextEmbeddingOutput(ModelOutput):
 
 
 def _is_seq2seq_family(config: PretrainedConfig) -> bool:
-    """A family whose AutoModel is an encoder-decoder, even where the config says otherwise (T5EncoderModel saves
+    """A family that is an encoder-decoder by default, even where this config says otherwise (T5EncoderModel saves
     ``is_encoder_decoder: false``, and AutoModel would still build the whole T5 with a random decoder)."""
-    from transformers.models.auto.modeling_auto import MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES
-
-    return config.model_type in MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES
+    try:
+        return bool(getattr(type(config)(), "is_encoder_decoder", False))
+    except Exception:  # a config class that needs arguments: trust the config's own flag
+        return False
 
 
 def build_backbone(config: PretrainedConfig) -> PreTrainedModel:
@@ -212,7 +213,7 @@ class MRLTextEmbeddingPreTrainedModel(WrappedModelMixin, PreTrainedModel):
     # ---- loading (plain checkpoints: see mrl_hf/modeling/wrapped.py) ---------------------------------------------
     _plain_settings = frozenset({"nesting_list", "truncate_dim", "relative_importance", "normalize_embeddings",
                                  "pooling", "embedding_dim", "contrastive_temperature", "gather_across_processes",
-                                 "embed_duplicates_once",
+                                 "embed_duplicates_once", "prompts", "default_prompt_name",
                                  "efficient", "precisions", "quantization_weight", "binary_surrogate"})
 
     @classmethod
@@ -220,12 +221,10 @@ class MRLTextEmbeddingPreTrainedModel(WrappedModelMixin, PreTrainedModel):
         """A plain checkpoint that is a sentence-transformers model pools as its ``Pooling`` module says, unless
         ``pooling=`` is given (``text_common.sentence_transformers_pooling``)."""
         pooling = sentence_transformers_pooling(path, kwargs, cls.__name__, POOLING_MODES)
-        prompts = sentence_transformers_prompts(path, kwargs)
+        add_sentence_transformers_prompts(path, kwargs)
         plain = super()._plain_checkpoint_config(path, kwargs)
         if plain is not None and pooling is not None:
             plain[0].pooling = pooling
-        if plain is not None and prompts is not None:
-            plain[0].prompts, plain[0].default_prompt_name = prompts["prompts"], prompts["default_prompt_name"]
         return plain
 
     def _load_extra_files(self, path, kwargs) -> None:
@@ -272,10 +271,12 @@ class MRLModelForTextEmbedding(MRLTextEmbeddingPreTrainedModel):
         if "input_ids" not in forward_args:
             raise ValueError(f"{type(self.backbone).__name__} takes no input_ids: it is not a text model "
                              "(vision and audio backbones are not supported yet).")
-        if "pixel_values" in forward_args:
-            raise ValueError(f"{type(self.backbone).__name__} is a text-and-image model; MRLModelForTextEmbedding "
-                             "takes a text model (use its text tower's config, e.g. config.text_config), and "
-                             "MRLAlignModel trains a text and an image tower together.")
+        if hasattr(self.backbone, "get_text_features") and hasattr(self.backbone, "get_image_features"):
+            # a dual encoder (CLIP, SigLIP): its forward runs both towers; vision-language decoders (LLaVA, Gemma 3)
+            # take text alone and are fine
+            raise ValueError(f"{type(self.backbone).__name__} is a text-and-image dual encoder; "
+                             "MRLModelForTextEmbedding takes a text model (use its text tower's config, e.g. "
+                             "config.text_config), and MRLAlignModel trains a text and an image tower together.")
         self._backbone_takes = {name for name in ("token_type_ids", "use_cache") if name in forward_args}
         self.post_init()
 

@@ -35,6 +35,7 @@ the head are new. Without ``num_labels`` / ``id2label`` the new head takes the c
 """
 from __future__ import annotations
 
+import copy
 import inspect
 from dataclasses import dataclass
 
@@ -208,6 +209,7 @@ def build_image_backbone(config: PretrainedConfig, pooling: str) -> PreTrainedMo
     layer only for ``pooling="pooler"``, or ``"auto"`` where the family's classifier reads it: an unused one would
     hold parameters without gradients (which DDP rejects)."""
     if getattr(config, "mask_ratio", None) and config.model_type == "vit_mae":
+        config = copy.deepcopy(config)  # not the caller's: its pre-training model still needs the mask
         config.mask_ratio = 0.0  # MAE pre-training hides 75% of the patches at random, at every call; encode them all
     keep = pooling == "pooler" or (pooling == "auto" and classifier_reads_pooler(config))
     backbone = AutoModel.from_config(config, **without_pooler_kwargs(config, keep_pooler=keep))

@@ -4,12 +4,15 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import warnings
 from pathlib import Path
 
 from transformers import PretrainedConfig
 from transformers import initialization as init
 
 from ..heads import MatryoshkaHead
+
+_FULL_SIZE_WARNING = r"matryoshka_dimensions=.* does not list the embedding size"  # mrl_hf.config
 
 
 class MatryoshkaPreTrainedMixin:
@@ -57,9 +60,14 @@ class MatryoshkaPreTrainedMixin:
                     config = cls._config_of_plain_checkpoint(pretrained_model_name_or_path, kwargs)
                     if config is not None:
                         kwargs["config"] = config
-                result = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+                with warnings.catch_warnings():
+                    if "nesting_list" in kwargs:  # the sizes asked for replace the file's list: no word about it
+                        warnings.filterwarnings("ignore", message=_FULL_SIZE_WARNING)
+                    result = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
                 model = result[0] if isinstance(result, tuple) else result
-                model._load_extra_files(pretrained_model_name_or_path, kwargs)
+                with warnings.catch_warnings():  # AutoTokenizer reads the config again: said once is enough
+                    warnings.filterwarnings("ignore", message=_FULL_SIZE_WARNING)
+                    model._load_extra_files(pretrained_model_name_or_path, kwargs)
                 return result
         except SafetensorError as exc:
             raise ValueError(f"the safetensors weights in {str(pretrained_model_name_or_path)!r} are truncated or "

@@ -42,6 +42,7 @@ from ..quantization import check_code_precision, quantize_embeddings, warn_if_un
 from .base import MatryoshkaPreTrainedMixin
 from .masked_lm import MRLMaskedLMOutput, masked_lm_accuracy, nested_masked_lm  # noqa: F401  (re-exported)
 from .text_common import (
+    add_sentence_transformers_prompts,
     check_nonempty,
     check_prompts,
     check_texts,
@@ -53,7 +54,6 @@ from .text_common import (
     sentence_transformers_files,
     right_padding,
     sentence_transformers_pooling,
-    sentence_transformers_prompts,
     try_load_tokenizer,
 )
 
@@ -195,12 +195,10 @@ class MRLBertModel(MRLBertPreTrainedModel):
         """A plain checkpoint that is a sentence-transformers model pools as its ``Pooling`` module says, unless
         ``pooling=`` is given (``text_common.sentence_transformers_pooling``)."""
         pooling = sentence_transformers_pooling(path, kwargs, cls.__name__, POOLING_MODES)
-        prompts = sentence_transformers_prompts(path, kwargs)
+        add_sentence_transformers_prompts(path, kwargs)
         config = super()._config_of_plain_checkpoint(path, kwargs)
         if config is not None and pooling is not None:
             config.pooling = pooling
-        if config is not None and prompts is not None:
-            config.prompts, config.default_prompt_name = prompts["prompts"], prompts["default_prompt_name"]
         return config
 
     def get_input_embeddings(self):

@@ -98,20 +98,19 @@ def sentence_transformers_pooling(path, kwargs: dict, model_class: str, choices:
     return ours
 
 
-def sentence_transformers_prompts(path, kwargs: dict) -> dict | None:
-    """``{"prompts": ..., "default_prompt_name": ...}`` of a sentence-transformers folder whose prompts are not all
-    empty (e5 / bge / nomic: ``{"query": "query: ", ...}``), so that ``encode_query`` / ``encode_document`` put them
-    before the texts as sentence-transformers does; None otherwise or when ``prompts=`` is among ``kwargs``."""
-    if "prompts" in kwargs:
-        return None
+def add_sentence_transformers_prompts(path, kwargs: dict) -> None:
+    """Put the prompts of a sentence-transformers folder (e5 / bge / nomic: ``{"query": "query: ", ...}``) into the
+    ``from_pretrained`` ``kwargs``, merged as sentence-transformers merges them: a ``prompts=`` passed wins name by
+    name, a ``default_prompt_name=`` passed (not None) wins; nothing for other folders or prompts all empty."""
     hub = _hub_kwargs(kwargs)
     if not isinstance(_read_json(path, "modules.json", hub), list):
-        return None
+        return
     settings = _read_json(path, "config_sentence_transformers.json", hub) or {}
-    prompts, default = settings.get("prompts") or {}, settings.get("default_prompt_name")
-    if not any(prompts.values()) and default is None:
-        return None
-    return {"prompts": dict(prompts), "default_prompt_name": default}
+    saved = settings.get("prompts") if isinstance(settings.get("prompts"), dict) else {}
+    prompts = {**saved, **(kwargs.get("prompts") or {})}
+    default = kwargs.get("default_prompt_name") or settings.get("default_prompt_name")
+    if any(prompts.values()) or default is not None:
+        kwargs["prompts"], kwargs["default_prompt_name"] = prompts, default
 
 
 def check_prompts(prompts, default_prompt_name) -> None:
@@ -136,6 +135,8 @@ def resolve_prompt(config, task: str | None = None, prompt_name: str | None = No
             raise TypeError(f"prompt={prompt!r} must be a str.")
         return prompt
     if prompt_name is not None:
+        if prompt_name not in prompts and prompt_name in ("query", "document"):  # sentence-transformers' defaults
+            return ""
         if prompt_name not in prompts:
             raise ValueError(f"prompt_name={prompt_name!r} is not one of the model's prompts {sorted(prompts)}; "
                              "pass prompt= with the text itself, or set config.prompts.")
