@@ -53,8 +53,11 @@ def test_families_the_generic_text_classes_cannot_run_are_refused_by_name(tmp_pa
         MRLModelForTextEmbedding.from_pretrained(tmp_path / "t5", nesting_list=[8, 16])
     text = dict(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
     clip = CLIPConfig(text_config=text, vision_config=dict(text, image_size=16, patch_size=8))
-    with pytest.raises(ValueError, match="CLIPModel is a text-and-image dual encoder.*text_config"):
+    with pytest.raises(ValueError, match="CLIPModel is a text-and-image model that needs its images.*text_config"):
         MRLModelForTextEmbedding(MRLTextEmbeddingConfig(backbone_config=clip, nesting_list=[8, 16]))
+    vilt = AutoConfig.for_model("vilt", **text, image_size=16, patch_size=8, max_image_length=4)
+    with pytest.raises(ValueError, match="ViltModel is a text-and-image model that needs its images"):
+        MRLModelForTextEmbedding(MRLTextEmbeddingConfig(backbone_config=vilt, nesting_list=[8, 16]))
     mobilebert = AutoConfig.for_model("mobilebert", vocab_size=64, hidden_size=16, num_hidden_layers=1,
                                       num_attention_heads=2, intermediate_size=32, embedding_size=8,
                                       intra_bottleneck_size=16, true_hidden_size=16, num_feedforward_networks=1)

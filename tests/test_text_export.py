@@ -229,8 +229,8 @@ def test_prompts_of_a_sentence_transformers_folder_are_kept(tmp_path, cls_name):
 def test_prompts_are_checked_and_a_pooling_without_them_is_refused(tmp_path):
     from mrl_hf.adaptor import task_kwargs
 
-    with pytest.raises(ValueError, match="default_prompt_name='query' is not one of the prompts"):
-        MRLBertModel.from_pretrained(MINILM, prompts={"q": "q: "}, default_prompt_name="query")
+    with pytest.raises(ValueError, match="default_prompt_name='passage' is not one of the prompts"):
+        MRLBertModel.from_pretrained(MINILM, prompts={"q": "q: "}, default_prompt_name="passage")
     with pytest.raises(ValueError, match="must be a dict of prompt names to strings"):
         MRLBertModel.from_pretrained(MINILM, prompts={"query": 1})
     source = _e5_style(tmp_path, pooling={"embedding_dimension": 384, "pooling_mode": "mean",
@@ -266,6 +266,8 @@ def test_prompts_passed_at_load_merge_with_the_folders_as_in_sentence_transforme
     assert np.abs(plain.encode(texts, prompt_name="query") - plain.encode(texts)).max() > 1e-3
     np.testing.assert_allclose(MRLBertModel.from_pretrained(MINILM).encode(texts, prompt_name="query"),
                                MRLBertModel.from_pretrained(MINILM).encode(texts))  # sentence-transformers' default
+    np.testing.assert_allclose(MRLBertModel.from_pretrained(MINILM, default_prompt_name="query").encode(texts),
+                               MRLBertModel.from_pretrained(MINILM).encode(texts))
 
 
 def test_an_adaptor_fitted_for_a_model_with_prompts_sees_queries_as_served(tmp_path):

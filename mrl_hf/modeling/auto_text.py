@@ -174,10 +174,7 @@ class MRLTextEmbeddingOutput(ModelOutput):
 def _is_seq2seq_family(config: PretrainedConfig) -> bool:
     """A family that is an encoder-decoder by default, even where this config says otherwise (T5EncoderModel saves
     ``is_encoder_decoder: false``, and AutoModel would still build the whole T5 with a random decoder)."""
-    try:
-        return bool(getattr(type(config)(), "is_encoder_decoder", False))
-    except Exception:  # a config class that needs arguments: trust the config's own flag
-        return False
+    return getattr(type(config), "is_encoder_decoder", False) is True  # the class's default
 
 
 def build_backbone(config: PretrainedConfig) -> PreTrainedModel:
@@ -271,10 +268,11 @@ class MRLModelForTextEmbedding(MRLTextEmbeddingPreTrainedModel):
         if "input_ids" not in forward_args:
             raise ValueError(f"{type(self.backbone).__name__} takes no input_ids: it is not a text model "
                              "(vision and audio backbones are not supported yet).")
-        if hasattr(self.backbone, "get_text_features") and hasattr(self.backbone, "get_image_features"):
-            # a dual encoder (CLIP, SigLIP): its forward runs both towers; vision-language decoders (LLaVA, Gemma 3)
-            # take text alone and are fine
-            raise ValueError(f"{type(self.backbone).__name__} is a text-and-image dual encoder; "
+        language_model = getattr(self.backbone, "language_model", None) or getattr(self.backbone, "text_model", None)
+        if hasattr(self.backbone, "get_text_features") or ("pixel_values" in forward_args and language_model is None):
+            # dual encoders (CLIP, SigLIP, X-CLIP) and models that need the image (ViLT) run their vision side on
+            # every call; vision-language decoders (LLaVA, Gemma 3, Idefics 3) take text alone and are fine
+            raise ValueError(f"{type(self.backbone).__name__} is a text-and-image model that needs its images; "
                              "MRLModelForTextEmbedding takes a text model (use its text tower's config, e.g. "
                              "config.text_config), and MRLAlignModel trains a text and an image tower together.")
         self._backbone_takes = {name for name in ("token_type_ids", "use_cache") if name in forward_args}

@@ -114,12 +114,13 @@ def add_sentence_transformers_prompts(path, kwargs: dict) -> None:
 
 
 def check_prompts(prompts, default_prompt_name) -> None:
-    """``prompts``: None or a mapping of names to strings; ``default_prompt_name``: None or one of its names."""
+    """``prompts``: None or a mapping of names to strings; ``default_prompt_name``: None or one of its names
+    (``"query"`` and ``"document"`` always exist, empty unless set, as in sentence-transformers)."""
     if prompts is not None and (not isinstance(prompts, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in prompts.items())):
         raise ValueError(f"prompts={prompts!r} must be a dict of prompt names to strings, e.g. "
                          "{'query': 'query: ', 'document': 'passage: '}, or None.")
-    if default_prompt_name is not None and default_prompt_name not in (prompts or {}):
+    if default_prompt_name not in (None, "query", "document") and default_prompt_name not in (prompts or {}):
         raise ValueError(f"default_prompt_name={default_prompt_name!r} is not one of the prompts "
                          f"{sorted(prompts or {})}; add it to prompts or set it to None.")
 
