@@ -187,7 +187,11 @@ def parse_args(argv=None):
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads; 1 is much faster on a machine shared with other jobs")
     parser.add_argument("--output-dir", default="outputs/align", help="where the MRL model is saved ('' = nowhere)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if not 2 <= args.batch_size <= args.train_size:  # full batches only (drop_last); one pair has no negative
+        parser.error(f"--batch-size {args.batch_size} must be at least 2 and at most --train-size {args.train_size} "
+                     "(the contrastive loss needs other pairs in the batch, and incomplete batches are dropped)")
+    return args
 
 
 if __name__ == "__main__":

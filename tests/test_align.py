@@ -353,3 +353,30 @@ def test_attention_implementations_like_clip(tmp_path):
     torch.testing.assert_close(outputs["sdpa"], outputs["eager"], rtol=1e-5, atol=1e-6)
     with pytest.raises(ImportError, match="FlashAttention2"):  # supported by the model, not installed here
         MRLAlignModel.from_pretrained(tmp_path, attn_implementation="flash_attention_2")
+
+
+def test_processor_pads_on_the_right_a_bf16_conv_tower_takes_float32_pixels_and_t5_is_refused(tmp_path):
+    """A left-padding tokenizer was saved as is, and its batches moved a short caption's embedding by 0.06; a bf16
+    ConvNeXt / ResNet tower crashed on the processor's float32 pixels; a T5 text config built a random decoder."""
+    from transformers import T5Config
+
+    model = tiny_model().eval()
+    processor = tiny_processor(tmp_path)
+    processor.tokenizer.padding_side = "left"
+    model.processor = processor
+    model.save_pretrained(tmp_path / "model")
+    assert AutoProcessor.from_pretrained(tmp_path / "model").tokenizer.padding_side == "right"
+    assert processor.tokenizer.padding_side == "left"  # the user's object is left as it was
+    both = processor(text=["a photo of a shoe", "bag"], padding=True, return_tensors="pt")
+    alone = processor(text=["bag"], return_tensors="pt")
+    with torch.no_grad():
+        padded = model.get_text_features(both["input_ids"], both["attention_mask"])[1]
+        single = model.get_text_features(alone["input_ids"], alone["attention_mask"])[0]
+    torch.testing.assert_close(padded, single, atol=1e-6, rtol=0)
+    assert processor(images=[np.zeros((8, 8, 1), dtype=np.float32)], return_tensors="pt")["pixel_values"].shape[0] == 1
+    resnet = tiny_model(vision="resnet").eval().to(torch.bfloat16)
+    with torch.no_grad():
+        assert resnet.get_image_features(torch.randn(2, 1, 8, 8)).dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="'t5' config, an encoder-decoder family"):
+        MRLAlignConfig(text_config=T5Config(vocab_size=50, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2),
+                       vision_config=tiny_vit_config(), nesting_list=NESTING)

@@ -57,3 +57,10 @@ def test_a_vision_checkpoint_of_another_shape_gets_images_of_its_shape(tmp_path)
                                "--output-dir", ""])
     results = example.run(args)
     assert set(results) == {"MRL", "non-MRL"} and set(results["MRL"]) == {2, 4, 8, 16}
+
+
+def test_the_example_refuses_a_batch_larger_than_the_training_set(capsys):
+    """With incomplete batches dropped, no step ran and the Trainer failed with a message about max_steps."""
+    with pytest.raises(SystemExit):
+        load_example().parse_args(["--train-size", "4", "--batch-size", "8"])
+    assert "--batch-size 8 must be at least 2 and at most --train-size 4" in capsys.readouterr().err

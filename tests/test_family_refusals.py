@@ -69,10 +69,10 @@ def test_what_those_refusals_leave_alone():
     """Decoder-only families listed among seq2seq LMs (audio LMs: is_encoder_decoder false by default) and
     vision-language decoders that take text alone (Gemma 3) still build."""
     from mrl_hf.modeling import MRLModelForTextEmbedding, MRLTextEmbeddingConfig
-    from mrl_hf.modeling.auto_text import _is_seq2seq_family
+    from mrl_hf.modeling.auto_text import is_seq2seq_family
 
-    assert _is_seq2seq_family(AutoConfig.for_model("t5")) and _is_seq2seq_family(AutoConfig.for_model("bart"))
-    assert not any(_is_seq2seq_family(AutoConfig.for_model(t)) for t in ("qwen2_audio", "voxtral", "llava", "qwen3"))
+    assert is_seq2seq_family(AutoConfig.for_model("t5")) and is_seq2seq_family(AutoConfig.for_model("bart"))
+    assert not any(is_seq2seq_family(AutoConfig.for_model(t)) for t in ("qwen2_audio", "voxtral", "llava", "qwen3"))
     gemma3 = AutoConfig.for_model(
         "gemma3", text_config=dict(vocab_size=300, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                                    num_key_value_heads=1, head_dim=8, intermediate_size=32),

@@ -28,8 +28,9 @@ _KINDS = {
                                  ["sentence-similarity", "text-embeddings"]),
     "MRLModelForSequenceClassification": ("text-classification", "text feature", "a classifier input",
                                           ["text-classification"]),
-    "MRLAlignModel": ("zero-shot-image-classification", "image and text embedding", "an embedding",
-                      ["vision", "multimodal"]),
+    # no pipeline tag: transformers' zero-shot-image-classification pipeline cannot load it (the Hub would offer it)
+    "MRLAlignModel": (None, "image and text embedding", "an embedding", ["vision", "multimodal",
+                                                                        "zero-shot-image-classification"]),
 }
 
 
@@ -298,7 +299,9 @@ def render_model_card(
     )
 
 
-def _default_task(pipeline_tag: str) -> str:
+def _default_task(pipeline_tag: str | None) -> str:
+    if pipeline_tag is None:  # the ALIGN models: image-text retrieval and zero-shot classification
+        return "zero-shot-image-classification"
     return {"feature-extraction": "retrieval", "fill-mask": "fill-mask"}.get(pipeline_tag, pipeline_tag)
 
 

@@ -38,13 +38,13 @@ from ..config import MATRYOSHKA_KEYS, MatryoshkaConfigMixin
 from ..embeddings import truncate_embeddings
 from ..losses import nested_contrastive_loss, nested_cosine_similarities
 from ..nesting import validate_dim
-from .auto_text import build_backbone, text_hidden_size
+from .auto_text import build_backbone, is_seq2seq_family, text_hidden_size
 from .auto_vision import POOLING_MODES as VISION_POOLING_MODES
 from .auto_vision import build_image_backbone, image_width, pool_image, prefix_tokens
 from .base import MatryoshkaPreTrainedMixin
 from .gather import all_gather_with_grad
 from .text_common import POOLING_MODES as TEXT_POOLING_MODES
-from .text_common import pool
+from .text_common import pool, right_padding
 from .wrapped import backbone_class
 
 
@@ -120,6 +120,9 @@ class MRLAlignConfig(MatryoshkaConfigMixin, PretrainedConfig):
             if not isinstance(getattr(self, name), PretrainedConfig):
                 raise TypeError(f"{name} must be a transformers config (or a dict with its model_type), got "
                                 f"{type(getattr(self, name)).__name__}.")
+        if getattr(self.text_config, "is_encoder_decoder", False) or is_seq2seq_family(self.text_config):
+            raise ValueError(f"text_config is a {self.text_config.model_type!r} config, an encoder-decoder family: the "
+                             "text tower is an encoder or a decoder alone (AutoModel would build a random decoder).")
         for name, kind, takes in (("text_config", "text", "input_ids"), ("vision_config", "vision", "pixel_values")):
             tower = backbone_class(getattr(self, name))
             if takes not in inspect.signature(tower.forward).parameters:
@@ -154,6 +157,20 @@ class MRLAlignProcessor(ProcessorMixin):
 
     def __init__(self, image_processor=None, tokenizer=None, **kwargs):
         super().__init__(image_processor, tokenizer, **kwargs)
+
+    def save_pretrained(self, save_directory, **kwargs):
+        """Saves the tokenizer padding on the right, as ``MRLAlignModel`` reads texts (a text tower with absolute
+        positions counts left padding as positions)."""
+        tokenizer = self.tokenizer
+        self.tokenizer = right_padding(tokenizer)
+        try:
+            return super().save_pretrained(save_directory, **kwargs)
+        finally:
+            self.tokenizer = tokenizer
+
+    def __call__(self, *args, **kwargs):
+        kwargs.setdefault("padding_side", "right")  # as encode and the evaluators pad, whatever the tokenizer says
+        return super().__call__(*args, **kwargs)
 
 
 class MRLAlignPreTrainedModel(MatryoshkaPreTrainedMixin, PreTrainedModel):
@@ -258,6 +275,8 @@ class MRLAlignModel(MRLAlignPreTrainedModel):
         if pixel_values.shape[0] == 0:
             raise ValueError("pixel_values is an empty batch (0 images); skip empty batches "
                              "(e.g. dataloader_drop_last=True).")
+        if pixel_values.is_floating_point():  # the processor gives float32; a bf16 tower's convolutions need its dtype
+            pixel_values = pixel_values.to(self.visual_projection.weight.dtype)
         out = self.vision_model(pixel_values, return_dict=True)
         return self.visual_projection(pool_image(out, self.config.vision_pooling, self._vision_prefix_tokens))
 

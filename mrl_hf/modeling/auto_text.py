@@ -148,7 +148,7 @@ class MRLTextEmbeddingConfig(MatryoshkaConfigMixin, PretrainedConfig):
         if not isinstance(self.backbone_config, PretrainedConfig):
             raise TypeError(f"backbone_config must be a transformers config (or a dict with its model_type), got "
                             f"{type(self.backbone_config).__name__}.")
-        if getattr(self.backbone_config, "is_encoder_decoder", False) or _is_seq2seq_family(self.backbone_config):
+        if getattr(self.backbone_config, "is_encoder_decoder", False) or is_seq2seq_family(self.backbone_config):
             raise ValueError(f"the {self.backbone_config.model_type!r} backbone is an encoder-decoder model; "
                              "MRLModelForTextEmbedding pools the hidden states of an encoder or a decoder alone.")
         check_prompts(self.prompts, self.default_prompt_name)
@@ -171,7 +171,7 @@ class MRLTextEmbeddingOutput(ModelOutput):
     attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
-def _is_seq2seq_family(config: PretrainedConfig) -> bool:
+def is_seq2seq_family(config: PretrainedConfig) -> bool:
     """A family that is an encoder-decoder by default, even where this config says otherwise (T5EncoderModel saves
     ``is_encoder_decoder: false``, and AutoModel would still build the whole T5 with a random decoder)."""
     return getattr(type(config), "is_encoder_decoder", False) is True  # the class's default
