@@ -326,7 +326,8 @@ TASKS = ("query", "document")
 def check_task(task: str | None) -> str | None:
     """``task`` if it is ``None``, ``"query"`` or ``"document"`` (sentence-transformers' routes), else a ValueError."""
     if task is not None and task not in TASKS:
-        raise ValueError(f"task={task!r} is not supported; use 'query', 'document' or None (= 'document').")
+        raise ValueError(f"task={task!r} is not supported; use 'query', 'document' or None (an asymmetric adaptor "
+                         "takes None as 'document'; prompts take it as the default prompt).")
     return task
 
 

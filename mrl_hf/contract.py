@@ -171,6 +171,7 @@ def inspect_checkpoint(source: str | os.PathLike, revision: str | None = None, t
     default = _default_dim(config, st_config, dims, full_dim or (dims[-1] if dims else None), problems)
     normalization = _normalization(config, modules, kind, dims, full_dim, problems)
     precisions = _precisions(config, dims, problems)
+    _check_prompts(config, st_config, problems)
     missing_code = _missing_remote_code(config.get("auto_map"), files)
     if missing_code:
         problems.append(Problem(
@@ -185,6 +186,20 @@ def inspect_checkpoint(source: str | os.PathLike, revision: str | None = None, t
             "with mrl_hf (save_pretrained writes the remote code)."))
     return CheckpointReport(source=source, kind=kind, dims=dims, default_dim=default, full_dim=full_dim,
                             normalization=normalization, keys=keys, problems=problems, precisions=precisions)
+
+
+def _check_prompts(config: dict, st_config, problems: list[Problem]) -> None:
+    """mrl_hf and AutoModel read the prompts in config.json, sentence-transformers those of its own file."""
+    if not st_config or "prompts" not in config:
+        return
+    said = [({k: v for k, v in (source.get("prompts") or {}).items() if v}, source.get("default_prompt_name"))
+            for source in (config, st_config)]
+    if said[0] != said[1]:
+        problems.append(Problem(
+            f"the prompts differ by tool: config.json says {said[0][0]} (default {said[0][1]!r}; mrl_hf, AutoModel), "
+            f"config_sentence_transformers.json says {said[1][0]} (default {said[1][1]!r}; sentence-transformers).",
+            "write the same prompts into both files (mrl_hf's save_pretrained does: set model.config.prompts and "
+            "save again)."))
 
 
 def _missing_remote_code(auto_map, files: _Files) -> list[str]:

@@ -153,6 +153,7 @@ def finetune(model_path: str, train_pairs, nesting_list, *, epochs: float = 1.0,
                                  "--rotation-lr off).") from None
     if freeze_bottom is not None:
         freeze(model, freeze_bottom)
+    train_pairs = with_prompts(train_pairs, model.config)
     args = TrainingArguments(
         output_dir=output_dir or tempfile.mkdtemp(prefix="mrl_demo_"), per_device_train_batch_size=batch_size,
         num_train_epochs=epochs, max_steps=max_steps, learning_rate=lr, warmup_steps=0.1, seed=seed, logging_steps=10,
@@ -165,6 +166,23 @@ def finetune(model_path: str, train_pairs, nesting_list, *, epochs: float = 1.0,
                                                                                                   model.config))))
     trainer.train()
     return model.eval(), trainer
+
+
+def with_prompts(pairs, config):
+    """``pairs`` (dicts or a ``datasets.Dataset`` with ``anchor`` / ``positive`` / optional ``negative``) with the
+    model's query prompt before each anchor and its document prompt before each positive and negative, as
+    ``encode_query`` / ``encode_document`` will embed them (e5-style models); unchanged for a model without prompts."""
+    from .modeling.text_common import resolve_prompt
+
+    query, document = resolve_prompt(config, "query"), resolve_prompt(config, "document")
+    if not query and not document:
+        return pairs
+
+    def prompted(row):
+        return {**row, "anchor": query + row["anchor"], "positive": document + row["positive"],
+                **({"negative": document + row["negative"]} if row.get("negative") is not None else {})}
+
+    return pairs.map(prompted) if hasattr(pairs, "map") else [prompted(row) for row in pairs]
 
 
 def results_table(per_model: dict[str, dict[int, dict[str, float]]]):

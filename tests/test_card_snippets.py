@@ -143,3 +143,21 @@ def test_the_sentence_transformers_snippet_of_a_model_with_an_adaptor_mlp_runs(t
     namespace = {}
     exec(snippet, namespace)  # noqa: S102
     assert namespace["embeddings"].shape == (1, 8)
+
+
+@pytest.mark.parametrize("architecture", ["MRLBertModel", "MRLModelForTextEmbedding"])
+def test_snippets_of_a_model_with_prompts_embed_queries_as_queries(architecture, tmp_path):
+    """The card showed plain encode() and raw tokenisation for an e5-style model, whose queries need "query: "."""
+    from mrl_hf.hub.card import render_model_card
+
+    model = tiny(architecture)
+    model.config.prompts = {"query": "query: ", "document": "passage: "}
+    model.save_pretrained(tmp_path / "model")
+    card = render_model_card(model, str(tmp_path / "model")).text
+    assert "model.encode_query(" in card and 'tokenizer(["query: How do I reset my password?"]' in card
+    snippets = usage_snippets(architecture, str(tmp_path / "model"), DIM, remote_code=False, asymmetric=True,
+                              query_prompt="query: ", task_in_forward=False)
+    for name in ("mrl_hf_snippet", "transformers_snippet"):
+        namespace = {}
+        exec(snippets[name], namespace)  # noqa: S102
+    assert namespace["out"].truncated_embeddings.shape == (1, DIM)

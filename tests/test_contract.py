@@ -411,3 +411,16 @@ def test_inspect_sizes_vision_families_that_name_their_width_otherwise(tmp_path)
         folder = _write(tmp_path / family, {"config.json": {"model_type": family, **config,
                                                             "matryoshka_dimensions": [width // 2, width]}})
         assert inspect_checkpoint(folder).full_dim == width
+
+
+def test_inspect_flags_prompts_that_differ_by_tool(tmp_path):
+    model = tiny_text_model(prompts={"query": "query: "})
+    model.save_pretrained(tmp_path / "m")
+    assert inspect_checkpoint(str(tmp_path / "m")).ok  # a save writes both files alike
+    settings = read(tmp_path / "m" / "config_sentence_transformers.json")
+    settings["prompts"] = {"query": "question: ", "document": ""}
+    (tmp_path / "m" / "config_sentence_transformers.json").write_text(json.dumps(settings))
+    report = inspect_checkpoint(str(tmp_path / "m"))
+    assert len(report.problems) == 1 and "prompts differ by tool" in report.problems[0].message, str(report)
+    # mrl_hf reads its own save's config.json, as AutoModel does (not the edited sentence-transformers file)
+    assert MRLBertModel.from_pretrained(tmp_path / "m").config.prompts == {"query": "query: "}

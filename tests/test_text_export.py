@@ -283,3 +283,22 @@ def test_an_adaptor_fitted_for_a_model_with_prompts_sees_queries_as_served(tmp_p
     served = torch.nn.functional.normalize(torch.as_tensor(MRLBertModel.from_pretrained(source).encode_query(queries)),
                                            dim=-1).double().mean(0).float()
     torch.testing.assert_close(model.adaptor.query_mean, served, atol=1e-5, rtol=0)
+
+
+def test_recipes_train_a_model_with_prompts_on_prompted_pairs(tmp_path):
+    """mrl-hf train / recipes.finetune trained an e5-style model on bare texts, then scored and served it with its
+    prompts (hit@10 at 96 dims: 79.2 against 86.6 with prompted pairs, in the review's run)."""
+    from datasets import Dataset
+
+    from mrl_hf.recipes import finetune, with_prompts
+
+    pairs = [{"anchor": "how do cats sleep", "positive": "curled up", "negative": "loudly"}] * 4
+    model, trainer = finetune(str(_e5_style(tmp_path)), pairs, [96, 384], max_steps=1, batch_size=2, progress=False)
+    assert trainer.train_dataset[0] == {"anchor": "query: how do cats sleep", "positive": "curled up",
+                                        "negative": "loudly"}  # the folder has "passage", no "document" prompt
+    config = model.config
+    config.prompts = {"query": "q: ", "document": "d: "}
+    assert with_prompts(Dataset.from_list(pairs), config)[0] == {"anchor": "q: how do cats sleep",
+                                                                 "positive": "d: curled up", "negative": "d: loudly"}
+    config.prompts = None
+    assert with_prompts(pairs, config) is pairs

@@ -51,16 +51,19 @@ def _sample_dim(config) -> int:
 
 
 def usage_snippets(architecture: str, repo_id: str, dim: int, remote_code: bool,
-                   asymmetric: bool = False, adaptor_module: bool = False) -> dict[str, str | None]:
+                   asymmetric: bool = False, adaptor_module: bool = False,
+                   query_prompt: str = "", task_in_forward: bool | None = None) -> dict[str, str | None]:
     """Code for the card: ``mrl_hf_snippet``, ``transformers_snippet`` and ``st_snippet`` (None if not a text
-    embedding model). ``asymmetric``: the model's adaptor embeds queries on their own (``encode_query``).
-    ``adaptor_module``: its adaptor has an MLP, which the sentence-transformers export writes as a module file."""
+    embedding model). ``asymmetric``: queries and documents are embedded apart (``encode_query``: an asymmetric
+    adaptor, or prompts). ``adaptor_module``: its adaptor has an MLP, which the sentence-transformers export writes
+    as a module file. ``query_prompt``: what the model puts before a query (the raw transformers snippet adds it).
+    ``task_in_forward``: the forward takes ``task="query"`` (an asymmetric adaptor; default: ``asymmetric``)."""
     trust = ", trust_remote_code=True" if remote_code else ""
     register = "" if remote_code else "import mrl_hf.modeling  # registers the mrl_hf model types\n"
     if architecture in ("MRLBertModel", "MRLModelForTextEmbedding"):
-        query_task = ', task="query"' if asymmetric else ""
-        encode = (('queries = model.encode_query(["How do I reset my password?"], normalize=True)  # queries have '
-                   'their own centre\n'
+        query_task = ', task="query"' if (asymmetric if task_in_forward is None else task_in_forward) else ""
+        encode = (('queries = model.encode_query(["How do I reset my password?"], normalize=True)  # embedded as '
+                   'queries\n'
                    'documents = model.encode_document(["Open Settings, then Reset password."], normalize=True)\n'
                    f"print(queries.shape, documents.shape)  # (1, {dim}) (1, {dim})") if asymmetric else
                   ('embeddings = model.encode(["How do I reset my password?", "Where is my order?"], normalize=True)\n'
@@ -84,7 +87,8 @@ def usage_snippets(architecture: str, repo_id: str, dim: int, remote_code: bool,
                 f"{register}from transformers import AutoModel, AutoTokenizer\n\n"
                 f'model = AutoModel.from_pretrained("{repo_id}"{trust}, truncate_dim={dim})\n'
                 f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}")\n'
-                'batch = tokenizer(["How do I reset my password?"], padding=True, return_tensors="pt")\n'
+                f'batch = tokenizer(["{query_prompt}How do I reset my password?"], padding=True, return_tensors="pt")'
+                + ("  # with the query prompt\n" if query_prompt else "\n") +
                 f"out = model(**batch, normalize=True{query_task})\n"
                 f"out.truncated_embeddings  # (1, {dim}): the first {dim} dims, L2-normalised after slicing"),
             "st_intro": st_intro,
@@ -175,9 +179,23 @@ def precision_summary(config) -> str:
 
 
 def _asymmetric(config) -> bool:
-    from ..modeling.text_common import config_has_asymmetric_adaptor  # on use: the card module stays light
+    """Queries and documents are embedded apart: an asymmetric adaptor, or query / document prompts."""
+    from ..modeling.text_common import config_has_asymmetric_adaptor, resolve_prompt  # on use: stays light
+
+    return config_has_asymmetric_adaptor(config) or bool(resolve_prompt(config, "query")
+                                                         or resolve_prompt(config, "document"))
+
+
+def _asymmetric_adaptor(config) -> bool:
+    from ..modeling.text_common import config_has_asymmetric_adaptor
 
     return config_has_asymmetric_adaptor(config)
+
+
+def _query_prompt(config) -> str:
+    from ..modeling.text_common import resolve_prompt
+
+    return resolve_prompt(config, "query")
 
 
 def codes_snippet(architecture: str, repo_id: str, config) -> str | None:
@@ -295,7 +313,8 @@ def render_model_card(
         training=training, remote_code=remote_code, precisions=precision_summary(config),
         codes_snippet=codes_snippet(architecture, repo_id, config),
         **usage_snippets(architecture, repo_id, _sample_dim(config), remote_code, asymmetric=_asymmetric(config),
-                         adaptor_module=bool((getattr(config, "adaptor", None) or {}).get("hidden_dim"))),
+                         adaptor_module=bool((getattr(config, "adaptor", None) or {}).get("hidden_dim")),
+                         query_prompt=_query_prompt(config), task_in_forward=_asymmetric_adaptor(config)),
     )
 
 

@@ -105,6 +105,8 @@ def add_sentence_transformers_prompts(path, kwargs: dict) -> None:
     hub = _hub_kwargs(kwargs)
     if not isinstance(_read_json(path, "modules.json", hub), list):
         return
+    if str((_read_json(path, "config.json", hub) or {}).get("model_type", "")).startswith("mrl_"):
+        return  # an mrl_hf save: its config.json holds the prompts (mrl-hf inspect flags files that disagree)
     settings = _read_json(path, "config_sentence_transformers.json", hub) or {}
     saved = settings.get("prompts") if isinstance(settings.get("prompts"), dict) else {}
     prompts = {**saved, **(kwargs.get("prompts") or {})}
