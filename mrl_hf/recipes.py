@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numbers
 import random
+from collections.abc import Mapping
 import tempfile
 import warnings
 
@@ -178,9 +179,14 @@ def with_prompts(pairs, config):
     if not query and not document:
         return pairs
 
+    def add(prefix, text):  # anything but a string is left for the collator to refuse
+        return prefix + text if isinstance(text, str) else text
+
     def prompted(row):
-        return {**row, "anchor": query + row["anchor"], "positive": document + row["positive"],
-                **({"negative": document + row["negative"]} if row.get("negative") is not None else {})}
+        if not isinstance(row, Mapping):  # (anchor, positive[, negative]), as PairCollator takes them
+            return type(row)(add(query if i == 0 else document, text) for i, text in enumerate(row))
+        return {**row, "anchor": add(query, row.get("anchor")), "positive": add(document, row.get("positive")),
+                **({"negative": add(document, row["negative"])} if row.get("negative") is not None else {})}
 
     return pairs.map(prompted) if hasattr(pairs, "map") else [prompted(row) for row in pairs]
 

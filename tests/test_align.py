@@ -364,8 +364,12 @@ def test_processor_pads_on_the_right_a_bf16_conv_tower_takes_float32_pixels_and_
     processor = tiny_processor(tmp_path)
     processor.tokenizer.padding_side = "left"
     model.processor = processor
+    left = processor(text=["a photo of a shoe", "bag"], padding=True, text_kwargs={"padding_side": "left"})
+    assert left["input_ids"][1][0] == 0  # asked for left: padded on the left
     model.save_pretrained(tmp_path / "model")
-    assert AutoProcessor.from_pretrained(tmp_path / "model").tokenizer.padding_side == "right"
+    reloaded = AutoProcessor.from_pretrained(tmp_path / "model").tokenizer
+    assert reloaded.padding_side == "right"
+    assert reloaded(["a photo of a shoe", "bag"], padding=True)["input_ids"][1][-1] == 0  # the file says right too
     assert processor.tokenizer.padding_side == "left"  # the user's object is left as it was
     both = processor(text=["a photo of a shoe", "bag"], padding=True, return_tensors="pt")
     alone = processor(text=["bag"], return_tensors="pt")

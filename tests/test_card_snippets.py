@@ -161,3 +161,12 @@ def test_snippets_of_a_model_with_prompts_embed_queries_as_queries(architecture,
         namespace = {}
         exec(snippets[name], namespace)  # noqa: S102
     assert namespace["out"].truncated_embeddings.shape == (1, DIM)
+
+
+def test_an_instruction_prompt_with_a_newline_and_quotes_stays_valid_python(tmp_path):
+    """Qwen3-Embedding / e5-mistral style prompts ("Instruct: ...\\nQuery: ") broke the raw snippet's string."""
+    prompt = 'Instruct: find the "answer"\nQuery: '
+    snippets = usage_snippets("MRLModelForTextEmbedding", "me/x", DIM, remote_code=False, asymmetric=True,
+                              query_prompt=prompt, task_in_forward=False)
+    compile(snippets["transformers_snippet"], "<card>", "exec")
+    assert repr(prompt + "How do I reset my password?")[1:-1] in snippets["transformers_snippet"].replace('\\"', '"')

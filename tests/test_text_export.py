@@ -302,3 +302,20 @@ def test_recipes_train_a_model_with_prompts_on_prompted_pairs(tmp_path):
                                                                  "positive": "d: curled up", "negative": "d: loudly"}
     config.prompts = None
     assert with_prompts(pairs, config) is pairs
+
+
+def test_prompts_passed_when_loading_an_mrl_hf_save_merge_with_its_own(tmp_path):
+    model = MRLBertModel.from_pretrained(MINILM, prompts={"query": "query: ", "document": "passage: "})
+    model.save_pretrained(tmp_path / "m")
+    again = MRLBertModel.from_pretrained(tmp_path / "m", prompts={"query": "x: "})
+    assert again.config.prompts == {"query": "x: ", "document": "passage: "}
+
+
+def test_pairs_as_tuples_get_prompts_too():
+    from types import SimpleNamespace
+
+    from mrl_hf.recipes import with_prompts
+
+    config = SimpleNamespace(prompts={"query": "q: ", "document": "d: "}, default_prompt_name=None)
+    assert with_prompts([("a", "p"), ("a", "p", "n")], config) == [("q: a", "d: p"), ("q: a", "d: p", "d: n")]
+    assert with_prompts([{"anchor": None, "positive": "p"}], config) == [{"anchor": None, "positive": "d: p"}]

@@ -7,6 +7,7 @@ model's row (``model_method``) at every dim, one metric entry per (metric, dim) 
 """
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -87,7 +88,8 @@ def usage_snippets(architecture: str, repo_id: str, dim: int, remote_code: bool,
                 f"{register}from transformers import AutoModel, AutoTokenizer\n\n"
                 f'model = AutoModel.from_pretrained("{repo_id}"{trust}, truncate_dim={dim})\n'
                 f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}")\n'
-                f'batch = tokenizer(["{query_prompt}How do I reset my password?"], padding=True, return_tensors="pt")'
+                f"batch = tokenizer([{json.dumps(query_prompt + 'How do I reset my password?', ensure_ascii=False)}], "
+                'padding=True, return_tensors="pt")'
                 + ("  # with the query prompt\n" if query_prompt else "\n") +
                 f"out = model(**batch, normalize=True{query_task})\n"
                 f"out.truncated_embeddings  # (1, {dim}): the first {dim} dims, L2-normalised after slicing"),

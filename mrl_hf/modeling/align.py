@@ -169,7 +169,8 @@ class MRLAlignProcessor(ProcessorMixin):
             self.tokenizer = tokenizer
 
     def __call__(self, *args, **kwargs):
-        kwargs.setdefault("padding_side", "right")  # as encode and the evaluators pad, whatever the tokenizer says
+        if not any("padding_side" in (kwargs.get(group) or {}) for group in ("text_kwargs", "common_kwargs")):
+            kwargs.setdefault("padding_side", "right")  # as the evaluators pad, whatever the tokenizer says
         return super().__call__(*args, **kwargs)
 
 

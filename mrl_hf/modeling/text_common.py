@@ -99,15 +99,18 @@ def sentence_transformers_pooling(path, kwargs: dict, model_class: str, choices:
 
 
 def add_sentence_transformers_prompts(path, kwargs: dict) -> None:
-    """Put the prompts of a sentence-transformers folder (e5 / bge / nomic: ``{"query": "query: ", ...}``) into the
-    ``from_pretrained`` ``kwargs``, merged as sentence-transformers merges them: a ``prompts=`` passed wins name by
-    name, a ``default_prompt_name=`` passed (not None) wins; nothing for other folders or prompts all empty."""
+    """Put the prompts of a sentence-transformers folder (e5 / bge / nomic: ``{"query": "query: ", ...}``; an mrl_hf
+    save's own, from its config.json) into the ``from_pretrained`` ``kwargs``, merged as sentence-transformers merges
+    them: a ``prompts=`` passed wins name by name, a ``default_prompt_name=`` passed (not None) wins; nothing for
+    other folders or prompts all empty."""
     hub = _hub_kwargs(kwargs)
     if not isinstance(_read_json(path, "modules.json", hub), list):
         return
-    if str((_read_json(path, "config.json", hub) or {}).get("model_type", "")).startswith("mrl_"):
+    config = _read_json(path, "config.json", hub) or {}
+    own = str(config.get("model_type", "")).startswith("mrl_")
+    if own and "prompts" not in kwargs and "default_prompt_name" not in kwargs:
         return  # an mrl_hf save: its config.json holds the prompts (mrl-hf inspect flags files that disagree)
-    settings = _read_json(path, "config_sentence_transformers.json", hub) or {}
+    settings = config if own else (_read_json(path, "config_sentence_transformers.json", hub) or {})
     saved = settings.get("prompts") if isinstance(settings.get("prompts"), dict) else {}
     prompts = {**saved, **(kwargs.get("prompts") or {})}
     default = kwargs.get("default_prompt_name") or settings.get("default_prompt_name")
@@ -186,12 +189,17 @@ _POSITIONS_AFTER_PADDING = frozenset({"roberta", "xlm-roberta", "xlm-roberta-xl"
 def right_padding(tokenizer):
     """The tokenizer to save with a text model: padding on the right, as ``encode`` pads. sentence-transformers pads
     as the saved tokenizer says, and backbones with absolute positions (BERT) count left padding as positions."""
-    if getattr(tokenizer, "padding_side", "right") == "right":
+    backend = getattr(tokenizer, "_tokenizer", None)  # a fast tokenizer keeps the last call's padding, and saves it
+    left_backend = (getattr(backend, "padding", None) or {}).get("direction") == "left"
+    if getattr(tokenizer, "padding_side", "right") == "right" and not left_backend:
         return tokenizer
     import copy
 
     saved = copy.deepcopy(tokenizer)
     saved.padding_side = "right"
+    saved.init_kwargs["padding_side"] = "right"
+    if left_backend:
+        saved._tokenizer.no_padding()  # transformers pads each call as asked; the file must not say "left"
     return saved
 
 
