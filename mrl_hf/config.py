@@ -26,6 +26,9 @@ MATRYOSHKA_KEYS = (
 )
 
 
+FULL_SIZE_WARNING = r"matryoshka_dimensions=.* does not list the embedding size"  # the start of the message below
+
+
 def _with_full_size(sizes, full: int) -> list:
     """vLLM and Jina list the sizes a request may ask for; the full size needs no listing there, but ends a
     ``nesting_list``. It is added, with a warning, since the list's sizes then describe what mrl_hf trains."""

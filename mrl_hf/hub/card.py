@@ -180,24 +180,21 @@ def precision_summary(config) -> str:
     return "; ".join(parts)
 
 
-def _asymmetric(config) -> bool:
-    """Queries and documents are embedded apart: an asymmetric adaptor, or query / document prompts."""
-    from ..modeling.text_common import config_has_asymmetric_adaptor, resolve_prompt  # on use: stays light
-
-    return config_has_asymmetric_adaptor(config) or bool(resolve_prompt(config, "query")
-                                                         or resolve_prompt(config, "document"))
-
-
 def _asymmetric_adaptor(config) -> bool:
-    from ..modeling.text_common import config_has_asymmetric_adaptor
+    from ..modeling.text_common import config_has_asymmetric_adaptor  # on use: the card module stays light
 
     return config_has_asymmetric_adaptor(config)
 
 
-def _query_prompt(config) -> str:
+def _prompt(config, task: str) -> str:
     from ..modeling.text_common import resolve_prompt
 
-    return resolve_prompt(config, "query")
+    return resolve_prompt(config, task)
+
+
+def _asymmetric(config) -> bool:
+    """Queries and documents are embedded apart: an asymmetric adaptor, or query / document prompts."""
+    return _asymmetric_adaptor(config) or bool(_prompt(config, "query") or _prompt(config, "document"))
 
 
 def codes_snippet(architecture: str, repo_id: str, config) -> str | None:
@@ -316,7 +313,7 @@ def render_model_card(
         codes_snippet=codes_snippet(architecture, repo_id, config),
         **usage_snippets(architecture, repo_id, _sample_dim(config), remote_code, asymmetric=_asymmetric(config),
                          adaptor_module=bool((getattr(config, "adaptor", None) or {}).get("hidden_dim")),
-                         query_prompt=_query_prompt(config), task_in_forward=_asymmetric_adaptor(config)),
+                         query_prompt=_prompt(config, "query"), task_in_forward=_asymmetric_adaptor(config)),
     )
 
 

@@ -10,9 +10,8 @@ from pathlib import Path
 from transformers import PretrainedConfig
 from transformers import initialization as init
 
+from ..config import FULL_SIZE_WARNING
 from ..heads import MatryoshkaHead
-
-_FULL_SIZE_WARNING = r"matryoshka_dimensions=.* does not list the embedding size"  # mrl_hf.config
 
 
 class MatryoshkaPreTrainedMixin:
@@ -62,11 +61,11 @@ class MatryoshkaPreTrainedMixin:
                         kwargs["config"] = config
                 with warnings.catch_warnings():
                     if "nesting_list" in kwargs:  # the sizes asked for replace the file's list: no word about it
-                        warnings.filterwarnings("ignore", message=_FULL_SIZE_WARNING)
+                        warnings.filterwarnings("ignore", message=FULL_SIZE_WARNING)
                     result = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
                 model = result[0] if isinstance(result, tuple) else result
                 with warnings.catch_warnings():  # AutoTokenizer reads the config again: said once is enough
-                    warnings.filterwarnings("ignore", message=_FULL_SIZE_WARNING)
+                    warnings.filterwarnings("ignore", message=FULL_SIZE_WARNING)
                     model._load_extra_files(pretrained_model_name_or_path, kwargs)
                 return result
         except SafetensorError as exc:

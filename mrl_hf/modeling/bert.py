@@ -76,8 +76,9 @@ class MRLBertConfig(MatryoshkaConfigMixin, BertConfig):
     prompts / default_prompt_name: texts put before the inputs, as in sentence-transformers (e5-style
         ``{"query": "query: ", "document": "passage: "}``): ``encode_query`` uses ``"query"``, ``encode_document``
         ``"document"`` (as sentence-transformers loads them), ``encode`` the ``default_prompt_name``'s (none when
-        None); read from a sentence-transformers folder on load and written back on save. Training batches carry
-        the texts as given (add the prompts to them where the model expects them).
+        None); read from a sentence-transformers folder on load and written back on save. ``recipes.finetune``
+        (``mrl-hf train``) puts them into its training pairs; a collator of your own takes texts as given
+        (``mrl_hf.recipes.with_prompts``).
     """
 
     model_type = "mrl_bert"

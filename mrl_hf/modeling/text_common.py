@@ -141,12 +141,12 @@ def resolve_prompt(config, task: str | None = None, prompt_name: str | None = No
             raise TypeError(f"prompt={prompt!r} must be a str.")
         return prompt
     if prompt_name is not None:
-        if prompt_name not in prompts and prompt_name in ("query", "document"):  # sentence-transformers' defaults
+        if prompt_name in prompts:
+            return prompts[prompt_name]
+        if prompt_name in ("query", "document"):  # sentence-transformers' defaults: empty
             return ""
-        if prompt_name not in prompts:
-            raise ValueError(f"prompt_name={prompt_name!r} is not one of the model's prompts {sorted(prompts)}; "
-                             "pass prompt= with the text itself, or set config.prompts.")
-        return prompts[prompt_name]
+        raise ValueError(f"prompt_name={prompt_name!r} is not one of the model's prompts {sorted(prompts)}; "
+                         "pass prompt= with the text itself, or set config.prompts.")
     if task is not None:
         return prompts.get(task) or ""
     default = getattr(config, "default_prompt_name", None)
