@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import sys
-from math import comb
 
 import numpy as np
 import torch
@@ -50,23 +49,9 @@ def normalised(x: np.ndarray) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def random_tie_hit10(q: np.ndarray, c: np.ndarray, relevant) -> float:
-    """Expected Hamming hit@10 (%) when the candidates tied with the best relevant one are taken in random order."""
-    distance = ((q[:, None, :] > 0) != (c[None, :, :] > 0)).sum(-1)
-    hits = []
-    for row, rel in zip(distance, relevant):
-        mask = np.zeros(len(row), bool)
-        mask[list(rel) if not isinstance(rel, (int, np.integer)) else [rel]] = True
-        best = row[mask].min()
-        closer, tied = (row[~mask] < best).sum(), (row[~mask] == best).sum()
-        tied_relevant, slots = (row[mask] == best).sum(), 10 - closer
-        miss = 1.0 if slots <= 0 else (comb(tied, slots) / comb(tied + tied_relevant, slots) if slots <= tied else 0.0)
-        hits.append(1.0 - miss)
-    return 100 * float(np.mean(hits))
-
-
-def hit10(q: np.ndarray, c: np.ndarray, relevant, m: int, precision: str) -> float:
-    return 100 * quantized_retrieval_metrics(q, c, [m], (precision,), relevant=relevant)[precision][m]["hit@10"]
+def hit10(q: np.ndarray, c: np.ndarray, relevant, m: int, precision: str, ties: str = "against") -> float:
+    return 100 * quantized_retrieval_metrics(q, c, [m], (precision,), relevant=relevant,
+                                             ties=ties)[precision][m]["hit@10"]
 
 
 def learn_projection(anchors, positives, start: np.ndarray, surrogate: str, seed: int, epochs: int = 200):
@@ -116,7 +101,7 @@ def measure(model, train_pairs, queries, answers, relevant, seed: int) -> dict:
 def scores(q: np.ndarray, c: np.ndarray, relevant) -> dict:
     m = q.shape[1]
     return {"float32": hit10(q, c, relevant, m, "float32"), "binary": hit10(q, c, relevant, m, "binary"),
-            "binary, random ties": random_tie_hit10(q, c, relevant)}
+            "binary, random ties": hit10(q, c, relevant, m, "binary", ties="random")}
 
 
 def main():

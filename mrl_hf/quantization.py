@@ -400,23 +400,26 @@ def _code_scores(query_codes, corpus_codes, precision: str, ranges=None) -> torc
 def quantized_retrieval_metrics(query_embeddings, candidate_embeddings, dims: Sequence[int],
                                 precisions: Sequence[str] = ("float32", "int8", "binary"), relevant=None,
                                 ks: Sequence[int] = (1, 10), rescore: bool = False, rescore_k: int = 100,
-                                calibration_embeddings=None, asymmetric: bool = False
+                                calibration_embeddings=None, asymmetric: bool = False, ties: str = "against"
                                 ) -> dict[str, dict[int, dict[str, float]]]:
     """Query -> candidate retrieval at every ``(size, precision)``: ``{label: {m: {"hit@k": .., "mrr": ..}}}``.
 
     At size ``m`` each side is cut to ``m`` features and L2-normalised, then coded: float32 ranks by cosine, binary
     by Hamming distance of the packed sign bits, int8 by the inner product of dequantised codes with ranges
-    calibrated on ``calibration_embeddings`` (default: the candidates). A non-relevant candidate with the same
-    score as the best relevant one ranks above it, so a short binary code is not credited with a tie (and the
-    candidates' order does not matter). With ``rescore``, labels
+    calibrated on ``calibration_embeddings`` (default: the candidates). By default (``ties="against"``) a
+    non-relevant candidate with the same score as the best relevant one ranks above it, so a short binary code is not
+    credited with a tie (and the candidates' order does not matter); ``ties="random"`` gives the expectation when tied
+    candidates come in random order (what an engine that breaks ties by corpus position gives on average over corpus
+    orders). With ``rescore``, labels
     ``"<precision>+rescore"`` are added: the ``rescore_k`` best by codes are re-ranked by float32 cosine at the full
-    size; a relevant candidate outside that shortlist is a miss. With ``asymmetric``, each binary precision adds
+    size; a relevant candidate outside that shortlist is a miss (a tie at the shortlist's edge counts against it
+    under either ``ties``). With ``asymmetric``, each binary precision adds
     ``"<precision>-asymmetric"``: binary candidate codes scored with the float query (``asymmetric_binary_scores``).
     Values are fractions in [0, 1].
     """
     try:  # an evaluation tool: imported by absolute name, so the models' remote code does not copy it
         from mrl_hf.embeddings import _check_finite
-        from mrl_hf.evaluation.pairs import _relevance_mask, rank_metrics
+        from mrl_hf.evaluation.pairs import _relevance_mask, check_ties, rank_metrics
     except ImportError:
         raise ImportError("quantized_retrieval_metrics needs the mrl_hf package: pip install mrl-hf") from None
 
@@ -430,6 +433,7 @@ def quantized_retrieval_metrics(query_embeddings, candidate_embeddings, dims: Se
     _check_finite(torch.from_numpy(c), "candidate_embeddings")
     for p in precisions:
         check_code_precision(p)
+    check_ties(ties)
     relevance = _relevance_mask(relevant, len(q), len(c))
     calib = c if calibration_embeddings is None else np.asarray(calibration_embeddings, dtype=np.float32)
     full = _cosine(q, c, q.shape[1]) if rescore else None
@@ -444,13 +448,13 @@ def quantized_retrieval_metrics(query_embeddings, candidate_embeddings, dims: Se
             else:
                 ranges = quantization_ranges(_normalized(calib[:, :m])) if p.endswith("int8") else None
                 scores = _code_scores(quantize_embeddings(qm, p, ranges), quantize_embeddings(cm, p, ranges), p, ranges)
-            results.setdefault(p, {})[int(m)] = rank_metrics(scores, relevance, ks)
+            results.setdefault(p, {})[int(m)] = rank_metrics(scores, relevance, ks, ties)
             if asymmetric and p.endswith("binary"):
                 results.setdefault(f"{p}-asymmetric", {})[int(m)] = rank_metrics(
-                    asymmetric_binary_scores(qm, quantize_embeddings(cm, p), p), relevance, ks)
+                    asymmetric_binary_scores(qm, quantize_embeddings(cm, p), p), relevance, ks, ties)
             if rescore and p != FLOAT:
                 results.setdefault(f"{p}+rescore", {})[int(m)] = rank_metrics(
-                    _rescored(scores, full, rescore_k, relevance), relevance, ks)
+                    _rescored(scores, full, rescore_k, relevance), relevance, ks, ties)
     return results
 
 

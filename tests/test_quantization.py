@@ -1,6 +1,7 @@
 """Quantisation-aware Matryoshka: the surrogates' gradients, the float-only default unchanged, codes equal to
 sentence-transformers' quantize_embeddings, the precision metadata saved and read back, the evaluation tables and bad
 input. Tiny random models only (the proof run on real data is benchmarks/bench_quantization_aware.py)."""
+import itertools
 import json
 import warnings
 
@@ -16,7 +17,7 @@ from mrl_hf import MatryoshkaConfig
 from mrl_hf.contract import inspect_checkpoint
 from mrl_hf.distillation import MatryoshkaDistillationLoss, similarity_distillation_loss
 from mrl_hf.evaluation import ResultsTable
-from mrl_hf.evaluation.pairs import pair_retrieval_metrics
+from mrl_hf.evaluation.pairs import pair_retrieval_metrics, rank_metrics
 from mrl_hf.hub.card import render_model_card
 from mrl_hf.losses import MatryoshkaContrastiveLoss, nested_contrastive_loss, nested_cosine_similarities
 from mrl_hf.modeling import MRLBertConfig, MRLBertModel
@@ -387,6 +388,42 @@ def test_identical_codes_are_not_credited_as_hits():
                                           relevant=[relevant], ks=(1,), rescore=True, rescore_k=1)
         assert res["binary+rescore"][8] == {"hit@1": 0.0, "mrr": 0.0}, relevant
 
+
+
+def test_random_ties_give_the_expectation_over_every_order_of_the_candidates():
+    # identical codes: the answer is first with probability 1/5, its expected reciprocal rank is the mean of 1/1..1/5
+    same = np.ones((3, 8), dtype=np.float32)
+    res = quantized_retrieval_metrics(same, np.ones((5, 8), np.float32), [8], ["binary"], ks=(1, 2), ties="random")
+    assert res["binary"][8]["hit@1"] == pytest.approx(1 / 5) and res["binary"][8]["hit@2"] == pytest.approx(2 / 5)
+    assert res["binary"][8]["mrr"] == pytest.approx(np.mean(1 / np.arange(1, 6)))
+    # brute force on coarse scores, several relevant candidates and an unreachable (-inf) one: the mean over all
+    # 720 orders of ranks that break ties by order
+    rng = np.random.default_rng(1)
+    scores = torch.as_tensor(rng.integers(0, 3, (6, 6)), dtype=torch.float64)
+    relevance = torch.as_tensor(rng.random((6, 6)) < 0.35)
+    relevance[0] = False  # a query with nothing relevant counts as a miss
+    scores[1, relevance[1].nonzero()[0]] = float("-inf")
+    expected = {"hit@1": 0.0, "hit@3": 0.0, "mrr": 0.0}
+    orders = list(itertools.permutations(range(6)))
+    for order in orders:
+        position = np.argsort(order)
+        for row, rel in zip(scores.tolist(), relevance.tolist()):
+            ranked = sorted(range(6), key=lambda c: (-row[c], position[c]))
+            hits = [n for n, c in enumerate(ranked) if rel[c] and np.isfinite(row[c])]
+            if hits:
+                for k in (1, 3):
+                    expected[f"hit@{k}"] += (hits[0] < k) / (len(orders) * 6)
+                expected["mrr"] += 1 / (hits[0] + 1) / (len(orders) * 6)
+    got = rank_metrics(scores, relevance, (1, 3), ties="random")
+    assert got == pytest.approx(expected, abs=1e-12)
+    against = rank_metrics(scores, relevance, (1, 3))
+    assert all(against[k] < got[k] for k in got)  # ties against the answer: the lower bound
+    # float cosines do not tie: both rules give the same numbers
+    q, c = rng.normal(size=(20, 16)).astype(np.float32), rng.normal(size=(30, 16)).astype(np.float32)
+    assert quantized_retrieval_metrics(q, c, [16], ["float32"], relevant=list(range(20)), ties="random") == \
+        quantized_retrieval_metrics(q, c, [16], ["float32"], relevant=list(range(20)))
+    with pytest.raises(ValueError, match="ties='first' is not supported; choose 'against'"):
+        quantized_retrieval_metrics(q, c, [16], ["float32"], ties="first")
 
 # ---- metadata: config, save / load, contract, model card ---------------------------------------------------------
 

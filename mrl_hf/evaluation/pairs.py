@@ -43,14 +43,57 @@ def pair_query_ranks(
     return ranks
 
 
-def rank_metrics(scores: torch.Tensor, relevance: torch.Tensor, ks: Sequence[int]) -> dict[str, float]:
+TIES = ("against", "random")
+
+
+def check_ties(ties: str) -> str:
+    if ties not in TIES:
+        raise ValueError(f"ties={ties!r} is not supported; choose 'against' (a tie ranks the relevant candidate "
+                         "below) or 'random' (the expectation over the order of tied candidates).")
+    return ties
+
+
+def rank_metrics(scores: torch.Tensor, relevance: torch.Tensor, ks: Sequence[int],
+                 ties: str = "against") -> dict[str, float]:
     """``{"hit@k": .., "mrr": ..}`` (fractions) of ``scores`` ``(num_queries, num_candidates)``; a relevant candidate
-    whose score is not finite (cut from a re-scored shortlist) is a miss."""
+    whose score is not finite (cut from a re-scored shortlist) is a miss.
+
+    ``ties="against"``: a non-relevant candidate tied with the best relevant one ranks above it (a lower bound, and
+    what a coarse score must not be credited with). ``ties="random"``: the expectation when tied candidates come in
+    random order, what a search engine returns on average over the order of a corpus it breaks ties by."""
     hit = relevance & torch.isfinite(scores)
-    rank = best_relevant_rank(scores, hit).double()
     found = hit.any(1)
+    if check_ties(ties) == "random":
+        return _expected_rank_metrics(scores, hit, found, ks)
+    rank = best_relevant_rank(scores, hit).double()
     row = {f"hit@{k}": float(((rank < k) & found).double().mean()) for k in ks}
     row["mrr"] = float(torch.where(found, 1.0 / (rank + 1), 0.0).mean())
+    return row
+
+
+def _log_choose(n: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    return torch.lgamma(n + 1) - torch.lgamma(k + 1) - torch.lgamma(n - k + 1)
+
+
+def _expected_rank_metrics(scores: torch.Tensor, hit: torch.Tensor, found: torch.Tensor,
+                           ks: Sequence[int]) -> dict[str, float]:
+    """hit@k and MRR expected when the candidates tied with the best relevant one are taken in random order. With
+    ``above`` non-relevant candidates scoring higher, ``tied`` non-relevant and ``r`` relevant ones at the best
+    relevant score, the first relevant one is at position ``j`` (1-based) of the tied group with probability
+    ``C(tied + r - j, r - 1) / C(tied + r, r)``."""
+    best = scores.masked_fill(~hit, float("-inf")).max(1, keepdim=True).values
+    at_best = scores == best
+    above = ((scores > best) & ~hit).sum(1).double()
+    tied = (at_best & ~hit).sum(1).double()
+    r = (at_best & hit).sum(1).double().clamp(min=1)  # rows without a relevant candidate are zeroed below
+    j = torch.arange(1, int(tied.max()) + 2, dtype=torch.float64)[None, :]
+    possible = j <= tied[:, None] + 1
+    n, r = tied[:, None] + r[:, None], r[:, None]
+    log_p = _log_choose(n - j, (r - 1).expand(-1, j.shape[1])) - _log_choose(n, r)
+    p = torch.where(possible, log_p.exp(), 0.0)
+    rank = above[:, None] + j - 1
+    row = {f"hit@{k}": float(torch.where(found, (p * (rank < k)).sum(1), 0.0).mean()) for k in ks}
+    row["mrr"] = float(torch.where(found, (p / (rank + 1)).sum(1), 0.0).mean())
     return row
 
 
