@@ -233,6 +233,9 @@ def test_prompts_are_checked_and_a_pooling_without_them_is_refused(tmp_path):
         MRLBertModel.from_pretrained(MINILM, prompts={"q": "q: "}, default_prompt_name="passage")
     with pytest.raises(ValueError, match="must be a dict of prompt names to strings"):
         MRLBertModel.from_pretrained(MINILM, prompts={"query": 1})
+    for prompts in (["query: "], "query: "):  # a sentence-transformers folder merges them with its own: no TypeError
+        with pytest.raises(ValueError, match=r"prompts=.* must be a dict of prompt names to strings"):
+            MRLBertModel.from_pretrained(MINILM, prompts=prompts)
     source = _e5_style(tmp_path, pooling={"embedding_dimension": 384, "pooling_mode": "mean",
                                           "include_prompt": False})
     with pytest.raises(ValueError, match="include_prompt=False"):

@@ -103,6 +103,7 @@ def add_sentence_transformers_prompts(path, kwargs: dict) -> None:
     save's own, from its config.json) into the ``from_pretrained`` ``kwargs``, merged as sentence-transformers merges
     them: a ``prompts=`` passed wins name by name, a ``default_prompt_name=`` passed (not None) wins; nothing for
     other folders or prompts all empty."""
+    check_prompts(kwargs.get("prompts"), None)  # before merging: a list or a string names itself, not a TypeError
     hub = _hub_kwargs(kwargs)
     if not isinstance(_read_json(path, "modules.json", hub), list):
         return
