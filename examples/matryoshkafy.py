@@ -239,7 +239,7 @@ def main(argv=None) -> None:
                                           warmup_steps=0.1, logging_steps=10, save_strategy="no", report_to=[],
                                           use_cpu=not torch.cuda.is_available(), seed=0)
         trainer = MatryoshkaDistillationTrainer(model=student, args=training_args, train_dataset=data,
-                                                data_collator=DistillationCollator(student.tokenizer, max_length=128))
+                                                data_collator=DistillationCollator(student.tokenizer))
         trainer.train()
         trainer.save_model(os.path.join(args.output_dir, "self-distilled"))  # the Trainer picks one writer
         results["self-distilled encoder (+ PCA start)"] = evaluate(

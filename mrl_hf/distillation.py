@@ -15,6 +15,7 @@ differ. Pairs with labels can add ``nested_contrastive_loss`` on top (``contrast
 """
 from __future__ import annotations
 
+import warnings
 from typing import Sequence
 
 import torch
@@ -179,7 +180,14 @@ def add_teacher_embeddings(dataset, teacher, text_column: str = "text", batch_si
     in ``column``, so training steps never run the teacher. ``teacher`` is anything with
     ``encode(list_of_texts, batch_size=...)`` returning ``(N, D)`` (a ``SentenceTransformer``, an
     ``MRLBertModel``: at its full size, whatever its ``truncate_dim``), or a precomputed array with one row per
-    example."""
+    example.
+
+    The texts are embedded as they are, as ``DistillationCollator`` gives them to the student: a teacher's default
+    prompt is not put before them (``encode(..., prompt="")``). To distil an e5-style model on prompted inputs, put
+    the prompt into the texts, e.g. ``[model.config.prompts["query"] + text for text in texts]``.
+    """
+    import inspect
+
     import numpy as np
 
     if text_column not in dataset.column_names:
@@ -190,7 +198,12 @@ def add_teacher_embeddings(dataset, teacher, text_column: str = "text", batch_si
     if hasattr(teacher, "encode"):
         full = getattr(getattr(teacher, "config", None), "matryoshka_embedding_dim", None)
         size = {} if full is None else {"truncate_dim": full}  # an mrl_hf teacher at its full size, not its default
-        vectors = teacher.encode(list(dataset[text_column]), batch_size=batch_size, **size)
+        try:
+            takes_prompt = "prompt" in inspect.signature(teacher.encode).parameters
+        except (TypeError, ValueError):
+            takes_prompt = False
+        bare = {"prompt": ""} if takes_prompt else {}  # the student sees the texts without a prompt
+        vectors = teacher.encode(list(dataset[text_column]), batch_size=batch_size, **size, **bare)
     else:
         vectors = teacher
     if isinstance(vectors, torch.Tensor):  # bfloat16 (numpy has none) or a tensor that requires grad
@@ -209,13 +222,20 @@ class DistillationCollator:
     """Tokenize the text column and stack the teacher vectors (``add_teacher_embeddings``) into a batch.
 
     With ``positive_column`` (optional labelled pairs), also tokenizes each row's positive text as
-    ``positive_input_ids`` / ``positive_attention_mask`` for the supervised contrastive term.
+    ``positive_input_ids`` / ``positive_attention_mask`` for the supervised contrastive term. Texts are tokenized as
+    they are (no prompt is added) and cut at ``max_length`` tokens, by default the tokenizer's ``model_max_length``
+    (what ``encode`` reads, 256 for a sentence-transformers MiniLM), so that a teacher that encoded the same texts
+    saw the same tokens; pass the teacher's length where it reads fewer.
     """
 
     def __init__(self, tokenizer, text_column: str = "text", teacher_column: str = TEACHER_COLUMN,
-                 positive_column: str | None = None, max_length: int = 128):
+                 positive_column: str | None = None, max_length: int | None = None):
         self.tokenizer, self.text_column, self.teacher_column = tokenizer, text_column, teacher_column
-        self.positive_column, self.max_length = positive_column, max_length
+        self.positive_column = positive_column
+        if max_length is None:
+            limit = getattr(tokenizer, "model_max_length", None)
+            max_length = limit if isinstance(limit, int) and 0 < limit <= 1_000_000 else 512  # int(1e30): unstated
+        self.max_length = max_length
 
     def __call__(self, features) -> dict:
         if len(features) < 2:
@@ -261,11 +281,29 @@ class MatryoshkaDistillationTrainer(MRLTrainer):
             raise ValueError(f"distillation_loss.nesting_list={self.distillation_loss.nesting_list} differs "
                              f"from the model's nesting_list={config.nesting_list}; build the loss from it.")
         self.args.remove_unused_columns = False  # the collator needs the text and teacher columns
+        self._warn_if_texts_lack_prompts(config)
         self._check_last_batch(self.train_dataset, "training", "per_device_train_batch_size")
         evals = self.eval_dataset if isinstance(self.eval_dataset, dict) else {"": self.eval_dataset}
         for name, dataset in evals.items():  # before training: with eval_strategy="epoch" it failed after one
             self._check_last_batch(dataset, f"evaluation{f' ({name!r})' if name else ''}",
                                    "per_device_eval_batch_size")
+
+    def _warn_if_texts_lack_prompts(self, config) -> None:
+        """An e5-style student serves ``prompt + text`` (``encode_query`` / ``encode_document``), and
+        ``DistillationCollator`` adds no prompt: training on bare texts trains inputs the model is never given."""
+        prompts = tuple(p for p in (getattr(config, "prompts", None) or {}).values() if p)
+        collator = self.data_collator
+        if not prompts or not isinstance(collator, DistillationCollator) or self.train_dataset is None:
+            return
+        try:
+            texts = [self.train_dataset[i][collator.text_column] for i in range(min(8, len(self.train_dataset)))]
+        except (KeyError, TypeError, IndexError):  # an iterable dataset or other columns: the collator will say
+            return
+        if texts and not any(isinstance(t, str) and t.startswith(prompts) for t in texts):
+            warnings.warn(f"the model has prompts {config.prompts}, but the first training texts start with none of "
+                          "them: DistillationCollator (and add_teacher_embeddings) take the texts as they are, while "
+                          "encode_query / encode_document put the prompts before them. Put the prompt you serve with "
+                          "into the texts, e.g. [model.config.prompts['query'] + t for t in texts].", stacklevel=3)
 
     def _check_last_batch(self, dataset, what: str, batch_setting: str) -> None:
         rows = len(dataset) if hasattr(dataset, "__len__") else None

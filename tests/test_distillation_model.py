@@ -1,4 +1,5 @@
 """The full-model path: self-distilling an MRLBertModel through MRLTrainer, and an adaptor saved in a checkpoint."""
+import copy
 import warnings
 
 import numpy as np
@@ -106,6 +107,50 @@ def test_collator_and_trainer_reject_missing_teacher(tokenizer, tmp_path):
         stored = add_teacher_embeddings(Dataset.from_dict({"text": ["a", "b"]}), vectors)["teacher_embedding"]
         assert np.asarray(stored).shape == (2, 4)
 
+
+
+def test_teacher_and_student_see_the_same_tokens_whatever_the_prompts_and_lengths(tokenizer, tmp_path):
+    # a student identical to its teacher has nothing to learn: the collated batch embeds to the teacher's vectors,
+    # though the model has a default prompt (the teacher used to add it, the collator did not) and texts longer
+    # than the collator's old fixed 128 tokens (the teacher read 256)
+    model = _tiny_model(tokenizer).eval()
+    model.config.prompts, model.config.default_prompt_name = {"query": "query: "}, "query"
+    model.tokenizer = copy.deepcopy(tokenizer)
+    model.tokenizer.model_max_length = 256
+    texts = [" ".join([text] * 30) for text in TEXTS[:8]]  # about 150 tokens each
+    assert min(len(model.tokenizer(t)["input_ids"]) for t in texts) > 128
+    data = add_teacher_embeddings(Dataset.from_dict({"text": texts}), model)
+    np.testing.assert_allclose(np.asarray(data["teacher_embedding"]), model.encode(texts, prompt=""), atol=1e-6)
+    batch = DistillationCollator(model.tokenizer)([data[i] for i in range(len(data))])
+    assert batch["input_ids"].shape[1] == max(len(model.tokenizer(t)["input_ids"]) for t in texts)
+    with torch.no_grad():
+        student = model(batch["input_ids"], batch["attention_mask"], return_loss=False).embeddings
+    torch.testing.assert_close(student, batch["teacher_embeddings"], atol=1e-5, rtol=0)
+    # a SentenceTransformer-style teacher gets prompt="" too; one whose encode takes no prompt is called without it
+    calls = []
+
+    class Teacher:
+        def encode(self, texts, batch_size=64, prompt=None):
+            calls.append(prompt)
+            return np.ones((len(texts), 4), np.float32)
+
+    class PlainTeacher:
+        def encode(self, texts, batch_size=64):
+            return np.ones((len(texts), 4), np.float32)
+
+    add_teacher_embeddings(Dataset.from_dict({"text": ["a", "b"]}), Teacher())
+    add_teacher_embeddings(Dataset.from_dict({"text": ["a", "b"]}), PlainTeacher())
+    assert calls == [""]
+    # the trainer says when an e5-style student would train on texts without the prompts it serves with
+    args = TrainingArguments(str(tmp_path), per_device_train_batch_size=4, report_to=[], use_cpu=True)
+    with pytest.warns(UserWarning, match=r"the model has prompts \{'query': 'query: '\}.*start with none of them"):
+        MatryoshkaDistillationTrainer(model=model, args=args, train_dataset=data,
+                                      data_collator=DistillationCollator(model.tokenizer))
+    prompted = add_teacher_embeddings(Dataset.from_dict({"text": ["query: " + t for t in TEXTS[:8]]}), model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        MatryoshkaDistillationTrainer(model=model, args=args, train_dataset=prompted,
+                                      data_collator=DistillationCollator(model.tokenizer))
 
 def test_supervised_pairs_mix_into_the_trainer_loss(tokenizer, tmp_path):
     teacher = np.random.default_rng(0).normal(size=(8, 16)).astype(np.float32)
