@@ -18,6 +18,7 @@ import copy
 import json
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -451,4 +452,17 @@ def attach_adaptor(model, adaptor: MatryoshkaAdaptor):
     config.adaptor = adaptor.init_kwargs()
     config.nesting_list = list(adaptor.nesting_list)
     config.validate_matryoshka()
+    keep_default_size_trained(model)
     return model
+
+
+def keep_default_size_trained(model) -> None:
+    """A default size (``config.truncate_dim``) that a new ``nesting_list`` leaves out would be served but not
+    trained (``mrl-hf inspect`` flags such a save, vLLM refuses it): the model then serves its full size by default,
+    and says so."""
+    default, dims = model.config.truncate_dim, list(model.config.nesting_list)
+    if default is not None and default not in dims:
+        model.config.truncate_dim = None
+        warnings.warn(f"the model's default size truncate_dim={default} is not in nesting_list={dims}, so it "
+                      "is not trained; the model now serves its full size by default (set "
+                      "model.config.truncate_dim to one of the trained sizes).", UserWarning, stacklevel=3)

@@ -7,7 +7,6 @@ import numbers
 import random
 from collections.abc import Mapping
 import tempfile
-import warnings
 
 BASE_MODEL_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
 NESTING = [12, 24, 48, 96, 192, 384]  # the halving list of MiniLM's 384 dims
@@ -40,17 +39,6 @@ def checkpoint_nesting_list(model_path: str) -> list[int]:
         return list(own)
     width = getattr(config, "embedding_dim", None) or config.hidden_size
     return halving_nesting_list(width, min_dim=min(8, width))
-
-
-def _keep_default_size_trained(model) -> None:
-    """A checkpoint's default size (``truncate_dim``) that a new ``nesting_list`` leaves out would be served but not
-    trained (``mrl-hf inspect`` flags such a save): the model then serves its full size by default, and says so."""
-    default, dims = model.config.truncate_dim, list(model.config.nesting_list)
-    if default is not None and default not in dims:
-        model.config.truncate_dim = None
-        warnings.warn(f"the checkpoint's default size truncate_dim={default} is not in nesting_list={dims}, so it "
-                      "would not be trained; the model now serves its full size by default (set "
-                      "model.config.truncate_dim to one of the trained sizes).", UserWarning, stacklevel=3)
 
 
 def packaged_minilm() -> str:
@@ -129,6 +117,7 @@ def finetune(model_path: str, train_pairs, nesting_list, *, epochs: float = 1.0,
     import torch
     from transformers import TrainingArguments
 
+    from .adaptor import keep_default_size_trained
     from .data.collator import PairCollator
     from .freezing import freeze_bottom as freeze
     from .modeling import MRLBertModel
@@ -140,7 +129,7 @@ def finetune(model_path: str, train_pairs, nesting_list, *, epochs: float = 1.0,
         precisions=precisions, quantization_weight=quantization_weight, binary_surrogate=binary_surrogate)
     model = MRLBertModel.from_pretrained(model_path, nesting_list=nesting_list,
                                          embed_duplicates_once=embed_duplicates_once, **quantization)
-    _keep_default_size_trained(model)
+    keep_default_size_trained(model)
     if rotation_learning_rate is not None:
         if model.projection is None:
             add_output_rotation(model)
@@ -287,7 +276,7 @@ def matryoshkafy_corpus(texts, model_path: str | None = None, nesting_list=None,
 
     import numpy as np
 
-    from .adaptor import MatryoshkaAdaptor, attach_adaptor, pca_rotation, task_kwargs
+    from .adaptor import MatryoshkaAdaptor, attach_adaptor, keep_default_size_trained, pca_rotation, task_kwargs
     from .evaluation.table import ResultsTable
     from .modeling import MRLBertModel
 
@@ -304,7 +293,7 @@ def matryoshkafy_corpus(texts, model_path: str | None = None, nesting_list=None,
                              "hundreds), or leave queries out for a symmetric adaptor.")
     model = MRLBertModel.from_pretrained(model_path or packaged_minilm(),
                                          **({"nesting_list": list(nesting_list)} if nesting_list else {})).eval()
-    _keep_default_size_trained(model)
+    keep_default_size_trained(model)
     dims = list(model.config.nesting_list)
     full = model.config.matryoshka_embedding_dim
 

@@ -240,3 +240,20 @@ def test_a_refused_attach_leaves_the_model_as_it_was(tmp_path):
     with pytest.raises(TypeError, match="no adaptor slot"):
         attach_adaptor(MRLBertForMaskedLM(MRLBertConfig(**tiny, nesting_list=[8, 16, 32])),
                        MatryoshkaAdaptor(32, [8, 16, 32], hidden_dim=0))
+
+
+def test_attaching_an_adaptor_without_the_default_size_serves_the_full_size_and_says_so(tmp_path):
+    from mrl_hf.adaptor import attach_adaptor
+    from mrl_hf.contract import inspect_checkpoint
+    from mrl_hf.modeling import MRLBertConfig, MRLBertModel
+
+    tiny = dict(vocab_size=60, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    model = MRLBertModel(MRLBertConfig(**tiny, nesting_list=[8, 16, 32], truncate_dim=8))
+    with pytest.warns(UserWarning, match=r"truncate_dim=8 is not in nesting_list=\[4, 16, 32\].*full size"):
+        attach_adaptor(model, MatryoshkaAdaptor(32, [4, 16, 32], hidden_dim=0))
+    assert model.config.truncate_dim is None
+    model.save_pretrained(tmp_path)  # mrl-hf inspect flagged the untrained default size (and vLLM refuses it)
+    assert not [p for p in inspect_checkpoint(tmp_path).problems if "truncate_dim" in str(p)]
+    kept = MRLBertModel(MRLBertConfig(**tiny, nesting_list=[8, 16, 32], truncate_dim=16))
+    attach_adaptor(kept, MatryoshkaAdaptor(32, [4, 16, 32], hidden_dim=0))
+    assert kept.config.truncate_dim == 16
