@@ -121,3 +121,14 @@ def principal_axes(x: torch.Tensor, center: bool = True) -> tuple[torch.Tensor, 
     centred = x - mean
     _, vectors = torch.linalg.eigh(centred.T @ centred / x.shape[0])  # ascending eigenvalues
     return mean, vectors.flip(1).T
+
+
+def inner_products(queries, candidates):
+    """``queries @ candidates.T`` (numpy arrays or tensors, in their dtype) in which identical candidate rows score
+    exactly alike. A BLAS product rounds a row's dot products differently depending on where the row sits, so two
+    copies of one vector could rank apart, by position, where a tie rule (or "ties by corpus order") says they tie."""
+    if isinstance(candidates, torch.Tensor):
+        unique, inverse = torch.unique(candidates, dim=0, return_inverse=True)
+        return (queries @ unique.T)[:, inverse.reshape(-1)]
+    unique, inverse = np.unique(candidates, axis=0, return_inverse=True)
+    return (queries @ unique.T)[:, inverse.reshape(-1)]

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .embeddings import inner_products
 from .nesting import validate_nesting_list
 
 FLOAT = "float32"
@@ -256,6 +257,18 @@ def _code_bytes(codes, name: str) -> np.ndarray:
     return (codes.astype(np.int64) & 0xFF).astype(np.uint8)
 
 
+def _check_binary_kind(codes, precision: str | None, name: str) -> str | None:
+    """The binary precision that ``codes``' dtype says (int8: ``"binary"``, uint8: ``"ubinary"``; None for codes held
+    in another integer type), refusing a ``precision`` that contradicts it: ``"binary"`` bytes are the packed bits
+    minus 128, so reading one kind as the other flips every byte's top bit."""
+    dtype = _as_numpy(codes).dtype
+    kind = {np.dtype(np.int8): "binary", np.dtype(np.uint8): "ubinary"}.get(dtype)
+    if precision is not None and kind is not None and precision != kind:
+        raise ValueError(f"{name} are {dtype} ({kind!r} codes) but precision={precision!r}; pass "
+                         f"precision={kind!r}, or quantise both sides with the same precision.")
+    return kind
+
+
 def _check_integer_codes(codes: np.ndarray, low: int, high: int, what: str) -> None:
     if codes.dtype.kind not in "iu":
         raise ValueError(f"{what} must be integers in {low}..{high}, got {codes.dtype}.")
@@ -317,6 +330,9 @@ def dequantize_embeddings(codes, ranges, precision: str | None = None) -> np.nda
         raise ValueError(f"precision={precision!r}; dequantize_embeddings takes 'int8' or 'uint8' codes.")
     _check_integer_codes(codes, *((-128, 127) if precision == "int8" else (0, 255)), f"{precision} codes")
     ranges = _as_numpy(ranges).astype(np.float32, copy=False)
+    if ranges.shape != (2, codes.shape[-1]):
+        raise ValueError(f"ranges has shape {ranges.shape}; expected (2, {codes.shape[-1]}): the min and max of each "
+                         "feature the codes were quantised with.")
     steps = (ranges[1] - ranges[0]) / 255
     steps = np.where(steps == 0, 1, steps)
     levels = codes.astype(np.float64) + (128 if precision == "int8" else 0)
@@ -329,6 +345,7 @@ _POPCOUNT = torch.tensor([i.bit_count() for i in range(256)], dtype=torch.int32)
 def hamming_distances(query_codes, corpus_codes) -> torch.Tensor:
     """``(n_queries, n_corpus)`` Hamming distances between packed binary codes (``"binary"`` or ``"ubinary"``:
     the -128 offset of ``"binary"`` flips the same bit on both sides, so both give the same distances)."""
+    _check_binary_kind(corpus_codes, _check_binary_kind(query_codes, None, "query codes"), "corpus codes")
     q = torch.as_tensor(_code_bytes(query_codes, "query codes"))
     c = torch.as_tensor(_code_bytes(corpus_codes, "corpus codes"))
     if q.ndim != 2 or c.ndim != 2 or q.shape[1] != c.shape[1]:
@@ -341,12 +358,19 @@ def hamming_distances(query_codes, corpus_codes) -> torch.Tensor:
     return out
 
 
-def asymmetric_binary_scores(queries, corpus_codes, precision: str = "ubinary") -> torch.Tensor:
+def asymmetric_binary_scores(queries, corpus_codes, precision: str | None = None) -> torch.Tensor:
     """``(n_queries, n_corpus)`` inner products of float ``queries`` with the +-1 vectors that packed binary corpus
     codes stand for: the corpus is stored as bits, the query is not binarised (asymmetric scoring, as in Qdrant's
     binary quantization with a float query). ``queries`` are the same prefix as the codes (``dim`` features in
     ``ceil(dim / 8)`` bytes, as ``quantize_embeddings`` packs them), normalised or not (the ranking per query is the
-    same)."""
+    same). The codes' dtype says ``"binary"`` (int8) or ``"ubinary"`` (uint8); codes held in another integer type
+    need ``precision``."""
+    kind = _check_binary_kind(corpus_codes, precision, "corpus codes")
+    precision = precision or kind
+    if precision not in ("binary", "ubinary"):
+        raise ValueError(f"corpus codes are {_as_numpy(corpus_codes).dtype}, so whether they are 'binary' (int8) or "
+                         "'ubinary' (uint8) codes is not known; pass precision='binary' or 'ubinary'."
+                         if precision is None else f"precision={precision!r}; binary codes are 'binary' or 'ubinary'.")
     q = _as_numpy(queries).astype(np.float64)
     codes = _code_bytes(corpus_codes, "corpus codes")
     if precision == "binary":  # sentence-transformers' int8 "binary" codes are the packed bytes minus 128
@@ -356,7 +380,7 @@ def asymmetric_binary_scores(queries, corpus_codes, precision: str = "ubinary") 
                          f"per byte, the last byte zero-padded): cut the float queries to the codes' size "
                          f"({8 * codes.shape[-1] - 7}-{8 * codes.shape[-1]} dims).")
     signs = np.unpackbits(codes, axis=1, count=q.shape[1]).astype(np.float64) * 2 - 1
-    return torch.as_tensor(q @ signs.T)
+    return torch.as_tensor(inner_products(q, signs))
 
 
 def search_codes(query_codes, corpus_codes, precision: str, top_k: int = 10, ranges=None):
@@ -370,11 +394,15 @@ def search_codes(query_codes, corpus_codes, precision: str, top_k: int = 10, ran
     ``sentence_transformers.quantization.semantic_search_faiss``.
     """
     check_code_precision(precision)
+    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
+        raise ValueError(f"top_k={top_k!r} must be an int >= 1.")
     query_codes = _as_numpy(query_codes)
     if query_codes.ndim == 1:  # one query, as encode("a text", precision=...) gives it
         query_codes = query_codes[None, :]
+    if query_codes.dtype.kind == "f" and not np.isfinite(query_codes).all():
+        raise ValueError("the queries contain NaN or inf; a NaN score would rank arbitrarily. Check the embeddings.")
     scores = _code_scores(query_codes, corpus_codes, precision, ranges)
-    top_k = max(1, min(int(top_k), scores.shape[1]))
+    top_k = min(int(top_k), scores.shape[1])
     order = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :top_k]
     return scores.gather(1, order).numpy(), order.numpy()
 
@@ -383,6 +411,8 @@ def _code_scores(query_codes, corpus_codes, precision: str, ranges=None) -> torc
     if precision in ("binary", "ubinary") and _as_numpy(query_codes).dtype.kind == "f":
         return asymmetric_binary_scores(query_codes, corpus_codes, precision)
     if precision in ("binary", "ubinary"):
+        _check_binary_kind(query_codes, precision, "query codes")
+        _check_binary_kind(corpus_codes, precision, "corpus codes")
         return -hamming_distances(query_codes, corpus_codes).float()
     if precision in ("int8", "uint8"):
         if ranges is None:
@@ -390,9 +420,8 @@ def _code_scores(query_codes, corpus_codes, precision: str, ranges=None) -> torc
                              "quantised with (quantization_ranges(calibration_embeddings)).")
         query_codes = dequantize_embeddings(query_codes, ranges, precision)
         corpus_codes = dequantize_embeddings(corpus_codes, ranges, precision)
-    q = torch.as_tensor(_as_numpy(query_codes).astype(np.float64))
-    c = torch.as_tensor(_as_numpy(corpus_codes).astype(np.float64))
-    return q @ c.T
+    q, c = _as_numpy(query_codes).astype(np.float64), _as_numpy(corpus_codes).astype(np.float64)
+    return torch.as_tensor(inner_products(q, c))
 
 
 # ---- evaluation: one table per (size, precision) ----------------------------------------------------------------
@@ -439,12 +468,12 @@ def quantized_retrieval_metrics(query_embeddings, candidate_embeddings, dims: Se
     full = _cosine(q, c, q.shape[1]) if rescore else None
     results: dict[str, dict[int, dict[str, float]]] = {}
     for m in dims:
-        if not 1 <= int(m) <= q.shape[1]:
-            raise ValueError(f"dim={m} is out of range; choose sizes in 1..{q.shape[1]}.")
+        if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or not 1 <= m <= q.shape[1]:
+            raise ValueError(f"dim={m!r} must be an int in 1..{q.shape[1]} (the embeddings' size).")
         qm, cm = _normalized(q[:, :m]), _normalized(c[:, :m])
         for p in precisions:
             if p == FLOAT:
-                scores = torch.as_tensor(qm @ cm.T, dtype=torch.float64)
+                scores = torch.as_tensor(inner_products(qm, cm), dtype=torch.float64)
             else:
                 ranges = quantization_ranges(_normalized(calib[:, :m])) if p.endswith("int8") else None
                 scores = _code_scores(quantize_embeddings(qm, p, ranges), quantize_embeddings(cm, p, ranges), p, ranges)
@@ -463,7 +492,7 @@ def _normalized(x: np.ndarray) -> np.ndarray:
 
 
 def _cosine(q: np.ndarray, c: np.ndarray, m: int) -> torch.Tensor:
-    return torch.as_tensor(_normalized(q[:, :m]) @ _normalized(c[:, :m]).T, dtype=torch.float64)
+    return torch.as_tensor(inner_products(_normalized(q[:, :m]), _normalized(c[:, :m])), dtype=torch.float64)
 
 
 def _rescored(code_scores: torch.Tensor, float_scores: torch.Tensor, k: int, relevance: torch.Tensor) -> torch.Tensor:

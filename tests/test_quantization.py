@@ -425,6 +425,69 @@ def test_random_ties_give_the_expectation_over_every_order_of_the_candidates():
     with pytest.raises(ValueError, match="ties='first' is not supported; choose 'against'"):
         quantized_retrieval_metrics(q, c, [16], ["float32"], ties="first")
 
+
+def test_identical_candidates_score_alike_wherever_they_sit():
+    # a BLAS product rounds a row's dot products by where the row sits: a copy of the answer (not relevant) ranked
+    # below or above it by position, so the tie rule and "ties by corpus order" depended on the order
+    rng = np.random.default_rng(0)
+    c = rng.standard_normal((50, 24)).astype(np.float32)
+    q = c[:15] + 0.5 * rng.standard_normal((15, 24)).astype(np.float32)
+    c[49] = c[3]
+    swap = np.r_[0:3, 49, 4:49, 3]
+    kw = dict(precisions=("float32", "int8", "binary"), ks=(1,), rescore=True, rescore_k=10, asymmetric=True)
+    forward = quantized_retrieval_metrics(q, c, [8, 24], relevant=list(range(15)), **kw)
+    swapped = quantized_retrieval_metrics(q, c[swap], [8, 24], relevant=[49 if i == 3 else i for i in range(15)], **kw)
+    assert forward == swapped
+    assert pair_retrieval_metrics(q, c, [8, 24], ks=(1,)) == \
+        pair_retrieval_metrics(q, c[swap], [8, 24], [49 if i == 3 else i for i in range(15)], ks=(1,))
+    # search_codes: identical int8 codes (and binary codes scored with a float query) tie, in corpus order
+    rng = np.random.default_rng(1)
+    corpus, queries = rng.standard_normal((50, 24)).astype(np.float32), rng.standard_normal((7, 24)).astype(np.float32)
+    corpus[37] = corpus[49] = corpus[2]
+    ranges = quantization_ranges(corpus)
+    for precision, query, codes, extra in [
+            ("int8", quantize_embeddings(queries, "int8", ranges), quantize_embeddings(corpus, "int8", ranges),
+             {"ranges": ranges}),
+            ("ubinary", queries, quantize_embeddings(corpus, "ubinary"), {})]:
+        scores, ids = search_codes(query, codes, precision, top_k=50, **extra)
+        for row_scores, row in zip(scores, ids):
+            at = [int(np.flatnonzero(row == j)[0]) for j in (2, 37, 49)]
+            assert at == [at[0], at[0] + 1, at[0] + 2] and len(set(row_scores[at])) == 1, precision
+
+
+def test_binary_codes_of_the_other_kind_are_refused_not_misread():
+    rng = np.random.default_rng(0)
+    corpus, queries = rng.normal(size=(20, 16)).astype(np.float32), rng.normal(size=(3, 16)).astype(np.float32)
+    signed, unsigned = quantize_embeddings(corpus, "binary"), quantize_embeddings(corpus, "ubinary")
+    # the dtype says which codes they are: "binary" codes no longer read as "ubinary" by default
+    np.testing.assert_array_equal(asymmetric_binary_scores(queries, signed), asymmetric_binary_scores(queries, unsigned))
+    with pytest.raises(ValueError, match=r"corpus codes are int8 \('binary' codes\) but precision='ubinary'"):
+        asymmetric_binary_scores(queries, signed, "ubinary")
+    with pytest.raises(ValueError, match=r"corpus codes are int8 \('binary' codes\) but precision='ubinary'"):
+        search_codes(queries, signed, "ubinary")
+    with pytest.raises(ValueError, match="pass precision='binary' or 'ubinary'"):
+        asymmetric_binary_scores(queries, unsigned.tolist())
+    np.testing.assert_array_equal(asymmetric_binary_scores(queries, unsigned.tolist(), "ubinary"),
+                                  asymmetric_binary_scores(queries, unsigned))
+    # Hamming distance of int8 against uint8 codes flipped every byte's top bit on one side
+    with pytest.raises(ValueError, match=r"corpus codes are uint8 \('ubinary' codes\) but precision='binary'"):
+        hamming_distances(quantize_embeddings(queries, "binary"), unsigned)
+    with pytest.raises(ValueError, match=r"query codes are int8 \('binary' codes\) but precision='ubinary'"):
+        search_codes(quantize_embeddings(queries, "binary"), unsigned, "ubinary")
+    # and other input that used to pass silently
+    with pytest.raises(ValueError, match=r"top_k=0 must be an int >= 1"):
+        search_codes(quantize_embeddings(queries, "ubinary"), unsigned, "ubinary", top_k=0)
+    nan = queries.copy()
+    nan[0, 0] = np.nan
+    with pytest.raises(ValueError, match="queries contain NaN"):
+        search_codes(nan, unsigned, "ubinary")
+    ranges = quantization_ranges(corpus)
+    with pytest.raises(ValueError, match=r"ranges has shape \(2, 1\); expected \(2, 16\)"):
+        search_codes(quantize_embeddings(queries, "int8", ranges), quantize_embeddings(corpus, "int8", ranges), "int8",
+                     ranges=ranges[:, :1])
+    with pytest.raises(ValueError, match=r"dim=8.5 must be an int in 1..16"):
+        quantized_retrieval_metrics(queries, corpus[:3], [8.5], ["binary"])
+
 # ---- metadata: config, save / load, contract, model card ---------------------------------------------------------
 
 def test_precisions_are_saved_loaded_and_written_into_the_card(tokenizer, tmp_path):

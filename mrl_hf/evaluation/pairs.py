@@ -12,7 +12,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
-from ..embeddings import _check_finite, truncate_embeddings
+from ..embeddings import _check_finite, inner_products, truncate_embeddings
 from ..nesting import validate_dim
 
 
@@ -38,7 +38,7 @@ def pair_query_ranks(
     ranks = {}
     for m in dims:
         m = validate_dim(m, q.shape[1], name="dim")
-        sims = truncate_embeddings(q, m, normalize=True) @ truncate_embeddings(c, m, normalize=True).T
+        sims = inner_products(truncate_embeddings(q, m, normalize=True), truncate_embeddings(c, m, normalize=True))
         ranks[m] = best_relevant_rank(sims, relevance)
     return ranks
 
