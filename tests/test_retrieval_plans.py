@@ -89,6 +89,7 @@ def test_pq4_codes_are_fast_scan_product_quantisation_of_the_prefix(index, data,
 def test_binary_asymmetric_plans_score_the_sign_bits_with_the_float_query(index, data, exact):
     from mrl_hf.quantization import asymmetric_binary_scores, quantize_embeddings
     from mrl_hf.retrieval._inputs import prefix
+    from mrl_hf.retrieval.codes import sign_bits
 
     db, queries = data
     level = index._code_level(SearchPlan(64, "binary-asymmetric", "flat", 10))
@@ -110,6 +111,12 @@ def test_binary_asymmetric_plans_score_the_sign_bits_with_the_float_query(index,
     assert recall("binary-asymmetric", 50, "ivf") >= 0.99
     codes = index.plan_memory(SearchPlan(64, "binary-asymmetric", "flat", 10))["codes"]
     assert codes == pytest.approx(index.plan_memory(SearchPlan(64, "binary", "flat", 10))["codes"], abs=1.5)
+    # an exact 0 is a - bit, as sign_bits reads it (FAISS's encoder took a zero chunk for the pattern - - - +)
+    zeros = db[:300].copy()
+    zeros[5, :4], zeros[7, 8:16] = 0.0, 0.0
+    level = MatryoshkaIndex(zeros, backend="faiss")._code_level(SearchPlan(16, "binary-asymmetric", "flat", 10))
+    stored = level.index.reconstruct_n(0, 300) > 0
+    np.testing.assert_array_equal(stored, np.unpackbits(sign_bits(zeros[:, :16]), axis=1).astype(bool))
 
 
 def test_hnsw_codes_with_rerank(index, data, exact):

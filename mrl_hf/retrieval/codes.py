@@ -191,10 +191,15 @@ class CodeLevel:
 
     def add(self, x: np.ndarray) -> None:
         for s in range(0, x.shape[0], _ADD_ROWS):
+            rows = self._encode(x[s:s + _ADD_ROWS])
+            if self.precision == "binary-asymmetric":
+                # an exact 0 is a - bit (sign_bits reads x > 0), but it is as near to a + centroid as to a -, and
+                # FAISS's encoder picked either: a nudge below 0, far under any real feature, makes the - unique
+                rows = np.where(rows == 0, np.float32(-1e-3 / np.sqrt(self.dim)), rows)
             if self.spill:
-                self._add_spilled(self._encode(x[s:s + _ADD_ROWS]))
+                self._add_spilled(rows)
             else:
-                self.index.add(self._encode(x[s:s + _ADD_ROWS]))
+                self.index.add(rows)
         self._nbytes = None
 
     def _add_spilled(self, x: np.ndarray) -> None:
