@@ -207,7 +207,6 @@ def _or(value, default):
 
 def _evaluate(args: argparse.Namespace) -> int:
     from . import recipes
-    from .modeling import MRLBertModel
     from .nesting import validate_dim
 
     if args.mteb:
@@ -223,9 +222,9 @@ def _evaluate(args: argparse.Namespace) -> int:
         from .data.text import load_chatterbot_pairs
 
         test = recipes.split_pairs(load_chatterbot_pairs(), seed=args.seed)[1]
-    models = {args.model: MRLBertModel.from_pretrained(args.model).eval()}
+    models = {args.model: _text_model_class(args.model).from_pretrained(args.model).eval()}
     if args.baseline:
-        models[f"{args.baseline} (sliced)"] = MRLBertModel.from_pretrained(args.baseline).eval()
+        models[f"{args.baseline} (sliced)"] = _text_model_class(args.baseline).from_pretrained(args.baseline).eval()
     first = next(iter(models.values()))
     dims = _int_list(args.dims, "--dims") if args.dims else list(first.config.nesting_list)
     for (name, model), flag in zip(models.items(), ("MODEL", "--baseline")):
@@ -276,11 +275,10 @@ def _evaluate_codes(models: dict, test, dims: list[int], args: argparse.Namespac
 
 def _evaluate_mteb(args: argparse.Namespace) -> int:
     from .evaluation.mteb_eval import chatterbot_retrieval_task, evaluate_mteb
-    from .modeling import MRLBertModel
 
     tasks = [chatterbot_retrieval_task(seed=args.seed) if name == "chatterbot" else name
              for name in args.mteb.split(",")]
-    model = MRLBertModel.from_pretrained(args.model).eval()
+    model = _text_model_class(args.model).from_pretrained(args.model).eval()
     dims = _int_list(args.dims, "--dims") if args.dims else None
     table = evaluate_mteb(model, tasks, dims=dims, output_folder=args.output)
     print(table.to_markdown())
@@ -330,6 +328,18 @@ def _read_pairs(path: str) -> list[tuple[str, str]]:
     return pairs
 
 
+def _text_model_class(path: str):
+    """``MRLBertModel`` for a BERT-family checkpoint (an mrl_bert save, a BERT / sentence-transformers BERT folder),
+    ``MRLModelForTextEmbedding`` (any backbone) for the others, as a Python user would choose."""
+    from transformers import AutoConfig
+
+    from .modeling import MRLBertModel, MRLModelForTextEmbedding
+
+    model_type = AutoConfig.from_pretrained(path).model_type
+    bert = (MRLBertModel.config_class.model_type, *MRLBertModel._plain_model_types)
+    return MRLBertModel if model_type in bert else MRLModelForTextEmbedding
+
+
 def _export(args: argparse.Namespace) -> int:
     if args.sentence_transformers == args.remote_code:
         raise ValueError("choose one format: --sentence-transformers or --remote-code")
@@ -346,6 +356,11 @@ def _export(args: argparse.Namespace) -> int:
     from .export import export_sentence_transformers
     from .modeling import MRLBertModel
 
+    if _text_model_class(args.model) is not MRLBertModel:
+        raise ValueError(f"{args.model} is not a BERT-family checkpoint, and --sentence-transformers exports "
+                         "MRLBertModel checkpoints; an MRLModelForTextEmbedding save (any backbone) is a "
+                         "sentence-transformers folder already (SentenceTransformer(path) loads it), or use "
+                         "--remote-code.")
     model = MRLBertModel.from_pretrained(args.model)
     try:
         path = export_sentence_transformers(model, args.output, overwrite=args.overwrite)

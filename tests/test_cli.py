@@ -69,6 +69,44 @@ def test_evaluate_prints_a_per_dim_table_and_writes_results(tiny_checkpoint, tmp
     assert (tmp_path / "mrl_accuracy_vs_dim.png").read_bytes().startswith(b"\x89PNG")
 
 
+
+def test_evaluate_and_export_take_a_checkpoint_of_any_backbone(tmp_path, capsys):
+    # an MRLModelForTextEmbedding save (here XLM-R): evaluate loads it with that class (it was refused with "load it
+    # with MRLModelForTextEmbedding", which a CLI user cannot do); export --sentence-transformers says what to do
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    from mrl_hf.evaluation.pairs import pair_retrieval_metrics
+    from mrl_hf.modeling import MRLModelForTextEmbedding
+
+    tokenizer = AutoTokenizer.from_pretrained(str(minilm.get_model_path()))
+    torch.manual_seed(0)
+    plain = AutoModel.from_config(AutoConfig.for_model(
+        "xlm-roberta", vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=37, max_position_embeddings=80, pad_token_id=0))
+    plain.save_pretrained(tmp_path / "plain")
+    tokenizer.save_pretrained(tmp_path / "plain")
+    model = MRLModelForTextEmbedding.from_pretrained(tmp_path / "plain", nesting_list=[8, 16, 32]).eval()
+    model.save_pretrained(tmp_path / "xlmr")
+    rows = [("how are you", "I am fine"), ("what is your name", "My name is Bot"), ("where do you live", "In a computer"),
+            ("what time is it", "Late"), ("do you like music", "Yes, jazz")]
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"query": q, "answer": a}) + "\n" for q, a in rows))
+    assert main(["evaluate", str(tmp_path / "xlmr"), "--pairs", str(pairs), "--dims", "8,32", "--output",
+                 str(tmp_path / "out")]) == 0
+    records = json.loads((tmp_path / "out" / "mrl_results.json").read_text())
+    expected = pair_retrieval_metrics(model.encode([q for q, _ in rows]), model.encode([a for _, a in rows]), [8, 32])
+    for m in (8, 32):
+        got = next(r["value"] for r in records if r["dim"] == m and r["metric"] == "MRR")
+        assert got == pytest.approx(100 * expected[m]["mrr"])
+    capsys.readouterr()
+    assert main(["export", str(tmp_path / "xlmr"), str(tmp_path / "st"), "--sentence-transformers"]) == 2
+    assert "is a sentence-transformers folder already" in capsys.readouterr().err
+    from sentence_transformers import SentenceTransformer  # as the message says
+
+    texts = [q for q, _ in rows]
+    np.testing.assert_allclose(SentenceTransformer(str(tmp_path / "xlmr"), device="cpu").encode(texts),
+                               model.encode(texts), atol=1e-5)
+
 def test_errors_are_one_clear_line(tmp_path, capsys):
     assert main(["push", str(tmp_path / "missing"), "me/model"]) == 2
     err = capsys.readouterr().err
