@@ -24,6 +24,7 @@ from torch import nn
 
 from .losses import NestedLoss, nested_contrastive_loss, nested_cosine_similarities, weighted_sum
 from .modeling.gather import all_gather_with_grad
+from .modeling.text_common import default_max_length
 from .nesting import validate_nesting_list, validate_relative_importance
 from .quantization import (
     add_quantized_terms,
@@ -223,19 +224,22 @@ class DistillationCollator:
 
     With ``positive_column`` (optional labelled pairs), also tokenizes each row's positive text as
     ``positive_input_ids`` / ``positive_attention_mask`` for the supervised contrastive term. Texts are tokenized as
-    they are (no prompt is added) and cut at ``max_length`` tokens, by default the tokenizer's ``model_max_length``
-    (what ``encode`` reads, 256 for a sentence-transformers MiniLM), so that a teacher that encoded the same texts
+    they are (no prompt is added) and cut at ``max_length`` tokens. By default that is what the student's ``encode``
+    reads (256 for a sentence-transformers MiniLM; ``MatryoshkaDistillationTrainer`` sets it from the model: the
+    tokenizer's ``model_max_length`` capped at the backbone's positions), so that a teacher that encoded the same texts
     saw the same tokens; pass the teacher's length where it reads fewer.
     """
 
     def __init__(self, tokenizer, text_column: str = "text", teacher_column: str = TEACHER_COLUMN,
                  positive_column: str | None = None, max_length: int | None = None):
         self.tokenizer, self.text_column, self.teacher_column = tokenizer, text_column, teacher_column
-        self.positive_column = positive_column
-        if max_length is None:
-            limit = getattr(tokenizer, "model_max_length", None)
-            max_length = limit if isinstance(limit, int) and 0 < limit <= 1_000_000 else 512  # int(1e30): unstated
-        self.max_length = max_length
+        self.positive_column, self.max_length = positive_column, max_length
+
+    def _length(self) -> int:
+        if self.max_length is not None:
+            return self.max_length
+        limit = getattr(self.tokenizer, "model_max_length", None)  # outside the trainer, which knows the model
+        return limit if isinstance(limit, int) and 0 < limit <= 1_000_000 else 512  # int(1e30): none stated
 
     def __call__(self, features) -> dict:
         if len(features) < 2:
@@ -248,14 +252,14 @@ class DistillationCollator:
                 raise ValueError(f"the rows have no {key!r} (keys: {sorted(features[0])}); "
                                  "add teacher vectors with add_teacher_embeddings(dataset, teacher).")
         enc = self.tokenizer([f[self.text_column] for f in features], padding=True, truncation=True,
-                             max_length=self.max_length, return_tensors="pt", return_token_type_ids=False,
+                             max_length=self._length(), return_tensors="pt", return_token_type_ids=False,
                              padding_side="right")  # as encode pads: BERT counts left pads as positions
         batch = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
                  "teacher_embeddings": torch.as_tensor([f[self.teacher_column] for f in features],
                                                        dtype=torch.float32)}
         if self.positive_column is not None:
             pos = self.tokenizer([f[self.positive_column] for f in features], padding=True, truncation=True,
-                                 max_length=self.max_length, return_tensors="pt", return_token_type_ids=False,
+                                 max_length=self._length(), return_tensors="pt", return_token_type_ids=False,
                                  padding_side="right")  # as encode pads: BERT counts left pads as positions
             batch["positive_input_ids"], batch["positive_attention_mask"] = pos["input_ids"], pos["attention_mask"]
         return batch
@@ -281,6 +285,9 @@ class MatryoshkaDistillationTrainer(MRLTrainer):
             raise ValueError(f"distillation_loss.nesting_list={self.distillation_loss.nesting_list} differs "
                              f"from the model's nesting_list={config.nesting_list}; build the loss from it.")
         self.args.remove_unused_columns = False  # the collator needs the text and teacher columns
+        if isinstance(self.data_collator, DistillationCollator) and self.data_collator.max_length is None:
+            # as the student's encode reads (its positions may be fewer than the tokenizer states)
+            self.data_collator.max_length = default_max_length(self.data_collator.tokenizer, config)
         self._warn_if_texts_lack_prompts(config)
         self._check_last_batch(self.train_dataset, "training", "per_device_train_batch_size")
         evals = self.eval_dataset if isinstance(self.eval_dataset, dict) else {"": self.eval_dataset}

@@ -151,6 +151,18 @@ def test_teacher_and_student_see_the_same_tokens_whatever_the_prompts_and_length
         warnings.simplefilter("error")
         MatryoshkaDistillationTrainer(model=model, args=args, train_dataset=prompted,
                                       data_collator=DistillationCollator(model.tokenizer))
+    # a student with fewer positions than its tokenizer states: the trainer cuts where the student's encode does
+    short = MRLBertModel(MRLBertConfig(vocab_size=tokenizer.vocab_size, hidden_size=16, num_hidden_layers=1,
+                                       num_attention_heads=2, intermediate_size=32, nesting_list=[4, 8, 16],
+                                       max_position_embeddings=64))
+    short.tokenizer = tokenizer  # model_max_length 512
+    collator = DistillationCollator(tokenizer)
+    trainer = MatryoshkaDistillationTrainer(model=short, args=args, train_dataset=data, data_collator=collator)
+    batch = collator([data[i] for i in range(4)])
+    assert collator.max_length == 64 and batch["input_ids"].shape[1] == 64
+    short(batch["input_ids"], batch["attention_mask"], return_loss=False)  # 150 tokens failed in the forward
+    assert DistillationCollator(tokenizer, max_length=32)([data[i] for i in range(2)])["input_ids"].shape[1] == 32
+    del trainer
 
 def test_supervised_pairs_mix_into_the_trainer_loss(tokenizer, tmp_path):
     teacher = np.random.default_rng(0).normal(size=(8, 16)).astype(np.float32)

@@ -84,7 +84,7 @@ def _expected_rank_metrics(scores: torch.Tensor, hit: torch.Tensor, found: torch
     best = scores.masked_fill(~hit, float("-inf")).max(1, keepdim=True).values
     at_best = scores == best
     above = ((scores > best) & ~hit).sum(1).double()
-    tied = (at_best & ~hit).sum(1).double()
+    tied = torch.where(found, (at_best & ~hit).sum(1), 0).double()  # a miss (-inf best) ties with nothing
     r = (at_best & hit).sum(1).double().clamp(min=1)  # rows without a relevant candidate are zeroed below
     j = torch.arange(1, int(tied.max()) + 2, dtype=torch.float64)[None, :]
     possible = j <= tied[:, None] + 1
