@@ -10,7 +10,9 @@ trained on. The stock Trainer collates it again on resume with the checkpoint's 
 random masks (``DataCollatorForLanguageModeling``, from the global generator or its own ``seed=`` one) masks it
 differently. ``RecordingCollator`` remembers the random state before each call; ``MRLTrainer`` saves the one of the
 batch collated ahead and replays it on resume (the Trainer's own random state is restored right after that batch).
-Exact only when the main process collates (``dataloader_num_workers=0``, the default).
+A collator's own generator is also saved as it is when the checkpoint is written (evaluation may have drawn from it
+after the batch collated ahead, and at the end of an epoch no batch is collated ahead) and restored after the replay,
+or before the first batch. Exact only when the main process collates (``dataloader_num_workers=0``, the default).
 """
 from __future__ import annotations
 
@@ -24,7 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-COLLATOR_STATE_FILE = "collator_rng_state_{}.pth"
+COLLATOR_STATE_FILE = "collator_rng_state_{}.pth"  # the random state before the batch collated ahead
+GENERATOR_STATE_FILE = "collator_generator_state_{}.pth"  # the collator's own generator when the checkpoint was saved
 
 
 def checkpoint_problem(folder: Path, world_size: int = 1, random_states: bool = True) -> str | None:
@@ -78,14 +81,33 @@ def _private_generator(collator):
     return generator if isinstance(generator, (torch.Generator, np.random.Generator)) else None
 
 
+def generator_state(collator):
+    """The state of the collator's own ``generator`` (``DataCollatorForLanguageModeling(seed=...)``), or None."""
+    generator = _private_generator(collator)
+    if isinstance(generator, torch.Generator):
+        return generator.get_state()
+    return None if generator is None else generator.bit_generator.state
+
+
+def set_generator_state(state, collator) -> None:
+    if _private_generator(collator) is None and hasattr(collator, "create_rng"):  # a fresh (resumed) collator
+        if inspect.signature(collator.create_rng).parameters:  # transformers >= 5.24 takes the generator's kind
+            collator.create_rng("pt" if torch.is_tensor(state) else "np")
+        else:  # before, the collator's return_tensors decides it
+            collator.create_rng()
+    generator = _private_generator(collator)
+    if isinstance(generator, torch.Generator):
+        generator.set_state(state)
+    elif generator is not None:
+        generator.bit_generator.state = state
+
+
 def capture_state(collator) -> dict:
     """Every random state a collator can draw from: the global generators and its own ``generator``, if any."""
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "cpu": torch.random.get_rng_state()}
-    generator = _private_generator(collator)
-    if isinstance(generator, torch.Generator):
-        state["generator"] = generator.get_state()
-    elif generator is not None:
-        state["generator"] = generator.bit_generator.state
+    generator = generator_state(collator)
+    if generator is not None:
+        state["generator"] = generator
     return state
 
 
@@ -93,18 +115,8 @@ def restore_state(state: dict, collator) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.random.set_rng_state(state["cpu"])
-    if "generator" not in state:
-        return
-    if _private_generator(collator) is None and hasattr(collator, "create_rng"):  # a fresh (resumed) collator
-        if inspect.signature(collator.create_rng).parameters:  # transformers >= 5.24 takes the generator's kind
-            collator.create_rng("pt" if torch.is_tensor(state["generator"]) else "np")
-        else:  # before, the collator's return_tensors decides it
-            collator.create_rng()
-    generator = _private_generator(collator)
-    if isinstance(generator, torch.Generator):
-        generator.set_state(state["generator"])
-    elif generator is not None:
-        generator.bit_generator.state = state["generator"]
+    if "generator" in state:
+        set_generator_state(state["generator"], collator)
 
 
 class RecordingCollator:
@@ -116,8 +128,12 @@ class RecordingCollator:
         self.calls = 0
         self._states = collections.deque(maxlen=8)  # (call number, state before it)
         self.replay = None  # (state, restore_after) for the first call after a resume
+        self.start_generator = None  # without a replay: the collator's own generator state to start from
 
     def __call__(self, features):
+        if self.start_generator is not None:
+            set_generator_state(self.start_generator, self.collator)
+            self.start_generator = None
         if self.replay is not None:
             state, restore_after = self.replay
             self.replay = None

@@ -23,8 +23,8 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 
 from .nesting import validate_nesting_list
-from .resumption import (COLLATOR_STATE_FILE, RecordingCollator, checkpoint_problem, fsync_tree,
-                         has_optimizer_state, set_aside)
+from .resumption import (COLLATOR_STATE_FILE, GENERATOR_STATE_FILE, RecordingCollator, checkpoint_problem,
+                         fsync_tree, generator_state, has_optimizer_state, set_aside, set_generator_state)
 
 logger = logging.get_logger(__name__)
 
@@ -111,9 +111,17 @@ class MRLTrainer(Trainer):
                 rotation_learning_rate, (int, float)) or not rotation_learning_rate > 0):
             raise ValueError(f"rotation_learning_rate={rotation_learning_rate!r} must be a number > 0 (None: no "
                              "output rotation).")
+        default_teacher = isinstance(teacher, str) and teacher == "original"
+        if not teacher_weight and (not default_teacher or teacher_sizes != "full"):
+            raise ValueError("teacher= and teacher_sizes= set the teacher term, which teacher_weight=0 turns off; "
+                             "pass teacher_weight > 0 (e.g. 1.0) to train with it, or leave them out.")
         self.nonfinite_loss = nonfinite_loss
         self.skipped_nonfinite_batches = 0
         super().__init__(*args, **kwargs)
+        if rotation_learning_rate is not None and self.model_init is not None:
+            raise ValueError("rotation_learning_rate keeps the projection of the model given here a rotation, but "
+                             "model_init builds a new model when training starts; pass model= instead of model_init=.")
+        self._check_precision_and_averaging()
         from .adaptor import has_asymmetric_adaptor
 
         if has_asymmetric_adaptor(self.model):
@@ -148,6 +156,25 @@ class MRLTrainer(Trainer):
         if fsdp_asked and self.args.use_cpu and not self.is_fsdp_enabled and self.is_world_process_zero():
             logger.warning("accelerate launch asked for FSDP, but this Trainer runs without it: with use_cpu=True (a "
                            "machine without a GPU) transformers does not enable FSDP, and the processes train with DDP.")
+
+    def _check_precision_and_averaging(self) -> None:
+        if self.args.fp16 and self.args.device.type == "cpu":
+            raise ValueError("fp16=True on a CPU trains in float32 (accelerate's fp16 autocast runs on GPUs only); use "
+                             "bf16=True for mixed precision on a CPU, or leave fp16 out.")
+        averaged = self.args.average_tokens_across_devices
+        if self.args.world_size > 1 and not averaged and self.model_accepts_loss_kwargs:
+            raise ValueError("average_tokens_across_devices=False with several processes divides each process's loss "
+                             "by its own count of labelled tokens / rows: the mean of the processes' means, not the "
+                             "global batch's mean that one process trains; leave it True (the default).")
+        if self.args.include_num_input_tokens_seen != "no" and self._collates_pairs():
+            warnings.warn("include_num_input_tokens_seen counts the tokens of input_ids only, the anchors of each pair "
+                          "(the Trainer's count); the positives and negatives are not in num_input_tokens_seen.",
+                          UserWarning, stacklevel=3)
+
+    def _collates_pairs(self) -> bool:
+        from .data.collator import PairCollator
+
+        return isinstance(self.data_collator, PairCollator)
 
     def _warn_if_rotation_trains_freely(self) -> None:
         from .rotation import check_rotation
@@ -463,6 +490,11 @@ class MRLTrainer(Trainer):
                              "checkpoints.")
         self._resuming = resuming
         self._rng_replayed = False
+        self._train_dims = self._dims_window_start = self._nonfinite = None  # a second train() starts its own logs
+        if resuming is not None and self.args.dataloader_num_workers > 0:
+            logger.warning("resuming with dataloader_num_workers > 0: a collator that draws random numbers (random "
+                           "masking) draws them in the worker processes, where they are not saved, so the resumed run "
+                           "masks differently from an uninterrupted one; dataloader_num_workers=0 resumes exactly.")
         try:
             output = super().train(resume_from_checkpoint, *args, **kwargs)
         finally:
@@ -494,13 +526,24 @@ class MRLTrainer(Trainer):
             loader = super().get_train_dataloader()
         finally:
             self.data_collator = collator
-        state_file = None if self._resuming is None else \
-            Path(self._resuming) / COLLATOR_STATE_FILE.format(self.args.process_index)
-        if state_file is not None and state_file.is_file():  # a batch was collated ahead of that checkpoint
+        if self._resuming is None:
+            return loader
+        checkpoint, index = self._resuming, self.args.process_index
+        state_file = Path(checkpoint) / COLLATOR_STATE_FILE.format(index)
+        generator_file = Path(checkpoint) / GENERATOR_STATE_FILE.format(index)
+        generator = torch.load(generator_file, weights_only=False) if generator_file.is_file() else None
+        if state_file.is_file():  # a batch was collated ahead of that checkpoint
             state = torch.load(state_file, weights_only=False)
-            checkpoint = self._resuming
-            self._train_collator.replay = (state, lambda: super(MRLTrainer, self)._load_rng_state(checkpoint))
+
+            def restore_after():  # the checkpoint's own states: what the run drew from next
+                super(MRLTrainer, self)._load_rng_state(checkpoint)
+                if generator is not None:
+                    set_generator_state(generator, collator)
+
+            self._train_collator.replay = (state, restore_after)
             self._rng_replayed = True
+        elif generator is not None:  # the end of an epoch: nothing was collated ahead
+            self._train_collator.start_generator = generator
         return loader
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
@@ -521,6 +564,9 @@ class MRLTrainer(Trainer):
             state = recorder.state_before(self._batches_trained)
             if state is not None:
                 torch.save(state, Path(output_dir) / COLLATOR_STATE_FILE.format(self.args.process_index))
+        generator = generator_state(self.data_collator)  # now: after any draws of an evaluation
+        if generator is not None:
+            torch.save(generator, Path(output_dir) / GENERATOR_STATE_FILE.format(self.args.process_index))
 
     # ---- loading checkpoints ----------------------------------------------------------------------------------
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):

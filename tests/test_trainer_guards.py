@@ -119,3 +119,47 @@ def test_a_batch_nonfinite_on_one_process_is_skipped_on_every_process(tmp_path):
         assert torch.equal(value, runs[1]["after"][name]), name
     assert any(not torch.equal(value, runs[0]["before"][name]) for name, value in runs[0]["after"].items())
     assert runs[0]["logs"][0]["loss"] == 0 and runs[0]["logs"][1]["loss"] > 0
+
+
+def _args(tmp_path, **kw):
+    return TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=8, learning_rate=1e-3,
+                             report_to=[], disable_tqdm=True, use_cpu=True, save_strategy="no",
+                             remove_unused_columns=False, **kw)
+
+
+def test_settings_that_would_train_otherwise_than_they_say_are_refused(tmp_path, monkeypatch):
+    model, data = tm.build("mlm")
+    # fp16 on a CPU: accelerate enables no fp16 autocast there, so it trained in float32
+    with pytest.raises(ValueError, match="fp16=True on a CPU trains in float32.*bf16=True"):
+        MRLTrainer(model=model, args=_args(tmp_path, fp16=True), train_dataset=data)
+    # a teacher that teacher_weight=0 turns off
+    embed, pairs = tm.build("embed")
+    for kwargs in (dict(teacher=tm.build("embed")[0]), dict(teacher_sizes="all")):
+        with pytest.raises(ValueError, match="teacher_weight=0 turns off; pass teacher_weight > 0"):
+            MRLTrainer(model=embed, args=_args(tmp_path), train_dataset=pairs, **kwargs)
+    # model_init builds a new model when training starts: the rotation kept was the first model's
+    from mrl_hf import add_output_rotation
+
+    def init():
+        fresh = tm.build("embed")[0]
+        add_output_rotation(fresh)
+        return fresh
+
+    with pytest.raises(ValueError, match="model_init builds a new model.*pass model= instead"):
+        MRLTrainer(model_init=init, args=_args(tmp_path), train_dataset=pairs, rotation_learning_rate=0.5)
+    # several processes, each dividing by its own labelled tokens: a mean of means, not the global batch's mean
+    monkeypatch.setattr(TrainingArguments, "world_size", property(lambda self: 2))
+    with pytest.raises(ValueError, match="average_tokens_across_devices=False with several processes"):
+        MRLTrainer(model=model, args=_args(tmp_path, average_tokens_across_devices=False), train_dataset=data)
+
+
+def test_a_second_train_call_logs_its_own_per_size_losses(tmp_path):
+    model, data = tm.build("vit")
+    data = [{k: v.float() if v.is_floating_point() else v for k, v in d.items()} for d in data]
+    trainer = MRLTrainer(model=model.float(), args=_args(tmp_path, max_steps=4, logging_steps=3), train_dataset=data)
+    trainer.train()
+    trainer.train()  # the first run's unlogged fourth step used to be added to the second run's first log
+    logs = [h for h in trainer.state.log_history if "loss" in h]  # the second run's (each run has its state)
+    assert len(logs) == 1
+    for h in logs:
+        assert h["loss"] == pytest.approx(sum(h[f"loss_dim_{m}"] for m in tm.NESTING), rel=1e-5), h
