@@ -111,10 +111,12 @@ class MRLTrainer(Trainer):
                 rotation_learning_rate, (int, float)) or not rotation_learning_rate > 0):
             raise ValueError(f"rotation_learning_rate={rotation_learning_rate!r} must be a number > 0 (None: no "
                              "output rotation).")
-        default_teacher = isinstance(teacher, str) and teacher == "original"
-        if not teacher_weight and (not default_teacher or teacher_sizes != "full"):
-            raise ValueError("teacher= and teacher_sizes= set the teacher term, which teacher_weight=0 turns off; "
-                             "pass teacher_weight > 0 (e.g. 1.0) to train with it, or leave them out.")
+        if isinstance(teacher, str) and teacher != "original" or not isinstance(teacher, (str, torch.nn.Module)):
+            raise ValueError(f"teacher={teacher!r}; pass 'original' (a frozen copy of the model as it is now) or a "
+                             "model whose forward gives embeddings.")
+        if not teacher_weight and not isinstance(teacher, str):
+            warnings.warn("a teacher model is given, but teacher_weight=0 turns the teacher term off; pass "
+                          "teacher_weight > 0 (e.g. 1.0) to train with it.", UserWarning, stacklevel=2)
         self.nonfinite_loss = nonfinite_loss
         self.skipped_nonfinite_batches = 0
         super().__init__(*args, **kwargs)
