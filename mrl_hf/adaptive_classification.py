@@ -52,6 +52,8 @@ class AdaptiveClassifier:
             raise ValueError(f"num_thresholds={num_thresholds!r} must be an int >= 2 (grid points over [0, 1]).")
         self.grid = np.append(np.linspace(0.0, 1.0, num_thresholds), np.inf)  # inf: skip this dim
         self.thresholds: np.ndarray | None = None  # one per dim; the last is 0 (always answers)
+        self.num_classes: int | None = None  # of the logits the thresholds were fitted on
+        self._classes: int | None = None  # of the logits being read
 
     @classmethod
     def from_model(cls, model, **kwargs) -> "AdaptiveClassifier":
@@ -71,13 +73,15 @@ class AdaptiveClassifier:
             x = dim_logits.double()
             conf.append(1.0 / (x - x.max(-1, keepdim=True).values).exp().sum(-1))  # the max softmax probability
             pred.append(x.argmax(-1))
+        self._classes = logits.shape[-1]
         return torch.stack(conf).numpy(), torch.stack(pred).numpy()
 
-    def _labels(self, labels, n: int) -> np.ndarray:
-        return as_labels(labels, "labels", n=n, class_ids=True)  # class indices: string labels never match a class
+    def _labels(self, labels, n: int) -> np.ndarray:  # class indices: string labels never match a class
+        return as_labels(labels, "labels", n=n, class_ids=True, num_classes=self._classes)
 
     def fit(self, nested_logits, labels) -> "AdaptiveClassifier":
         conf, pred = self._confidences(nested_logits)
+        self.num_classes = self._classes
         correct = pred == self._labels(labels, conf.shape[1])[None]
         num_dims = len(self.nesting_list)
         thresholds = np.zeros(num_dims)
@@ -106,6 +110,9 @@ class AdaptiveClassifier:
 
     def evaluate(self, nested_logits, labels) -> AdaptiveResult:
         conf, pred = self._confidences(nested_logits)
+        if self.num_classes is not None and self._classes != self.num_classes:
+            raise ValueError(f"nested_logits have {self._classes} classes, but the thresholds were fitted on logits of "
+                             f"{self.num_classes}; evaluate the classifier the thresholds were fitted for.")
         labels = self._labels(labels, conf.shape[1])
         stop = self._route(conf)
         dims = np.asarray(self.nesting_list)

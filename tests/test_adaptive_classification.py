@@ -85,3 +85,13 @@ def test_nonfinite_logits_are_refused_not_scored():
     huge = np.zeros((2, 2, 3))
     huge[:, :, 0] = 1e308  # finite; their float64 sum is not
     assert AdaptiveClassifier([4, 8]).fit(huge, [0, 0]).evaluate(huge, [0, 0]).accuracy == 100.0
+
+
+def test_labels_and_classes_that_do_not_fit_the_logits_are_refused():
+    rng = np.random.default_rng(0)
+    logits, labels = rng.normal(size=(2, 50, 3)), rng.integers(0, 3, 50)
+    with pytest.raises(ValueError, match=r"class indices in 0..2 .* got values in 7..7"):
+        AdaptiveClassifier([2, 4]).fit(logits, np.full(50, 7))  # fitted thresholds [0, 0] and 0% silently
+    fitted = AdaptiveClassifier([2, 4]).fit(logits, labels)
+    with pytest.raises(ValueError, match="logits have 5 classes, but the thresholds were fitted on logits of 3"):
+        fitted.evaluate(rng.normal(size=(2, 50, 5)), labels)

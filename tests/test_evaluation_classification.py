@@ -135,3 +135,27 @@ def test_a_second_value_for_the_same_cell_is_refused():
     with pytest.raises(ValueError, match="name the methods of different runs apart"):
         first.extend(second)
     assert first.series("MRL", "1-NN top-1") == {8: 50.0} and len(first) == 1
+
+
+def test_knn_l2_survives_a_large_common_offset_and_bad_input_is_refused():
+    from mrl_hf.evaluation.classification import knn_accuracy, oracle_accuracy, per_dim_accuracy
+
+    rng = np.random.default_rng(0)  # tight classes 100 units from the origin: 2 q.a - |a|^2 lost them in float32
+    centres = rng.normal(size=(10, 16)) * 0.01
+    y, qy = rng.integers(0, 10, 2000), rng.integers(0, 10, 300)
+    db = (100 + centres[y] + rng.normal(size=(2000, 16)) * 0.005).astype(np.float32)
+    q = (100 + centres[qy] + rng.normal(size=(300, 16)) * 0.005).astype(np.float32)
+    assert knn_accuracy(db, y, q, qy, [16], metric="l2")[16][0] == 100.0  # was 13.7
+    with pytest.raises(ValueError, match="chunk_size=-1 must be an int >= 1"):
+        knn_accuracy(db, y, q, qy, [16], chunk_size=-1)  # scored nothing and reported 0%
+    with pytest.raises(ValueError, match="need at least one query"):
+        knn_accuracy(db, y, q[:0], qy[:0], [16])
+    logits, labels = rng.normal(size=(2, 50, 3)), rng.integers(0, 3, 50)
+    with pytest.raises(ValueError, match=r"class indices in 0..2 .* got values in 1..3"):
+        per_dim_accuracy(logits, labels + 1, [2, 4])  # 1-based labels scored 16% silently
+    with pytest.raises(ValueError, match=r"nesting_list=\[4, 2\] is not strictly increasing"):
+        oracle_accuracy(logits, labels, [4, 2])  # "first right at m" followed the list's order
+    from mrl_hf.evaluation import image_text_retrieval
+
+    with pytest.raises(ValueError, match=r"ks=\(0,\): every k must be an int >= 1"):
+        image_text_retrieval(db[:5], q[:5], [16], ks=(0,))  # reported hit@0 = 0

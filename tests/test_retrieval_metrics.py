@@ -151,3 +151,20 @@ def test_per_dim_evaluation_on_digits(digits_pca):
     assert out[8]["P@25"] == pytest.approx(precision_at_k(ids8, q_y, db_y, 25))
     with pytest.raises(ValueError, match="choose ks <= 1497"):
         evaluate_retrieval_per_dim(index, q, q_y, db_y, ks=(2000,))
+
+
+def test_a_repeated_id_counts_once_and_tie_aware_overlap_checks_its_inputs():
+    ids = np.array([[0, 0, 0], [2, 0, 2]])
+    # AP@3 of [0, 0, 0] with one relevant row was 3.0 and P@3 1.0
+    np.testing.assert_allclose(average_precision_at_k(ids, [1, 1], [1, 0, 1, 0], 3), [0.5, 1.0])
+    assert precision_at_k(ids, [1, 1], [1, 0, 1, 0], 3) == pytest.approx((1 / 3 + 2 / 3) / 2)
+    rng = np.random.default_rng(0)  # rows without repeats: the same numbers as before
+    ids = np.argsort(rng.random((20, 30)), axis=1)[:, :10]
+    q, db = rng.integers(0, 3, 20), rng.integers(0, 3, 30)
+    rel = db[ids] == q[:, None]
+    assert precision_at_k(ids, q, db, 10) == pytest.approx(rel.mean())
+    args = (np.array([[0, 9]]), np.array([[0.0, 5.0]]), np.array([[0, 5]]), np.array([[0.0, 2.0]]), 2)
+    with pytest.raises(ValueError, match="metric='L2' must be 'cosine', 'ip'"):
+        tie_aware_overlap(*args, metric="L2")  # was read as a similarity: 1.0 where 'l2' gives 0.5
+    with pytest.raises(ValueError, match="hold NaN"):
+        tie_aware_overlap(args[0], np.array([[0.0, np.nan]]), *args[2:])

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..embeddings import _check_finite, _check_finite_nested_logits, principal_axes
-from ..nesting import validate_dims
+from ..nesting import validate_dims, validate_nesting_list
 from .retrieval_metrics import as_labels
 from .table import ResultsTable
 
@@ -94,7 +94,11 @@ def knn_accuracy(database_x, database_y, query_x, query_y, dims: Sequence[int], 
         raise ValueError(f"metric={metric!r} must be 'cosine' or 'l2'.")
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k={k!r} must be an int >= 1.")
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size={chunk_size!r} must be an int >= 1 (queries scored per pass).")
     db, q = _as_array(database_x, "database_x"), _as_array(query_x, "query_x")
+    if len(q) == 0 or len(db) == 0:
+        raise ValueError(f"need at least one query and one database embedding, got {len(q)} and {len(db)}.")
     db_y = as_labels(database_y, "database_y", n=len(db), class_ids=True)
     q_y = as_labels(query_y, "query_y", n=len(q), class_ids=True)
     if k > len(db):
@@ -109,6 +113,9 @@ def knn_accuracy(database_x, database_y, query_x, query_y, dims: Sequence[int], 
         a, b = db[:, :m], q[:, :m]
         if metric == "cosine":
             a, b = _normalize(a), _normalize(b)
+        else:  # distances are unchanged by a shift; a large common offset would swamp them in float32
+            centre = a.mean(0, dtype=np.float64).astype(np.float32)
+            a, b = a - centre, b - centre
         a = torch.from_numpy(np.ascontiguousarray(a))
         b = torch.from_numpy(np.ascontiguousarray(b))
         sq_a = a.square().sum(1)
@@ -183,6 +190,7 @@ def oracle_accuracy(nested_logits, labels, nesting_list: Sequence[int]) -> dict:
 
 
 def _nested_logits(nested_logits, labels, nesting_list):
+    validate_nesting_list(nesting_list)  # increasing: "first right at m" follows the sizes, and no size twice
     if isinstance(nested_logits, (list, tuple)):
         nested_logits = [x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
                          for x in nested_logits]
@@ -196,7 +204,7 @@ def _nested_logits(nested_logits, labels, nesting_list):
     if logits.dtype.kind not in "biuf":
         raise TypeError(f"nested_logits must hold numbers, got dtype {logits.dtype}.")
     _check_finite_nested_logits(torch.from_numpy(np.ascontiguousarray(logits)))  # argmax would pick a NaN's class
-    return logits, as_labels(labels, "labels", n=logits.shape[1], class_ids=True)
+    return logits, as_labels(labels, "labels", n=logits.shape[1], class_ids=True, num_classes=logits.shape[2])
 
 
 # ---- baselines from a full-dim (non-MRL) model ---------------------------------------------------------------

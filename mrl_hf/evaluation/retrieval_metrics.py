@@ -35,9 +35,11 @@ def _as_ids(ids, name: str = "ids") -> np.ndarray:
     return ids.astype(np.int64, copy=False)
 
 
-def as_labels(labels, name: str, n: int | None = None, class_ids: bool = False) -> np.ndarray:
+def as_labels(labels, name: str, n: int | None = None, class_ids: bool = False,
+              num_classes: int | None = None) -> np.ndarray:
     """``labels`` (list, numpy array or tensor; shape ``(n,)`` or ``(n, 1)``) as a 1-D numpy array, with ``n`` rows
-    when given; ``class_ids=True``: integer class ids, as ``int64``."""
+    when given; ``class_ids=True``: integer class ids, as ``int64``, in ``0..num_classes - 1`` when that is given
+    (the columns of the logits they index)."""
     if isinstance(labels, torch.Tensor):
         labels = labels.detach().cpu().numpy()
     labels = np.asarray(labels)
@@ -48,6 +50,9 @@ def as_labels(labels, name: str, n: int | None = None, class_ids: bool = False) 
         wanted = f"{n if n is not None else 'n'} {'integer class ids' if class_ids else 'labels'}"
         raise ValueError(f"{name} must be {wanted}, one per row (shape ({n if n is not None else 'n'},)), got shape "
                          f"{tuple(labels.shape)}, dtype {labels.dtype}.")
+    if num_classes is not None and labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"{name} must be class indices in 0..{num_classes - 1} (one per logit column), got values in "
+                         f"{labels.min()}..{labels.max()}; map the labels to 0-based class indices.")
     return labels.astype(np.int64) if class_ids else labels
 
 
@@ -77,18 +82,23 @@ def top1_accuracy(ids, query_labels, database_labels) -> float:
     return float(relevance(_as_ids(ids)[:, :1], query_labels, database_labels)[:, 0].mean())
 
 
+def _relevant_once(ids: np.ndarray, query_labels, database_labels) -> np.ndarray:
+    """``relevance``, with an id that a row repeats counted in its first slot only (AP could exceed 1)."""
+    return relevance(ids, query_labels, database_labels) & ~_repeats(ids)
+
+
 def precision_at_k(ids, query_labels, database_labels, k: int) -> float:
-    """P@k: relevant neighbours among the first k, divided by k, averaged over queries."""
+    """P@k: relevant neighbours among the first k, divided by k, averaged over queries (a repeated id counts once)."""
     ids = _as_ids(ids)
     k = _check_k(ids, k)
-    return float(relevance(ids[:, :k], query_labels, database_labels).mean())
+    return float(_relevant_once(ids[:, :k], query_labels, database_labels).mean())
 
 
 def average_precision_at_k(ids, query_labels, database_labels, k: int) -> np.ndarray:
-    """AP@k per query (see the module docstring for the definition)."""
+    """AP@k per query (see the module docstring for the definition; a repeated id counts once)."""
     ids = _as_ids(ids)
     k = _check_k(ids, k)
-    rel = relevance(ids[:, :k], query_labels, database_labels)
+    rel = _relevant_once(ids[:, :k], query_labels, database_labels)
     q = as_labels(query_labels, "query_labels")
     values, counts = np.unique(as_labels(database_labels, "database_labels"), return_counts=True)
     pos = np.clip(np.searchsorted(values, q), 0, len(values) - 1)
@@ -106,8 +116,11 @@ def mean_average_precision_at_k(ids, query_labels, database_labels, k: int) -> f
 
 def _repeats(ids: np.ndarray) -> np.ndarray:
     """Where a row repeats an id it already holds in an earlier slot (a set counts it once)."""
-    same = ids[:, :, None] == ids[:, None, :]
-    return (same & np.tril(np.ones(same.shape[1:], dtype=bool), -1)).any(axis=2)
+    order = np.argsort(ids, axis=1, kind="stable")  # equal ids stay in slot order: the first is not a repeat
+    ranked = np.take_along_axis(ids, order, axis=1)
+    out = np.zeros(ids.shape, dtype=bool)
+    np.put_along_axis(out, order[:, 1:], ranked[:, 1:] == ranked[:, :-1], axis=1)
+    return out
 
 
 def top_k_overlap(ids, reference_ids, k: int) -> float:
@@ -131,6 +144,8 @@ def tie_aware_overlap(ids, scores, reference_ids, reference_scores, k: int, metr
     """``top_k_overlap`` that counts a returned id whose exact score ties the reference's k-th (within ``tol``,
     relative) as found, as ann-benchmarks does: among equal vectors, exact search and a plan may keep different
     copies, and that is no lost recall. ``scores`` must be exact (re-ranked) scores; l2 scores are distances."""
+    if metric not in ("cosine", "ip", "l2"):
+        raise ValueError(f"metric={metric!r} must be 'cosine', 'ip' (similarities) or 'l2' (distances).")
     ids, ref = _as_ids(ids), _as_ids(reference_ids, "reference_ids")
     k = _check_k(ids, k)
     _check_k(ref, k, "reference_ids")
@@ -138,6 +153,9 @@ def tie_aware_overlap(ids, scores, reference_ids, reference_scores, k: int, metr
     if ids.shape[0] != ref.shape[0] or scores.shape != ids[:, :k].shape or len(ref_scores) != len(ref):
         raise ValueError(f"ids {ids.shape}, scores {scores.shape}, reference_ids {ref.shape} and reference_scores "
                          f"{ref_scores.shape} must have one row per query.")
+    if np.isnan(scores).any() or np.isnan(ref_scores[:, :k]).any():
+        raise ValueError("scores and reference_scores hold NaN; pass the exact scores of the returned ids (-inf / inf "
+                         "for empty slots).")
     kth = ref_scores[:, k - 1:k]
     margin = tol * np.maximum(1.0, np.abs(kth))
     as_good = scores <= kth + margin if metric == "l2" else scores >= kth - margin

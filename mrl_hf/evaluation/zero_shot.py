@@ -126,6 +126,8 @@ def image_text_retrieval(image_embeds, text_embeds, dims: Sequence[int], ks: Seq
     needs as many texts as images). With ``image_labels`` and ``text_labels``, every item of the same label is
     relevant (for captions built from class names, where many captions are identical).
     """
+    if any(isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1 for k in ks):
+        raise ValueError(f"ks={tuple(ks)!r}: every k must be an int >= 1.")
     images = _as_float_tensor(image_embeds, "image_embeds")
     texts = _as_float_tensor(text_embeds, "text_embeds")
     if (image_labels is None) != (text_labels is None):
