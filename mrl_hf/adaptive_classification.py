@@ -102,17 +102,22 @@ class AdaptiveClassifier:
         passes[-1] = True
         return passes.argmax(0)  # index of the first dim that answers
 
+    def _check_classes(self) -> None:
+        fitted = getattr(self, "num_classes", None)  # None: not fitted, or pickled before it was recorded
+        if fitted is not None and self._classes != fitted:
+            raise ValueError(f"nested_logits have {self._classes} classes, but the thresholds were fitted on logits of "
+                             f"{fitted}; use the classifier the thresholds were fitted for.")
+
     def predict(self, nested_logits) -> tuple[np.ndarray, np.ndarray]:
         """``(predictions, dims)``: the class and the representation size that answered, per input."""
         conf, pred = self._confidences(nested_logits)
+        self._check_classes()
         stop = self._route(conf)
         return pred[stop, np.arange(len(stop))], np.asarray(self.nesting_list)[stop]
 
     def evaluate(self, nested_logits, labels) -> AdaptiveResult:
         conf, pred = self._confidences(nested_logits)
-        if self.num_classes is not None and self._classes != self.num_classes:
-            raise ValueError(f"nested_logits have {self._classes} classes, but the thresholds were fitted on logits of "
-                             f"{self.num_classes}; evaluate the classifier the thresholds were fitted for.")
+        self._check_classes()
         labels = self._labels(labels, conf.shape[1])
         stop = self._route(conf)
         dims = np.asarray(self.nesting_list)

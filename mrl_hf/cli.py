@@ -331,12 +331,15 @@ def _read_pairs(path: str) -> list[tuple[str, str]]:
 def _text_model_class(path: str):
     """``MRLBertModel`` for a BERT-family checkpoint (an mrl_bert save, a BERT / sentence-transformers BERT folder),
     ``MRLModelForTextEmbedding`` (any backbone) for the others, as a Python user would choose."""
-    from transformers import AutoConfig
+    from transformers import PretrainedConfig
 
     from .modeling import MRLBertModel, MRLModelForTextEmbedding
 
-    model_type = AutoConfig.from_pretrained(path).model_type
-    bert = (MRLBertModel.config_class.model_type, *MRLBertModel._plain_model_types)
+    try:
+        model_type = PretrainedConfig.get_config_dict(path)[0].get("model_type")
+    except (OSError, ValueError):  # a missing or unreadable checkpoint: from_pretrained says which, clearly
+        return MRLBertModel
+    bert = (None, MRLBertModel.config_class.model_type, *MRLBertModel._plain_model_types)  # None: BERT-era configs
     return MRLBertModel if model_type in bert else MRLModelForTextEmbedding
 
 

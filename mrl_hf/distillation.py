@@ -15,6 +15,7 @@ differ. Pairs with labels can add ``nested_contrastive_loss`` on top (``contrast
 """
 from __future__ import annotations
 
+import copy
 import warnings
 from typing import Sequence
 
@@ -286,7 +287,9 @@ class MatryoshkaDistillationTrainer(MRLTrainer):
                              f"from the model's nesting_list={config.nesting_list}; build the loss from it.")
         self.args.remove_unused_columns = False  # the collator needs the text and teacher columns
         if isinstance(self.data_collator, DistillationCollator) and self.data_collator.max_length is None:
-            # as the student's encode reads (its positions may be fewer than the tokenizer states)
+            # as the student's encode reads (its positions may be fewer than the tokenizer states); on a copy, so
+            # that a collator shared with another student keeps its own default
+            self.data_collator = copy.copy(self.data_collator)
             self.data_collator.max_length = default_max_length(self.data_collator.tokenizer, config)
         self._warn_if_texts_lack_prompts(config)
         self._check_last_batch(self.train_dataset, "training", "per_device_train_batch_size")

@@ -127,37 +127,40 @@ def inner_products(queries, candidates):
     """``queries @ candidates.T`` (numpy arrays or tensors, in their dtype) in which identical candidate rows score
     exactly alike. A BLAS product rounds a row's dot products differently depending on where the row sits, so two
     copies of one vector could rank apart, by position, where a tie rule (or "ties by corpus order") says they tie.
-    Repeated rows are found by a hash of their bits (most candidate sets have none: then it is the plain product)."""
-    values = candidates.detach().cpu() if isinstance(candidates, torch.Tensor) else candidates
-    if isinstance(values, torch.Tensor):
-        values = (values.float() if values.dtype == torch.bfloat16 else values).numpy()
-    found = _repeated_rows(np.asarray(values))
-    if found is None:
+    Repeated rows are looked for by a hash of their leading features (most candidate sets have none: then it is the
+    plain product); where one may repeat, each distinct row is scored once."""
+    if candidates.ndim != 2 or len(candidates) < 2:
         return queries @ candidates.T
-    first, inverse = found
-    index = torch.as_tensor(first, device=candidates.device) if isinstance(candidates, torch.Tensor) else first
-    inverse = torch.as_tensor(inverse, device=candidates.device) if isinstance(candidates, torch.Tensor) else inverse
-    return (queries @ candidates[index].T)[:, inverse]
+    if isinstance(candidates, torch.Tensor):
+        lead = candidates[:, :_HASHED_FEATURES].detach().cpu()
+        if not _may_repeat((lead.float() if lead.dtype == torch.bfloat16 else lead).numpy()):
+            return queries @ candidates.T
+        values = candidates.detach()
+        _, inverse = torch.unique(values + 0 if values.is_floating_point() else values, dim=0, return_inverse=True)
+        first = torch.full((int(inverse.max()) + 1,), len(values), device=values.device).scatter_reduce(
+            0, inverse, torch.arange(len(values), device=values.device), reduce="amin")
+        return (queries @ candidates[first].T)[:, inverse]
+    values = np.asarray(candidates)
+    if not _may_repeat(values[:, :_HASHED_FEATURES]):
+        return queries @ candidates.T
+    _, first, inverse = np.unique(np.ascontiguousarray(_plus_zero(values)), axis=0, return_index=True,
+                                  return_inverse=True)
+    return (queries @ values[first].T)[:, inverse.reshape(-1)]
 
 
 _HASHED_FEATURES = 64  # leading features read by the row hash: rows that differ there differ
 
 
-def _repeated_rows(c: np.ndarray):
-    """``(index of one row per distinct row, inverse)`` when ``c`` (2-D) repeats a row, else None. Rows whose hashes
-    (of the bits of their first 64 features) all differ are all distinct, so the exact comparison of whole rows (a
-    sort) only runs where a hash repeats."""
-    if c.ndim != 2 or len(c) < 2 or c.dtype.kind not in "fiu":
-        return None
+def _plus_zero(x: np.ndarray) -> np.ndarray:
+    """-0.0 + 0 is 0.0: rows that differ only there score alike, and compare alike after this."""
+    return x + x.dtype.type(0) if x.dtype.kind == "f" else x
 
-    def plus_zero(x):  # -0.0 + 0 is 0.0: rows that differ only there score alike
-        return x + x.dtype.type(0) if x.dtype.kind == "f" else x
 
-    picked = plus_zero(c[:, :_HASHED_FEATURES])
-    bits = np.ascontiguousarray(picked).view(f"u{c.dtype.itemsize}").astype(np.uint64)
-    weights = np.random.default_rng(0).integers(1, 2**63, size=picked.shape[1], dtype=np.uint64) | np.uint64(1)
-    if np.unique(bits @ weights).size == len(c):  # the sum wraps modulo 2**64, which a hash may
-        return None
-    c = np.ascontiguousarray(plus_zero(c))
-    _, first, inverse = np.unique(c, axis=0, return_index=True, return_inverse=True)
-    return first, inverse.reshape(-1)
+def _may_repeat(lead: np.ndarray) -> bool:
+    """Whether two rows of ``lead`` (the candidates' leading features) hash alike; if none do, no row repeats."""
+    if lead.dtype.kind not in "fiub":
+        return True
+    lead = np.ascontiguousarray(_plus_zero(lead)).astype(lead.dtype, copy=False)
+    bits = lead.view(f"u{lead.dtype.itemsize}").astype(np.uint64) if lead.dtype.kind != "b" else lead.astype(np.uint64)
+    weights = np.random.default_rng(0).integers(1, 2**63, size=lead.shape[1], dtype=np.uint64) | np.uint64(1)
+    return np.unique(bits @ weights).size < len(lead)  # the sum wraps modulo 2**64, which a hash may

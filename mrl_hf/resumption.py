@@ -90,6 +90,8 @@ def generator_state(collator):
 
 
 def set_generator_state(state, collator) -> None:
+    if _private_generator(collator) is None and getattr(collator, "seed", None) is None:
+        return  # the run that saved it had a seed=, this collator has none: it draws from the global generators
     if _private_generator(collator) is None and hasattr(collator, "create_rng"):  # a fresh (resumed) collator
         if inspect.signature(collator.create_rng).parameters:  # transformers >= 5.24 takes the generator's kind
             collator.create_rng("pt" if torch.is_tensor(state) else "np")

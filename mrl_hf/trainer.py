@@ -111,10 +111,14 @@ class MRLTrainer(Trainer):
                 rotation_learning_rate, (int, float)) or not rotation_learning_rate > 0):
             raise ValueError(f"rotation_learning_rate={rotation_learning_rate!r} must be a number > 0 (None: no "
                              "output rotation).")
-        if isinstance(teacher, str) and teacher != "original" or not isinstance(teacher, (str, torch.nn.Module)):
+        if teacher is None and teacher_weight:
+            raise ValueError("teacher=None with teacher_weight > 0: pass teacher='original' (a frozen copy of the "
+                             "model as it is now) or a model whose forward gives embeddings.")
+        if isinstance(teacher, str) and teacher != "original" or not isinstance(teacher, (str, torch.nn.Module,
+                                                                                          type(None))):
             raise ValueError(f"teacher={teacher!r}; pass 'original' (a frozen copy of the model as it is now) or a "
                              "model whose forward gives embeddings.")
-        if not teacher_weight and not isinstance(teacher, str):
+        if not teacher_weight and isinstance(teacher, torch.nn.Module):
             warnings.warn("a teacher model is given, but teacher_weight=0 turns the teacher term off; pass "
                           "teacher_weight > 0 (e.g. 1.0) to train with it.", UserWarning, stacklevel=2)
         self.nonfinite_loss = nonfinite_loss

@@ -95,3 +95,7 @@ def test_labels_and_classes_that_do_not_fit_the_logits_are_refused():
     fitted = AdaptiveClassifier([2, 4]).fit(logits, labels)
     with pytest.raises(ValueError, match="logits have 5 classes, but the thresholds were fitted on logits of 3"):
         fitted.evaluate(rng.normal(size=(2, 50, 5)), labels)
+    with pytest.raises(ValueError, match="logits have 5 classes, but the thresholds were fitted on logits of 3"):
+        fitted.predict(rng.normal(size=(2, 50, 5)))
+    del fitted.num_classes  # a classifier pickled before the class count was recorded still evaluates
+    assert fitted.evaluate(logits, labels).accuracy >= 0

@@ -98,6 +98,13 @@ def test_evaluate_and_export_take_a_checkpoint_of_any_backbone(tmp_path, capsys)
     for m in (8, 32):
         got = next(r["value"] for r in records if r["dim"] == m and r["metric"] == "MRR")
         assert got == pytest.approx(100 * expected[m]["mrr"])
+    from mrl_hf.cli import _text_model_class
+    from mrl_hf.modeling import MRLBertModel
+
+    bare = tmp_path / "bert-era"  # a config.json without model_type (BERT-era checkpoints): loaded as BERT
+    bare.mkdir()
+    (bare / "config.json").write_text(json.dumps({"hidden_size": 32, "num_hidden_layers": 1}))
+    assert _text_model_class(str(bare)) is MRLBertModel and _text_model_class(str(tmp_path / "xlmr")) is not MRLBertModel
     capsys.readouterr()
     assert main(["export", str(tmp_path / "xlmr"), str(tmp_path / "st"), "--sentence-transformers"]) == 2
     assert "is a sentence-transformers folder already" in capsys.readouterr().err

@@ -158,8 +158,9 @@ def test_teacher_and_student_see_the_same_tokens_whatever_the_prompts_and_length
     short.tokenizer = tokenizer  # model_max_length 512
     collator = DistillationCollator(tokenizer)
     trainer = MatryoshkaDistillationTrainer(model=short, args=args, train_dataset=data, data_collator=collator)
-    batch = collator([data[i] for i in range(4)])
-    assert collator.max_length == 64 and batch["input_ids"].shape[1] == 64
+    batch = trainer.data_collator([data[i] for i in range(4)])
+    assert trainer.data_collator.max_length == 64 and batch["input_ids"].shape[1] == 64
+    assert collator.max_length is None  # a collator shared with another student keeps its own default
     short(batch["input_ids"], batch["attention_mask"], return_loss=False)  # 150 tokens failed in the forward
     assert DistillationCollator(tokenizer, max_length=32)([data[i] for i in range(2)])["input_ids"].shape[1] == 32
     del trainer

@@ -72,6 +72,14 @@ def test_resume_with_a_seeded_masking_collator_is_bit_identical(uninterrupted_se
         assert torch.equal(value, expected[name]), f"resumed from step {step}: {name}"
 
 
+def test_a_resume_with_an_unseeded_collator_draws_from_the_global_generators(uninterrupted_seeded, tmp_path):
+    out, _ = uninterrupted_seeded  # the saved generator state belongs to a collator with seed=; this one has none
+    for step in (2, 3):
+        shutil.copytree(out / f"checkpoint-{step}", tmp_path / str(step) / f"checkpoint-{step}")
+        resumed = run(tmp_path / str(step), resume=str(tmp_path / str(step) / f"checkpoint-{step}"), seed=None)
+        assert resumed.state.global_step == STEPS  # it failed creating a generator from seed=None
+
+
 def test_resume_after_an_evaluation_that_drew_from_the_collators_generator_is_bit_identical(tmp_path):
     expected = params(run(tmp_path / "full", seed=7, evaluate=True))  # evaluates (and masks) at steps 2 and 4
     for step in (2, 3):

@@ -138,6 +138,9 @@ def test_settings_that_would_train_otherwise_than_they_say_are_refused(tmp_path,
         MRLTrainer(model=embed, args=_args(tmp_path), train_dataset=pairs, teacher=tm.build("embed")[0])
     with pytest.raises(ValueError, match="teacher='bogus'; pass 'original'"):
         MRLTrainer(model=embed, args=_args(tmp_path), train_dataset=pairs, teacher="bogus")
+    MRLTrainer(model=embed, args=_args(tmp_path), train_dataset=pairs, teacher=None)  # "no teacher" in a sweep
+    with pytest.raises(ValueError, match="teacher=None with teacher_weight > 0"):
+        MRLTrainer(model=embed, args=_args(tmp_path), train_dataset=pairs, teacher=None, teacher_weight=1.0)
     # model_init builds a new model when training starts: the rotation kept was the first model's
     from mrl_hf import add_output_rotation
 
