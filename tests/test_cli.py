@@ -87,8 +87,8 @@ def test_evaluate_and_export_take_a_checkpoint_of_any_backbone(tmp_path, capsys)
     tokenizer.save_pretrained(tmp_path / "plain")
     model = MRLModelForTextEmbedding.from_pretrained(tmp_path / "plain", nesting_list=[8, 16, 32]).eval()
     model.save_pretrained(tmp_path / "xlmr")
-    rows = [("how are you", "I am fine"), ("what is your name", "My name is Bot"), ("where do you live", "In a computer"),
-            ("what time is it", "Late"), ("do you like music", "Yes, jazz")]
+    rows = [("how are you", "I am fine"), ("what is your name", "My name is Bot"),
+            ("where do you live", "In a computer"), ("what time is it", "Late"), ("do you like music", "Yes, jazz")]
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("".join(json.dumps({"query": q, "answer": a}) + "\n" for q, a in rows))
     assert main(["evaluate", str(tmp_path / "xlmr"), "--pairs", str(pairs), "--dims", "8,32", "--output",
@@ -104,7 +104,8 @@ def test_evaluate_and_export_take_a_checkpoint_of_any_backbone(tmp_path, capsys)
     bare = tmp_path / "bert-era"  # a config.json without model_type (BERT-era checkpoints): loaded as BERT
     bare.mkdir()
     (bare / "config.json").write_text(json.dumps({"hidden_size": 32, "num_hidden_layers": 1}))
-    assert _text_model_class(str(bare)) is MRLBertModel and _text_model_class(str(tmp_path / "xlmr")) is not MRLBertModel
+    assert _text_model_class(str(bare)) is MRLBertModel
+    assert _text_model_class(str(tmp_path / "xlmr")) is not MRLBertModel
     capsys.readouterr()
     assert main(["export", str(tmp_path / "xlmr"), str(tmp_path / "st"), "--sentence-transformers"]) == 2
     assert "is a sentence-transformers folder already" in capsys.readouterr().err

@@ -460,7 +460,8 @@ def test_binary_codes_of_the_other_kind_are_refused_not_misread():
     corpus, queries = rng.normal(size=(20, 16)).astype(np.float32), rng.normal(size=(3, 16)).astype(np.float32)
     signed, unsigned = quantize_embeddings(corpus, "binary"), quantize_embeddings(corpus, "ubinary")
     # the dtype says which codes they are: "binary" codes no longer read as "ubinary" by default
-    np.testing.assert_array_equal(asymmetric_binary_scores(queries, signed), asymmetric_binary_scores(queries, unsigned))
+    np.testing.assert_array_equal(asymmetric_binary_scores(queries, signed),
+                                  asymmetric_binary_scores(queries, unsigned))
     with pytest.raises(ValueError, match=r"corpus codes are int8 \('binary' codes\) but precision='ubinary'"):
         asymmetric_binary_scores(queries, signed, "ubinary")
     with pytest.raises(ValueError, match=r"corpus codes are int8 \('binary' codes\) but precision='ubinary'"):
