@@ -128,10 +128,13 @@ def inner_products(queries, candidates):
     exactly alike. A BLAS product rounds a row's dot products differently depending on where the row sits, so two
     copies of one vector could rank apart, by position, where a tie rule (or "ties by corpus order") says they tie.
     Repeated rows are looked for by a hash of their leading features (most candidate sets have none: then it is the
-    plain product); where one may repeat, each distinct row is scored once."""
-    if candidates.ndim != 2 or len(candidates) < 2:
+    plain product); where one may repeat, each distinct row is scored once. An evaluation tool: inputs that require
+    a gradient (which must reach every copy), and dtypes other than real numbers, get the plain product."""
+    if candidates.ndim != 2 or len(candidates) < 2 or candidates.shape[1] == 0:
         return queries @ candidates.T
     if isinstance(candidates, torch.Tensor):
+        if candidates.requires_grad or getattr(queries, "requires_grad", False) or candidates.is_complex():
+            return queries @ candidates.T
         lead = candidates[:, :_HASHED_FEATURES].detach().cpu()
         if not _may_repeat((lead.float() if lead.dtype == torch.bfloat16 else lead).numpy()):
             return queries @ candidates.T
@@ -141,7 +144,7 @@ def inner_products(queries, candidates):
             0, inverse, torch.arange(len(values), device=values.device), reduce="amin")
         return (queries @ candidates[first].T)[:, inverse]
     values = np.asarray(candidates)
-    if not _may_repeat(values[:, :_HASHED_FEATURES]):
+    if values.dtype.kind not in "fiub" or not _may_repeat(values[:, :_HASHED_FEATURES]):
         return queries @ candidates.T
     _, first, inverse = np.unique(np.ascontiguousarray(_plus_zero(values)), axis=0, return_index=True,
                                   return_inverse=True)
@@ -159,7 +162,7 @@ def _plus_zero(x: np.ndarray) -> np.ndarray:
 def _may_repeat(lead: np.ndarray) -> bool:
     """Whether two rows of ``lead`` (the candidates' leading features) hash alike; if none do, no row repeats."""
     if lead.dtype.kind not in "fiub":
-        return True
+        return False  # not hashed here; the callers give such inputs the plain product
     lead = np.ascontiguousarray(_plus_zero(lead)).astype(lead.dtype, copy=False)
     bits = lead.view(f"u{lead.dtype.itemsize}").astype(np.uint64) if lead.dtype.kind != "b" else lead.astype(np.uint64)
     weights = np.random.default_rng(0).integers(1, 2**63, size=lead.shape[1], dtype=np.uint64) | np.uint64(1)

@@ -455,6 +455,24 @@ def test_identical_candidates_score_alike_wherever_they_sit():
             assert at == [at[0], at[0] + 1, at[0] + 2] and len(set(row_scores[at])) == 1, precision
 
 
+def test_inner_products_scores_repeated_rows_alike_and_leaves_other_inputs_to_the_plain_product():
+    from mrl_hf.embeddings import inner_products
+
+    rng = np.random.default_rng(0)
+    q, c = rng.standard_normal((3, 100)).astype(np.float32), rng.standard_normal((6, 100)).astype(np.float32)
+    c[3] = c[5] = c[1]
+    c[4, 70:] = c[2, 70:] + 1  # the same leading 64 features, different rows
+    c[4, :70] = c[2, :70]
+    for got in (inner_products(q, c), inner_products(torch.tensor(q), torch.tensor(c)).numpy()):
+        assert (got[:, 1] == got[:, 3]).all() and (got[:, 1] == got[:, 5]).all()
+        np.testing.assert_allclose(got, q @ c.T, rtol=1e-5, atol=1e-5)
+    assert inner_products(q, c.astype(object)).shape == (3, 6)  # unique rows of other dtypes are not looked for
+    assert inner_products(torch.zeros(3, 0), torch.zeros(4, 0)).shape == (3, 4)
+    grad = torch.tensor(c, requires_grad=True)  # a gradient reaches every copy (it all went to the first one)
+    inner_products(torch.tensor(q), grad).sum().backward()
+    torch.testing.assert_close(grad.grad, torch.tensor(q).sum(0).expand(6, -1))
+
+
 def test_binary_codes_of_the_other_kind_are_refused_not_misread():
     rng = np.random.default_rng(0)
     corpus, queries = rng.normal(size=(20, 16)).astype(np.float32), rng.normal(size=(3, 16)).astype(np.float32)
