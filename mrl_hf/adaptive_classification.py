@@ -53,14 +53,13 @@ class AdaptiveClassifier:
         self.grid = np.append(np.linspace(0.0, 1.0, num_thresholds), np.inf)  # inf: skip this dim
         self.thresholds: np.ndarray | None = None  # one per dim; the last is 0 (always answers)
         self.num_classes: int | None = None  # of the logits the thresholds were fitted on
-        self._classes: int | None = None  # of the logits being read
 
     @classmethod
     def from_model(cls, model, **kwargs) -> "AdaptiveClassifier":
         return cls(model.config.nesting_list, efficient=model.config.efficient, **kwargs)
 
-    def _confidences(self, nested_logits) -> tuple[np.ndarray, np.ndarray]:
-        """(|M|, N) max-softmax probabilities and argmax predictions."""
+    def _confidences(self, nested_logits) -> tuple[np.ndarray, np.ndarray, int]:
+        """(|M|, N) max-softmax probabilities and argmax predictions, and the number of classes."""
         if isinstance(nested_logits, (list, tuple)):
             nested_logits = torch.stack([torch.as_tensor(x) for x in nested_logits])
         logits = torch.as_tensor(nested_logits).detach().cpu()
@@ -73,16 +72,15 @@ class AdaptiveClassifier:
             x = dim_logits.double()
             conf.append(1.0 / (x - x.max(-1, keepdim=True).values).exp().sum(-1))  # the max softmax probability
             pred.append(x.argmax(-1))
-        self._classes = logits.shape[-1]
-        return torch.stack(conf).numpy(), torch.stack(pred).numpy()
+        return torch.stack(conf).numpy(), torch.stack(pred).numpy(), logits.shape[-1]
 
-    def _labels(self, labels, n: int) -> np.ndarray:  # class indices: string labels never match a class
-        return as_labels(labels, "labels", n=n, class_ids=True, num_classes=self._classes)
+    @staticmethod
+    def _labels(labels, n: int, classes: int) -> np.ndarray:  # class indices: string labels never match a class
+        return as_labels(labels, "labels", n=n, class_ids=True, num_classes=classes)
 
     def fit(self, nested_logits, labels) -> "AdaptiveClassifier":
-        conf, pred = self._confidences(nested_logits)
-        self.num_classes = self._classes
-        correct = pred == self._labels(labels, conf.shape[1])[None]
+        conf, pred, self.num_classes = self._confidences(nested_logits)
+        correct = pred == self._labels(labels, conf.shape[1], self.num_classes)[None]
         num_dims = len(self.nesting_list)
         thresholds = np.zeros(num_dims)
         downstream = correct[-1].copy()  # correctness of the cascade that starts at the next dim
@@ -102,23 +100,23 @@ class AdaptiveClassifier:
         passes[-1] = True
         return passes.argmax(0)  # index of the first dim that answers
 
-    def _check_classes(self) -> None:
+    def _check_classes(self, classes: int) -> None:
         fitted = getattr(self, "num_classes", None)  # None: not fitted, or pickled before it was recorded
-        if fitted is not None and self._classes != fitted:
-            raise ValueError(f"nested_logits have {self._classes} classes, but the thresholds were fitted on logits of "
+        if fitted is not None and classes != fitted:
+            raise ValueError(f"nested_logits have {classes} classes, but the thresholds were fitted on logits of "
                              f"{fitted}; use the classifier the thresholds were fitted for.")
 
     def predict(self, nested_logits) -> tuple[np.ndarray, np.ndarray]:
         """``(predictions, dims)``: the class and the representation size that answered, per input."""
-        conf, pred = self._confidences(nested_logits)
-        self._check_classes()
+        conf, pred, classes = self._confidences(nested_logits)
+        self._check_classes(classes)
         stop = self._route(conf)
         return pred[stop, np.arange(len(stop))], np.asarray(self.nesting_list)[stop]
 
     def evaluate(self, nested_logits, labels) -> AdaptiveResult:
-        conf, pred = self._confidences(nested_logits)
-        self._check_classes()
-        labels = self._labels(labels, conf.shape[1])
+        conf, pred, classes = self._confidences(nested_logits)
+        self._check_classes(classes)
+        labels = self._labels(labels, conf.shape[1], classes)
         stop = self._route(conf)
         dims = np.asarray(self.nesting_list)
         cost_per_stop = dims if self.efficient else np.cumsum(dims)

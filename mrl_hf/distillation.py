@@ -239,8 +239,7 @@ class DistillationCollator:
     def _length(self) -> int:
         if self.max_length is not None:
             return self.max_length
-        limit = getattr(self.tokenizer, "model_max_length", None)  # outside the trainer, which knows the model
-        return limit if isinstance(limit, int) and 0 < limit <= 1_000_000 else 512  # int(1e30): none stated
+        return default_max_length(self.tokenizer, None)  # outside the trainer, which knows the model's positions
 
     def __call__(self, features) -> dict:
         if len(features) < 2:

@@ -160,10 +160,9 @@ def _plus_zero(x: np.ndarray) -> np.ndarray:
 
 
 def _may_repeat(lead: np.ndarray) -> bool:
-    """Whether two rows of ``lead`` (the candidates' leading features) hash alike; if none do, no row repeats."""
-    if lead.dtype.kind not in "fiub":
-        return False  # not hashed here; the callers give such inputs the plain product
-    lead = np.ascontiguousarray(_plus_zero(lead)).astype(lead.dtype, copy=False)
-    bits = lead.view(f"u{lead.dtype.itemsize}").astype(np.uint64) if lead.dtype.kind != "b" else lead.astype(np.uint64)
+    """Whether two rows of ``lead`` (the candidates' leading features, real numbers) hash alike; if none do, no row
+    repeats."""
+    lead = np.ascontiguousarray(_plus_zero(lead))
+    bits = lead.astype(np.uint64) if lead.dtype.kind == "b" else lead.view(f"u{lead.dtype.itemsize}").astype(np.uint64)
     weights = np.random.default_rng(0).integers(1, 2**63, size=lead.shape[1], dtype=np.uint64) | np.uint64(1)
     return np.unique(bits @ weights).size < len(lead)  # the sum wraps modulo 2**64, which a hash may

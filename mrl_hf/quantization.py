@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from .embeddings import inner_products
-from .nesting import validate_nesting_list
+from .nesting import validate_dims, validate_nesting_list
 
 FLOAT = "float32"
 TRAINABLE_PRECISIONS = ("float32", "int8", "binary")  # what a loss can train
@@ -467,9 +467,7 @@ def quantized_retrieval_metrics(query_embeddings, candidate_embeddings, dims: Se
     calib = c if calibration_embeddings is None else np.asarray(calibration_embeddings, dtype=np.float32)
     full = _cosine(q, c, q.shape[1]) if rescore else None
     results: dict[str, dict[int, dict[str, float]]] = {}
-    for m in dims:
-        if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or not 1 <= m <= q.shape[1]:
-            raise ValueError(f"dim={m!r} must be an int in 1..{q.shape[1]} (the embeddings' size).")
+    for m in validate_dims(dims, q.shape[1]):
         qm, cm = _normalized(q[:, :m]), _normalized(c[:, :m])
         for p in precisions:
             if p == FLOAT:

@@ -172,15 +172,12 @@ class MRLTrainer(Trainer):
             raise ValueError("average_tokens_across_devices=False with several processes divides each process's loss "
                              "by its own count of labelled tokens / rows: the mean of the processes' means, not the "
                              "global batch's mean that one process trains; leave it True (the default).")
-        if self.args.include_num_input_tokens_seen != "no" and self._collates_pairs():
+        from .data.collator import PairCollator
+
+        if self.args.include_num_input_tokens_seen != "no" and isinstance(self.data_collator, PairCollator):
             warnings.warn("include_num_input_tokens_seen counts the tokens of input_ids only, the anchors of each pair "
                           "(the Trainer's count); the positives and negatives are not in num_input_tokens_seen.",
                           UserWarning, stacklevel=3)
-
-    def _collates_pairs(self) -> bool:
-        from .data.collator import PairCollator
-
-        return isinstance(self.data_collator, PairCollator)
 
     def _warn_if_rotation_trains_freely(self) -> None:
         from .rotation import check_rotation
@@ -279,13 +276,8 @@ class MRLTrainer(Trainer):
             raise ValueError(f"teacher_sizes='full' logs the teacher term under the full size, whose "
                              f"relative_importance is {coefs[-1]}; give the full size a weight > 0, or use "
                              "teacher_sizes='all'.")
-        if isinstance(teacher, str):
-            if teacher != "original":
-                raise ValueError(f"teacher={teacher!r}; pass 'original' (a frozen copy of the model as it is now) or a "
-                                 "model whose forward gives embeddings.")
+        if isinstance(teacher, str):  # "original": __init__ checked the value
             teacher = copy.deepcopy(model)
-        if not isinstance(teacher, torch.nn.Module):
-            raise TypeError(f"teacher must be 'original' or a torch model, got {type(teacher).__name__}.")
         teacher.requires_grad_(False).eval()
         sizes = len(config.nesting_list)
         weights = [0.0] * (sizes - 1) + [1.0] if self.teacher_sizes == "full" else config.relative_importance

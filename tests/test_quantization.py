@@ -504,7 +504,7 @@ def test_binary_codes_of_the_other_kind_are_refused_not_misread():
     with pytest.raises(ValueError, match=r"ranges has shape \(2, 1\); expected \(2, 16\)"):
         search_codes(quantize_embeddings(queries, "int8", ranges), quantize_embeddings(corpus, "int8", ranges), "int8",
                      ranges=ranges[:, :1])
-    with pytest.raises(ValueError, match=r"dim=8.5 must be an int in 1..16"):
+    with pytest.raises(TypeError, match=r"dim \(an int in 1..16.*must be an int, got 8.5"):
         quantized_retrieval_metrics(queries, corpus[:3], [8.5], ["binary"])
 
 # ---- metadata: config, save / load, contract, model card ---------------------------------------------------------

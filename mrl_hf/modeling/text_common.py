@@ -210,8 +210,8 @@ _NO_STATED_LIMIT = 1_000_000
 def default_max_length(tokenizer, config) -> int:
     """The tokenizer's ``model_max_length``, capped at the tokens the backbone's ``max_position_embeddings`` can
     place (when it has them; RoBERTa-style families lose ``pad_token_id + 1`` of them); 512 where neither states a
-    limit (XLNet, Mamba with a tokenizer of no stated length)."""
-    text = config.get_text_config()
+    limit (XLNet, Mamba with a tokenizer of no stated length). ``config=None``: the tokenizer's limit alone."""
+    text = None if config is None else config.get_text_config()
     positions = getattr(text, "max_position_embeddings", None)
     if not isinstance(positions, int) or positions < 1:  # XLNet states -1: no limit
         positions = None
