@@ -133,3 +133,7 @@ def test_the_metric_comes_from_the_collection_and_unexportable_plans_are_refused
         qdrant_search(client, "m", queries, plan, 10, metric="cosine")
     with pytest.raises(ValueError, match="Qdrant has no IVF structure"):  # ran on the flat vector of the same name
         qdrant_search(client, "m", queries, SearchPlan(16, "float32", "ivf", 400, nprobe=2), 10)
+    # queries cut to the plan's size were read as the index's width and failed inside the engine with a numpy error
+    with pytest.raises(ValueError, match=r"queries have 24 dims but Qdrant collection 'm' holds 32-dim vectors; "
+                                         r"pass full-size \(32-dim\) queries"):
+        qdrant_search(client, "m", queries[:, :24], plan, 10)

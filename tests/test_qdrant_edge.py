@@ -134,5 +134,8 @@ def test_a_plan_without_ef_search_runs_with_the_index_beam_and_metric_is_require
         assert (as_tuned != ids(dataclasses.replace(plan, ef_search=16))).any(1).sum() > 10  # what it ran before
         with pytest.raises(ValueError, match=r"needs metric=.*index.metric"):
             qdrant_edge_search(shard, queries, plan, 10)
+        # an unknown name skipped the l2 squaring and the cosine normalisation: other scores, no error
+        with pytest.raises(ValueError, match=r"metric='L2' is not supported; choose one of \('cosine', 'ip', 'l2'\)"):
+            qdrant_edge_search(shard, queries, plan, 10, metric="L2")
     finally:
         shard.close()

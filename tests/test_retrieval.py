@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from mrl_hf.retrieval import MatryoshkaIndex, SearchCost, StageCost, default_funnel_steps
+from mrl_hf.retrieval import MatryoshkaIndex, SearchCost, SearchResult, StageCost, default_funnel_steps
 
 METRICS = ["cosine", "ip", "l2"]
 N, D, NQ = 600, 64, 12
@@ -359,6 +359,19 @@ def test_cost_counts_dot_products_as_the_paper(data):
                          StageCost("rerank", 64, 100), StageCost("rerank", 128, 50),
                          StageCost("rerank", 256, 25), StageCost("rerank", 2048, 10)), 1281167, 1, 1.0)
     assert round(funnel.mflops_per_query, 2) == 20.54
+
+
+def test_a_search_result_pickles_and_copies_with_its_cost(data):
+    """A result sent from a worker process (or copied) kept only (scores, ids): unpickling raised a TypeError."""
+    import copy
+    import pickle
+
+    db, queries = data
+    result = MatryoshkaIndex(db, backend="torch").adaptive_search(queries, 5, 8, shortlist_k=20)
+    for other in (pickle.loads(pickle.dumps(result)), copy.copy(result), copy.deepcopy(result)):
+        assert isinstance(other, SearchResult) and str(other.cost) == str(result.cost)
+        np.testing.assert_array_equal(other.ids, result.ids)
+        np.testing.assert_array_equal(other.scores, result.scores)
 
 
 def test_memory_bytes_counts_embeddings_and_structures(data):

@@ -79,6 +79,9 @@ class SearchResult(tuple):
         obj.cost = cost
         return obj
 
+    def __reduce__(self):  # pickle and copy rebuild it with all three arguments (the tuple protocol passes one)
+        return SearchResult, (self[0], self[1], self.cost)
+
     @property
     def scores(self) -> np.ndarray:
         return self[0]

@@ -48,14 +48,19 @@ def _distance(metric: str):
     return {"cosine": m.Distance.COSINE, "ip": m.Distance.DOT, "l2": m.Distance.EUCLID}[metric]
 
 
-def _collection_metric(client, collection: str, metric: str | None) -> str:
+def _collection_metric(client, collection: str, metric: str | None, queries: np.ndarray) -> str:
     """The metric ``collection`` was exported with (its ``"full"`` vector's distance); a different ``metric`` is
-    refused: normalising the queries for the wrong one changes the ranking without an error."""
-    distance = client.get_collection(collection).config.params.vectors[FULL].distance
-    stored = {_distance(k): k for k in ("cosine", "ip", "l2")}[distance]
+    refused: normalising the queries for the wrong one changes the ranking without an error. Queries must have the
+    full vector's size (plans re-rank at the full size)."""
+    full = client.get_collection(collection).config.params.vectors[FULL]
+    stored = {_distance(k): k for k in ("cosine", "ip", "l2")}[full.distance]
     if metric is not None and metric != stored:
         raise ValueError(f"metric={metric!r}, but Qdrant collection {collection!r} was exported with metric "
-                         f"{stored!r} (distance {distance}); leave metric=None to use the collection's.")
+                         f"{stored!r} (distance {full.distance}); leave metric=None to use the collection's.")
+    if queries.shape[1] != full.size:
+        raise ValueError(f"queries have {queries.shape[1]} dims but Qdrant collection {collection!r} holds "
+                         f"{full.size}-dim vectors; pass full-size ({full.size}-dim) queries: plans re-rank at the "
+                         "full size.")
     return stored
 
 
@@ -156,7 +161,7 @@ def qdrant_search(client, collection: str, queries, plan: SearchPlan, top_k: int
     top_k = as_int(top_k, "top_k", minimum=1)
     queries = np.asarray(queries, np.float32)
     queries = queries[None] if queries.ndim == 1 else queries
-    metric = _collection_metric(client, collection, metric)
+    metric = _collection_metric(client, collection, metric, queries)
     plan = check_plan(plan, queries.shape[1], metric, top_k)
     check_exportable(plan)  # an IVF plan would run on the same-named flat vector, an int4 one on none
     params = m.SearchParams(hnsw_ef=beam(plan, ef_search),

@@ -16,7 +16,7 @@ import os
 import numpy as np
 
 from ..nesting import as_int
-from ._inputs import prefix
+from ._inputs import check_metric, prefix
 from ._rerank import worst_score
 from .plan import SearchPlan, check_plan
 from .qdrant import FULL, beam, check_exportable, named_plans, vector_name
@@ -95,6 +95,7 @@ def qdrant_edge_search(shard, queries, plan: SearchPlan, top_k: int, metric: str
     if metric is None:
         raise ValueError("qdrant_edge_search needs metric=, the metric of the index the shard was exported from "
                          "(index.metric: 'cosine', 'ip' or 'l2'); an Edge shard does not report its distance.")
+    metric = check_metric(metric)  # another string would skip the l2 squaring and the cosine normalisation
     top_k = as_int(top_k, "top_k", minimum=1)
     queries = np.asarray(queries, np.float32)
     queries = queries[None] if queries.ndim == 1 else queries
