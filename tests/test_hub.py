@@ -243,7 +243,8 @@ print(json.dumps({"bad_token": error_of(lambda: push_to_hub(model, "tester/x", t
 def test_a_second_push_replaces_the_weights_and_a_branch_is_made(hub, tmp_path):
     """A repo that holds one model.safetensors, pushed again as shards (or the reverse), must load the new weights:
     the commit removes the old weight files, as a local save does (the old file was kept, and loaded). A push to a
-    new branch (revision=) makes it, as transformers' push_to_hub does (it failed with HTTP 404). The test server
+    new branch (revision=) makes it, as transformers' push_to_hub does (it failed with HTTP 404). A repo id without
+    a namespace gets the token's user's in the card, as in the repo the Hub makes. The test server
     does not cover LFS/Xet uploads: every file goes inline in the commit."""
     result = run_client(hub, TINY_MODEL + """
 import json
@@ -259,9 +260,15 @@ third = MRLBertModel(config).eval()
 third.tokenizer = tokenizer
 third.push_to_hub("tester/repush", revision="dev")
 third.push_to_hub("tester/repush", create_pr=True)  # a pull request against main's shards
+third.save_pretrained("bare-name", push_to_hub=True)  # no namespace: the Hub makes tester/bare-name
 print(json.dumps({"new": new}))
 """, tmp_path)
     assert result["new"]
+    # the card and its settings name the repo the Hub made; they said "bare-name", which no one can load
+    bare = hub.repos["tester/bare-name"].files
+    assert 'from_pretrained("tester/bare-name"' in bare["README.md"].decode()
+    assert 'from_pretrained("bare-name"' not in bare["README.md"].decode()
+    assert json.loads(bare["mrl_card.json"])["repo_id"] == "tester/bare-name"
     repo = hub.repos["tester/repush"]
     weights = sorted(name for name in repo.files if "safetensors" in name)
     assert weights and "model.safetensors" not in weights and "model.safetensors.index.json" in weights, weights

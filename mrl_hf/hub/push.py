@@ -173,6 +173,7 @@ def push_to_hub(model_or_folder, repo_id: str, *, token: bool | str | None = Non
         check_config(model_or_folder)
         folder = config = None
     token = resolve_token(token)
+    repo_id = _with_namespace(repo_id, token)  # the card names the repo the Hub creates: "name" goes to "user/name"
 
     with tempfile.TemporaryDirectory(prefix="mrl_hf_push_") as tmp:
         staged = Path(tmp) / "repo"
@@ -183,6 +184,22 @@ def push_to_hub(model_or_folder, repo_id: str, *, token: bool | str | None = Non
             _stage_folder(folder, staged, config, repo_id, results, remote_code, regenerate_card, card_kwargs)
         message = commit_message or f"Upload Matryoshka model ({config.model_type if config else 'mrl_hf'})"
         return _upload(staged, repo_id, token, private, revision, message, commit_description, create_pr)
+
+
+def _with_namespace(repo_id: str, token: str) -> str:
+    """``repo_id`` as the Hub will name it: an id without a namespace goes to the token's user."""
+    if "/" in repo_id:
+        return repo_id
+    from huggingface_hub import HfApi
+
+    try:
+        user = HfApi(token=token).whoami()["name"]
+    except Exception as exc:
+        raise HubPushError(f"pushing to {repo_id} failed: asking the Hub whose token this is, to name the repo "
+                           f"<user>/{repo_id}, failed ({type(exc).__name__}: {str(exc).splitlines()[0]}). Nothing was "
+                           f"committed; pass repo_id='<user or org>/{repo_id}', or check the token and the network."
+                           ) from exc
+    return f"{user}/{repo_id}"
 
 
 def _model_class(config) -> type:
