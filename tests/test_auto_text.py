@@ -385,6 +385,34 @@ def test_sentence_transformers_minilm_folder_gives_what_mrl_bert_gives():
     np.testing.assert_array_equal(model.encode(TEXTS, truncate_dim=96), bert.encode(TEXTS, truncate_dim=96))
 
 
+def test_a_plain_checkpoint_that_states_its_sizes_loads_with_them(plain_checkpoint, tokenizer, tmp_path):
+    """A vLLM / Jina-style config (matryoshka_dimensions, truncate_dim, normalize_embeddings) or a sentence-transformers
+    export (nesting_list) loads with its own sizes and default size, as MRLBertModel reads them; they were dropped
+    for the halving list at full size (mrl-hf evaluate then scored sizes that were never trained)."""
+    _, plain = plain_checkpoint("xlm-roberta")
+    plain.config.update(dict(matryoshka_dimensions=[12, 20], truncate_dim=20, normalize_embeddings=True))
+    plain.save_pretrained(tmp_path / "vllm")
+    with pytest.warns(UserWarning, match="does not list the embedding size 32"):
+        model = MRLModelForTextEmbedding.from_pretrained(tmp_path / "vllm")
+    assert model.config.nesting_list == [12, 20, 32] and model.config.truncate_dim == 20
+    assert model.config.normalize_embeddings
+    asked = MRLModelForTextEmbedding.from_pretrained(tmp_path / "vllm", nesting_list=[8, 16, 32], truncate_dim=None)
+    assert asked.config.nesting_list == [8, 16, 32] and asked.config.truncate_dim is None  # what is passed wins
+    projected = MRLModelForTextEmbedding.from_pretrained(tmp_path / "vllm", embedding_dim=16)  # other outputs
+    assert projected.config.nesting_list == [8, 16] and projected.config.truncate_dim is None
+
+    from mrl_hf.export import export_sentence_transformers
+    from mrl_hf.modeling import MRLBertConfig, MRLBertModel
+
+    bert = MRLBertModel(MRLBertConfig(**tiny_config("bert").to_diff_dict() | dict(nesting_list=[12, 20, 32],
+                                                                                  truncate_dim=20)))
+    bert.tokenizer = tokenizer
+    export_sentence_transformers(bert, tmp_path / "st")
+    wrapped = MRLModelForTextEmbedding.from_pretrained(tmp_path / "st")
+    assert wrapped.config.nesting_list == [12, 20, 32] and wrapped.config.truncate_dim == 20
+    np.testing.assert_allclose(wrapped.encode(TEXTS), bert.encode(TEXTS), atol=1e-6)
+
+
 def test_from_backbone_in_memory_matches_from_pretrained(plain_checkpoint, tokenizer):
     folder, plain = plain_checkpoint("deberta-v2")
     built = MRLModelForTextEmbedding.from_backbone(plain, tokenizer=tokenizer, nesting_list=[16, 32])

@@ -96,8 +96,22 @@ class WrappedModelMixin(MatryoshkaPreTrainedMixin):
                              "from.")
         backbone_config = AutoConfig.from_pretrained(path, **hub)
         settings = {k: kwargs.pop(k) for k in list(kwargs) if k in cls._plain_settings}
-        config = cls._config_for_plain(backbone_config, settings)
+        config = cls._config_for_plain(backbone_config, {**cls._stated_contract(found, settings), **settings})
         return config, cls._plain_key_mapping(backbone_config, found)
+
+    @classmethod
+    def _stated_contract(cls, found: dict, settings: dict) -> dict:
+        """The Matryoshka keys a plain checkpoint's config states (a sentence-transformers export, a vLLM / Jina
+        config: sizes as ``nesting_list`` or ``matryoshka_dimensions``, the default ``truncate_dim``, the
+        normalisation), as ``MRLBertModel`` reads them. A new ``embedding_dim`` (a projection) makes other outputs:
+        their sizes are not read."""
+        if "embedding_dim" in settings:
+            return {}
+        keys = ("nesting_list", "truncate_dim", "normalize_embeddings")
+        stated = {k: found[k] for k in keys if k in cls._plain_settings and found.get(k) is not None}
+        if "nesting_list" in cls._plain_settings and found.get("matryoshka_dimensions"):
+            stated["matryoshka_dimensions"] = found["matryoshka_dimensions"]
+        return stated
 
     @classmethod
     def _config_for_plain(cls, backbone_config: PretrainedConfig, settings: dict) -> PretrainedConfig:
