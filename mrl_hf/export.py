@@ -29,7 +29,7 @@ from transformers import BertConfig, BertModel
 from .contract import contract_keys, sentence_transformers_keys
 from .modeling.bert import MRLBertModel
 from .modeling.text_common import default_max_length, right_padding
-from .saving import owned_files
+from .saving import holds_files, owned_files
 
 ADAPTOR_MODULE_FILE = "mrl_adaptor.py"
 _SAVE_KEYS = {"model_type", "architectures", "auto_map", "transformers_version"}
@@ -100,7 +100,7 @@ def export_sentence_transformers(model: MRLBertModel, path: str, tokenizer=None,
     path = os.path.abspath(os.fspath(path))
     if os.path.isfile(path):
         raise FileExistsError(f"{path} is a file; choose a folder path.")
-    if os.path.isdir(path) and os.listdir(path) and not overwrite:
+    if os.path.isdir(path) and holds_files(path) and not overwrite:
         raise FileExistsError(f"{path} exists and is not empty; choose a new path or pass overwrite=True.")
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)

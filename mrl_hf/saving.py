@@ -100,6 +100,12 @@ def _is_internal(name: str) -> bool:
     return name.startswith(_INTERNAL)
 
 
+def holds_files(folder) -> bool:
+    """Whether ``folder`` holds anything besides this module's own bookkeeping (the lock a load or a failed save
+    leaves behind): what "the folder is not empty" means before writing into it."""
+    return any(not _is_internal(entry.name) for entry in os.scandir(folder))
+
+
 # ---- locks ---------------------------------------------------------------------------------------------------
 
 @contextlib.contextmanager

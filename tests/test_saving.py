@@ -447,6 +447,17 @@ def test_pushing_a_folder_renders_mrl_hfs_card_for_what_is_pushed(tmp_path, monk
     assert "trust_remote_code=True" in (tmp_path / "withcode" / "README.md").read_text()
     with pytest.raises(FileExistsError, match="is a file; choose a folder path"):
         push.export_remote_code(tmp_path / "nocode", tmp_path / "withcode" / "config.json", overwrite=True)
+    # a load that failed leaves the lock of its read behind: the folder is still empty to write into (it was "not
+    # empty", and the export refused without overwrite=True)
+    failed = tmp_path / "after_a_failed_load"
+    failed.mkdir()
+    with pytest.raises(OSError):
+        MRLBertModel.from_pretrained(failed)
+    assert [p.name for p in failed.iterdir()] == [saving.LOCK_FILE]
+    push.export_remote_code(tmp_path / "nocode", failed)
+    assert (failed / "config.json").is_file()
+    with pytest.raises(FileExistsError, match="exists and is not empty"):
+        push.export_remote_code(tmp_path / "nocode", failed)
 
 
 def test_a_save_removes_the_shard_index_of_the_bin_shards_it_replaces(tmp_path):

@@ -32,6 +32,12 @@ def test_sentence_transformers_loads_export_with_truncate_dim(tmp_path, extra):
     with pytest.warns(UserWarning, match="normalize_embeddings=True"):
         export_sentence_transformers(model, path, overwrite=True)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".mrl_export_")]
+    failed = tmp_path / "after_a_failed_load"  # holds only the lock a failed load leaves: still empty to write into
+    failed.mkdir()
+    with pytest.raises(OSError):
+        MRLBertModel.from_pretrained(failed)
+    with pytest.warns(UserWarning, match="normalize_embeddings=True"):
+        export_sentence_transformers(model, failed)
 
 
 def _with_adaptor(hidden_dim):

@@ -12,7 +12,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ..saving import is_weight_file, owned_files, reading
+from ..saving import holds_files, is_weight_file, owned_files, reading
 from .card import PLOT_FILE, render_model_card
 from .remote_code import strip_remote_code, write_remote_code
 
@@ -230,7 +230,7 @@ def export_remote_code(checkpoint, output, overwrite: bool = False) -> Path:
     target = Path(output).absolute()
     if target.is_file():
         raise FileExistsError(f"{target} is a file; choose a folder path for the copy.")
-    if target.is_dir() and any(target.iterdir()) and not overwrite:
+    if target.is_dir() and holds_files(target) and not overwrite:
         raise FileExistsError(f"{target} exists and is not empty; choose a new folder or pass overwrite=True.")
     with tempfile.TemporaryDirectory(prefix="mrl_hf_remote_code_") as tmp:
         staged = Path(tmp) / "copy"
