@@ -336,11 +336,30 @@ def _text_model_class(path: str):
     from .modeling import MRLBertModel, MRLModelForTextEmbedding
 
     try:
-        model_type = PretrainedConfig.get_config_dict(path)[0].get("model_type")
+        found = PretrainedConfig.get_config_dict(path)[0]
     except (OSError, ValueError):  # a missing or unreadable checkpoint: from_pretrained says which, clearly
         return MRLBertModel
+    model_type, saved_as = found.get("model_type"), (found.get("architectures") or [None])[0]
+    if model_type == MRLBertModel.config_class.model_type and saved_as not in (None, MRLBertModel.__name__):
+        # its sizes are those of its own head: the pooled hidden states were never trained as embeddings
+        raise ValueError(f"{path} is an {saved_as} checkpoint, not a text-embedding model: its nesting_list sizes "
+                         "were trained for its head, not as embeddings. Use a checkpoint saved as MRLBertModel "
+                         "(`mrl-hf train text-embeddings` makes one).")
     bert = (None, MRLBertModel.config_class.model_type, *MRLBertModel._plain_model_types)  # None: BERT-era configs
     return MRLBertModel if model_type in bert else MRLModelForTextEmbedding
+
+
+def _auto_class_of(folder) -> str:
+    """The transformers Auto class that opens ``folder`` as the class it was saved as (its ``auto_map`` entry for
+    ``architectures``): ``AutoModel`` would refuse a classifier, or open the embedding model without its head."""
+    import json
+
+    config = json.loads((Path(folder) / "config.json").read_text())
+    saved_as = (config.get("architectures") or [None])[0]
+    for auto, target in (config.get("auto_map") or {}).items():
+        if auto != "AutoConfig" and str(target).rsplit(".", 1)[-1] == saved_as:
+            return auto
+    return "AutoModel"
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -354,7 +373,7 @@ def _export(args: argparse.Namespace) -> int:
         except FileExistsError as exc:
             raise FileExistsError(str(exc).replace("pass overwrite=True", "pass --overwrite")) from exc
         print(f"Wrote {path} with its modeling code: without mrl_hf, open it with\n"
-              f"  AutoModel.from_pretrained({str(path)!r}, trust_remote_code=True)")
+              f"  {_auto_class_of(path)}.from_pretrained({str(path)!r}, trust_remote_code=True)")
         return 0
     from .export import export_sentence_transformers
     from .modeling import MRLBertModel
@@ -565,8 +584,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="--sentence-transformers: write a sentence-transformers folder (plain BERT + Pooling [+ Dense] "
                     "[+ adaptor]) from an MRLBertModel; load it with SentenceTransformer(path) (its default size) "
                     "or SentenceTransformer(path, truncate_dim=64). --remote-code: copy a checkpoint folder with its "
-                    "modeling code, so AutoModel.from_pretrained(path, trust_remote_code=True) opens it without "
-                    "mrl_hf.")
+                    "modeling code, so AutoModel.from_pretrained(path, trust_remote_code=True) (the Auto class of its "
+                    "kind: AutoModelForImageClassification for a classifier) opens it without mrl_hf.")
     export.add_argument("model", help="checkpoint folder (or, with --sentence-transformers, a Hub id)")
     export.add_argument("output", help="folder to write")
     export.add_argument("--sentence-transformers", action="store_true", help="export as a sentence-transformers model")

@@ -115,6 +115,44 @@ def test_evaluate_and_export_take_a_checkpoint_of_any_backbone(tmp_path, capsys)
     np.testing.assert_allclose(SentenceTransformer(str(tmp_path / "xlmr"), device="cpu").encode(texts),
                                model.encode(texts), atol=1e-5)
 
+def test_a_masked_lm_checkpoint_is_refused_where_an_embedding_model_is_needed(tmp_path, capsys):
+    """An MRLBertForMaskedLM save was exported as a sentence-transformers model marked is_matryoshka at its head's
+    sizes, and evaluated, though its pooled hidden states were never trained as embeddings."""
+    from mrl_hf.modeling import MRLBertConfig, MRLBertForMaskedLM
+
+    MRLBertForMaskedLM(MRLBertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=37, nesting_list=[8, 16, 32])).save_pretrained(tmp_path / "mlm")
+    capsys.readouterr()  # the save's progress bar
+    for command in (["export", str(tmp_path / "mlm"), str(tmp_path / "st"), "--sentence-transformers"],
+                    ["evaluate", str(tmp_path / "mlm")]):
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert "is an MRLBertForMaskedLM checkpoint, not a text-embedding model" in err and err.count("\n") == 1
+    assert not (tmp_path / "st").exists()
+
+
+def test_export_remote_code_names_the_auto_class_that_opens_the_checkpoint(tiny_checkpoint, tmp_path, capsys):
+    """It always said AutoModel: that refuses an MRLResNetForImageClassification, and opens an
+    MRLModelForImageClassification as the embedding model without its trained head."""
+    from transformers import AutoModelForImageClassification, ResNetConfig
+
+    from mrl_hf.modeling import MRLImageConfig, MRLModelForImageClassification, MRLResNetConfig, \
+        MRLResNetForImageClassification
+
+    small = dict(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic")
+    MRLResNetForImageClassification(MRLResNetConfig(num_labels=5, nesting_list=[4, 8, 16], **small)).save_pretrained(
+        tmp_path / "resnet")
+    MRLModelForImageClassification(MRLImageConfig(backbone_config=ResNetConfig(**small), num_labels=5,
+                                                  nesting_list=[4, 8, 16])).save_pretrained(tmp_path / "auto")
+    for source, auto in ((tmp_path / "resnet", "AutoModelForImageClassification"),
+                         (tmp_path / "auto", "AutoModelForImageClassification"), (tiny_checkpoint[0], "AutoModel")):
+        capsys.readouterr()
+        assert main(["export", str(source), str(tmp_path / f"{source.name}-code"), "--remote-code"]) == 0
+        assert f"  {auto}.from_pretrained(" in capsys.readouterr().out, source
+    opened = AutoModelForImageClassification.from_pretrained(tmp_path / "auto-code", trust_remote_code=True)
+    assert type(opened).__name__ == "MRLModelForImageClassification"
+
+
 def test_errors_are_one_clear_line(tmp_path, capsys):
     assert main(["push", str(tmp_path / "missing"), "me/model"]) == 2
     err = capsys.readouterr().err
