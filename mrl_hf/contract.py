@@ -153,6 +153,14 @@ def inspect_checkpoint(source: str | os.PathLike, revision: str | None = None, t
     if config is None and st_config is None:
         raise FileNotFoundError(f"{source!r} has neither config.json nor config_sentence_transformers.json; "
                                 "it is not a transformers or sentence-transformers checkpoint.")
+    for name, value, shape in (("config.json", config, dict), ("config_sentence_transformers.json", st_config, dict),
+                               ("modules.json", modules, list)):
+        if value is not None and not isinstance(value, shape):
+            raise ValueError(f"{source!r}: {name} holds a JSON {type(value).__name__}, not the "
+                             f"{'object' if shape is dict else 'list'} every tool expects; fix or remove the file.")
+    if modules is not None and not all(isinstance(m, dict) and isinstance(m.get("type", ""), str) for m in modules):
+        raise ValueError(f"{source!r}: modules.json must list objects with a string \"type\" (as "
+                         "sentence-transformers writes it); fix or remove the file.")
     config = config or {}
     keys = {}
     wanted = ("nesting_list", "matryoshka_dimensions", "is_matryoshka", "truncate_dim", "normalize_embeddings",
@@ -217,7 +225,7 @@ def _full_dim(config: dict, modules, files: _Files) -> int | None:
             dense = files.json(f"{entry['path']}/config.json") if entry.get("path") else None
             if dense and dense.get("out_features"):
                 return int(dense["out_features"])
-    for key in ("embedding_dim", "projection_dim", "hidden_size", "d_model"):
+    for key in ("embedding_dim", "projection_dim", "hidden_size", "d_model", "dim", "n_embd"):  # DistilBERT, GPT-2
         if isinstance(config.get(key), int):
             return config[key]
     for key in ("neck_hidden_sizes", "hidden_sizes", "embed_dim"):  # per stage, the last one pooled (MobileViT: neck)

@@ -239,6 +239,14 @@ def test_inspect_cli_exit_status_and_json(tmp_path, capsys):
     assert main(["inspect", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "does not exist" in err
+    # valid JSON of another shape: a one-line error, not an AttributeError's traceback
+    for files, said in (({"config.json": [1, 2]}, "config.json holds a JSON list, not the object"),
+                        ({"config.json": BERT, "config_sentence_transformers.json": "x"},
+                         "config_sentence_transformers.json holds a JSON str"),
+                        ({"config.json": BERT, "modules.json": [{"type": 5}]}, 'modules.json must list objects')):
+        assert main(["inspect", _write(tmp_path / str(len(said)), files)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and said in err, err
 
 
 def _client_env(tmp_path, **extra) -> dict:
@@ -396,9 +404,10 @@ def test_remote_code_holds_modeling_code_only():
         assert not tools, (module, tools)
 
 
-def test_inspect_sizes_vision_families_that_name_their_width_otherwise(tmp_path):
+def test_inspect_sizes_families_that_name_their_width_otherwise(tmp_path):
     """MobileViT pools after a 1x1 convolution wider than its last stage (neck_hidden_sizes[-1]), CvT states per-stage
-    widths as embed_dim, EfficientNet its top convolution as hidden_dim: inspect read the last stage's width or none."""
+    widths as embed_dim, EfficientNet its top convolution as hidden_dim, DistilBERT and GPT-2 theirs as dim and n_embd:
+    inspect read the last stage's width or none."""
     from mrl_hf.modeling import MRLImageConfig, MRLModelForImageEmbedding
 
     mobilevit = AutoConfig.for_model("mobilevit", image_size=32, hidden_sizes=[8, 16, 24], num_attention_heads=2,
@@ -411,6 +420,10 @@ def test_inspect_sizes_vision_families_that_name_their_width_otherwise(tmp_path)
         folder = _write(tmp_path / family, {"config.json": {"model_type": family, **config,
                                                             "matryoshka_dimensions": [width // 2, width]}})
         assert inspect_checkpoint(folder).full_dim == width
+    for family, key in (("distilbert", "dim"), ("gpt2", "n_embd")):  # text families that name it otherwise
+        folder = _write(tmp_path / family, {"config.json": {"model_type": family, key: 48,
+                                                            "matryoshka_dimensions": [24, 48]}})
+        assert inspect_checkpoint(folder).full_dim == 48
 
 
 def test_inspect_flags_prompts_that_differ_by_tool(tmp_path):
