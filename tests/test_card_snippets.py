@@ -170,3 +170,16 @@ def test_an_instruction_prompt_with_a_newline_and_quotes_stays_valid_python(tmp_
                               query_prompt=prompt, task_in_forward=False)
     compile(snippets["transformers_snippet"], "<card>", "exec")
     assert repr(prompt + "How do I reset my password?")[1:-1] in snippets["transformers_snippet"].replace('\\"', '"')
+
+
+@pytest.mark.parametrize("architecture", sorted(_KINDS))
+def test_the_card_has_a_head_row_only_for_models_with_a_head(architecture):
+    """Embedding models and the dual encoder have no head: their cards said "Head | MRL (one head per size)"."""
+    from mrl_hf.hub.card import render_model_card
+
+    model = tiny(architecture)
+    head_rows = [line for line in str(render_model_card(model)).splitlines() if line.startswith("| Head |")]
+    has_head = architecture.endswith(("ForImageClassification", "ForSequenceClassification", "ForMaskedLM"))
+    assert len(head_rows) == has_head, (architecture, head_rows)
+    if has_head:
+        assert head_rows == ["| Head | MRL (one head per size) |"] or model.config.efficient
