@@ -177,6 +177,9 @@ def test_bad_input_errors():
         model(input_ids=ids, pixel_values=pixels.repeat(1, 3, 1, 1))
     only_text = model(input_ids=ids, return_loss=False)
     assert only_text.image_embeds is None and only_text.text_embeds.shape == (6, 16)
+    # were taken and ignored: no hidden states came back, and the misspelt flag still computed the loss
+    with pytest.raises(TypeError, match=r"unexpected keyword arguments \['output_hidden_states', 'retrun_loss'\]"):
+        model(input_ids=ids, pixel_values=pixels, output_hidden_states=True, retrun_loss=False)
 
 
 # ---- persistence and Auto classes ------------------------------------------------------------------------------

@@ -45,6 +45,22 @@ def test_outputs_losses_and_features(kind, efficient):
     torch.testing.assert_close(model.logits_at(x, 16), model(pixel_values=x).nested_logits[1])
 
 
+def test_the_vit_classifiers_return_the_attentions_they_are_asked_for():
+    """They were computed and dropped: out.attentions raised AttributeError, as plain ViTForImageClassification
+    returns them."""
+    from mrl_hf.modeling import MRLImageConfig, MRLModelForImageClassification
+
+    x = torch.randn(2, 1, 16, 16)
+    auto = MRLModelForImageClassification(MRLImageConfig(backbone_config=ViTConfig(**VIT), num_labels=3))
+    for model in (tiny("vit"), auto):
+        model.set_attn_implementation("eager")
+        out = model(pixel_values=x, output_attentions=True)
+        assert len(out.attentions) == VIT["num_hidden_layers"] and out.attentions[0].shape == (2, 2, 5, 5)
+        assert model(pixel_values=x).attentions is None
+    with pytest.raises(TypeError, match=r"unexpected keyword arguments \['output_attentions'\]"):
+        tiny("resnet")(pixel_values=x, output_attentions=True)  # a ResNet has none
+
+
 def test_relative_importance_weights_the_loss():
     model = tiny(relative_importance=[0, 0, 2])
     x, y = torch.randn(4, 1, 16, 16), torch.tensor([0, 1, 2, 3])

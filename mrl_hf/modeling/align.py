@@ -227,6 +227,10 @@ class MRLAlignModel(MRLAlignPreTrainedModel):
     checkpoints with ``MRLAlignModel.from_text_vision_pretrained(text, vision, **config_kwargs)``.
     """
 
+    # the loss is a mean over the global batch's pairs, not a sum over labelled items (the Trainer would otherwise
+    # take forward's **kwargs for loss kwargs)
+    accepts_loss_kwargs = False
+
     def __init__(self, config: MRLAlignConfig):
         super().__init__(config)
         config.validate_matryoshka()
@@ -322,6 +326,10 @@ class MRLAlignModel(MRLAlignPreTrainedModel):
         """With ``return_loss=True`` (default, what ``Trainer`` uses) ``input_ids`` and ``pixel_values`` must be
         paired: row i of each is one (image, caption) pair. With ``return_loss=False`` any numbers of images and
         texts (or only one of them) may be given, e.g. images against class prompts for zero-shot."""
+        if kwargs:  # options of a single model (output_hidden_states) or a typo (retrun_loss) did nothing
+            raise TypeError(f"MRLAlignModel.forward got unexpected keyword arguments {sorted(kwargs)}; it takes "
+                            "input_ids, pixel_values, attention_mask, token_type_ids, position_ids, return_loss and "
+                            "return_dict (run model.text_model / model.vision_model for a tower's hidden states).")
         if return_loss:
             missing = [n for n, v in (("pixel_values", pixel_values), ("input_ids", input_ids)) if v is None]
             if missing:

@@ -355,7 +355,8 @@ class MRLModelForImageClassification(MRLImagePreTrainedModel):
                                                         smoothing, num_items_in_batch)
         output = MatryoshkaImageClassifierOutput(loss=loss, per_dim_losses=per_dim, logits=logits,
                                                  nested_logits=nested_logits, embeddings=embeddings,
-                                                 hidden_states=getattr(out, "hidden_states", None))
+                                                 hidden_states=getattr(out, "hidden_states", None),
+                                                 attentions=getattr(out, "attentions", None))
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         return output if return_dict else output.to_tuple()
 

@@ -92,7 +92,8 @@ class MRLViTConfig(MatryoshkaConfigMixin, ViTConfig):
 class MatryoshkaImageClassifierOutput(ModelOutput):
     """``logits`` are the full-dim logits; ``nested_logits[i]`` those at ``config.nesting_list[i]``;
     ``per_dim_losses[i]`` the unweighted loss there (detached, for logging); ``embeddings`` the full
-    ``embedding_dim`` representation before any truncation or normalisation."""
+    ``embedding_dim`` representation before any truncation or normalisation; ``hidden_states`` / ``attentions`` the
+    backbone's, when asked for (``output_hidden_states`` / ``output_attentions``)."""
 
     loss: torch.FloatTensor | None = None
     per_dim_losses: torch.FloatTensor | None = None
@@ -100,6 +101,7 @@ class MatryoshkaImageClassifierOutput(ModelOutput):
     nested_logits: tuple[torch.FloatTensor, ...] | None = None
     embeddings: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 class _MRLImageClassifier(MatryoshkaPreTrainedMixin):
@@ -159,12 +161,13 @@ class _MRLImageClassifier(MatryoshkaPreTrainedMixin):
 
     # ---- forward ------------------------------------------------------------------------------------
     def _pooled_features(self, pixel_values, output_hidden_states, **kwargs):
+        """``(pooled features, the backbone's hidden states or None, its attentions or None)``."""
         raise NotImplementedError
 
     def _embed(self, pixel_values, output_hidden_states=False, **kwargs):
         self._check_pixel_values(pixel_values, **kwargs)
-        pooled, hidden_states = self._pooled_features(pixel_values, output_hidden_states, **kwargs)
-        return self.projection(pooled), hidden_states
+        pooled, hidden_states, attentions = self._pooled_features(pixel_values, output_hidden_states, **kwargs)
+        return self.projection(pooled), hidden_states, attentions
 
     def forward(self, pixel_values: torch.Tensor | None = None, labels: torch.Tensor | None = None,
                 output_hidden_states: bool | None = None, return_dict: bool | None = None,
@@ -177,7 +180,7 @@ class _MRLImageClassifier(MatryoshkaPreTrainedMixin):
         go to the backbone (e.g. ViT's ``interpolate_pos_encoding``)."""
         if pixel_values is None:
             raise ValueError("pixel_values is required: a float tensor (batch, channels, height, width).")
-        embeddings, hidden_states = self._embed(pixel_values, bool(output_hidden_states), **kwargs)
+        embeddings, hidden_states, attentions = self._embed(pixel_values, bool(output_hidden_states), **kwargs)
         nested_logits = self.head(embeddings)
         loss = per_dim = None
         if labels is not None:
@@ -186,7 +189,7 @@ class _MRLImageClassifier(MatryoshkaPreTrainedMixin):
             loss, per_dim = loss_fct(nested_logits, labels, num_items_in_batch=num_items_in_batch)[:2]
         out = MatryoshkaImageClassifierOutput(loss=loss, per_dim_losses=per_dim, logits=nested_logits[-1],
                                               nested_logits=nested_logits, embeddings=embeddings,
-                                              hidden_states=hidden_states)
+                                              hidden_states=hidden_states, attentions=attentions)
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         return out if return_dict else out.to_tuple()
 
@@ -201,13 +204,13 @@ class _MRLImageClassifier(MatryoshkaPreTrainedMixin):
         if dim is not None:  # fail before running the backbone
             from ..nesting import validate_dim
             validate_dim(dim, self.config.embedding_dim, name="truncate_dim")
-        embeddings, _ = self._embed(pixel_values)
+        embeddings = self._embed(pixel_values)[0]
         return truncate_embeddings(embeddings, dim, normalize=normalize)
 
     @torch.no_grad()
     def logits_at(self, pixel_values: torch.Tensor, dim: int) -> torch.Tensor:
         """Logits from the first ``dim`` features only (MRL: a nesting size; MRL-E: any size)."""
-        embeddings, _ = self._embed(pixel_values)
+        embeddings = self._embed(pixel_values)[0]
         return self.head(embeddings, dim=dim)
 
     # ---- backbones from plain checkpoints and partial fine-tuning --------------------------------------
@@ -297,7 +300,7 @@ class MRLResNetForImageClassification(_MRLImageClassifier, ResNetPreTrainedModel
                             "takes none (label smoothing is smoothing=, the loss weights config.relative_importance).")
         if not (self.gradient_checkpointing and self.training):
             out = self.resnet(pixel_values, output_hidden_states=output_hidden_states, return_dict=True)
-            return out.pooler_output.flatten(1), out.hidden_states
+            return out.pooler_output.flatten(1), out.hidden_states, None
         checkpoint = self._gradient_checkpointing_func
         if getattr(checkpoint, "keywords", {}).get("use_reentrant"):
             raise ValueError("MRLResNetForImageClassification checkpoints with use_reentrant=False only: the reentrant "
@@ -310,7 +313,7 @@ class MRLResNetForImageClassification(_MRLImageClassifier, ResNetPreTrainedModel
                                 context_fn=lambda stage=stage: (contextlib.nullcontext(), _batchnorm_stats_kept(stage)))
             if output_hidden_states:
                 hidden_states += (hidden,)
-        return self.resnet.pooler(hidden).flatten(1), hidden_states
+        return self.resnet.pooler(hidden).flatten(1), hidden_states, None
 
     def backbone_stages(self) -> list[nn.Module]:
         return [self.resnet.embedder, *self.resnet.encoder.stages]
@@ -364,7 +367,7 @@ class MRLViTForImageClassification(_MRLImageClassifier, ViTPreTrainedModel):
 
     def _pooled_features(self, pixel_values, output_hidden_states, **kwargs):
         out = self.vit(pixel_values, output_hidden_states=output_hidden_states, **kwargs)
-        return out.last_hidden_state[:, 0], out.hidden_states
+        return out.last_hidden_state[:, 0], out.hidden_states, out.attentions
 
     def backbone_stages(self) -> list[nn.Module]:
         return [self.vit.embeddings, *self.vit.layers[:-1], nn.ModuleList([self.vit.layers[-1], self.vit.layernorm])]
