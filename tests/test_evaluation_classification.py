@@ -124,6 +124,27 @@ def test_tables_print_save_and_plot(tmp_path):
         linear_probe_accuracy(x, y[:10], xt, yt, [1])
 
 
+def test_plot_leaves_the_users_backend_and_figures_alone(tmp_path):
+    """It switched the whole process to Agg and closed its own figure: in a notebook nothing showed, then or after."""
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    table = ResultsTable.from_fractions({"MRL": {8: {"hit@1": 0.5}, 16: {"hit@1": 0.6}}})
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")
+    try:
+        shown = table.plot("hit@1")
+        assert matplotlib.get_backend() == "svg" and plt.fignum_exists(shown.figure.number)
+        open_figures = plt.get_fignums()
+        table.plot("hit@1", tmp_path / "r.png")  # drawn apart from pyplot: no figure left open
+        assert plt.get_fignums() == open_figures and (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
+        table.plot("hit@1", tmp_path / "on_ax.png", ax=shown)  # a path with the user's axes saves their figure
+        assert (tmp_path / "on_ax.png").is_file()
+    finally:
+        plt.close("all")
+        matplotlib.use(before)
+
+
 def test_a_second_value_for_the_same_cell_is_refused():
     """Two runs evaluated into one table under the same method name used to keep both: the markdown showed the
     first value and the plot the last."""

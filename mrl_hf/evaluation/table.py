@@ -142,18 +142,20 @@ class ResultsTable:
 
     def plot(self, metric: str, path: str | None = None, methods: list[str] | None = None, ax=None,
              title: str | None = None, dpi: int = 100):
-        """Value vs dim (log2 x-axis) for ``metric``, one line per method; saves a PNG if ``path`` is given."""
-        import matplotlib
-
-        if ax is None:
-            matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
-
+        """Value vs dim (log2 x-axis) for ``metric``, one line per method, drawn on ``ax`` (default: a new figure);
+        saves a PNG if ``path`` is given. A figure made only to be saved is drawn apart from pyplot (no backend
+        switch, nothing left open); otherwise it is a pyplot figure, which a notebook shows."""
         if metric not in self.metrics:
             raise ValueError(f"metric={metric!r} is not in this table; choose one of {self.metrics}.")
-        fig = None
-        if ax is None:
-            fig, ax = plt.subplots(figsize=(5, 3.6))
+        own = ax is None
+        if own and path is not None:
+            from matplotlib.figure import Figure
+
+            ax = Figure(figsize=(5, 3.6)).subplots()
+        elif own:
+            import matplotlib.pyplot as plt
+
+            ax = plt.subplots(figsize=(5, 3.6))[1]
         for method in methods or self._unique("method", metric=metric):
             s = self.series(method, metric)
             if s:
@@ -165,9 +167,8 @@ class ResultsTable:
         ax.legend(fontsize=7)
         if title:
             ax.set_title(title, fontsize=9)
-        if fig is not None:
-            fig.tight_layout()
-            if path is not None:
-                atomic_write_with(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
-            plt.close(fig)
+        if own:
+            ax.figure.tight_layout()
+        if path is not None:
+            atomic_write_with(path, lambda tmp: ax.figure.savefig(tmp, dpi=dpi, format="png"))
         return ax
