@@ -51,17 +51,21 @@ def packaged_minilm() -> str:
 
 
 def split_pairs(pairs, held_out: float = 0.2, seed: int = 0):
-    """Train dicts ``{"anchor", "positive"}`` and held-out ``(question, answer)``, split by question."""
+    """Train dicts ``{"anchor", "positive"}`` and held-out ``(question, answer)``, split by question. ``pairs`` are
+    ``(question, answer)`` tuples or ``{"anchor", "positive"}`` dicts."""
     if isinstance(held_out, bool) or not isinstance(held_out, numbers.Real) or not 0 < held_out < 1:
         raise ValueError(f"held_out={held_out!r} must be a fraction in (0, 1), e.g. 0.2.")
-    questions = sorted({q for q, *_ in pairs})
+    from .evaluation.pairs import pair_texts
+
+    pairs = [pair_texts(pair) for pair in pairs]
+    questions = sorted({q for q, _ in pairs})
     random.Random(seed).shuffle(questions)
     test_q = set(questions[: int(len(questions) * held_out)])
     if not test_q or len(test_q) == len(questions):
         raise ValueError(f"held_out={held_out} of {len(questions)} distinct questions leaves "
                          f"{'no held-out' if not test_q else 'no training'} question; choose another fraction.")
-    train = [{"anchor": q, "positive": a} for q, a, *_ in pairs if q not in test_q]
-    test = [(q, a) for q, a, *_ in pairs if q in test_q]
+    train = [{"anchor": q, "positive": a} for q, a in pairs if q not in test_q]
+    test = [(q, a) for q, a in pairs if q in test_q]
     return train, test
 
 
@@ -238,6 +242,11 @@ def neighbourhood_overlap(reference, candidates, dims, k: int = 10, reference_qu
 
     ref = torch.as_tensor(reference, dtype=torch.float32)
     cand = torch.as_tensor(candidates, dtype=torch.float32)
+    if (reference_queries is None) != (candidate_queries is None):
+        raise ValueError("give reference_queries and candidate_queries together (the same queries embedded by each "
+                         "model), or neither (each text's neighbours among the others).")
+    if reference_queries is None and len(ref) < 2:
+        raise ValueError(f"neighbourhood_overlap needs at least 2 texts to find neighbours among, got {len(ref)}.")
     if reference_queries is None:
         ref_q, cand_q, k = ref, cand, min(k, len(ref) - 1)
         exclude = torch.eye(len(ref), dtype=torch.bool)

@@ -49,6 +49,10 @@ def test_neighbourhood_overlap_is_one_for_the_reference_and_falls_with_noise():
     assert same[32] == 1.0 and same[8] < 0.9
     moved = neighbourhood_overlap(x, x, [32], reference_queries=q, candidate_queries=q + 1.0)
     assert moved[32] < 0.9
+    with pytest.raises(ValueError, match="give reference_queries and candidate_queries together"):
+        neighbourhood_overlap(x, x, [32], reference_queries=q)  # a TypeError about None
+    with pytest.raises(ValueError, match="needs at least 2 texts"):
+        neighbourhood_overlap(x[:1], x[:1], [32])  # returned nan
 
 
 def test_matryoshkafy_refuses_a_corpus_too_small_to_fit_on(tmp_path, capsys):
@@ -142,6 +146,9 @@ def test_split_and_group_pairs_check_their_input():
     queries, answers, relevant = group_pairs(train)
     assert len(queries) == 30 and answers[relevant[0][0]] == train[0]["positive"]
     assert group_pairs([(p["anchor"], p["positive"]) for p in train]) == (queries, answers, relevant)
+    # dicts split as the tuples do (their keys were read as one question "anchor": "1 distinct questions")
+    as_dicts = [{"anchor": q, "positive": a} for q, a in pairs]
+    assert split_pairs(as_dicts, held_out=0.25) == (train, test)
 
 
 def test_finetune_reads_no_more_tokens_than_the_model_holds(tmp_path):

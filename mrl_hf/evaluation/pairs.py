@@ -118,8 +118,8 @@ def pair_retrieval_metrics(
     """
     results = {}
     for m, rank in pair_query_ranks(query_embeddings, candidate_embeddings, dims, relevant).items():
-        row = {f"hit@{k}": float((rank < k).float().mean()) for k in ks}
-        row["mrr"] = float((1.0 / (rank + 1).float()).mean())
+        row = {f"hit@{k}": float((rank < k).double().mean()) for k in ks}  # float64, as rank_metrics averages
+        row["mrr"] = float((1.0 / (rank + 1).double()).mean())
         results[m] = row
     return results
 
@@ -146,6 +146,15 @@ def _relevance_mask(relevant, num_queries: int, num_candidates: int) -> torch.Te
     return mask
 
 
+def pair_texts(pair) -> tuple[str, str]:
+    """``(query, answer)`` of a ``(query, answer, ...)`` tuple or an ``{"anchor", "positive"}`` dict (unpacking a dict
+    would give its keys: every query "anchor")."""
+    if isinstance(pair, Mapping):
+        return pair["anchor"], pair["positive"]
+    query, answer, *_ = pair
+    return query, answer
+
+
 def group_pairs(pairs: Sequence[tuple[str, str]]) -> tuple[list[str], list[str], list[list[int]]]:
     """Unique queries, unique answers, and for each query the indices of all its answers: the input of
     ``pair_retrieval_metrics`` for (question, answer) data where questions and answers repeat. Pairs are
@@ -153,10 +162,7 @@ def group_pairs(pairs: Sequence[tuple[str, str]]) -> tuple[list[str], list[str],
     queries, answers, relevant = [], [], []
     q_index, a_index = {}, {}
     for pair in pairs:
-        if isinstance(pair, Mapping):  # unpacking a dict would give its keys: one query "anchor"
-            query, answer = pair["anchor"], pair["positive"]
-        else:
-            query, answer, *_ = pair
+        query, answer = pair_texts(pair)
         if answer not in a_index:
             a_index[answer] = len(answers)
             answers.append(answer)
