@@ -156,6 +156,26 @@ def test_same_losses_as_the_bert_class():
     assert masked_lm_accuracy(generic, [x], [4, 16]) == masked_lm_accuracy(bert, [x], [4, 16])
 
 
+def test_masked_lm_accuracy_reads_sentence_pairs_as_the_model_does():
+    """token_type_ids were dropped: a pair's second segment was scored as the first, and the accuracy was not that of
+    the model's own predictions (here: 100% at full size by construction)."""
+    torch.manual_seed(0)
+    for model in (MRLBertForMaskedLM(MRLBertConfig(**TINY, nesting_list=[4, 8, 16])).eval(),
+                  MRLModelForMaskedLM(MRLMaskedLMConfig(backbone_config=plain_config("bert"),
+                                                        nesting_list=[4, 8, 16])).eval()):
+        with torch.no_grad():  # the segment embeddings made to matter
+            for name, weight in model.named_parameters():
+                if "token_type_embeddings" in name:
+                    weight.mul_(50)
+        x = batch(2)
+        x["token_type_ids"] = torch.zeros_like(x["input_ids"])
+        x["token_type_ids"][:, 4:] = 1
+        with torch.no_grad():
+            predicted = model(**{k: v for k, v in x.items() if k != "labels"}, return_logits=True).logits.argmax(-1)
+        x["labels"] = torch.where(x["labels"] != -100, predicted, -100)
+        assert masked_lm_accuracy(model, [x], [16])[16] == 100.0, type(model).__name__
+
+
 def test_mrl_trainer_trains_every_size_and_keeps_the_decoder_tied(tmp_path):
     torch.manual_seed(0)
     model = MRLModelForMaskedLM(MRLMaskedLMConfig(backbone_config=plain_config("xlm-roberta"), nesting_list=[4, 8, 16]))

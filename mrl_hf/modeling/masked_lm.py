@@ -85,8 +85,8 @@ def nested_masked_lm(decoder, features, labels, config, *, truncate_dim=None, re
 def masked_lm_accuracy(model, batches, dims: Sequence[int]) -> dict[int, float]:
     """MLM accuracy (%) over masked tokens at each size in ``dims`` (any size in 1..d, since the decoder is MRL-E), e.g.
     to compare an MRL model with a plain one sliced (the paper's Table 7). ``model``: an ``MRLModelForMaskedLM`` or
-    ``MRLBertForMaskedLM``; ``batches`` yields dicts with ``input_ids``, ``attention_mask`` and ``labels``
-    (-100 = not masked)."""
+    ``MRLBertForMaskedLM``; ``batches`` yields dicts with ``input_ids``, ``labels`` (-100 = not masked) and the
+    model's other inputs (``attention_mask``, ``token_type_ids``, ``position_ids``)."""
     dims = [validate_dim(m, model.config.matryoshka_embedding_dim, name="dim") for m in dims]
     decoder = model.get_output_embeddings()
     was_training = model.training
@@ -98,7 +98,8 @@ def masked_lm_accuracy(model, batches, dims: Sequence[int]) -> dict[int, float]:
             batch = {k: v.to(model.device) for k, v in batch.items()}
             labels = batch["labels"]
             masked = labels != -100
-            features = model.decoder_features(batch["input_ids"], attention_mask=batch.get("attention_mask"))[masked]
+            inputs = {k: batch[k] for k in ("attention_mask", "token_type_ids", "position_ids") if k in batch}
+            features = model.decoder_features(batch["input_ids"], **inputs)[masked]  # sentence pairs: segment B too
             for i, m in enumerate(dims):
                 correct[i] += (decoder(features, dim=m).argmax(-1) == labels[masked]).sum().cpu()
             total += int(masked.sum())
