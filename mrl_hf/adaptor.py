@@ -30,7 +30,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .embeddings import as_float32_matrix, principal_axes, truncate_embeddings
-from .nesting import halving_nesting_list, validate_dim, validate_nesting_list
+from .nesting import halving_nesting_list, validate_dim, validate_nesting_list, validate_relative_importance
 
 ADAPTOR_CONFIG_NAME = "adaptor_config.json"
 ADAPTOR_WEIGHTS_NAME = "adaptor.safetensors"
@@ -182,6 +182,29 @@ class MatryoshkaAdaptor(nn.Module):
             raise ValueError(f"init={init!r} must be 'pca' or None (keep the current weights).")
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
             raise ValueError(f"epochs={epochs!r} must be an int >= 0.")
+        if relative_importance is not None:  # every argument is checked before the weights are reset
+            validate_relative_importance(relative_importance, len(self.nesting_list))
+        codes = _needs_mrl_hf("fitting an adaptor", "quantization")
+        codes.resolve_precisions(precisions, self.nesting_list)
+        codes.check_quantization_options(quantization_weight, binary_surrogate)
+        pair_q = pair_p = None
+        if pairs is not None:
+            if not (isinstance(pairs, (tuple, list)) and len(pairs) == 2):
+                raise ValueError("pairs must be (query_embeddings, positive_embeddings), row i of each a pair.")
+            pair_q, pair_p = (check_embeddings(e, self.input_dim, name).to(self.linear.weight.device)
+                              for e, name in zip(pairs, ("pairs[0] (queries)", "pairs[1] (positives)")))
+            if pair_q.shape[0] != pair_p.shape[0] or pair_q.shape[0] < 2:
+                raise ValueError(f"pairs hold {pair_q.shape[0]} queries and {pair_p.shape[0]} positives; give the same "
+                                 "number of each, at least 2.")
+            if not pair_weight > 0 or not pair_temperature > 0:
+                raise ValueError(f"pair_weight={pair_weight} and pair_temperature={pair_temperature} must be > 0.")
+            pair_groups = (_row_groups(pair_q), _row_groups(pair_p))
+            distinct = [max(g) + 1 for g in pair_groups]
+            if min(distinct) < 2:
+                raise ValueError(f"pairs hold {distinct[0]} distinct queries and {distinct[1]} distinct positives; the "
+                                 "supervised term contrasts each pair with other pairs, so give at least 2 of each.")
+            tools = _needs_mrl_hf("fitting an adaptor on pairs", "distillation")
+            nested_contrastive_loss = tools.nested_contrastive_loss
         generator = torch.Generator().manual_seed(seed)
         if init == "pca":
             self.init_pca(x, queries=queries)
@@ -196,24 +219,6 @@ class MatryoshkaAdaptor(nn.Module):
             self.set_query_mean(queries)
         x = F.normalize(x, dim=-1).to(self.linear.weight.device)
         teacher = x - x.mean(0) if center_teacher else x
-        pair_q = pair_p = None
-        if pairs is not None:
-            if not (isinstance(pairs, (tuple, list)) and len(pairs) == 2):
-                raise ValueError("pairs must be (query_embeddings, positive_embeddings), row i of each a pair.")
-            pair_q, pair_p = (check_embeddings(e, self.input_dim, name).to(x.device)
-                              for e, name in zip(pairs, ("pairs[0] (queries)", "pairs[1] (positives)")))
-            if pair_q.shape[0] != pair_p.shape[0] or pair_q.shape[0] < 2:
-                raise ValueError(f"pairs hold {pair_q.shape[0]} queries and {pair_p.shape[0]} positives; give the same "
-                                 "number of each, at least 2.")
-            if not pair_weight > 0 or not pair_temperature > 0:
-                raise ValueError(f"pair_weight={pair_weight} and pair_temperature={pair_temperature} must be > 0.")
-            pair_groups = (_row_groups(pair_q), _row_groups(pair_p))
-            distinct = [max(g) + 1 for g in pair_groups]
-            if min(distinct) < 2:
-                raise ValueError(f"pairs hold {distinct[0]} distinct queries and {distinct[1]} distinct positives; the "
-                                 "supervised term contrasts each pair with other pairs, so give at least 2 of each.")
-            tools = _needs_mrl_hf("fitting an adaptor on pairs", "distillation")
-            nested_contrastive_loss = tools.nested_contrastive_loss
         batch_size = min(batch_size, x.shape[0])
         steps_per_epoch = max(1, x.shape[0] // batch_size)
         total = max(1, epochs * steps_per_epoch)  # epochs=0: the start (PCA) alone, no schedule to divide by 0
@@ -264,8 +269,8 @@ class MatryoshkaAdaptor(nn.Module):
         outs = [truncate_embeddings(self(chunk.to(param.device, param.dtype), task), dim, normalize)
                 for chunk in x.split(batch_size)]
         out = torch.cat(outs)
-        if isinstance(embeddings, np.ndarray):
-            return out.cpu().numpy()
+        if isinstance(embeddings, np.ndarray):  # numpy has no bfloat16: a half-precision adaptor gives float32
+            return (out.float() if out.dtype in (torch.float16, torch.bfloat16) else out).cpu().numpy()
         return out.to(embeddings.device)
 
     def fit_transform(self, embeddings, dim: int | None = None, **fit_kwargs):
@@ -386,6 +391,8 @@ def _needs_mrl_hf(what: str, module: str):
     try:
         if module == "distillation":
             from mrl_hf import distillation as tools
+        elif module == "quantization":
+            from mrl_hf import quantization as tools
         else:
             from mrl_hf import saving as tools
     except ImportError as exc:
@@ -429,7 +436,9 @@ def attach_adaptor(model, adaptor: MatryoshkaAdaptor):
     """Make ``adaptor`` part of an mrl_hf embedding model (``MRLBertModel``): it runs after pooling, its weights
     are saved with ``model.save_pretrained`` and restored by ``from_pretrained(..., truncate_dim=64)``.
 
-    The model's ``nesting_list`` becomes the adaptor's. Returns ``model``.
+    The model's ``nesting_list`` becomes the adaptor's. ``adaptor`` itself becomes the model's module: it is moved to
+    the model's device and dtype (``adaptor.transform`` still returns float32 numpy for numpy input). Returns
+    ``model``.
     """
     config = getattr(model, "config", None)
     if not hasattr(model, "adaptor") or not hasattr(config, "adaptor") or not hasattr(config,

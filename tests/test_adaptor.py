@@ -242,6 +242,39 @@ def test_a_refused_attach_leaves_the_model_as_it_was(tmp_path):
                        MatryoshkaAdaptor(32, [8, 16, 32], hidden_dim=0))
 
 
+def test_a_refused_fit_keeps_the_trained_adaptor():
+    """The PCA start and a new MLP layer were set before the arguments were checked: a refused refit threw away the
+    trained weights."""
+    x = _clustered(64)
+    adaptor = MatryoshkaAdaptor(32, [8, 16, 32]).fit(x, epochs=2, batch_size=16)
+    before = adaptor.transform(x, dim=8)
+    for bad, said in ((dict(pairs=(x[:5], x[:4])), "pairs hold 5 queries and 4 positives"),
+                      (dict(relative_importance=[1.0, 2.0]), "relative_importance"),
+                      (dict(precisions=["int3"]), "int3"), (dict(binary_surrogate="sign"), "sign")):
+        with pytest.raises(ValueError, match=said):
+            adaptor.fit(x, epochs=2, batch_size=16, **bad)
+        np.testing.assert_array_equal(adaptor.transform(x, dim=8), before)
+        assert not adaptor.training
+
+
+def test_a_half_precision_adaptor_still_gives_float32_numpy():
+    """attach_adaptor moves the adaptor to a bfloat16 model's dtype; transform then failed in numpy ("unsupported
+    ScalarType BFloat16")."""
+    from mrl_hf.adaptor import attach_adaptor
+    from mrl_hf.modeling import MRLBertConfig, MRLBertModel
+
+    x = _clustered(16)
+    adaptor = MatryoshkaAdaptor(32, [8, 16, 32], hidden_dim=0)
+    reference = adaptor.transform(x, dim=8)
+    model = MRLBertModel(MRLBertConfig(vocab_size=60, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                       intermediate_size=32, nesting_list=[8, 16, 32])).to(torch.bfloat16)
+    attach_adaptor(model, adaptor)
+    assert model.adaptor is adaptor and adaptor.linear.weight.dtype == torch.bfloat16  # as documented
+    out = adaptor.transform(x, dim=8)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, reference, atol=0.02)
+
+
 def test_attaching_an_adaptor_without_the_default_size_serves_the_full_size_and_says_so(tmp_path):
     from mrl_hf.adaptor import attach_adaptor
     from mrl_hf.contract import inspect_checkpoint
