@@ -12,8 +12,9 @@ from torch import nn
 
 
 def freeze_bottom(model: nn.Module, blocks: int = 0) -> list[str]:
-    """Freeze ``model``'s embedding layer (word, position and token-type embeddings and their norm) and its first
-    ``blocks`` transformer blocks (``requires_grad=False``); returns the names of the parameters frozen.
+    """Freeze ``model``'s embedding layer (word, position and token-type embeddings and their norm; for a decoder
+    without an ``embeddings`` module, such as GPT-2, its token and learned position tables) and its first ``blocks``
+    transformer blocks (``requires_grad=False``); returns the names of the parameters frozen.
 
     Works on a model whose ``base_model`` (the transformers encoder it wraps: ``MRLBertModel.bert``,
     ``MRLModelForTextEmbedding.backbone``, ...) has an ``embeddings`` module or input embeddings, and, for
@@ -34,6 +35,8 @@ def freeze_bottom(model: nn.Module, blocks: int = 0) -> list[str]:
         raise ValueError(f"{type(model).__name__} has no single encoder with an embedding layer to freeze (a dual "
                          "encoder has one per tower: call requires_grad_(False) on the parts you want frozen).")
     frozen = [embeddings]
+    if embeddings is not getattr(base, "embeddings", None):  # a decoder's own tables (GPT-2: wte and wpe; OPT)
+        frozen += [m for m in base.children() if isinstance(m, nn.Embedding) and m is not embeddings]
     if blocks:
         stack = _blocks(base)
         if stack is None:

@@ -41,6 +41,14 @@ def test_it_finds_the_embeddings_and_blocks_of_a_decoder_backbone():
     names = freeze_bottom(model, blocks=1)
     assert names and all(n.startswith(("backbone.embed_tokens.", "backbone.layers.0.")) for n in names)
     assert any(n.startswith("backbone.layers.0.") for n in names)
+    # GPT-2 keeps learned positions beside its token table (wpe was left training)
+    from transformers import AutoConfig
+
+    from mrl_hf.modeling import MRLModelForTextEmbedding, MRLTextEmbeddingConfig
+
+    gpt2 = MRLModelForTextEmbedding(MRLTextEmbeddingConfig(backbone_config=AutoConfig.for_model(
+        "gpt2", n_embd=32, n_layer=2, n_head=2, vocab_size=100, n_positions=64), pooling="last_token"))
+    assert freeze_bottom(gpt2) == ["backbone.wte.weight", "backbone.wpe.weight"]
 
 
 def test_it_freezes_the_whole_embedding_layer_of_the_masked_lm_of_any_backbone():
