@@ -30,7 +30,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .embeddings import as_float32_matrix, principal_axes, truncate_embeddings
-from .nesting import halving_nesting_list, validate_dim, validate_nesting_list, validate_relative_importance
+from .nesting import halving_nesting_list, validate_dim, validate_nesting_list
 
 ADAPTOR_CONFIG_NAME = "adaptor_config.json"
 ADAPTOR_WEIGHTS_NAME = "adaptor.safetensors"
@@ -174,7 +174,8 @@ class MatryoshkaAdaptor(nn.Module):
         the symmetric fit on all texts is better at 16-32 and 128 dims (docs/matryoshkafy.md). With ``init=None``
         the current weights and centre are kept and ``queries`` only sets the query mean.
         """
-        similarity_distillation_loss = _needs_mrl_hf("fitting an adaptor", "distillation").similarity_distillation_loss
+        training = _needs_mrl_hf("fitting an adaptor", "distillation")
+        similarity_distillation_loss = training.similarity_distillation_loss
         x = check_embeddings(embeddings, self.input_dim)
         if x.shape[0] < 2:
             raise ValueError(f"embeddings has {x.shape[0]} row; fitting needs at least 2 (ideally thousands).")
@@ -182,11 +183,17 @@ class MatryoshkaAdaptor(nn.Module):
             raise ValueError(f"init={init!r} must be 'pca' or None (keep the current weights).")
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
             raise ValueError(f"epochs={epochs!r} must be an int >= 0.")
-        if relative_importance is not None:  # every argument is checked before the weights are reset
-            validate_relative_importance(relative_importance, len(self.nesting_list))
-        codes = _needs_mrl_hf("fitting an adaptor", "quantization")
-        codes.resolve_precisions(precisions, self.nesting_list)
-        codes.check_quantization_options(quantization_weight, binary_surrogate)
+        # every argument is checked before the weights are reset: a refused refit keeps the trained adaptor
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size={batch_size!r} must be an int >= 1.")
+        if not lr >= 0 or not weight_decay >= 0:
+            raise ValueError(f"lr={lr!r} and weight_decay={weight_decay!r} must be >= 0.")
+        training.check_quantization_options(quantization_weight, binary_surrogate)  # also when no code is trained
+        with torch.no_grad():  # the loss checks its own settings (sizes' weights, terms, codes) on a few rows
+            rows = F.normalize(x[:8], dim=-1).to(self.linear.weight.device, self.linear.weight.dtype)
+            similarity_distillation_loss(self(rows), rows, self.nesting_list, relative_importance, pairwise_weight,
+                                         topk_weight, top_k, listwise_weight, listwise_temperature, precisions,
+                                         quantization_weight, binary_surrogate)
         pair_q = pair_p = None
         if pairs is not None:
             if not (isinstance(pairs, (tuple, list)) and len(pairs) == 2):
@@ -391,8 +398,6 @@ def _needs_mrl_hf(what: str, module: str):
     try:
         if module == "distillation":
             from mrl_hf import distillation as tools
-        elif module == "quantization":
-            from mrl_hf import quantization as tools
         else:
             from mrl_hf import saving as tools
     except ImportError as exc:

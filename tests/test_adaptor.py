@@ -250,9 +250,11 @@ def test_a_refused_fit_keeps_the_trained_adaptor():
     before = adaptor.transform(x, dim=8)
     for bad, said in ((dict(pairs=(x[:5], x[:4])), "pairs hold 5 queries and 4 positives"),
                       (dict(relative_importance=[1.0, 2.0]), "relative_importance"),
-                      (dict(precisions=["int3"]), "int3"), (dict(binary_surrogate="sign"), "sign")):
+                      (dict(precisions=["int3"]), "int3"), (dict(binary_surrogate="sign"), "sign"),
+                      (dict(batch_size=0), "batch_size=0"), (dict(top_k=0), "top_k=0"),
+                      (dict(listwise_temperature=0), "listwise_temperature=0"), (dict(lr=-1), "lr=-1")):
         with pytest.raises(ValueError, match=said):
-            adaptor.fit(x, epochs=2, batch_size=16, **bad)
+            adaptor.fit(x, **{"epochs": 2, "batch_size": 16, **bad})
         np.testing.assert_array_equal(adaptor.transform(x, dim=8), before)
         assert not adaptor.training
 
