@@ -400,6 +400,20 @@ def test_a_plain_checkpoint_that_states_its_sizes_loads_with_them(plain_checkpoi
     assert asked.config.nesting_list == [8, 16, 32] and asked.config.truncate_dim is None  # what is passed wins
     projected = MRLModelForTextEmbedding.from_pretrained(tmp_path / "vllm", embedding_dim=16)  # other outputs
     assert projected.config.nesting_list == [8, 16] and projected.config.truncate_dim is None
+    with pytest.warns(UserWarning, match="does not list the embedding size 32"):
+        default_only = MRLModelForTextEmbedding.from_pretrained(tmp_path / "vllm", truncate_dim=12)
+    assert default_only.config.nesting_list == [12, 20, 32] and default_only.config.truncate_dim == 12
+    # a classifier's and a masked LM's sizes are their logits' and decoder's: the embedding contract is not theirs
+    from mrl_hf.modeling import MRLModelForMaskedLM, MRLModelForSequenceClassification
+
+    classifier = MRLModelForSequenceClassification.from_pretrained(tmp_path / "vllm", num_labels=2)
+    assert classifier.config.nesting_list == [8, 16, 32] and classifier.config.truncate_dim is None
+    plain.config.update(dict(matryoshka_dimensions=[8, 16, 64], truncate_dim=16))  # sizes of a 64-wide projection
+    plain.save_pretrained(tmp_path / "projected")
+    with pytest.warns(UserWarning, match="do not fit this model's output"):
+        unfit = MRLModelForTextEmbedding.from_pretrained(tmp_path / "projected")
+    assert unfit.config.nesting_list == [8, 16, 32] and unfit.config.truncate_dim is None
+    assert MRLModelForMaskedLM.from_pretrained(tmp_path / "projected").config.nesting_list == [8, 16, 32]
 
     from mrl_hf.export import export_sentence_transformers
     from mrl_hf.modeling import MRLBertConfig, MRLBertModel

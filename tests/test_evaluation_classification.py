@@ -140,6 +140,9 @@ def test_plot_leaves_the_users_backend_and_figures_alone(tmp_path):
         assert plt.get_fignums() == open_figures and (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
         table.plot("hit@1", tmp_path / "on_ax.png", ax=shown)  # a path with the user's axes saves their figure
         assert (tmp_path / "on_ax.png").is_file()
+        on_subfigure = plt.figure().subfigures(1, 2)[0].subplots()
+        table.plot("hit@1", tmp_path / "sub.png", ax=on_subfigure)  # saves the figure the subfigure is part of
+        assert (tmp_path / "sub.png").read_bytes()[:4] == b"\x89PNG"
     finally:
         plt.close("all")
         matplotlib.use(before)

@@ -169,6 +169,7 @@ class ResultsTable:
             ax.set_title(title, fontsize=9)
         if own:
             ax.figure.tight_layout()
-        if path is not None:
-            atomic_write_with(path, lambda tmp: ax.figure.savefig(tmp, dpi=dpi, format="png"))
+        if path is not None:  # the whole figure, also for axes on a subfigure (which cannot save itself)
+            root = ax.figure.figure
+            atomic_write_with(path, lambda tmp: root.savefig(tmp, dpi=dpi, format="png"))
         return ax

@@ -252,6 +252,8 @@ class MRLModelForTextEmbedding(TextEncodeMixin, MRLTextEmbeddingPreTrainedModel)
     in memory with ``from_backbone(model, ...)``, or from scratch with ``MRLModelForTextEmbedding(config)``.
     """
 
+    _reads_stated_contract = True  # the sizes a plain checkpoint states are its embedding sizes
+
     def __init__(self, config: MRLTextEmbeddingConfig):
         super().__init__(config)
         config.validate_matryoshka()

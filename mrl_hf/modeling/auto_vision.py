@@ -372,6 +372,8 @@ class MRLModelForImageEmbedding(MRLImagePreTrainedModel):
     (``truncated_embeddings`` is sliced first, then L2-normalised). Loads plain checkpoints and this family's
     classifier checkpoints (whose head it drops)."""
 
+    _reads_stated_contract = True  # the sizes a plain checkpoint states are its embedding sizes
+
     _keys_to_ignore_on_load_unexpected = [*MRLImagePreTrainedModel._keys_to_ignore_on_load_unexpected, r"^head\."]
     accepts_loss_kwargs = False
 

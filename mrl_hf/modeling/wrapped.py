@@ -16,6 +16,7 @@ Checkpoints of another mrl_hf class are refused with the class to use.
 from __future__ import annotations
 
 import inspect
+import warnings
 
 from transformers import AutoConfig, AutoModel, PretrainedConfig
 
@@ -45,6 +46,9 @@ class WrappedModelMixin(MatryoshkaPreTrainedMixin):
     """Put before ``PreTrainedModel``; see the module docstring."""
 
     _plain_settings: frozenset[str] = frozenset()
+    # an embedding model reads the sizes a plain checkpoint states; a classifier's or masked LM's sizes mean other
+    # things (its logits, its decoder), and are chosen when it is built
+    _reads_stated_contract = False
     _auto_class_name = "AutoModel"  # named in the error for a checkpoint of another mrl_hf class
 
     def post_init(self):
@@ -96,22 +100,31 @@ class WrappedModelMixin(MatryoshkaPreTrainedMixin):
                              "from.")
         backbone_config = AutoConfig.from_pretrained(path, **hub)
         settings = {k: kwargs.pop(k) for k in list(kwargs) if k in cls._plain_settings}
-        config = cls._config_for_plain(backbone_config, {**cls._stated_contract(found, settings), **settings})
+        stated = cls._stated_contract(found, settings) if cls._reads_stated_contract else {}
+        try:
+            config = cls._config_for_plain(backbone_config, {**stated, **settings})
+        except ValueError:
+            if not stated:
+                raise
+            warnings.warn(f"{str(path)!r} states Matryoshka settings {stated} that do not fit this model's output "
+                          f"(e.g. sizes of a projection it does not have); loaded without them. Pass nesting_list= "
+                          "(and truncate_dim=) to choose the sizes.")
+            config = cls._config_for_plain(backbone_config, settings)
         return config, cls._plain_key_mapping(backbone_config, found)
 
-    @classmethod
-    def _stated_contract(cls, found: dict, settings: dict) -> dict:
-        """The Matryoshka keys a plain checkpoint's config states (a sentence-transformers export, a vLLM / Jina
+    @staticmethod
+    def _stated_contract(found: dict, settings: dict) -> dict:
+        """The embedding contract a plain checkpoint's config states (a sentence-transformers export, a vLLM / Jina
         config: sizes as ``nesting_list`` or ``matryoshka_dimensions``, the default ``truncate_dim``, the
-        normalisation), as ``MRLBertModel`` reads them. A new ``embedding_dim`` (a projection) makes other outputs:
-        their sizes are not read."""
-        if "embedding_dim" in settings:
-            return {}
-        keys = ("nesting_list", "truncate_dim", "normalize_embeddings")
-        stated = {k: found[k] for k in keys if k in cls._plain_settings and found.get(k) is not None}
-        if "nesting_list" in cls._plain_settings and found.get("matryoshka_dimensions"):
-            stated["matryoshka_dimensions"] = found["matryoshka_dimensions"]
-        return stated
+        normalisation), as ``MRLBertModel`` reads them, for the embedding classes (``_reads_stated_contract``). Sizes
+        given by the caller (``nesting_list``, or a new ``embedding_dim``: a projection) replace the stated sizes and
+        default size."""
+        keys = ["normalize_embeddings", "truncate_dim"]
+        if not {"nesting_list", "embedding_dim"} & set(settings):
+            keys += ["nesting_list", "matryoshka_dimensions"]
+        else:
+            keys.remove("truncate_dim")
+        return {k: found[k] for k in keys if found.get(k) is not None and k not in settings}
 
     @classmethod
     def _config_for_plain(cls, backbone_config: PretrainedConfig, settings: dict) -> PretrainedConfig:
