@@ -5,8 +5,8 @@ questions that point only into it, is the unlabelled corpus given to the command
 own questions is the held-out retrieval set (370 questions over 452 answers), never seen. The saved model (MiniLM
 with the adaptor attached) is scored by hit@10 at each size against PCA fitted on the same corpus and the original.
 The command holds 10% of the corpus out for its own label-free report, then fits the saved adaptor again on all 751
-texts. Measured (seed 0, 2026-12-04): hit@10 at 16 / 32 / 64 / 128 / 384 dims: adaptor 55.1 / 64.9 / 70.8 / 76.5 /
-76.8, PCA fitted on the corpus 48.6 / 61.9 / 68.4 / 74.1 / 76.8, original 39.2 / 52.2 / 61.6 / 71.6 / 78.1.
+texts. Measured (seed 0, 2026-12-06, 2 threads): hit@10 at 16 / 32 / 64 / 128 / 384 dims: adaptor 55.1 / 65.1 / 71.1 /
+76.5 / 77.0, PCA fitted on the corpus 48.6 / 61.6 / 68.6 / 74.3 / 76.8, original 39.2 / 52.2 / 61.6 / 71.6 / 77.8.
 """
 import importlib.util
 import pathlib
@@ -54,9 +54,9 @@ def test_the_adaptor_fitted_on_the_corpus_leads_pca_on_held_out_retrieval(tmp_pa
     pca = pca_rotation(original.encode(list(dict.fromkeys(corpus)), truncate_dim=384, normalize=False), DIMS)
     ours, baseline, plain = hit10(adapted), hit10(original, pca.transform), hit10(original)
     print(f"hit@10 adaptor {ours}\nPCA {baseline}\noriginal {plain}")
-    assert ours[16] > baseline[16] + 4 and ours[32] > baseline[32] + 1, (ours, baseline)  # measured +6.5 / +3.0
-    # the issue's targets are >= 90% of the full-size original at 64 dims and >= 97% at 128, measured 90.7% / 97.9%
-    # (2 / 3 questions above them, 0.27 points each); this guards 89% / 96%, 3 questions under the targets, so that
+    assert ours[16] > baseline[16] + 4 and ours[32] > baseline[32] + 1, (ours, baseline)  # measured +6.5 / +3.5
+    # the issue's targets are >= 90% of the full-size original at 64 dims and >= 97% at 128, measured 91.3% / 98.3%
+    # (3 / 3 questions above them, 0.27 points each); this guards 89% / 96%, 3 questions under the targets, so that
     # a change of thread count in the adaptor's fit cannot turn CI red while a real regression still does
     assert ours[64] >= 0.89 * plain[384] and ours[128] >= 0.96 * plain[384], (ours, plain)
     assert ours[384] > plain[384] - 1.5, (ours, plain)  # the full size stays as good as the original
