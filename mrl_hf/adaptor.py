@@ -210,8 +210,7 @@ class MatryoshkaAdaptor(nn.Module):
             if min(distinct) < 2:
                 raise ValueError(f"pairs hold {distinct[0]} distinct queries and {distinct[1]} distinct positives; the "
                                  "supervised term contrasts each pair with other pairs, so give at least 2 of each.")
-            tools = _needs_mrl_hf("fitting an adaptor on pairs", "distillation")
-            nested_contrastive_loss = tools.nested_contrastive_loss
+            nested_contrastive_loss = training.nested_contrastive_loss
         generator = torch.Generator().manual_seed(seed)
         if init == "pca":
             self.init_pca(x, queries=queries)

@@ -304,7 +304,7 @@ def render_model_card(
         architecture=architecture, model_type=config.model_type, base_model=base_model,
         embedding_dim=config.matryoshka_embedding_dim, nesting_list=list(config.nesting_list),
         truncate_dim=config.truncate_dim, efficient=config.efficient,
-        has_head=architecture.endswith(("ForImageClassification", "ForSequenceClassification", "ForMaskedLM")),
+        has_head=prefix_role != "an embedding",  # classifiers and masked LMs; not embedding models or ALIGN
         relative_importance=config.relative_importance, normalize_embeddings=config.normalize_embeddings,
         representation=representation, prefix_role=prefix_role, datasets=datasets,
         eval_table=eval_table,

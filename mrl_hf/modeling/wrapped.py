@@ -119,11 +119,9 @@ class WrappedModelMixin(MatryoshkaPreTrainedMixin):
         normalisation), as ``MRLBertModel`` reads them, for the embedding classes (``_reads_stated_contract``). Sizes
         given by the caller (``nesting_list``, or a new ``embedding_dim``: a projection) replace the stated sizes and
         default size."""
-        keys = ["normalize_embeddings", "truncate_dim"]
-        if not {"nesting_list", "embedding_dim"} & set(settings):
-            keys += ["nesting_list", "matryoshka_dimensions"]
-        else:
-            keys.remove("truncate_dim")
+        sizes_given = bool({"nesting_list", "embedding_dim"} & set(settings))
+        keys = ("normalize_embeddings",) if sizes_given else (
+            "normalize_embeddings", "truncate_dim", "nesting_list", "matryoshka_dimensions")
         return {k: found[k] for k in keys if found.get(k) is not None and k not in settings}
 
     @classmethod
